@@ -1,0 +1,72 @@
+# gatewayd — two commands do all set-up on a fresh Debian / Raspberry Pi OS machine:
+#   make demo   run the newest end-to-end path on embedded defaults
+#   make test   lint, type-check and run the test suite
+# Each installs what it needs: Debian packages (when missing and running as root), a virtualenv
+# in .venv, and the Python packages from pyproject.toml.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DEB_PKGS  := gcc make pkg-config libsystemd-dev python3-dev python3-venv dbus mosquitto mosquitto-clients
+EXTRAS    ?= dev,systemd
+PYTEST_ARGS ?=
+
+.PHONY: all demo test lint typecheck bench deps venv firmware clean distclean
+
+all: test
+
+# Debian packages: installed only when one is missing, and only when we are root (otherwise we
+# print the apt-get line for the user). dpkg-query keeps this a no-op on a prepared machine.
+deps:
+	@missing=""; \
+	if command -v dpkg-query >/dev/null 2>&1; then \
+	  for p in $(DEB_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	  done; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing   (continuing; some tests will skip)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# systemd-python builds against libsystemd-dev; without it we install the rest and carry on.
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]" || $(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+venv: deps $(STAMP)
+
+firmware: deps
+	$(MAKE) -C firmware_stub
+
+lint: venv
+	$(BIN)/ruff check gatewayd tests training
+	$(BIN)/ruff format --check gatewayd tests training
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv lint typecheck
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+demo: venv firmware
+	$(BIN)/gatewayd demo
+
+clean:
+	$(MAKE) -C firmware_stub clean
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+distclean: clean
+	rm -rf $(VENV)

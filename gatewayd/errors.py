@@ -1,0 +1,47 @@
+"""The exception hierarchy: one root, a few subclasses, advice in the message.
+
+Foreign errors (bleak, aiomqtt, sqlite3, onnxruntime, OSError) are translated at the boundary
+with ``raise ... from exc`` so callers catch ``GatewayError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+#: sysexits.h EX_CONFIG: the configuration is wrong; systemd units list it in
+#: RestartPreventExitStatus so a broken file is not restarted in a loop.
+EXIT_CONFIG: Final = 78
+#: sysexits.h EX_USAGE.
+EXIT_USAGE: Final = 64
+#: sysexits.h EX_UNAVAILABLE: a feature that is not built yet, or a service we need is absent.
+EXIT_UNAVAILABLE: Final = 69
+
+
+class GatewayError(Exception):
+    """Root of every error gatewayd raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration file is missing, unreadable, not TOML, or fails validation."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        self.path = os.fspath(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+
+class DecodeError(GatewayError):
+    """Bytes from a wearable could not be decoded.
+
+    ``reason`` is a short stable identifier (for counters and logs); the message says more.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class NotYetAvailableError(GatewayError):
+    """A command or feature that a later milestone builds."""

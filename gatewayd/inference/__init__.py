@@ -1,0 +1,1 @@
+"""inference: see DESIGN.md §3."""

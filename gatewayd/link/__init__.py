@@ -1,0 +1,1 @@
+"""link: see DESIGN.md §3."""

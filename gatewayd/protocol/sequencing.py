@@ -1,0 +1,153 @@
+"""Per-device ordering: exactly once, in seq order, with every loss reported (docs/protocol.md §4).
+
+Sequence numbers are u32 and wrap; comparisons use serial-number arithmetic (RFC 1982).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from gatewayd.protocol.messages import Message
+
+SEQ_MODULUS: Final = 1 << 32
+_HALF: Final = 1 << 31
+
+
+def seq_distance(a: int, b: int) -> int:
+    """Signed distance from ``a`` to ``b`` on the u32 circle: positive when b is ahead of a."""
+    d = (b - a) % SEQ_MODULUS
+    return d - SEQ_MODULUS if d >= _HALF else d
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The next message, in order."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages ``first`` .. ``first + count - 1`` (mod 2**32) were given up as lost."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A message already delivered (or already buffered) came again and was dropped."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """The device's numbering jumped far backwards (it rebooted): ordering starts again at seq."""
+
+    previous_expected: int
+    seq: int
+
+
+SequenceEvent = Delivered | Gap | Duplicate | Restart
+
+
+class Sequencer:
+    """Turns messages in arrival order into events in sequence order.
+
+    A message ahead of the expected one is held (at most ``max_buffered``) while the gap before it
+    may still be filled by a resend; after ``gap_timeout_s``, or when the buffer is full, the gap is
+    declared lost with a :class:`Gap` event and delivery goes on. A message more than
+    ``max_behind`` behind is taken as a device restart rather than a duplicate.
+    """
+
+    def __init__(
+        self,
+        *,
+        start: int | None = None,
+        max_buffered: int = 64,
+        gap_timeout_s: float = 5.0,
+        max_behind: int = 4096,
+    ) -> None:
+        if max_buffered < 1:
+            raise ValueError("max_buffered must be at least 1")
+        self.max_buffered = max_buffered
+        self.gap_timeout_s = gap_timeout_s
+        self.max_behind = max_behind
+        #: The next seq to deliver; None until the first message (or ``start``) sets it.
+        self.expected: int | None = start
+        # seq -> (message, arrival time); every key is ahead of `expected`.
+        self._held: dict[int, tuple[Message, float]] = {}
+
+    @property
+    def held(self) -> int:
+        """Messages waiting behind a gap."""
+        return len(self._held)
+
+    def reset(self) -> None:
+        """Forget the numbering (new connection to a rebooted device). Held messages are lost."""
+        self.expected = None
+        self._held.clear()
+
+    def missing(self) -> list[tuple[int, int]]:
+        """The open gaps as (first seq, count), oldest first: what to ask the device to resend."""
+        if self.expected is None or not self._held:
+            return []
+        gaps: list[tuple[int, int]] = []
+        cursor = self.expected
+        for seq in self._held_in_order():
+            d = seq_distance(cursor, seq)
+            if d > 0:
+                gaps.append((cursor, d))
+            cursor = (seq + 1) % SEQ_MODULUS
+        return gaps
+
+    def push(self, message: Message, now: float) -> list[SequenceEvent]:
+        """Accept one message; return what can be delivered or reported now."""
+        seq = message.seq
+        if self.expected is None:
+            self.expected = seq
+        d = seq_distance(self.expected, seq)
+        if d < -self.max_behind:
+            restart = Restart(self.expected, seq)
+            self._held.clear()
+            self.expected = seq
+            return [restart, *self._deliver(message)]
+        if d < 0 or seq in self._held:
+            return [Duplicate(seq)]
+        if d == 0:
+            return self._deliver(message)
+        self._held[seq] = (message, now)
+        if len(self._held) > self.max_buffered:
+            return self._give_up_first_gap()
+        return self.expire(now)
+
+    def expire(self, now: float) -> list[SequenceEvent]:
+        """Give up gaps older than the timeout; return the events that follows."""
+        events: list[SequenceEvent] = []
+        while self._held and now - min(t for _, t in self._held.values()) >= self.gap_timeout_s:
+            events.extend(self._give_up_first_gap())
+        return events
+
+    def _held_in_order(self) -> list[int]:
+        assert self.expected is not None
+        base = self.expected
+        return sorted(self._held, key=lambda s: seq_distance(base, s))
+
+    def _give_up_first_gap(self) -> list[SequenceEvent]:
+        assert self.expected is not None
+        first_held = self._held_in_order()[0]
+        gap = Gap(self.expected, seq_distance(self.expected, first_held))
+        message, _ = self._held.pop(first_held)
+        self.expected = first_held
+        return [gap, *self._deliver(message)]
+
+    def _deliver(self, message: Message) -> list[SequenceEvent]:
+        events: list[SequenceEvent] = [Delivered(message)]
+        nxt = (message.seq + 1) % SEQ_MODULUS
+        while nxt in self._held:
+            events.append(Delivered(self._held.pop(nxt)[0]))
+            nxt = (nxt + 1) % SEQ_MODULUS
+        self.expected = nxt
+        return events

@@ -1,0 +1,1 @@
+"""publish: see DESIGN.md §3."""
