@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -147,16 +149,12 @@ def test_heart_rate_measurement_rejections(raw: bytes, reason: str) -> None:
 
 @given(st.binary(max_size=40))
 def test_heart_rate_parser_only_raises_decode_error(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(DecodeError):
         parse_heart_rate_measurement(raw)
-    except DecodeError:
-        pass
 
 
 @given(st.binary(max_size=60))
 def test_control_and_info_decoders_only_raise_decode_error(raw: bytes) -> None:
     for decode in (decode_control, decode_info):
-        try:
+        with contextlib.suppress(DecodeError):
             decode(raw)
-        except DecodeError:
-            pass

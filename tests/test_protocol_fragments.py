@@ -100,7 +100,7 @@ def test_loss_leaves_a_detectable_gap(n: int, lost: st.DataObject, mtu: int) -> 
                 events += seq.push(got, now)
     events += seq.expire(now + 10.0)
     delivered = [e.message.seq for e in events if isinstance(e, Delivered)]
-    gaps = {s % 2**32 for e in events if isinstance(e, Gap) for s in range(e.first, e.first + e.count)}
+    gaps = {x for e in events if isinstance(e, Gap) for x in range(e.first, e.first + e.count)}
     assert delivered == [i for i in range(n) if i not in dropped]
     assert gaps == dropped
     decoder.reassembler.expire(now + 10.0)
@@ -167,9 +167,9 @@ def test_oversized_message_is_refused() -> None:
 def test_tag_mismatch_and_bad_crc_are_counted() -> None:
     raw = encode_message(_summary(5))
     decoder = FrameDecoder()
+    (only,) = fragment(raw, 6, 247)
     with pytest.raises(DecodeError) as err:
-        for f in fragment(raw, 6, 247):
-            decoder.feed(f, 0.0)
+        decoder.feed(only, 0.0)
     assert err.value.reason == "tag_mismatch"
     with pytest.raises(DecodeError) as err:
         decoder.feed(fragment(raw[:-1] + b"\0", 7, 247)[0], 0.0)

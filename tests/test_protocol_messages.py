@@ -174,9 +174,7 @@ def test_encoder_refuses_what_the_decoder_rejects() -> None:
     with pytest.raises(ValueError, match="battery_pct"):
         encode_message(make_summary(battery_pct=101))
     w = make_window(SampleFormat.INT8)
-    big = Window(
-        w.summary, w.sample_format, 64, 32, 64, np.full(512, 300, dtype=np.int16), w.acc
-    )
+    big = Window(w.summary, w.sample_format, 64, 32, 64, np.full(512, 300, dtype=np.int16), w.acc)
     with pytest.raises(ValueError, match="do not fit INT8"):
         encode_message(big)
     short = Window(w.summary, w.sample_format, 64, 32, 64, w.bvp[:100], w.acc)

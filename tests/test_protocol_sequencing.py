@@ -11,8 +11,8 @@ from gatewayd.protocol.sequencing import (
     Duplicate,
     Gap,
     Restart,
-    Sequencer,
     SequenceEvent,
+    Sequencer,
     seq_distance,
 )
 
