@@ -29,9 +29,10 @@ def test_default_window_fragment_counts() -> None:
     assert all(len(f) <= 244 for f in fragment(message, 1, 247))
 
 
-def test_too_many_fragments() -> None:
-    with pytest.raises(ValueError, match="255"):
-        fragment(bytes(4081), 0, 23)
+def test_too_long_or_too_many_fragments() -> None:
+    with pytest.raises(ValueError, match="exceeds 4080"):
+        fragment(bytes(4081), 0, 247)
+    assert len(fragment(bytes(4080), 0, 23)) == 255
 
 
 @given(msg=messages(), mtu=mtus, data=st.data())

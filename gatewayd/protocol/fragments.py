@@ -34,6 +34,8 @@ def fragment(message: bytes, seq: int, mtu: int) -> list[bytes]:
     size = chunk_size(mtu)
     if not message:
         raise ValueError("cannot fragment an empty message")
+    if len(message) > MAX_MESSAGE_SIZE:
+        raise ValueError(f"a message of {len(message)} bytes exceeds {MAX_MESSAGE_SIZE}")
     count = -(-len(message) // size)
     if count > MAX_FRAGMENTS:
         raise ValueError(f"{len(message)} bytes need {count} fragments at MTU {mtu}; max is 255")

@@ -1,0 +1,355 @@
+"""The C firmware stub against the Python gateway (docs/protocol.md §8).
+
+The module builds firmware_stub/ with gcc into a temporary directory, runs its C unit tests,
+regenerates the golden vectors and compares them byte for byte with the committed
+firmware_stub/vectors/golden.txt, then checks every vector with the Python side: fragments,
+reassembly, decoding and re-encoding, entropy, offload decision, info and control verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gatewayd.errors import DecodeError
+from gatewayd.protocol.control import decode_control, decode_info, encode_control, encode_info
+from gatewayd.protocol.fragments import Reassembler, fragment
+from gatewayd.protocol.messages import (
+    MessageFlags,
+    SampleFormat,
+    Summary,
+    Window,
+    decode_message,
+    encode_message,
+)
+from gatewayd.protocol.vectors import GoldenVector, parse_vectors
+from gatewayd.signals.entropy import window_entropy_bits
+from gatewayd.signals.offload import decide_offload
+
+pytestmark = [
+    pytest.mark.needs_gcc,
+    pytest.mark.skipif(
+        shutil.which("gcc") is None or shutil.which("make") is None,
+        reason="gcc and make are needed to build firmware_stub/ (apt-get install gcc make)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB = ROOT / "firmware_stub"
+GOLDEN = STUB / "vectors" / "golden.txt"
+TYPE_SUMMARY = 1
+TYPE_WINDOW = 2
+OFFLOAD_BITS = int(MessageFlags.OFFLOAD_ENTROPY | MessageFlags.OFFLOAD_CONFIDENCE)
+
+VECTORS = parse_vectors(GOLDEN.read_text(encoding="ascii"))
+WINDOW_VECTORS = [v for v in VECTORS if v.message[1] == TYPE_WINDOW]
+INFO_VECTORS = [v for v in VECTORS if v.info is not None]
+CONTROLS = [(cmd, ok) for v in VECTORS for cmd, ok in v.controls]
+
+
+def _ids(vectors: list[GoldenVector]) -> list[str]:
+    return [v.name for v in vectors]
+
+
+def _run(args: list[str | Path], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command without the MAKEFLAGS of an enclosing make (e.g. `make test`)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compile the library, golden, demo and test_gwfw with gcc into a fresh directory."""
+    out = tmp_path_factory.mktemp("firmware_stub_build")
+    result = _run(["make", "-C", STUB, f"BUILD_DIR={out}", "CC=gcc"], timeout=300)
+    assert result.returncode == 0, f"make failed:\n{result.stdout}\n{result.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated(build_dir: Path) -> bytes:
+    """The golden vectors as the freshly built C program writes them."""
+    path = build_dir / "golden.txt"
+    result = _run([build_dir / "golden", path])
+    assert result.returncode == 0, result.stderr
+    return path.read_bytes()
+
+
+def _seq(message: bytes) -> int:
+    return int.from_bytes(message[4:8], "little")
+
+
+def _summary(decoded: Summary | Window) -> Summary:
+    return decoded.summary if isinstance(decoded, Window) else decoded
+
+
+# ---- checks shared by the golden vectors and the demo -------------------------------------------
+
+
+def check_fragments(vec: GoldenVector) -> None:
+    """C's fragments are Python's, byte for byte, and each fits one notification."""
+    assert list(vec.fragments) == fragment(vec.message, _seq(vec.message), vec.mtu)
+    assert all(len(f) <= vec.mtu - 3 for f in vec.fragments)
+
+
+def check_reassembly(vec: GoldenVector) -> None:
+    """The Reassembler rebuilds the message from the fragments, in order and reversed."""
+    for order in (list(vec.fragments), list(reversed(vec.fragments))):
+        reassembler = Reassembler()
+        results = [reassembler.feed(f, now=0.0) for f in order]
+        assert results[:-1] == [None] * (len(order) - 1)
+        assert results[-1] == vec.message
+
+
+def check_decode(vec: GoldenVector) -> Summary | Window:
+    """The message decodes, and re-encoding the decoded message gives the same bytes."""
+    decoded = decode_message(vec.message)
+    assert isinstance(decoded, Window if vec.message[1] == TYPE_WINDOW else Summary)
+    assert _summary(decoded).seq == _seq(vec.message)
+    assert encode_message(decoded) == vec.message
+    return decoded
+
+
+def check_entropy_and_policy(vec: GoldenVector, decoded: Summary | Window) -> None:
+    """Python's entropy equals C's; the policy and the flags' offload bits agree."""
+    summary = _summary(decoded)
+    if isinstance(decoded, Window):
+        assert vec.entropy is not None, "a WINDOW vector carries the C entropy"
+        assert vec.policy is not None, "a WINDOW vector carries the C offload decision"
+        expected_dtype = np.int16 if decoded.sample_format == SampleFormat.INT16 else np.int8
+        assert decoded.bvp.dtype == expected_dtype
+        h = window_entropy_bits(decoded.bvp)
+        assert abs(h - vec.entropy) <= 1e-9, (h, vec.entropy)
+        assert summary.entropy_mbits == math.floor(vec.entropy * 1000.0 + 0.5)
+    if vec.policy is not None:
+        tau, min_conf, reason = vec.policy
+        decided = decide_offload(summary.entropy_mbits, summary.activity_conf_e4, tau, min_conf)
+        assert int(decided) == reason
+        assert int(summary.flags) & OFFLOAD_BITS == reason
+        if isinstance(decoded, Window):
+            assert reason != 0, "a WINDOW is only sent when the policy offloads"
+
+
+# ---- the C side on its own ----------------------------------------------------------------------
+
+
+def test_c_unit_tests_pass(build_dir: Path) -> None:
+    result = _run([build_dir / "test_gwfw"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checks passed" in result.stdout
+
+
+def test_committed_golden_vectors_are_up_to_date(generated: bytes) -> None:
+    assert generated == GOLDEN.read_bytes(), (
+        "firmware_stub/vectors/golden.txt differs from what build/golden writes now: "
+        "run `make -C firmware_stub vectors`, review the diff and commit it"
+    )
+
+
+def test_golden_writes_the_same_to_stdout(build_dir: Path, generated: bytes) -> None:
+    result = _run([build_dir / "golden"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.encode("ascii") == generated
+
+
+def test_golden_vectors_cover_the_protocol() -> None:
+    names = {v.name for v in VECTORS}
+    assert len(names) == len(VECTORS)
+    by_name = {v.name: v for v in VECTORS}
+    assert len(by_name["summary_mtu23"].fragments) == 2
+    assert len(by_name["window_int16_mtu23"].fragments) == 163
+    assert len(by_name["window_int16_mtu247"].fragments) == 11
+    assert len(by_name["window_int8_max_mtu23"].message) == 4080
+    assert len(by_name["window_int8_max_mtu23"].fragments) == 255
+    assert by_name["window_constant_mtu247"].entropy == 0.0
+    assert {_seq(v.message) for v in VECTORS} >= {0, 0xFFFFFFFF}
+    assert {v.message[28] for v in WINDOW_VECTORS} == {int(f) for f in SampleFormat}
+    assert {v.policy[2] for v in VECTORS if v.policy is not None} == {1, 2, 3}
+    assert {v.mtu for v in VECTORS} >= {23, 185, 247, 517}
+    assert any(v.message[2] & int(MessageFlags.RESENT) for v in WINDOW_VECTORS)
+    assert {ok for _, ok in CONTROLS} == {True, False}
+    assert {cmd[1] for cmd, ok in CONTROLS if ok} == {1, 2, 3, 4}
+    assert INFO_VECTORS
+
+
+# ---- every golden vector against the Python gateway ---------------------------------------------
+
+
+@pytest.mark.parametrize("vec", VECTORS, ids=_ids(VECTORS))
+def test_fragments_equal_python_fragments(vec: GoldenVector) -> None:
+    check_fragments(vec)
+
+
+@pytest.mark.parametrize("vec", VECTORS, ids=_ids(VECTORS))
+def test_fragments_reassemble_to_the_message(vec: GoldenVector) -> None:
+    check_reassembly(vec)
+
+
+@pytest.mark.parametrize("vec", VECTORS, ids=_ids(VECTORS))
+def test_message_decodes_and_reencodes_identically(vec: GoldenVector) -> None:
+    check_entropy_and_policy(vec, check_decode(vec))
+
+
+def test_window_entropy_is_bit_identical_on_this_host(generated: bytes) -> None:
+    # C built here and numpy here: the same IEEE operations and the same libm log2, so the
+    # entropies are equal to the last bit (docs/signals.md §4.1), not merely within 1e-9.
+    windows = [v for v in parse_vectors(generated.decode("ascii")) if v.message[1] == TYPE_WINDOW]
+    assert windows
+    for vec in windows:
+        decoded = decode_message(vec.message)
+        assert isinstance(decoded, Window)
+        assert window_entropy_bits(decoded.bvp) == vec.entropy, vec.name
+
+
+@pytest.mark.parametrize("vec", INFO_VECTORS, ids=_ids(INFO_VECTORS))
+def test_info_decodes_and_reencodes_identically(vec: GoldenVector) -> None:
+    assert vec.info is not None
+    info = decode_info(vec.info)
+    assert encode_info(info) == vec.info
+    assert (info.fw_major, info.fw_minor) == (vec.info[1], vec.info[2])
+
+
+@pytest.mark.parametrize(
+    ("command", "accepted"),
+    CONTROLS,
+    ids=[f"{cmd.hex()}-{'ok' if ok else 'reject'}" for cmd, ok in CONTROLS],
+)
+def test_control_verdict_matches_c(command: bytes, accepted: bool) -> None:
+    if accepted:
+        assert encode_control(decode_control(command)) == command
+    else:
+        with pytest.raises(DecodeError):
+            decode_control(command)
+
+
+# ---- the demo program ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [[], ["--mtu", "23", "--seed", "7"], ["--mtu", "517"]])
+def test_demo_output_parses_and_decodes(build_dir: Path, args: list[str]) -> None:
+    result = _run([build_dir / "demo", *args])
+    assert result.returncode == 0, result.stderr
+    (vec,) = parse_vectors(result.stdout)
+    assert vec.name == "demo"
+    check_fragments(vec)
+    check_reassembly(vec)
+    decoded = check_decode(vec)
+    assert isinstance(decoded, Window)
+    assert decoded.bvp.shape == (512,)
+    assert decoded.acc.shape == (256, 3)
+    check_entropy_and_policy(vec, decoded)
+    assert _run([build_dir / "demo", *args]).stdout == result.stdout, "demo is deterministic"
+
+
+def test_demo_seed_changes_the_window(build_dir: Path) -> None:
+    one = parse_vectors(_run([build_dir / "demo", "--seed", "1"]).stdout)[0]
+    two = parse_vectors(_run([build_dir / "demo", "--seed", "2"]).stdout)[0]
+    assert one.message != two.message
+
+
+@pytest.mark.parametrize("args", [["--mtu", "22"], ["--mtu", "518"], ["--seed", "-1"], ["-x"]])
+def test_demo_rejects_bad_arguments(build_dir: Path, args: list[str]) -> None:
+    result = _run([build_dir / "demo", *args])
+    assert result.returncode == 2
+    assert "usage" in result.stderr
+
+
+# ---- the vector parser ------------------------------------------------------------------------
+
+_GOOD = "# c\nvector v\nmtu 23\nmessage 0102\nfragment 0000000101\nfragment 0000010102\nend\n"
+
+
+def test_parse_vectors_reads_every_line_kind() -> None:
+    text = (
+        "vector a.b-c_1\n  # indented comment\n\nmtu 247\nmessage 00ff\nfragment 0000000100ff\n"
+        "entropy 3.6293432628869025\npolicy 3500 6000 3\ninfo 01\ncontrol 0103 reject\n"
+        "control 010328 ok\nend\n" + _GOOD
+    )
+    a, v = parse_vectors(text)
+    assert a == GoldenVector(
+        name="a.b-c_1",
+        mtu=247,
+        message=b"\x00\xff",
+        fragments=(b"\x00\x00\x00\x01\x00\xff",),
+        entropy=3.6293432628869025,
+        policy=(3500, 6000, 3),
+        info=b"\x01",
+        controls=((b"\x01\x03", False), (b"\x01\x03\x28", True)),
+    )
+    assert (v.entropy, v.policy, v.info, v.controls) == (None, None, None, ())
+    assert parse_vectors("") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("mtu 23\n", 1),
+        ("vector a\nvector b\n", 2),
+        ("vector a\nmtu 23\n", 2),
+        ("vector a\nmtu 23\nend\n", 3),
+        ("vector a b\n", 1),
+        ("vector a\nmtu 22\n", 2),
+        ("vector a\nmtu 0x17\n", 2),
+        ("vector a\nmtu 23\nmtu 23\n", 3),
+        ("vector a\nmessage 0A\n", 2),
+        ("vector a\nmessage 012\n", 2),
+        ("vector a\nfragment\n", 2),
+        ("vector a\nentropy nan\n", 2),
+        ("vector a\nentropy 1e999\n", 2),
+        ("vector a\npolicy 1 2\n", 2),
+        ("vector a\npolicy 1 2 4\n", 2),
+        ("vector a\npolicy 1 65536 0\n", 2),
+        ("vector a\ncontrol 01 maybe\n", 2),
+        ("vector a\nsomething 1\n", 2),
+        ("vector a\nend now\n", 2),
+        (_GOOD + "vector v\n", 8),
+    ],
+)
+def test_parse_vectors_names_the_bad_line(text: str, line: int) -> None:
+    with pytest.raises(ValueError, match=rf"^line {line}: "):
+        parse_vectors(text)
+
+
+# ---- `gatewayd demo`, what `make demo` runs -----------------------------------------------------
+
+
+def test_gatewayd_demo_prints_the_decoded_window(build_dir: Path) -> None:
+    result = _run(
+        [sys.executable, "-m", "gatewayd", "demo", "--firmware", build_dir / "demo", "--mtu", "23"]
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "sent      WINDOW of 2604 bytes in 163 fragments at MTU 23" in out
+    assert "BVP       512 samples at 64 Hz (INT16)" in out
+    assert "firmware and gateway agree" in out
+
+
+def test_gatewayd_demo_json_matches_the_firmware(build_dir: Path) -> None:
+    result = _run([sys.executable, "-m", "gatewayd", "demo", "--firmware", build_dir / "demo",
+                   "--json", "--seed", "3"])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (vector,) = parse_vectors(_run([build_dir / "demo", "--seed", "3"]).stdout)
+    message = decode_message(vector.message)
+    assert isinstance(message, Window)
+    assert report["seq"] == message.seq == 3
+    assert report["bytes"] == len(vector.message)
+    assert report["entropy_bits_python"] == window_entropy_bits(message.bvp)
+    assert abs(report["entropy_bits_c"] - report["entropy_bits_python"]) <= 1e-9
+    assert report["bvp"]["shape"] == [512]
+    assert report["agree"] is True
