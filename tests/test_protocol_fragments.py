@@ -188,3 +188,14 @@ def _with_seq(m: Summary | Window, seq: int) -> Summary | Window:
     if isinstance(m, Window):
         return replace(m, summary=replace(m.summary, seq=seq))
     return replace(m, seq=seq)
+
+
+def test_a_corrupted_message_does_not_block_its_resend() -> None:
+    raw = encode_message(_summary(5))
+    decoder = FrameDecoder()
+    *head, last = fragment(raw[:-1] + bytes([raw[-1] ^ 1]), 5, 23)
+    assert [decoder.feed(f, 0.0) for f in head] == [None] * len(head)
+    with pytest.raises(DecodeError, match="bad_crc"):
+        decoder.feed(last, 0.0)
+    good = [decoder.feed(f, 0.1) for f in fragment(raw, 5, 23)]
+    assert good[-1] == _summary(5)

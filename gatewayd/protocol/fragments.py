@@ -95,6 +95,11 @@ class Reassembler:
         """Bytes of unfinished messages held now."""
         return sum(p.size for p in self._partials.values())
 
+    def forget(self, tag: int) -> None:
+        """Do not treat ``tag`` as complete: its message failed to decode, a resend may follow."""
+        if tag in self._recent:
+            self._recent.remove(tag)
+
     def reset(self) -> None:
         """Forget every unfinished message (on disconnect)."""
         self._partials.clear()
@@ -185,12 +190,18 @@ class FrameDecoder:
         """Add one fragment; return the decoded message it completes, if any."""
         try:
             raw = self.reassembler.feed(data, now)
-            if raw is None:
-                return None
-            (tag,) = struct.unpack_from("<H", data)
+        except DecodeError as exc:
+            self.rejected[exc.reason] += 1
+            raise
+        if raw is None:
+            return None
+        (tag,) = struct.unpack_from("<H", data)
+        try:
             message = decode_message(raw)
             _check_tag(tag, message)
         except DecodeError as exc:
+            # A corrupted message must not block its retransmission as a "late duplicate".
+            self.reassembler.forget(tag)
             self.rejected[exc.reason] += 1
             raise
         return message

@@ -1,0 +1,168 @@
+"""Paired devices: the allowlist the link connects to, kept as a small JSON file in the state dir.
+
+Only devices in this list are ever connected. Device ids are stable aliases chosen at pairing
+(never MAC addresses), so MQTT topics and the event log survive a wearable being replaced.
+The file is rewritten atomically (temporary file, fsync, rename), so a crash leaves either the
+old list or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+from gatewayd.errors import GatewayError
+
+REGISTRY_FILE: Final = "devices.json"
+_FORMAT_VERSION: Final = 1
+_ALIAS_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ADDRESS_RE: Final = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
+
+DeviceKind = Literal["wearable", "heart_rate"]
+
+
+class RegistryError(GatewayError):
+    """The paired-device list is unreadable, or a change to it is not allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PairedDevice:
+    """One device the gateway may connect to."""
+
+    device_id: str
+    address: str
+    kind: DeviceKind
+    name: str = ""
+    paired_at: str = ""
+
+
+def check_alias(alias: str) -> str:
+    """Return ``alias`` if it is a valid device id, else raise RegistryError saying why."""
+    if not _ALIAS_RE.fullmatch(alias):
+        raise RegistryError(
+            f"device id {alias!r} must be 1-63 characters of a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit (it becomes part of MQTT topics)"
+        )
+    return alias
+
+
+def normalise_address(address: str) -> str:
+    """Upper-case colon-separated MAC, as BlueZ writes it; RegistryError if malformed."""
+    addr = address.strip().upper().replace("-", ":")
+    if not _ADDRESS_RE.fullmatch(addr):
+        raise RegistryError(f"{address!r} is not a Bluetooth address like AA:BB:CC:DD:EE:FF")
+    return addr
+
+
+def default_alias(name: str, address: str) -> str:
+    """A readable default id: the advertised name slugged, plus the address's last two bytes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "device"
+    return f"{slug}-{address.replace(':', '')[-4:].lower()}"
+
+
+class DeviceRegistry:
+    """The paired-device list in ``<state_dir>/devices.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> DeviceRegistry:
+        """The registry file of a state directory."""
+        return cls(state_dir / REGISTRY_FILE)
+
+    def load(self) -> list[PairedDevice]:
+        """Every paired device; an absent file is an empty list."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise RegistryError(f"{self.path}: cannot read the paired devices: {exc}") from exc
+        try:
+            doc = json.loads(text)
+            if doc.get("version") != _FORMAT_VERSION:
+                raise RegistryError(f"{self.path}: unknown format version {doc.get('version')!r}")
+            devices = [PairedDevice(**entry) for entry in doc["devices"]]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise RegistryError(
+                f"{self.path}: not a paired-device list ({exc}); fix or remove it and pair again"
+            ) from exc
+        try:
+            for d in devices:
+                check_alias(d.device_id)
+                normalise_address(d.address)
+        except RegistryError as exc:
+            raise RegistryError(f"{self.path}: {exc}") from exc
+        return devices
+
+    def get(self, device_id: str) -> PairedDevice:
+        """The device with this id; RegistryError if there is none."""
+        for d in self.load():
+            if d.device_id == device_id:
+                return d
+        raise RegistryError(f"no paired device {device_id!r} (see `gatewayd devices list`)")
+
+    def add(
+        self, address: str, kind: DeviceKind, name: str = "", alias: str | None = None
+    ) -> PairedDevice:
+        """Pair a device; pairing a known address again keeps its id unless an alias is given."""
+        addr = normalise_address(address)
+        devices = self.load()
+        existing = next((d for d in devices if d.address == addr), None)
+        device_id = check_alias(
+            alias or (existing.device_id if existing else default_alias(name, addr))
+        )
+        clash = next((d for d in devices if d.device_id == device_id and d.address != addr), None)
+        if clash is not None:
+            raise RegistryError(f"device id {device_id!r} is already used by {clash.address}")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        device = PairedDevice(device_id, addr, kind, name, now)
+        self._save([d for d in devices if d.address != addr] + [device])
+        return device
+
+    def rename(self, device_id: str, new_id: str) -> PairedDevice:
+        """Give a device a new id."""
+        check_alias(new_id)
+        devices = self.load()
+        if any(d.device_id == new_id for d in devices):
+            raise RegistryError(f"device id {new_id!r} is already used")
+        old = self.get(device_id)
+        new = replace(old, device_id=new_id)
+        self._save([new if d.device_id == device_id else d for d in devices])
+        return new
+
+    def remove(self, device_id: str) -> PairedDevice:
+        """Forget a device: the gateway will not connect to it again."""
+        old = self.get(device_id)
+        self._save([d for d in self.load() if d.device_id != device_id])
+        return old
+
+    def _save(self, devices: list[PairedDevice]) -> None:
+        doc = {"version": _FORMAT_VERSION, "devices": [asdict(d) for d in devices]}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".devices.", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(doc, f, indent=2)
+                    f.write("\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                Path(tmp).replace(self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise RegistryError(f"{self.path}: cannot save the paired devices: {exc}") from exc

@@ -1,0 +1,56 @@
+"""Connection-slot budget across adapters: a controller holds only a few LE connections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+class SlotBudget:
+    """How many connections each adapter may hold, and how many it holds now (pure)."""
+
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        if not limits:
+            raise ValueError("at least one adapter is needed")
+        for name, limit in limits.items():
+            if limit < 1:
+                raise ValueError(f"adapter {name}: slot limit {limit} must be at least 1")
+        self._limits = dict(limits)
+        self._used = dict.fromkeys(limits, 0)
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Adapter names, in configuration order."""
+        return tuple(self._limits)
+
+    def used(self, adapter: str) -> int:
+        """Connections held on ``adapter``."""
+        return self._used[adapter]
+
+    def free(self, adapter: str) -> int:
+        """Free slots on ``adapter``."""
+        return self._limits[adapter] - self._used[adapter]
+
+    def choose(self, candidates: Mapping[str, int] | Iterable[str]) -> str | None:
+        """The adapter to connect through, or None when every candidate is full.
+
+        ``candidates`` maps adapter -> RSSI (dBm) of the device as that adapter sees it, or is a
+        plain iterable of adapters. Prefer the adapter with the most free slots, then the
+        strongest signal, then configuration order: load spreads and links stay robust.
+        """
+        rssi = dict(candidates) if isinstance(candidates, Mapping) else dict.fromkeys(candidates, 0)
+        usable = [a for a in self._limits if a in rssi and self.free(a) > 0]
+        if not usable:
+            return None
+        return max(usable, key=lambda a: (self.free(a), rssi[a], -self.adapters.index(a)))
+
+    def take(self, adapter: str) -> None:
+        """Hold one slot on ``adapter``."""
+        if self.free(adapter) <= 0:
+            raise RuntimeError(f"adapter {adapter} has no free slot")
+        self._used[adapter] += 1
+
+    def release(self, adapter: str) -> None:
+        """Give one slot on ``adapter`` back."""
+        if self._used[adapter] <= 0:
+            raise RuntimeError(f"adapter {adapter} holds no slot to release")
+        self._used[adapter] -= 1

@@ -1,0 +1,236 @@
+"""The link layer's pure parts: backoff, slot budget, the per-device stream, the registry."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
+
+from gatewayd.link.backoff import MAX_DELAY_S, FailureKind, backoff_delay, classify
+from gatewayd.link.events import DeviceRestarted, FrameReceived, MessagesLost
+from gatewayd.link.registry import DeviceRegistry, RegistryError, default_alias
+from gatewayd.link.slots import SlotBudget
+from gatewayd.link.stream import DeviceStream
+from gatewayd.protocol.control import DeviceInfo, Resend
+from gatewayd.protocol.fragments import fragment
+from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, encode_message
+
+# ---- backoff ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (TimeoutError(), FailureKind.TIMEOUT),
+        (BleakDeviceNotFoundError("AA:BB", "not found"), FailureKind.NOT_FOUND),
+        (BleakDBusError("org.bluez.Error.InProgress", []), FailureKind.TRANSIENT),
+        (
+            BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-local"]),
+            FailureKind.TRANSIENT,
+        ),
+        (BleakDBusError("org.freedesktop.DBus.Error.UnknownObject", []), FailureKind.NOT_FOUND),
+        (BleakError("no available connection slot"), FailureKind.OUT_OF_SLOTS),
+        (BleakError("Disconnected"), FailureKind.TRANSIENT),
+        (ValueError("x"), FailureKind.OTHER),
+    ],
+)
+def test_classify(exc: BaseException, kind: FailureKind) -> None:
+    assert classify(exc) is kind
+
+
+def test_backoff_grows_and_caps() -> None:
+    delays = [backoff_delay(FailureKind.TRANSIENT, n) for n in range(1, 30)]
+    assert delays[0] == 0.25
+    assert delays[1] == pytest.approx(0.45)
+    assert all(b >= a for a, b in itertools.pairwise(delays))
+    assert delays[-1] == MAX_DELAY_S
+    assert backoff_delay(FailureKind.OUT_OF_SLOTS, 1) > backoff_delay(FailureKind.TRANSIENT, 1)
+    assert backoff_delay(FailureKind.OTHER, 0) == 0.0
+
+
+def test_backoff_jitter_is_bounded() -> None:
+    rng = random.Random(1)
+    for _ in range(100):
+        d = backoff_delay(FailureKind.TIMEOUT, 3, rng=rng, jitter=0.1)
+        assert 1.0 * 1.8**2 <= d <= 1.1 * 1.8**2
+
+
+# ---- slots --------------------------------------------------------------------------------------
+
+
+def test_slots_spread_and_fill() -> None:
+    b = SlotBudget({"hci0": 2, "hci1": 2})
+    chosen = []
+    for _ in range(4):
+        a = b.choose({"hci0": -50, "hci1": -80})
+        assert a is not None
+        b.take(a)
+        chosen.append(a)
+    # most free first, then signal: alternates rather than filling hci0
+    assert chosen == ["hci0", "hci1", "hci0", "hci1"]
+    assert b.choose({"hci0": -50, "hci1": -80}) is None
+    b.release("hci1")
+    assert b.choose(["hci0", "hci1"]) == "hci1"
+    assert b.choose({"hci0": -40}) is None  # only seen where there is no room
+
+
+def test_slots_misuse() -> None:
+    b = SlotBudget({"hci0": 1})
+    b.take("hci0")
+    with pytest.raises(RuntimeError):
+        b.take("hci0")
+    b.release("hci0")
+    with pytest.raises(RuntimeError):
+        b.release("hci0")
+    with pytest.raises(ValueError, match="at least 1"):
+        SlotBudget({"hci0": 0})
+
+
+# ---- stream -------------------------------------------------------------------------------------
+
+
+def summary(seq: int, flags: MessageFlags = MessageFlags.NONE) -> Summary:
+    return Summary(seq, 1000 * seq, flags, 1, 0, 9000, 3000, 7000, 90, 80)
+
+
+def frags(seq: int, mtu: int = 23, flags: MessageFlags = MessageFlags.NONE) -> list[bytes]:
+    return fragment(encode_message(summary(seq, flags)), seq, mtu)
+
+
+INFO = DeviceInfo(1, 0, 0, 0xABCD, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, "m")
+
+
+def test_stream_delivers_in_order_and_recovers_a_gap_by_resend() -> None:
+    s = DeviceStream("w1", resend_interval_s=1.0)
+    s.on_connected(INFO)
+    out = []
+    for seq in (0, 1, 4, 5):  # 2 and 3 lost on the air
+        for f in frags(seq):
+            out += s.on_fragment(f, now=seq * 0.1, wall=100.0)
+    assert [e.message.seq for e in out if isinstance(e, FrameReceived)] == [0, 1]
+    assert s.resend_requests(now=0.5) == [Resend(2, 2)]
+    assert s.resend_requests(now=0.6) == []  # not again within the interval
+    for seq in (2, 3):
+        for f in frags(seq, flags=MessageFlags.RESENT):
+            out += s.on_fragment(f, now=0.7, wall=101.0)
+    assert [e.message.seq for e in out if isinstance(e, FrameReceived)] == [0, 1, 2, 3, 4, 5]
+    assert s.resend_requests(now=5.0) == []
+    assert s.stats.delivered == 6
+    assert s.stats.lost == 0
+
+
+def test_stream_gives_up_after_timeout_and_reports_the_loss() -> None:
+    s = DeviceStream("w1", gap_timeout_s=5.0, resend_interval_s=1.0, max_resend_tries=2)
+    for seq in (0, 3):
+        for f in frags(seq):
+            s.on_fragment(f, now=0.0, wall=0.0)
+    assert len(s.resend_requests(0.0)) == 1
+    assert len(s.resend_requests(1.0)) == 1
+    assert s.resend_requests(2.0) == []  # tries exhausted
+    events = s.tick(now=5.0, wall=0.0)
+    assert events[0] == MessagesLost("w1", 1, 2)
+    assert isinstance(events[1], FrameReceived)
+    assert s.stats.lost == 2
+
+
+def test_stream_long_gap_asks_for_the_newest_256() -> None:
+    s = DeviceStream("w1")
+    for seq in (0, 1000):
+        for f in frags(seq):
+            s.on_fragment(f, now=0.0, wall=0.0)
+    assert s.resend_requests(0.0) == [Resend(1000 - 256, 256)]
+
+
+def test_stream_counts_malformed_input_and_keeps_going() -> None:
+    s = DeviceStream("w1")
+    good = frags(0, mtu=247)
+    assert s.on_fragment(b"\x00\x01", 0.0, 0.0) == []
+    assert s.on_fragment(good[0][:-1] + b"\xff", 0.0, 0.0) == []
+    assert s.last_error is not None
+    assert s.stats.rejected == {"too_short": 1, "bad_crc": 1}
+    # a damaged copy does not poison a later good one (its tag is not marked complete)
+    assert [type(e) for e in s.on_fragment(good[0], 0.0, 0.0)] == [FrameReceived]
+
+
+def test_stream_boot_id_change_is_a_restart() -> None:
+    s = DeviceStream("w1")
+    s.on_connected(INFO)
+    for f in frags(500):
+        s.on_fragment(f, 0.0, 0.0)
+    s.on_disconnected()
+    rebooted = DeviceInfo(1, 0, 0, 0x1234, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, "m")
+    assert s.on_connected(rebooted) == [DeviceRestarted("w1", None)]
+    events = [e for f in frags(0) for e in s.on_fragment(f, 1.0, 0.0)]
+    assert [e.message.seq for e in events if isinstance(e, FrameReceived)] == [0]
+
+
+def test_stream_disconnect_drops_half_messages_but_keeps_order() -> None:
+    s = DeviceStream("w1")
+    for f in frags(0):
+        s.on_fragment(f, 0.0, 0.0)
+    half = frags(1)
+    s.on_fragment(half[0], 0.0, 0.0)
+    s.on_disconnected()
+    assert s.decoder.reassembler.pending == 0
+    assert s.expected_seq == 1
+
+
+# ---- registry -----------------------------------------------------------------------------------
+
+
+def test_registry_round_trip(tmp_path: Path) -> None:
+    reg = DeviceRegistry.in_state_dir(tmp_path / "state")
+    assert reg.load() == []
+    a = reg.add("aa:bb:cc:dd:ee:01", "wearable", "GW Wearable")
+    assert a.device_id == "gw-wearable-ee01"
+    assert a.address == "AA:BB:CC:DD:EE:01"
+    b = reg.add("AA-BB-CC-DD-EE-02", "heart_rate", "Polar H10", alias="bed-3-strap")
+    assert [d.device_id for d in reg.load()] == ["gw-wearable-ee01", "bed-3-strap"]
+    again = reg.add("AA:BB:CC:DD:EE:01", "wearable", "GW Wearable")
+    assert again.device_id == a.device_id  # re-pairing keeps the id
+    assert reg.rename("bed-3-strap", "bed-4-strap").address == b.address
+    with pytest.raises(RegistryError, match="already used"):
+        reg.rename("bed-4-strap", "gw-wearable-ee01")
+    reg.remove("gw-wearable-ee01")
+    assert [d.device_id for d in reg.load()] == ["bed-4-strap"]
+    doc = json.loads(reg.path.read_text())
+    assert doc["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "not a paired-device list"),
+        ('{"version": 9, "devices": []}', "unknown format version"),
+        ('{"version": 1, "devices": [{"address": "x"}]}', "not a paired-device list"),
+        (
+            '{"version": 1, "devices": [{"device_id": "A B", "address": "AA:BB:CC:DD:EE:01",'
+            ' "kind": "wearable"}]}',
+            "device id",
+        ),
+    ],
+)
+def test_registry_rejects_a_corrupt_file(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "devices.json"
+    path.write_text(content)
+    with pytest.raises(RegistryError, match=match) as err:
+        DeviceRegistry(path).load()
+    assert str(path) in str(err.value)
+
+
+def test_registry_validation(tmp_path: Path) -> None:
+    reg = DeviceRegistry(tmp_path / "devices.json")
+    with pytest.raises(RegistryError, match="Bluetooth address"):
+        reg.add("not-an-address", "wearable")
+    with pytest.raises(RegistryError, match="device id"):
+        reg.add("AA:BB:CC:DD:EE:01", "wearable", alias="Bad Alias")
+    reg.add("AA:BB:CC:DD:EE:01", "wearable", alias="one")
+    with pytest.raises(RegistryError, match="already used by"):
+        reg.add("AA:BB:CC:DD:EE:02", "wearable", alias="one")
+    with pytest.raises(RegistryError, match="no paired device"):
+        reg.remove("two")
+    assert default_alias("", "AA:BB:CC:DD:EE:0F") == "device-ee0f"
