@@ -7,6 +7,7 @@ with ``raise ... from exc`` so callers catch ``GatewayError`` and nothing else.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Final
 
 #: sysexits.h EX_CONFIG: the configuration is wrong; systemd units list it in
@@ -29,6 +30,18 @@ class ConfigError(GatewayError):
         self.path = os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}")
+
+
+class DatasetError(GatewayError):
+    """A recording file is missing, truncated, malformed or not in the expected layout.
+
+    ``file`` is the path (or ``archive:member``) that was wrong; the message starts with its name.
+    """
+
+    def __init__(self, file: str | os.PathLike[str], message: str) -> None:
+        self.file = os.fspath(file)
+        self.message = message
+        super().__init__(f"{Path(self.file).name}: {message}")
 
 
 class DecodeError(GatewayError):
