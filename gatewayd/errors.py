@@ -56,5 +56,9 @@ class DecodeError(GatewayError):
         super().__init__(f"{reason}: {detail}")
 
 
+class EmulatorError(GatewayError):
+    """The BLE emulator could not start, or was used the wrong way."""
+
+
 class NotYetAvailableError(GatewayError):
     """A command or feature that a later milestone builds."""
