@@ -101,12 +101,12 @@ def frags(seq: int, mtu: int = 23, flags: MessageFlags = MessageFlags.NONE) -> l
     return fragment(encode_message(summary(seq, flags)), seq, mtu)
 
 
-INFO = DeviceInfo(1, 0, 0, 0xABCD, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, "m")
+INFO = DeviceInfo(1, 0, 0, 0xABCD, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, 0, "m")
 
 
 def test_stream_delivers_in_order_and_recovers_a_gap_by_resend() -> None:
     s = DeviceStream("w1", resend_interval_s=1.0)
-    s.on_connected(INFO)
+    s.on_info(INFO, 0.0)
     out = []
     for seq in (0, 1, 4, 5):  # 2 and 3 lost on the air
         for f in frags(seq):
@@ -124,17 +124,18 @@ def test_stream_delivers_in_order_and_recovers_a_gap_by_resend() -> None:
 
 
 def test_stream_gives_up_after_timeout_and_reports_the_loss() -> None:
-    s = DeviceStream("w1", gap_timeout_s=5.0, resend_interval_s=1.0, max_resend_tries=2)
+    s = DeviceStream("w1", gap_timeout_s=5.0, resend_interval_s=1.0)
     for seq in (0, 3):
         for f in frags(seq):
             s.on_fragment(f, now=0.0, wall=0.0)
-    assert len(s.resend_requests(0.0)) == 1
-    assert len(s.resend_requests(1.0)) == 1
-    assert s.resend_requests(2.0) == []  # tries exhausted
+    assert [len(s.resend_requests(t)) for t in (0.0, 0.5, 1.0, 1.9, 2.0)] == [1, 0, 1, 0, 1]
+    s.on_info(INFO, 2.5)  # reconnected: ask again at once
+    assert len(s.resend_requests(2.5)) == 1
     events = s.tick(now=5.0, wall=0.0)
     assert events[0] == MessagesLost("w1", 1, 2)
     assert isinstance(events[1], FrameReceived)
     assert s.stats.lost == 2
+    assert s.resend_requests(6.0) == []  # given up: no more asking
 
 
 def test_stream_long_gap_asks_for_the_newest_256() -> None:
@@ -152,18 +153,19 @@ def test_stream_counts_malformed_input_and_keeps_going() -> None:
     assert s.on_fragment(good[0][:-1] + b"\xff", 0.0, 0.0) == []
     assert s.last_error is not None
     assert s.stats.rejected == {"too_short": 1, "bad_crc": 1}
+    assert s.wants_info
     # a damaged copy does not poison a later good one (its tag is not marked complete)
     assert [type(e) for e in s.on_fragment(good[0], 0.0, 0.0)] == [FrameReceived]
 
 
 def test_stream_boot_id_change_is_a_restart() -> None:
     s = DeviceStream("w1")
-    s.on_connected(INFO)
+    s.on_info(INFO, 0.0)
     for f in frags(500):
         s.on_fragment(f, 0.0, 0.0)
     s.on_disconnected()
-    rebooted = DeviceInfo(1, 0, 0, 0x1234, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, "m")
-    assert s.on_connected(rebooted) == [DeviceRestarted("w1", None)]
+    rebooted = DeviceInfo(1, 0, 0, 0x1234, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, 0, "m")
+    assert s.on_info(rebooted, 1.0) == [DeviceRestarted("w1", None)]
     events = [e for f in frags(0) for e in s.on_fragment(f, 1.0, 0.0)]
     assert [e.message.seq for e in events if isinstance(e, FrameReceived)] == [0]
 
@@ -234,3 +236,19 @@ def test_registry_validation(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="no paired device"):
         reg.remove("two")
     assert default_alias("", "AA:BB:CC:DD:EE:0F") == "device-ee0f"
+
+
+def test_stream_tail_loss_is_found_through_next_seq() -> None:
+    s = DeviceStream("w1", gap_timeout_s=5.0)
+    s.on_info(INFO, 0.0)
+    for seq in (0, 1):
+        for f in frags(seq):
+            s.on_fragment(f, 0.0, 0.0)
+    # message 2 was the last and was lost; the info read after reconnecting says next_seq = 3
+    s.on_info(
+        DeviceInfo(1, 0, 0, 0xABCD, 0, 64, 32, SampleFormat.INT16, 64, 4000, 6000, 3, "m"), 1.0
+    )
+    assert not s.wants_info
+    assert s.resend_requests(1.0) == [Resend(2, 1)]
+    events = [e for f in frags(2, flags=MessageFlags.RESENT) for e in s.on_fragment(f, 1.5, 0.0)]
+    assert [e.message.seq for e in events if isinstance(e, FrameReceived)] == [2]

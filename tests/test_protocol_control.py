@@ -27,7 +27,9 @@ from gatewayd.protocol.heart_rate import (
 )
 from gatewayd.protocol.messages import SampleFormat
 
-INFO = DeviceInfo(1, 2, 3, 0xDEADBEEF, 40, 64, 32, SampleFormat.INT16, 64, 4000, 6000, "mnv2-p40")
+INFO = DeviceInfo(
+    1, 2, 3, 0xDEADBEEF, 40, 64, 32, SampleFormat.INT16, 64, 4000, 6000, 0x01020304, "mnv2-p40"
+)
 
 
 @pytest.mark.parametrize(
@@ -76,8 +78,9 @@ def test_info_round_trip_and_layout() -> None:
     raw = encode_info(INFO)
     assert raw[:4] == bytes([1, 1, 2, 3])
     assert raw[4:8] == (0xDEADBEEF).to_bytes(4, "little")
-    assert raw[18] == 8
-    assert raw[19:] == b"mnv2-p40"
+    assert raw[18:22] == (0x01020304).to_bytes(4, "little")
+    assert raw[22] == 8
+    assert raw[23:] == b"mnv2-p40"
     assert decode_info(raw) == INFO
     assert INFO.firmware_version == "1.2.3"
 
@@ -88,7 +91,7 @@ def test_info_round_trip_and_layout() -> None:
         (lambda r: r[:10], "too_short"),
         (lambda r: b"\x02" + r[1:], "unsupported_version"),
         (lambda r: r + b"x", "bad_length"),
-        (lambda r: r[:19] + b"mnv2 p40", "bad_field"),
+        (lambda r: r[:23] + b"mnv2 p40", "bad_field"),
         (lambda r: r[:11] + b"\x05" + r[12:], "bad_field"),
         (lambda r: r[:8] + b"\x65" + r[9:], "bad_field"),
         (lambda r: r[:9] + b"\x00" + r[10:], "bad_field"),

@@ -109,3 +109,42 @@ def test_any_bounded_reordering_with_duplicates_delivers_exactly_once_in_order(
         out += delivered(q.push(s(x), 0.0))
     assert out == seqs
     assert q.held == 0
+
+
+def test_announced_tail_loss_is_requested_and_then_reported() -> None:
+    q = Sequencer(gap_timeout_s=5.0)
+    q.push(s(1), 0.0)
+    q.push(s(2), 0.0)
+    q.announce(5, now=1.0)  # the device has produced 3 and 4 too
+    assert q.missing() == [(3, 2)]
+    assert q.push(s(3), 2.0) == [Delivered(s(3))]
+    assert q.missing() == [(4, 1)]
+    assert q.expire(5.9) == []
+    assert q.expire(6.0) == [Gap(4, 1)]
+    assert q.expected == 5
+    assert q.missing() == []
+
+
+def test_announce_sets_the_start_and_is_ignored_when_not_ahead() -> None:
+    q = Sequencer()
+    q.announce(100, 0.0)
+    assert q.missing() == []
+    assert q.push(s(101), 0.0) == []  # 100 is owed: it was produced after we started listening
+    assert q.missing() == [(100, 1)]
+    q.push(s(100), 0.0)
+    q.announce(101, 0.0)
+    q.announce(50, 0.0)
+    assert q.missing() == []
+
+
+def test_announce_beyond_held_messages() -> None:
+    q = Sequencer()
+    q.push(s(0), 0.0)
+    q.push(s(2), 0.0)
+    q.announce(5, 0.0)
+    assert q.missing() == [(1, 1), (3, 2)]
+    assert [e.message.seq for e in q.push(s(1), 0.0) if isinstance(e, Delivered)] == [1, 2]
+    for n in (3, 4):
+        q.push(s(n), 0.0)
+    assert q.missing() == []
+    assert q.expected == 5

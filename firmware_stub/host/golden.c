@@ -277,6 +277,7 @@ static void emit_summaries(FILE *f)
     inf.acc_lsb_per_g = 64;
     inf.tau_mbits = TAU;
     inf.min_conf_e4 = MIN_CONF;
+    inf.next_seq = 42;
     inf.model_id = "mnv2-1d_p40.v1";
     inf.model_id_len = (uint8_t)strlen(inf.model_id);
     s = summary_at(4);
@@ -296,6 +297,7 @@ static void emit_summaries(FILE *f)
     inf.acc_lsb_per_g = 65535;
     inf.tau_mbits = 65535;
     inf.min_conf_e4 = GWFW_CONF_E4_MAX;
+    inf.next_seq = 0xFFFFFFFFu;
     inf.model_id = "mnv2-1d.ppg-dalia_p80-fold4.v1.0";
     inf.model_id_len = (uint8_t)strlen(inf.model_id); /* 32 characters: the maximum */
     s = summary_at(5);
@@ -317,6 +319,7 @@ static void emit_summaries(FILE *f)
     inf.acc_lsb_per_g = 1;
     inf.tau_mbits = 0;
     inf.min_conf_e4 = 0;
+    inf.next_seq = 0;
     inf.model_id = NULL;
     inf.model_id_len = 0;
     s = summary_at(0xFFFFFFFFu);

@@ -97,9 +97,9 @@ extern "C" {
 
 /* ---- info characteristic (section 6.2) ---------------------------------------------------------- */
 
-#define GWFW_INFO_FIXED_SIZE 19u
+#define GWFW_INFO_FIXED_SIZE 23u
 #define GWFW_MODEL_ID_MAX 32u
-#define GWFW_INFO_MAX (GWFW_INFO_FIXED_SIZE + GWFW_MODEL_ID_MAX) /* 51 bytes */
+#define GWFW_INFO_MAX (GWFW_INFO_FIXED_SIZE + GWFW_MODEL_ID_MAX) /* 55 bytes */
 
 /* ---- errors ----------------------------------------------------------------------------------- */
 
@@ -258,11 +258,13 @@ struct gwfw_info {
     uint16_t acc_lsb_per_g;  /* >= 1 */
     uint16_t tau_mbits;      /* current policy */
     uint16_t min_conf_e4;    /* current policy, 0..10000 */
+    uint32_t next_seq;       /* the seq the next message will get: tells a reconnecting gateway
+                                what it missed at the end of the stream */
     const char *model_id;    /* model_id_len ASCII chars of [A-Za-z0-9._-], no NUL needed */
     uint8_t model_id_len;    /* 0..32 */
 };
 
-/* Encode the info characteristic's value (19 + model_id_len bytes). Returns its length or
+/* Encode the info characteristic's value (23 + model_id_len bytes). Returns its length or
  * GWFW_E_NULL / GWFW_E_RANGE / GWFW_E_BUFFER. */
 int gwfw_encode_info(const struct gwfw_info *info, uint8_t *out, size_t cap);
 

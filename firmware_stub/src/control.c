@@ -164,7 +164,8 @@ int gwfw_encode_info(const struct gwfw_info *info, uint8_t *out, size_t cap)
     gwfw_put_u16(out + 12, info->acc_lsb_per_g);
     gwfw_put_u16(out + 14, info->tau_mbits);
     gwfw_put_u16(out + 16, info->min_conf_e4);
-    out[18] = info->model_id_len;
+    gwfw_put_u32(out + 18, info->next_seq);
+    out[22] = info->model_id_len;
     for (i = 0; i < info->model_id_len; i++) {
         out[GWFW_INFO_FIXED_SIZE + i] = (uint8_t)info->model_id[i];
     }

@@ -593,9 +593,10 @@ static void test_info(void)
     inf.acc_lsb_per_g = 64;
     inf.tau_mbits = 3500;
     inf.min_conf_e4 = 6000;
+    inf.next_seq = 0x01020304u;
     inf.model_id = "m1";
     inf.model_id_len = 2;
-    CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), 21);
+    CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), 25);
     CHECK_EQ(b[0], 1);
     CHECK_EQ(b[1], 1);
     CHECK_EQ(b[3], 3);
@@ -607,13 +608,14 @@ static void test_info(void)
     CHECK_EQ(rd16(b + 12), 64);
     CHECK_EQ(rd16(b + 14), 3500);
     CHECK_EQ(rd16(b + 16), 6000);
-    CHECK_EQ(b[18], 2);
-    CHECK(memcmp(b + 19, "m1", 2) == 0);
-    CHECK_EQ(gwfw_encode_info(&inf, b, 20), GWFW_E_BUFFER);
+    CHECK_EQ(rd32(b + 18), 0x01020304u);
+    CHECK_EQ(b[22], 2);
+    CHECK(memcmp(b + 23, "m1", 2) == 0);
+    CHECK_EQ(gwfw_encode_info(&inf, b, 24), GWFW_E_BUFFER);
 
     inf.model_id = id32;
     inf.model_id_len = 32;
-    CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), 51);
+    CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), 55);
     inf.model_id_len = 33;
     CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), GWFW_E_RANGE);
     inf.model_id = "bad id";
@@ -621,7 +623,7 @@ static void test_info(void)
     CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), GWFW_E_RANGE);
     inf.model_id = NULL;
     inf.model_id_len = 0;
-    CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), 19);
+    CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), 23);
     inf.sample_format = 3;
     CHECK_EQ(gwfw_encode_info(&inf, b, sizeof b), GWFW_E_RANGE);
     inf.sample_format = GWFW_SAMPLE_INT8;

@@ -49,6 +49,10 @@ log = structlog.get_logger("gatewayd.link")
 
 TICK_S: Final = 0.5
 CONTROL_QUEUE: Final = 64
+#: After malformed input, read the info characteristic at most this often (seconds).
+INFO_POLL_INTERVAL_S: Final = 1.0
+#: A queued "read the info characteristic" among the control writes (GATT operations go one by one).
+READ_INFO: Final = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,8 @@ class DeviceLink:
         self._clock = clock
         self._wall = wall
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not security
-        self._control: asyncio.Queue[ControlCommand] = asyncio.Queue(CONTROL_QUEUE)
+        self._control: asyncio.Queue[ControlCommand | None] = asyncio.Queue(CONTROL_QUEUE)
+        self._info_polled_at = float("-inf")
         self._log = log.bind(device=device.device_id, address=device.address)
         self._rejected_logged: set[str] = set()
 
@@ -153,8 +158,9 @@ class DeviceLink:
             return kind, str(exc) or type(exc).__name__
         self.connected = True
         self.connections += 1
-        self._emit(LinkUp(self.device.device_id, sighting.adapter, info, client.mtu_size))
-        self._log.info("connected", adapter=sighting.adapter, mtu=client.mtu_size)
+        mtu = _negotiated_mtu(client)
+        self._emit(LinkUp(self.device.device_id, sighting.adapter, info, mtu))
+        self._log.info("connected", adapter=sighting.adapter, mtu=mtu)
         reason = "gateway stopping"
         try:
             reason = await self._stream(client, disconnected)
@@ -189,12 +195,9 @@ class DeviceLink:
             await client.start_notify(HEART_RATE_MEASUREMENT_CHAR_UUID, self._on_heart_rate)
             await self._setup_battery(client)
             return None
-        try:
-            info = decode_info(await client.read_gatt_char(INFO_CHAR_UUID))
-        except DecodeError as exc:
-            raise _SetupError(f"info characteristic: {exc}") from exc
-        for event in self.stream.on_connected(info):
-            self._emit(event)
+        info = await self._read_info(client)
+        if info is None:
+            raise _SetupError(f"info characteristic: {self.stream.last_error}")
         # The queue of an earlier connection is stale: setup commands go first, then resends.
         self._drain_control()
         for cmd in (
@@ -216,6 +219,19 @@ class DeviceLink:
                 self._emit(BatteryLevel(self.device.device_id, value[0]))
         if "notify" in char.properties:
             await client.start_notify(char, self._on_battery)
+
+    async def _read_info(self, client: BleakClient) -> DeviceInfo | None:
+        """Read and apply the info characteristic; None (and counted) if it is malformed."""
+        raw = await client.read_gatt_char(INFO_CHAR_UUID)
+        try:
+            info = decode_info(raw)
+        except DecodeError as exc:
+            self.stream.stats.rejected[exc.reason] += 1
+            self.stream.last_error = exc
+            return None
+        for event in self.stream.on_info(info, self._clock()):
+            self._emit(event)
+        return info
 
     def _on_fragment(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         now = self._clock()
@@ -247,11 +263,16 @@ class DeviceLink:
             self._emit(BatteryLevel(self.device.device_id, data[0]))
 
     def _queue_resends(self, now: float) -> None:
-        for cmd in self.stream.resend_requests(now):
+        wanted: list[ControlCommand | None] = list(self.stream.resend_requests(now))
+        if self.stream.wants_info and now - self._info_polled_at >= INFO_POLL_INTERVAL_S:
+            self._info_polled_at = now
+            wanted.append(READ_INFO)
+        for item in wanted:
             try:
-                self._control.put_nowait(cmd)
+                self._control.put_nowait(item)
             except asyncio.QueueFull:
-                self._log.warning("control queue full; resend request dropped", first=cmd.first_seq)
+                # Resends are asked again every interval; nothing is lost by dropping one here.
+                self._log.warning("control queue full; request dropped", request=repr(item))
 
     def _drain_control(self) -> None:
         while not self._control.empty():
@@ -260,7 +281,10 @@ class DeviceLink:
     async def _write_control(self, client: BleakClient) -> None:
         while True:
             cmd = await self._control.get()
-            await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
+            if cmd is READ_INFO:
+                await self._read_info(client)
+            else:
+                await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
 
     async def _tick(self) -> None:
         while True:
@@ -274,3 +298,16 @@ class DeviceLink:
         with contextlib.suppress(BleakError, TimeoutError, EOFError, OSError):
             async with asyncio.timeout(5.0):
                 await client.disconnect()
+
+
+def _negotiated_mtu(client: BleakClient) -> int:
+    """The ATT MTU of the link, from the data characteristic (BleakClient.mtu_size warns on BlueZ).
+
+    BlueZ reports it per characteristic; bleak exposes it as the largest write without response,
+    which is MTU - 3.
+    """
+    for uuid in (DATA_CHAR_UUID, HEART_RATE_MEASUREMENT_CHAR_UUID):
+        char = client.services.get_characteristic(uuid)
+        if char is not None:
+            return char.max_write_without_response_size + 3
+    return 23

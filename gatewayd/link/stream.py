@@ -55,12 +55,10 @@ class DeviceStream:
         *,
         gap_timeout_s: float = 5.0,
         resend_interval_s: float = 1.0,
-        max_resend_tries: int = 3,
         fragment_timeout_s: float = 5.0,
     ) -> None:
         self.device_id = device_id
         self.resend_interval_s = resend_interval_s
-        self.max_resend_tries = max_resend_tries
         self.stats = StreamStats()
         self._fragment_timeout_s = fragment_timeout_s
         self._decoder = FrameDecoder(Reassembler(timeout_s=fragment_timeout_s))
@@ -68,6 +66,9 @@ class DeviceStream:
         self._boot_id: int | None = None
         self._requests: dict[int, _Request] = {}
         self.last_error: DecodeError | None = None
+        #: Set on malformed input: the link should read the info characteristic, whose
+        #: ``next_seq`` reveals a message lost at the end of the stream.
+        self.wants_info = False
 
     @property
     def expected_seq(self) -> int | None:
@@ -79,15 +80,22 @@ class DeviceStream:
         """The reassembler and decoder (for their counters)."""
         return self._decoder
 
-    def on_connected(self, info: DeviceInfo | None) -> list[LinkEvent]:
-        """A new connection: a changed boot id means the numbering starts again."""
+    def on_info(self, info: DeviceInfo, now: float) -> list[LinkEvent]:
+        """The info characteristic, read at connect or on request.
+
+        A changed boot id means the numbering starts again; ``next_seq`` shows what exists.
+        """
+        self.wants_info = False
         events: list[LinkEvent] = []
-        if info is not None:
-            if self._boot_id is not None and info.boot_id != self._boot_id:
-                self._sequencer.reset()
-                self._requests.clear()
-                events.append(DeviceRestarted(self.device_id, None))
-            self._boot_id = info.boot_id
+        if self._boot_id is not None and info.boot_id != self._boot_id:
+            self._sequencer.reset()
+            self._requests.clear()
+            events.append(DeviceRestarted(self.device_id, None))
+        self._boot_id = info.boot_id
+        self._sequencer.announce(info.next_seq, now)
+        # A request sent just before a link drop was probably lost with it: ask again at once.
+        for req in self._requests.values():
+            req.last_sent = float("-inf")
         return events
 
     def on_disconnected(self) -> None:
@@ -101,6 +109,7 @@ class DeviceStream:
         except DecodeError as exc:
             self.stats.rejected[exc.reason] += 1
             self.last_error = exc
+            self.wants_info = True
             return []
         if message is None:
             return []
@@ -112,7 +121,10 @@ class DeviceStream:
         return self._translate(self._sequencer.expire(now), wall)
 
     def resend_requests(self, now: float) -> list[Resend]:
-        """RESEND commands to send now: new gaps at once, old ones again every interval."""
+        """RESEND commands to send now: new gaps at once, open ones again every interval.
+
+        Asking stops when the sequencer gives the gap up (its timeout) or it is filled.
+        """
         out: list[Resend] = []
         open_gaps = self._sequencer.missing()
         still_open = {first for first, _ in open_gaps}
@@ -122,7 +134,7 @@ class DeviceStream:
             if req is None or req.count != count:
                 req = _Request(first, count, last_sent=float("-inf"), tries=0)
                 self._requests[first] = req
-            if req.tries >= self.max_resend_tries or now - req.last_sent < self.resend_interval_s:
+            if now - req.last_sent < self.resend_interval_s:
                 continue
             req.tries += 1
             req.last_sent = now

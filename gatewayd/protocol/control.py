@@ -119,7 +119,7 @@ def decode_control(data: bytes | bytearray | memoryview) -> ControlCommand:
     return cmd
 
 
-_INFO: Final = struct.Struct("<BBBBIBBBBHHHB")
+_INFO: Final = struct.Struct("<BBBBIBBBBHHHIB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,8 @@ class DeviceInfo:
     acc_lsb_per_g: int
     tau_mbits: int
     min_conf_e4: int
+    #: The seq the device's next message will get: a reconnecting gateway learns what it missed.
+    next_seq: int
     model_id: str
     protocol_version: int = PROTOCOL_VERSION
 
@@ -165,6 +167,7 @@ def encode_info(info: DeviceInfo) -> bytes:
             info.acc_lsb_per_g,
             info.tau_mbits,
             info.min_conf_e4,
+            info.next_seq,
             len(model),
         )
     except struct.error as exc:
@@ -178,7 +181,7 @@ def decode_info(data: bytes | bytearray | memoryview) -> DeviceInfo:
     if len(buf) < _INFO.size:
         raise DecodeError("too_short", f"info of {len(buf)} bytes; it has at least {_INFO.size}")
     (version, major, minor, patch, boot_id, pruning, bvp_rate, acc_rate, fmt, acc_lsb, tau,
-     min_conf, model_len) = _INFO.unpack_from(buf)  # fmt: skip
+     min_conf, next_seq, model_len) = _INFO.unpack_from(buf)  # fmt: skip
     if version != PROTOCOL_VERSION:
         raise DecodeError(
             "unsupported_version",
@@ -198,5 +201,5 @@ def decode_info(data: bytes | bytearray | memoryview) -> DeviceInfo:
         raise DecodeError("bad_field", "a sample rate or acc_lsb_per_g is zero")
     return DeviceInfo(
         major, minor, patch, boot_id, pruning, bvp_rate, acc_rate, SampleFormat(fmt), acc_lsb,
-        tau, min_conf, model.decode("ascii"), version,
+        tau, min_conf, next_seq, model.decode("ascii"), version,
     )  # fmt: skip

@@ -79,6 +79,9 @@ class Sequencer:
         self.expected: int | None = start
         # seq -> (message, arrival time); every key is ahead of `expected`.
         self._held: dict[int, tuple[Message, float]] = {}
+        # Messages before `_horizon` exist (the device said so); since when we know it.
+        self._horizon: int | None = None
+        self._horizon_since = 0.0
 
     @property
     def held(self) -> int:
@@ -89,10 +92,36 @@ class Sequencer:
         """Forget the numbering (new connection to a rebooted device). Held messages are lost."""
         self.expected = None
         self._held.clear()
+        self._horizon = None
+
+    def announce(self, next_seq: int, now: float) -> None:
+        """The device says its next message will be ``next_seq``: all before it exist.
+
+        Messages between the expected one and ``next_seq`` that never arrived are then missing,
+        even when no later message has come to show the gap. Before the first message it sets
+        the start: what came before the gateway listened is not owed to it, all after it is.
+        """
+        if self.expected is None:
+            self.expected = next_seq
+            return
+        if seq_distance(self.expected, next_seq) <= 0:
+            return
+        if self._horizon is None or seq_distance(self._horizon, next_seq) > 0:
+            self._horizon = next_seq
+            self._horizon_since = now
+
+    def _open_horizon(self) -> int:
+        """How many announced messages lie beyond everything held (0 when none)."""
+        if self._horizon is None or self.expected is None:
+            return 0
+        last = self.expected
+        if self._held:
+            last = (self._held_in_order()[-1] + 1) % SEQ_MODULUS
+        return max(0, seq_distance(last, self._horizon))
 
     def missing(self) -> list[tuple[int, int]]:
         """The open gaps as (first seq, count), oldest first: what to ask the device to resend."""
-        if self.expected is None or not self._held:
+        if self.expected is None:
             return []
         gaps: list[tuple[int, int]] = []
         cursor = self.expected
@@ -101,6 +130,8 @@ class Sequencer:
             if d > 0:
                 gaps.append((cursor, d))
             cursor = (seq + 1) % SEQ_MODULUS
+        if tail := self._open_horizon():
+            gaps.append((cursor, tail))
         return gaps
 
     def push(self, message: Message, now: float) -> list[SequenceEvent]:
@@ -128,6 +159,16 @@ class Sequencer:
         events: list[SequenceEvent] = []
         while self._held and now - min(t for _, t in self._held.values()) >= self.gap_timeout_s:
             events.extend(self._give_up_first_gap())
+        if (
+            not self._held
+            and (tail := self._open_horizon())
+            and now - self._horizon_since >= self.gap_timeout_s
+        ):
+            assert self.expected is not None
+            assert self._horizon is not None
+            events.append(Gap(self.expected, tail))
+            self.expected = self._horizon
+            self._horizon = None
         return events
 
     def _held_in_order(self) -> list[int]:
@@ -150,4 +191,6 @@ class Sequencer:
             events.append(Delivered(self._held.pop(nxt)[0]))
             nxt = (nxt + 1) % SEQ_MODULUS
         self.expected = nxt
+        if self._horizon is not None and seq_distance(nxt, self._horizon) <= 0:
+            self._horizon = None
         return events
