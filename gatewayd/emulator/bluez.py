@@ -317,7 +317,7 @@ class FakeBluez:
         self.temporary_timeout = temporary_timeout
         self.battery_plugin = battery_plugin
         self.system_name = system_name
-        self.random = random.Random(seed)  # noqa: S311 - RSSI jitter, not cryptography
+        self.random = random.Random(seed)
         #: The last method calls received, oldest first (bounded).
         self.call_log: deque[CallRecord] = deque(maxlen=10_000)
         self._flow_window = flow_window

@@ -1,0 +1,251 @@
+"""The virtual wearable's logic, as its firmware would run it: pure, driven by simulated time.
+
+It cuts a recording into 8 s / 2 s windows, runs the local estimate (the signal-processing heart
+rate; the pruned ONNX model replaces it with the models milestone), computes the window entropy,
+decides to offload with the same integer policy as firmware_stub/, and encodes SUMMARY or WINDOW
+messages. It obeys control writes (time sync, policy, pruning, resend) and keeps a bounded ring of
+recent messages for RESEND. The BLE side (virtual.py) only moves its bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from gatewayd.datasets.recording import Recording
+from gatewayd.protocol.control import (
+    DeviceInfo,
+    Resend,
+    SetPolicy,
+    SetPruning,
+    TimeSync,
+    decode_control,
+    encode_info,
+)
+from gatewayd.protocol.messages import (
+    Message,
+    MessageFlags,
+    SampleFormat,
+    Summary,
+    Window,
+    encode_message,
+)
+from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
+from gatewayd.signals.heart_rate import HrTracker
+from gatewayd.signals.offload import confidence_e4, decide_offload
+from gatewayd.signals.windows import STEP_S, WINDOW_S
+
+UNKNOWN_ACTIVITY: Final = 255
+FIRMWARE_VERSION: Final = (0, 1, 0)
+#: The emulated PPG front end's gain targets this peak magnitude (int16 LSB) for typical windows.
+_BVP_TARGET_PEAK: Final = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class WearableSpec:
+    """How one virtual wearable is built and set up."""
+
+    address: str
+    name: str
+    recording: Recording
+    boot_id: int
+    sample_format: SampleFormat = SampleFormat.INT16
+    pruning_pct: int = 40
+    tau_mbits: int = 4000
+    min_conf_e4: int = 6000
+    ring_slots: int = 64
+    battery_start_pct: float = 100.0
+    battery_drain_pct_per_h: float = 4.0
+    #: Device clock at boot, Unix ms; until a TIME_SYNC it simply counts from here.
+    boot_unix_ms: int = 0
+    #: Fault: the device clock runs this many ms/s fast (positive) or slow, before and after sync.
+    clock_drift_ms_per_s: float = 0.0
+    model_id: str = "hr-spectral"
+
+
+def bvp_gain(recording: Recording) -> float:
+    """A power-of-two gain that puts the recording's typical BVP peaks near 8192 LSB."""
+    p = float(np.percentile(np.abs(recording.bvp), 99.9)) if recording.bvp.size else 0.0
+    if not math.isfinite(p) or p <= 0:
+        return 1.0
+    return float(2.0 ** math.floor(math.log2(_BVP_TARGET_PEAK / p)))
+
+
+def quantise(x: npt.NDArray[np.floating], gain: float, fmt: SampleFormat) -> npt.NDArray[np.int_]:
+    """Scale, round and saturate samples to the wire format (the sensor's ADC)."""
+    info = np.iinfo(fmt.dtype)
+    return np.clip(np.rint(np.asarray(x, dtype=np.float64) * gain), info.min, info.max).astype(
+        fmt.dtype
+    )
+
+
+@dataclass
+class WearableCounters:
+    """What the wearable did, for tests and the emulator's status line."""
+
+    summaries: int = 0
+    windows: int = 0
+    resent: int = 0
+    resend_missing: int = 0
+    controls: int = 0
+
+
+class WearableCore:
+    """One wearable's firmware logic. Times are simulated seconds since the recording starts."""
+
+    def __init__(self, spec: WearableSpec, *, keep_sent: bool = False) -> None:
+        self.spec = spec
+        self.tau_mbits = spec.tau_mbits
+        self.min_conf_e4 = spec.min_conf_e4
+        self.pruning_pct = spec.pruning_pct
+        self.counters = WearableCounters()
+        #: Every message produced, by seq, when ``keep_sent`` (for tests that check payloads).
+        self.sent: dict[int, Message] | None = {} if keep_sent else None
+        self._gain = bvp_gain(spec.recording)
+        self._tracker = HrTracker()
+        self._next_window = 0
+        self._seq = 0
+        self._ring: OrderedDict[int, Message] = OrderedDict()
+        self._clock_offset_ms = float(spec.boot_unix_ms)
+        self._synced = False
+        self._windows_total = spec.recording.window_count()
+
+    # ---- time ------------------------------------------------------------------------------
+
+    def device_ms(self, sim_s: float) -> int:
+        """The device clock at simulated time ``sim_s``, in Unix ms (or ms since boot)."""
+        drift = self.spec.clock_drift_ms_per_s * sim_s
+        return max(0, int(self._clock_offset_ms + sim_s * 1000.0 + drift))
+
+    def next_window_due_s(self) -> float | None:
+        """When the next window is complete (its end), or None when the recording is over."""
+        if self._next_window >= self._windows_total:
+            return None
+        return self._next_window * STEP_S + WINDOW_S
+
+    @property
+    def finished(self) -> bool:
+        """Every window of the recording has been produced."""
+        return self._next_window >= self._windows_total
+
+    @property
+    def windows_total(self) -> int:
+        """How many windows the recording gives."""
+        return self._windows_total
+
+    def battery_pct(self, sim_s: float) -> int:
+        """Battery level, draining linearly with simulated time."""
+        level = self.spec.battery_start_pct - self.spec.battery_drain_pct_per_h * sim_s / 3600
+        return int(min(100, max(0, round(level))))
+
+    # ---- characteristics --------------------------------------------------------------------
+
+    def info(self) -> bytes:
+        """The info characteristic value."""
+        major, minor, patch = FIRMWARE_VERSION
+        return encode_info(
+            DeviceInfo(
+                major, minor, patch, self.spec.boot_id, self.pruning_pct, 64, 32,
+                self.spec.sample_format, 64, self.tau_mbits, self.min_conf_e4, self._seq,
+                self.spec.model_id,
+            )
+        )  # fmt: skip
+
+    def produce(self, sim_s: float) -> list[tuple[int, bytes]]:
+        """Messages for every window complete by ``sim_s``: (seq, encoded), in order."""
+        out: list[tuple[int, bytes]] = []
+        while (due := self.next_window_due_s()) is not None and due <= sim_s:
+            message = self._window_message(self._next_window, due)
+            self._next_window += 1
+            self._remember(message)
+            out.append((message.seq, encode_message(message)))
+        return out
+
+    def handle_control(self, data: bytes, sim_s: float) -> list[tuple[int, bytes]]:
+        """Apply one control write; return messages to send now (a RESEND's answer).
+
+        Raises DecodeError for a write the firmware rejects (answered with an ATT error).
+        """
+        cmd = decode_control(data)
+        self.counters.controls += 1
+        match cmd:
+            case TimeSync(unix_ms):
+                drift = self.spec.clock_drift_ms_per_s * sim_s
+                self._clock_offset_ms = unix_ms - sim_s * 1000.0 - drift
+                self._synced = True
+            case SetPolicy(tau, min_conf):
+                self.tau_mbits, self.min_conf_e4 = tau, min_conf
+            case SetPruning(pct):
+                self.pruning_pct = pct
+            case Resend(first, count):
+                return self._resend(first, count)
+        return []
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _resend(self, first: int, count: int) -> list[tuple[int, bytes]]:
+        out = []
+        for i in range(count):
+            seq = (first + i) % 2**32
+            message = self._ring.get(seq)
+            if message is None:
+                self.counters.resend_missing += 1
+                continue
+            self.counters.resent += 1
+            out.append((seq, encode_message(_with_flags(message, MessageFlags.RESENT))))
+        return out
+
+    def _remember(self, message: Message) -> None:
+        self._ring[message.seq] = message
+        while len(self._ring) > self.spec.ring_slots:
+            self._ring.popitem(last=False)
+        if self.sent is not None:
+            self.sent[message.seq] = message
+
+    def _window_message(self, index: int, end_s: float) -> Message:
+        fmt = self.spec.sample_format
+        bvp_f, acc_f = self.spec.recording.window(index)
+        bvp = quantise(bvp_f, self._gain, fmt)
+        acc = quantise(acc_f, 1.0, fmt).reshape(-1, 3)
+        estimate = self._tracker.update(bvp_f, acc_f)
+        entropy = entropy_milli_bits(window_entropy_bits(bvp))
+        # Until the pruned model lands, the local confidence is the HR estimator's.
+        conf = confidence_e4(estimate.confidence)
+        reason = decide_offload(entropy, conf, self.tau_mbits, self.min_conf_e4)
+        flags = MessageFlags(int(reason))
+        if self._synced:
+            flags |= MessageFlags.CLOCK_SYNCED
+        start_s = end_s - WINDOW_S
+        hr = 0 if estimate.bpm is None else min(30000, round(estimate.bpm * 100))
+        summary = Summary(
+            seq=self._seq,
+            t_ms=self.device_ms(start_s),
+            flags=flags,
+            activity=UNKNOWN_ACTIVITY,
+            pruning_pct=self.pruning_pct,
+            activity_conf_e4=conf,
+            entropy_mbits=entropy,
+            hr_cbpm=hr,
+            signal_quality=estimate.quality,
+            battery_pct=self.battery_pct(end_s),
+            window_ms=int(WINDOW_S * 1000),
+        )
+        self._seq = (self._seq + 1) % 2**32
+        if not reason:
+            self.counters.summaries += 1
+            return summary
+        self.counters.windows += 1
+        return Window(summary, fmt, 64, 32, 64, bvp, acc)
+
+
+def _with_flags(message: Message, extra: MessageFlags) -> Message:
+    if isinstance(message, Window):
+        return replace(
+            message, summary=replace(message.summary, flags=message.summary.flags | extra)
+        )
+    return replace(message, flags=message.flags | extra)
