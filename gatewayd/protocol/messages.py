@@ -172,7 +172,8 @@ def message_seq(message: Message) -> int:
     return message.seq
 
 
-def _summary_of(message: Message) -> Summary:
+def summary_of(message: Message) -> Summary:
+    """The summary part of either kind of message."""
     return message.summary if isinstance(message, Window) else message
 
 
@@ -216,7 +217,7 @@ def encode_message(message: Message) -> bytes:
 
 
 def _encode(message: Message) -> bytes:
-    s = _summary_of(message)
+    s = summary_of(message)
     _check_summary(s)
     kind = MessageType.WINDOW if isinstance(message, Window) else MessageType.SUMMARY
     parts = [

@@ -1,0 +1,251 @@
+"""The gateway's link layer against virtual wearables, through real bleak and the emulated BlueZ.
+
+Every message a virtual wearable produces must reach the gateway exactly once, in order, with the
+payload the wearable sent — through link drops, corrupted fragments, slot limits and many
+devices at once. Unpaired devices and the decoy must never be connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from bleak.backends.bluezdbus import manager as bluez_manager
+
+from gatewayd.datasets import load_troika
+from gatewayd.datasets.recording import Recording
+from gatewayd.datasets.synthetic import generate_recording
+from gatewayd.emulator import FakeBluez, PrivateBus, install_bluetoothctl_shim
+from gatewayd.emulator.faults import FaultPlan
+from gatewayd.emulator.virtual import DECOY_ADDRESS, Fleet, FleetSetup, build_fleet, running
+from gatewayd.link.connection import LinkSettings
+from gatewayd.link.events import (
+    FrameReceived,
+    HeartRateReceived,
+    LinkEvent,
+    LinkUp,
+    MessagesLost,
+)
+from gatewayd.link.manager import LinkManager
+from gatewayd.link.registry import DeviceRegistry
+from gatewayd.protocol.messages import Message, MessageFlags, Window, summary_of
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed (apt-get install dbus)"
+)
+
+TROIKA = Path(
+    os.environ.get("GATEWAYD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+) / "troika"  # fmt: skip
+
+
+async def release_bleak_manager() -> None:
+    """Close this loop's bleak BlueZ manager (bleak never does) before the bus goes away."""
+    manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
+    if manager is None or manager._bus is None:
+        return
+    manager._bus.disconnect()
+    with contextlib.suppress(Exception):
+        await manager._bus.wait_for_disconnect()
+    if manager._bus_watcher_task is not None:
+        await manager._bus_watcher_task
+
+
+@pytest_asyncio.fixture
+async def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBluez]:
+    install_bluetoothctl_shim(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    async with PrivateBus() as address:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        try:
+            async with FakeBluez(address, report_interval=0.1, seed=3) as emulator:
+                yield emulator
+                await release_bleak_manager()
+        finally:
+            await release_bleak_manager()
+
+
+def pair_all(fleet: Fleet, state_dir: Path, skip: int = 0) -> DeviceRegistry:
+    """Put the wearables (all but the last ``skip``) in the allowlist, as `gatewayd pair` does."""
+    registry = DeviceRegistry.in_state_dir(state_dir)
+    chosen = fleet.wearables[: len(fleet.wearables) - skip]
+    for device, wearable in chosen:
+        registry.add(device.address, "wearable", wearable.core.spec.name)
+    return registry
+
+
+async def stream_until_complete(
+    fleet: Fleet, manager: LinkManager, speed: float, limit_s: float
+) -> tuple[dict[str, list[Message]], list[LinkEvent]]:
+    """Run fleet and link until every wearable's last window has been delivered (or timeout)."""
+    ids = {d.address: d.device_id for d in (link.device for link in manager.links.values())}
+    expected = {
+        ids[device.address]: wearable.core.windows_total
+        for device, wearable in fleet.wearables
+        if device.address in ids
+    }
+    frames: dict[str, list[Message]] = defaultdict(list)
+    others: list[LinkEvent] = []
+    deadline = time.monotonic() + limit_s
+    async with running(fleet, speed):
+        link_task = asyncio.create_task(manager.run())
+        try:
+            while any(len(frames[k]) < n for k, n in expected.items()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(manager.events.get(), remaining)
+                except TimeoutError:
+                    break
+                if isinstance(event, FrameReceived):
+                    frames[event.device_id].append(event.message)
+                else:
+                    others.append(event)
+        finally:
+            link_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link_task
+    return dict(frames), others
+
+
+def without_resent(message: Message) -> Message:
+    """The message as first produced (a retransmission differs only in the RESENT flag)."""
+    if isinstance(message, Window):
+        flags = message.summary.flags & ~MessageFlags.RESENT
+        return replace(message, summary=replace(message.summary, flags=flags))
+    return replace(message, flags=message.flags & ~MessageFlags.RESENT)
+
+
+def assert_exactly_once_in_order(
+    fleet: Fleet, frames: dict[str, list[Message]], manager: LinkManager
+) -> None:
+    by_address = {link.device.address: link.device.device_id for link in manager.links.values()}
+    for device, wearable in fleet.wearables:
+        if device.address not in by_address:
+            continue
+        got = frames.get(by_address[device.address], [])
+        sent = wearable.core.sent
+        assert sent is not None
+        assert [m.seq for m in got] == list(range(len(sent))), (
+            f"{device.address}: {len(got)} of {len(sent)} delivered"
+        )
+        for m in got:
+            assert without_resent(m) == sent[m.seq], f"{device.address} seq {m.seq} differs"
+
+
+def synthetic(subject: int, minutes: float) -> Recording:
+    return generate_recording(subject, minutes, seed=subject)
+
+
+@pytest.mark.asyncio
+async def test_two_paired_wearables_stream_troika_and_synthetic_exactly_once(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    recordings = [synthetic(1, 2.0)]
+    if (TROIKA / "DATA_01_TYPE01.mat").is_file():
+        recordings.insert(0, load_troika(TROIKA / "DATA_01_TYPE01.mat"))
+    else:
+        recordings.insert(0, synthetic(2, 2.0))  # shared data absent: a second synthetic subject
+    setup = FleetSetup(devices=2, speed=40.0, keep_sent=True, tau_mbits=3500, min_conf_e4=5000)
+    fleet = await build_fleet(fake, recordings, setup)
+    registry = pair_all(fleet, tmp_path)
+    manager = LinkManager(
+        ["hci0"], 5, registry.load(), LinkSettings(tau_mbits=3500, min_conf_e4=5000)
+    )
+    frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
+    assert_exactly_once_in_order(fleet, frames, manager)
+    kinds = {type(m) for ms in frames.values() for m in ms}
+    assert Window in kinds, "some windows must be offloaded (raw samples on the wire)"
+    first = frames[manager.links[fleet.wearables[0][0].address].device.device_id]
+    windows = [m for m in first if isinstance(m, Window)]
+    assert windows
+    assert windows[0].bvp.shape == (512,)
+    assert windows[0].acc.shape == (256, 3)
+    assert not [e for e in events if isinstance(e, MessagesLost)]
+    assert fleet.decoy is not None
+    assert not fleet.decoy.connected
+
+
+@pytest.mark.asyncio
+async def test_link_drops_and_corrupted_fragments_lose_nothing(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    faults = FaultPlan(drop_every_s=1.0, corrupt=0.01, duplicate=0.005)
+    setup = FleetSetup(devices=2, speed=25.0, keep_sent=True, faults=faults, mtu=64,
+                       tau_mbits=3400, min_conf_e4=5000)  # fmt: skip
+    fleet = await build_fleet(fake, [synthetic(3, 2.0), synthetic(4, 2.0)], setup)
+    registry = pair_all(fleet, tmp_path)
+    manager = LinkManager(
+        ["hci0"], 5, registry.load(), LinkSettings(tau_mbits=3400, min_conf_e4=5000)
+    )
+    frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=90)
+    assert_exactly_once_in_order(fleet, frames, manager)
+    links = list(manager.links.values())
+    assert sum(link.connections for link in links) >= 4, "the links must really have dropped"
+    rejected = sum(sum(link.stream.stats.rejected.values()) for link in links)
+    assert rejected > 0, "corrupted fragments must be counted"
+    assert sum(w.core.counters.resent for _, w in fleet.wearables) > 0, "gaps recovered by resend"
+    assert not [e for e in events if isinstance(e, MessagesLost)]
+
+
+@pytest.mark.asyncio
+async def test_twenty_wearables_on_four_adapters_at_ten_times_real_time(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    recordings = [synthetic(10 + i, 1.0) for i in range(4)]
+    setup = FleetSetup(devices=22, adapters=4, slots=5, speed=10.0, keep_sent=True)
+    fleet = await build_fleet(fake, recordings, setup)
+    registry = pair_all(fleet, tmp_path, skip=2)  # two unpaired wearables in range
+    assert len(registry.load()) == 20
+    manager = LinkManager([f"hci{i}" for i in range(4)], 5, registry.load(), LinkSettings())
+    frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=90)
+    assert_exactly_once_in_order(fleet, frames, manager)
+    assert len(frames) == 20
+    adapters = {e.adapter for e in events if isinstance(e, LinkUp)}
+    assert adapters == {"hci0", "hci1", "hci2", "hci3"}
+    connects = [c for c in fake.call_log if c.member in {"Connect", "Pair"}]
+    never = {DECOY_ADDRESS.replace(":", "_")} | {
+        d.address.replace(":", "_") for d, _ in fleet.wearables[-2:]
+    }
+    assert not [c for c in connects if any(n in c.path for n in never)]
+    assert np.all([not d.connected for d, _ in fleet.wearables[-2:]])
+
+
+@pytest.mark.asyncio
+async def test_heart_rate_strap_and_clock_sync_and_a_flooding_neighbour(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    # Wearable 1 floods junk fragments; wearable 2 starts an hour off until the gateway syncs
+    # it (the skew applies to every device); a standard heart-rate strap streams alongside.
+    faults = FaultPlan(flood=1, flood_rate=100.0, skew_s=-3600.0)
+    setup = FleetSetup(devices=2, heart_rate_straps=1, speed=20.0, keep_sent=True, faults=faults)
+    fleet = await build_fleet(fake, [synthetic(5, 1.0)], setup)
+    registry = pair_all(fleet, tmp_path)
+    strap_device, strap = fleet.straps[0]
+    registry.add(strap_device.address, "heart_rate", "HR strap 1", alias="strap")
+    manager = LinkManager(["hci0"], 5, registry.load(), LinkSettings())
+    started_ms = time.time() * 1000
+    frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
+    assert_exactly_once_in_order(fleet, frames, manager)
+    flooded = manager.links[fleet.wearables[0][0].address].stream.stats.rejected
+    assert sum(flooded.values()) > 10, "the junk must be seen and counted"
+    summaries = [summary_of(m) for ms in frames.values() for m in ms]
+    synced = [s for s in summaries if s.flags & MessageFlags.CLOCK_SYNCED]
+    assert synced, "the gateway must have synchronised the device clocks"
+    for s in synced:  # within the simulated minute of the sync, not an hour off
+        assert abs(s.t_ms - started_ms) < 5 * 60_000
+    beats = [e for e in events if isinstance(e, HeartRateReceived)]
+    assert 0 < len(beats) <= strap.sent
+    assert all(e.device_id == "strap" for e in beats)
+    assert {e.measurement.hr_bpm for e in beats} <= set(range(30, 250))
