@@ -9,12 +9,16 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import json
 import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gatewayd import __version__
 from gatewayd.config import (
@@ -32,6 +36,21 @@ from gatewayd.errors import (
     GatewayError,
     NotYetAvailableError,
 )
+from gatewayd.link.pairing import (
+    Candidate,
+    PairingError,
+    PairingResult,
+    forget_bond,
+    pair_device,
+    scan_candidates,
+)
+from gatewayd.link.registry import (
+    DeviceRegistry,
+    PairedDevice,
+    RegistryError,
+    check_alias,
+    normalise_address,
+)
 from gatewayd.logs import FORMATS, LEVELS, configure_logging
 
 __all__ = ["CONFIG_ENV", "build_parser", "load_config_from_args", "main"]
@@ -47,12 +66,7 @@ Command = Callable[[argparse.Namespace], int]
 #: Where each not-yet-built command comes from; the message a user sees until then.
 _MILESTONES: dict[str, str] = {
     "run": "the pipeline milestone (issue 5)",
-    "pair": "the BLE link milestone (issue 3)",
-    "devices list": "the BLE link milestone (issue 3)",
-    "devices rename": "the BLE link milestone (issue 3)",
-    "devices remove": "the BLE link milestone (issue 3)",
     "events": "the pipeline milestone (issue 5)",
-    "emulate": "the BLE emulator milestone (issue 3)",
     "demo": "the pipeline milestone (issue 5)",
     "bench": "the models milestone (issue 4)",
     "eval": "the models milestone (issue 4)",
@@ -123,14 +137,347 @@ def _stub(command: str) -> Command:
 
 
 cmd_run = _stub("run")
-cmd_pair = _stub("pair")
-cmd_devices_list = _stub("devices list")
-cmd_devices_rename = _stub("devices rename")
-cmd_devices_remove = _stub("devices remove")
 cmd_events = _stub("events")
-cmd_emulate = _stub("emulate")
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    """Run emulated BlueZ with virtual wearables, or write synthetic subjects (`synth`)."""
+    # Imported here: the emulator pulls in dbus-fast and the datasets, which other commands skip.
+    from gatewayd.emulator.runner import EmulateOptions, run_emulator, synthesise  # noqa: PLC0415
+
+    if args.emulate_command == "synth":
+        return synthesise(args.out, args.subjects, args.minutes, args.seed, sys.stdout)
+    options = EmulateOptions(
+        dataset=args.dataset,
+        devices=args.devices,
+        adapters=args.adapters,
+        slots=args.slots,
+        heart_rate_straps=args.straps,
+        speed=args.speed,
+        faults=args.faults,
+        mtu=args.mtu,
+        minutes=args.minutes,
+        seed=args.seed,
+        int8=args.int8,
+        bus=args.bus,
+        duration_s=args.duration,
+    )
+    return asyncio.run(run_emulator(options, sys.stdout))
+
+
+def _add_emulate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", type=Path, help="recordings to replay (default: synthetic)")
+    p.add_argument("--devices", type=_positive_int, default=2, help="virtual wearables (2)")
+    p.add_argument("--adapters", type=_positive_int, default=1, help="adapters hci0.. (1)")
+    p.add_argument("--slots", type=_positive_int, default=5, help="connections per adapter (5)")
+    p.add_argument("--straps", type=int, default=0, help="standard heart-rate straps (0)")
+    p.add_argument("--speed", type=float, default=1.0, help="times real time (1)")
+    p.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="e.g. drop=5s,corrupt=0.01,truncate=0.001,duplicate=0.01,connect_fail=2,"
+        "skew=-1h,drift=2,flood=1 (see docs/emulator.md)",
+    )
+    p.add_argument("--mtu", type=int, default=247, help="ATT MTU of every link (247)")
+    p.add_argument("--minutes", type=float, default=10.0, help="length of synthetic subjects")
+    p.add_argument("--seed", type=int, default=1, help="seed of synthetic data and faults")
+    p.add_argument("--int8", action="store_true", help="send raw windows as int8, not int16")
+    p.add_argument("--bus", metavar="ADDRESS", help="join this D-Bus instead of starting one")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    synth_sub = p.add_subparsers(dest="emulate_command", metavar="synth")
+    synth = synth_sub.add_parser(
+        "synth",
+        help="write synthetic subjects in the PPG-DaLiA layout",
+        description="write synthetic subjects in the PPG-DaLiA layout (labelled synthetic)",
+    )
+    _global_options(synth, suppress=True)
+    synth.add_argument("--subjects", type=_positive_int, default=1)
+    synth.add_argument("--minutes", type=float, default=10.0)
+    synth.add_argument("--seed", type=int, default=1)
+    synth.add_argument("--out", type=Path, required=True, metavar="DIR")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 cmd_bench = _stub("bench")
 cmd_eval = _stub("eval")
+
+
+# --- pair and devices ----------------------------------------------------------------------------
+
+#: `gatewayd pair` scans this long unless told otherwise (wearables advertise every 0.1-1 s).
+DEFAULT_SCAN_SECONDS = 10.0
+MAX_SCAN_SECONDS = 300.0
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """Scan for devices we speak to, list them, and pair those chosen (--address/--all)."""
+    if args.alias is not None and len(args.address) != 1:
+        return _usage_error("pair", "--alias needs exactly one --address (each device has its id)")
+    if args.alias is not None:
+        check_alias(args.alias)
+    config = load_config_from_args(args)
+    registry = _registry(args, config)
+    registry.load()  # an unreadable list is an error before the radio is touched
+    _check_writable(registry.path)
+    adapters = tuple(args.adapter) if args.adapter else config.ble.adapters
+    return asyncio.run(_pair(args, registry, adapters, config.ble.connect_timeout_s))
+
+
+async def _pair(
+    args: argparse.Namespace,
+    registry: DeviceRegistry,
+    adapters: tuple[str, ...],
+    connect_timeout_s: float,
+) -> int:
+    candidates = await scan_candidates(adapters, args.scan_seconds)
+    # Blocking file read off the loop, like every registry access while bleak runs.
+    known = {d.address: d for d in await asyncio.to_thread(registry.load)}
+    if not args.json:
+        _print_candidates(candidates, known, adapters, args.scan_seconds)
+        _print_pair_hint(args, candidates, known)
+
+    chosen, failed = _choose(args, candidates, known, adapters)
+    paired: list[PairingResult] = []
+    for candidate in chosen:
+        try:
+            result = await pair_device(
+                candidate, registry, args.alias, connect_timeout_s=connect_timeout_s
+            )
+        except (PairingError, RegistryError) as exc:
+            failed.append((candidate.address, candidate.name, str(exc)))
+            print(f"gatewayd pair: error: {exc}", file=sys.stderr)
+        else:
+            paired.append(result)
+            if not args.json:
+                print(_describe_paired(result))
+
+    if args.json:
+        doc = {
+            "candidates": [_candidate_json(c, known.get(c.address)) for c in candidates],
+            "paired": [_paired_json(r) for r in paired],
+            "failed": [{"address": a, "name": n, "error": e} for a, n, e in failed],
+        }
+        print(json.dumps(doc, indent=2))
+    if failed:
+        total = len(failed) + len(paired)
+        print(f"gatewayd pair: {len(failed)} of {total} device(s) not paired", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _choose(
+    args: argparse.Namespace,
+    candidates: Sequence[Candidate],
+    known: Mapping[str, PairedDevice],
+    adapters: Sequence[str],
+) -> tuple[list[Candidate], list[tuple[str, str, str]]]:
+    """The candidates to pair, and (address, name, why) for asked-for devices not found."""
+    if args.all:
+        chosen = [c for c in candidates if c.address not in known]
+        if not chosen and candidates and not args.json:
+            print("Nothing to pair: every device found is paired already.")
+        return chosen, []
+    chosen, failed = [], []
+    for address in dict.fromkeys(args.address):  # each once, in the order given
+        match = next((c for c in candidates if c.address == address), None)
+        if match is not None:
+            chosen.append(match)
+            continue
+        why = (
+            f"{address}: not found: nothing with this address advertised the gatewayd service"
+            f" or the Heart Rate Service to {', '.join(adapters)} in {args.scan_seconds:g} s"
+            " (is it on, in range and not connected to a phone or another gateway?)"
+        )
+        failed.append((address, "", why))
+        print(f"gatewayd pair: error: {why}", file=sys.stderr)
+    return chosen, failed
+
+
+def _print_candidates(
+    candidates: Sequence[Candidate],
+    known: Mapping[str, PairedDevice],
+    adapters: Sequence[str],
+    seconds: float,
+) -> None:
+    if not candidates:
+        print(
+            f"No devices offering the gatewayd service or the Heart Rate Service were seen by"
+            f" {', '.join(adapters)} in {seconds:g} s. Is the device on, in range and not"
+            " connected to a phone or another gateway?"
+        )
+        return
+    rows = [
+        [
+            c.name or "-",
+            c.address,
+            str(c.rssi),
+            c.kind,
+            c.adapter,
+            f"yes ({known[c.address].device_id})" if c.address in known else "no",
+        ]
+        for c in candidates
+    ]
+    print(_table(["NAME", "ADDRESS", "RSSI", "KIND", "ADAPTER", "PAIRED"], rows))
+
+
+def _print_pair_hint(
+    args: argparse.Namespace, candidates: Sequence[Candidate], known: Mapping[str, PairedDevice]
+) -> None:
+    if args.all or args.address:
+        return
+    unpaired = [c for c in candidates if c.address not in known]
+    if not unpaired:
+        if candidates:
+            print("\nEvery device found is paired already (see `gatewayd devices list`).")
+        return
+    base = ["gatewayd", *_repeatable_options(args), "pair"]
+    one = shlex.join([*base, "--address", unpaired[0].address]) + " --alias <device-id>"
+    print("\nTo pair one device, with the id it gets in MQTT topics:")
+    print(f"  {one}")
+    if len(unpaired) > 1:
+        addresses = [arg for c in unpaired for arg in ("--address", c.address)]
+        print("To pair several, or every unpaired device listed (ids derived from their names):")
+        print(f"  {shlex.join([*base, *addresses])}")
+        print(f"  {shlex.join([*base, '--all'])}")
+
+
+def _repeatable_options(args: argparse.Namespace) -> list[str]:
+    """The options a printed command line needs to do the same as this one."""
+    out: list[str] = []
+    if args.config != (os.environ.get(CONFIG_ENV) or str(DEFAULT_CONFIG_PATH)):
+        out += ["--config", args.config]
+    if getattr(args, "state_dir", None):
+        out += ["--state-dir", args.state_dir]
+    for adapter in args.adapter:
+        out += ["--adapter", adapter]
+    return out
+
+
+def _describe_paired(result: PairingResult) -> str:
+    device, info = result.device, result.info
+    what: str = device.kind
+    if info is not None:
+        what += (
+            f", model {info.model_id or '-'} (pruned {info.pruning_pct}%),"
+            f" firmware {info.firmware_version}, protocol {info.protocol_version}"
+        )
+    return f"paired {device.address} as {device.device_id} ({what})"
+
+
+def _candidate_json(candidate: Candidate, paired: PairedDevice | None) -> dict[str, Any]:
+    return {
+        "name": candidate.name,
+        "address": candidate.address,
+        "rssi": candidate.rssi,
+        "kind": candidate.kind,
+        "adapter": candidate.adapter,
+        "paired": paired is not None,
+        "device_id": paired.device_id if paired is not None else None,
+        "bonded": candidate.bonded,
+    }
+
+
+def _paired_json(result: PairingResult) -> dict[str, Any]:
+    info = result.info
+    return {
+        **_device_json(result.device),
+        "model": info.model_id if info is not None else None,
+        "pruning_pct": info.pruning_pct if info is not None else None,
+        "firmware": info.firmware_version if info is not None else None,
+        "protocol_version": info.protocol_version if info is not None else None,
+    }
+
+
+def _device_json(device: PairedDevice) -> dict[str, Any]:
+    return {
+        "id": device.device_id,
+        "address": device.address,
+        "kind": device.kind,
+        "name": device.name,
+        "paired_at": device.paired_at,
+    }
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    """List the paired devices (the allowlist the gateway connects to)."""
+    devices = _registry(args, load_config_from_args(args)).load()
+    if args.json:
+        print(json.dumps([_device_json(d) for d in devices], indent=2))
+    elif not devices:
+        print("No paired devices; pair one with `gatewayd pair`.")
+    else:
+        rows = [[d.device_id, d.address, d.kind, d.name or "-", d.paired_at] for d in devices]
+        print(_table(["ID", "ADDRESS", "KIND", "NAME", "PAIRED AT"], rows))
+    return EXIT_OK
+
+
+def cmd_devices_rename(args: argparse.Namespace) -> int:
+    """Give a paired device a new id (its MQTT topics change with it)."""
+    device = _registry(args, load_config_from_args(args)).rename(args.device, args.alias)
+    print(f"renamed {args.device} to {device.device_id} ({device.address})")
+    return EXIT_OK
+
+
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    """Forget a device; with --unpair also ask BlueZ to forget its bond (best effort)."""
+    device = _registry(args, load_config_from_args(args)).remove(args.device)
+    print(f"removed {device.device_id} ({device.address}): the gateway will not connect to it")
+    if not args.unpair:
+        return EXIT_OK
+    try:
+        removed = asyncio.run(forget_bond(device.address))
+    except PairingError as exc:
+        print(
+            f"gatewayd devices remove: warning: the bond with {device.address} is still in BlueZ:"
+            f" {exc}. Remove it with `bluetoothctl remove {device.address}` as a user in group"
+            " 'bluetooth'.",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    if removed:
+        print(f"BlueZ forgot its bond with {device.address}")
+    else:
+        print(f"BlueZ holds no device {device.address}: no bond to forget")
+    return EXIT_OK
+
+
+def _registry(args: argparse.Namespace, config: Config) -> DeviceRegistry:
+    state_dir = getattr(args, "state_dir", None)
+    return DeviceRegistry.in_state_dir(Path(state_dir) if state_dir else config.gateway.state_dir)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before pairing, not after, when the registry cannot be saved."""
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    # The file is replaced, never written in place: the directory is what must be writable.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise RegistryError(
+            f"{path}: cannot save paired devices here (permission denied); run as the user"
+            " gatewayd runs as (e.g. `sudo -u gatewayd gatewayd pair`) or pass --state-dir"
+        )
+
+
+def _usage_error(command: str, message: str) -> int:
+    print(f"gatewayd {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
 
 
 # --- shared helpers for commands ---------------------------------------------------------------
@@ -183,6 +530,81 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+_ADAPTER_RE = re.compile(r"^hci[0-9]{1,3}$")
+
+
+def _address_arg(value: str) -> str:
+    try:
+        return normalise_address(value)
+    except RegistryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _adapter_arg(value: str) -> str:
+    if not _ADAPTER_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected a BlueZ adapter name like hci0, got {value!r}")
+    return value
+
+
+def _scan_seconds_arg(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= MAX_SCAN_SECONDS:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0 and at most {MAX_SCAN_SECONDS:g}, got {value!r}"
+        )
+    return seconds
+
+
+def _state_dir_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `devices --state-dir X list` and `devices list --state-dir X` both work.
+    parser.add_argument(
+        "--state-dir",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="where the paired-device list lives (default: [gateway] state_dir of the config)",
+    )
+
+
+def _add_pair_options(pair: argparse.ArgumentParser) -> None:
+    pair.add_argument(
+        "--scan-seconds",
+        metavar="S",
+        type=_scan_seconds_arg,
+        default=DEFAULT_SCAN_SECONDS,
+        help=f"how long to scan (default: {DEFAULT_SCAN_SECONDS:g})",
+    )
+    which = pair.add_mutually_exclusive_group()
+    which.add_argument(
+        "--address",
+        metavar="ADDR",
+        type=_address_arg,
+        action="append",
+        default=[],
+        help="pair the device with this Bluetooth address (repeatable)",
+    )
+    which.add_argument(
+        "--all", action="store_true", help="pair every device found that is not paired yet"
+    )
+    pair.add_argument(
+        "--alias",
+        metavar="ID",
+        help="device id to give the one --address device (default: from its name and address)",
+    )
+    pair.add_argument(
+        "--adapter",
+        metavar="hciN",
+        type=_adapter_arg,
+        action="append",
+        default=[],
+        help="scan and pair through this adapter (repeatable; default: [ble] adapters)",
+    )
+    pair.add_argument("--json", action="store_true", help="print the result as JSON")
+    _state_dir_option(pair)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `gatewayd` argument parser."""
     parser = _Parser(
@@ -207,25 +629,37 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", metavar="PATH", help="config file (default: --config)")
 
     add("run", cmd_run, "run the gateway (under systemd: Type=notify)", extra_ok=True)
-    add("pair", cmd_pair, "scan for and pair a wearable", extra_ok=True)
+    pair = add("pair", cmd_pair, "scan for wearables and heart-rate straps, and pair them")
+    _add_pair_options(pair)
 
-    devices = add("devices", cmd_devices_list, "list, rename or remove paired wearables")
+    devices = add("devices", cmd_devices_list, "list, rename or remove paired devices")
+    _state_dir_option(devices)
     devices_sub = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
     for action, func, help_text in (
-        ("list", cmd_devices_list, "list paired wearables"),
-        ("rename", cmd_devices_rename, "give a wearable a new alias"),
-        ("remove", cmd_devices_remove, "forget a wearable"),
+        ("list", cmd_devices_list, "list paired devices"),
+        ("rename", cmd_devices_rename, "give a paired device a new id"),
+        ("remove", cmd_devices_remove, "forget a paired device"),
     ):
         p = devices_sub.add_parser(action, help=help_text, description=help_text)
         _global_options(p, suppress=True)
+        _state_dir_option(p)
         p.set_defaults(func=func)
+        if action == "list":
+            p.add_argument("--json", action="store_true", help="print the list as JSON")
         if action in {"rename", "remove"}:
-            p.add_argument("device", help="device id or alias")
+            p.add_argument("device", metavar="ID", help="the device's id")
         if action == "rename":
-            p.add_argument("alias", help="the new alias")
+            p.add_argument("alias", metavar="NEW", help="the new id (a-z, 0-9, '-', '_')")
+        if action == "remove":
+            p.add_argument(
+                "--unpair",
+                action="store_true",
+                help="also ask BlueZ to forget the bond (Adapter1.RemoveDevice)",
+            )
 
     add("events", cmd_events, "query the event log", extra_ok=True)
-    add("emulate", cmd_emulate, "run emulated BlueZ with virtual wearables", extra_ok=True)
+    emulate = add("emulate", cmd_emulate, "run emulated BlueZ with virtual wearables")
+    _add_emulate_options(emulate)
     # add_help=False: `gatewayd demo --help` is answered by the demo's own parser.
     demo = sub.add_parser(
         "demo", help="run the end-to-end demo on embedded defaults", add_help=False

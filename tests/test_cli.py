@@ -197,12 +197,7 @@ def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str
     ("argv", "message"),
     [
         (["run"], "gatewayd run: not built yet — arrives with the pipeline milestone (issue 5)"),
-        (["pair"], "gatewayd pair: not built yet — arrives with"),
-        (["devices", "list"], "gatewayd devices list: not built yet — arrives with"),
-        (["devices", "rename", "wrist-1", "grandma"], "gatewayd devices rename: not built yet"),
-        (["devices", "remove", "wrist-1"], "gatewayd devices remove: not built yet"),
         (["events"], "gatewayd events: not built yet — arrives with"),
-        (["emulate"], "gatewayd emulate: not built yet — arrives with"),
         (["bench", "models"], "gatewayd bench: not built yet — arrives with"),
         (["eval", "--folds", "5"], "gatewayd eval: not built yet — arrives with"),
     ],

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
-from bleak.backends.bluezdbus import manager as bluez_manager
 
 from gatewayd.datasets import load_troika
+from gatewayd.datasets.dalia import load_dalia
 from gatewayd.datasets.recording import Recording
-from gatewayd.datasets.synthetic import generate_recording
-from gatewayd.emulator import FakeBluez, PrivateBus, install_bluetoothctl_shim
+from gatewayd.datasets.synthetic import generate_recording, write_subject
+from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import DECOY_ADDRESS, Fleet, FleetSetup, build_fleet, running
 from gatewayd.link.connection import LinkSettings
@@ -39,6 +39,9 @@ from gatewayd.link.events import (
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry
 from gatewayd.protocol.messages import Message, MessageFlags, Window, summary_of
+from tests.emulator_fixtures import EmulatorEnv, release_bleak_manager, run_gatewayd
+
+pytest_plugins = ["tests.emulator_fixtures"]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed (apt-get install dbus)"
@@ -49,30 +52,11 @@ TROIKA = Path(
 ) / "troika"  # fmt: skip
 
 
-async def release_bleak_manager() -> None:
-    """Close this loop's bleak BlueZ manager (bleak never does) before the bus goes away."""
-    manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-    if manager is None or manager._bus is None:
-        return
-    manager._bus.disconnect()
-    with contextlib.suppress(Exception):
-        await manager._bus.wait_for_disconnect()
-    if manager._bus_watcher_task is not None:
-        await manager._bus_watcher_task
-
-
 @pytest_asyncio.fixture
-async def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBluez]:
-    install_bluetoothctl_shim(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
-    async with PrivateBus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        try:
-            async with FakeBluez(address, report_interval=0.1, seed=3) as emulator:
-                yield emulator
-                await release_bleak_manager()
-        finally:
-            await release_bleak_manager()
+async def fake(fake_bluez: FakeBluez) -> AsyncIterator[FakeBluez]:
+    """The shared fake bluetoothd (tests/emulator_fixtures.py), closing bleak's manager after."""
+    yield fake_bluez
+    await release_bleak_manager()
 
 
 def pair_all(fleet: Fleet, state_dir: Path, skip: int = 0) -> DeviceRegistry:
@@ -149,17 +133,28 @@ def synthetic(subject: int, minutes: float) -> Recording:
 
 
 @pytest.mark.asyncio
-async def test_two_paired_wearables_stream_troika_and_synthetic_exactly_once(
-    fake: FakeBluez, tmp_path: Path
+async def test_two_wearables_paired_from_the_cli_stream_troika_and_dalia_exactly_once(
+    fake: FakeBluez, private_bus: EmulatorEnv, tmp_path: Path
 ) -> None:
-    recordings = [synthetic(1, 2.0)]
+    # A synthetic subject written as a PPG-DaLiA pickle and read back through the DaLiA reader.
+    dalia = load_dalia(write_subject(tmp_path / "S1" / "S1.pkl", 1, 2.0, seed=1),
+                       cache_dir=tmp_path / "cache")  # fmt: skip
     if (TROIKA / "DATA_01_TYPE01.mat").is_file():
-        recordings.insert(0, load_troika(TROIKA / "DATA_01_TYPE01.mat"))
+        first = load_troika(TROIKA / "DATA_01_TYPE01.mat")
     else:
-        recordings.insert(0, synthetic(2, 2.0))  # shared data absent: a second synthetic subject
+        first = synthetic(2, 2.0)  # ../shared/data absent: a second synthetic subject instead
     setup = FleetSetup(devices=2, speed=40.0, keep_sent=True, tau_mbits=3500, min_conf_e4=5000)
-    fleet = await build_fleet(fake, recordings, setup)
-    registry = pair_all(fleet, tmp_path)
+    fleet = await build_fleet(fake, [first, dalia], setup)
+    config = tmp_path / "gatewayd.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n')
+    paired = await run_gatewayd(
+        "--config", str(config), "pair", "--all", "--scan-seconds", "1", env=private_bus
+    )
+    assert paired.returncode == 0, paired.stderr
+    registry = DeviceRegistry.in_state_dir(tmp_path / "state")
+    assert sorted(d.address for d in registry.load()) == sorted(
+        d.address for d, _ in fleet.wearables
+    )
     manager = LinkManager(
         ["hci0"], 5, registry.load(), LinkSettings(tau_mbits=3500, min_conf_e4=5000)
     )

@@ -35,6 +35,10 @@ from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, enco
         (BleakDBusError("org.freedesktop.DBus.Error.UnknownObject", []), FailureKind.NOT_FOUND),
         (BleakError("no available connection slot"), FailureKind.OUT_OF_SLOTS),
         (BleakError("Disconnected"), FailureKind.TRANSIENT),
+        (
+            BleakError("device '/org/bluez/hci0/dev_C0_FF_EE_00_00_01' not found"),
+            FailureKind.NOT_FOUND,
+        ),
         (ValueError("x"), FailureKind.OTHER),
     ],
 )

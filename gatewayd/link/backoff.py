@@ -66,6 +66,10 @@ def classify(exc: BaseException) -> FailureKind:  # noqa: PLR0911 - one return p
         text = f"{exc.dbus_error} {exc.dbus_error_details or ''}"
         if exc.dbus_error == "org.freedesktop.DBus.Error.UnknownObject":
             return FailureKind.NOT_FOUND
+    if isinstance(exc, BleakError) and text.startswith("device '") and text.endswith("not found"):
+        # bleak's manager: BleakError("device '/org/bluez/hci0/dev_..' not found") when BlueZ
+        # dropped the object (its 30 s TemporaryTimeout for unpaired devices).
+        return FailureKind.NOT_FOUND
     if any(t in text for t in _OUT_OF_SLOTS_TEXT):
         return FailureKind.OUT_OF_SLOTS
     if any(t in text for t in _TRANSIENT_TEXT):

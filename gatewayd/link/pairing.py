@@ -315,12 +315,9 @@ async def _verify(client: BleakClient, kind: DeviceKind) -> DeviceInfo | None:
 
 def _forgotten(exc: BleakError) -> bool:
     """Whether BlueZ has no object for the device (any more)."""
-    # bleak's manager says so in words when its copy of BlueZ's objects lacks the device
-    # (manager.py _check_device); UnknownObject and BleakDeviceNotFoundError when BlueZ does.
-    text = str(exc)
-    return classify(exc) is FailureKind.NOT_FOUND or (
-        text.startswith("device '") and text.endswith("' not found")
-    )
+    # classify() knows bleak's ways of saying it: UnknownObject, BleakDeviceNotFoundError, and
+    # the manager's "device '...' not found" when its copy of BlueZ's objects lacks the device.
+    return classify(exc) is FailureKind.NOT_FOUND
 
 
 def _explain_scan(exc: BaseException, adapter: str, limit_s: float) -> str:
