@@ -1,0 +1,186 @@
+"""The virtual wearable's firmware logic (pure) and the emulator's command line."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gatewayd.datasets.synthetic import generate_recording
+from gatewayd.emulator.faults import FaultPlan, parse_faults
+from gatewayd.emulator.wearable import WearableCore, WearableSpec, bvp_gain, quantise
+from gatewayd.errors import DecodeError, EmulatorError
+from gatewayd.protocol.control import (
+    Resend,
+    SetPolicy,
+    SetPruning,
+    TimeSync,
+    decode_info,
+    encode_control,
+)
+from gatewayd.protocol.messages import (
+    MessageFlags,
+    SampleFormat,
+    Summary,
+    Window,
+    decode_message,
+    summary_of,
+)
+from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
+from gatewayd.signals.offload import decide_offload
+
+RECORDING = generate_recording(7, 1.0, seed=7)
+
+
+def core(**overrides: object) -> WearableCore:
+    fields: dict[str, object] = {
+        "address": "C0:FF:EE:00:00:01", "name": "w", "recording": RECORDING, "boot_id": 99
+    }  # fmt: skip
+    fields.update(overrides)
+    return WearableCore(WearableSpec(**fields), keep_sent=True)  # type: ignore[arg-type]
+
+
+def test_windows_come_every_two_simulated_seconds_after_the_first_eight() -> None:
+    c = core()
+    assert c.produce(7.99) == []
+    first = c.produce(8.0)
+    assert [seq for seq, _ in first] == [0]
+    assert [seq for seq, _ in c.produce(12.0)] == [1, 2]
+    rest = c.produce(1e9)
+    assert len(first) + 2 + len(rest) == c.windows_total == RECORDING.window_count()
+    assert c.finished
+    assert c.next_window_due_s() is None
+
+
+def test_offload_decision_matches_the_firmware_policy_and_raw_samples_travel() -> None:
+    # A threshold inside this recording's entropy range (3.80-3.97 bits): some windows each way.
+    c = core(tau_mbits=3880, min_conf_e4=5000)
+    for seq, raw in c.produce(1e9):
+        m = decode_message(raw)
+        s = summary_of(m)
+        assert s.seq == seq
+        reason = decide_offload(s.entropy_mbits, s.activity_conf_e4, 3880, 5000)
+        assert int(s.offload_reason) == int(reason)
+        assert isinstance(m, Window) == bool(reason)
+        if isinstance(m, Window):
+            assert s.entropy_mbits == entropy_milli_bits(window_entropy_bits(m.bvp))
+            assert m.bvp.shape == (512,)
+            assert m.acc.shape == (256, 3)
+    assert c.counters.windows > 0
+    assert c.counters.summaries > 0
+
+
+def test_control_writes_change_policy_clock_and_pruning() -> None:
+    c = core(tau_mbits=0, min_conf_e4=0)  # everything offloaded by entropy
+    c.handle_control(encode_control(SetPolicy(65535, 0)), 0.0)  # nothing offloaded
+    c.handle_control(encode_control(SetPruning(60)), 0.0)
+    c.handle_control(encode_control(TimeSync(1_800_000_000_000)), 4.0)
+    (_, raw), *_ = c.produce(8.0)
+    s = decode_message(raw)
+    assert isinstance(s, Summary)
+    assert s.pruning_pct == 60
+    assert s.flags & MessageFlags.CLOCK_SYNCED
+    assert s.t_ms == 1_800_000_000_000 - 4000  # window 0 started at simulated 0 s
+    info = decode_info(c.info())
+    assert (info.tau_mbits, info.min_conf_e4, info.pruning_pct) == (65535, 0, 60)
+    assert info.next_seq == 1
+    assert info.boot_id == 99
+    with pytest.raises(DecodeError):
+        c.handle_control(b"\x01\x09", 0.0)
+
+
+def test_resend_comes_from_a_bounded_ring_flagged_resent() -> None:
+    c = core(ring_slots=4)
+    sent = c.produce(1e9)
+    last = sent[-1][0]
+    again = c.handle_control(encode_control(Resend(last - 5, 6)), 0.0)
+    assert [seq for seq, _ in again] == [last - 3, last - 2, last - 1, last]
+    assert c.counters.resend_missing == 2
+    for seq, raw in again:
+        m = decode_message(raw)
+        assert summary_of(m).flags & MessageFlags.RESENT
+        assert c.sent is not None
+        original = c.sent[seq]
+        assert summary_of(m).entropy_mbits == summary_of(original).entropy_mbits
+
+
+def test_clock_skew_and_drift_until_sync() -> None:
+    c = core(boot_unix_ms=-3_600_000 + 10**12, clock_drift_ms_per_s=2.0)
+    assert c.device_ms(10.0) == 10**12 - 3_600_000 + 10_000 + 20
+    c.handle_control(encode_control(TimeSync(2 * 10**12)), 10.0)
+    assert c.device_ms(10.0) == 2 * 10**12
+    assert c.device_ms(20.0) == 2 * 10**12 + 10_000 + 20
+
+
+def test_battery_drains() -> None:
+    c = core(battery_start_pct=50.0, battery_drain_pct_per_h=10.0)
+    assert c.battery_pct(0) == 50
+    assert c.battery_pct(3600) == 40
+    assert c.battery_pct(10 * 3600) == 0
+
+
+def test_quantisation_saturates_and_gain_is_a_power_of_two() -> None:
+    g = bvp_gain(RECORDING)
+    assert g == 2.0 ** round(np.log2(g))
+    q = quantise(np.array([1e9, -1e9, 1.4]), 1.0, SampleFormat.INT8)
+    assert q.tolist() == [127, -128, 1]
+
+
+def test_fault_spec_parsing() -> None:
+    plan = parse_faults("drop=5s, corrupt=1%, truncate=0.002, duplicate=0.01, connect_fail=2,"
+                        "skew=-1500ms, drift=2, flood=1, flood_rate=50")  # fmt: skip
+    assert plan == FaultPlan(5.0, 0.01, 0.002, 0.01, 2, -1.5, 2.0, 1, 50.0)
+    assert parse_faults("") == FaultPlan()
+    for bad, match in [("drop=soon", "duration"), ("corrupt=2", "between 0 and 1"),
+                       ("bogus=1", "unknown fault"), ("corrupt", "name=value"),
+                       ("connect_fail=x", "whole number")]:  # fmt: skip
+        with pytest.raises(EmulatorError, match=match):
+            parse_faults(bad)
+
+
+def test_fault_plan_mangles_at_the_asked_rates() -> None:
+    plan = FaultPlan(corrupt=0.1, duplicate=0.1)
+    rng = random.Random(1)
+    frag = bytes(range(50))
+    outs = [plan.mangle(frag, rng) for _ in range(10_000)]
+    doubled = sum(len(o) == 2 for o in outs) / len(outs)
+    changed = sum(o[0] != frag for o in outs) / len(outs)
+    assert 0.08 < doubled < 0.12
+    assert 0.08 < changed < 0.12
+    assert FaultPlan().mangle(frag, rng) == [frag]
+
+
+def test_emulate_synth_writes_dalia_layout(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "emulate", "synth", "--subjects", "2", "--minutes",
+         "0.5", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "S1" / "S1.pkl").is_file()
+    assert (tmp_path / "S2" / "S2.pkl").is_file()
+    assert "synthetic" in done.stdout
+
+
+def test_emulate_prints_where_the_gateway_should_look(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "emulate", "--devices", "1", "--minutes", "0.2",
+         "--duration", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "export DBUS_SYSTEM_BUS_ADDRESS='unix:path=" in done.stdout
+    assert "(synthetic data)" in done.stdout
+
+
+def test_emulate_rejects_a_bad_fault_spec() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "emulate", "--faults", "explode=1", "--duration", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "unknown fault" in done.stderr
