@@ -11,6 +11,12 @@ STAMP     := $(VENV)/.installed
 DEB_PKGS  := gcc make pkg-config libsystemd-dev python3-dev python3-venv dbus mosquitto mosquitto-clients
 EXTRAS    ?= dev,systemd
 PYTEST_ARGS ?=
+# WITH_TRAIN=1 also installs the optional training extra (PyTorch, ONNX export) so the model
+# tests run instead of skipping. CI sets it; torch is pinned because an unpinned torch from PyPI
+# drags in gigabytes of CUDA packages on x86 (use a CPU wheel index for other versions).
+WITH_TRAIN ?= 0
+TORCH_SPEC ?= torch==2.13.0
+TRAIN_STAMP := $(VENV)/.installed-train
 
 .PHONY: all demo test lint typecheck bench deps venv firmware clean distclean
 
@@ -43,7 +49,16 @@ $(STAMP): pyproject.toml | deps
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]" || $(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
+$(TRAIN_STAMP): $(STAMP)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS),train]"
+	@touch $@
+
+ifeq ($(WITH_TRAIN),1)
+venv: deps $(STAMP) $(TRAIN_STAMP)
+else
 venv: deps $(STAMP)
+endif
 
 firmware: deps
 	$(MAKE) -C firmware_stub

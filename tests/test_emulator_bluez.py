@@ -8,7 +8,6 @@ closes that manager's bus before the daemon goes, so nothing outlives the test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import sys
@@ -19,7 +18,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from bleak import BleakClient, BleakScanner
-from bleak.backends.bluezdbus import manager as bluez_manager
 from bleak.backends.device import BLEDevice
 from bleak.exc import (
     BleakDBusError,
@@ -43,11 +41,13 @@ from gatewayd.emulator import (
     PrivateBus,
     StaticPeripheral,
     battery_service,
-    install_bluetoothctl_shim,
     wearable_service,
 )
 from gatewayd.emulator.bluez_specs import ATT_ERROR_WRITE_NOT_PERMITTED
 from gatewayd.protocol import gatt
+from tests.emulator_fixtures import bluetoothctl_shim, release_bleak_manager
+
+__all__ = ["bluetoothctl_shim"]  # the shared fixture, used by bus_address below
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed (apt-get install dbus)"
@@ -62,27 +62,6 @@ TIMEOUT = 5.0
 
 def wearable_peripheral() -> StaticPeripheral:
     return StaticPeripheral({gatt.INFO_CHAR_UUID: INFO, gatt.BATTERY_LEVEL_CHAR_UUID: b"\x57"})
-
-
-async def release_bleak_manager() -> None:
-    """Close the bleak BlueZ manager of this loop (bleak never does it itself)."""
-    manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-    if manager is None or manager._bus is None:
-        return
-    manager._bus.disconnect()
-    with contextlib.suppress(Exception):
-        await manager._bus.wait_for_disconnect()
-    if manager._bus_watcher_task is not None:  # it resets the manager's state, then ends
-        await manager._bus_watcher_task
-
-
-@pytest.fixture
-def bluetoothctl_shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """bleak's version probe finds the emulated bluetoothd's version (docs/emulator.md)."""
-    shim_dir = tmp_path / "bin"
-    install_bluetoothctl_shim(shim_dir)
-    monkeypatch.setenv("PATH", f"{shim_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return shim_dir
 
 
 @pytest_asyncio.fixture

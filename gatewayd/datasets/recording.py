@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gatewayd.errors import DatasetError
+from gatewayd.protocol.messages import ACTIVITY_NAMES
 from gatewayd.signals.windows import (
     ACC_RATE_HZ,
     BVP_RATE_HZ,
@@ -46,18 +47,6 @@ HrRefKind = Literal["ecg", "e4-derived", "synthetic-truth"]
 
 #: Rate of the activity and phase label arrays (PPG-DaLiA's ``activity`` rate).
 ACTIVITY_RATE_HZ: Final = 4
-#: PPG-DaLiA activity ids (the index is the id).
-ACTIVITY_NAMES: Final = (
-    "transient",
-    "sitting",
-    "stairs",
-    "table_soccer",
-    "cycling",
-    "driving",
-    "lunch",
-    "walking",
-    "working",
-)
 #: TROIKA treadmill phases (the index is the code in `Recording.phase`).
 PHASE_NAMES: Final = ("rest", "run")
 

@@ -21,7 +21,7 @@ UNKNOWN_PERCENT: Final = 255
 MAX_HR_CBPM: Final = 30000
 MAX_CONFIDENCE_E4: Final = 10000
 MAX_WINDOW_MS: Final = 60000
-#: PPG-DaLiA activity ids (DESIGN.md §5).
+#: PPG-DaLiA activity ids (DESIGN.md §5): the index is the id. The one list of them.
 ACTIVITY_NAMES: Final = (
     "transient",
     "sitting",

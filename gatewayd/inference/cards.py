@@ -1,0 +1,147 @@
+"""Model cards: what a shipped ONNX file is, what it expects, how it was made and how good it is.
+
+One JSON file next to each model (``<file>.json``), validated strictly like the configuration.
+Training writes them (training/export.py); the gateway reads them (registry.py) and refuses a
+model whose file does not match its card's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gatewayd.errors import GatewayError
+from gatewayd.protocol.messages import ACTIVITY_NAMES
+
+CARD_FORMAT_VERSION: Final = 1
+#: The activity head's classes in order: the PPG-DaLiA activity ids 0-8 (DESIGN.md §5).
+ACTIVITY_CLASSES: Final = ACTIVITY_NAMES
+#: Heart-rate bins of the HR head: 1 bpm wide, centres 30..229 bpm (200 bins).
+HR_BIN_LOW_BPM: Final = 30
+HR_BIN_COUNT: Final = 200
+HR_BIN_WIDTH_BPM: Final = 1.0
+
+
+class ModelCardError(GatewayError):
+    """A model card is missing, malformed, or does not match its model file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """The model's input tensor and the preprocessing that produces it."""
+
+    name: str = "x"
+    #: ["N", 4, 512] for Conv1d exports, ["N", 4, 1, 512] for the Conv2d layout.
+    shape: list[int | str]
+    dtype: Literal["float32"] = "float32"
+    channels: list[str] = Field(default_factory=lambda: ["bvp", "acc_x", "acc_y", "acc_z"])
+    rate_hz: int = 64
+    window_s: float = 8.0
+    #: The one preprocessing function, shared by training, gateway and wearable.
+    preprocessing: str = "gatewayd.signals.preprocess_window"
+
+
+class OutputSpec(_Strict):
+    """The model's outputs: activity logits and heart-rate logits over bins."""
+
+    activity: str = "activity_logits"
+    activity_classes: list[str] = Field(default_factory=lambda: list(ACTIVITY_CLASSES))
+    hr: str = "hr_logits"
+    hr_bin_low_bpm: float = HR_BIN_LOW_BPM
+    hr_bin_width_bpm: float = HR_BIN_WIDTH_BPM
+    hr_bin_count: int = HR_BIN_COUNT
+
+
+class TrainingInfo(_Strict):
+    """Where the weights came from; synthetic data is always named as such."""
+
+    datasets: list[str]
+    synthetic: bool
+    subjects: int
+    windows: int
+    cross_validation: str
+    seed: int
+    epochs: int
+    teacher: str | None = None
+    notes: str = ""
+
+
+class Metrics(_Strict):
+    """Held-out figures, with the data they were measured on."""
+
+    evaluated_on: str
+    activity_top1: float | None = None
+    hr_mae_bpm: float | None = None
+    per_fold: list[dict[str, float]] = Field(default_factory=list)
+
+
+class ModelCard(_Strict):
+    """One model file's card."""
+
+    card_version: Literal[1] = CARD_FORMAT_VERSION
+    model_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    version: str
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["gateway", "wearable"]
+    architecture: str = "mobilenetv2-1d"
+    width_multiplier: float
+    pruning_pct: int = Field(ge=0, le=100)
+    quantization: Literal["none", "int8-static"] = "none"
+    layout: Literal["conv1d", "conv2d"] = "conv1d"
+    opset: int
+    params: int
+    macs: int
+    size_bytes: int
+    input: InputSpec
+    outputs: OutputSpec = Field(default_factory=OutputSpec)
+    training: TrainingInfo
+    metrics: Metrics
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path(model_file: Path) -> Path:
+    """Where a model's card lives: ``model.onnx`` -> ``model.onnx.json``."""
+    return model_file.with_name(model_file.name + ".json")
+
+
+def read_card(path: Path) -> ModelCard:
+    """Read and validate one card; ModelCardError names the file and the problem."""
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError as exc:
+        raise ModelCardError(f"{path}: no model card") from exc
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ModelCardError(f"{path}: not a valid model card: {exc}") from exc
+
+
+def write_card(card: ModelCard, path: Path) -> None:
+    """Write a card as stable, readable JSON."""
+    path.write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def verify(card: ModelCard, model_file: Path) -> None:
+    """Raise ModelCardError unless ``model_file`` is the file the card describes."""
+    if not model_file.is_file():
+        raise ModelCardError(f"{model_file}: model file missing (its card is {card.model_id})")
+    actual = sha256_of(model_file)
+    if actual != card.sha256:
+        raise ModelCardError(
+            f"{model_file}: sha256 {actual[:12]}… does not match its card ({card.sha256[:12]}…); "
+            "the file was changed or truncated — reinstall it or re-export the model"
+        )
