@@ -1,1 +1,23 @@
-"""publish: see DESIGN.md §3."""
+"""publish: the MQTT side (DESIGN.md §8, docs/mqtt.md).
+
+`Publisher` (client.py) runs the aiomqtt connection loop; payloads.py holds the JSON payload
+models, topics.py the topic tree and Home Assistant discovery, backoff.py the reconnect delays.
+"""
+
+from gatewayd.publish.client import OutboxItem, OutboxSource, Publisher, PublisherStats
+from gatewayd.publish.payloads import Alert, DeviceState, Status, Telemetry, new_event_id
+from gatewayd.publish.topics import TopicError, Topics
+
+__all__ = [
+    "Alert",
+    "DeviceState",
+    "OutboxItem",
+    "OutboxSource",
+    "Publisher",
+    "PublisherStats",
+    "Status",
+    "Telemetry",
+    "TopicError",
+    "Topics",
+    "new_event_id",
+]

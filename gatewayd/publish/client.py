@@ -1,0 +1,481 @@
+"""The MQTT publisher: one aiomqtt connection, reconnected forever, fed by the outbox.
+
+Alerts are durable: they come from the store's outbox (`OutboxSource`), are published at QoS 1
+one at a time in outbox order (so in order per device), and are marked published only after
+the broker's PUBACK. Anything not acknowledged when a connection drops is published again on
+the next connection: delivery is at least once, subscribers drop duplicates by ``event_id``.
+
+State and telemetry are best effort and live in memory: the latest `DeviceState` per device
+(re-published, retained, on every connect) and a bounded telemetry queue whose overflow is
+dropped oldest-first, counted and logged.
+
+Sessions are clean (``clean_session=True``): the outbox, not the broker or paho's in-memory
+queue, is the durable copy, and a new aiomqtt client is built per connection anyway. See
+docs/mqtt.md for the whole contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, NoReturn, Protocol
+
+import aiomqtt
+import structlog
+from pydantic import SecretStr
+
+from gatewayd import __version__
+from gatewayd.config import MqttConfig, TlsConfig, resolve_mqtt_password
+from gatewayd.errors import ConfigError
+from gatewayd.publish.backoff import MqttFailure, backoff_delay, classify
+from gatewayd.publish.payloads import DeviceState, Status, Telemetry
+from gatewayd.publish.topics import (
+    TopicError,
+    Topics,
+    discovery_messages,
+    gateway_discovery_message,
+)
+
+__all__ = ["OutboxItem", "OutboxSource", "Publisher", "PublisherStats", "tls_context"]
+
+log = structlog.get_logger("gatewayd.publish")
+
+#: Default seconds between outbox re-scans when nobody calls `Publisher.notify`.
+RESCAN_INTERVAL_S: Final = 5.0
+#: Default safety timeout for the connect handshake and each acknowledged publish.
+OPERATION_TIMEOUT_S: Final = 10.0
+#: Default bound of the in-memory telemetry queue (windows, all devices together).
+TELEMETRY_QUEUE_SIZE: Final = 1024
+#: Default bound on the time a graceful stop spends finishing in-flight work.
+STOP_GRACE_S: Final = 5.0
+OUTBOX_BATCH: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One durable message waiting in the store's outbox."""
+
+    event_id: str
+    device_id: str
+    #: The JSON payload, already serialised (an `Alert` for channel "alerts").
+    payload: bytes
+    #: The device topic it goes to; "alerts" (QoS 1, not retained) unless the store says else.
+    channel: str = "alerts"
+
+
+class OutboxSource(Protocol):
+    """The store's outbox, as the publisher sees it."""
+
+    async def pending(self, limit: int) -> Sequence[OutboxItem]:
+        """Up to ``limit`` unpublished items, oldest first (append order)."""
+        ...
+
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
+        """Record that the broker acknowledged these items; they are not returned again."""
+        ...
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """Counters for logs, STATUS= lines and `gatewayd bench`."""
+
+    connects: int = 0
+    connection_failures: int = 0
+    alerts_published: int = 0
+    alerts_rejected: int = 0
+    states_published: int = 0
+    telemetry_published: int = 0
+    telemetry_dropped: int = 0
+    last_error: str | None = field(default=None)
+
+
+Backoff = Callable[[MqttFailure, int], float]
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """An SSLContext for [mqtt.tls]. Reads files: call it from a thread, not the event loop."""
+    where = tls.ca_file or tls.cert_file or "mqtt.tls"
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+        if tls.cert_file is not None:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except FileNotFoundError as exc:
+        raise ConfigError(exc.filename or where, "mqtt.tls: no such file") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            where, f"mqtt.tls: cannot load the CA, certificate or key: {exc}"
+        ) from exc
+    if tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+class _Stop(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a session when a graceful stop finished."""
+
+
+class Publisher:
+    """Publishes status, device state, telemetry and outbox alerts; reconnects forever.
+
+    Run `run` as a task; call `stop` for a graceful stop (status "offline", retained, then a
+    clean disconnect). `notify` after appending to the outbox, `update_state` and
+    `publish_telemetry` from the pipeline; none of the three blocks or raises on a broker
+    outage.
+    """
+
+    def __init__(
+        self,
+        mqtt: MqttConfig,
+        gateway_id: str,
+        outbox: OutboxSource,
+        *,
+        env: Mapping[str, str] | None = None,
+        rescan_interval_s: float = RESCAN_INTERVAL_S,
+        operation_timeout_s: float = OPERATION_TIMEOUT_S,
+        telemetry_queue_size: int = TELEMETRY_QUEUE_SIZE,
+        stop_grace_s: float = STOP_GRACE_S,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._mqtt = mqtt
+        self._topics = Topics(mqtt.topic_root, gateway_id)
+        self._gateway_id = gateway_id
+        self._outbox = outbox
+        self._env = env
+        self._rescan_s = rescan_interval_s
+        self._op_timeout_s = operation_timeout_s
+        self._stop_grace_s = stop_grace_s
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._backoff: Backoff = backoff or (
+            lambda kind, attempt: backoff_delay(kind, attempt, rng=self._rng)
+        )
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._outbox_wake = asyncio.Event()
+        self._stream_wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._states: dict[str, DeviceState] = {}
+        self._dirty_states: dict[str, None] = {}  # insertion-ordered set
+        self._telemetry: deque[Telemetry] = deque()
+        self._telemetry_max = telemetry_queue_size
+        self._dropping = False
+        self._discovered: set[str] = set()
+        self._running = False
+        self.stats = PublisherStats()
+
+    @property
+    def topics(self) -> Topics:
+        """The topic tree this publisher writes to."""
+        return self._topics
+
+    @property
+    def connected(self) -> bool:
+        """Whether a broker connection is up and announced (status online published)."""
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        """Return once a connection is up and announced."""
+        await self._connected.wait()
+
+    def notify(self) -> None:
+        """Tell the publisher the outbox has new items (cheap; call after every append)."""
+        self._outbox_wake.set()
+
+    def stop(self) -> None:
+        """Ask `run` to finish in-flight work, publish status offline and return."""
+        self._stopping.set()
+        self._outbox_wake.set()
+        self._stream_wake.set()
+
+    def update_state(self, state: DeviceState) -> None:
+        """Set a device's latest state; published retained now if connected, else on connect."""
+        self._topics.state(state.device_id)  # reject a bad alias here, at the caller
+        self._states[state.device_id] = state
+        self._dirty_states[state.device_id] = None
+        self._stream_wake.set()
+
+    def publish_telemetry(self, telemetry: Telemetry) -> bool:
+        """Queue one window's telemetry (QoS 0). Returns False if the queue overflowed.
+
+        On overflow the oldest queued window is dropped: recent telemetry is worth more.
+        """
+        self._topics.telemetry(telemetry.device_id)
+        dropped = len(self._telemetry) >= self._telemetry_max
+        if dropped:
+            self._telemetry.popleft()
+            self.stats.telemetry_dropped += 1
+            (log.debug if self._dropping else log.warning)(
+                "telemetry queue full; dropping the oldest window",
+                queue_size=self._telemetry_max,
+                dropped_total=self.stats.telemetry_dropped,
+                connected=self.connected,
+            )
+            self._dropping = True
+        self._telemetry.append(telemetry)
+        self._stream_wake.set()
+        return not dropped
+
+    # --- the connection loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect with backoff until `stop`; raises only ConfigError.
+
+        Raises ConfigError if the password or TLS files cannot be read.
+        """
+        if self._running:
+            raise RuntimeError("Publisher.run is already running")
+        self._running = True
+        try:
+            # Both read files (blocking): keep them off the event loop.
+            password = await asyncio.to_thread(resolve_mqtt_password, self._mqtt, self._env)
+            context = (
+                await asyncio.to_thread(tls_context, self._mqtt.tls)
+                if self._mqtt.tls.enabled
+                else None
+            )
+            await self._loop(password, context)
+        finally:
+            self._running = False
+            self._connected.clear()
+
+    async def _loop(self, password: SecretStr | None, context: ssl.SSLContext | None) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self._session(password, context)
+            except _Stop:
+                return
+            except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+                error: BaseException = exc
+            except BaseExceptionGroup as group:
+                # From the session's TaskGroup: a dropped connection, or a real bug to re-raise.
+                matched, rest = group.split((aiomqtt.MqttError, TimeoutError, OSError))
+                if rest is not None or matched is None:
+                    raise
+                error = _first_leaf(matched)
+            was_connected = self._connected.is_set()
+            self._connected.clear()
+            kind = classify(error, was_connected=was_connected)
+            failures = 1 if was_connected else failures + 1
+            self.stats.connection_failures += 1
+            cause = error.__cause__
+            self.stats.last_error = (str(error) or type(error).__name__) + (
+                f" ({cause})" if cause is not None else ""
+            )
+            delay = self._backoff(kind, failures)
+            (log.warning if failures == 1 else log.debug)(
+                "MQTT connection lost" if was_connected else "cannot connect to the MQTT broker",
+                host=self._mqtt.host,
+                port=self._mqtt.port,
+                error=self.stats.last_error,
+                kind=kind.value,
+                attempt=failures,
+                retry_in_s=round(delay, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+
+    def _client(self, password: SecretStr | None, context: ssl.SSLContext | None) -> aiomqtt.Client:
+        will = Status(state="offline", gateway_id=self._gateway_id, reason="connection_lost")
+        return aiomqtt.Client(
+            self._mqtt.host,
+            self._mqtt.port,
+            identifier=self._mqtt.effective_client_id(self._gateway_id),
+            username=self._mqtt.username,
+            password=password.get_secret_value() if password is not None else None,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+            keepalive=self._mqtt.keepalive_s,
+            # The safety timeout of the CONNACK wait, of each PUBACK and of the DISCONNECT.
+            timeout=self._op_timeout_s,
+            will=aiomqtt.Will(self._topics.status, will.to_json(), qos=1, retain=True),
+            tls_context=context,
+            tls_insecure=True if context is not None and self._mqtt.tls.insecure else None,
+        )
+
+    async def _session(
+        self, password: SecretStr | None, context: ssl.SSLContext | None
+    ) -> NoReturn:
+        """One connection, from connect to drop (raises) or graceful stop (raises _Stop)."""
+        client = self._client(password, context)
+        async with client:
+            self.stats.connects += 1
+            try:
+                await self._announce(client)
+                self._connected.set()
+                log.info(
+                    "connected to the MQTT broker",
+                    host=self._mqtt.host,
+                    port=self._mqtt.port,
+                    status_topic=self._topics.status,
+                )
+                async with asyncio.TaskGroup() as tg:
+                    watch = tg.create_task(self._watch(client), name="mqtt-watch")
+                    work = [
+                        tg.create_task(self._alert_loop(client), name="mqtt-alerts"),
+                        tg.create_task(self._stream_loop(client), name="mqtt-stream"),
+                    ]
+                    await self._stopping.wait()
+                    # Graceful stop: let the loops finish the item in hand, then stop them.
+                    await asyncio.wait(work, timeout=self._stop_grace_s)
+                    for task in (*work, watch):
+                        task.cancel()
+                await self._publish_status(client, "offline", "shutdown")
+            except asyncio.CancelledError:
+                # Cancelled rather than stopped: a clean DISCONNECT suppresses the last will,
+                # so say "offline" ourselves, briefly, before aiomqtt disconnects.
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await self._publish_status(client, "offline", "shutdown", limit_s=1.0)
+                raise
+        log.info("disconnected from the MQTT broker (stop)")
+        raise _Stop
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Raise MqttError as soon as the connection drops (we subscribe to nothing).
+
+        aiomqtt's message iterator is its public signal for a lost connection; without it a
+        publish waiting for its PUBACK would only notice at its timeout.
+        """
+        async for _ in client.messages:
+            pass
+
+    async def _publish_status(
+        self, client: aiomqtt.Client, state: str, reason: str, *, limit_s: float | None = None
+    ) -> None:
+        status = Status.model_validate(
+            {
+                "state": state,
+                "gateway_id": self._gateway_id,
+                "reason": reason,
+                "t": self._clock(),
+                "version": __version__,
+            }
+        )
+        await client.publish(
+            self._topics.status,
+            status.to_json(),
+            qos=1,
+            retain=True,
+            timeout=limit_s or self._op_timeout_s,
+        )
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """On every (re)connect: status online, HA discovery, then every known device state."""
+        await self._publish_status(client, "online", "connected")
+        self._discovered.clear()
+        if self._mqtt.homeassistant_discovery:
+            message = gateway_discovery_message(
+                self._topics, prefix=self._mqtt.discovery_prefix, sw_version=__version__
+            )
+            await client.publish(message.topic, message.payload, qos=1, retain=True)
+        for device_id in list(self._states):
+            self._dirty_states[device_id] = None
+        if self._dropping and self.stats.telemetry_dropped:
+            log.info("telemetry dropped while disconnected", total=self.stats.telemetry_dropped)
+        self._dropping = False
+        self._stream_wake.set()
+
+    async def _discover(self, client: aiomqtt.Client, state: DeviceState) -> None:
+        if not self._mqtt.homeassistant_discovery or state.device_id in self._discovered:
+            return
+        for message in discovery_messages(
+            self._topics,
+            state.device_id,
+            prefix=self._mqtt.discovery_prefix,
+            model=state.model,
+            sw_version=state.firmware,
+        ):
+            await client.publish(message.topic, message.payload, qos=1, retain=True)
+        self._discovered.add(state.device_id)
+
+    async def _wait(self, event: asyncio.Event, wait_s: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await event.wait()
+
+    async def _alert_loop(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox in order, one QoS 1 message at a time, marking each after PUBACK.
+
+        One at a time keeps per-device order across reconnects: a pipelined batch could have
+        a later alert acknowledged and an earlier one lost with the connection.
+        """
+        while not self._stopping.is_set():
+            self._outbox_wake.clear()  # before reading, so a notify() during the read counts
+            items = await self._outbox.pending(OUTBOX_BATCH)
+            for item in items:
+                if self._stopping.is_set():
+                    return
+                try:
+                    topic = self._topics.device(item.device_id, item.channel)
+                except TopicError as exc:
+                    # It can never be published; holding it would block every later alert.
+                    self.stats.alerts_rejected += 1
+                    log.error(  # noqa: TRY400 - an expected, explained condition: no traceback
+                        "outbox item has no valid topic; dropped",
+                        event_id=item.event_id,
+                        error=str(exc),
+                    )
+                    await self._outbox.mark_published([item.event_id])
+                    continue
+                await client.publish(
+                    topic,
+                    item.payload,
+                    qos=1,
+                    retain=item.channel == "state",
+                    timeout=self._op_timeout_s,
+                )
+                # Only now, after the PUBACK: a crash before this line means a duplicate, which
+                # subscribers drop by event_id, never a loss.
+                await self._outbox.mark_published([item.event_id])
+                self.stats.alerts_published += 1
+            if len(items) < OUTBOX_BATCH:
+                await self._wait(self._outbox_wake, self._rescan_s)
+
+    async def _stream_loop(self, client: aiomqtt.Client) -> None:
+        """Publish dirty device states (retained, QoS 1), then queued telemetry (QoS 0)."""
+        while True:
+            self._stream_wake.clear()
+            while self._dirty_states:
+                device_id = next(iter(self._dirty_states))
+                state = self._states[device_id]
+                await self._discover(client, state)
+                await client.publish(
+                    self._topics.state(device_id),
+                    state.to_json(),
+                    qos=1,
+                    retain=True,
+                    timeout=self._op_timeout_s,
+                )
+                # Only clear it if no newer state arrived while we waited for the PUBACK.
+                if self._states[device_id] is state:
+                    self._dirty_states.pop(device_id, None)
+                self.stats.states_published += 1
+            while self._telemetry and not self._dirty_states:
+                telemetry = self._telemetry[0]
+                await client.publish(
+                    self._topics.telemetry(telemetry.device_id),
+                    telemetry.to_json(),
+                    qos=0,
+                    timeout=self._op_timeout_s,
+                )
+                if self._telemetry and self._telemetry[0] is telemetry:
+                    self._telemetry.popleft()
+                self.stats.telemetry_published += 1
+            if self._stopping.is_set() and not self._dirty_states and not self._telemetry:
+                return
+            if not self._dirty_states and not self._telemetry:
+                await self._wait(self._stream_wake, None)

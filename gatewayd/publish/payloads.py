@@ -1,0 +1,191 @@
+"""The JSON payloads gatewayd publishes over MQTT, as frozen pydantic models.
+
+These models are the MQTT contract (DESIGN.md §8, docs/mqtt.md). Every payload carries
+``schema_version``; a change that breaks subscribers bumps it. docs/mqtt.md embeds the JSON
+Schema of each model, and a test fails when the document and the models disagree
+(`schema_markdown` renders the section; ``GATEWAYD_UPDATE_DOCS=1`` makes the test rewrite it).
+
+Pure: no I/O, no clock. `new_event_id` takes the time and the randomness as arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+
+__all__ = [
+    "PAYLOAD_MODELS",
+    "SCHEMA_VERSION",
+    "Alert",
+    "DeviceState",
+    "Status",
+    "Telemetry",
+    "new_event_id",
+    "schema_markdown",
+]
+
+#: Bumped on any change that breaks a subscriber parsing the payloads.
+SCHEMA_VERSION: Final = 1
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _iso_z(value: datetime) -> str:
+    # RFC 3339 with milliseconds and "Z": what JavaScript's Date.toISOString() writes.
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: A timezone-aware instant, normalised to UTC, serialised as ISO 8601 with a "Z".
+UtcTime = Annotated[
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(_iso_z, return_type=str, when_used="json"),
+]
+
+
+def _check_uuid7(value: str) -> str:
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise ValueError(f"expected a UUID string, got {value!r}") from None
+    if parsed.version != 7 or str(parsed) != value:
+        raise ValueError(f"expected a lower-case, hyphenated UUIDv7, got {value!r}")
+    return value
+
+
+#: The event's stable id: a UUIDv7 (time-ordered), the key subscribers deduplicate on.
+EventId = Annotated[str, AfterValidator(_check_uuid7)]
+DeviceId = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+]
+GatewayId = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Percent = Annotated[int, Field(ge=0, le=100)]
+Bpm = Annotated[float, Field(ge=0.0, le=300.0, allow_inf_nan=False)]
+
+
+def new_event_id(unix_ms: int, rand: bytes) -> str:
+    """A UUIDv7 string (RFC 9562) from a Unix time in milliseconds and 10 random bytes."""
+    if len(rand) != 10:
+        raise ValueError("expected 10 random bytes")
+    if not 0 <= unix_ms < 1 << 48:
+        raise ValueError("unix_ms out of range for UUIDv7")
+    value = bytearray(unix_ms.to_bytes(6, "big") + rand)
+    value[6] = 0x70 | (value[6] & 0x0F)  # version 7
+    value[8] = 0x80 | (value[8] & 0x3F)  # RFC 9562 variant
+    return str(uuid.UUID(bytes=bytes(value)))
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = Field(
+        default=SCHEMA_VERSION, description="Payload schema version."
+    )
+
+    def to_json(self) -> bytes:
+        """The payload as compact UTF-8 JSON, optional fields that are unset left out."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Status(_Payload):
+    """`<root>/<gateway_id>/status` (retained): is the gateway connected to the broker."""
+
+    state: Literal["online", "offline"]
+    gateway_id: GatewayId
+    reason: Literal["connected", "shutdown", "connection_lost"] = Field(
+        description="connected: online after a (re)connect; shutdown: clean stop;"
+        " connection_lost: the broker published our last will."
+    )
+    t: UtcTime | None = Field(
+        default=None, description="When the state was published (absent in the last will)."
+    )
+    version: str | None = Field(default=None, description="gatewayd version.")
+
+
+Activity = Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class DeviceState(_Payload):
+    """`devices/<device_id>/state` (retained): the latest known state of one wearable."""
+
+    device_id: DeviceId
+    gateway_id: GatewayId
+    connected: bool
+    t: UtcTime = Field(description="When this state was computed.")
+    last_seen: UtcTime | None = Field(default=None, description="Last frame from the device.")
+    battery_pct: Percent | None = None
+    hr_bpm: Bpm | None = None
+    activity: Activity | None = None
+    signal_quality: Fraction | None = Field(
+        default=None, description="0 = unusable (off-wrist), 1 = clean."
+    )
+    rssi_dbm: int | None = Field(default=None, ge=-127, le=20)
+    firmware: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, max_length=64, description="Wearable hardware model.")
+    model_id: str | None = Field(
+        default=None, max_length=64, description="On-device inference model id."
+    )
+
+
+class Alert(_Payload):
+    """`devices/<device_id>/alerts` (QoS 1, not retained): an alert raised or cleared."""
+
+    event_id: EventId = Field(description="UUIDv7; subscribers drop duplicates by this id.")
+    device_id: DeviceId
+    gateway_id: GatewayId
+    kind: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")] = Field(
+        description="Rule name, e.g. tachycardia, low_battery, device_silent."
+    )
+    category: Literal["physiological", "technical"] = Field(
+        description="technical: no data, not worn, battery, gateway degraded; never confused"
+        " with physiological."
+    )
+    severity: Literal["info", "warning", "critical"]
+    state: Literal["raised", "cleared"]
+    t: UtcTime = Field(description="When the rule fired (or cleared).")
+    evidence: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the rule saw: window ids, values, thresholds, model id.",
+    )
+
+
+class Telemetry(_Payload):
+    """`devices/<device_id>/telemetry` (QoS 0): the summary of one 8 s window."""
+
+    device_id: DeviceId
+    seq: int = Field(ge=0, description="Window sequence number from the wearable.")
+    t: UtcTime = Field(description="Window start.")
+    hr_bpm: Bpm | None = None
+    hr_source: Literal["device_model", "gateway_model", "signal"] | None = Field(
+        default=None,
+        description="device_model: the wearable's pruned model; gateway_model: the full model"
+        " on an offloaded window; signal: the spectral estimator.",
+    )
+    activity: Activity | None = None
+    confidence: Fraction | None = None
+    entropy_bits: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    offloaded: bool = False
+    signal_quality: Fraction | None = None
+    battery_pct: Percent | None = None
+    model_id: str | None = Field(default=None, max_length=64)
+
+
+#: Every payload model, in the order docs/mqtt.md lists them.
+PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (Status, DeviceState, Alert, Telemetry)
+
+
+def schema_markdown() -> str:
+    """The generated schema section of docs/mqtt.md (between the BEGIN/END markers)."""
+    parts: list[str] = []
+    for model in PAYLOAD_MODELS:
+        schema = model.model_json_schema(mode="serialization")
+        text = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False)
+        parts.append(f"### {model.__name__}\n\n```json\n{text}\n```\n")
+    return "\n".join(parts)

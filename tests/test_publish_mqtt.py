@@ -1,0 +1,400 @@
+"""The Publisher against a real mosquitto on an ephemeral port (tests/mqtt_fixtures.py).
+
+No timing assertions: every wait is "until this happens", with a generous timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import pytest_asyncio
+
+from gatewayd.config import MqttConfig, TlsConfig
+from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics, new_event_id
+from gatewayd.publish.payloads import Alert
+from tests.mqtt_fixtures import Broker, make_password_file, make_tls_files, needs_mosquitto
+
+pytest_plugins = ["tests.mqtt_fixtures"]
+pytestmark = [needs_mosquitto, pytest.mark.asyncio]
+
+GW = "room-12"
+WAIT_S = 20.0
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait for a counter the publisher updates (it has no event for these)."""
+    async with asyncio.timeout(WAIT_S):
+        while not predicate():  # noqa: ASYNC110 - polling a test probe, not production code
+            await asyncio.sleep(0.05)
+
+
+class FakeOutbox:
+    """A scripted in-memory outbox with the store's shape."""
+
+    def __init__(self) -> None:
+        self.items: list[OutboxItem] = []
+        self.marked: list[str] = []
+        self.on_mark: Callable[[Sequence[str]], None] | None = None
+        self._ms = 1_767_323_045_000
+
+    def append(self, device_id: str, n: int) -> OutboxItem:
+        self._ms += 1
+        alert = Alert(
+            event_id=new_event_id(self._ms, n.to_bytes(10, "big")),
+            device_id=device_id,
+            gateway_id=GW,
+            kind="tachycardia",
+            category="physiological",
+            severity="warning",
+            state="raised",
+            t=T0,
+            evidence={"n": n},
+        )
+        item = OutboxItem(alert.event_id, device_id, alert.to_json())
+        self.items.append(item)
+        return item
+
+    async def pending(self, limit: int) -> list[OutboxItem]:
+        done = set(self.marked)
+        return [i for i in self.items if i.event_id not in done][:limit]
+
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
+        if self.on_mark is not None:
+            self.on_mark(event_ids)
+        self.marked.extend(event_ids)
+
+
+class Subscriber:
+    """Collects every message on some filters into a list."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.messages: list[aiomqtt.Message] = []
+        self._changed = asyncio.Condition()
+
+    async def run(self) -> None:
+        async for message in self.client.messages:
+            self.messages.append(message)
+            async with self._changed:
+                self._changed.notify_all()
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [
+            json.loads(bytes(m.payload))  # type: ignore[arg-type]
+            for m in self.messages
+            if m.topic.value == topic and m.payload
+        ]
+
+    async def wait(self, predicate: Callable[[], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(WAIT_S), self._changed:
+                await self._changed.wait_for(predicate)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; got {self.topics()}") from None
+
+    def topics(self) -> list[str]:
+        return [m.topic.value for m in self.messages]
+
+
+@contextlib.asynccontextmanager
+async def subscribe(
+    broker: Broker, *filters: str, **client_kwargs: Any
+) -> AsyncIterator[Subscriber]:
+    async with aiomqtt.Client(broker.host, broker.port, **client_kwargs) as client:
+        for topic_filter in filters:
+            await client.subscribe(topic_filter, qos=1)
+        sub = Subscriber(client)
+        task = asyncio.create_task(sub.run())
+        try:
+            yield sub
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def running(publisher: Publisher) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(publisher.run())
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await publisher.wait_connected()
+        yield task
+    finally:
+        publisher.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+def make_publisher(port: int, outbox: FakeOutbox, **mqtt: Any) -> Publisher:
+    config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **mqtt})
+    return Publisher(config, GW, outbox, env={}, rescan_interval_s=1.0, backoff=lambda kind, n: 0.2)
+
+
+def state(device_id: str, hr: float) -> DeviceState:
+    return DeviceState(
+        device_id=device_id, gateway_id=GW, connected=True, t=T0, hr_bpm=hr, battery_pct=80
+    )
+
+
+class Proxy:
+    """A TCP relay whose connections can be cut without a DISCONNECT (for the last will)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    def cut(self) -> None:
+        """Reset every relayed connection (RST both ways): an unclean drop."""
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.transport.abort()
+
+
+async def test_status_online_retained_and_last_will_on_unclean_drop(
+    mosquitto_broker: Broker,
+) -> None:
+    status = Topics("gatewayd", GW).status
+    async with Proxy(mosquitto_broker.port) as proxy:
+        publisher = make_publisher(proxy.port, FakeOutbox())
+        # Subscribing after the publish: retained.
+        async with running(publisher), subscribe(mosquitto_broker, status) as sub:
+            await sub.wait(lambda: len(sub.on(status)) >= 1, "retained online")
+            assert sub.messages[0].retain
+            assert sub.on(status)[0]["state"] == "online"
+            proxy.cut()
+            await sub.wait(
+                lambda: any(s["state"] == "offline" for s in sub.on(status)), "last will"
+            )
+            will = next(s for s in sub.on(status) if s["state"] == "offline")
+            assert will == {
+                "schema_version": 1,
+                "state": "offline",
+                "gateway_id": GW,
+                "reason": "connection_lost",
+            }
+            # ... and back online by itself.
+            await sub.wait(lambda: sub.on(status)[-1]["state"] == "online", "reconnect")
+            assert publisher.stats.connects >= 2
+    # Graceful stop (leaving `running`) publishes a retained offline/shutdown.
+    async with subscribe(mosquitto_broker, status) as sub:
+        await sub.wait(lambda: len(sub.on(status)) >= 1, "retained offline")
+        assert sub.on(status)[-1]["reason"] == "shutdown"
+        assert sub.messages[-1].retain
+
+
+async def test_alerts_in_order_and_marked_after_delivery(mosquitto_broker: Broker) -> None:
+    outbox = FakeOutbox()
+    publisher = make_publisher(mosquitto_broker.port, outbox)
+    alerts = f"gatewayd/{GW}/devices/+/alerts"
+    async with subscribe(mosquitto_broker, alerts) as sub:
+        received_ids = lambda: [json.loads(bytes(m.payload))["event_id"] for m in sub.messages]  # type: ignore[arg-type]  # noqa: E731
+        # PUBACK comes before mark_published, and the broker forwards before it acknowledges
+        # (mosquitto handles the PUBLISH, queues it to subscribers, then sends PUBACK), so an
+        # item marked published has been delivered (or is on its way) to our subscriber.
+        before = [outbox.append("w1", n) for n in range(5)]
+        async with running(publisher):
+            for n in range(5, 10):
+                outbox.append("w2" if n % 2 else "w1", n)
+                publisher.notify()
+            await sub.wait(lambda: len(sub.messages) >= 10, "ten alerts")
+        assert received_ids() == [i.event_id for i in outbox.items]
+        assert outbox.marked == [i.event_id for i in outbox.items]
+        assert before[0].event_id == outbox.marked[0]
+        assert all(m.qos == 1 and not m.retain for m in sub.messages)
+        assert publisher.stats.alerts_published == 10
+
+
+async def test_broker_outage_backlog_delivered_in_order(tmp_path: Path) -> None:
+    # Persistence keeps the subscriber's session (clean_session=False, QoS 1) across the
+    # restart, so alerts the publisher sends before the subscriber is back are queued for it.
+    broker = Broker(tmp_path, persistence=True)
+    await broker.start()
+    try:
+        outbox = FakeOutbox()
+        publisher = make_publisher(broker.port, outbox)
+        sub_args = {"identifier": "test-sub", "clean_session": False}
+        alerts = f"gatewayd/{GW}/devices/+/alerts"
+        received: list[dict[str, Any]] = []
+        async with running(publisher):
+            async with subscribe(broker, alerts, **sub_args) as sub:
+                for n in range(3):
+                    outbox.append("w1", n)
+                publisher.notify()
+                await sub.wait(lambda: len(sub.messages) >= 3, "alerts before the outage")
+                received += [json.loads(bytes(m.payload)) for m in sub.messages]  # type: ignore[arg-type]
+            await broker.stop()
+            marked_at_stop = len(outbox.marked)
+            for n in range(3, 13):
+                outbox.append("w1" if n % 3 else "w2", n)
+                publisher.notify()
+            # Give the publisher a chance to (wrongly) mark something while the broker is down.
+            await asyncio.sleep(0.5)
+            assert len(outbox.marked) == marked_at_stop == 3
+            assert not publisher.connected
+            await broker.start()
+            async with subscribe(broker, **sub_args) as sub:  # no re-subscribe: the session
+                await sub.wait(
+                    lambda: len(sub.messages) + len(received) >= 13, "the backlog after restart"
+                )
+                received += [json.loads(bytes(m.payload)) for m in sub.messages]  # type: ignore[arg-type]
+        for device in ("w1", "w2"):
+            got = [r["event_id"] for r in received if r["device_id"] == device]
+            sent = [i.event_id for i in outbox.items if i.device_id == device]
+            # At least once: a duplicate of the alert in flight at the outage is allowed.
+            assert list(dict.fromkeys(got)) == sent
+        assert sorted(set(outbox.marked)) == sorted(i.event_id for i in outbox.items)
+    finally:
+        await broker.stop()
+
+
+async def test_retained_state_and_discovery_republished_after_restart(
+    mosquitto_broker: Broker,
+) -> None:
+    publisher = make_publisher(mosquitto_broker.port, FakeOutbox(), homeassistant_discovery=True)
+    topics = publisher.topics
+    async with running(publisher):
+        publisher.update_state(state("w1", 61))
+        publisher.update_state(state("w2", 72))
+        publisher.publish_telemetry(Telemetry(device_id="w1", seq=1, t=T0, hr_bpm=61))
+        async with subscribe(mosquitto_broker, topics.telemetry("w1")) as sub:
+            publisher.publish_telemetry(Telemetry(device_id="w1", seq=2, t=T0, hr_bpm=62))
+            await sub.wait(
+                lambda: any(t["seq"] == 2 for t in sub.on(topics.telemetry("w1"))), "telemetry"
+            )
+            assert sub.messages[-1].qos == 0
+        # The broker has no persistence: a restart forgets every retained message.
+        await mosquitto_broker.stop()
+        publisher.update_state(state("w1", 65))  # a change during the outage
+        await mosquitto_broker.start()
+        await until(
+            lambda: not (publisher.stats.connects < 2 or publisher.stats.states_published < 4)
+        )
+        async with subscribe(
+            mosquitto_broker, f"gatewayd/{GW}/#", "homeassistant/+/room-12/#"
+        ) as sub:
+            await sub.wait(
+                lambda: bool(sub.on(topics.state("w1")) and sub.on(topics.state("w2"))),
+                "retained states",
+            )
+            await sub.wait(lambda: len(sub.messages) >= 3 + 11, "status, states, discovery")
+            assert all(m.retain for m in sub.messages)
+            assert sub.on(topics.state("w1"))[-1]["hr_bpm"] == 65
+            assert sub.on(topics.status)[-1]["state"] == "online"
+            discovery = [t for t in sub.topics() if t.startswith("homeassistant/")]
+            assert "homeassistant/sensor/room-12/w1_heart_rate/config" in discovery
+            assert "homeassistant/binary_sensor/room-12/w2_connected/config" in discovery
+            assert "homeassistant/binary_sensor/room-12/status/config" in discovery
+
+
+@pytest_asyncio.fixture
+async def auth_broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    passwd = make_password_file(tmp_path, {"gw": "s3cret"})
+    if passwd is None:
+        pytest.skip("mosquitto_passwd not installed")
+    broker = Broker(tmp_path, password_file=passwd)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+async def test_username_and_password_file(auth_broker: Broker, tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    publisher = make_publisher(auth_broker.port, FakeOutbox(), username="gw", password_file=secret)
+    async with running(publisher):
+        assert publisher.stats.connects == 1
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    refused = make_publisher(auth_broker.port, FakeOutbox(), username="gw", password_file=wrong)
+    task = asyncio.create_task(refused.run())
+    try:
+        await until(lambda: refused.stats.connection_failures >= 1)
+        assert not refused.connected
+        assert (
+            "authori" in (refused.stats.last_error or "").lower()
+            or "password" in (refused.stats.last_error or "").lower()
+        )
+    finally:
+        refused.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+# paho leaks the socket of a failed TLS handshake (a local in its reconnect(), never closed);
+# collect it here so the ResourceWarning is attributed to, and ignored in, this test only.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_tls(tmp_path: Path) -> None:
+    # openssl runs in a thread: it is slow-ish and blocking.
+    files = await asyncio.to_thread(make_tls_files, tmp_path)
+    if files is None:
+        pytest.skip("openssl not installed")
+    broker = Broker(tmp_path, tls=files)
+    await broker.start()
+    try:
+        publisher = make_publisher(
+            broker.port,
+            FakeOutbox(),
+            tls=TlsConfig(enabled=True, ca_file=files.ca_file),
+        )
+        async with running(publisher):
+            assert publisher.connected
+        # Without our CA the broker's certificate is not trusted: never connects.
+        untrusted = make_publisher(broker.port, FakeOutbox(), tls=TlsConfig(enabled=True))
+        task = asyncio.create_task(untrusted.run())
+        try:
+            await until(lambda: untrusted.stats.connection_failures >= 1)
+            assert "certificate" in (untrusted.stats.last_error or "").lower()
+        finally:
+            untrusted.stop()
+            async with asyncio.timeout(WAIT_S):
+                await task
+            gc.collect()
+    finally:
+        await broker.stop()
