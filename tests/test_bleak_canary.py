@@ -43,6 +43,9 @@ from gatewayd.emulator import (
 from gatewayd.emulator.bluez import FakeAdapter, FakeDevice
 from gatewayd.emulator.bluez_dbus import Device1, EmulatorBus, interfaces_added
 from gatewayd.protocol import gatt
+from tests.emulator_fixtures import bluetoothctl_shim
+
+__all__ = ["bluetoothctl_shim"]  # the shared fixture (a file write, done before the loop runs)
 
 #: The bleak release whose BlueZ backend the emulator was checked against, line by line.
 VERIFIED_BLEAK = "3.1"
@@ -318,11 +321,11 @@ async def test_dbus_fast_export_announces_through_the_hooks_the_emulator_silence
 
 
 @pytest_asyncio.fixture
-async def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBluez]:
+async def fake(
+    bluetoothctl_shim: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FakeBluez]:
     if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon not installed (apt-get install dbus)")
-    install_bluetoothctl_shim(tmp_path)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
     async with PrivateBus() as address, FakeBluez(address, report_interval=0.05) as emulator:
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
         hci0 = await emulator.add_adapter("hci0", "00:1A:7D:DA:71:01")

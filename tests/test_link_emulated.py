@@ -137,10 +137,10 @@ async def test_two_wearables_paired_from_the_cli_stream_troika_and_dalia_exactly
     fake: FakeBluez, private_bus: EmulatorEnv, tmp_path: Path
 ) -> None:
     # A synthetic subject written as a PPG-DaLiA pickle and read back through the DaLiA reader.
-    dalia = load_dalia(write_subject(tmp_path / "S1" / "S1.pkl", 1, 2.0, seed=1),
-                       cache_dir=tmp_path / "cache")  # fmt: skip
+    pickle = await asyncio.to_thread(write_subject, tmp_path / "S1" / "S1.pkl", 1, 2.0, seed=1)
+    dalia = await asyncio.to_thread(load_dalia, pickle, cache_dir=tmp_path / "cache")
     if (TROIKA / "DATA_01_TYPE01.mat").is_file():
-        first = load_troika(TROIKA / "DATA_01_TYPE01.mat")
+        first = await asyncio.to_thread(load_troika, TROIKA / "DATA_01_TYPE01.mat")
     else:
         first = synthetic(2, 2.0)  # ../shared/data absent: a second synthetic subject instead
     setup = FleetSetup(devices=2, speed=40.0, keep_sent=True, tau_mbits=3500, min_conf_e4=5000)
@@ -152,11 +152,11 @@ async def test_two_wearables_paired_from_the_cli_stream_troika_and_dalia_exactly
     )
     assert paired.returncode == 0, paired.stderr
     registry = DeviceRegistry.in_state_dir(tmp_path / "state")
-    assert sorted(d.address for d in registry.load()) == sorted(
+    assert sorted(d.address for d in await asyncio.to_thread(registry.load)) == sorted(
         d.address for d, _ in fleet.wearables
     )
     manager = LinkManager(
-        ["hci0"], 5, registry.load(), LinkSettings(tau_mbits=3500, min_conf_e4=5000)
+        ["hci0"], 5, await asyncio.to_thread(registry.load), LinkSettings(3500, 5000)
     )
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
     assert_exactly_once_in_order(fleet, frames, manager)
@@ -180,9 +180,9 @@ async def test_link_drops_and_corrupted_fragments_lose_nothing(
     setup = FleetSetup(devices=2, speed=25.0, keep_sent=True, faults=faults, mtu=64,
                        tau_mbits=3400, min_conf_e4=5000)  # fmt: skip
     fleet = await build_fleet(fake, [synthetic(3, 2.0), synthetic(4, 2.0)], setup)
-    registry = pair_all(fleet, tmp_path)
+    registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
     manager = LinkManager(
-        ["hci0"], 5, registry.load(), LinkSettings(tau_mbits=3400, min_conf_e4=5000)
+        ["hci0"], 5, await asyncio.to_thread(registry.load), LinkSettings(3400, 5000)
     )
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=90)
     assert_exactly_once_in_order(fleet, frames, manager)
@@ -201,9 +201,12 @@ async def test_twenty_wearables_on_four_adapters_at_ten_times_real_time(
     recordings = [synthetic(10 + i, 1.0) for i in range(4)]
     setup = FleetSetup(devices=22, adapters=4, slots=5, speed=10.0, keep_sent=True)
     fleet = await build_fleet(fake, recordings, setup)
-    registry = pair_all(fleet, tmp_path, skip=2)  # two unpaired wearables in range
-    assert len(registry.load()) == 20
-    manager = LinkManager([f"hci{i}" for i in range(4)], 5, registry.load(), LinkSettings())
+    registry = await asyncio.to_thread(
+        pair_all, fleet, tmp_path, 2
+    )  # two unpaired wearables in range
+    devices = await asyncio.to_thread(registry.load)
+    assert len(devices) == 20
+    manager = LinkManager([f"hci{i}" for i in range(4)], 5, devices, LinkSettings())
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=90)
     assert_exactly_once_in_order(fleet, frames, manager)
     assert len(frames) == 20
@@ -226,10 +229,10 @@ async def test_heart_rate_strap_and_clock_sync_and_a_flooding_neighbour(
     faults = FaultPlan(flood=1, flood_rate=100.0, skew_s=-3600.0)
     setup = FleetSetup(devices=2, heart_rate_straps=1, speed=20.0, keep_sent=True, faults=faults)
     fleet = await build_fleet(fake, [synthetic(5, 1.0)], setup)
-    registry = pair_all(fleet, tmp_path)
+    registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
     strap_device, strap = fleet.straps[0]
-    registry.add(strap_device.address, "heart_rate", "HR strap 1", alias="strap")
-    manager = LinkManager(["hci0"], 5, registry.load(), LinkSettings())
+    await asyncio.to_thread(registry.add, strap_device.address, "heart_rate", "HR strap 1", "strap")
+    manager = LinkManager(["hci0"], 5, await asyncio.to_thread(registry.load), LinkSettings())
     started_ms = time.time() * 1000
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
     assert_exactly_once_in_order(fleet, frames, manager)

@@ -7,6 +7,7 @@ Commands that only touch the registry run in-process through ``gatewayd.cli.main
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -90,8 +91,9 @@ class World:
     async def pair(self, *args: str) -> Finished:
         return await self.gatewayd("pair", *SCAN, *args)
 
-    def registry(self) -> list[PairedDevice]:
-        return DeviceRegistry.in_state_dir(self.state_dir).load()
+    async def registry(self) -> list[PairedDevice]:
+        # A file read: off the loop, as gatewayd code must be (the blockbuster fixture checks).
+        return await asyncio.to_thread(DeviceRegistry.in_state_dir(self.state_dir).load)
 
     def pair_calls(self, address: str) -> int:
         path = self.devices[address].path
@@ -170,7 +172,7 @@ async def test_pair_lists_wearables_and_strap_but_not_the_decoy(world: World) ->
     assert f"gatewayd --config {world.config} pair --all" in table.stdout
 
     # Listing pairs nothing.
-    assert world.registry() == []
+    assert (await world.registry()) == []
     assert not any(d.paired or d.trusted for d in world.devices.values())
     assert not any(c.member == "Pair" for c in world.fake.call_log)
 
@@ -187,7 +189,7 @@ async def test_pair_one_adapter_and_refuse_a_decoy_address(world: World) -> None
     assert "not found" in failed["error"]
     assert f"{DECOY}: not found" in result.stderr
     assert "Heart Rate Service" in result.stderr
-    assert world.registry() == []
+    assert (await world.registry()) == []
     assert world.pair_calls(DECOY) == 0
     assert not world.devices[DECOY].paired
 
@@ -207,7 +209,7 @@ async def test_pair_one_with_an_alias_then_all_the_rest_then_again(world: World)
     w1 = world.devices[W1]
     assert (w1.paired, w1.bonded, w1.trusted) == (True, True, True)
     assert not w1.connected  # pairing disconnects; `gatewayd run` connects later
-    [device] = world.registry()
+    [device] = await world.registry()
     assert (device.device_id, device.address, device.kind, device.name) == (
         "bed-1",
         W1,
@@ -227,7 +229,7 @@ async def test_pair_one_with_an_alias_then_all_the_rest_then_again(world: World)
     assert by_address[STRAP]["kind"] == "heart_rate"
     assert by_address[STRAP]["model"] is None
     expected = {"bed-1": W1, "wearable-02-0002": W2, "hrm-pro-0003": STRAP}
-    assert ids(world.registry()) == expected
+    assert ids(await world.registry()) == expected
     assert world.devices[W2].paired
     assert world.devices[STRAP].paired
     assert not world.devices[DECOY].paired
@@ -237,14 +239,14 @@ async def test_pair_one_with_an_alias_then_all_the_rest_then_again(world: World)
     assert again.returncode == 0, again.stderr
     assert "Nothing to pair" in again.stdout
     assert "yes (bed-1)" in again.stdout
-    assert ids(world.registry()) == expected
+    assert ids(await world.registry()) == expected
 
     # Pairing a paired device again verifies it and keeps its id; BlueZ's bond is reused
     # (bleak calls Connect, not Pair, on a paired device).
     repeat = await world.pair("--address", W1)
     assert repeat.returncode == 0, repeat.stderr
     assert f"paired {W1} as bed-1" in repeat.stdout
-    assert ids(world.registry()) == expected
+    assert ids(await world.registry()) == expected
     assert world.pair_calls(W1) == 1
 
 
@@ -259,7 +261,7 @@ async def test_a_failed_pairing_is_reported_and_the_others_are_paired(world: Wor
     assert "1 of 3 device(s) not paired" in result.stderr
     assert f"paired {W1} as wearable-01-0001" in result.stdout
     assert f"paired {STRAP} as hrm-pro-0003" in result.stdout
-    assert {d.address for d in world.registry()} == {W1, STRAP}
+    assert {d.address for d in (await world.registry())} == {W1, STRAP}
     # Nothing half-done is left behind: not paired, and bleak's Trusted=True is undone.
     w2 = world.devices[W2]
     assert not w2.paired
@@ -269,7 +271,7 @@ async def test_a_failed_pairing_is_reported_and_the_others_are_paired(world: Wor
     # The device's next attempt works.
     retry = await world.pair("--address", W2)
     assert retry.returncode == 0, retry.stderr
-    assert {d.address for d in world.registry()} == {W1, W2, STRAP}
+    assert {d.address for d in (await world.registry())} == {W1, W2, STRAP}
 
 
 @needs_dbus_daemon
@@ -281,7 +283,7 @@ async def test_a_device_bluez_forgot_after_the_scan_is_found_again(world: World)
     world.devices[W1].connect_delay = 1.0
     result = await world.pair("--address", W1, "--address", W2)
     assert result.returncode == 0, result.stderr
-    assert {d.address for d in world.registry()} == {W1, W2}
+    assert {d.address for d in (await world.registry())} == {W1, W2}
     hci0 = world.fake.adapters["hci0"].path
     starts = [c for c in world.fake.call_log if c.member == "StartDiscovery" and c.path == hci0]
     assert len(starts) == 2  # the scan, and the second look for W2
@@ -314,7 +316,7 @@ async def test_a_wearable_that_does_not_speak_our_protocol_is_refused(world: Wor
     assert "C0:FF:EE:00:00:11 (impostor-11): refused:" in result.stderr
     assert "too_short" in result.stderr
     assert "2 of 2 device(s) not paired" in result.stderr
-    assert world.registry() == []
+    assert (await world.registry()) == []
     for address in impostors:
         # The bond made to read the info characteristic is removed again.
         assert not world.devices[address].paired
@@ -423,8 +425,9 @@ async def test_remove_unpair_makes_bluez_forget_the_bond(
     state = tmp_path / "state"
     config = write_config(tmp_path / "gatewayd.toml", state)
     registry = DeviceRegistry.in_state_dir(state)
-    registry.add(W1, "wearable", "wearable-01", "bed-1")
-    registry.add(W2, "wearable", "wearable-02", "bed-2")  # BlueZ has never seen it
+    await asyncio.to_thread(registry.add, W1, "wearable", "wearable-01", "bed-1")
+    # BlueZ has never seen this one:
+    await asyncio.to_thread(registry.add, W2, "wearable", "wearable-02", "bed-2")
 
     removed = await run_gatewayd(
         "--config", str(config), "devices", "remove", "bed-1", "--unpair", env=private_bus
@@ -443,7 +446,7 @@ async def test_remove_unpair_makes_bluez_forget_the_bond(
     )
     assert unknown.returncode == 0, unknown.stderr
     assert f"BlueZ holds no device {W2}: no bond to forget" in unknown.stdout
-    assert registry.load() == []
+    assert await asyncio.to_thread(registry.load) == []
 
 
 def test_remove_unpair_without_bluez_warns_and_still_removes(

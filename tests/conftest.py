@@ -1,0 +1,23 @@
+"""Shared test configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import blockbuster_ctx
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_in_the_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any async test in which gatewayd code blocks the event loop (STYLE.md).
+
+    blockbuster patches time.sleep, file and socket I/O and friends to raise when called from
+    code under gatewayd/ while an event loop runs in this thread; work that must block belongs
+    in a thread (asyncio.to_thread, an executor, the store's writer thread).
+    """
+    if request.node.get_closest_marker("asyncio") is None:
+        yield
+        return
+    with blockbuster_ctx(scanned_modules=["gatewayd"]):
+        yield
