@@ -60,5 +60,18 @@ class EmulatorError(GatewayError):
     """The BLE emulator could not start, or was used the wrong way."""
 
 
+class StoreError(GatewayError):
+    """The event log could not be opened, read or written; the message says what to do.
+
+    ``path`` is the database file; ``code`` the SQLite primary result code when there was one.
+    """
+
+    def __init__(self, path: str | Path, message: str, *, code: int | None = None) -> None:
+        self.path = Path(path)
+        self.message = message
+        self.code = code
+        super().__init__(f"store {self.path}: {message}")
+
+
 class NotYetAvailableError(GatewayError):
     """A command or feature that a later milestone builds."""

@@ -1,0 +1,203 @@
+"""Opening the database file: directory, integrity check, moving a corrupt file aside, pragmas.
+
+Everything here blocks (file system, SQLite); it runs on the writer thread or a reader thread,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import structlog
+
+from gatewayd.store.errors import (
+    SQLITE_CORRUPT,
+    SQLITE_NOTADB,
+    StoreError,
+    translate_error,
+)
+from gatewayd.store.records import StoreRecovery
+from gatewayd.store.schema import migrate, schema_version
+
+__all__ = ["OpenedFile", "connect_reader", "open_writer"]
+
+log = structlog.get_logger("gatewayd.store")
+
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+#: After a checkpoint, truncate the WAL back to this size so one burst does not keep disk space.
+_JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+_SIDE_FILES: Final = ("-wal", "-shm")
+
+Synchronous = Literal["NORMAL", "FULL"]
+IntegrityCheck = Literal["quick", "full", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedFile:
+    """The writer's connection and what happened while opening it."""
+
+    conn: sqlite3.Connection
+    migrated_from: int
+    schema_version: int
+    recovery: StoreRecovery | None
+
+
+def open_writer(
+    path: Path,
+    *,
+    synchronous: Synchronous,
+    busy_timeout_ms: int,
+    integrity_check: IntegrityCheck,
+    max_page_count: int | None,
+    clock: Callable[[], float],
+) -> OpenedFile:
+    """Open (creating, checking, recovering, migrating) the file for the single writer."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise translate_error(exc, path, f"create the directory {path.parent}") from exc
+    recovery: StoreRecovery | None = None
+    reason = _check_file(path, busy_timeout_ms, integrity_check)
+    if reason is not None:
+        moved = _move_aside(path, clock())
+        recovery = StoreRecovery(path=path, moved_to=moved, reason=reason)
+        log.error(
+            "store_recovered", path=str(path), moved_to=[str(p) for p in moved], reason=reason
+        )
+    try:
+        conn = _connect(path, busy_timeout_ms)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "open") from exc
+    try:
+        _configure_writer(conn, path, synchronous, max_page_count)
+        migrated_from = migrate(conn, path)
+        version = schema_version(conn)
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error | OSError):
+            raise translate_error(exc, path, "prepare the database") from exc
+        raise
+    if migrated_from not in (0, version):
+        log.info("store_migrated", path=str(path), old=migrated_from, new=version)
+    return OpenedFile(conn, migrated_from, version, recovery)
+
+
+def connect_reader(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A read-only connection for queries; WAL lets it read while the writer commits."""
+    conn = _connect(path, busy_timeout_ms, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _connect(
+    path: Path, busy_timeout_ms: int, *, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves (the writer batches transactions).
+    conn = sqlite3.connect(
+        path,
+        timeout=busy_timeout_ms / 1000,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _configure_writer(
+    conn: sqlite3.Connection, path: Path, synchronous: Synchronous, max_page_count: int | None
+) -> None:
+    if schema_version(conn) == 0:
+        # A new file: choose how free pages are tracked before anything is written (switching
+        # to WAL already writes the header). INCREMENTAL lets retention hand space back to the
+        # file system without a full VACUUM.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise StoreError(
+            path,
+            f"cannot use write-ahead logging (journal_mode stayed {mode!r}); put store.path on"
+            " a local file system (WAL needs shared memory, which network file systems lack)",
+        )
+    # WAL + NORMAL: a commit is durable against a crash of the process (the WAL is in the OS's
+    # page cache), and is fsynced at checkpoints; a power loss may drop the last transactions
+    # but never corrupts the file. FULL fsyncs the WAL at every commit. See docs/store.md.
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+    if max_page_count is not None:
+        # A hard cap on the file: inserts beyond it fail with SQLITE_FULL (tests use it to
+        # simulate a full disk).
+        conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+
+
+def _check_file(  # noqa: PLR0911 - one return per verdict reads best
+    path: Path, busy_timeout_ms: int, how: IntegrityCheck
+) -> str | None:
+    """Why the file is unusable (corrupt, not SQLite), or None. Other problems raise."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise translate_error(exc, path, "inspect the file") from exc
+    if size == 0:
+        return None  # SQLite treats an empty file as an empty database
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise translate_error(exc, path, "read the file") from exc
+    if header != _SQLITE_MAGIC:
+        return "not an SQLite database: its header is wrong"
+    if how == "off":
+        return None
+    pragma = "quick_check" if how == "quick" else "integrity_check"
+    try:
+        conn = _connect(path, busy_timeout_ms)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "open") from exc
+    try:
+        rows = conn.execute(f"PRAGMA {pragma}").fetchall()
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return f"{pragma} failed: {exc}"
+        raise translate_error(exc, path, f"check the file ({pragma})") from exc
+    finally:
+        conn.close()
+    problems = [str(row[0]) for row in rows]
+    if problems == ["ok"]:
+        return None
+    shown = "; ".join(problems[:3]) + (
+        f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    )
+    return f"{pragma} found {len(problems)} problem(s): {shown}"
+
+
+def _move_aside(path: Path, now: float) -> tuple[Path, ...]:
+    """Rename the file and its -wal/-shm to ``<name>.corrupt-<UTC time>`` (kept together)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+        n += 1
+    moved: list[Path] = []
+    # The side files keep SQLite's naming (<db>-wal) so the moved set can still be opened for
+    # salvage with the sqlite3 shell's .recover.
+    for src, dst in [(path, target)] + [
+        (Path(f"{path}{suffix}"), Path(f"{target}{suffix}")) for suffix in _SIDE_FILES
+    ]:
+        try:
+            src.replace(dst)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise translate_error(exc, path, f"move the corrupt file aside to {dst}") from exc
+        moved.append(dst)
+    return tuple(moved)

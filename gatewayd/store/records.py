@@ -1,0 +1,250 @@
+"""What goes into the store and what comes out: small frozen dataclasses, no I/O.
+
+Times named ``*_at`` / ``*_seen`` are wall-clock Unix seconds (floats, as the link layer's
+``received_at``); ``t_ms`` is the wearable's own clock in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gatewayd.protocol.messages import Message, Window, summary_of
+
+__all__ = [
+    "DeviceRecord",
+    "NewEvent",
+    "OutboxItem",
+    "RawSamples",
+    "RetentionResult",
+    "StoreRecovery",
+    "StoreStats",
+    "StoredEvent",
+    "StoredWindow",
+    "WindowRecord",
+    "window_record_from_message",
+]
+
+WindowKind = Literal["summary", "window"]
+
+
+@dataclass(frozen=True, slots=True)
+class RawSamples:
+    """The raw samples of an offloaded window, as little-endian integer bytes."""
+
+    sample_format: str
+    bvp_rate_hz: int
+    acc_rate_hz: int
+    acc_lsb_per_g: int
+    bvp: bytes
+    acc: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRecord:
+    """One observation window of one device, as the gateway understood it."""
+
+    device_id: str
+    received_at: float
+    kind: WindowKind = "summary"
+    seq: int | None = None
+    t_ms: int | None = None
+    hr_bpm: float | None = None
+    #: Who estimated hr_bpm: "wearable", "gateway-model", "gateway-signal", "strap", ...
+    hr_source: str | None = None
+    activity: str | None = None
+    activity_conf: float | None = None
+    entropy_bits: float | None = None
+    signal_quality: int | None = None
+    battery: int | None = None
+    offloaded: bool = False
+    model_id: str | None = None
+    #: The gateway model's full output (class probabilities, ...), JSON-serialisable.
+    result: Mapping[str, Any] | None = None
+    #: Stored only when the store keeps raw windows (store.keep_raw_windows).
+    raw: RawSamples | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWindow:
+    """A window row read back (raw samples are not loaded)."""
+
+    id: int
+    device_id: str
+    received_at: float
+    kind: str
+    seq: int | None
+    t_ms: int | None
+    hr_bpm: float | None
+    hr_source: str | None
+    activity: str | None
+    activity_conf: float | None
+    entropy_bits: float | None
+    signal_quality: int | None
+    battery: int | None
+    offloaded: bool
+    model_id: str | None
+    result: Mapping[str, Any] | None
+    has_raw: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event (an alert, a state change) to append; id and created_at default to now."""
+
+    kind: str
+    severity: str
+    state: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    #: None for gateway-level events ("store recovered", "gateway degraded").
+    device_id: str | None = None
+    t_ms: int | None = None
+    id: str | None = None
+    created_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored."""
+
+    id: str
+    device_id: str | None
+    kind: str
+    severity: str
+    state: str
+    created_at: float
+    t_ms: int | None
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A pending publication: where to publish which event, and how often it was tried."""
+
+    outbox_id: int
+    topic: str
+    attempts: int
+    event: StoredEvent
+
+    @property
+    def event_id(self) -> str:
+        """The event's id (the subscribers' de-duplication key)."""
+        return self.event.id
+
+    @property
+    def device_id(self) -> str | None:
+        """The event's device, or None for gateway-level events."""
+        return self.event.device_id
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device the gateway has seen."""
+
+    device_id: str
+    address: str | None
+    kind: str | None
+    name: str | None
+    first_seen: float
+    last_seen: float
+    last_state: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    """What one retention pass deleted, and whether the size limit could be met."""
+
+    windows: int = 0
+    raw_windows: int = 0
+    events: int = 0
+    freed_pages: int = 0
+    size_bytes: int = 0
+    #: True when the store is still over max_size_mb because only undeliverable-yet (pending)
+    #: events are left; they are never deleted.
+    over_size: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecovery:
+    """The store file was unusable at start and was moved aside; a fresh one was created.
+
+    The caller must raise an alert with ``message``: events in the old file that were not yet
+    published are not delivered from the fresh store.
+    """
+
+    path: Path
+    moved_to: tuple[Path, ...]
+    reason: str
+
+    @property
+    def message(self) -> str:
+        """One sentence for the alert and the log."""
+        moved = ", ".join(str(p) for p in self.moved_to)
+        return f"store recovered from corruption: moved {moved} aside ({self.reason})"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts, sizes and writer counters, for `gatewayd status` and the bench."""
+
+    path: Path
+    schema_version: int
+    file_bytes: int
+    wal_bytes: int
+    live_bytes: int
+    devices: int
+    windows: int
+    raw_windows: int
+    events: int
+    outbox_pending: int
+    oldest_pending_at: float | None
+    batches: int
+    items: int
+    largest_batch: int
+    failed_items: int
+    backpressure_waits: int
+    last_retention: RetentionResult | None
+    recovery: StoreRecovery | None
+
+
+def window_record_from_message(
+    device_id: str,
+    message: Message,
+    received_at: float,
+    *,
+    keep_raw: bool = False,
+) -> WindowRecord:
+    """A WindowRecord with what the wearable said; the gateway adds its own results on top.
+
+    Use ``dataclasses.replace`` to add hr_bpm/activity/model_id/result from the full model.
+    """
+    s = summary_of(message)
+    raw: RawSamples | None = None
+    if keep_raw and isinstance(message, Window):
+        dtype = message.sample_format.dtype
+        raw = RawSamples(
+            sample_format=message.sample_format.name.lower(),
+            bvp_rate_hz=message.bvp_rate_hz,
+            acc_rate_hz=message.acc_rate_hz,
+            acc_lsb_per_g=message.acc_lsb_per_g,
+            bvp=message.bvp.astype(dtype, copy=False).tobytes(),
+            acc=message.acc.astype(dtype, copy=False).tobytes(),
+        )
+    return WindowRecord(
+        device_id=device_id,
+        received_at=received_at,
+        kind="window" if isinstance(message, Window) else "summary",
+        seq=s.seq,
+        t_ms=s.t_ms,
+        hr_bpm=s.hr_bpm,
+        hr_source="wearable" if s.hr_bpm is not None else None,
+        activity=s.activity_name,
+        activity_conf=s.activity_confidence,
+        entropy_bits=s.entropy_bits,
+        signal_quality=None if s.signal_quality == 255 else s.signal_quality,
+        battery=s.battery,
+        offloaded=bool(s.offload_reason),
+        raw=raw,
+    )

@@ -1,0 +1,295 @@
+"""The event log's API on a real SQLite file: writes, outbox order, queries, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gatewayd.config import StoreConfig
+from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Window
+from gatewayd.store import (
+    SCHEMA_VERSION,
+    NewEvent,
+    Store,
+    StoreError,
+    StoreOptions,
+    window_record_from_message,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+def alert(device: str | None = "w1", **payload: object) -> NewEvent:
+    return NewEvent(
+        kind="tachycardia", severity="warning", state="firing", payload=payload, device_id=device
+    )
+
+
+def summary(seq: int = 7) -> Summary:
+    return Summary(
+        seq=seq,
+        t_ms=123_000,
+        flags=MessageFlags.OFFLOAD_ENTROPY,
+        activity=7,
+        pruning_pct=40,
+        activity_conf_e4=5000,
+        entropy_mbits=4200,
+        hr_cbpm=7250,
+        signal_quality=90,
+        battery_pct=80,
+    )
+
+
+def window_message() -> Window:
+    return Window(
+        summary=summary(8),
+        sample_format=SampleFormat.INT16,
+        bvp_rate_hz=64,
+        acc_rate_hz=32,
+        acc_lsb_per_g=64,
+        bvp=np.arange(512, dtype="<i2"),
+        acc=np.ones((256, 3), dtype="<i2"),
+    )
+
+
+async def test_open_creates_the_directory_and_sets_the_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "dir" / "gatewayd.db"
+    async with Store.open(path) as store:
+        assert store.recovery is None
+        assert store.migrated_from == 0
+        await store.flush()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL
+    conn.close()
+
+
+async def test_a_store_refuses_re_entry(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "g.db")
+    async with store:
+        with pytest.raises(StoreError, match="already entered"):
+            await store.__aenter__()
+    with pytest.raises(StoreError, match="not open"):
+        await store.append_event(alert(), topic="t")
+
+
+async def test_append_event_writes_the_event_and_its_outbox_row(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        event_id = await store.append_event(alert(hr=151.5), topic="gw/devices/w1/alerts")
+        # Committed when append_event returns: another connection sees both rows.
+        conn = sqlite3.connect(tmp_path / "g.db")
+        row = conn.execute("SELECT kind, payload FROM events WHERE id = ?", (event_id,)).fetchone()
+        assert row == ("tachycardia", '{"hr":151.5}')
+        outbox = conn.execute(
+            "SELECT topic, attempts, done_at FROM outbox WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        assert outbox == ("gw/devices/w1/alerts", 0, None)
+        conn.close()
+        (item,) = await store.pending_outbox()
+        assert item.event_id == event_id
+        assert item.device_id == "w1"
+        assert item.event.payload == {"hr": 151.5}
+
+
+async def test_pending_outbox_is_in_creation_order_per_device_and_overall(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        ids = []
+        for i in range(12):
+            device = ("a", "b", "c")[i % 3]
+            ids.append(await store.append_event(alert(device, i=i), topic=f"t/{device}"))
+        pending = await store.pending_outbox(limit=100)
+        assert [p.event_id for p in pending] == ids
+        assert ids == sorted(ids)  # UUIDv7 ids follow the outbox order
+        only_b = await store.pending_outbox(device_id="b")
+        assert [p.event.payload["i"] for p in only_b] == [1, 4, 7, 10]
+        first = await store.pending_outbox(limit=5)
+        rest = await store.pending_outbox(limit=100, after=first[-1].outbox_id)
+        assert [p.event_id for p in first + rest] == ids
+
+        assert await store.mark_published(ids[:4]) == 4
+        assert await store.mark_published(ids[:4]) == 0  # already done: idempotent
+        await store.record_attempts(ids[4:6])
+        pending = await store.pending_outbox()
+        assert [p.event_id for p in pending] == ids[4:]
+        assert [p.attempts for p in pending[:3]] == [1, 1, 0]
+
+
+async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db", options=StoreOptions(max_batch=64)) as store:
+        ids = await asyncio.gather(*(store.append_event(alert(n=n), topic="t") for n in range(300)))
+        stats = await store.stats()
+        assert stats.events == 300
+        assert stats.outbox_pending == 300
+        assert stats.items >= 300
+        assert stats.largest_batch > 1
+        assert stats.batches < 300
+        assert [p.event_id for p in await store.pending_outbox(limit=1000)] == list(ids)
+
+
+async def test_a_bad_item_fails_alone_and_its_batch_commits(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        taken = await store.append_event(alert(), topic="t")
+        results = await asyncio.gather(
+            store.append_event(alert(n=1), topic="t"),
+            store.append_event(dataclasses.replace(alert(n=2), id=taken), topic="t"),
+            store.append_event(alert(n=3), topic="t"),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], StoreError)
+        assert "rejected" in str(results[1])
+        assert isinstance(results[0], str)
+        assert isinstance(results[2], str)
+        events = await store.events()
+        assert [e.payload.get("n") for e in events] == [None, 1, 3]
+        # The failed item left nothing behind: no second outbox row for the taken id.
+        assert len(await store.pending_outbox()) == 3
+
+
+async def test_payloads_must_be_json(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        with pytest.raises(ValueError, match="JSON"):
+            await store.append_event(alert(hr=float("nan")), topic="t")
+        with pytest.raises(TypeError):
+            await store.append_event(alert(when=object()), topic="t")
+        with pytest.raises(ValueError, match="topic"):
+            await store.append_event(alert(), topic="")
+        assert await store.events() == []
+
+
+async def test_gateway_events_have_no_device(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        event_id = await store.append_event(
+            NewEvent("store_recovered", "critical", "firing", {"moved": ["x"]}), topic="gw/status"
+        )
+        (item,) = await store.pending_outbox()
+        assert item.event_id == event_id
+        assert item.device_id is None
+        assert await store.devices() == []
+
+
+async def test_events_query_filters(tmp_path: Path) -> None:
+    clock = iter(float(t) for t in range(1000, 2000))
+    options = StoreOptions(clock=lambda: next(clock))
+    async with Store.open(tmp_path / "g.db", options=options) as store:
+        for i in range(6):
+            kind = "fall" if i % 2 else "tachycardia"
+            await store.append_event(
+                NewEvent(kind, "warning", "firing", {"i": i}, device_id=f"w{i % 3}"), topic="t"
+            )
+        assert len(await store.events()) == 6
+        assert [e.payload["i"] for e in await store.events(device="w1")] == [1, 4]
+        assert [e.payload["i"] for e in await store.events(kind="fall")] == [1, 3, 5]
+        since = (await store.events())[3].created_at
+        assert [e.payload["i"] for e in await store.events(since=since)] == [3, 4, 5]
+        assert [e.payload["i"] for e in await store.events(limit=2)] == [0, 1]
+        newest = await store.events(limit=2, newest_first=True)
+        assert [e.payload["i"] for e in newest] == [5, 4]
+
+
+async def test_record_window_from_messages_with_and_without_raw(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "g.db", keep_raw_windows=True)
+    async with Store.open(tmp_path / "g.db", config) as store:
+        rec = window_record_from_message("w1", summary(), 100.0)
+        assert rec.kind == "summary"
+        assert rec.hr_bpm == 72.5
+        assert rec.activity == "walking"
+        assert rec.offloaded
+        first = await store.record_window(rec)
+        raw_rec = window_record_from_message("w1", window_message(), 108.0, keep_raw=True)
+        raw_rec = dataclasses.replace(
+            raw_rec, hr_bpm=74.0, hr_source="gateway-model", model_id="m1", result={"p": [0.9]}
+        )
+        second = await store.record_window(raw_rec)
+        assert second > first
+        windows = await store.windows(device="w1")
+        assert [w.id for w in windows] == [first, second]
+        assert windows[0].has_raw is False
+        assert windows[1].has_raw is True
+        assert windows[1].result == {"p": [0.9]}
+        assert windows[1].model_id == "m1"
+        (device,) = await store.devices()
+        assert (device.first_seen, device.last_seen) == (100.0, 108.0)
+    conn = sqlite3.connect(tmp_path / "g.db")
+    bvp, acc = conn.execute("SELECT bvp, acc FROM raw_windows").fetchone()
+    assert np.array_equal(np.frombuffer(bvp, "<i2"), np.arange(512))
+    assert len(acc) == 256 * 3 * 2
+    conn.close()
+
+
+async def test_raw_samples_are_dropped_unless_configured(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:  # keep_raw_windows defaults to False
+        rec = window_record_from_message("w1", window_message(), 1.0, keep_raw=True)
+        await store.record_window(rec)
+        (stored,) = await store.windows()
+        assert stored.kind == "window"
+        assert not stored.has_raw
+
+
+async def test_upsert_device_keeps_what_is_not_given(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        await store.upsert_device("w1", address="AA:BB", kind="gatewayd", name="Ward 3", seen_at=5)
+        await store.upsert_device("w1", state={"hr": 70}, seen_at=9)
+        await store.upsert_device("w1", name="Bed 4", seen_at=7)
+        (device,) = await store.devices()
+        assert device.address == "AA:BB"
+        assert device.kind == "gatewayd"
+        assert device.name == "Bed 4"
+        assert device.last_state == {"hr": 70}
+        assert (device.first_seen, device.last_seen) == (5, 9)
+
+
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "g.db")
+    await store.__aenter__()
+    tasks = [asyncio.ensure_future(store.append_event(alert(n=n), topic="t")) for n in range(50)]
+    await asyncio.sleep(0)  # let every task submit
+    await store.close()
+    ids = await asyncio.gather(*tasks)
+    conn = sqlite3.connect(tmp_path / "g.db")
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (50,)
+    assert {r[0] for r in conn.execute("SELECT id FROM events")} == set(ids)
+    conn.close()
+
+
+async def test_cancelling_a_caller_does_not_revoke_its_write(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        task = asyncio.ensure_future(store.append_event(alert(), topic="t"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.flush()
+        assert len(await store.events()) == 1
+
+
+async def test_backpressure_bounds_what_is_in_flight(tmp_path: Path) -> None:
+    options = StoreOptions(max_pending=4, max_batch=2)
+    async with Store.open(tmp_path / "g.db", options=options) as store:
+        await asyncio.gather(*(store.append_event(alert(n=n), topic="t") for n in range(40)))
+        stats = await store.stats()
+        assert stats.backpressure_waits > 0
+        assert stats.largest_batch <= 2
+        assert stats.events == 40
+
+
+async def test_a_dead_writer_fails_every_caller_instead_of_hanging(tmp_path: Path) -> None:
+    def explode(conn: sqlite3.Connection) -> None:
+        raise KeyboardInterrupt  # anything that is not an Exception kills the writer thread
+
+    async with Store.open(tmp_path / "g.db") as store:
+        await store.append_event(alert(), topic="t")
+        results = await asyncio.gather(
+            store._write(explode),
+            store.append_event(alert(), topic="t"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreError) for r in results), results
+        with pytest.raises(StoreError, match="writer thread stopped"):
+            await store.append_event(alert(), topic="t")
+        assert len(await store.events()) == 1  # reads still work
