@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from gatewayd.errors import ConfigError
+from gatewayd.rules.config import RulesConfig
 
 __all__ = [
     "CREDENTIALS_DIRECTORY_ENV",
@@ -311,6 +312,7 @@ class Config(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,1 +1,42 @@
-"""rules: see DESIGN.md §3."""
+"""Alert rules: data (the [rules] config) evaluated by pure code (docs/rules.md).
+
+Inputs are `Observation` (one per window), `LinkStatus` and `Tick`; outputs are
+`AlertTransition` (raised / cleared, with evidence). `RuleEngine` keeps the per-device state;
+gatewayd.rules.evaluate holds the pure (state, input) -> (state, transitions) functions.
+"""
+
+from gatewayd.rules.alerts import (
+    CATEGORY,
+    AlertKind,
+    AlertState,
+    AlertTransition,
+    Category,
+    Evidence,
+    EvidenceSample,
+)
+from gatewayd.rules.config import RulesConfig, Severity
+from gatewayd.rules.engine import RuleEngine
+from gatewayd.rules.evaluate import DeviceState, observe, on_link, on_tick
+from gatewayd.rules.inputs import HrSource, LinkStatus, Observation, RuleInput, Tick
+
+__all__ = [
+    "CATEGORY",
+    "AlertKind",
+    "AlertState",
+    "AlertTransition",
+    "Category",
+    "DeviceState",
+    "Evidence",
+    "EvidenceSample",
+    "HrSource",
+    "LinkStatus",
+    "Observation",
+    "RuleEngine",
+    "RuleInput",
+    "RulesConfig",
+    "Severity",
+    "Tick",
+    "observe",
+    "on_link",
+    "on_tick",
+]

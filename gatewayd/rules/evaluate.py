@@ -1,0 +1,566 @@
+"""Pure evaluation: (config, device state, input) -> (new device state, alert transitions).
+
+No clock and no I/O: time comes in the inputs, and never runs backwards for a device (an input
+older than the newest one seen is evaluated at the newest time). Technical rules are evaluated
+before physiological ones, so a window that turns a device off-wrist also withdraws its
+physiological alerts in the same call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from gatewayd.rules.alerts import (
+    CATEGORY,
+    AlertKind,
+    AlertTransition,
+    Evidence,
+    EvidenceSample,
+    Scalar,
+)
+from gatewayd.rules.config import RuleBase, RulesConfig
+from gatewayd.rules.fall import FallEvent, FallState, step_fall
+from gatewayd.rules.inputs import LinkStatus, Observation
+from gatewayd.rules.track import (
+    Level,
+    Outcome,
+    TrackState,
+    clear,
+    clear_if_stale,
+    in_cooldown,
+    raise_,
+    reset_run,
+    step,
+)
+
+__all__ = ["DeviceState", "HrPoint", "observe", "on_link", "on_tick"]
+
+#: The heart-rate rules: withdrawn when the data behind them stops being trustworthy.
+HR_KINDS: Final = (
+    AlertKind.TACHYCARDIA,
+    AlertKind.BRADYCARDIA,
+    AlertKind.HIGH_HR_AT_REST,
+    AlertKind.ABRUPT_CHANGE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HrPoint:
+    """A trustworthy heart-rate value kept for the abrupt-change rule."""
+
+    seq: int
+    t: float
+    hr_bpm: float
+    activity: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """Everything the rules remember about one device."""
+
+    device_id: str
+    #: The newest input time seen: time never runs backwards for a device.
+    last_t: float | None = None
+    #: None until the first link status or observation.
+    connected: bool | None = None
+    link_changed_t: float | None = None
+    last_obs_t: float | None = None
+    last_seq: int | None = None
+    hr_history: tuple[HrPoint, ...] = ()
+    tachycardia: TrackState = field(default_factory=TrackState)
+    bradycardia: TrackState = field(default_factory=TrackState)
+    high_hr_at_rest: TrackState = field(default_factory=TrackState)
+    abrupt_change: TrackState = field(default_factory=TrackState)
+    fall: FallState = field(default_factory=FallState)
+    poor_signal: TrackState = field(default_factory=TrackState)
+    off_wrist: TrackState = field(default_factory=TrackState)
+    device_silent: TrackState = field(default_factory=TrackState)
+    disconnected: TrackState = field(default_factory=TrackState)
+    low_battery: TrackState = field(default_factory=TrackState)
+
+    def track(self, kind: AlertKind) -> TrackState:
+        """The state of one rule."""
+        if kind is AlertKind.FALL:
+            return self.fall.track
+        value = getattr(self, kind.value)
+        assert isinstance(value, TrackState)
+        return value
+
+    def active_kinds(self) -> tuple[AlertKind, ...]:
+        """The kinds of alert currently raised on this device."""
+        return tuple(kind for kind in AlertKind if self.track(kind).active)
+
+
+class _Run:
+    """Collects transitions while one input is evaluated (local to one pure call)."""
+
+    def __init__(self, config: RulesConfig, state: DeviceState, t: float) -> None:
+        self.config = config
+        self.state = state
+        self.t = t
+        self.out: list[AlertTransition] = []
+
+    def rule(self, kind: AlertKind) -> RuleBase:
+        rule = getattr(self.config, kind.value)
+        assert isinstance(rule, RuleBase)
+        return rule
+
+    def set_track(self, kind: AlertKind, track: TrackState) -> None:
+        if kind is AlertKind.FALL:
+            self.state = replace(self.state, fall=replace(self.state.fall, track=track))
+        else:
+            self.state = replace(self.state, **{kind.value: track})  # type: ignore[arg-type]
+
+    def emit(
+        self,
+        kind: AlertKind,
+        outcome: Outcome,
+        before: TrackState,
+        after: TrackState,
+        *,
+        reason: str,
+        samples: tuple[EvidenceSample, ...] = (),
+        thresholds: tuple[tuple[str, float], ...] = (),
+        facts: tuple[tuple[str, Scalar], ...] = (),
+        t: float | None = None,
+    ) -> None:
+        if outcome is None:
+            return
+        rule = self.rule(kind)
+        if outcome == "raised":
+            episode, raised_at, reason = after.episode, after.raised_at, "threshold"
+            samples = after.samples
+        else:
+            episode, raised_at = before.episode, before.raised_at
+        assert raised_at is not None
+        self.out.append(
+            AlertTransition(
+                device_id=self.state.device_id,
+                kind=kind,
+                category=CATEGORY[kind],
+                severity=rule.severity,
+                state=outcome,
+                t=self.t if t is None else t,
+                episode=episode,
+                raised_at=raised_at,
+                reason=reason,
+                evidence=Evidence(samples, thresholds, facts),
+            )
+        )
+
+    def apply(
+        self,
+        kind: AlertKind,
+        level: Level,
+        sample: EvidenceSample | None,
+        *,
+        thresholds: tuple[tuple[str, float], ...] = (),
+        facts: tuple[tuple[str, Scalar], ...] = (),
+        clear_reason: str = "recovered",
+        stale_s: float | None = None,
+    ) -> None:
+        """Step one threshold rule and record its transition, if any."""
+        rule = self.rule(kind)
+        if not rule.enabled:
+            return
+        before = self.state.track(kind)
+        after, outcome = step(
+            before,
+            level,
+            self.t,
+            sample,
+            min_duration_s=rule.min_duration_s,
+            cooldown_s=rule.cooldown_s,
+            max_gap_s=self.config.hr.max_gap_s if kind in HR_KINDS else _TECHNICAL_GAP_S,
+            max_evidence=self.config.max_evidence,
+        )
+        if level is Level.UNKNOWN and stale_s is not None:
+            after, outcome = clear_if_stale(after, self.t, stale_s)
+            clear_reason = "no_data"
+        self.set_track(kind, after)
+        clearing = (sample,) if sample is not None and outcome == "cleared" else ()
+        self.emit(
+            kind,
+            outcome,
+            before,
+            after,
+            reason=clear_reason,
+            samples=clearing,
+            thresholds=thresholds,
+            facts=facts,
+        )
+
+    def withdraw_hr_rules(self, reason: str) -> None:
+        """Clear raised heart-rate alerts and forget pending runs: their data is not trustworthy."""
+        for kind in HR_KINDS:
+            before = self.state.track(kind)
+            if before.active:
+                self.set_track(kind, clear(before, self.t))
+                self.emit(kind, "cleared", before, before, reason=reason)
+            else:
+                self.set_track(kind, reset_run(before))
+        self.state = replace(self.state, hr_history=())
+
+
+#: Technical values (quality, battery) arrive every 2 s; a longer hole restarts a duration.
+_TECHNICAL_GAP_S: Final = 30.0
+
+
+def _advance(state: DeviceState, t: float) -> tuple[DeviceState, float]:
+    t = t if state.last_t is None else max(t, state.last_t)
+    return replace(state, last_t=t), t
+
+
+def _sample(obs: Observation, t: float, value: float) -> EvidenceSample:
+    return EvidenceSample(
+        seq=obs.seq,
+        t=t,
+        value=value,
+        window_id=obs.window_id,
+        model_id=obs.model_id,
+        hr_source=obs.hr_source if obs.hr_bpm is not None else None,
+        activity=obs.activity,
+    )
+
+
+def _above(value: float, limit: float, band: float) -> Level:
+    if value > limit:
+        return Level.RAISE
+    return Level.CLEAR if value <= limit - band else Level.HOLD
+
+
+def _below(value: float, limit: float, band: float) -> Level:
+    if value < limit:
+        return Level.RAISE
+    return Level.CLEAR if value >= limit + band else Level.HOLD
+
+
+def usable_hr(config: RulesConfig, obs: Observation) -> float | None:
+    """The observation's heart rate if physiological rules may use it, else None."""
+    gate = config.hr
+    hr = obs.hr_bpm
+    if hr is None or obs.off_wrist:
+        return None
+    if not gate.plausible_min_bpm <= hr <= gate.plausible_max_bpm:
+        return None
+    if obs.hr_confidence < gate.min_confidence:
+        return None
+    if obs.signal_quality is not None and obs.signal_quality < gate.min_signal_quality:
+        return None
+    return hr
+
+
+# --- observations ------------------------------------------------------------------------------
+
+
+def observe(
+    config: RulesConfig, state: DeviceState, obs: Observation
+) -> tuple[DeviceState, list[AlertTransition]]:
+    """Evaluate every rule on one window."""
+    state, t = _advance(state, obs.t)
+    if state.connected is not True:
+        # Windows only arrive over a live link: data proves the connection.
+        state = replace(state, connected=True, link_changed_t=t)
+    state = replace(state, last_obs_t=t, last_seq=obs.seq)
+    run = _Run(config, state, t)
+    for kind in (AlertKind.DEVICE_SILENT, AlertKind.DISCONNECTED):
+        before = run.state.track(kind)
+        if before.active:
+            run.set_track(kind, clear(before, t))
+            run.emit(kind, "cleared", before, before, reason="data", samples=(_sample(obs, t, 1),))
+    _technical(run, obs)
+    if obs.off_wrist:
+        run.withdraw_hr_rules("off_wrist")
+    else:
+        _heart_rate(run, obs)
+    _fall(run, obs)
+    return run.state, run.out
+
+
+def _technical(run: _Run, obs: Observation) -> None:
+    config, t = run.config, run.t
+    run.apply(
+        AlertKind.OFF_WRIST,
+        Level.RAISE if obs.off_wrist else Level.CLEAR,
+        _sample(obs, t, 1.0 if obs.off_wrist else 0.0),
+        thresholds=(("min_duration_s", config.off_wrist.min_duration_s),),
+        clear_reason="worn",
+    )
+    poor = config.poor_signal
+    if obs.off_wrist:
+        quality_level = Level.CLEAR  # not worn explains it; off_wrist is the alert that says so
+    elif obs.signal_quality is None:
+        quality_level = Level.UNKNOWN
+    else:
+        quality_level = _below(obs.signal_quality, poor.threshold, poor.hysteresis)
+    run.apply(
+        AlertKind.POOR_SIGNAL,
+        quality_level,
+        None if obs.signal_quality is None else _sample(obs, t, obs.signal_quality),
+        thresholds=(
+            ("threshold", poor.threshold),
+            ("clear_above", poor.threshold + poor.hysteresis),
+            ("min_duration_s", poor.min_duration_s),
+        ),
+        clear_reason="worn" if obs.off_wrist else "recovered",
+    )
+    battery = config.low_battery
+    if obs.charging:
+        battery_level = Level.CLEAR
+    elif obs.battery is None:
+        battery_level = Level.UNKNOWN
+    else:
+        battery_level = _below(obs.battery, battery.threshold_pct, battery.hysteresis_pct)
+    run.apply(
+        AlertKind.LOW_BATTERY,
+        battery_level,
+        None if obs.battery is None else _sample(obs, t, obs.battery),
+        thresholds=(
+            ("threshold_pct", battery.threshold_pct),
+            ("clear_at_pct", battery.threshold_pct + battery.hysteresis_pct),
+        ),
+        facts=(("charging", obs.charging),),
+        clear_reason="charging" if obs.charging else "recovered",
+    )
+
+
+def _heart_rate(run: _Run, obs: Observation) -> None:
+    config, t = run.config, run.t
+    hr = usable_hr(config, obs)
+    cls = config.activities.class_of(obs.activity, obs.activity_confidence)
+    sample = None if hr is None else _sample(obs, t, hr)
+    stale = config.hr.stale_s
+    facts: tuple[tuple[str, Scalar], ...] = (
+        ("activity", obs.activity),
+        ("activity_class", cls),
+        ("hr_bpm", obs.hr_bpm),
+        ("hr_confidence", obs.hr_confidence),
+        ("hr_source", obs.hr_source),
+        ("model_id", obs.model_id),
+    )
+    gate = (("min_confidence", config.hr.min_confidence),)
+
+    tachy = config.tachycardia
+    limit = tachy.limit(cls)
+    run.apply(
+        AlertKind.TACHYCARDIA,
+        Level.UNKNOWN if hr is None else _above(hr, limit, tachy.hysteresis_bpm),
+        sample,
+        thresholds=(
+            ("limit_bpm", limit),
+            ("clear_below_bpm", limit - tachy.hysteresis_bpm),
+            ("min_duration_s", tachy.min_duration_s),
+            *gate,
+        ),
+        facts=facts,
+        stale_s=stale,
+    )
+    brady = config.bradycardia
+    limit = brady.limit(cls)
+    run.apply(
+        AlertKind.BRADYCARDIA,
+        Level.UNKNOWN if hr is None else _below(hr, limit, brady.hysteresis_bpm),
+        sample,
+        thresholds=(
+            ("limit_bpm", limit),
+            ("clear_above_bpm", limit + brady.hysteresis_bpm),
+            ("min_duration_s", brady.min_duration_s),
+            *gate,
+        ),
+        facts=facts,
+        stale_s=stale,
+    )
+    rest = config.high_hr_at_rest
+    if hr is None or cls == "unknown":
+        rest_level = Level.UNKNOWN
+    elif cls != "rest":
+        rest_level = Level.CLEAR
+    else:
+        rest_level = _above(hr, rest.threshold_bpm, rest.hysteresis_bpm)
+    run.apply(
+        AlertKind.HIGH_HR_AT_REST,
+        rest_level,
+        sample,
+        thresholds=(
+            ("threshold_bpm", rest.threshold_bpm),
+            ("clear_below_bpm", rest.threshold_bpm - rest.hysteresis_bpm),
+            ("min_duration_s", rest.min_duration_s),
+            *gate,
+        ),
+        facts=facts,
+        clear_reason="activity_changed" if cls not in ("rest", "unknown") else "recovered",
+        stale_s=stale,
+    )
+    _abrupt_change(run, obs, hr, sample, facts)
+
+
+def _abrupt_change(
+    run: _Run,
+    obs: Observation,
+    hr: float | None,
+    sample: EvidenceSample | None,
+    facts: tuple[tuple[str, Scalar], ...],
+) -> None:
+    config, t = run.config, run.t
+    rule = config.abrupt_change
+    known_activity = (
+        obs.activity is not None
+        and config.activities.class_of(obs.activity, obs.activity_confidence) != "unknown"
+    )
+    if hr is None or obs.activity is None or not known_activity:
+        if hr is not None:
+            run.state = replace(run.state, hr_history=())  # activity unknown: cannot compare
+        run.apply(AlertKind.ABRUPT_CHANGE, Level.UNKNOWN, None, stale_s=config.hr.stale_s)
+        return
+    # Only values of the current activity run count: a change of activity explains a jump.
+    history = tuple(p for p in run.state.hr_history if t - p.t <= rule.within_s)
+    if history and history[-1].activity != obs.activity:
+        history = ()  # the history only ever holds one activity's run
+    reference = max(history, key=lambda p: abs(hr - p.hr_bpm), default=None)
+    delta = 0.0 if reference is None else hr - reference.hr_bpm
+    point = HrPoint(obs.seq, t, hr, obs.activity)
+    run.state = replace(run.state, hr_history=(*history, point))
+    extra: tuple[tuple[str, Scalar], ...] = ()
+    if reference is not None:
+        extra = (
+            ("delta_bpm", round(delta, 2)),
+            ("from_seq", reference.seq),
+            ("from_t", reference.t),
+            ("from_bpm", reference.hr_bpm),
+        )
+    run.apply(
+        AlertKind.ABRUPT_CHANGE,
+        _above(abs(delta), rule.delta_bpm, rule.hysteresis_bpm),
+        sample,
+        thresholds=(
+            ("delta_bpm", rule.delta_bpm),
+            ("within_s", rule.within_s),
+            ("clear_below_bpm", rule.delta_bpm - rule.hysteresis_bpm),
+        ),
+        facts=(*facts, *extra),
+        stale_s=config.hr.stale_s,
+    )
+
+
+def _fall(run: _Run, obs: Observation) -> None:
+    rule = run.config.fall
+    if not rule.enabled:
+        return
+    state, events = step_fall(run.state.fall, obs, rule, run.config.max_evidence)
+    run.state = replace(run.state, fall=state)
+    thresholds = (
+        ("impact_g", rule.impact_g),
+        ("min_duration_s", rule.min_duration_s),
+        ("still_max_std_g", rule.still_max_std_g),
+        ("moving_min_std_g", rule.moving_min_std_g),
+    )
+    for event in events:
+        _emit_fall(run, event, thresholds)
+
+
+def _emit_fall(run: _Run, event: FallEvent, thresholds: tuple[tuple[str, float], ...]) -> None:
+    before = event.before
+    facts: tuple[tuple[str, Scalar], ...] = (
+        ("impact_t", before.impact_t),
+        ("impact_g", None if before.impact_g is None else round(before.impact_g, 3)),
+        ("still_from", before.still_from),
+        ("still_for_s", None if before.still_from is None else event.t - before.still_from),
+        ("max_still_std_g", round(before.still_max_std_g, 4)),
+    )
+    run.emit(
+        AlertKind.FALL,
+        event.outcome,
+        before.track,
+        before.track,
+        reason="movement",
+        thresholds=thresholds,
+        facts=facts if event.outcome == "raised" else (),
+        t=event.t,
+    )
+
+
+# --- link status and time ----------------------------------------------------------------------
+
+
+def on_link(
+    config: RulesConfig, state: DeviceState, status: LinkStatus
+) -> tuple[DeviceState, list[AlertTransition]]:
+    """Record a link change, then let time-based rules look at the new time."""
+    state, t = _advance(state, status.t)
+    run = _Run(config, state, t)
+    if status.connected:
+        if state.connected is not True:
+            run.state = replace(run.state, connected=True, link_changed_t=t)
+        _clear_now(run, AlertKind.DISCONNECTED, "reconnected")
+    else:
+        if state.connected is not False:
+            run.state = replace(run.state, connected=False, link_changed_t=t)
+        _clear_now(run, AlertKind.DEVICE_SILENT, "disconnected")
+    _time_rules(run)
+    return run.state, run.out
+
+
+def on_tick(
+    config: RulesConfig, state: DeviceState, t: float
+) -> tuple[DeviceState, list[AlertTransition]]:
+    """Let time-based rules (silence, disconnection, staleness) look at time ``t``."""
+    state, t = _advance(state, t)
+    run = _Run(config, state, t)
+    _time_rules(run)
+    return run.state, run.out
+
+
+def _clear_now(run: _Run, kind: AlertKind, reason: str) -> None:
+    before = run.state.track(kind)
+    if before.active:
+        run.set_track(kind, clear(before, run.t))
+        run.emit(kind, "cleared", before, before, reason=reason)
+
+
+def _time_rules(run: _Run) -> None:
+    config, state, t = run.config, run.state, run.t
+    silent_since = max(
+        (x for x in (state.last_obs_t, state.link_changed_t) if x is not None), default=None
+    )
+    if state.connected is True and silent_since is not None:
+        _raise_after(
+            run,
+            AlertKind.DEVICE_SILENT,
+            silent_since,
+            (("last_seq", state.last_seq), ("last_data_t", state.last_obs_t)),
+        )
+    if state.connected is False and state.link_changed_t is not None:
+        _raise_after(run, AlertKind.DISCONNECTED, state.link_changed_t, ())
+    for kind in HR_KINDS:
+        if run.rule(kind).enabled:
+            before = run.state.track(kind)
+            after, outcome = clear_if_stale(before, t, config.hr.stale_s)
+            run.set_track(kind, after)
+            run.emit(kind, outcome, before, after, reason="no_data")
+
+
+def _raise_after(
+    run: _Run, kind: AlertKind, since: float, facts: tuple[tuple[str, Scalar], ...]
+) -> None:
+    """Raise a condition that has held since ``since`` once it lasted min_duration_s."""
+    rule = run.rule(kind)
+    before = run.state.track(kind)
+    if not rule.enabled or before.active:
+        return
+    lasted = run.t - since
+    if lasted < rule.min_duration_s or in_cooldown(before, run.t, rule.cooldown_s):
+        return
+    after = raise_(replace(before, run_start=since, run_last=run.t), run.t)
+    run.set_track(kind, after)
+    run.emit(
+        kind,
+        "raised",
+        before,
+        after,
+        reason="threshold",
+        thresholds=(("min_duration_s", rule.min_duration_s),),
+        facts=(("since", since), ("for_s", lasted), *facts),
+    )
+    # No data is coming: heart-rate alerts can no longer be vouched for.
+    run.withdraw_hr_rules("no_data")
