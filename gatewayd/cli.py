@@ -68,8 +68,6 @@ _MILESTONES: dict[str, str] = {
     "run": "the pipeline milestone (issue 5)",
     "events": "the pipeline milestone (issue 5)",
     "demo": "the pipeline milestone (issue 5)",
-    "bench": "the models milestone (issue 4)",
-    "eval": "the models milestone (issue 4)",
 }
 
 
@@ -205,8 +203,134 @@ def _positive_int(text: str) -> int:
     return value
 
 
-cmd_bench = _stub("bench")
-cmd_eval = _stub("eval")
+# --- eval and bench ------------------------------------------------------------------------------
+
+
+def cmd_eval_hr(args: argparse.Namespace) -> int:
+    """Heart-rate MAE of the signal estimator and/or a model on recordings; exit 69 if no model."""
+    # Imported here: evaluation pulls in onnxruntime and every dataset reader.
+    from gatewayd.datasets import find_recordings, load  # noqa: PLC0415
+    from gatewayd.eval import evaluate, format_report, plan_estimators  # noqa: PLC0415
+    from gatewayd.inference import ModelRegistry, ModelSession  # noqa: PLC0415
+
+    chosen = None
+    if args.estimator != "signal":
+        registry = ModelRegistry.discover(args.models_dir)
+        for error in registry.errors:
+            print(f"gatewayd eval: warning: {error}", file=sys.stderr)
+        if args.model is not None:
+            chosen = registry.get(args.model)
+        elif registry.all():
+            chosen = (registry.for_role("gateway") or registry.all())[0]
+        if chosen is None and (args.estimator is not None or not args.json):
+            print(
+                f"gatewayd eval: {'error' if args.estimator else 'note'}: no model is installed"
+                f" in {registry.directory}, so the model estimator cannot run (models ship with"
+                " training/, see docs/models.md; --models-dir looks elsewhere)",
+                file=sys.stderr,
+            )
+    estimators, missing_model = plan_estimators(args.estimator, have_model=chosen is not None)
+    if not estimators:
+        return EXIT_UNAVAILABLE
+    sources = [source for path in args.paths for source in find_recordings(path)]
+    if not sources:
+        print(
+            f"gatewayd eval: error: no recordings found under {', '.join(map(str, args.paths))}"
+            " (TROIKA DATA_*.mat, PPG-DaLiA SX.pkl, E4 folders or zips; see docs/datasets.md)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    session = None
+    if chosen is not None and "model" in estimators:
+        session = ModelSession(chosen.card, chosen.path)
+    report = evaluate((load(s) for s in sources), estimators, session)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_report(report))
+    if missing_model:
+        # Asked for both, got one: the numbers are printed, and the exit status says so.
+        print("gatewayd eval: error: only the signal estimator ran (no model)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    """Size, cost, latency and accuracy of every shipped model beside the paper's Table 1."""
+    # Imported here: benchmarking pulls in onnxruntime.
+    from gatewayd.bench.models import bench_models, format_bench  # noqa: PLC0415
+    from gatewayd.inference import ModelRegistry  # noqa: PLC0415
+
+    registry = ModelRegistry.discover(args.models_dir)
+    for error in registry.errors:
+        print(f"gatewayd bench: warning: {error}", file=sys.stderr)
+    if not registry.all():
+        print(
+            f"gatewayd bench models: no models installed in {registry.directory}: nothing to"
+            " measure (models ship with training/, see docs/models.md)",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    report = bench_models(registry.all(), runs=args.runs, batch=args.batch)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_bench(report))
+    return EXIT_OK
+
+
+def _add_eval_parser(evaluate: argparse.ArgumentParser) -> None:
+    what = evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    hr = what.add_parser(
+        "hr",
+        help="heart-rate MAE per recording against the reference",
+        description="Heart-rate MAE per recording against its reference, for the signal"
+        " estimator and/or a model; rest-vs-moving accuracy where TROIKA phases exist."
+        " Exit 69 when a model is asked for and none is installed (with `both`, after"
+        " printing the signal results).",
+    )
+    _global_options(hr, suppress=True)
+    hr.set_defaults(func=cmd_eval_hr)
+    hr.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="recordings or folders")
+    hr.add_argument(
+        "--estimator",
+        choices=("signal", "model", "both"),
+        default=None,
+        help="what to evaluate (default: both if a model is installed, else signal)",
+    )
+    hr.add_argument("--model", metavar="ID", help="model id (default: the gateway model)")
+    _models_dir_option(hr)
+    hr.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_bench_parser(bench: argparse.ArgumentParser) -> None:
+    what = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    models = what.add_parser(
+        "models",
+        help="size, MACs, latency and accuracy of the shipped models beside the paper",
+        description="Size, params, MACs, ONNX Runtime latency (batch 1, one thread) and"
+        " throughput of every shipped model, its card's held-out accuracy, and the paper's"
+        " Table 1, as ratios to each side's unpruned model. Exit 69 with no models.",
+    )
+    _global_options(models, suppress=True)
+    models.set_defaults(func=cmd_bench_models)
+    models.add_argument(
+        "--runs", type=_positive_int, default=200, help="timed runs per measurement (200)"
+    )
+    models.add_argument(
+        "--batch", type=_positive_int, default=32, help="batch size for throughput (32)"
+    )
+    _models_dir_option(models)
+    models.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _models_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="PATH",
+        help="folder of <name>.onnx + <name>.onnx.json (default: the installed gatewayd/models)",
+    )
 
 
 # --- pair and devices ----------------------------------------------------------------------------
@@ -666,8 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_options(demo, suppress=True)
     demo.set_defaults(func=cmd_demo, extra_ok=True)
-    add("bench", cmd_bench, "benchmark models and the pipeline", extra_ok=True)
-    add("eval", cmd_eval, "evaluate models on recorded data", extra_ok=True)
+    _add_bench_parser(add("bench", cmd_bench_models, "benchmark models"))
+    _add_eval_parser(add("eval", cmd_eval_hr, "evaluate estimators and models on recordings"))
     return parser
 
 

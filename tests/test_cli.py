@@ -198,8 +198,6 @@ def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str
     [
         (["run"], "gatewayd run: not built yet — arrives with the pipeline milestone (issue 5)"),
         (["events"], "gatewayd events: not built yet — arrives with"),
-        (["bench", "models"], "gatewayd bench: not built yet — arrives with"),
-        (["eval", "--folds", "5"], "gatewayd eval: not built yet — arrives with"),
     ],
 )
 def test_not_built_commands_exit_69(

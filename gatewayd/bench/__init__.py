@@ -1,1 +1,1 @@
-"""bench: see DESIGN.md §3."""
+"""bench: see DESIGN.md §3 and §10. ``models``: `gatewayd bench models` (gatewayd.bench.models)."""
