@@ -19,7 +19,8 @@ import pytest
 import pytest_asyncio
 
 from gatewayd.config import MqttConfig, TlsConfig
-from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics, new_event_id
+from gatewayd.ids import EventIdGenerator
+from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics
 from gatewayd.publish.payloads import Alert
 from tests.mqtt_fixtures import Broker, make_password_file, make_tls_files, needs_mosquitto
 
@@ -46,11 +47,12 @@ class FakeOutbox:
         self.marked: list[str] = []
         self.on_mark: Callable[[Sequence[str]], None] | None = None
         self._ms = 1_767_323_045_000
+        self._ids = EventIdGenerator()
 
     def append(self, device_id: str, n: int) -> OutboxItem:
         self._ms += 1
         alert = Alert(
-            event_id=new_event_id(self._ms, n.to_bytes(10, "big")),
+            event_id=self._ids.next(self._ms, lambda size: n.to_bytes(size, "big")),
             device_id=device_id,
             gateway_id=GW,
             kind="tachycardia",

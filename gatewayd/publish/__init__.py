@@ -5,7 +5,7 @@ models, topics.py the topic tree and Home Assistant discovery, backoff.py the re
 """
 
 from gatewayd.publish.client import OutboxItem, OutboxSource, Publisher, PublisherStats
-from gatewayd.publish.payloads import Alert, DeviceState, Status, Telemetry, new_event_id
+from gatewayd.publish.payloads import Alert, DeviceState, Status, Telemetry
 from gatewayd.publish.topics import TopicError, Topics
 
 __all__ = [
@@ -19,5 +19,4 @@ __all__ = [
     "Telemetry",
     "TopicError",
     "Topics",
-    "new_event_id",
 ]

@@ -5,7 +5,7 @@ These models are the MQTT contract (DESIGN.md §8, docs/mqtt.md). Every payload 
 Schema of each model, and a test fails when the document and the models disagree
 (`schema_markdown` renders the section; ``GATEWAYD_UPDATE_DOCS=1`` makes the test rewrite it).
 
-Pure: no I/O, no clock. `new_event_id` takes the time and the randomness as arguments.
+Pure: no I/O, no clock. Event ids come from `gatewayd.ids.new_event_id` (UUIDv7).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ __all__ = [
     "DeviceState",
     "Status",
     "Telemetry",
-    "new_event_id",
     "schema_markdown",
 ]
 
@@ -68,18 +67,6 @@ GatewayId = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Percent = Annotated[int, Field(ge=0, le=100)]
 Bpm = Annotated[float, Field(ge=0.0, le=300.0, allow_inf_nan=False)]
-
-
-def new_event_id(unix_ms: int, rand: bytes) -> str:
-    """A UUIDv7 string (RFC 9562) from a Unix time in milliseconds and 10 random bytes."""
-    if len(rand) != 10:
-        raise ValueError("expected 10 random bytes")
-    if not 0 <= unix_ms < 1 << 48:
-        raise ValueError("unix_ms out of range for UUIDv7")
-    value = bytearray(unix_ms.to_bytes(6, "big") + rand)
-    value[6] = 0x70 | (value[6] & 0x0F)  # version 7
-    value[8] = 0x80 | (value[8] & 0x3F)  # RFC 9562 variant
-    return str(uuid.UUID(bytes=bytes(value)))
 
 
 class _Payload(BaseModel):
