@@ -33,6 +33,7 @@ from gatewayd.datasets import Recording
 from gatewayd.inference.cards import ACTIVITY_CLASSES
 from gatewayd.inference.session import ModelSession
 from gatewayd.signals import HrConfig, HrTracker, preprocess_window
+from gatewayd.tables import format_table
 
 __all__ = [
     "ACC_MOTION_THRESHOLD",
@@ -364,7 +365,7 @@ def format_report(report: EvalReport) -> str:
     lines = []
     if report.model_id is not None:
         lines.append(f"model: {report.model_id}")
-    lines.append(_table(head, rows))
+    lines.append(format_table(head, rows))
     if report.activity is not None:
         methods = list(report.activity.accuracy)
         lines += [
@@ -395,17 +396,6 @@ def format_report(report: EvalReport) -> str:
             ]
         )
         lines.append(
-            _table(["RECORDING", "WINDOWS", *(f"{m.upper()} (%)" for m in methods)], arows)
+            format_table(["RECORDING", "WINDOWS", *(f"{m.upper()} (%)" for m in methods)], arows)
         )
     return "\n".join(lines)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in [headers, *rows]
-    )

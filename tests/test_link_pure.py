@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
-from gatewayd.link.backoff import MAX_DELAY_S, FailureKind, backoff_delay, classify
+from gatewayd.backoff import MAX_DELAY_S
+from gatewayd.link.backoff import FailureKind, backoff_delay, classify
 from gatewayd.link.events import DeviceRestarted, FrameReceived, MessagesLost
 from gatewayd.link.registry import DeviceRegistry, RegistryError, default_alias
 from gatewayd.link.slots import SlotBudget

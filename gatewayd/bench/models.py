@@ -29,6 +29,7 @@ from gatewayd.inference.registry import InstalledModel
 from gatewayd.inference.session import ModelSession
 from gatewayd.signals import ACC_RATE_HZ, BVP_RATE_HZ, preprocess_window
 from gatewayd.signals.windows import MODEL_CHANNELS, MODEL_WINDOW_LEN, window_length
+from gatewayd.tables import format_table
 
 __all__ = [
     "PAPER_TABLE_1",
@@ -246,17 +247,6 @@ def _f(value: float | None, spec: str) -> str:
     return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in [headers, *rows]
-    )
-
-
 def format_bench(report: BenchReport) -> str:
     """The plain-text tables `gatewayd bench models` prints."""
     env = report.environment
@@ -285,7 +275,7 @@ def format_bench(report: BenchReport) -> str:
     ]
     batch = report.models[0].batch if report.models else 32
     lines.append(
-        _table(
+        format_table(
             [
                 "MODEL",
                 "ROLE",
@@ -339,7 +329,7 @@ def format_bench(report: BenchReport) -> str:
                 if family is not None
                 else " (ours: no unpruned model shipped, so no ratios):"
             ),
-            _table(
+            format_table(
                 [
                     "PRUNED",
                     "PAPER MB",

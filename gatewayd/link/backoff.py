@@ -14,6 +14,8 @@ from typing import Final
 
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
+from gatewayd.backoff import capped_backoff
+
 
 class FailureKind(Enum):
     """Why a connection attempt (or a connection) ended."""
@@ -43,8 +45,6 @@ BASE_DELAY_S: Final[dict[FailureKind, float]] = {
     FailureKind.DISCONNECTED: 0.1,
     FailureKind.OTHER: 1.0,
 }
-GROWTH: Final = 1.8
-MAX_DELAY_S: Final = 60.0
 
 _OUT_OF_SLOTS_TEXT: Final = ("available connection", "connection slot", "connection-limit")
 _TRANSIENT_TEXT: Final = (
@@ -87,9 +87,4 @@ def backoff_delay(
     With ``rng``, up to ``jitter`` (a fraction) is added so that many devices failing together
     do not retry in lockstep.
     """
-    if attempt < 1:
-        return 0.0
-    delay = min(BASE_DELAY_S[kind] * GROWTH ** (attempt - 1), MAX_DELAY_S)
-    if rng is not None:
-        delay *= 1.0 + jitter * rng.random()
-    return delay
+    return capped_backoff(BASE_DELAY_S[kind], attempt, rng=rng, jitter=jitter)

@@ -14,6 +14,8 @@ from typing import Final
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gatewayd.backoff import GROWTH, MAX_DELAY_S, capped_backoff
+
 __all__ = ["BASE_DELAY_S", "GROWTH", "MAX_DELAY_S", "MqttFailure", "backoff_delay", "classify"]
 
 
@@ -39,8 +41,6 @@ BASE_DELAY_S: Final[dict[MqttFailure, float]] = {
     MqttFailure.LOST: 0.5,
     MqttFailure.OTHER: 2.0,
 }
-GROWTH: Final = 1.8
-MAX_DELAY_S: Final = 60.0
 
 #: CONNACK codes that mean "your credentials or client id are wrong" (3.1.1 return codes 2, 4,
 #: 5; MQTT 5 reason codes 0x85 client id, 0x86 bad user/password, 0x87 not authorised, 0x8C).
@@ -72,9 +72,4 @@ def backoff_delay(
     With ``rng``, up to ``jitter`` (a fraction) is added so that a fleet of gateways does not
     reconnect to a restarted broker in lockstep.
     """
-    if attempt < 1:
-        return 0.0
-    delay = min(BASE_DELAY_S[kind] * GROWTH ** (attempt - 1), MAX_DELAY_S)
-    if rng is not None:
-        delay *= 1.0 + jitter * rng.random()
-    return delay
+    return capped_backoff(BASE_DELAY_S[kind], attempt, rng=rng, jitter=jitter)
