@@ -65,7 +65,6 @@ Command = Callable[[argparse.Namespace], int]
 
 #: Where each not-yet-built command comes from; the message a user sees until then.
 _MILESTONES: dict[str, str] = {
-    "run": "the pipeline milestone (issue 5)",
     "events": "the pipeline milestone (issue 5)",
     "demo": "the pipeline milestone (issue 5)",
 }
@@ -134,7 +133,31 @@ def _stub(command: str) -> Command:
     return not_built
 
 
-cmd_run = _stub("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM/SIGINT (exit 0; 78 config error; 1 other failure)."""
+    # Imported here: the supervisor pulls in bleak, aiomqtt, onnxruntime and the store.
+    from gatewayd.app import run_gateway  # noqa: PLC0415
+    from gatewayd.systemd import notifier, watchdog_interval_s  # noqa: PLC0415
+
+    config = load_config_from_args(args)
+    # A password file that cannot be read is a configuration error: exit 78 before starting.
+    resolve_mqtt_password(config.mqtt, os.environ)
+    for warning in config_warnings(config):
+        print(f"gatewayd: warning: {warning}", file=sys.stderr)
+    notify = notifier(os.environ)
+    interval = watchdog_interval_s(os.environ)
+    return asyncio.run(
+        run_gateway(
+            config,
+            ready=lambda: notify("READY=1"),
+            watchdog=(lambda: notify("WATCHDOG=1")) if interval is not None else None,
+            status=lambda line: notify(f"STATUS={line}"),
+            models_dir=args.models_dir,
+            watchdog_interval_s=interval if interval is not None else 5.0,
+        )
+    )
+
+
 cmd_events = _stub("events")
 
 
@@ -752,7 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = add("check-config", cmd_check_config, "validate a config file and exit")
     check.add_argument("path", nargs="?", metavar="PATH", help="config file (default: --config)")
 
-    add("run", cmd_run, "run the gateway (under systemd: Type=notify)", extra_ok=True)
+    run = add("run", cmd_run, "run the gateway (under systemd: Type=notify)")
+    _models_dir_option(run)
     pair = add("pair", cmd_pair, "scan for wearables and heart-rate straps, and pair them")
     _add_pair_options(pair)
 

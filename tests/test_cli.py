@@ -196,7 +196,6 @@ def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run"], "gatewayd run: not built yet — arrives with the pipeline milestone (issue 5)"),
         (["events"], "gatewayd events: not built yet — arrives with"),
     ],
 )

@@ -114,6 +114,8 @@ class DeviceLink:
         self._info_polled_at = float("-inf")
         self._log = log.bind(device=device.device_id, address=device.address)
         self._rejected_logged: set[str] = set()
+        #: The offload policy sent at every (re)connect; `set_policy` changes it (backpressure).
+        self.policy = SetPolicy(settings.tau_mbits, settings.min_conf_e4)
 
     async def run(self) -> None:
         """Connect, stream until the link drops, back off, and again; until cancelled."""
@@ -202,7 +204,7 @@ class DeviceLink:
         self._drain_control()
         for cmd in (
             TimeSync(int(self._wall() * 1000)),
-            SetPolicy(self.settings.tau_mbits, self.settings.min_conf_e4),
+            self.policy,
         ):
             await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
         await client.start_notify(DATA_CHAR_UUID, self._on_fragment)
@@ -261,6 +263,21 @@ class DeviceLink:
     def _on_battery(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         if data and data[0] <= 100:
             self._emit(BatteryLevel(self.device.device_id, data[0]))
+
+    def set_policy(self, policy: SetPolicy) -> bool:
+        """Use ``policy`` from now on: sent now if connected, and at every reconnect.
+
+        Returns False if the control queue is full (the policy still applies at reconnect).
+        """
+        self.policy = policy
+        if not self.connected:
+            return True
+        try:
+            self._control.put_nowait(policy)
+        except asyncio.QueueFull:
+            self._log.warning("control queue full; policy sent at the next connection")
+            return False
+        return True
 
     def _queue_resends(self, now: float) -> None:
         wanted: list[ControlCommand | None] = list(self.stream.resend_requests(now))

@@ -13,6 +13,8 @@ from typing import Final
 
 import structlog
 
+from gatewayd.protocol.control import SetPolicy
+
 from .connection import DeviceLink, LinkSettings, SlotLease
 from .events import LinkEvent
 from .registry import PairedDevice
@@ -86,3 +88,10 @@ class LinkManager:
                 tg.create_task(scan_forever(adapter, self.sightings), name=f"scan-{adapter}")
             for link in self.links.values():
                 tg.create_task(link.run(), name=f"link-{link.device.device_id}")
+
+    def set_policy(self, device_id: str, policy: SetPolicy) -> bool:
+        """Change one device's offload policy (backpressure); False if unknown or not queued."""
+        for link in self.links.values():
+            if link.device.device_id == device_id:
+                return link.set_policy(policy)
+        return False

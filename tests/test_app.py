@@ -1,0 +1,174 @@
+"""gatewayd.app and gatewayd.systemd: exit codes, degraded start, signals, the watchdog rule.
+
+The gateway runs for real here (SQLite in tmp_path, the publisher against a closed port, bleak
+against the emulated BlueZ with no adapter), only without wearables or a broker: these tests are
+about the supervisor. tests/test_app_emulated.py runs the whole data path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gatewayd import cli
+from gatewayd.app import run_gateway, should_ping_watchdog
+from gatewayd.config import Config, load_config
+from gatewayd.systemd import notifier, watchdog_interval_s
+from tests.emulator_fixtures import EmulatorEnv
+from tests.mqtt_fixtures import free_port
+
+pytest_plugins = ["tests.emulator_fixtures"]
+
+needs_dbus = pytest.mark.skipif(
+    shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed"
+)
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Config:
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(
+        f'[gateway]\nid = "gw-app"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n{extra}',
+        encoding="utf-8",
+    )
+    return load_config(path, env={})
+
+
+def event_kinds(path: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [(r[0], r[1]) for r in conn.execute("SELECT kind, severity FROM events")]
+    finally:
+        conn.close()
+
+
+async def start(config: Config, notes: list[str], **kwargs: object) -> asyncio.Task[int]:
+    task = asyncio.create_task(
+        run_gateway(
+            config,
+            registry_devices=[],
+            ready=lambda: notes.append("READY=1"),
+            watchdog=lambda: notes.append("WATCHDOG=1"),
+            status=lambda line: notes.append(f"STATUS={line}"),
+            models_dir=Path(config.gateway.state_dir) / "no-models",
+            watchdog_interval_s=0.1,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    )
+    async with asyncio.timeout(20):
+        while "READY=1" not in notes:
+            if task.done():
+                return task
+            await asyncio.sleep(0.05)
+    return task
+
+
+async def wait_until(condition: Callable[[], bool], limit_s: float = 20.0) -> None:
+    """Poll until ``condition()`` holds; fail after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        await asyncio.sleep(0.05)
+
+
+def test_the_watchdog_is_pinged_only_while_work_progresses_or_there_is_none() -> None:
+    assert should_ping_watchdog(previous=5, handled=6, backlog=10)
+    assert should_ping_watchdog(previous=5, handled=5, backlog=0)
+    assert not should_ping_watchdog(previous=5, handled=5, backlog=3)
+
+
+def test_gatewayd_run_with_a_missing_config_exits_78(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", "--config", str(tmp_path / "nope.toml")]) == 78
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_systemd_notifier_is_a_no_op_outside_systemd() -> None:
+    notify = notifier({})
+    notify("READY=1")  # nothing to assert but that it does not raise
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "20000000"}) == 10.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "nonsense"}) is None
+
+
+@needs_dbus
+@pytest.mark.asyncio
+async def test_runs_degraded_without_model_or_broker_and_stops_cleanly(
+    private_bus: EmulatorEnv, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path)
+    stop = asyncio.Event()
+    notes: list[str] = []
+    task = await start(config, notes, stop=stop)
+    assert "READY=1" in notes, notes
+    await wait_until(lambda: "WATCHDOG=1" in notes)  # an idle pipeline is pinged
+    stop.set()
+    async with asyncio.timeout(30):
+        assert await task == 0
+    assert notes[-1] == "STATUS=stopped"
+    assert any("no model (degraded)" in n for n in notes)
+    kinds = await asyncio.to_thread(event_kinds, config.store.path)
+    assert ("model_missing", "warning") in kinds
+
+
+@needs_dbus
+@pytest.mark.asyncio
+async def test_a_recovered_store_is_a_critical_event(
+    private_bus: EmulatorEnv, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path)
+    path = config.store.path
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(path.write_bytes, b"this is not an SQLite database at all" * 200)
+    stop = asyncio.Event()
+    task = await start(config, [], stop=stop)
+    stop.set()
+    async with asyncio.timeout(30):
+        assert await task == 0
+    kinds = await asyncio.to_thread(event_kinds, path)
+    assert ("store_recovered", "critical") in kinds
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_password_file_exits_78(tmp_path: Path) -> None:
+    extra = f'username = "gw"\npassword_file = "{tmp_path / "missing"}"\n'
+    config = await asyncio.to_thread(write_config, tmp_path, extra)
+    notes: list[str] = []
+    task = await start(config, notes, stop=asyncio.Event())
+    async with asyncio.timeout(30):
+        assert await task == 78
+    assert any(n.startswith("STATUS=configuration error") for n in notes)
+
+
+@needs_dbus
+@pytest.mark.asyncio
+async def test_sigterm_stops_cleanly_and_a_second_sigint_forces_exit(
+    private_bus: EmulatorEnv, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path)
+    task = await start(config, [], handle_signals=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await task == 0
+
+    # A publisher that never lets go: the second SIGINT must not wait for the grace period.
+    notes: list[str] = []
+    task = await start(config, notes, handle_signals=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    await wait_until(lambda: task.done() or any(n.startswith("STATUS=stopping") for n in notes))
+    if not task.done():
+        os.kill(os.getpid(), signal.SIGINT)
+    async with asyncio.timeout(30):
+        assert await task in (0, 130)  # 0 if the orderly stop finished before the second

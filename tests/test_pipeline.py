@@ -1,0 +1,472 @@
+"""gatewayd.pipeline: pure decisions with literals; the Pipeline and worker with scripted fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gatewayd.config import InferenceConfig
+from gatewayd.ids import new_event_id
+from gatewayd.inference import ModelRegistry, ModelSession
+from gatewayd.link.connection import LinkSettings
+from gatewayd.link.events import (
+    BatteryLevel,
+    FrameReceived,
+    HeartRateReceived,
+    LinkDown,
+    LinkUp,
+    MessagesLost,
+)
+from gatewayd.link.manager import LinkManager
+from gatewayd.link.registry import PairedDevice
+from gatewayd.pipeline import (
+    BackpressureConfig,
+    BackpressureState,
+    InferenceWorker,
+    Pipeline,
+    StoreOutbox,
+    Tick,
+    WindowAnalysis,
+    alert_event,
+    alert_payload,
+    data_lost_event,
+    gateway_event,
+    observation_for_frame,
+    observation_for_strap,
+    plan_backpressure,
+    record_for_frame,
+    telemetry_for,
+    throttled_policy,
+    window_time,
+)
+from gatewayd.protocol.control import SetPolicy
+from gatewayd.protocol.heart_rate import HeartRateMeasurement
+from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Window
+from gatewayd.publish.payloads import DeviceState, Telemetry
+from gatewayd.publish.topics import Topics
+from gatewayd.rules.config import RulesConfig
+from gatewayd.rules.engine import RuleEngine
+from gatewayd.store.records import NewEvent, StoredEvent, WindowRecord
+from tests.test_inference import install_tiny_model
+
+T0 = 1_700_000_000.0
+
+
+def summary(seq: int = 3, *, hr_cbpm: int = 7250, flags: MessageFlags = MessageFlags.NONE,
+            quality: int = 80, battery: int = 90, activity: int = 255) -> Summary:  # fmt: skip
+    return Summary(
+        seq=seq,
+        t_ms=int((T0 - 8) * 1000),
+        flags=flags,
+        activity=activity,
+        pruning_pct=40,
+        activity_conf_e4=7000,
+        entropy_mbits=3200,
+        hr_cbpm=hr_cbpm,
+        signal_quality=quality,
+        battery_pct=battery,
+    )
+
+
+def window(seq: int = 4, bpm: float = 72.0) -> Window:
+    t = np.arange(512) / 64
+    bvp = (1000 * np.sin(2 * np.pi * bpm / 60 * t)).astype("<i2")
+    acc = np.zeros((256, 3), dtype="<i2")
+    acc[:, 2] = 64  # 1 g on z
+    return Window(
+        summary=summary(seq, flags=MessageFlags.OFFLOAD_ENTROPY),
+        sample_format=SampleFormat.INT16,
+        bvp_rate_hz=64,
+        acc_rate_hz=32,
+        acc_lsb_per_g=64,
+        bvp=bvp,
+        acc=acc,
+    )
+
+
+# --- pure decisions ------------------------------------------------------------------------------
+
+
+def test_window_time_uses_the_device_clock_only_once_synced() -> None:
+    assert window_time(summary(), T0) == T0 - 8
+    synced = summary(flags=MessageFlags.CLOCK_SYNCED)
+    assert window_time(synced, T0 + 100) == pytest.approx(T0 - 8)
+
+
+def test_a_summary_is_observed_with_the_wearables_own_values() -> None:
+    obs = observation_for_frame("w1", summary(), T0, window_id="17")
+    assert (obs.device_id, obs.seq, obs.t, obs.window_id) == ("w1", 3, T0, "17")
+    assert obs.hr_bpm == 72.5
+    assert obs.hr_source == "model"
+    assert obs.hr_confidence == 0.7
+    assert obs.activity is None  # 255: unknown
+    assert (obs.signal_quality, obs.battery) == (80, 90)
+    assert obs.acc is None
+
+
+def test_unknown_quality_and_battery_are_none_and_off_wrist_is_passed_on() -> None:
+    s = summary(quality=255, battery=255, flags=MessageFlags.OFF_WRIST | MessageFlags.CHARGING)
+    obs = observation_for_frame("w1", s, T0, window_id=None)
+    assert (obs.signal_quality, obs.battery, obs.off_wrist, obs.charging) == (
+        None, None, True, True,
+    )  # fmt: skip
+
+
+def test_an_offloaded_window_is_observed_with_the_gateways_analysis_and_acc_in_g() -> None:
+    analysis = WindowAnalysis(hr_bpm=131.0, hr_confidence=0.9, hr_source="signal", quality=70)
+    obs = observation_for_frame("w1", window(), T0, window_id="5", analysis=analysis)
+    assert (obs.hr_bpm, obs.hr_source, obs.hr_confidence) == (131.0, "signal", 0.9)
+    assert obs.acc is not None
+    assert obs.acc.shape == (256, 3)
+    assert obs.acc[0].tolist() == [0.0, 0.0, 1.0]
+    assert obs.acc_rate_hz == 32.0
+
+
+def test_model_analysis_overrides_the_stored_record() -> None:
+    analysis = WindowAnalysis(hr_bpm=88.0, hr_confidence=0.8, hr_source="model", activity=1,
+                              activity_confidence=0.9, model_id="m1", result={"x": 1})  # fmt: skip
+    record = record_for_frame("w1", window(), T0, analysis, keep_raw=False)
+    assert isinstance(record, WindowRecord)
+    assert (record.kind, record.hr_bpm, record.hr_source, record.model_id) == (
+        "window", 88.0, "gateway_model", "m1",
+    )  # fmt: skip
+    assert (record.activity, record.activity_conf, record.result) == ("sitting", 0.9, {"x": 1})
+    plain = record_for_frame("w1", summary(), T0, None, keep_raw=False)
+    assert (plain.hr_source, plain.hr_bpm) == ("wearable", 72.5)
+
+
+def test_telemetry_names_where_the_heart_rate_came_from() -> None:
+    obs = observation_for_frame("w1", summary(), T0, window_id="1")
+    t = telemetry_for("w1", summary(), T0, obs)
+    assert isinstance(t, Telemetry)
+    assert (t.hr_source, t.hr_bpm, t.offloaded, t.signal_quality) == (
+        "device_model", 72.5, False, 0.8,
+    )  # fmt: skip
+    analysis = WindowAnalysis(hr_bpm=70.0, hr_confidence=0.5, hr_source="signal")
+    obs = observation_for_frame("w1", window(), T0, window_id="2", analysis=analysis)
+    t = telemetry_for("w1", window(), T0, obs)
+    assert (t.hr_source, t.offloaded, t.confidence) == ("signal", True, 0.5)
+    analysis = WindowAnalysis(hr_bpm=70.0, hr_confidence=0.5, hr_source="model", model_id="m")
+    obs = observation_for_frame("w1", window(), T0, window_id="2", analysis=analysis)
+    assert telemetry_for("w1", window(), T0, obs).hr_source == "gateway_model"
+    none = observation_for_frame("w1", summary(hr_cbpm=0), T0, window_id="3")
+    assert telemetry_for("w1", summary(hr_cbpm=0), T0, none).hr_source is None
+
+
+def test_a_strap_measurement_is_an_observation_with_source_strap() -> None:
+    m = HeartRateMeasurement(hr_bpm=64, sensor_contact=False, energy_kj=None, rr_1024=())
+    obs = observation_for_strap(HeartRateReceived("strap", m, T0))
+    assert (obs.hr_bpm, obs.hr_source, obs.off_wrist, obs.t) == (64.0, "strap", True, T0)
+
+
+def test_data_lost_is_a_technical_event_with_first_and_count() -> None:
+    event = data_lost_event("w1", 10, 3, T0)
+    assert (event.kind, event.severity, event.state, event.device_id) == (
+        "data_lost", "warning", "raised", "w1",
+    )  # fmt: skip
+    assert event.payload["category"] == "technical"
+    assert event.payload["evidence"] == {"first": 10, "count": 3}
+
+
+def stored(event: NewEvent, event_id: str | None = None) -> StoredEvent:
+    return StoredEvent(
+        id=event_id or new_event_id(),
+        device_id=event.device_id,
+        kind=event.kind,
+        severity=event.severity,
+        state=event.state,
+        created_at=T0,
+        t_ms=event.t_ms,
+        payload=event.payload,
+    )
+
+
+def tachycardia_engine() -> RuleEngine:
+    return RuleEngine(
+        RulesConfig.model_validate(
+            {
+                "hr": {"min_confidence": 0.0, "min_signal_quality": 0},
+                "tachycardia": {"unknown_bpm": 100.0, "min_duration_s": 0.0, "cooldown_s": 0.0},
+            }
+        )
+    )
+
+
+def test_an_alert_transition_round_trips_to_the_mqtt_alert_payload() -> None:
+    engine = tachycardia_engine()
+    obs = observation_for_frame("w1", summary(hr_cbpm=15000), T0, window_id="9")
+    (transition,) = [t for t in engine.observe(obs) if t.kind == "tachycardia"]
+    event = alert_event(transition)
+    assert (event.kind, event.state, event.device_id) == ("tachycardia", "raised", "w1")
+    alert = alert_payload(stored(event), "gw")
+    assert uuid.UUID(alert.event_id).version == 7
+    assert (alert.kind, alert.category, alert.state, alert.device_id, alert.gateway_id) == (
+        "tachycardia", "physiological", "raised", "w1", "gw",
+    )  # fmt: skip
+    assert alert.t.timestamp() == pytest.approx(T0)
+    assert alert.evidence["episode"] == 1
+    assert alert.evidence["reason"] == "threshold"
+
+
+# --- the outbox adapter --------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    event: StoredEvent
+
+
+@dataclass
+class FakeOutboxStore:
+    rows: list[Row]
+    marked: list[str] = field(default_factory=list)
+
+    async def pending_outbox(self, limit: int = 100) -> Sequence[Row]:
+        return [r for r in self.rows if r.event.id not in self.marked][:limit]
+
+    async def mark_published(self, event_ids: Sequence[str]) -> int:
+        self.marked.extend(event_ids)
+        return len(event_ids)
+
+
+@pytest.mark.asyncio
+async def test_the_outbox_skips_gateway_level_events_and_serves_device_alerts() -> None:
+    gw_event = stored(gateway_event("model_missing", "warning", "no model", T0))
+    lost = stored(data_lost_event("w1", 1, 2, T0))
+    store = FakeOutboxStore([Row(gw_event), Row(lost)])
+    outbox = StoreOutbox(store, "gw")
+    (item,) = await outbox.pending(10)
+    assert store.marked == [gw_event.id]
+    assert (item.event_id, item.device_id, item.channel) == (lost.id, "w1", "alerts")
+    assert b'"kind":"data_lost"' in item.payload
+    await outbox.mark_published([item.event_id])
+    assert await outbox.pending(10) == []
+
+
+# --- the pipeline with scripted fakes ------------------------------------------------------------
+
+
+@dataclass
+class Calls:
+    log: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class FakeStore:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.windows: list[WindowRecord] = []
+
+    async def record_window(self, window: WindowRecord) -> int:
+        self.windows.append(window)
+        self.calls.log.append(("window", window.seq))
+        return len(self.windows)
+
+    async def append_event(self, event: NewEvent, *, topic: str) -> str:
+        self.calls.log.append(("event", (event.kind, event.state, topic)))
+        return new_event_id()
+
+
+class FakePublisher:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.states: list[DeviceState] = []
+        self.telemetry: list[Telemetry] = []
+
+    def notify(self) -> None:
+        self.calls.log.append(("notify", None))
+
+    def update_state(self, state: DeviceState) -> None:
+        self.states.append(state)
+
+    def publish_telemetry(self, telemetry: Telemetry) -> bool:
+        self.telemetry.append(telemetry)
+        return True
+
+
+def make_pipeline(analyse: Any = None) -> tuple[Pipeline, Calls, FakeStore, FakePublisher]:
+    calls = Calls()
+    store, publisher = FakeStore(calls), FakePublisher(calls)
+    pipeline = Pipeline(
+        gateway_id="gw", topics=Topics("gatewayd", "gw"), engine=tachycardia_engine(),
+        store=store, publisher=publisher, analyse=analyse, clock=lambda: T0,
+    )  # fmt: skip
+    return pipeline, calls, store, publisher
+
+
+async def feed(pipeline: Pipeline, events: Sequence[Any]) -> None:
+    runner = asyncio.create_task(pipeline.run())
+    for event in events:
+        await pipeline.submit(event)
+    await pipeline.drain()
+    await runner
+
+
+@pytest.mark.asyncio
+async def test_an_alert_is_in_the_log_before_the_publisher_is_notified() -> None:
+    pipeline, calls, _, publisher = make_pipeline()
+    await feed(pipeline, [
+        LinkUp("w1", "hci0", None, 247),
+        FrameReceived("w1", summary(1, hr_cbpm=15000), T0),
+        Tick(T0 + 1),
+    ])  # fmt: skip
+    kinds = [entry for entry in calls.log if entry[0] != "window"]
+    assert kinds == [
+        ("event", ("tachycardia", "raised", "gatewayd/gw/devices/w1/alerts")),
+        ("notify", None),
+    ]
+    assert calls.log[0] == ("window", 1)  # the window first: its id is the evidence
+    assert [t.seq for t in publisher.telemetry] == [1]
+    assert publisher.states[0].connected
+    assert publisher.states[-1].hr_bpm == 150.0
+    assert pipeline.stats.handled == 3
+
+
+@pytest.mark.asyncio
+async def test_lost_messages_link_down_and_battery_are_never_silent() -> None:
+    pipeline, calls, _, publisher = make_pipeline()
+    await feed(pipeline, [
+        LinkUp("w1", "hci0", None, 247),
+        MessagesLost("w1", 5, 2),
+        BatteryLevel("w1", 12),
+        LinkDown("w1", "link lost"),
+    ])  # fmt: skip
+    assert ("event", ("data_lost", "raised", "gatewayd/gw/devices/w1/alerts")) in calls.log
+    assert pipeline.stats.data_lost == 2
+    assert publisher.states[-1].battery_pct == 12
+    assert publisher.states[-1].connected is False
+
+
+@pytest.mark.asyncio
+async def test_windows_go_through_the_analyser_in_order() -> None:
+    seen: list[int] = []
+
+    async def analyse(device_id: str, w: Window) -> WindowAnalysis:
+        seen.append(w.seq)
+        await asyncio.sleep(0.01 if w.seq == 4 else 0)  # the first answer is the slowest
+        return WindowAnalysis(hr_bpm=60.0 + w.seq, hr_confidence=1.0, hr_source="signal")
+
+    pipeline, _, store, publisher = make_pipeline(analyse)
+    await feed(pipeline, [FrameReceived("w1", window(4), T0), FrameReceived("w1", window(5), T0),
+                          FrameReceived("w1", summary(6), T0)])  # fmt: skip
+    assert seen == [4, 5]
+    assert [w.seq for w in store.windows] == [4, 5, 6]
+    assert [(t.seq, t.hr_bpm, t.hr_source) for t in publisher.telemetry] == [
+        (4, 64.0, "signal"), (5, 65.0, "signal"), (6, 72.5, "device_model"),
+    ]  # fmt: skip
+
+
+# --- the inference worker ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_worker_batches_windows_and_falls_back_to_the_signal_estimator() -> None:
+    worker = InferenceWorker(None, InferenceConfig(max_batch=8, max_wait_ms=50))
+    jobs = [
+        asyncio.ensure_future(worker.analyse(device, window(seq, bpm=78.0)))
+        for seq in range(3) for device in ("a", "b")
+    ]  # fmt: skip
+    runner = asyncio.create_task(worker.run())
+    try:
+        results = await asyncio.gather(*jobs)
+    finally:
+        runner.cancel()
+    assert worker.model_id is None
+    assert worker.stats.windows == 6
+    assert worker.stats.largest_batch == 6  # all were queued before the worker ran
+    for result in results:
+        assert result is not None
+        assert result.hr_source == "signal"
+    last = results[-1]
+    assert last is not None
+    assert last.hr_bpm is not None
+    assert last.hr_bpm == pytest.approx(78.0, abs=3.0)
+
+
+@pytest.mark.asyncio
+async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(tmp_path: Path) -> None:
+    await asyncio.to_thread(install_tiny_model, tmp_path, "tiny-full")
+    registry = await asyncio.to_thread(ModelRegistry.discover, tmp_path)
+    installed = registry.get("tiny-full")
+    session = await asyncio.to_thread(ModelSession, installed.card, installed.path)
+    worker = InferenceWorker(session, InferenceConfig(max_batch=4, max_wait_ms=50))
+    jobs = [asyncio.ensure_future(worker.analyse("a", window(seq))) for seq in range(6)]
+    runner = asyncio.create_task(worker.run())
+    try:
+        results = await asyncio.gather(*jobs)
+    finally:
+        runner.cancel()
+    assert worker.model_id == "tiny-full"
+    assert (worker.stats.windows, worker.stats.largest_batch) == (6, 4)
+    for result in results:
+        assert result is not None
+        assert (result.hr_source, result.model_id) == ("model", "tiny-full")
+        assert result.activity is not None
+        assert 0.0 <= result.hr_confidence <= 1.0
+        assert result.result is not None
+
+
+# --- backpressure --------------------------------------------------------------------------------
+
+BP = BackpressureConfig(saturated_checks=2, relaxed_checks=2, max_level=2)
+
+
+def test_saturation_throttles_the_busiest_device_one_level_per_streak() -> None:
+    state = BackpressureState()
+    state, changes = plan_backpressure(state, BP, backlog=90, capacity=100,
+                                       offloads={"a": 3, "b": 9})  # fmt: skip
+    assert (changes, state.saturated) == ({}, 1)  # one saturated check is not a streak
+    state, changes = plan_backpressure(state, BP, backlog=90, capacity=100,
+                                       offloads={"a": 3, "b": 9})  # fmt: skip
+    assert changes == {"b": 1}
+    assert (dict(state.levels), state.saturated) == ({"b": 1}, 0)
+    for _ in range(2):
+        state, changes = plan_backpressure(state, BP, backlog=100, capacity=100,
+                                           offloads={"a": 3, "b": 9})  # fmt: skip
+    assert changes == {"b": 2}
+    for _ in range(2):  # b is at max_level: the next busiest is throttled
+        state, changes = plan_backpressure(state, BP, backlog=100, capacity=100,
+                                           offloads={"a": 3, "b": 9})  # fmt: skip
+    assert changes == {"a": 1}
+    assert dict(state.levels) == {"a": 1, "b": 2}
+
+
+def test_a_relaxed_queue_lowers_the_most_throttled_device_back_to_normal() -> None:
+    state = BackpressureState(levels={"a": 1, "b": 2})
+    changes: dict[str, int] = {}
+    steps = []
+    for _ in range(6):
+        state, changes = plan_backpressure(state, BP, backlog=0, capacity=100, offloads={})
+        steps.append(changes)
+    assert steps == [{}, {"b": 1}, {}, {"b": 0}, {}, {"a": 0}]
+    assert dict(state.levels) == {}
+
+
+def test_a_queue_between_the_marks_resets_both_streaks() -> None:
+    state = BackpressureState(levels={"a": 1}, saturated=1, relaxed=1)
+    state, changes = plan_backpressure(state, BP, backlog=50, capacity=100, offloads={"a": 5})
+    assert (changes, state.saturated, state.relaxed, dict(state.levels)) == ({}, 0, 0, {"a": 1})
+
+
+def test_throttled_policy_raises_tau_and_lowers_min_confidence() -> None:
+    cfg = BackpressureConfig(tau_step_mbits=500, conf_step_e4=1000)
+    assert throttled_policy(4000, 6000, 0, cfg) == (4000, 6000)
+    assert throttled_policy(4000, 6000, 2, cfg) == (5000, 4000)
+    assert throttled_policy(65_000, 500, 3, cfg) == (65_535, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_policy_set_from_outside_the_link_is_kept_for_reconnects() -> None:
+    device = PairedDevice("w1", "C0:FF:EE:00:00:01", "wearable")
+    manager = LinkManager(["hci0"], 1, [device], LinkSettings(tau_mbits=4000, min_conf_e4=6000))
+    (link,) = manager.links.values()
+    assert link.policy == SetPolicy(4000, 6000)
+    assert manager.set_policy("w1", SetPolicy(5000, 4000))
+    assert link.policy == SetPolicy(5000, 4000)
+    assert not manager.set_policy("nobody", SetPolicy(5000, 4000))
