@@ -30,6 +30,7 @@ from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import ModelRegistry
 from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.link.connection import LinkSettings
+from gatewayd.link.events import LinkEvent
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
 from gatewayd.pipeline import (
@@ -271,9 +272,15 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                     f" windows, {pipeline.stats.alerts} alerts, model {model_text}"
                 )
 
+            # The event taken off the link queue but not yet accepted by the pipeline: shutdown
+            # submits it again, so cancelling intake mid-submit loses nothing.
+            in_hand: list[LinkEvent] = []
+
             async def intake() -> None:
                 while True:
-                    await pipeline.submit(await link.events.get())
+                    in_hand.append(await link.events.get())
+                    await pipeline.submit(in_hand[0])
+                    in_hand.clear()
 
             async def ticker() -> None:
                 while True:
@@ -348,6 +355,8 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                     task.cancel("gateway stopping: link intake")
                 await asyncio.gather(t_link, t_intake, t_ticker, t_governor, return_exceptions=True)
                 # Frames already received are processed, not dropped.
+                for event in in_hand:
+                    await pipeline.submit(event)
                 while not link.events.empty():
                     await pipeline.submit(link.events.get_nowait())
                 status("stopping: draining the pipeline")

@@ -503,7 +503,13 @@ class Pipeline:
             and isinstance(event.message, Window)
         ):
             analysis = asyncio.ensure_future(self._analyse(event.device_id, event.message))
-        await self._queue.put(_Item(event, analysis))
+        try:
+            await self._queue.put(_Item(event, analysis))
+        except asyncio.CancelledError:
+            # Not queued: the caller still holds the event (and will submit it again).
+            if analysis is not None:
+                analysis.cancel()
+            raise
 
     async def drain(self) -> None:
         """Process everything queued so far, then make `run` return."""
