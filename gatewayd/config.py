@@ -213,7 +213,11 @@ class OffloadConfig(_Section):
 class InferenceConfig(_Section):
     """[inference]: the full model the gateway runs on offloaded windows, and its batching."""
 
-    model: NonEmptyStr = "mobilenet1d-full"
+    model: NonEmptyStr = "mnv2-1d-w1.0"
+    #: Where heart rate on offloaded windows comes from. "signal" (the default) keeps the
+    #: signal-processing estimator even when a model is installed: the shipped model was trained
+    #: without PPG-DaLiA and is far less accurate on real data (docs/models.md).
+    heart_rate: Literal["signal", "model"] = "signal"
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: int = Field(default=5, ge=0, le=1000)
     queue_size: int = Field(default=256, ge=1, le=65536)

@@ -741,6 +741,7 @@ class InferenceWorker:
 
     def __init__(self, session: ModelSession | None, config: InferenceConfig) -> None:
         self.session = session
+        self.heart_rate = config.heart_rate
         self.max_batch = config.max_batch
         self.max_wait_s = config.max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)
@@ -807,7 +808,13 @@ class InferenceWorker:
         if self.session is not None:
             answers = self._run_model(self.session, batch)
             if answers is not None:
-                return answers
+                if self.heart_rate == "model":
+                    return answers
+                # Activity from the model, heart rate from the signal estimator.
+                return [
+                    _signal_hr(a, self._run_signal(job))
+                    for a, job in zip(answers, batch, strict=True)
+                ]
         return [self._run_signal(job) for job in batch]
 
     def _run_model(
@@ -855,6 +862,21 @@ class InferenceWorker:
             hr_source="signal",
             quality=estimate.quality,
         )
+
+
+def _signal_hr(
+    model: WindowAnalysis | None, signal: WindowAnalysis | None
+) -> WindowAnalysis | None:
+    """The model's analysis with the signal estimator's heart rate (either may be missing)."""
+    if model is None or signal is None:
+        return signal if model is None else model
+    return replace(
+        model,
+        hr_bpm=signal.hr_bpm,
+        hr_confidence=signal.hr_confidence,
+        hr_source=signal.hr_source,
+        quality=signal.quality,
+    )
 
 
 # --- the outbox, as the publisher reads it -------------------------------------------------------

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -390,12 +390,16 @@ async def test_the_worker_batches_windows_and_falls_back_to_the_signal_estimator
 
 
 @pytest.mark.asyncio
-async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("heart_rate", ["model", "signal"])
+async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(
+    tmp_path: Path, heart_rate: Literal["model", "signal"]
+) -> None:
     await asyncio.to_thread(install_tiny_model, tmp_path, "tiny-full")
     registry = await asyncio.to_thread(ModelRegistry.discover, tmp_path)
     installed = registry.get("tiny-full")
     session = await asyncio.to_thread(ModelSession, installed.card, installed.path)
-    worker = InferenceWorker(session, InferenceConfig(max_batch=4, max_wait_ms=50))
+    config = InferenceConfig(max_batch=4, max_wait_ms=50, heart_rate=heart_rate)
+    worker = InferenceWorker(session, config)
     jobs = [asyncio.ensure_future(worker.analyse("a", window(seq))) for seq in range(6)]
     runner = asyncio.create_task(worker.run())
     try:
@@ -406,7 +410,8 @@ async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(tmp_pa
     assert (worker.stats.windows, worker.stats.largest_batch) == (6, 4)
     for result in results:
         assert result is not None
-        assert (result.hr_source, result.model_id) == ("model", "tiny-full")
+        # Activity always from the model; heart rate from where the config says.
+        assert (result.hr_source, result.model_id) == (heart_rate, "tiny-full")
         assert result.activity is not None
         assert 0.0 <= result.hr_confidence <= 1.0
         assert result.result is not None

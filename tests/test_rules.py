@@ -32,7 +32,7 @@ def obs(t: float, hr: float | None = 70.0, **kw: Any) -> Observation:
         "hr_confidence": 0.9,
         "signal_quality": 90,
         "battery": 80,
-        "model_id": "mobilenet1d-full",
+        "model_id": "mnv2-1d-w1.0",
     }
     fields.update(kw)
     return Observation(DEV, seq=int(t // HOP), t=t, hr_bpm=hr, **fields)
@@ -91,7 +91,7 @@ def test_tachycardia_evidence_names_windows_values_model_and_thresholds() -> Non
     assert evidence.seqs[0] == 0
     assert evidence.seqs[-1] == 15
     assert all(s.value == 120.0 for s in evidence.samples)
-    assert evidence.model_ids == ("mobilenet1d-full",)
+    assert evidence.model_ids == ("mnv2-1d-w1.0",)
     assert dict(evidence.thresholds)["limit_bpm"] == 100.0
     assert dict(evidence.thresholds)["clear_below_bpm"] == 90.0
     assert evidence.fact("activity_class") == "rest"
@@ -102,7 +102,7 @@ def test_tachycardia_evidence_names_windows_values_model_and_thresholds() -> Non
     assert payload["state"] == "raised"
     assert payload["evidence"]["activity_name"] == "sitting"
     assert payload["evidence"]["seqs"][:2] == [0, 1]
-    assert payload["evidence"]["windows"][0]["model_id"] == "mobilenet1d-full"
+    assert payload["evidence"]["windows"][0]["model_id"] == "mnv2-1d-w1.0"
     assert payload["evidence"]["windows"][0]["hr_source"] == "model"
 
 

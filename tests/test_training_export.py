@@ -1,0 +1,151 @@
+"""training.export: torch <-> onnxruntime parity in both layouts, int8, and model cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
+onnx = pytest.importorskip("onnx", reason="export needs onnx (the `train` extra)")
+pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
+ort = pytest.importorskip("onnxruntime")
+
+from torch import nn  # noqa: E402
+
+from gatewayd.datasets import generate_recording  # noqa: E402
+from gatewayd.inference.cards import Metrics, ModelCard, TrainingInfo, card_path, read_card, verify  # noqa: E402
+from gatewayd.inference.cards import sha256_of as card_sha256  # noqa: E402
+from training.data import preprocess_recording  # noqa: E402
+from training.export import (  # noqa: E402
+    CardInfo,
+    Layout,
+    agreement,
+    export_onnx,
+    max_abs_diff,
+    onnx_predict,
+    quantize_int8_static,
+    torch_logits,
+    write_model_card,
+)
+from training.model import MobileNetV2_1D, count_macs, count_params  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model() -> MobileNetV2_1D:
+    """A tiny model with non-trivial BatchNorm statistics and spread-out logits."""
+    torch.manual_seed(0)
+    net = MobileNetV2_1D(0.25).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.normal_(0.0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    for head in (net.activity_head, net.hr_head):
+        nn.init.normal_(head.weight, 0.0, 0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    """Random windows and real (preprocessed synthetic) ones."""
+    rng = np.random.default_rng(0)
+    real = preprocess_recording(generate_recording(2, 1.0, seed=1))
+    return np.concatenate([rng.standard_normal((6, 4, 512)).astype(np.float32), real])
+
+
+@pytest.fixture(scope="module")
+def exported(model: MobileNetV2_1D, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("onnx")
+    return {
+        layout: export_onnx(model, out / f"m-{layout}.onnx", layout)
+        for layout in ("conv1d", "conv2d")
+    }
+
+
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_fp32_parity_with_torch(
+    model: MobileNetV2_1D, windows: np.ndarray, exported: dict[str, Path], layout: Layout
+) -> None:
+    assert max_abs_diff(model, exported[layout], windows, layout) < 1e-4
+
+
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_graph_has_the_card_interface(exported: dict[str, Path], layout: Layout) -> None:
+    graph = onnx.load(str(exported[layout]))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in graph.graph.input] == ["x"]
+    assert [o.name for o in graph.graph.output] == ["activity_logits", "hr_logits"]
+    assert not (exported[layout].parent / (exported[layout].name + ".data")).exists()
+    sess = ort.InferenceSession(str(exported[layout]), providers=["CPUExecutionProvider"])
+    shape = [d if isinstance(d, int) else "N" for d in sess.get_inputs()[0].shape]
+    assert shape == (["N", 4, 512] if layout == "conv1d" else ["N", 4, 1, 512])
+    for batch in (1, 5):  # the batch axis is dynamic
+        x = np.zeros((batch, *shape[1:]), dtype=np.float32)
+        act, hr = sess.run(None, {"x": x})
+        assert act.shape == (batch, 9)
+        assert hr.shape == (batch, 200)
+
+
+def test_static_int8_runs_and_stays_close(
+    model: MobileNetV2_1D, windows: np.ndarray, exported: dict[str, Path], tmp_path: Path
+) -> None:
+    q = quantize_int8_static(exported["conv1d"], tmp_path / "q.onnx", windows[6:], "conv1d")
+    graph = onnx.load(str(q))
+    assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    assert q.stat().st_size < exported["conv1d"].stat().st_size / 2
+    fp32 = onnx_predict(exported["conv1d"], windows[6:], "conv1d")
+    int8 = onnx_predict(q, windows[6:], "conv1d")
+    agree = agreement(fp32, int8)
+    assert agree["activity_argmax_agreement"] >= 0.9
+    assert agree["hr_mean_abs_diff_bpm"] < 5.0
+    torch_act, _ = torch_logits(model, windows[6:])
+    np.testing.assert_allclose(fp32[0], torch_act, atol=1e-4)
+
+
+def test_card_matches_its_file(model: MobileNetV2_1D, exported: dict[str, Path]) -> None:
+    path = exported["conv2d"]
+    info = CardInfo(
+        model_id="mnv2-1d-w0.25-test",
+        version="0.0.0",
+        role="gateway",
+        width=0.25,
+        pruning_pct=0,
+        training=TrainingInfo(
+            datasets=["synthetic (test)"],
+            synthetic=True,
+            subjects=1,
+            windows=1,
+            cross_validation="none",
+            seed=0,
+            epochs=0,
+        ),
+        metrics=Metrics(evaluated_on="nothing: untrained test model"),
+    )
+    card = write_model_card(model, path, "conv2d", info)
+    again = read_card(card_path(path))
+    assert again == card
+    assert ModelCard.model_validate(again.model_dump()) == card
+    assert card.sha256 == card_sha256(path)
+    verify(card, path)
+    assert card.size_bytes == path.stat().st_size
+    assert card.params == count_params(model)
+    assert card.macs == count_macs(model)
+    assert card.layout == "conv2d"
+    assert card.input.shape == ["N", 4, 1, 512]
+    assert card.opset >= 17
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("layout", ["conv1d", "conv2d"])
+def test_fp32_parity_on_troika_windows(
+    model: MobileNetV2_1D, exported: dict[str, Path], layout: Layout
+) -> None:
+    from gatewayd.datasets import load_troika
+    from tests.test_datasets_troika import TROIKA
+
+    path = TROIKA / "DATA_01_TYPE01.mat"
+    if not path.is_file():
+        pytest.skip(f"TROIKA recordings not found at {TROIKA} (set GATEWAYD_SHARED_DATA)")
+    x = preprocess_recording(load_troika(path))[::4]
+    assert max_abs_diff(model, exported[layout], x, layout) < 1e-4
