@@ -52,6 +52,7 @@ from gatewayd.link.registry import (
     normalise_address,
 )
 from gatewayd.logs import FORMATS, LEVELS, configure_logging
+from gatewayd.tables import format_table
 
 __all__ = ["CONFIG_ENV", "build_parser", "load_config_from_args", "main"]
 
@@ -471,7 +472,7 @@ def _print_candidates(
         ]
         for c in candidates
     ]
-    print(_table(["NAME", "ADDRESS", "RSSI", "KIND", "ADAPTER", "PAIRED"], rows))
+    print(format_table(["NAME", "ADDRESS", "RSSI", "KIND", "ADAPTER", "PAIRED"], rows, right=()))
 
 
 def _print_pair_hint(
@@ -561,7 +562,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         print("No paired devices; pair one with `gatewayd pair`.")
     else:
         rows = [[d.device_id, d.address, d.kind, d.name or "-", d.paired_at] for d in devices]
-        print(_table(["ID", "ADDRESS", "KIND", "NAME", "PAIRED AT"], rows))
+        print(format_table(["ID", "ADDRESS", "KIND", "NAME", "PAIRED AT"], rows, right=()))
     return EXIT_OK
 
 
@@ -616,15 +617,6 @@ def _check_writable(path: Path) -> None:
 def _usage_error(command: str, message: str) -> int:
     print(f"gatewayd {command}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
 
 
 # --- shared helpers for commands ---------------------------------------------------------------
