@@ -10,7 +10,6 @@ passing while the real gateway breaks. Update the pins only after re-reading the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import inspect
 import os
@@ -43,7 +42,7 @@ from gatewayd.emulator import (
 from gatewayd.emulator.bluez import FakeAdapter, FakeDevice
 from gatewayd.emulator.bluez_dbus import Device1, EmulatorBus, interfaces_added
 from gatewayd.protocol import gatt
-from tests.emulator_fixtures import bluetoothctl_shim
+from tests.emulator_fixtures import bluetoothctl_shim, release_bleak_manager
 
 __all__ = ["bluetoothctl_shim"]  # the shared fixture (a file write, done before the loop runs)
 
@@ -340,13 +339,7 @@ async def fake(
         try:
             yield emulator
         finally:
-            manager = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-            if manager is not None and manager._bus is not None:
-                manager._bus.disconnect()
-                with contextlib.suppress(Exception):
-                    await manager._bus.wait_for_disconnect()
-                if manager._bus_watcher_task is not None:
-                    await manager._bus_watcher_task
+            await release_bleak_manager()
 
 
 def _members(fake: FakeBluez) -> list[str]:
