@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -35,6 +36,7 @@ from gatewayd.errors import (
     ConfigError,
     GatewayError,
     NotYetAvailableError,
+    StoreError,
 )
 from gatewayd.link.pairing import (
     Candidate,
@@ -66,7 +68,6 @@ Command = Callable[[argparse.Namespace], int]
 
 #: Where each not-yet-built command comes from; the message a user sees until then.
 _MILESTONES: dict[str, str] = {
-    "events": "the pipeline milestone (issue 5)",
     "demo": "the pipeline milestone (issue 5)",
 }
 
@@ -126,14 +127,6 @@ def _not_built(command: str) -> int:
     return EXIT_UNAVAILABLE
 
 
-def _stub(command: str) -> Command:
-    def not_built(_args: argparse.Namespace) -> int:
-        return _not_built(command)
-
-    not_built.__name__ = f"cmd_{command.replace(' ', '_')}"
-    return not_built
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM/SIGINT (exit 0; 78 config error; 1 other failure)."""
     # Imported here: the supervisor pulls in bleak, aiomqtt, onnxruntime and the store.
@@ -159,7 +152,98 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-cmd_events = _stub("events")
+#: `gatewayd events` shows this many of the newest matching events unless told otherwise.
+DEFAULT_EVENT_LIMIT = 100
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Print the event log, read-only; exit 69 when there is none yet (docs/store.md)."""
+    # Imported here: the store pulls in sqlite-utils and structlog, which most commands skip.
+    from gatewayd.store.report import (  # noqa: PLC0415
+        EventLogMissingError,
+        EventLogReader,
+        EventQuery,
+        events_json,
+        format_events,
+    )
+
+    config = load_config_from_args(args)
+    query = EventQuery(
+        device=args.device,
+        since=args.since,
+        kinds=tuple(args.kind),
+        min_severity=args.severity,
+        limit=args.limit + 1,  # one more than shown: tells whether older events match too
+    )
+    try:
+        with EventLogReader.open(config.store.path) as log:
+            events = log.events(query)
+    except EventLogMissingError as exc:
+        print(f"gatewayd events: {exc.message}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    more = len(events) > args.limit
+    if more:
+        events = events[1:]  # oldest first: drop the extra, oldest one
+    if args.json:
+        print(json.dumps(events_json(events), indent=2))
+    elif not events:
+        filtered = any((args.device, args.since is not None, args.kind, args.severity))
+        print(
+            f"No events{' match these filters' if filtered else ' yet'}"
+            f" in the event log {config.store.path}."
+        )
+    else:
+        print(format_events(events))
+    if more:
+        print(
+            f"gatewayd events: showing the newest {args.limit}; older events match too"
+            " (--limit N or --since WHEN)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _since_arg(text: str) -> float:
+    from gatewayd.store.report import parse_since  # noqa: PLC0415
+
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_events_options(events: argparse.ArgumentParser) -> None:
+    events.add_argument(
+        "--device", metavar="ID", help="only this device ('gateway': the gateway's own events)"
+    )
+    events.add_argument(
+        "--since",
+        metavar="WHEN",
+        type=_since_arg,
+        help="only events since WHEN: a duration back from now (15m, 2h, 7d) or an ISO-8601"
+        " date or time (2026-11-25, 2026-11-25T08:00; local unless it ends in Z or +HH:MM)",
+    )
+    events.add_argument(
+        "--kind", metavar="KIND", action="append", default=[], help="only this kind (repeatable)"
+    )
+    events.add_argument(
+        "--severity",
+        choices=("info", "warning", "critical"),
+        type=str.lower,
+        help="only this severity and worse (info < warning < critical)",
+    )
+    events.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_EVENT_LIMIT,
+        help=f"the newest N matching events (default: {DEFAULT_EVENT_LIMIT})",
+    )
+    events.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON array, oldest first: full events with evidence, ids and delivery",
+    )
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -554,16 +638,42 @@ def _device_json(device: PairedDevice) -> dict[str, Any]:
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
-    """List the paired devices (the allowlist the gateway connects to)."""
-    devices = _registry(args, load_config_from_args(args)).load()
+    """List the paired devices (the allowlist), with what the event log knows when it exists."""
+    # Imported here: the store pulls in sqlite-utils and structlog, which most commands skip.
+    from gatewayd.store.report import (  # noqa: PLC0415
+        EventLogMissingError,
+        EventLogReader,
+        devices_json,
+        format_devices,
+        merge_devices,
+    )
+
+    config = load_config_from_args(args)
+    devices = _registry(args, config).load()
+    code = EXIT_OK
+    try:
+        with EventLogReader.open(config.store.path) as log:
+            activity = log.devices()
+    except EventLogMissingError:
+        activity = None  # the gateway has not run yet: the registry is all there is
+    except StoreError as exc:
+        # The paired devices are still worth showing; the exit status tells about the log.
+        print(
+            f"gatewayd devices list: warning: {exc}; showing the paired devices only",
+            file=sys.stderr,
+        )
+        activity, code = None, EXIT_ERROR
+    listings = merge_devices(devices, activity or [])
     if args.json:
-        print(json.dumps([_device_json(d) for d in devices], indent=2))
-    elif not devices:
+        print(json.dumps(devices_json(listings), indent=2))
+    elif not listings:
         print("No paired devices; pair one with `gatewayd pair`.")
-    else:
+    elif activity is None:
         rows = [[d.device_id, d.address, d.kind, d.name or "-", d.paired_at] for d in devices]
         print(format_table(["ID", "ADDRESS", "KIND", "NAME", "PAIRED AT"], rows, right=()))
-    return EXIT_OK
+    else:
+        print(format_devices(listings, time.time()))
+    return code
 
 
 def cmd_devices_rename(args: argparse.Namespace) -> int:
@@ -757,8 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Command, help_text: str, *, extra_ok: bool = False) -> _Parser:
-        # extra_ok: unparsed arguments are handed on (demo) or ignored (not-built stubs) rather
-        # than being a usage error.
+        # extra_ok: unparsed arguments are handed on (demo) rather than a usage error.
         p: _Parser = sub.add_parser(name, help=help_text, description=help_text)
         _global_options(p, suppress=True)
         p.set_defaults(func=func, extra_ok=extra_ok)
@@ -776,7 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     _state_dir_option(devices)
     devices_sub = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
     for action, func, help_text in (
-        ("list", cmd_devices_list, "list paired devices"),
+        ("list", cmd_devices_list, "list paired devices and what the event log knows"),
         ("rename", cmd_devices_rename, "give a paired device a new id"),
         ("remove", cmd_devices_remove, "forget a paired device"),
     ):
@@ -797,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also ask BlueZ to forget the bond (Adapter1.RemoveDevice)",
             )
 
-    add("events", cmd_events, "query the event log", extra_ok=True)
+    _add_events_options(add("events", cmd_events, "show the event log (alerts, gateway events)"))
     emulate = add("emulate", cmd_emulate, "run emulated BlueZ with virtual wearables")
     _add_emulate_options(emulate)
     # add_help=False: `gatewayd demo --help` is answered by the demo's own parser.

@@ -193,20 +193,21 @@ def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str
     assert "error:" in err
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["events"], "gatewayd events: not built yet — arrives with"),
-    ],
-)
-def test_not_built_commands_exit_69(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+def test_events_without_an_event_log_exits_69(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_main(argv, capsys)
+    # More in tests/test_cli_events.py.
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n', encoding="utf-8")
+    try:
+        code, out, err = run_main(["--config", str(config), "events"], capsys)
+    finally:
+        reset_logging()
     assert code == EXIT_UNAVAILABLE == 69
     assert out == ""
-    assert err.startswith(message)
+    assert err.startswith("gatewayd events: no event log at ")
     assert err.count("\n") == 1
+    assert not (tmp_path / "state").exists()
 
 
 def test_gateway_error_from_a_command_exits_1(

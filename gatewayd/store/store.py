@@ -41,7 +41,7 @@ from gatewayd.store.records import (
 from gatewayd.store.retention import RetentionPolicy, run_retention
 from gatewayd.store.writer import Writer
 
-__all__ = ["Store", "StoreOptions"]
+__all__ = ["Store", "StoreOptions", "event_from_row"]
 
 log = structlog.get_logger("gatewayd.store")
 T = TypeVar("T")
@@ -119,7 +119,10 @@ _EVENT_COLUMNS: Final = (
 )
 
 
-def _event(row: Mapping[str, Any]) -> StoredEvent:
+def event_from_row(row: Mapping[str, Any] | sqlite3.Row) -> StoredEvent:
+    """A `StoredEvent` from a row of the events table (a payload that is not an object is
+    wrapped as ``{"value": ...}``)."""
+    payload = json.loads(row["payload"])
     return StoredEvent(
         id=row["id"],
         device_id=row["device_id"],
@@ -128,7 +131,7 @@ def _event(row: Mapping[str, Any]) -> StoredEvent:
         state=row["state"],
         created_at=row["created_at"],
         t_ms=row["t_ms"],
-        payload=json.loads(row["payload"]),
+        payload=payload if isinstance(payload, dict) else {"value": payload},
     )
 
 
@@ -499,7 +502,7 @@ class Store:
                     outbox_id=row["outbox_id"],
                     topic=row["topic"],
                     attempts=row["attempts"],
-                    event=_event(row),
+                    event=event_from_row(row),
                 )
                 for row in db.query(sql, params)
             ]
@@ -533,7 +536,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return await self._read(lambda db: [_event(row) for row in db.query(sql, params)])
+        return await self._read(lambda db: [event_from_row(row) for row in db.query(sql, params)])
 
     async def windows(
         self, device: str | None = None, since: float | None = None, limit: int | None = None
