@@ -17,7 +17,8 @@ functions below, tested with literals; the store, the publisher and the analyser
 estimator) in a worker thread, batching windows across devices up to ``max_batch`` or
 ``max_wait_ms``. `plan_backpressure` (pure) decides which wearables to throttle while that
 worker's queue stays full, and `throttled_policy` what their offload policy becomes.
-`StoreOutbox` adapts the store's outbox to what the publisher reads.
+`StoreOutbox` adapts the store's outbox to what the publisher reads: device events become
+`Alert`s, gateway-level events (no device) `GatewayAlert`s.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from gatewayd.protocol.messages import (
     summary_of,
 )
 from gatewayd.publish.client import OutboxItem as PublishItem
-from gatewayd.publish.payloads import Alert, DeviceState, Telemetry
+from gatewayd.publish.payloads import MESSAGE_MAX_CHARS, Alert, DeviceState, GatewayAlert, Telemetry
 from gatewayd.publish.topics import TopicError, Topics
 from gatewayd.rules.alerts import AlertTransition
 from gatewayd.rules.engine import RuleEngine
@@ -82,6 +83,7 @@ __all__ = [
     "analysis_from_prediction",
     "data_lost_event",
     "device_state",
+    "gateway_alert_payload",
     "gateway_event",
     "observation_for_frame",
     "observation_for_strap",
@@ -389,6 +391,27 @@ def alert_payload(event: StoredEvent, gateway_id: str) -> Alert:
             "state": event.state,
             "t": _utc(float(t) if isinstance(t, int | float) else event.created_at),
             "evidence": evidence,
+        }
+    )
+
+
+def gateway_alert_payload(event: StoredEvent, gateway_id: str) -> GatewayAlert:
+    """The MQTT `GatewayAlert` of a stored gateway-level event (raises ValidationError if not)."""
+    payload = event.payload
+    message = str(payload.get("reason") or event.kind)
+    if len(message) > MESSAGE_MAX_CHARS:
+        message = message[: MESSAGE_MAX_CHARS - 1] + "…"
+    t = payload.get("t")
+    return GatewayAlert.model_validate(
+        {
+            "event_id": event.id,
+            "gateway_id": gateway_id,
+            "kind": event.kind,
+            "severity": event.severity,
+            "state": event.state,
+            "t": _utc(float(t) if isinstance(t, int | float) else event.created_at),
+            "message": message,
+            "details": dict(payload.get("evidence") or {}),
         }
     )
 
@@ -889,12 +912,11 @@ class _OutboxStore(Protocol):
 
 
 class StoreOutbox:
-    """`gatewayd.publish.OutboxSource` over the store: stored events become `Alert` payloads.
+    """`gatewayd.publish.OutboxSource` over the store: stored events become MQTT payloads.
 
-    Gateway-level events (no device) have no MQTT topic yet (docs/mqtt.md): they stay in the
-    event log and the journal and are marked done here so that they never block the alerts
-    behind them. An event that cannot be an `Alert` is logged and marked done for the same
-    reason.
+    A device event becomes an `Alert` (``devices/<device_id>/alerts``), a gateway-level event
+    (no device) a `GatewayAlert` (``<base>/alerts``). An event that cannot be a payload is
+    logged and marked done, so that it never blocks the alerts behind it.
     """
 
     def __init__(self, store: _OutboxStore, gateway_id: str) -> None:
@@ -902,24 +924,26 @@ class StoreOutbox:
         self._gateway_id = gateway_id
 
     async def pending(self, limit: int) -> Sequence[PublishItem]:
-        """Up to ``limit`` pending device events, oldest first, as publishable items."""
+        """Up to ``limit`` pending events, oldest first, as publishable items."""
         out: list[PublishItem] = []
         while not out:
             rows = await self._store.pending_outbox(limit)
             skipped: list[str] = []
             for row in rows:
                 event: StoredEvent = row.event
-                if event.device_id is None:
-                    skipped.append(event.id)
-                    continue
                 try:
-                    alert = alert_payload(event, self._gateway_id)
+                    payload: Alert | GatewayAlert = (
+                        gateway_alert_payload(event, self._gateway_id)
+                        if event.device_id is None
+                        else alert_payload(event, self._gateway_id)
+                    )
                 except ValidationError as exc:
                     log.error("stored event cannot be published as an alert; skipped",  # noqa: TRY400
-                              event_id=event.id, error=str(exc))  # fmt: skip
+                              event_id=event.id, device=event.device_id,
+                              error=str(exc))  # fmt: skip
                     skipped.append(event.id)
                     continue
-                out.append(PublishItem(event.id, event.device_id, alert.to_json()))
+                out.append(PublishItem(event.id, event.device_id, payload.to_json()))
             if skipped:
                 await self._store.mark_published(skipped)
             if not skipped:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from gatewayd.config import InferenceConfig
 from gatewayd.ids import new_event_id
@@ -37,6 +38,7 @@ from gatewayd.pipeline import (
     alert_event,
     alert_payload,
     data_lost_event,
+    gateway_alert_payload,
     gateway_event,
     observation_for_frame,
     observation_for_strap,
@@ -49,7 +51,7 @@ from gatewayd.pipeline import (
 from gatewayd.protocol.control import SetPolicy
 from gatewayd.protocol.heart_rate import HeartRateMeasurement
 from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Window
-from gatewayd.publish.payloads import DeviceState, Telemetry
+from gatewayd.publish.payloads import MESSAGE_MAX_CHARS, DeviceState, GatewayAlert, Telemetry
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.config import RulesConfig
 from gatewayd.rules.engine import RuleEngine
@@ -236,18 +238,60 @@ class FakeOutboxStore:
         return len(event_ids)
 
 
+def test_a_gateway_event_round_trips_to_the_mqtt_gateway_alert_payload() -> None:
+    event = stored(gateway_event("store_recovered", "critical", "event log was corrupt", T0,
+                                 moved_to=["/var/lib/gatewayd/x.db.corrupt"]))  # fmt: skip
+    alert = gateway_alert_payload(event, "gw")
+    assert isinstance(alert, GatewayAlert)
+    assert (alert.event_id, alert.gateway_id, alert.kind, alert.severity, alert.state) == (
+        event.id, "gw", "store_recovered", "critical", "raised",
+    )  # fmt: skip
+    assert alert.category == "technical"
+    assert alert.message == "event log was corrupt"
+    assert alert.details == {"moved_to": ["/var/lib/gatewayd/x.db.corrupt"]}
+    assert alert.t.timestamp() == pytest.approx(T0)
+    long = stored(gateway_event("model_missing", "warning", "x" * 5000, T0))
+    assert len(gateway_alert_payload(long, "gw").message) == MESSAGE_MAX_CHARS
+
+
 @pytest.mark.asyncio
-async def test_the_outbox_skips_gateway_level_events_and_serves_device_alerts() -> None:
-    gw_event = stored(gateway_event("model_missing", "warning", "no model", T0))
+async def test_the_outbox_serves_gateway_events_and_device_alerts_in_order() -> None:
+    gw_event = stored(gateway_event("model_missing", "warning", "no model", T0, model="m1"))
     lost = stored(data_lost_event("w1", 1, 2, T0))
     store = FakeOutboxStore([Row(gw_event), Row(lost)])
     outbox = StoreOutbox(store, "gw")
-    (item,) = await outbox.pending(10)
-    assert store.marked == [gw_event.id]
-    assert (item.event_id, item.device_id, item.channel) == (lost.id, "w1", "alerts")
-    assert b'"kind":"data_lost"' in item.payload
-    await outbox.mark_published([item.event_id])
+    first, second = await outbox.pending(10)
+    assert store.marked == []  # nothing is marked before the broker's PUBACK
+    assert (first.event_id, first.device_id, first.channel) == (gw_event.id, None, "alerts")
+    assert GatewayAlert.model_validate_json(first.payload).details == {"model": "m1"}
+    assert (second.event_id, second.device_id, second.channel) == (lost.id, "w1", "alerts")
+    assert b'"kind":"data_lost"' in second.payload
+    await outbox.mark_published([first.event_id, second.event_id])
     assert await outbox.pending(10) == []
+
+
+@pytest.mark.asyncio
+async def test_an_event_that_cannot_be_a_payload_is_logged_and_marked_done() -> None:
+    bad_gateway = stored(gateway_event("Not A Kind", "warning", "?", T0))
+    bad_device = replace(stored(data_lost_event("w1", 1, 2, T0)), severity="dire")
+    good = stored(data_lost_event("w2", 3, 1, T0))
+    store = FakeOutboxStore([Row(bad_gateway), Row(bad_device), Row(good)])
+    outbox = StoreOutbox(store, "gw")
+    with capture_logs() as logs:
+        (item,) = await outbox.pending(10)
+    assert item.event_id == good.id
+    assert store.marked == [bad_gateway.id, bad_device.id]
+    skipped = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event_id"] for e in skipped] == [bad_gateway.id, bad_device.id]
+
+
+@pytest.mark.asyncio
+async def test_an_outbox_of_only_unpublishable_events_is_emptied() -> None:
+    bad = [stored(gateway_event("Bad Kind", "warning", "?", T0)) for _ in range(3)]
+    store = FakeOutboxStore([Row(e) for e in bad])
+    with capture_logs():
+        assert await StoreOutbox(store, "gw").pending(2) == []
+    assert store.marked == [e.id for e in bad]
 
 
 # --- the pipeline with scripted fakes ------------------------------------------------------------

@@ -20,8 +20,10 @@ import pytest_asyncio
 
 from gatewayd.config import MqttConfig, TlsConfig
 from gatewayd.ids import EventIdGenerator
+from gatewayd.pipeline import StoreOutbox, data_lost_event, gateway_event
 from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics
-from gatewayd.publish.payloads import Alert
+from gatewayd.publish.payloads import Alert, GatewayAlert
+from gatewayd.store.store import Store
 from tests.mqtt_fixtures import Broker, make_password_file, make_tls_files, needs_mosquitto
 
 pytest_plugins = ["tests.mqtt_fixtures"]
@@ -248,6 +250,48 @@ async def test_alerts_in_order_and_marked_after_delivery(mosquitto_broker: Broke
         assert before[0].event_id == outbox.marked[0]
         assert all(m.qos == 1 and not m.retain for m in sub.messages)
         assert publisher.stats.alerts_published == 10
+
+
+async def test_a_gateway_event_is_published_once_on_the_gateway_alert_topic(
+    mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    # The real chain: SQLite event log -> StoreOutbox -> Publisher -> mosquitto -> subscriber.
+    topics = Topics("gatewayd", GW)
+    async with Store.open(tmp_path / "events.db") as store:
+        config = MqttConfig.model_validate({"host": "127.0.0.1", "port": mosquitto_broker.port})
+        publisher = Publisher(config, GW, StoreOutbox(store, GW), env={}, rescan_interval_s=0.2)
+        async with subscribe(mosquitto_broker, f"gatewayd/{GW}/#") as sub:
+            # The topic stored with the row is not the one published to: the publisher derives
+            # it from the event (no device: <base>/alerts).
+            gateway_id = await store.append_event(
+                gateway_event("model_missing", "warning", "no model installed", T0.timestamp(),
+                              model="mnv2-1d-w1.0"),
+                topic=f"{topics.base}/gateway/alerts",
+            )  # fmt: skip
+            async with running(publisher):
+                await sub.wait(lambda: bool(sub.on(topics.gateway_alerts)), "the gateway alert")
+                # Outbox order: once a later device alert arrives, a duplicate of the gateway
+                # alert (had there been one) would have arrived before it.
+                device_id = await store.append_event(
+                    data_lost_event("w1", 1, 2, T0.timestamp()), topic=topics.alerts("w1")
+                )
+                publisher.notify()
+                await sub.wait(lambda: bool(sub.on(topics.alerts("w1"))), "the device alert")
+                # The broker forwards before it acknowledges: rows are marked a moment later.
+                await until(lambda: publisher.stats.alerts_published >= 2)
+                assert await store.pending_outbox() == []
+        assert publisher.stats.alerts_published == 2
+    (message,) = [m for m in sub.messages if m.topic.value == topics.gateway_alerts]
+    assert (message.qos, message.retain) == (1, False)
+    alert = GatewayAlert.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
+    assert (alert.event_id, alert.gateway_id, alert.kind, alert.category) == (
+        gateway_id, GW, "model_missing", "technical",
+    )  # fmt: skip
+    assert (alert.message, alert.details, alert.t) == (
+        "no model installed", {"model": "mnv2-1d-w1.0"}, T0,
+    )  # fmt: skip
+    assert [a["event_id"] for a in sub.on(topics.alerts("w1"))] == [device_id]
+    assert f"{topics.base}/gateway/alerts" not in sub.topics()
 
 
 async def test_broker_outage_backlog_delivered_in_order(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from gatewayd.publish.backoff import MAX_DELAY_S, MqttFailure, backoff_delay, cl
 from gatewayd.publish.payloads import (
     Alert,
     DeviceState,
+    GatewayAlert,
     Status,
     Telemetry,
     schema_markdown,
@@ -83,6 +84,39 @@ def test_alert_json_shape() -> None:
         alert.kind = "other"  # type: ignore[misc]
 
 
+def test_gateway_alert_json_shape() -> None:
+    alert = GatewayAlert(
+        event_id=EVENT,
+        gateway_id="room-12",
+        kind="model_missing",
+        severity="warning",
+        state="raised",
+        t=T0,
+        message="no model installed",
+        details={"model": "mnv2-1d-w1.0"},
+    )
+    data = json.loads(alert.to_json())
+    assert data == {
+        "schema_version": 1,
+        "event_id": EVENT,
+        "gateway_id": "room-12",
+        "kind": "model_missing",
+        "category": "technical",
+        "severity": "warning",
+        "state": "raised",
+        "t": "2026-01-02T03:04:05.678Z",
+        "message": "no model installed",
+        "details": {"model": "mnv2-1d-w1.0"},
+    }
+    assert GatewayAlert.model_validate_json(alert.to_json()) == alert
+    with pytest.raises(ValidationError):
+        GatewayAlert.model_validate({**data, "category": "physiological"})
+    with pytest.raises(ValidationError):
+        GatewayAlert.model_validate({**data, "device_id": "w1"})
+    with pytest.raises(ValidationError):
+        GatewayAlert.model_validate({**data, "message": ""})
+
+
 def test_status_will_leaves_out_unset_fields() -> None:
     will = Status(state="offline", gateway_id="room-12", reason="connection_lost")
     assert json.loads(will.to_json()) == {
@@ -106,6 +140,7 @@ def test_state_and_telemetry_bounds() -> None:
 def test_topics() -> None:
     topics = Topics("gatewayd", "room-12")
     assert topics.status == "gatewayd/room-12/status"
+    assert topics.gateway_alerts == "gatewayd/room-12/alerts"
     assert topics.state("wrist-01") == "gatewayd/room-12/devices/wrist-01/state"
     assert topics.alerts("wrist-01") == "gatewayd/room-12/devices/wrist-01/alerts"
     assert topics.telemetry("w_2") == "gatewayd/room-12/devices/w_2/telemetry"

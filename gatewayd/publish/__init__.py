@@ -5,12 +5,13 @@ models, topics.py the topic tree and Home Assistant discovery, backoff.py the re
 """
 
 from gatewayd.publish.client import OutboxItem, OutboxSource, Publisher, PublisherStats
-from gatewayd.publish.payloads import Alert, DeviceState, Status, Telemetry
+from gatewayd.publish.payloads import Alert, DeviceState, GatewayAlert, Status, Telemetry
 from gatewayd.publish.topics import TopicError, Topics
 
 __all__ = [
     "Alert",
     "DeviceState",
+    "GatewayAlert",
     "OutboxItem",
     "OutboxSource",
     "Publisher",

@@ -2,8 +2,10 @@
 
 Alerts are durable: they come from the store's outbox (`OutboxSource`), are published at QoS 1
 one at a time in outbox order (so in order per device), and are marked published only after
-the broker's PUBACK. Anything not acknowledged when a connection drops is published again on
-the next connection: delivery is at least once, subscribers drop duplicates by ``event_id``.
+the broker's PUBACK. Device alerts go to ``devices/<device_id>/alerts``, gateway-level ones
+(no device) to ``<base>/alerts``. Anything not acknowledged when a connection drops is
+published again on the next connection: delivery is at least once, subscribers drop
+duplicates by ``event_id``.
 
 State and telemetry are best effort and live in memory: the latest `DeviceState` per device
 (re-published, retained, on every connect) and a bounded telemetry queue whose overflow is
@@ -62,8 +64,10 @@ class OutboxItem:
     """One durable message waiting in the store's outbox."""
 
     event_id: str
-    device_id: str
-    #: The JSON payload, already serialised (an `Alert` for channel "alerts").
+    #: The device it is about; None for a gateway-level alert (topic ``<base>/alerts``).
+    device_id: str | None
+    #: The JSON payload, already serialised (an `Alert` for channel "alerts", a `GatewayAlert`
+    #: when there is no device).
     payload: bytes
     #: The device topic it goes to; "alerts" (QoS 1, not retained) unless the store says else.
     channel: str = "alerts"
@@ -407,6 +411,18 @@ class Publisher:
             async with asyncio.timeout(wait_s):
                 await event.wait()
 
+    def _outbox_topic(self, item: OutboxItem) -> str:
+        """Where an outbox item goes: its device's channel, or the gateway's alert topic.
+
+        Derived from the item, never from the topic string stored with the outbox row, so a
+        changed topic root or layout applies to rows written before the change.
+        """
+        if item.device_id is not None:
+            return self._topics.device(item.device_id, item.channel)
+        if item.channel != "alerts":
+            raise TopicError(f"a gateway-level outbox item must be an alert, not {item.channel!r}")
+        return self._topics.gateway_alerts
+
     async def _alert_loop(self, client: aiomqtt.Client) -> None:
         """Publish the outbox in order, one QoS 1 message at a time, marking each after PUBACK.
 
@@ -420,7 +436,7 @@ class Publisher:
                 if self._stopping.is_set():
                     return
                 try:
-                    topic = self._topics.device(item.device_id, item.channel)
+                    topic = self._outbox_topic(item)
                 except TopicError as exc:
                     # It can never be published; holding it would block every later alert.
                     self.stats.alerts_rejected += 1

@@ -22,6 +22,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Alert",
     "DeviceState",
+    "GatewayAlert",
     "Status",
     "Telemetry",
     "schema_markdown",
@@ -143,6 +144,36 @@ class Alert(_Payload):
     )
 
 
+#: The longest `GatewayAlert.message`; longer texts are cut (they are in the journal in full).
+MESSAGE_MAX_CHARS: Final = 1000
+
+
+class GatewayAlert(_Payload):
+    """`<root>/<gateway_id>/alerts` (QoS 1, not retained): a gateway-level technical event.
+
+    Events about the gateway itself, not about a wearable: no model installed (degraded mode),
+    the event log recovered from corruption.
+    """
+
+    event_id: EventId = Field(description="UUIDv7; subscribers drop duplicates by this id.")
+    gateway_id: GatewayId
+    kind: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")] = Field(
+        description="What happened, e.g. model_missing, store_recovered."
+    )
+    category: Literal["technical"] = Field(
+        default="technical", description="Always technical: the gateway, never a patient."
+    )
+    severity: Literal["info", "warning", "critical"]
+    state: Literal["raised", "cleared"]
+    t: UtcTime = Field(description="When the gateway noticed.")
+    message: str = Field(
+        min_length=1, max_length=MESSAGE_MAX_CHARS, description="What happened, for a human."
+    )
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="Facts for tools: the model asked for, files moved."
+    )
+
+
 class Telemetry(_Payload):
     """`devices/<device_id>/telemetry` (QoS 0): the summary of one 8 s window."""
 
@@ -165,7 +196,13 @@ class Telemetry(_Payload):
 
 
 #: Every payload model, in the order docs/mqtt.md lists them.
-PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (Status, DeviceState, Alert, Telemetry)
+PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
+    Status,
+    DeviceState,
+    Alert,
+    GatewayAlert,
+    Telemetry,
+)
 
 
 def schema_markdown() -> str:

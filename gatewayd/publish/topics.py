@@ -1,9 +1,9 @@
 """The topic tree and Home Assistant MQTT discovery: pure functions, no I/O.
 
-``<topic_root>/<gateway_id>/status`` and ``<topic_root>/<gateway_id>/devices/<device_id>/
-{state,alerts,telemetry}`` (DESIGN.md §8, docs/mqtt.md). Device ids are the stable aliases
-given at pairing, never MAC addresses; anything that could change the shape of a topic (a
-wildcard, a slash, a NUL, a colon from a MAC) is rejected here with `TopicError`.
+``<topic_root>/<gateway_id>/{status,alerts}`` and ``<topic_root>/<gateway_id>/devices/
+<device_id>/{state,alerts,telemetry}`` (DESIGN.md §8, docs/mqtt.md). Device ids are the stable
+aliases given at pairing, never MAC addresses; anything that could change the shape of a topic
+(a wildcard, a slash, a NUL, a colon from a MAC) is rejected here with `TopicError`.
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ class Topics:
     def status(self) -> str:
         """The retained online/offline topic, also the last will's topic."""
         return f"{self.base}/status"
+
+    @property
+    def gateway_alerts(self) -> str:
+        """The QoS 1 topic of gateway-level alerts (no device: model missing, store recovered)."""
+        return f"{self.base}/alerts"
 
     def device(self, device_id: str, channel: str) -> str:
         """``<base>/devices/<device_id>/<channel>``; raises TopicError on a bad id or channel."""
