@@ -54,6 +54,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "GatewayParts",
     "ShutdownTimeouts",
     "run_gateway",
     "should_ping_watchdog",
@@ -78,6 +79,17 @@ class ShutdownTimeouts:
     drain_s: float = 10.0
     publisher_s: float = 10.0
     cancel_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayParts:
+    """The running parts, for an observer such as the demo's live view (read them, don't drive)."""
+
+    pipeline: Pipeline
+    worker: InferenceWorker
+    publisher: Publisher
+    link: LinkManager
+    model: str
 
 
 def should_ping_watchdog(previous: int, handled: int, backlog: int) -> bool:
@@ -140,6 +152,7 @@ async def run_gateway(
     handle_signals: bool | None = None,
     watchdog_interval_s: float = DEFAULT_WATCHDOG_INTERVAL_S,
     timeouts: ShutdownTimeouts | None = None,
+    observe: Callable[[GatewayParts], None] | None = None,
 ) -> int:
     """Run the gateway until ``stop`` is set or a signal arrives; return the exit code.
 
@@ -148,6 +161,7 @@ async def run_gateway(
     ``status`` with one human line now and then (systemd STATUS=). ``registry_devices``
     replaces the paired-device list of the state directory; ``models_dir`` the installed
     models. Signal handlers are installed when ``handle_signals`` (default: no ``stop`` given).
+    ``observe`` is handed the running parts once, just before ``ready``.
     Exit codes: 0 normal stop, 78 configuration error, 130 forced by a second SIGINT, 1 other.
     """
     if handle_signals is None:
@@ -166,6 +180,7 @@ async def run_gateway(
             handle_signals=handle_signals,
             watchdog_interval_s=watchdog_interval_s,
             timeouts=timeouts or ShutdownTimeouts(),
+            observe=observe or (lambda _parts: None),
         )
     except ConfigError as exc:
         log.error("configuration error", error=str(exc))  # noqa: TRY400 - advice, no traceback
@@ -189,6 +204,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
     handle_signals: bool,
     watchdog_interval_s: float,
     timeouts: ShutdownTimeouts,
+    observe: Callable[[GatewayParts], None],
 ) -> int:
     gateway_id = config.gateway.id
     topics = Topics(config.mqtt.topic_root, gateway_id)
@@ -229,7 +245,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 await store.append_event(
                     gateway_event("store_recovered", "critical", store.recovery.message, now,
                                   moved_to=[str(p) for p in store.recovery.moved_to]),
-                    topic=f"{topics.base}/gateway/alerts",
+                    topic=topics.gateway_alerts,
                 )  # fmt: skip
             session, problem = await _load_model(config, models_dir)
             if session is None:
@@ -239,7 +255,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 await store.append_event(
                     gateway_event("model_missing", "warning", problem or "no model", now,
                                   model=config.inference.model),
-                    topic=f"{topics.base}/gateway/alerts",
+                    topic=topics.gateway_alerts,
                 )  # fmt: skip
             else:
                 log.info("gateway model loaded", model_id=session.model_id)
@@ -344,6 +360,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 log.info("gateway running", gateway_id=gateway_id, devices=len(devices),
                          model=model_text, mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
                          store=str(config.store.path))  # fmt: skip
+                observe(GatewayParts(pipeline, worker, publisher, link, model_text))
                 ready()
                 status(describe())
                 await stop.wait()

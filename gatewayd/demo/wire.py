@@ -1,9 +1,8 @@
-"""`gatewayd demo`: the newest end-to-end path that works, on embedded defaults.
+"""`gatewayd demo --wire`: one window from the C firmware stub through the gateway's decoder.
 
-At this stage that path is: the C firmware stub encodes a synthetic 8 s window and cuts it into
-BLE notifications; the gateway's decoder reassembles, checks and decodes them and prints what
-arrived, recomputing the entropy and the offload decision to show both sides agree. The full demo
-(emulated wearables -> gateway -> MQTT alerts) replaces this with the pipeline milestone.
+The C firmware stub encodes a synthetic 8 s window and cuts it into BLE notifications; the
+gateway's decoder reassembles, checks and decodes them and prints what arrived, recomputing the
+entropy and the offload decision to show both sides agree (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -32,18 +31,6 @@ from gatewayd.signals.offload import decide_offload
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `gatewayd demo`."""
-    parser.add_argument("--mtu", type=int, default=247, help="ATT MTU to fragment for (23-517)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic window")
-    parser.add_argument(
-        "--firmware",
-        type=Path,
-        help="firmware stub demo program (default: build firmware_stub/ of this checkout)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the firmware -> decoder demo and print what arrived."""
     program = args.firmware or _build_firmware_demo()
@@ -58,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _firmware_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "firmware_stub"
+    return Path(__file__).resolve().parents[2] / "firmware_stub"
 
 
 def _build_firmware_demo() -> Path:

@@ -90,6 +90,7 @@ __all__ = [
     "CONNECTION_LIMIT",
     "DEFAULT_MTU",
     "DEFAULT_SLOTS",
+    "HOST_DOWN",
     "BluezError",
     "CallRecord",
     "CharSpec",
@@ -129,6 +130,11 @@ CONNECTION_LIMIT: Final = "le-connection-concurrent-connection-limit"
 ABORT_BY_LOCAL: Final = "le-connection-abort-by-local"
 #: ECONNRESET: the peripheral dropped the link while it was being set up.
 ABORT_BY_REMOTE: Final = "le-connection-abort-by-remote"
+#: EHOSTDOWN: nothing answered the connection request (the device is out of range or off).
+HOST_DOWN: Final = "Host is down"
+#: How long a connection attempt to a device out of range takes to fail (bluetoothd waits for
+#: the controller's page/connection timeout; shortened here so tests stay quick).
+OUT_OF_RANGE_CONNECT_S: Final = 1.0
 
 _GAP_SERVICE_UUID: Final = normalize_uuid(0x1800)
 _GATT_SERVICE_UUID: Final = normalize_uuid(0x1801)
@@ -944,6 +950,17 @@ class FakeDevice:
         elif self.link_state == "disconnecting":
             await self._idle.wait()
 
+    async def set_in_range(self, in_range: bool) -> None:
+        """Fault: the device walks out of range (or comes back).
+
+        Out of range, the link is lost (supervision timeout), scans stop reporting it and a
+        connection attempt fails after :data:`OUT_OF_RANGE_CONNECT_S` with
+        ``org.bluez.Error.Failed: Host is down``. Back in range, it advertises again.
+        """
+        self.in_range = in_range
+        if not in_range:
+            await self.drop_link(DisconnectReason.TIMEOUT)
+
     def fail_next_connects(
         self, count: int = 1, error: str = BluezError.IN_PROGRESS, message: str | None = None
     ) -> None:
@@ -1097,6 +1114,10 @@ class FakeDevice:
             raise _error(BluezError.IN_PROGRESS)
         if self._connect_faults:
             await self._inject_connect_fault(*self._connect_faults.popleft())
+        if not self.in_range:
+            await asyncio.sleep(OUT_OF_RANGE_CONNECT_S)
+            if not self.in_range:
+                raise _error(BluezError.FAILED, HOST_DOWN)
         if self.adapter.busy_slots >= self.adapter.slots:
             raise _error(BluezError.FAILED, CONNECTION_LIMIT)
         return True

@@ -134,6 +134,11 @@ class WearableCore:
         return self._next_window >= self._windows_total
 
     @property
+    def produced(self) -> int:
+        """Windows produced so far (one message each, summary or raw)."""
+        return self._next_window
+
+    @property
     def windows_total(self) -> int:
         """How many windows the recording gives."""
         return self._windows_total
