@@ -151,6 +151,7 @@ async def run_gateway(
     models_dir: Path | None = None,
     handle_signals: bool | None = None,
     watchdog_interval_s: float = DEFAULT_WATCHDOG_INTERVAL_S,
+    backpressure_interval_s: float = BACKPRESSURE_INTERVAL_S,
     timeouts: ShutdownTimeouts | None = None,
     observe: Callable[[GatewayParts], None] | None = None,
 ) -> int:
@@ -161,7 +162,8 @@ async def run_gateway(
     ``status`` with one human line now and then (systemd STATUS=). ``registry_devices``
     replaces the paired-device list of the state directory; ``models_dir`` the installed
     models. Signal handlers are installed when ``handle_signals`` (default: no ``stop`` given).
-    ``observe`` is handed the running parts once, just before ``ready``.
+    ``observe`` is handed the running parts once, just before ``ready``;
+    ``backpressure_interval_s`` is how often the governor looks at the inference queue.
     Exit codes: 0 normal stop, 78 configuration error, 130 forced by a second SIGINT, 1 other.
     """
     if handle_signals is None:
@@ -179,6 +181,7 @@ async def run_gateway(
             models_dir=models_dir,
             handle_signals=handle_signals,
             watchdog_interval_s=watchdog_interval_s,
+            backpressure_interval_s=backpressure_interval_s,
             timeouts=timeouts or ShutdownTimeouts(),
             observe=observe or (lambda _parts: None),
         )
@@ -203,6 +206,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
     models_dir: Path | None,
     handle_signals: bool,
     watchdog_interval_s: float,
+    backpressure_interval_s: float,
     timeouts: ShutdownTimeouts,
     observe: Callable[[GatewayParts], None],
 ) -> int:
@@ -327,7 +331,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 state = BackpressureState()
                 last: dict[str, int] = {}
                 while True:
-                    await asyncio.sleep(BACKPRESSURE_INTERVAL_S)
+                    await asyncio.sleep(backpressure_interval_s)
                     counts = dict(pipeline.stats.offloaded_by_device)
                     delta = {d: n - last.get(d, 0) for d, n in counts.items()}
                     last = counts

@@ -13,7 +13,8 @@ than the most throttled threshold of 2 bits, so throttling cannot relieve the qu
 saturation lasts until the replay is over and the backlog drained; that keeps the test
 deterministic). Then the load falls, and every wearable must be back at the configured policy.
 
-The governor's period (`gatewayd.app.BACKPRESSURE_INTERVAL_S`, 2 s) is shortened to 0.5 s here:
+The governor's period (`gatewayd.app.BACKPRESSURE_INTERVAL_S`, 2 s) is shortened to 0.5 s here
+(`run_gateway(backpressure_interval_s=...)`):
 with 2 s, two saturated checks per level up and three relaxed checks per level down make the
 test several times longer. No timing assertions: every wait is for a condition.
 """
@@ -32,7 +33,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from gatewayd import app
 from gatewayd.app import run_gateway
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.synthetic import generate_recording
@@ -61,6 +61,8 @@ MODEL_ID = "slow-full"
 BURN_ITERATIONS = 8000
 SPEED = 20.0
 MINUTES = 0.75
+#: The governor's period here (the daemon's is gatewayd.app.BACKPRESSURE_INTERVAL_S, 2 s).
+INTERVAL_S = 0.5
 TAU_MBITS = 0
 MIN_CONF_E4 = 2000
 #: Generous: a loaded 2-core box may run this several times slower.
@@ -187,6 +189,7 @@ async def gateway(
             status=lambda line: notes.append(f"STATUS={line}"),
             stop=stop,
             models_dir=models,
+            backpressure_interval_s=INTERVAL_S,
         )
     )
     try:
@@ -202,9 +205,8 @@ async def gateway(
 
 @pytest.mark.asyncio
 async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_falls(
-    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(app, "BACKPRESSURE_INTERVAL_S", 0.5)
     models = tmp_path / "models"
     await asyncio.to_thread(install_slow_model, models)
     config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
