@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from gatewayd import __version__
 from gatewayd.config import (
@@ -923,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- entry point -------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per outcome
     """Run the `gatewayd` command line; return the process exit code."""
     parser = build_parser()
     try:
@@ -937,6 +937,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `gatewayd events | head`: the reader left. Quietly, as SIGPIPE would (128 + 13); point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"gatewayd: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -946,6 +951,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"gatewayd: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+EXIT_BROKEN_PIPE: Final = 141
 
 
 def _exit_code(exc: SystemExit) -> int:

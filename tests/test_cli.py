@@ -300,3 +300,22 @@ def test_demo_without_the_module_is_not_built(
     code, _, err = run_main(["demo", "--seed", "3"], capsys)
     assert code == 69
     assert err.startswith("gatewayd demo: not built yet — arrives with")
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
+    # `gatewayd events | head -1`: stdout's reader closes the pipe while the command writes.
+    script = (
+        "import sys; from gatewayd import cli;"
+        " cli.cmd_check_config = lambda args: print('line\\n' * 200_000) or 0;"
+        " sys.exit(cli.main(['check-config']))"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline() == b"line\n"
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err, err
