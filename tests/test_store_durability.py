@@ -106,7 +106,8 @@ async def test_a_file_that_is_not_sqlite_is_moved_aside(tmp_path: Path) -> None:
             "g.db.corrupt-20251124T160000Z-wal",
             "g.db.corrupt-20251124T160000Z-shm",
         ]
-        assert recovery.message.startswith("store recovered from corruption: moved ")
+        assert recovery.message.startswith(f"event log {path} was corrupt (")
+        assert f"moved it to {recovery.moved_to[0]} (with its -wal/-shm)" in recovery.message
         assert "not an SQLite database" in recovery.message
         assert (await store.stats()).recovery == recovery
         await store.append_event(alert(), topic="t")  # the fresh store works

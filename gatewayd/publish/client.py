@@ -281,7 +281,8 @@ class Publisher:
             )
             delay = self._backoff(kind, failures)
             (log.warning if failures == 1 else log.debug)(
-                "MQTT connection lost" if was_connected else "cannot connect to the MQTT broker",
+                ("MQTT connection lost" if was_connected else "cannot connect to the MQTT broker")
+                + "; alerts are kept in the outbox and sent when it is back",
                 host=self._mqtt.host,
                 port=self._mqtt.port,
                 error=self.stats.last_error,

@@ -66,9 +66,8 @@ def open_writer(
     if reason is not None:
         moved = _move_aside(path, clock())
         recovery = StoreRecovery(path=path, moved_to=moved, reason=reason)
-        log.error(
-            "store_recovered", path=str(path), moved_to=[str(p) for p in moved], reason=reason
-        )
+        # INFO: the caller raises the alert and logs it (once) at CRITICAL; see StoreRecovery.
+        log.info("store_recovered", path=str(path), moved_to=[str(p) for p in moved], reason=reason)
     try:
         conn = _connect(path, busy_timeout_ms)
     except sqlite3.Error as exc:

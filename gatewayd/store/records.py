@@ -181,8 +181,13 @@ class StoreRecovery:
     @property
     def message(self) -> str:
         """One sentence for the alert and the log."""
-        moved = ", ".join(str(p) for p in self.moved_to)
-        return f"store recovered from corruption: moved {moved} aside ({self.reason})"
+        first = self.moved_to[0] if self.moved_to else None
+        extra = " (with its -wal/-shm)" if len(self.moved_to) > 1 else ""
+        return (
+            f"event log {self.path} was corrupt ({self.reason}): moved it to {first}{extra} and"
+            " started a fresh one; alerts not yet published from it will not be delivered"
+            f" (salvage: sqlite3 {first} .recover)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
