@@ -387,6 +387,71 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    """The whole pipeline per window beside the bare model (DESIGN.md §10), synthetic data."""
+    # Imported here: benchmarking pulls in onnxruntime, the store, aiomqtt and the emulator.
+    from gatewayd.bench.pipeline import (  # noqa: PLC0415
+        bench_broker,
+        bench_pipeline,
+        find_model,
+        format_pipeline_bench,
+    )
+    from gatewayd.config import default_config  # noqa: PLC0415
+
+    # The config file when there is one (its inference, rules and store settings), else the
+    # embedded defaults; never its [mqtt]: the benchmark publishes to --mqtt-host or a broker
+    # of its own, not to the production broker.
+    explicit = args.config != str(DEFAULT_CONFIG_PATH) or os.environ.get(CONFIG_ENV)
+    config = (
+        load_config(args.config, os.environ)
+        if explicit or Path(args.config).is_file()
+        else default_config()
+    )
+    # Errors only unless asked: a flood fills the inference queue on purpose, and its
+    # warnings (and an INFO line per alert) would bury the report.
+    configure_logging(args.log_level or "error", args.log_format or config.logging.format)
+    if args.devices > args.windows:
+        return _usage_error(
+            "bench pipeline", f"--devices {args.devices} exceeds --windows {args.windows}"
+        )
+    if args.max_batch is not None:
+        inference = config.inference.model_copy(update={"max_batch": args.max_batch})
+        config = config.model_copy(update={"inference": inference})
+    model, problem = find_model(config, args.models_dir)
+    if model is None:
+        print(
+            f"gatewayd bench pipeline: no gateway model to measure: {problem} (models ship with"
+            " training/, see docs/models.md)",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+
+    def progress(text: str) -> None:
+        if not args.json:
+            print(f"gatewayd bench pipeline: {text}", file=sys.stderr)
+
+    async def run() -> Any:
+        async with bench_broker(args.mqtt_host, args.mqtt_port) as broker:
+            progress(broker.note)
+            return await bench_pipeline(
+                config,
+                model,
+                windows=args.windows,
+                devices=args.devices,
+                host=broker.host,
+                port=broker.port,
+                broker=f"{broker.kind} {broker.host}:{broker.port}",
+                progress=progress,
+            )
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_pipeline_bench(report))
+    return EXIT_OK
+
+
 def _add_eval_parser(evaluate: argparse.ArgumentParser) -> None:
     what = evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     hr = what.add_parser(
@@ -430,6 +495,33 @@ def _add_bench_parser(bench: argparse.ArgumentParser) -> None:
     )
     _models_dir_option(models)
     models.add_argument("--json", action="store_true", help="print one JSON object")
+    pipeline = what.add_parser(
+        "pipeline",
+        help="the whole pipeline per window (decode to publish) beside the bare model",
+        description="Per-window wall and CPU time of the whole pipeline (decode, inference,"
+        " rules, SQLite log, MQTT publish) on synthetic offloaded windows, of the configured"
+        " model alone (batch 1, one thread) and of each part alone, in one run; prints the"
+        " ratio pipeline / model. Publishes to --mqtt-host, else a private mosquitto, else an"
+        " in-process broker. Exit 69 with no model.",
+    )
+    _global_options(pipeline, suppress=True)
+    pipeline.set_defaults(func=cmd_bench_pipeline)
+    pipeline.add_argument(
+        "--windows", type=_positive_int, default=2000, help="offloaded windows in all (2000)"
+    )
+    pipeline.add_argument(
+        "--devices", type=_positive_int, default=8, help="emulated wearables sharing them (8)"
+    )
+    pipeline.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
+    pipeline.add_argument("--mqtt-port", metavar="P", type=_positive_int, help="its port (1883)")
+    pipeline.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        metavar="B",
+        help="override [inference] max_batch for the pipeline (default: the config's)",
+    )
+    _models_dir_option(pipeline)
+    pipeline.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _models_dir_option(parser: argparse.ArgumentParser) -> None:

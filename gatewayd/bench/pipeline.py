@@ -1,0 +1,824 @@
+"""`gatewayd bench pipeline`: what one offloaded window costs end to end, beside the model alone.
+
+DESIGN.md §10: "The whole pipeline per window (decode + infer + rules + log + publish) should
+cost little more than the model itself: report the ratio." One run measures, on the same
+windows:
+
+- the bare model: the configured gateway model (``inference.model``, found as `gatewayd run`
+  finds it) on one preprocessed window at a time, batch 1, one thread: per-window wall time
+  (mean, median, p95) and CPU time; and the same at the pipeline's batch size;
+- the whole pipeline: WINDOW messages encoded beforehand by `WearableCore` from synthetic
+  recordings (offload policy tau 0, so every window is offloaded), cut into BLE fragments, fed
+  through the link's decode path (`DeviceStream`, no BLE), and handed as `LinkEvent`s to a
+  `Pipeline` with the real `InferenceWorker`, `RuleEngine`, a `Store` on a temporary SQLite
+  file and a `Publisher` connected to a real broker, until every window is stored and its
+  telemetry published. Wall and CPU time (``time.process_time``: every thread of this process,
+  not the broker's) per window, and the ratios pipeline / model;
+- each part alone, in the same run, so the difference can be attributed: decode,
+  preprocessing, the signal heart-rate estimator (when ``inference.heart_rate = "signal"``),
+  the rules, the store write and the telemetry publish.
+
+All data is synthetic (`gatewayd.datasets.synthetic`). Timing is measured here, never asserted
+in tests (DESIGN.md §10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from gatewayd.bench.models import _environment
+from gatewayd.config import Config, MqttConfig, StoreConfig
+from gatewayd.datasets.synthetic import generate_recording
+from gatewayd.demo.broker import (
+    LOCAL_BROKER,
+    LOOPBACK,
+    BrokerChoice,
+    BrokerUnavailableError,
+    InProcessBroker,
+    PrivateMosquitto,
+    find_mosquitto,
+    in_process_available,
+)
+from gatewayd.emulator.wearable import WearableCore, WearableSpec
+from gatewayd.inference.cards import ModelCardError
+from gatewayd.inference.registry import InstalledModel, ModelRegistry
+from gatewayd.inference.session import ModelSession, decode
+from gatewayd.link.events import LinkUp
+from gatewayd.link.stream import DeviceStream
+from gatewayd.pipeline import (
+    InferenceWorker,
+    Pipeline,
+    StoreOutbox,
+    WindowAnalysis,
+    analysis_from_prediction,
+    observation_for_frame,
+    record_for_frame,
+    telemetry_for,
+)
+from gatewayd.protocol.control import DeviceInfo, decode_info
+from gatewayd.protocol.fragments import fragment
+from gatewayd.protocol.messages import Message, Window, decode_message
+from gatewayd.publish.client import Publisher
+from gatewayd.publish.payloads import Telemetry
+from gatewayd.publish.topics import Topics
+from gatewayd.rules.engine import RuleEngine
+from gatewayd.signals.filters import preprocess_window
+from gatewayd.signals.heart_rate import HrTracker
+from gatewayd.signals.windows import STEP_S, WINDOW_S
+from gatewayd.store.store import Store
+from gatewayd.tables import format_table
+
+__all__ = [
+    "DATA_NOTE",
+    "Cost",
+    "Latency",
+    "PipelineBench",
+    "Workload",
+    "bench_broker",
+    "bench_pipeline",
+    "format_pipeline_bench",
+    "latency",
+    "prepare_workload",
+    "split_windows",
+]
+
+#: Untimed model runs before the timed ones.
+WARMUP_RUNS: Final = 20
+#: How long the pipeline may take to publish what it has stored before the run fails.
+PUBLISH_TIMEOUT_S: Final = 120.0
+#: How often completion (everything published) is checked: the publisher has no event for it.
+_POLL_S: Final = 0.01
+TOPIC_ROOT: Final = "gatewayd-bench"
+GATEWAY_ID: Final = "bench"
+DATA_NOTE: Final = (
+    "synthetic data (gatewayd.datasets.synthetic, a model of PPG and motion, not a measurement)"
+)
+
+
+# --- pure figures --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Wall and CPU time spent on ``windows`` windows."""
+
+    windows: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def wall_ms(self) -> float:
+        """Mean wall time per window, ms."""
+        return 1e3 * self.wall_s / self.windows if self.windows else math.nan
+
+    @property
+    def cpu_ms(self) -> float:
+        """Mean CPU time per window (every thread of this process), ms."""
+        return 1e3 * self.cpu_s / self.windows if self.windows else math.nan
+
+    def to_json(self) -> dict[str, float]:
+        """The totals and the per-window means."""
+        return {
+            "windows": self.windows,
+            "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
+            "wall_ms_per_window": self.wall_ms,
+            "cpu_ms_per_window": self.cpu_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median and 95th percentile of per-call times, ms."""
+
+    median_ms: float
+    p95_ms: float
+
+
+def latency(seconds: Sequence[float]) -> Latency:
+    """Median and p95 (nearest rank) of per-call times given in seconds, as ms."""
+    if not seconds:
+        raise ValueError("no times to summarise")
+    ordered = sorted(seconds)
+    rank = max(1, math.ceil(0.95 * len(ordered)))
+    return Latency(1e3 * statistics.median(ordered), 1e3 * ordered[rank - 1])
+
+
+def split_windows(windows: int, devices: int) -> list[int]:
+    """Windows per device: ``windows`` shared as evenly as possible, the first devices get more."""
+    if windows < 1 or devices < 1:
+        raise ValueError(f"windows and devices must be >= 1, got {windows}, {devices}")
+    if devices > windows:
+        raise ValueError(f"{devices} devices cannot share {windows} windows (one at least each)")
+    base, extra = divmod(windows, devices)
+    return [base + (1 if i < extra else 0) for i in range(devices)]
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN when the denominator is not positive."""
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class PipelineBench:
+    """One run's figures: the bare model, the pipeline, each part alone, counts, environment."""
+
+    model_id: str
+    windows: int
+    devices: int
+    mtu: int
+    fragments: int
+    #: The bare model at batch 1 (one thread), and its per-call latency.
+    model: Cost
+    model_latency: Latency
+    #: The bare model at ``batch`` (the pipeline's max_batch).
+    model_batched: Cost
+    batch: int
+    pipeline: Cost
+    #: The pipeline's CPU by thread group (`thread_group`), from /proc (10 ms ticks); no wall.
+    pipeline_threads: dict[str, Cost]
+    #: Each part alone on the same windows (decode, preprocess, signal_hr, rules, store, publish).
+    parts: dict[str, Cost]
+    #: Invariants: what went through (stored, published, ...).
+    counts: dict[str, int]
+    broker: str
+    heart_rate: str
+    peak_rss_mb: float
+    environment: dict[str, str]
+    data: str = DATA_NOTE
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio_cpu(self) -> float:
+        """Pipeline CPU per window / bare model (batch 1) CPU per window."""
+        return ratio(self.pipeline.cpu_ms, self.model.cpu_ms)
+
+    @property
+    def ratio_wall(self) -> float:
+        """Pipeline wall time per window / bare model (batch 1) wall time per window."""
+        return ratio(self.pipeline.wall_ms, self.model.wall_ms)
+
+    def unattributed(self) -> Cost:
+        """Pipeline minus the parts and the model at the pipeline's batch: glue, by difference."""
+        cpu = (
+            self.pipeline.cpu_s
+            - self.model_batched.cpu_s
+            - sum(c.cpu_s for c in self.parts.values())
+        )
+        wall = (
+            self.pipeline.wall_s
+            - self.model_batched.wall_s
+            - sum(c.wall_s for c in self.parts.values())
+        )
+        return Cost(self.windows, wall, cpu)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "data": self.data,
+            "model_id": self.model_id,
+            "windows": self.windows,
+            "devices": self.devices,
+            "mtu": self.mtu,
+            "fragments": self.fragments,
+            "heart_rate": self.heart_rate,
+            "broker": self.broker,
+            "model": {**self.model.to_json(), "batch": 1, **asdict(self.model_latency)},
+            "model_batched": {**self.model_batched.to_json(), "batch": self.batch},
+            "pipeline": self.pipeline.to_json(),
+            "pipeline_threads": {
+                name: {"cpu_s": c.cpu_s, "cpu_ms_per_window": c.cpu_ms}
+                for name, c in self.pipeline_threads.items()
+            },
+            "ratio": {"cpu": self.ratio_cpu, "wall": self.ratio_wall},
+            "parts": {name: cost.to_json() for name, cost in self.parts.items()},
+            "unattributed": self.unattributed().to_json(),
+            "counts": dict(self.counts),
+            "peak_rss_mb": self.peak_rss_mb,
+            "environment": self.environment,
+            "notes": list(self.notes),
+        }
+
+
+# --- the workload: encoded beforehand, like a wearable would ------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceWorkload:
+    """One emulated wearable: its id, its info characteristic and its messages' fragments."""
+
+    device_id: str
+    info: DeviceInfo
+    #: Per message: its BLE notifications, in order.
+    messages: list[list[bytes]]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Every device's fragments, the windows they decode to, and the model to run."""
+
+    devices: list[DeviceWorkload]
+    #: (device id, window) in feed order: the same windows the pipeline decodes.
+    windows: list[tuple[str, Window]]
+    mtu: int
+    model: InstalledModel
+
+    @property
+    def fragments(self) -> int:
+        """Notifications in all."""
+        return sum(len(m) for d in self.devices for m in d.messages)
+
+    def feed(self) -> Iterator[tuple[int, bytes]]:
+        """(device index, fragment) in arrival order: devices take turns, one message each."""
+        longest = max(len(d.messages) for d in self.devices)
+        for i in range(longest):
+            for index, device in enumerate(self.devices):
+                if i < len(device.messages):
+                    for frag in device.messages[i]:
+                        yield index, frag
+
+
+def prepare_workload(
+    windows: int, devices: int, model: InstalledModel, *, mtu: int = 247, seed: int = 1
+) -> Workload:
+    """Synthetic recordings, encoded as WINDOW messages (tau 0) and cut to ``mtu``. Blocks."""
+    out: list[DeviceWorkload] = []
+    decoded: list[list[Message]] = []
+    for index, count in enumerate(split_windows(windows, devices)):
+        end_s = (count - 1) * STEP_S + WINDOW_S
+        recording = generate_recording(index, end_s / 60 + 0.05, seed)
+        spec = WearableSpec(
+            address=f"02:00:00:00:{index // 256:02X}:{index % 256:02X}",
+            name=f"bench-{index:03d}",
+            recording=recording,
+            boot_id=index + 1,
+            tau_mbits=0,  # every window with any entropy at all is offloaded
+        )
+        core = WearableCore(spec)
+        info = decode_info(core.info())
+        encoded = core.produce(end_s)
+        decoded.append([decode_message(data) for _, data in encoded])
+        out.append(
+            DeviceWorkload(
+                device_id=f"bench-w{index:03d}",
+                info=info,
+                messages=[fragment(data, seq, mtu) for seq, data in encoded],
+            )
+        )
+    order: list[tuple[str, Window]] = []
+    for i in range(max(len(m) for m in decoded)):
+        for device, messages in zip(out, decoded, strict=True):
+            message = messages[i] if i < len(messages) else None
+            if isinstance(message, Window):
+                order.append((device.device_id, message))
+    return Workload(out, order, mtu, model)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+class _Clock:
+    """Wall and CPU time since it was created."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def cost(self, windows: int) -> Cost:
+        return Cost(windows, time.perf_counter() - self.wall, time.process_time() - self.cpu)
+
+
+@contextmanager
+def _measure(into: dict[str, Cost], name: str, windows: int) -> Iterator[None]:
+    clock = _Clock()
+    yield
+    into[name] = clock.cost(windows)
+
+
+@dataclass
+class _SyncParts:
+    model: Cost
+    model_latency: Latency
+    model_batched: Cost
+    parts: dict[str, Cost]
+    analyses: list[WindowAnalysis]
+
+
+def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -> _SyncParts:
+    """Decode, preprocessing, the model, the signal estimator and the rules, each alone. Blocks."""
+    parts: dict[str, Cost] = {}
+    n = len(work.windows)
+    with _measure(parts, "decode", n):
+        streams = [DeviceStream(d.device_id) for d in work.devices]
+        now = time.monotonic()
+        for stream, device in zip(streams, work.devices, strict=True):
+            stream.on_info(device.info, now)
+        for index, frag in work.feed():
+            streams[index].on_fragment(frag, time.monotonic(), time.time())
+    with _measure(parts, "preprocess", n):
+        inputs = [
+            preprocess_window(w.bvp, w.acc, w.bvp_rate_hz, w.acc_rate_hz)[None]
+            for _, w in work.windows
+        ]
+    for x in inputs[:WARMUP_RUNS]:
+        session.run_logits(x)
+    times: list[float] = []
+    logits: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+    clock = _Clock()
+    for x in inputs:
+        start = time.perf_counter()
+        logits.append(session.run_logits(x))
+        times.append(time.perf_counter() - start)
+    model = clock.cost(n)
+    batch = config.inference.max_batch
+    stacked = np.concatenate(inputs)
+    session.run_logits(stacked[:batch])
+    clock = _Clock()
+    for i in range(0, n, batch):
+        session.run_logits(stacked[i : i + batch])
+    model_batched = clock.cost(n)
+
+    analyses = [
+        analysis_from_prediction(decode(a, h, session.card.outputs), 0, session.model_id)
+        for a, h in logits
+    ]
+    if config.inference.heart_rate == "signal":
+        trackers: dict[str, HrTracker] = {}
+        estimates = []
+        with _measure(parts, "signal_hr", n):
+            for device_id, w in work.windows:
+                tracker = trackers.setdefault(
+                    device_id, HrTracker(bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz)
+                )
+                estimates.append(tracker.update(w.bvp, w.acc))
+        analyses = [
+            replace(a, hr_bpm=e.bpm, hr_confidence=e.confidence, hr_source="signal")
+            for a, e in zip(analyses, estimates, strict=True)
+        ]
+    engine = RuleEngine(config.rules)
+    t0 = time.time()
+    observations = [
+        observation_for_frame(d, w, t0 + i * 0.01, window_id=str(i), analysis=a)
+        for i, ((d, w), a) in enumerate(zip(work.windows, analyses, strict=True))
+    ]
+    with _measure(parts, "rules", n):
+        for obs in observations:
+            engine.observe(obs)
+    return _SyncParts(model, latency(times), model_batched, parts, analyses)
+
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_group(name: str) -> str:
+    """Which part of the gateway a Python thread belongs to, from its name."""
+    if name == "MainThread":
+        return "event_loop"
+    if name.startswith("asyncio_"):
+        return "executor"  # asyncio.to_thread: the inference worker's batches
+    if name.startswith("gatewayd-store-writer"):
+        return "store_writer"
+    if name.startswith("gatewayd-store-reader"):
+        return "store_readers"
+    return "other"
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of this process's Python threads, by `thread_group`. Linux; blocks."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat", encoding="ascii") as f:  # noqa: PTH123
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # Fields 14 and 15 of proc(5) (utime, stime), counted after the ")" of the name.
+        seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        group = thread_group(thread.name)
+        out[group] = out.get(group, 0.0) + seconds
+    return out
+
+
+async def _until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait (bounded) until ``done()``; the publisher offers no event for "all published"."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            # Polling, bounded: the publisher exposes counters, not an event, for "all sent".
+            while not done():  # noqa: ASYNC110
+                await asyncio.sleep(_POLL_S)
+    except TimeoutError:
+        raise TimeoutError(f"gatewayd bench pipeline: {what} within {timeout_s:g} s") from None
+
+
+def _mqtt(host: str, port: int, client_id: str) -> MqttConfig:
+    return MqttConfig(host=host, port=port, topic_root=TOPIC_ROOT, client_id=client_id)
+
+
+async def _run_pipeline(
+    work: Workload, session: ModelSession, config: Config, broker: tuple[str, int], directory: Path
+) -> tuple[Cost, dict[str, int], dict[str, Cost]]:
+    """The whole pipeline over every window, until each is stored and its telemetry published."""
+    host, port = broker
+    n = len(work.windows)
+    topics = Topics(TOPIC_ROOT, GATEWAY_ID)
+    store_config = config.store.model_copy(update={"path": directory / "pipeline.db"})
+    async with Store.open(store_config.path, store_config) as store:
+        # A flood is not real time: with the default bound (1024) the publisher can fall
+        # behind and drop telemetry, which would then not be measured. A queue as long as the
+        # run keeps every window's publish in the figures (drops are still counted).
+        publisher = Publisher(
+            _mqtt(host, port, f"gatewayd-bench-{os.getpid()}"),
+            GATEWAY_ID,
+            StoreOutbox(store, GATEWAY_ID),
+            telemetry_queue_size=n + 1,
+        )
+        worker = InferenceWorker(session, config.inference)
+        pipeline = Pipeline(
+            gateway_id=GATEWAY_ID,
+            topics=topics,
+            engine=RuleEngine(config.rules),
+            store=store,
+            publisher=publisher,
+            analyse=worker.analyse,
+            keep_raw=store_config.keep_raw_windows,
+        )
+        streams = [DeviceStream(d.device_id) for d in work.devices]
+        async with asyncio.TaskGroup() as tg:
+            t_publisher = tg.create_task(publisher.run(), name="publisher")
+            t_worker = tg.create_task(worker.run(), name="inference")
+            t_pipeline = tg.create_task(pipeline.run(), name="pipeline")
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await publisher.wait_connected()
+
+            threads_before = await asyncio.to_thread(_thread_cpu_s)
+            clock = _Clock()
+            now = time.monotonic()
+            for stream, device in zip(streams, work.devices, strict=True):
+                stream.on_info(device.info, now)
+                await pipeline.submit(LinkUp(device.device_id, "bench", device.info, work.mtu))
+            for index, frag in work.feed():
+                for event in streams[index].on_fragment(frag, time.monotonic(), time.time()):
+                    await pipeline.submit(event)
+            await pipeline.drain()
+            stats = publisher.stats
+            await _until(
+                lambda: (
+                    stats.telemetry_published + stats.telemetry_dropped >= n
+                    and stats.alerts_published >= pipeline.stats.alerts
+                ),
+                PUBLISH_TIMEOUT_S,
+                "telemetry and alerts not all published",
+            )
+            cost = clock.cost(n)
+            threads_after = await asyncio.to_thread(_thread_cpu_s)
+
+            publisher.stop()
+            await t_publisher
+            t_worker.cancel("bench over")
+            t_pipeline.cancel("bench over")
+        stored = await store.stats()
+    counts = {
+        "windows_decoded": sum(s.stats.delivered for s in streams),
+        "windows_offloaded": pipeline.stats.offloaded,
+        "windows_stored": stored.windows,
+        "telemetry_published": publisher.stats.telemetry_published,
+        "telemetry_dropped": publisher.stats.telemetry_dropped,
+        "alerts": pipeline.stats.alerts,
+        "alerts_published": publisher.stats.alerts_published,
+        "states_published": publisher.stats.states_published,
+        "pipeline_errors": pipeline.stats.errors,
+        "decode_rejected": sum(sum(s.stats.rejected.values()) for s in streams),
+        "messages_lost": sum(s.stats.lost for s in streams),
+        "inference_batches": worker.stats.batches,
+        "inference_windows": worker.stats.windows,
+        "largest_batch": worker.stats.largest_batch,
+        "model_failures": worker.stats.model_failures,
+    }
+    threads = {
+        group: Cost(n, 0.0, seconds - threads_before.get(group, 0.0))
+        for group, seconds in sorted(threads_after.items())
+    }
+    return cost, counts, threads
+
+
+async def _store_alone(
+    work: Workload, analyses: Sequence[WindowAnalysis], config: Config, directory: Path
+) -> Cost:
+    """The store write alone: one awaited `record_window` per window, as the pipeline does."""
+    store_config: StoreConfig = config.store.model_copy(update={"path": directory / "alone.db"})
+    now = time.time()
+    records = [
+        record_for_frame(d, w, now, a, keep_raw=store_config.keep_raw_windows)
+        for (d, w), a in zip(work.windows, analyses, strict=True)
+    ]
+    async with Store.open(store_config.path, store_config) as store:
+        clock = _Clock()
+        for record in records:
+            await store.record_window(record)
+        return clock.cost(len(records))
+
+
+class _NoOutbox:
+    """An empty outbox: the publish-alone run sends telemetry only."""
+
+    async def pending(self, limit: int) -> Sequence[Any]:
+        return []
+
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
+        return None
+
+
+async def _publish_alone(
+    work: Workload, analyses: Sequence[WindowAnalysis], host: str, port: int
+) -> Cost:
+    """Telemetry alone: every window's telemetry through a second publisher to the same broker."""
+    now = time.time()
+    telemetry: list[Telemetry] = []
+    for i, ((d, w), a) in enumerate(zip(work.windows, analyses, strict=True)):
+        obs = observation_for_frame(d, w, now, window_id=str(i), analysis=a)
+        telemetry.append(telemetry_for(d, w, now, obs))
+    # A queue as long as the run: this measures publishing, not the queue's bound.
+    publisher = Publisher(
+        _mqtt(host, port, f"gatewayd-bench-alone-{os.getpid()}"),
+        f"{GATEWAY_ID}-alone",
+        _NoOutbox(),
+        telemetry_queue_size=len(telemetry) + 1,
+    )
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(publisher.run(), name="publisher-alone")
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await publisher.wait_connected()
+        clock = _Clock()
+        for t in telemetry:
+            publisher.publish_telemetry(t)
+        await _until(
+            lambda: publisher.stats.telemetry_published >= len(telemetry),
+            PUBLISH_TIMEOUT_S,
+            "telemetry (publish alone) not all published",
+        )
+        cost = clock.cost(len(telemetry))
+        publisher.stop()
+        await task
+    return cost
+
+
+@asynccontextmanager
+async def bench_broker(host: str | None, port: int | None) -> AsyncIterator[BrokerChoice]:
+    """The broker to publish to: the one given, else a private mosquitto, else in-process.
+
+    Unlike the demo's `choose_broker`, a broker already on 127.0.0.1:1883 is not used unless
+    given: the benchmark's thousands of messages belong to no one else's broker.
+    """
+    if host is not None or port is not None:
+        host, port = host or LOOPBACK, port or LOCAL_BROKER[1]
+        yield BrokerChoice(host, port, "given", f"publishing to the MQTT broker at {host}:{port}")
+        return
+    if await asyncio.to_thread(find_mosquitto) is not None:
+        async with PrivateMosquitto() as mosquitto:
+            yield BrokerChoice(
+                mosquitto.host,
+                mosquitto.port,
+                "private-mosquitto",
+                f"started a private mosquitto on {mosquitto.host}:{mosquitto.port}",
+            )
+        return
+    if await asyncio.to_thread(in_process_available):
+        async with InProcessBroker() as broker:
+            yield BrokerChoice(
+                broker.host,
+                broker.port,
+                "in-process",
+                "no mosquitto installed: publishing to an in-process broker (amqtt) on"
+                f" {broker.host}:{broker.port}, whose CPU counts as the pipeline's",
+            )
+        return
+    raise BrokerUnavailableError(
+        "gatewayd bench pipeline publishes to a real MQTT broker: install mosquitto"
+        " (`sudo apt-get install mosquitto`) or amqtt (`pip install 'gatewayd[demo]'`), or"
+        " pass --mqtt-host HOST --mqtt-port PORT"
+    )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MB (Linux reports kB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+async def bench_pipeline(
+    config: Config,
+    model: InstalledModel,
+    *,
+    windows: int,
+    devices: int,
+    host: str,
+    port: int,
+    broker: str,
+    seed: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> PipelineBench:
+    """Measure the bare model and the whole pipeline on the same synthetic windows (one run).
+
+    ``host``/``port`` is a running MQTT broker (``broker`` says which, for the report).
+    """
+    say = progress or (lambda _text: None)
+    mtu = config.ble.mtu_request
+    say(f"encoding {windows} synthetic windows for {devices} devices")
+    # Generating, encoding and loading ONNX Runtime block for a while: in a thread.
+    work = await asyncio.to_thread(prepare_workload, windows, devices, model, mtu=mtu, seed=seed)
+    session = await asyncio.to_thread(
+        ModelSession, model.card, model.path, config.inference.threads
+    )
+    bare_session = await asyncio.to_thread(ModelSession, model.card, model.path, 1)
+    say("measuring the model and each part alone")
+    sync = await asyncio.to_thread(_measure_sync_parts, work, bare_session, config)
+    # sqlite files: created and removed off the loop.
+    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gatewayd-bench-"))
+    try:
+        say("running the whole pipeline")
+        pipeline, counts, threads = await _run_pipeline(
+            work, session, config, (host, port), directory
+        )
+        say("measuring the store and the publisher alone")
+        parts = dict(sync.parts)
+        parts["store"] = await _store_alone(work, sync.analyses, config, directory)
+        parts["publish"] = await _publish_alone(work, sync.analyses, host, port)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+    environment = await asyncio.to_thread(_environment)  # reads /proc/cpuinfo
+    notes = []
+    offloaded = len(work.windows)
+    if offloaded != windows:
+        notes.append(f"{windows - offloaded} windows had zero entropy and were not offloaded")
+    return PipelineBench(
+        model_id=model.model_id,
+        windows=offloaded,
+        devices=devices,
+        mtu=mtu,
+        fragments=work.fragments,
+        model=sync.model,
+        model_latency=sync.model_latency,
+        model_batched=sync.model_batched,
+        batch=config.inference.max_batch,
+        pipeline=pipeline,
+        pipeline_threads=threads,
+        parts=parts,
+        counts=counts,
+        broker=broker,
+        heart_rate=config.inference.heart_rate,
+        peak_rss_mb=peak_rss_mb(),
+        environment={**environment, "pipeline_threads": str(config.inference.threads)},
+        notes=notes,
+    )
+
+
+def find_model(config: Config, models_dir: Path | None) -> tuple[InstalledModel | None, str]:
+    """The configured gateway model as `gatewayd run` finds it, or None and why not. Blocks."""
+    registry = ModelRegistry.discover(models_dir)
+    try:
+        return registry.get(config.inference.model), ""
+    except ModelCardError as exc:
+        errors = "; ".join(str(e) for e in registry.errors)
+        return None, str(exc) + (f" ({errors})" if errors else "")
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+_THREAD_NAMES: Final = {
+    "event_loop": "event loop (decode, pipeline, rules, MQTT, store glue)",
+    "executor": "executor (inference worker: preprocess, model, signal HR)",
+    "store_writer": "SQLite writer",
+    "store_readers": "SQLite readers (outbox)",
+    "other": "other Python threads",
+}
+_PART_NAMES: Final = {
+    "decode": "decode (reassemble, decode, order)",
+    "preprocess": "preprocess_window",
+    "signal_hr": "signal HR estimator (heart_rate = signal)",
+    "rules": "rules (RuleEngine.observe)",
+    "store": "store write (record_window, awaited)",
+    "publish": "telemetry publish (QoS 0)",
+}
+
+
+def format_pipeline_bench(report: PipelineBench) -> str:
+    """The plain-text report `gatewayd bench pipeline` prints."""
+    env = report.environment
+    c = report.counts
+    lines = [
+        f"{env['cpu']} ({env['cpus']} CPUs), onnxruntime {env['onnxruntime']};"
+        f" model {report.model_id}; {report.windows} windows from {report.devices} devices,"
+        f" MTU {report.mtu} ({report.fragments} fragments); broker: {report.broker}",
+        f"Data: {report.data}.",
+        "",
+    ]
+
+    def row(name: str, cost: Cost) -> list[str]:
+        return [
+            name,
+            f"{cost.wall_ms:.3f}",
+            f"{cost.cpu_ms:.3f}",
+            f"{ratio(cost.cpu_ms, report.model.cpu_ms):.2f}",
+        ]
+
+    rows = [
+        row("model alone, batch 1, 1 thread", report.model),
+        row(f"model alone, batch {report.batch}", report.model_batched),
+        row("whole pipeline", report.pipeline),
+    ]
+    lines.append(format_table(["PER WINDOW", "WALL ms", "CPU ms", "x MODEL CPU"], rows))
+    lines += [
+        "",
+        f"Model batch 1 per call: median {report.model_latency.median_ms:.3f} ms,"
+        f" p95 {report.model_latency.p95_ms:.3f} ms.",
+        f"Ratio pipeline / model (batch 1): CPU {report.ratio_cpu:.2f}x,"
+        f" wall {report.ratio_wall:.2f}x.",
+        "",
+        "Each part alone, same windows, same run (wall and CPU per window):",
+    ]
+    part_rows = [row(_PART_NAMES.get(name, name), cost) for name, cost in report.parts.items()]
+    part_rows.append(row("rest of the pipeline (by difference)", report.unattributed()))
+    lines.append(format_table(["PART", "WALL ms", "CPU ms", "x MODEL CPU"], part_rows))
+    if report.pipeline_threads:
+        lines += [
+            "",
+            "The pipeline's CPU by thread (/proc, 10 ms ticks), per window:",
+            format_table(
+                ["THREAD", "CPU ms"],
+                [
+                    [_THREAD_NAMES.get(name, name), f"{cost.cpu_ms:.3f}"]
+                    for name, cost in report.pipeline_threads.items()
+                ],
+            ),
+        ]
+    lines += [
+        "",
+        f"Pipeline: heart_rate = {report.heart_rate}; {c['inference_batches']} inference batches"
+        f" (largest {c['largest_batch']}, mean"
+        f" {c['inference_windows'] / max(1, c['inference_batches']):.1f});"
+        f" {c['windows_stored']} windows stored, {c['telemetry_published']} telemetry published"
+        f" ({c['telemetry_dropped']} dropped), {c['alerts']} alerts"
+        f" ({c['alerts_published']} published).",
+        f"Peak RSS of the process: {report.peak_rss_mb:.0f} MB."
+        " CPU is time.process_time (all threads of this process; the broker's own CPU is not"
+        " counted).",
+    ]
+    lines += [f"Note: {note}" for note in report.notes]
+    return "\n".join(lines)
