@@ -341,13 +341,6 @@ async def _drained(db: Path, at_kill: dict[str, tuple[Any, ...]], received: Rece
     return await asyncio.to_thread(outbox_pending, db) == 0 and set(at_kill) <= got
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # the wait for windows times out; anything else is a real error
-    reason="gatewayd/link/manager.py SlotPool.acquire waits for an advertisement, but a wearable"
-    " left connected in BlueZ by a killed gatewayd never advertises: no reconnect after a crash",
-)
 @pytest.mark.asyncio
 async def test_a_gateway_restarted_after_sigkill_picks_up_the_stream_again(
     private_bus: EmulatorEnv, fake_bluez: FakeBluez, mosquitto_broker: Broker, tmp_path: Path

@@ -20,12 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+from bleak import BleakAdapter
+from dbus_fast import BusType, MessageType
+from dbus_fast import Message as DBusMessage
+from dbus_fast.aio import MessageBus
 
 from gatewayd.datasets import load_troika
 from gatewayd.datasets.dalia import load_dalia
 from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording, write_subject
 from gatewayd.emulator import FakeBluez
+from gatewayd.emulator.bluez import FakeDevice
 from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import DECOY_ADDRESS, Fleet, FleetSetup, build_fleet, running
 from gatewayd.link.connection import LinkSettings
@@ -38,6 +43,7 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry
+from gatewayd.protocol.gatt import DATA_CHAR_UUID, SERVICE_UUID
 from gatewayd.protocol.messages import Message, MessageFlags, Window, summary_of
 from tests.emulator_fixtures import EmulatorEnv, release_bleak_manager, run_gatewayd
 
@@ -247,3 +253,76 @@ async def test_heart_rate_strap_and_clock_sync_and_a_flooding_neighbour(
     assert 0 < len(beats) <= strap.sent
     assert all(e.device_id == "strap" for e in beats)
     assert {e.measurement.hr_bpm for e in beats} <= set(range(30, 250))
+
+
+# ---- a link left behind by a gateway that died --------------------------------------------------
+
+
+async def bluez_call(bus: MessageBus, path: str, interface: str, member: str) -> None:
+    reply = await bus.call(
+        DBusMessage(destination="org.bluez", path=path, interface=interface, member=member)
+    )
+    assert reply is not None
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+
+
+async def connect_and_die(device: FakeDevice) -> str:
+    """What a SIGKILLed gateway leaves: a D-Bus client connects, subscribes and vanishes.
+
+    Returns the vanished client's unique name, once the emulator has seen it go.
+    """
+    await device.ensure_exported()  # as the dead gateway's scan did
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    name = bus.unique_name
+    assert name is not None
+    await bluez_call(bus, device.path, "org.bluez.Device1", "Connect")
+    data = device.characteristic(DATA_CHAR_UUID).path
+    await bluez_call(bus, data, "org.bluez.GattCharacteristic1", "StartNotify")
+    assert device.notifying(DATA_CHAR_UUID)
+    bus.disconnect()
+    await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+    deadline = time.monotonic() + 10
+    while device.notifying(DATA_CHAR_UUID):  # bluetoothd ends the client's notify session...
+        assert time.monotonic() < deadline, "the emulator never saw the client leave"
+        await asyncio.sleep(0.01)
+    return name
+
+
+@pytest.mark.asyncio
+async def test_the_emulator_keeps_a_link_its_client_left_as_bluetoothd_does(
+    fake: FakeBluez,
+) -> None:
+    # bluetoothd owns the LE link, not the D-Bus client that asked for it (bluez/bluez#89): the
+    # link stays up and silent, bleak's BleakAdapter (3.1) lists it, and any client may end it.
+    fleet = await build_fleet(fake, [synthetic(6, 0.5)], FleetSetup(devices=1))
+    device, _ = fleet.wearables[0]
+    await connect_and_die(device)
+    assert device.connected  # ...and keeps the link
+    adapter = await BleakAdapter.get(bluez={"adapter": "hci0"})
+    (listed,) = await adapter.get_connected_devices([SERVICE_UUID])
+    assert (listed.address, listed.details["path"]) == (device.address, device.path)
+    other = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        await bluez_call(other, device.path, "org.bluez.Device1", "Disconnect")
+    finally:
+        other.disconnect()
+    assert device.link_state == "idle"  # not `not device.connected`: mypy narrowed it
+    assert await adapter.get_connected_devices([SERVICE_UUID]) == []
+
+
+@pytest.mark.asyncio
+async def test_a_link_left_by_a_dead_gateway_is_taken_over_without_an_advertisement(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    setup = FleetSetup(devices=1, speed=20.0, keep_sent=True)
+    fleet = await build_fleet(fake, [synthetic(7, 1.0)], setup)
+    registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
+    device, _ = fleet.wearables[0]
+    dead = await connect_and_die(device)
+    manager = LinkManager(["hci0"], 5, await asyncio.to_thread(registry.load), LinkSettings())
+    frames, _ = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
+    assert_exactly_once_in_order(fleet, frames, manager)
+    assert manager.links[device.address].connections == 1
+    # bleak saw Connected=True and skipped Device1.Connect: the dead client's link was used.
+    connects = [c for c in fake.call_log if c.member in {"Connect", "Pair"} and c.sender != dead]
+    assert connects == []

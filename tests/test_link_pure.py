@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
 from gatewayd.backoff import MAX_DELAY_S
 from gatewayd.link.backoff import FailureKind, backoff_delay, classify
 from gatewayd.link.events import DeviceRestarted, FrameReceived, MessagesLost
+from gatewayd.link.manager import SlotPool
 from gatewayd.link.registry import DeviceRegistry, RegistryError, default_alias
+from gatewayd.link.scanner import Sightings
 from gatewayd.link.slots import SlotBudget
+from gatewayd.link.stale import NO_RSSI, bluez_links, stale_sightings
 from gatewayd.link.stream import DeviceStream
 from gatewayd.protocol.control import DeviceInfo, Resend
 from gatewayd.protocol.fragments import fragment
+from gatewayd.protocol.gatt import HEART_RATE_SERVICE_UUID, SERVICE_UUID
 from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, encode_message
 
 # ---- backoff ------------------------------------------------------------------------------------
@@ -93,6 +101,118 @@ def test_slots_misuse() -> None:
         b.release("hci0")
     with pytest.raises(ValueError, match="at least 1"):
         SlotBudget({"hci0": 0})
+
+
+# ---- stale BlueZ links and the slot pool ---------------------------------------------------------
+
+WEARABLE = "C0:FF:EE:00:00:01"
+OTHER = "C0:FF:EE:00:00:02"
+
+
+def bluez_device(
+    address: str, adapter: str = "hci0", uuids: Sequence[str] = (SERVICE_UUID,), **props: object
+) -> BLEDevice:
+    """A BLEDevice as bleak's BlueZ backend builds it: Device1 properties in ``details``."""
+    path = f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
+    return BLEDevice(
+        address, None, {"path": path, "props": {"Address": address, "UUIDs": list(uuids), **props}}
+    )
+
+
+def advertisement(rssi: int) -> AdvertisementData:
+    return AdvertisementData(None, {}, {}, [SERVICE_UUID], None, rssi, ())
+
+
+class ScriptedBlueZ:
+    """Answers the pool's "which links does BlueZ hold?" from a script; counts the questions."""
+
+    def __init__(self, *answers: Mapping[str, Sequence[BLEDevice]]) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def __call__(self, adapters: Sequence[str]) -> Mapping[str, Sequence[BLEDevice]]:
+        self.calls += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_stale_sightings_are_links_to_the_address_that_speak_our_services() -> None:
+    links = {
+        "hci0": [bluez_device(OTHER), bluez_device(WEARABLE.lower(), RSSI=-61)],
+        "hci1": [bluez_device(WEARABLE, "hci1", uuids=("0000181a-0000-1000-8000-00805f9b34fb",))],
+        "hci2": [bluez_device(WEARABLE, "hci2", uuids=(HEART_RATE_SERVICE_UUID,))],
+    }
+    found = stale_sightings(WEARABLE, links, now=7.0)
+    assert sorted(found) == ["hci0", "hci2"]  # hci1's offers none of our services
+    assert (found["hci0"].rssi, found["hci0"].kind, found["hci0"].seen_at) == (-61, "wearable", 7.0)
+    assert found["hci0"].device is links["hci0"][1]  # what BleakClient takes the link over with
+    assert (found["hci2"].rssi, found["hci2"].kind) == (NO_RSSI, "heart_rate")
+    assert stale_sightings(WEARABLE, {}, now=0.0) == {}
+    assert stale_sightings(WEARABLE, {"hci0": [BLEDevice(WEARABLE, None, None)]}, now=0.0) == {}
+
+
+@pytest.mark.asyncio
+async def test_pool_hands_out_a_link_bluez_holds_without_waiting_for_an_advertisement() -> None:
+    held = bluez_device(WEARABLE, "hci1")
+    sightings = Sightings()
+    sightings.record(bluez_device(WEARABLE, "hci0"), advertisement(-40), "hci0")  # an old one
+    pool = SlotPool(SlotBudget({"hci0": 2, "hci1": 2}), sightings,
+                    bluez_links=ScriptedBlueZ({"hci1": [held]}))  # fmt: skip
+    lease = await asyncio.wait_for(pool.acquire(WEARABLE), 5)
+    # A connected device does not advertise: the link wins over any sighting, however strong.
+    assert (lease.sighting.adapter, lease.sighting.device) == ("hci1", held)
+    assert pool.budget.used("hci1") == 1
+    lease.release()
+    assert pool.budget.used("hci1") == 0
+
+
+@pytest.mark.asyncio
+async def test_pool_waits_for_a_slot_on_the_adapter_that_holds_the_link() -> None:
+    bluez = ScriptedBlueZ({"hci0": [bluez_device(WEARABLE), bluez_device(OTHER)]})
+    sightings = Sightings()
+    sightings.record(bluez_device(OTHER, "hci1"), advertisement(-40), "hci1")
+    pool = SlotPool(SlotBudget({"hci0": 1, "hci1": 1}), sightings,
+                    bluez_links=bluez, check_interval_s=3600)  # fmt: skip
+    first = await asyncio.wait_for(pool.acquire(WEARABLE), 5)
+    waiting = asyncio.create_task(pool.acquire(OTHER))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # not through hci1, where it was seen before BlueZ linked it
+    first.release()
+    second = await asyncio.wait_for(waiting, 5)
+    assert second.sighting.adapter == "hci0"
+    assert bluez.calls == 2  # once per acquire: the freed slot needs no new question
+
+
+@pytest.mark.asyncio
+async def test_pool_asks_bluez_again_while_the_device_is_not_seen() -> None:
+    bluez = ScriptedBlueZ({}, {}, {"hci0": [bluez_device(WEARABLE)]})
+    pool = SlotPool(SlotBudget({"hci0": 1}), Sightings(), bluez_links=bluez, check_interval_s=0.01)
+    lease = await asyncio.wait_for(pool.acquire(WEARABLE), 5)
+    assert lease.sighting.adapter == "hci0"
+    assert bluez.calls == 3
+
+
+@pytest.mark.asyncio
+async def test_pool_does_not_ask_bluez_at_every_advertisement() -> None:
+    bluez = ScriptedBlueZ({})
+    sightings = Sightings()
+    pool = SlotPool(SlotBudget({"hci0": 1}), sightings, bluez_links=bluez, check_interval_s=3600)
+    waiting = asyncio.create_task(pool.acquire(WEARABLE))
+    for rssi in range(-90, -40):
+        sightings.record(bluez_device(OTHER), advertisement(rssi), "hci0")
+        await asyncio.sleep(0)
+    sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")
+    lease = await asyncio.wait_for(waiting, 5)
+    assert (lease.sighting.rssi, bluez.calls) == (-50, 1)
+
+
+@pytest.mark.asyncio
+async def test_bluez_links_is_empty_when_bluez_cannot_be_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The scanners report an unreachable BlueZ; the pool then just waits for advertisements.
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
+    assert await bluez_links(["hci0"]) == {}
 
 
 # ---- stream -------------------------------------------------------------------------------------

@@ -2,46 +2,83 @@
 
 Frames and link events come out of one bounded queue, in order per device. The queue is sized
 for bursts; if the consumer stalls and it fills, what is dropped is counted and logged.
+
+A device is connected when an adapter with a free slot sees it advertise, or at once when BlueZ
+still holds a link to it from a previous run (stale.py): a connected device never advertises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Sequence
-from typing import Final
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final, TypeAlias
 
 import structlog
+from bleak.backends.device import BLEDevice
 
 from gatewayd.protocol.control import SetPolicy
 
+from . import stale
 from .connection import DeviceLink, LinkSettings, SlotLease
 from .events import LinkEvent
 from .registry import PairedDevice
-from .scanner import Sightings, scan_forever
+from .scanner import Sighting, Sightings, scan_forever
 from .slots import SlotBudget
 
 log = structlog.get_logger("gatewayd.link")
 
 DEFAULT_QUEUE_SIZE: Final = 4096
+#: While a device is not seen, ask BlueZ this often whether it holds a link to it (seconds).
+LINK_CHECK_INTERVAL_S: Final = 5.0
+
+#: Asks BlueZ which devices it holds links to, by adapter (:func:`stale.bluez_links`).
+BluezLinks: TypeAlias = Callable[[Sequence[str]], Awaitable[Mapping[str, Sequence[BLEDevice]]]]
 
 
 class SlotPool:
-    """Hands out connection slots: waits until a device is seen by an adapter with room."""
+    """Hands out connection slots: for a link BlueZ holds, or a sighting on an adapter with room."""
 
-    def __init__(self, budget: SlotBudget, sightings: Sightings) -> None:
+    def __init__(
+        self,
+        budget: SlotBudget,
+        sightings: Sightings,
+        *,
+        bluez_links: BluezLinks = stale.bluez_links,
+        check_interval_s: float = LINK_CHECK_INTERVAL_S,
+    ) -> None:
         self.budget = budget
         self.sightings = sightings
+        self._bluez_links = bluez_links
+        self._check_interval_s = check_interval_s
 
     async def acquire(self, address: str) -> SlotLease:
-        """Wait for a sighting of ``address`` on an adapter with a free slot, and hold that slot."""
+        """Wait until ``address`` can be connected through an adapter with a free slot; hold it.
+
+        A link BlueZ still holds to the device comes first (a previous run's, see stale.py):
+        a connected device does not advertise, so sightings of it are old. BlueZ is asked at
+        once and then every ``check_interval_s`` while this waits.
+        """
+        linked: dict[str, Sighting] = {}
+        check_at = time.monotonic()
         while True:
-            seen = self.sightings.of(address)
-            adapter = self.budget.choose({a: s.rssi for a, s in seen.items()})
+            if time.monotonic() >= check_at:
+                links = await self._bluez_links(self.budget.adapters)
+                linked = stale.stale_sightings(address, links, time.monotonic())
+                check_at = time.monotonic() + self._check_interval_s
+            candidates = linked or self.sightings.of(address)
+            adapter = self.budget.choose({a: s.rssi for a, s in candidates.items()})
             if adapter is not None:
                 self.budget.take(adapter)
-                return SlotLease(seen[adapter], functools.partial(self._release, adapter))
-            await self.sightings.changed()
+                if linked:
+                    log.info("found a stale BlueZ connection from a previous run; reconnecting",
+                             address=address, adapter=adapter)  # fmt: skip
+                return SlotLease(candidates[adapter], functools.partial(self._release, adapter))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, check_at - time.monotonic())):
+                    await self.sightings.changed()
 
     def _release(self, adapter: str) -> None:
         self.budget.release(adapter)
