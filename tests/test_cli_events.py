@@ -27,6 +27,8 @@ from gatewayd.pipeline import gateway_event
 from gatewayd.store import NewEvent, Store, StoredEvent, WindowRecord, report
 from gatewayd.store.report import event_message, parse_since
 
+#: "Now" for the events the fixtures write: reset by `world` when it builds them, so relative
+#: filters (--since 6m) see the same ages however long the suite ran before this test.
 NOW = time.time()
 W1 = "C0:FF:EE:00:00:01"
 W2 = "C0:FF:EE:00:00:02"
@@ -136,6 +138,8 @@ async def build_store(path: Path) -> dict[str, str]:
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A config whose event log holds build_store's events, and a registry with bed-1 and bed-2."""
+    global NOW  # noqa: PLW0603 - the ages of the events are relative to when they are written
+    NOW = time.time()
     config = write_config(tmp_path)
     ids = asyncio.run(build_store(db_path(tmp_path)))
     registry = DeviceRegistry.in_state_dir(tmp_path / "state")
