@@ -354,3 +354,15 @@ def test_mosquitto_path_matches_the_fixtures() -> None:
     from gatewayd.demo.broker import find_mosquitto
 
     assert find_mosquitto() == MOSQUITTO
+
+
+@pytest.mark.asyncio
+async def test_without_a_local_tier_no_shared_broker_is_probed() -> None:
+    # `gatewayd bench pipeline` passes local=None: its flood is for no one else's broker.
+    with pytest.raises(BrokerUnavailableError) as caught:
+        async with choose_broker(
+            None, None, local=None, find_mosquitto=lambda: None, in_process_available=lambda: False
+        ):
+            pytest.fail("no broker should have been chosen")
+    assert "none answers" not in str(caught.value)
+    assert "sudo apt-get install mosquitto" in str(caught.value)

@@ -25,6 +25,7 @@ in tests (DESIGN.md §10).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import resource
@@ -34,8 +35,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -46,16 +47,7 @@ import numpy.typing as npt
 from gatewayd.bench.models import _environment
 from gatewayd.config import Config, MqttConfig, StoreConfig
 from gatewayd.datasets.synthetic import generate_recording
-from gatewayd.demo.broker import (
-    LOCAL_BROKER,
-    LOOPBACK,
-    BrokerChoice,
-    BrokerUnavailableError,
-    InProcessBroker,
-    PrivateMosquitto,
-    find_mosquitto,
-    in_process_available,
-)
+from gatewayd.demo.broker import BrokerChoice, choose_broker
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
 from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import InstalledModel, ModelRegistry
@@ -619,41 +611,16 @@ async def _publish_alone(
     return cost
 
 
-@asynccontextmanager
-async def bench_broker(host: str | None, port: int | None) -> AsyncIterator[BrokerChoice]:
+def bench_broker(
+    host: str | None, port: int | None
+) -> contextlib.AbstractAsyncContextManager[BrokerChoice]:
     """The broker to publish to: the one given, else a private mosquitto, else in-process.
 
-    Unlike the demo's `choose_broker`, a broker already on 127.0.0.1:1883 is not used unless
-    given: the benchmark's thousands of messages belong to no one else's broker.
+    Unlike the demo, a broker already on 127.0.0.1:1883 is not used unless given: the
+    benchmark's thousands of messages belong to no one else's broker. An in-process broker's
+    CPU counts as the pipeline's (the report says which broker it used).
     """
-    if host is not None or port is not None:
-        host, port = host or LOOPBACK, port or LOCAL_BROKER[1]
-        yield BrokerChoice(host, port, "given", f"publishing to the MQTT broker at {host}:{port}")
-        return
-    if await asyncio.to_thread(find_mosquitto) is not None:
-        async with PrivateMosquitto() as mosquitto:
-            yield BrokerChoice(
-                mosquitto.host,
-                mosquitto.port,
-                "private-mosquitto",
-                f"started a private mosquitto on {mosquitto.host}:{mosquitto.port}",
-            )
-        return
-    if await asyncio.to_thread(in_process_available):
-        async with InProcessBroker() as broker:
-            yield BrokerChoice(
-                broker.host,
-                broker.port,
-                "in-process",
-                "no mosquitto installed: publishing to an in-process broker (amqtt) on"
-                f" {broker.host}:{broker.port}, whose CPU counts as the pipeline's",
-            )
-        return
-    raise BrokerUnavailableError(
-        "gatewayd bench pipeline publishes to a real MQTT broker: install mosquitto"
-        " (`sudo apt-get install mosquitto`) or amqtt (`pip install 'gatewayd[demo]'`), or"
-        " pass --mqtt-host HOST --mqtt-port PORT"
-    )
+    return choose_broker(host, port, local=None)
 
 
 def peak_rss_mb() -> float:

@@ -409,26 +409,28 @@ async def choose_broker(
     host: str | None,
     port: int | None,
     *,
-    local: tuple[str, int] = LOCAL_BROKER,
+    local: tuple[str, int] | None = LOCAL_BROKER,
     find_mosquitto: Callable[[], str | None] = find_mosquitto,
     in_process_available: Callable[[], bool] = in_process_available,
 ) -> AsyncIterator[BrokerChoice]:
     """Yield the broker for the demo, starting one if needed and stopping it on exit.
 
     Order: the given host/port (either alone defaults the other to 127.0.0.1 / 1883) as is;
-    a broker answering at ``local``; a private mosquitto; an in-process amqtt broker. The two
-    callables are blocking look-ups (run in a thread), injectable for tests. Raises
-    BrokerUnavailableError saying how to get a broker when none of them works.
+    a broker answering at ``local`` (None: never use a shared broker unless given, as the
+    benchmark's flood belongs on no one else's broker); a private mosquitto; an in-process
+    amqtt broker. The two callables are blocking look-ups (run in a thread), injectable for
+    tests. Raises BrokerUnavailableError saying how to get a broker when none of them works.
     """
     if host is not None or port is not None:
         host, port = host or LOOPBACK, port or LOCAL_BROKER[1]
         yield BrokerChoice(host, port, "given", f"using the MQTT broker at {host}:{port}")
         return
-    if await local_broker_reachable(*local):
+    if local is not None and await local_broker_reachable(*local):
         yield BrokerChoice(
             *local, "local", f"using the MQTT broker already running at {local[0]}:{local[1]}"
         )
         return
+    nothing_local = "" if local is None else f"no broker at {local[0]}:{local[1]}; "
     executable = await asyncio.to_thread(find_mosquitto)
     if executable is not None:
         async with PrivateMosquitto(executable) as mosquitto:
@@ -436,8 +438,8 @@ async def choose_broker(
                 mosquitto.host,
                 mosquitto.port,
                 "private-mosquitto",
-                f"no broker at {local[0]}:{local[1]}; started a private mosquitto on"
-                f" {mosquitto.host}:{mosquitto.port} (stopped when the demo ends)",
+                f"{nothing_local}started a private mosquitto on"
+                f" {mosquitto.host}:{mosquitto.port} (stopped at the end)",
             )
         return
     if await asyncio.to_thread(in_process_available):
@@ -446,13 +448,14 @@ async def choose_broker(
                 broker.host,
                 broker.port,
                 "in-process",
-                f"no broker at {local[0]}:{local[1]} and no mosquitto installed; started an"
+                f"{nothing_local}no mosquitto installed; started an"
                 f" in-process broker (amqtt) on {broker.host}:{broker.port}",
             )
         return
+    none_local = "" if local is None else f"none answers at {local[0]}:{local[1]}, "
     raise BrokerUnavailableError(
-        f"the demo needs an MQTT broker: none answers at {local[0]}:{local[1]}, mosquitto is not"
-        f" installed and neither is amqtt; {_HOW_TO_GET_A_BROKER}"
+        f"an MQTT broker is needed: {none_local}mosquitto is not installed and neither is"
+        f" amqtt; {_HOW_TO_GET_A_BROKER}"
     )
 
 
