@@ -206,3 +206,23 @@ async def mosquitto_broker(tmp_path: Path) -> AsyncIterator[Broker]:
         yield broker
     finally:
         await broker.stop()
+
+
+@pytest_asyncio.fixture
+async def durable_broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    """A mosquitto that keeps its sessions and queued messages across `Broker.restart`/stop-start.
+
+    A test's subscriber with a persistent session then loses nothing published between the
+    broker's restart and its reconnect (a fresh broker would drop it, and the test would blame
+    the gateway).
+    """
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    directory = tmp_path / "broker"
+    await asyncio.to_thread(directory.mkdir)
+    broker = await asyncio.to_thread(Broker, directory, persistence=True)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()

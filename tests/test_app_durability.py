@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import Fleet, running
@@ -228,19 +227,6 @@ def outbox_pending(path: Path) -> int:
         return pending
     finally:
         conn.close()
-
-
-@pytest_asyncio.fixture
-async def durable_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    """A mosquitto that keeps the subscriber's persistent session across its restart."""
-    directory = tmp_path / "broker"
-    await asyncio.to_thread(directory.mkdir)
-    broker = await asyncio.to_thread(Broker, directory, persistence=True)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 # --- the test -------------------------------------------------------------------------------------

@@ -331,24 +331,6 @@ async def _stored_and_published(config: Config, total: int) -> bool:
     return windows >= total and pending == 0
 
 
-@pytest_asyncio.fixture
-async def durable_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    """A mosquitto that keeps client sessions across a restart (persistence on).
-
-    The test's subscriber has a persistent session: with it kept, nothing published between
-    the broker's restart and the subscriber's reconnect is lost to the subscriber (a fresh
-    broker would drop it, and the test would blame the gateway).
-    """
-    directory = tmp_path / "broker"
-    await asyncio.to_thread(directory.mkdir)
-    broker = await asyncio.to_thread(Broker, directory, persistence=True)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
-
-
 @pytest.mark.asyncio
 async def test_alerts_written_while_the_broker_is_down_arrive_afterwards_in_order(
     fake: FakeBluez, durable_broker: Broker, tmp_path: Path
