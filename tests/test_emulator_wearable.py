@@ -31,9 +31,19 @@ from gatewayd.protocol.messages import (
     summary_of,
 )
 from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
-from gatewayd.signals.offload import decide_offload
+from gatewayd.signals.offload import (
+    IMPACT_THRESHOLD_MILLI_G,
+    MOTION_HOLD_MS,
+    acc_peak_milli_g,
+    decide_offload,
+)
 
 RECORDING = generate_recording(7, 1.0, seed=7)
+#: Walking, then a fall at 16 s (impact 3.1 g) and lying still: the case that needs MOTION.
+FALL_AT_S = 16.0
+WALKING_FALL = generate_recording(
+    2, 1.5, seed=5, events=[("fall", FALL_AT_S, 3600.0)], activities=[(7, 600.0)]
+)
 
 
 def core(**overrides: object) -> WearableCore:
@@ -64,7 +74,7 @@ def test_offload_decision_matches_the_firmware_policy_and_raw_samples_travel() -
         s = summary_of(m)
         assert s.seq == seq
         reason = decide_offload(s.entropy_mbits, s.activity_conf_e4, 3880, 5000)
-        assert int(s.offload_reason) == int(reason)
+        assert int(s.offload_reason) == int(reason)  # no impact here: MOTION never set
         assert isinstance(m, Window) == bool(reason)
         if isinstance(m, Window):
             assert s.entropy_mbits == entropy_milli_bits(window_entropy_bits(m.bvp))
@@ -184,3 +194,75 @@ def test_emulate_rejects_a_bad_fault_spec() -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "unknown fault" in done.stderr
+
+
+# ---- motion offload ---------------------------------------------------------------------------
+
+
+def offloaded_after(c: WearableCore, t_s: float, flags: MessageFlags) -> float:
+    """Seconds after ``t_s`` covered without a gap by WINDOWs having one of ``flags``."""
+    assert c.sent is not None
+    end = t_s
+    for seq in sorted(c.sent):
+        m = c.sent[seq]
+        start = seq * 2.0  # window seq starts 2 s after the previous one
+        if isinstance(m, Window) and m.summary.flags & flags and start <= end < start + 8.0:
+            end = start + 8.0
+    return end - t_s
+
+
+def test_spec_defaults_are_the_offload_policy_defaults() -> None:
+    spec = core().spec
+    assert spec.impact_threshold_milli_g == IMPACT_THRESHOLD_MILLI_G == 3000
+    assert spec.motion_hold_ms == MOTION_HOLD_MS == 16000
+
+
+def test_a_fall_while_walking_is_offloaded_for_motion_from_the_impact_on() -> None:
+    c = core(recording=WALKING_FALL)
+    c.produce(1e9)
+    assert c.sent is not None
+    # Windows starting 8 s before the impact (16.0 s) hold it; 16 s after it are held.
+    motion = [s for s, m in c.sent.items() if summary_of(m).flags & MessageFlags.OFFLOAD_MOTION]
+    assert motion == list(range(5, 17))
+    assert all(isinstance(c.sent[s], Window) for s in motion)
+    reasons = MessageFlags.OFFLOAD_ENTROPY | MessageFlags.OFFLOAD_CONFIDENCE
+    # Before: entropy and confidence alone cover 10 s after the impact, less than the 12 s
+    # (settle 2 s + stillness 10 s) the fall rule needs. Now MOTION covers 24 s.
+    assert offloaded_after(c, FALL_AT_S, reasons) < 12.0
+    assert offloaded_after(c, FALL_AT_S, MessageFlags.OFFLOAD_MOTION) >= 16.0 + 8.0
+
+
+def test_motion_flag_follows_the_peak_of_the_samples_on_the_wire() -> None:
+    c = core(recording=WALKING_FALL, motion_hold_ms=0)
+    held = []
+    for seq, raw in c.produce(1e9):
+        m = decode_message(raw)
+        s = summary_of(m)
+        if isinstance(m, Window):
+            impact = acc_peak_milli_g(m.acc, m.acc_lsb_per_g) >= IMPACT_THRESHOLD_MILLI_G
+            assert impact == bool(s.flags & MessageFlags.OFFLOAD_MOTION), seq
+        if s.flags & MessageFlags.OFFLOAD_MOTION:
+            held.append(seq)
+    assert held == [5, 6, 7, 8]  # hold 0: only the windows that hold the impact sample
+
+
+def test_motion_threshold_is_a_spec_field() -> None:
+    c = core(recording=WALKING_FALL, impact_threshold_milli_g=3200)  # above this 3.1 g impact
+    c.produce(1e9)
+    assert c.sent is not None
+    assert not any(summary_of(m).flags & MessageFlags.OFFLOAD_MOTION for m in c.sent.values())
+
+
+def test_time_sync_does_not_move_the_motion_hold() -> None:
+    plain = core(recording=WALKING_FALL)
+    plain.produce(1e9)
+    synced = core(recording=WALKING_FALL)
+    synced.produce(20.0)  # the impact is behind us, the hold is running
+    synced.handle_control(encode_control(TimeSync(1_000)), 20.0)  # the device clock jumps back
+    synced.produce(1e9)
+    assert plain.sent is not None
+    assert synced.sent is not None
+    motion = MessageFlags.OFFLOAD_MOTION
+    assert [bool(summary_of(m).flags & motion) for m in synced.sent.values()] == [
+        bool(summary_of(m).flags & motion) for m in plain.sent.values()
+    ]

@@ -23,6 +23,7 @@ from gatewayd.errors import DecodeError
 from gatewayd.protocol.control import decode_control, decode_info, encode_control, encode_info
 from gatewayd.protocol.fragments import Reassembler, fragment
 from gatewayd.protocol.messages import (
+    OFFLOAD_MASK,
     MessageFlags,
     SampleFormat,
     Summary,
@@ -32,7 +33,7 @@ from gatewayd.protocol.messages import (
 )
 from gatewayd.protocol.vectors import GoldenVector, parse_vectors
 from gatewayd.signals.entropy import window_entropy_bits
-from gatewayd.signals.offload import decide_offload
+from gatewayd.signals.offload import IMPACT_THRESHOLD_MILLI_G, acc_peak_milli_g, decide_offload
 
 pytestmark = [
     pytest.mark.needs_gcc,
@@ -47,7 +48,7 @@ STUB = ROOT / "firmware_stub"
 GOLDEN = STUB / "vectors" / "golden.txt"
 TYPE_SUMMARY = 1
 TYPE_WINDOW = 2
-OFFLOAD_BITS = int(MessageFlags.OFFLOAD_ENTROPY | MessageFlags.OFFLOAD_CONFIDENCE)
+OFFLOAD_BITS = int(OFFLOAD_MASK)
 
 VECTORS = parse_vectors(GOLDEN.read_text(encoding="ascii"))
 WINDOW_VECTORS = [v for v in VECTORS if v.message[1] == TYPE_WINDOW]
@@ -136,9 +137,15 @@ def check_entropy_and_policy(vec: GoldenVector, decoded: Summary | Window) -> No
         h = window_entropy_bits(decoded.bvp)
         assert abs(h - vec.entropy) <= 1e-9, (h, vec.entropy)
         assert summary.entropy_mbits == math.floor(vec.entropy * 1000.0 + 0.5)
+    # Each vector stands alone (no impact before it): motion means the window holds one.
+    motion = isinstance(decoded, Window) and (
+        acc_peak_milli_g(decoded.acc, decoded.acc_lsb_per_g) >= IMPACT_THRESHOLD_MILLI_G
+    )
     if vec.policy is not None:
         tau, min_conf, reason = vec.policy
-        decided = decide_offload(summary.entropy_mbits, summary.activity_conf_e4, tau, min_conf)
+        decided = decide_offload(
+            summary.entropy_mbits, summary.activity_conf_e4, tau, min_conf, motion=motion
+        )
         assert int(decided) == reason
         assert int(summary.flags) & OFFLOAD_BITS == reason
         if isinstance(decoded, Window):
@@ -185,6 +192,15 @@ def test_golden_vectors_cover_the_protocol() -> None:
     assert {ok for _, ok in CONTROLS} == {True, False}
     assert {cmd[1] for cmd, ok in CONTROLS if ok} == {1, 2, 3, 4}
     assert INFO_VECTORS
+
+
+def test_no_golden_window_holds_an_impact() -> None:
+    # So adding OFFLOAD_MOTION left every vector byte-identical (docs/protocol.md §8).
+    for vec in WINDOW_VECTORS:
+        decoded = decode_message(vec.message)
+        assert isinstance(decoded, Window)
+        assert acc_peak_milli_g(decoded.acc, decoded.acc_lsb_per_g) < IMPACT_THRESHOLD_MILLI_G
+        assert not vec.message[2] & int(MessageFlags.OFFLOAD_MOTION)
 
 
 # ---- every golden vector against the Python gateway ---------------------------------------------

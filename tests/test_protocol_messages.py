@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 
 from gatewayd.errors import DecodeError
 from gatewayd.protocol.messages import (
+    OFFLOAD_MASK,
     MessageFlags,
     SampleFormat,
     Summary,
@@ -166,8 +168,26 @@ def test_window_without_block_is_bad_length() -> None:
 
 
 def test_reserved_flag_bits_are_kept() -> None:
-    s = make_summary(flags=MessageFlags(0x8000 | 0x01))
-    assert decode_message(encode_message(s)).flags == 0x8001
+    s = make_summary(flags=MessageFlags(0x8000 | 0x80 | 0x01))
+    assert decode_message(encode_message(s)).flags == 0x8081
+
+
+def test_offload_motion_is_bit_6_and_an_offload_reason() -> None:
+    assert MessageFlags.OFFLOAD_MOTION == 0x40
+    assert MessageFlags.OFFLOAD_MOTION in OFFLOAD_MASK
+    flags = MessageFlags.OFFLOAD_MOTION | MessageFlags.CLOCK_SYNCED
+    s = make_summary(flags=flags)
+    assert s.offload_reason == MessageFlags.OFFLOAD_MOTION
+    assert decode_message(encode_message(s)).flags == flags
+    # A WINDOW sent for motion alone decodes like any other (an older gateway, for which bit 6
+    # was reserved, kept it as it came and decoded the same bytes the same way).
+    window = make_window()
+    window = replace(window, summary=replace(window.summary, flags=MessageFlags.OFFLOAD_MOTION))
+    raw = encode_message(window)
+    assert raw[2:4] == b"\x40\x00"
+    decoded = decode_message(raw)
+    assert isinstance(decoded, Window)
+    assert decoded == window
 
 
 def test_encoder_refuses_what_the_decoder_rejects() -> None:

@@ -100,8 +100,11 @@ struct window_out {
     uint16_t reason;
 };
 
-/* The wearable's pipeline on one window: entropy -> mbits -> offload decision -> flags ->
- * encode -> ring. Prints the vector up to its "end" line. */
+/* The wearable's pipeline on one window: entropy -> mbits -> offload decision (entropy,
+ * confidence, and motion: each vector stands alone, so no impact before it is held) -> flags ->
+ * encode -> ring. Prints the vector up to its "end" line. No golden window holds an impact (the
+ * ACC is at rest, under 2 g): a motion vector would need a `policy` reason with bit 6, which
+ * gatewayd/protocol/vectors.py does not accept yet. */
 static struct window_out emit_window(FILE *f, const char *comment, const char *name,
                                      uint16_t mtu, struct gwfw_summary *s,
                                      const struct gwfw_window *w, uint16_t tau,
@@ -112,6 +115,10 @@ static struct window_out emit_window(FILE *f, const char *comment, const char *n
     out.h = wire_entropy(w);
     s->entropy_mbits = gwfw_entropy_mbits(out.h);
     out.reason = gwfw_offload_reason(s->entropy_mbits, s->activity_conf_e4, tau, min_conf);
+    out.reason |= gwfw_offload_motion(gwfw_acc_peak_milli_g(w->acc_xyz, w->n_acc,
+                                                            w->acc_lsb_per_g),
+                                      GWFW_IMPACT_THRESHOLD_MILLI_G, 0u, 0, 0u,
+                                      GWFW_MOTION_HOLD_MS);
     if (out.reason == 0u) {
         fprintf(stderr, "golden: %s: the policy would not offload this window\n", name);
         exit(1);

@@ -55,8 +55,9 @@ extern "C" {
 #define GWFW_FLAG_RESENT 0x0008u
 #define GWFW_FLAG_CHARGING 0x0010u
 #define GWFW_FLAG_OFF_WRIST 0x0020u
-#define GWFW_FLAG_OFFLOAD_MASK 0x0003u
-#define GWFW_FLAG_DEFINED_MASK 0x003Fu /* bits 6-15 are reserved: the encoders refuse them */
+#define GWFW_FLAG_OFFLOAD_MOTION 0x0040u /* an impact, or within the hold time after one */
+#define GWFW_FLAG_OFFLOAD_MASK 0x0043u
+#define GWFW_FLAG_DEFINED_MASK 0x007Fu /* bits 7-15 are reserved: the encoders refuse them */
 
 /* ---- field ranges ------------------------------------------------------------------------------ */
 
@@ -80,6 +81,13 @@ extern "C" {
 
 #define GWFW_OFFLOAD_ENTROPY GWFW_FLAG_OFFLOAD_ENTROPY
 #define GWFW_OFFLOAD_LOW_CONFIDENCE GWFW_FLAG_OFFLOAD_CONFIDENCE
+#define GWFW_OFFLOAD_MOTION GWFW_FLAG_OFFLOAD_MOTION
+
+/* Motion offload defaults: an impact is a peak |a| >= 3 g (the gateway's fall rule, impact_g);
+ * windows starting up to 16 s after one are offloaded too (the rule needs 2 s settle + 10 s
+ * stillness of raw ACC after the impact). */
+#define GWFW_IMPACT_THRESHOLD_MILLI_G 3000u
+#define GWFW_MOTION_HOLD_MS 16000u
 
 /* ---- control characteristic (gateway -> wearable, section 6.1) --------------------------------- */
 
@@ -137,7 +145,7 @@ uint32_t gwfw_crc32_update(uint32_t crc, const uint8_t *data, size_t len);
 struct gwfw_summary {
     uint32_t seq;              /* per-device sequence number, +1 per message, wraps */
     uint64_t t_ms;             /* window start, ms since the Unix epoch (or since boot) */
-    uint16_t flags;            /* GWFW_FLAG_*; bits 6-15 must be 0 */
+    uint16_t flags;            /* GWFW_FLAG_*; bits 7-15 must be 0 */
     uint8_t activity;          /* 0..8, or GWFW_UNKNOWN */
     uint8_t pruning_pct;       /* 0..100 */
     uint16_t activity_conf_e4; /* 0..10000 */
@@ -223,6 +231,26 @@ uint16_t gwfw_entropy_mbits(double h_bits);
  * if activity_conf_e4 < min_conf_e4. Offload iff non-zero. The bits are the OFFLOAD flags. */
 uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t activity_conf_e4,
                              uint16_t tau_mbits, uint16_t min_conf_e4);
+
+/* Peak |a| of n_acc interleaved x, y, z samples in milli-g: the largest
+ * floor(1000 * sqrt(x*x + y*y + z*z) / acc_lsb_per_g), in exact integer arithmetic (no float),
+ * identical to gatewayd.signals.offload.acc_peak_milli_g. 0 for n_acc == 0, a NULL pointer or
+ * acc_lsb_per_g == 0. Pass the samples exactly as they go on the wire. */
+uint32_t gwfw_acc_peak_milli_g(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g);
+/* Index (0..n_acc-1) of the newest sample whose |a| in milli-g (as above) is at least
+ * threshold_milli_g, or -1 if none (or bad arguments). Decided on squares, exactly:
+ * 10^6 * (x*x + y*y + z*z) >= (threshold * lsb)^2. Its time is the window start plus
+ * index * 1000 / acc_rate_hz ms: keep it as the caller's "last impact". */
+int32_t gwfw_acc_last_impact(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g,
+                             uint16_t threshold_milli_g);
+/* GWFW_OFFLOAD_MOTION if the window holds an impact (peak_milli_g >= threshold_milli_g) or
+ * starts within hold_ms after the last impact (window_start_ms <= last_impact_ms + hold_ms, when
+ * have_impact != 0), else 0. OR it into gwfw_offload_reason()'s result. last_impact_ms is the
+ * caller's state, updated from gwfw_acc_last_impact() on this window first; both times are on a
+ * monotonic clock (uptime ms), not t_ms, which TIME_SYNC moves. */
+uint16_t gwfw_offload_motion(uint32_t peak_milli_g, uint16_t threshold_milli_g,
+                             uint64_t window_start_ms, int have_impact, uint64_t last_impact_ms,
+                             uint32_t hold_ms);
 
 /* ---- control writes (section 6.1) ---------------------------------------------------------- */
 

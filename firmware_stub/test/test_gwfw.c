@@ -161,7 +161,7 @@ static void test_summary(void)
         t.field = value;                                                                          \
         CHECK_EQ(gwfw_encode_summary(&t, buf, sizeof buf), GWFW_E_RANGE);                         \
     } while (0)
-    REJECTS(flags, 0x0040);
+    REJECTS(flags, 0x0080); /* bit 6 is OFFLOAD_MOTION now; 7-15 stay reserved */
     REJECTS(flags, 0x8000);
     REJECTS(activity, 9);
     REJECTS(activity, 254);
@@ -250,7 +250,9 @@ static void test_window(void)
     CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), GWFW_E_RANGE);
     s.flags = GWFW_FLAG_OFFLOAD_CONFIDENCE;
     CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), 2604);
-    s.flags = 0x0041; /* reserved bit 6 */
+    s.flags = GWFW_FLAG_OFFLOAD_MOTION; /* a motion event alone is a reason */
+    CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), 2604);
+    s.flags = 0x0081; /* reserved bit 7 */
     CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), GWFW_E_RANGE);
     s = good_summary();
 
@@ -495,6 +497,56 @@ static void test_policy(void)
     CHECK_EQ(gwfw_offload_reason(5000, 0, 65535, 0), 0); /* never offload */
     CHECK_EQ(GWFW_OFFLOAD_ENTROPY, GWFW_FLAG_OFFLOAD_ENTROPY);
     CHECK_EQ(GWFW_OFFLOAD_LOW_CONFIDENCE, GWFW_FLAG_OFFLOAD_CONFIDENCE);
+    CHECK_EQ(GWFW_OFFLOAD_MOTION, 0x0040);
+    CHECK_EQ(GWFW_FLAG_OFFLOAD_MASK,
+             GWFW_OFFLOAD_ENTROPY | GWFW_OFFLOAD_LOW_CONFIDENCE | GWFW_OFFLOAD_MOTION);
+}
+
+static void test_motion(void)
+{
+    /* (0, 0, 64) is 1 g; (192, 0, 0) exactly 3 g; (110, 110, 110) is 190.53 LSB = 2976 mg;
+       (111, 111, 111) is 192.26 LSB = 3004 mg; (-32768, -32768, -32768) the largest int16 */
+    static const int16_t rest[] = {0, 0, 64, 1, -2, 63, 0, 1, 65};
+    static const int16_t impact[] = {0, 0, 64, 192, 0, 0, 110, 110, 110, 0, 0, 64};
+    static const int16_t diag[] = {111, 111, 111, 0, 0, 64};
+    static const int16_t big[] = {-32768, -32768, -32768};
+    static const int16_t minus[] = {0, -191, -20};
+
+    CHECK_EQ(gwfw_acc_peak_milli_g(rest, 3, 64), 1015); /* |(0,1,65)| = 65.0077 -> 1015.7 */
+    CHECK_EQ(gwfw_acc_peak_milli_g(impact, 4, 64), 3000);
+    CHECK_EQ(gwfw_acc_peak_milli_g(diag, 2, 64), 3004);
+    CHECK_EQ(gwfw_acc_peak_milli_g(big, 1, 64), 886810); /* 56755.84 LSB: 886.8 g */
+    CHECK_EQ(gwfw_acc_peak_milli_g(big, 1, 1), 56755840u);
+    CHECK_EQ(gwfw_acc_peak_milli_g(minus, 1, 64), 3000); /* |(0,-191,-20)| = 192.04 */
+    CHECK_EQ(gwfw_acc_peak_milli_g(rest, 0, 64), 0);
+    CHECK_EQ(gwfw_acc_peak_milli_g(rest, 3, 0), 0);
+    CHECK_EQ(gwfw_acc_peak_milli_g(NULL, 3, 64), 0);
+
+    CHECK_EQ(gwfw_acc_last_impact(rest, 3, 64, 3000), -1);
+    CHECK_EQ(gwfw_acc_last_impact(impact, 4, 64, 3000), 1); /* exactly 3 g counts; 2976 not */
+    CHECK_EQ(gwfw_acc_last_impact(impact, 4, 64, 2976), 2);
+    CHECK_EQ(gwfw_acc_last_impact(impact, 4, 64, 2977), 1);
+    CHECK_EQ(gwfw_acc_last_impact(impact, 4, 64, 3001), -1);
+    CHECK_EQ(gwfw_acc_last_impact(diag, 2, 64, 3000), 0);
+    CHECK_EQ(gwfw_acc_last_impact(big, 1, 65535, 65535), -1); /* (T*L)^2 near 2^64: no overflow */
+    CHECK_EQ(gwfw_acc_last_impact(big, 1, 1, 65535), 0);
+    CHECK_EQ(gwfw_acc_last_impact(rest, 3, 64, 0), 2); /* threshold 0: every sample */
+    CHECK_EQ(gwfw_acc_last_impact(NULL, 3, 64, 3000), -1);
+    CHECK_EQ(gwfw_acc_last_impact(rest, 3, 0, 3000), -1);
+
+    /* holds an impact, whatever the history */
+    CHECK_EQ(gwfw_offload_motion(3000, 3000, 100000, 0, 0, 16000), GWFW_OFFLOAD_MOTION);
+    CHECK_EQ(gwfw_offload_motion(2999, 3000, 100000, 0, 0, 16000), 0);
+    /* the hold: a window starting up to hold_ms after the last impact, inclusive */
+    CHECK_EQ(gwfw_offload_motion(1000, 3000, 26000, 1, 10000, 16000), GWFW_OFFLOAD_MOTION);
+    CHECK_EQ(gwfw_offload_motion(1000, 3000, 26001, 1, 10000, 16000), 0);
+    CHECK_EQ(gwfw_offload_motion(1000, 3000, 8000, 1, 10000, 16000), GWFW_OFFLOAD_MOTION);
+    CHECK_EQ(gwfw_offload_motion(1000, 3000, 26000, 0, 10000, 16000), 0); /* no impact yet */
+    CHECK_EQ(gwfw_offload_motion(1000, 3000, 10000, 1, 10000, 0), GWFW_OFFLOAD_MOTION);
+    /* motion only adds a reason: it is OR-ed into the entropy/confidence decision */
+    CHECK_EQ(gwfw_offload_reason(5000, 0, 0, 10000) |
+                 gwfw_offload_motion(3000, 3000, 0, 0, 0, 16000),
+             GWFW_FLAG_OFFLOAD_MASK);
 }
 
 static int decode(const uint8_t *b, size_t n, struct gwfw_control *c)
@@ -768,6 +820,7 @@ int main(void)
     test_fragments();
     test_entropy();
     test_policy();
+    test_motion();
     test_control();
     test_info();
     test_ring();

@@ -1,10 +1,11 @@
 """The virtual wearable's logic, as its firmware would run it: pure, driven by simulated time.
 
 It cuts a recording into 8 s / 2 s windows, runs the local estimate (the signal-processing heart
-rate; the pruned ONNX model replaces it with the models milestone), computes the window entropy,
-decides to offload with the same integer policy as firmware_stub/, and encodes SUMMARY or WINDOW
-messages. It obeys control writes (time sync, policy, pruning, resend) and keeps a bounded ring of
-recent messages for RESEND. The BLE side (virtual.py) only moves its bytes.
+rate; the pruned ONNX model replaces it with the models milestone), computes the window entropy
+and the accelerometer peak, decides to offload with the same integer policy as firmware_stub/
+(entropy, confidence, and a motion event: an impact and the hold time after it), and encodes
+SUMMARY or WINDOW messages. It obeys control writes (time sync, policy, pruning, resend) and
+keeps a bounded ring of recent messages for RESEND. The BLE side (virtual.py) only moves its bytes.
 """
 
 from __future__ import annotations
@@ -37,13 +38,24 @@ from gatewayd.protocol.messages import (
 )
 from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
 from gatewayd.signals.heart_rate import HrTracker
-from gatewayd.signals.offload import confidence_e4, decide_offload
+from gatewayd.signals.offload import (
+    IMPACT_THRESHOLD_MILLI_G,
+    MOTION_HOLD_MS,
+    acc_peak_milli_g,
+    confidence_e4,
+    decide_offload,
+    last_impact_index,
+    motion_offload,
+)
 from gatewayd.signals.windows import STEP_S, WINDOW_S
 
 UNKNOWN_ACTIVITY: Final = 255
 FIRMWARE_VERSION: Final = (0, 1, 0)
 #: The emulated PPG front end's gain targets this peak magnitude (int16 LSB) for typical windows.
 _BVP_TARGET_PEAK: Final = 8192
+#: The emulated accelerometer: E4-like, 1/64 g per LSB, 32 Hz (the recording's units and rate).
+_ACC_LSB_PER_G: Final = 64
+_ACC_RATE_HZ: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,10 @@ class WearableSpec:
     #: Fault: the device clock runs this many ms/s fast (positive) or slow, before and after sync.
     clock_drift_ms_per_s: float = 0.0
     model_id: str = "hr-spectral"
+    #: Motion offload: a window whose peak |a| reaches this (milli-g) holds an impact.
+    impact_threshold_milli_g: int = IMPACT_THRESHOLD_MILLI_G
+    #: Motion offload: windows starting up to this long after an impact are offloaded too.
+    motion_hold_ms: int = MOTION_HOLD_MS
 
 
 def bvp_gain(recording: Recording) -> float:
@@ -114,6 +130,8 @@ class WearableCore:
         self._clock_offset_ms = float(spec.boot_unix_ms)
         self._synced = False
         self._windows_total = spec.recording.window_count()
+        #: Newest impact sample, ms of simulated (monotonic) time: TIME_SYNC must not move it.
+        self._last_impact_ms: int | None = None
 
     # ---- time ------------------------------------------------------------------------------
 
@@ -155,9 +173,9 @@ class WearableCore:
         major, minor, patch = FIRMWARE_VERSION
         return encode_info(
             DeviceInfo(
-                major, minor, patch, self.spec.boot_id, self.pruning_pct, 64, 32,
-                self.spec.sample_format, 64, self.tau_mbits, self.min_conf_e4, self._seq,
-                self.spec.model_id,
+                major, minor, patch, self.spec.boot_id, self.pruning_pct, 64, _ACC_RATE_HZ,
+                self.spec.sample_format, _ACC_LSB_PER_G, self.tau_mbits, self.min_conf_e4,
+                self._seq, self.spec.model_id,
             )
         )  # fmt: skip
 
@@ -221,11 +239,13 @@ class WearableCore:
         entropy = entropy_milli_bits(window_entropy_bits(bvp))
         # Until the pruned model lands, the local confidence is the HR estimator's.
         conf = confidence_e4(estimate.confidence)
-        reason = decide_offload(entropy, conf, self.tau_mbits, self.min_conf_e4)
+        start_s = end_s - WINDOW_S
+        reason = decide_offload(
+            entropy, conf, self.tau_mbits, self.min_conf_e4, motion=self._motion(acc, start_s)
+        )
         flags = MessageFlags(int(reason))
         if self._synced:
             flags |= MessageFlags.CLOCK_SYNCED
-        start_s = end_s - WINDOW_S
         hr = 0 if estimate.bpm is None else min(30000, round(estimate.bpm * 100))
         summary = Summary(
             seq=self._seq,
@@ -245,7 +265,22 @@ class WearableCore:
             self.counters.summaries += 1
             return summary
         self.counters.windows += 1
-        return Window(summary, fmt, 64, 32, 64, bvp, acc)
+        return Window(summary, fmt, 64, _ACC_RATE_HZ, _ACC_LSB_PER_G, bvp, acc)
+
+    def _motion(self, acc: npt.NDArray[np.int_], start_s: float) -> bool:
+        """Update the last impact from this window's wire samples; is it a motion offload?"""
+        threshold = self.spec.impact_threshold_milli_g
+        start_ms = round(start_s * 1000)
+        index = last_impact_index(acc, _ACC_LSB_PER_G, threshold)
+        if index is not None:
+            self._last_impact_ms = start_ms + index * 1000 // _ACC_RATE_HZ
+        return motion_offload(
+            acc_peak_milli_g(acc, _ACC_LSB_PER_G),
+            start_ms,
+            self._last_impact_ms,
+            threshold_milli_g=threshold,
+            hold_ms=self.spec.motion_hold_ms,
+        )
 
 
 def _with_flags(message: Message, extra: MessageFlags) -> Message:

@@ -52,7 +52,7 @@ class MessageType(IntEnum):
 
 
 class MessageFlags(IntFlag):
-    """The header's ``flags`` field; bits 6-15 are reserved and kept as they came."""
+    """The header's ``flags`` field; bits 7-15 are reserved and kept as they came."""
 
     NONE = 0
     OFFLOAD_ENTROPY = 1 << 0
@@ -61,9 +61,14 @@ class MessageFlags(IntFlag):
     RESENT = 1 << 3
     CHARGING = 1 << 4
     OFF_WRIST = 1 << 5
+    #: The window holds an impact, or starts within the hold time after one (a v1 addition:
+    #: bit 6 was reserved, so an older gateway keeps it as it came and still gets the WINDOW).
+    OFFLOAD_MOTION = 1 << 6
 
 
-OFFLOAD_MASK: Final = MessageFlags.OFFLOAD_ENTROPY | MessageFlags.OFFLOAD_CONFIDENCE
+OFFLOAD_MASK: Final = (
+    MessageFlags.OFFLOAD_ENTROPY | MessageFlags.OFFLOAD_CONFIDENCE | MessageFlags.OFFLOAD_MOTION
+)
 
 
 class SampleFormat(IntEnum):
