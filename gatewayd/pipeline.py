@@ -910,6 +910,8 @@ class _OutboxStore(Protocol):
 
     async def mark_published(self, event_ids: Sequence[str]) -> int: ...
 
+    async def record_attempts(self, event_ids: Sequence[str]) -> None: ...
+
 
 class StoreOutbox:
     """`gatewayd.publish.OutboxSource` over the store: stored events become MQTT payloads.
@@ -953,3 +955,7 @@ class StoreOutbox:
     async def mark_published(self, event_ids: Sequence[str]) -> None:
         """The broker acknowledged these events."""
         await self._store.mark_published(event_ids)
+
+    async def record_attempt(self, event_ids: Sequence[str]) -> None:
+        """One more publish attempt for these events (the outbox's ``attempts`` column)."""
+        await self._store.record_attempts(event_ids)

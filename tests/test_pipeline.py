@@ -229,6 +229,7 @@ class Row:
 class FakeOutboxStore:
     rows: list[Row]
     marked: list[str] = field(default_factory=list)
+    attempted: list[str] = field(default_factory=list)
 
     async def pending_outbox(self, limit: int = 100) -> Sequence[Row]:
         return [r for r in self.rows if r.event.id not in self.marked][:limit]
@@ -236,6 +237,9 @@ class FakeOutboxStore:
     async def mark_published(self, event_ids: Sequence[str]) -> int:
         self.marked.extend(event_ids)
         return len(event_ids)
+
+    async def record_attempts(self, event_ids: Sequence[str]) -> None:
+        self.attempted.extend(event_ids)
 
 
 def test_a_gateway_event_round_trips_to_the_mqtt_gateway_alert_payload() -> None:

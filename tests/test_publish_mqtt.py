@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,7 @@ class FakeOutbox:
     def __init__(self) -> None:
         self.items: list[OutboxItem] = []
         self.marked: list[str] = []
+        self.attempts: list[str] = []
         self.on_mark: Callable[[Sequence[str]], None] | None = None
         self._ms = 1_767_323_045_000
         self._ids = EventIdGenerator()
@@ -76,6 +78,9 @@ class FakeOutbox:
         if self.on_mark is not None:
             self.on_mark(event_ids)
         self.marked.extend(event_ids)
+
+    async def record_attempt(self, event_ids: Sequence[str]) -> None:
+        self.attempts.extend(event_ids)
 
 
 class Subscriber:
@@ -247,6 +252,7 @@ async def test_alerts_in_order_and_marked_after_delivery(mosquitto_broker: Broke
             await sub.wait(lambda: len(sub.messages) >= 10, "ten alerts")
         assert received_ids() == [i.event_id for i in outbox.items]
         assert outbox.marked == [i.event_id for i in outbox.items]
+        assert outbox.attempts == outbox.marked, "one attempt each, counted before the publish"
         assert before[0].event_id == outbox.marked[0]
         assert all(m.qos == 1 and not m.retain for m in sub.messages)
         assert publisher.stats.alerts_published == 10
@@ -292,6 +298,19 @@ async def test_a_gateway_event_is_published_once_on_the_gateway_alert_topic(
     )  # fmt: skip
     assert [a["event_id"] for a in sub.on(topics.alerts("w1"))] == [device_id]
     assert f"{topics.base}/gateway/alerts" not in sub.topics()
+    # The outbox counts publish attempts: one each here (no connection dropped).
+    assert await asyncio.to_thread(_attempts, tmp_path / "events.db") == {
+        gateway_id: 1,
+        device_id: 1,
+    }
+
+
+def _attempts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT event_id, attempts FROM outbox").fetchall())
+    finally:
+        conn.close()
 
 
 async def test_broker_outage_backlog_delivered_in_order(tmp_path: Path) -> None:

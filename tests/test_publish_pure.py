@@ -229,6 +229,9 @@ class _NoOutbox:
     async def mark_published(self, event_ids: object) -> None:
         raise AssertionError("not running")
 
+    async def record_attempt(self, event_ids: object) -> None:
+        raise AssertionError("not running")
+
 
 def test_telemetry_queue_is_bounded_and_counts_drops() -> None:
     publisher = Publisher(MqttConfig(), "g", _NoOutbox(), telemetry_queue_size=3)  # type: ignore[arg-type]

@@ -576,6 +576,9 @@ class _NoOutbox:
     async def mark_published(self, event_ids: Sequence[str]) -> None:
         return None
 
+    async def record_attempt(self, event_ids: Sequence[str]) -> None:
+        return None
+
 
 async def _publish_alone(
     work: Workload, analyses: Sequence[WindowAnalysis], host: str, port: int

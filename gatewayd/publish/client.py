@@ -84,6 +84,10 @@ class OutboxSource(Protocol):
         """Record that the broker acknowledged these items; they are not returned again."""
         ...
 
+    async def record_attempt(self, event_ids: Sequence[str]) -> None:
+        """Count one publish attempt for these items (an item sent again after a drop has 2+)."""
+        ...
+
 
 @dataclass(slots=True)
 class PublisherStats:
@@ -448,6 +452,7 @@ class Publisher:
                     )
                     await self._outbox.mark_published([item.event_id])
                     continue
+                await self._outbox.record_attempt([item.event_id])
                 await client.publish(
                     topic,
                     item.payload,
