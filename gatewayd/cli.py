@@ -112,7 +112,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return _not_built("demo")
         # The demo exists but something it needs does not (yet): say what, still exit 69.
         raise NotYetAvailableError(f"gatewayd demo cannot start: {exc}") from exc
-    parser = _Parser(prog="gatewayd demo", description="Run the end-to-end demo.")
+    parser = _Parser(
+        prog="gatewayd demo",
+        description="Emulated wearables (synthetic recordings) -> the gateway -> an MQTT broker:"
+        " a scripted scenario that raises a tachycardia, a fall and a disconnection within a"
+        " minute, with a live view (docs/demo.md).",
+    )
     demo.add_arguments(parser)
     demo_args = parser.parse_args(args.extra, namespace=argparse.Namespace(**vars(args)))
     result: int = demo.run(demo_args)
