@@ -248,6 +248,15 @@ def test_event_message_summarises_reason_and_evidence() -> None:
     ) == ("messages_lost, 2 from seq 4")
     assert event_message(event({})) == "-"
     assert event_message(event({"reason": "r", "evidence": "not a mapping"})) == "r"
+    # Values equal once rounded are said once; a fall says its impact and the stillness after.
+    same = {"windows": windows, "min": 150.0, "max": 150.04}
+    assert event_message(event({"reason": "threshold", "evidence": same})) == (
+        "threshold, 150 over 3 windows"
+    )
+    fall = {"windows": windows, "min": 0.0086, "max": 3.105, "impact_g": 3.105, "still_for_s": 11.0}
+    assert event_message(event({"reason": "threshold", "evidence": fall})) == (
+        "threshold, impact 3.1 g, then still 11 s"
+    )
 
 
 # --- gatewayd events -----------------------------------------------------------------------------
@@ -308,7 +317,7 @@ def test_events_table_lists_everything_oldest_first(
             "raised",
             "critical",
             "physiological",
-            "threshold",
+            "threshold, impact 3.1 g",
             "pending",
         ],
         [

@@ -39,7 +39,7 @@ from gatewayd.emulator.bluez import FakeBluez, install_bluetoothctl_shim
 from gatewayd.emulator.bus import DBUS_SYSTEM_BUS_ADDRESS, PrivateBus
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, run_fleet
 from gatewayd.errors import GatewayError
-from gatewayd.link.registry import PairedDevice
+from gatewayd.link.registry import DeviceRegistry
 from gatewayd.signals.windows import STEP_S, WINDOW_S
 
 from .broker import BrokerChoice, choose_broker, mosquitto_sub_line
@@ -235,8 +235,13 @@ async def _run(  # noqa: PLR0915 - one story, told in order
 ) -> DemoResult:
     setup = FleetSetup(devices=len(scenario.residents), speed=1.0, seed=1)
     fleet = await build_fleet(fake, recordings, setup)
+    # Paired as `gatewayd pair` would, in the demo's state directory, so that `gatewayd
+    # --config <state dir>/gatewayd-demo.toml devices list` (or events) works on it afterwards.
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
     paired = [
-        PairedDevice(r.device_id, device.address, "wearable", wearable.core.spec.name)
+        await asyncio.to_thread(
+            registry.add, device.address, "wearable", wearable.core.spec.name, r.device_id
+        )
         for r, (device, wearable) in zip(scenario.residents, fleet.wearables, strict=True)
     ]
     loop = asyncio.get_running_loop()

@@ -412,10 +412,16 @@ def event_message(event: StoredEvent) -> str:
     evidence = evidence if isinstance(evidence, Mapping) else {}
     parts = [str(payload.get("message") or payload.get("reason") or "")]
     low, high = evidence.get("min"), evidence.get("max")
-    if _is_number(low) and _is_number(high):
+    impact, still = evidence.get("impact_g"), evidence.get("still_for_s")
+    if _is_number(impact):
+        # A fall: its min/max mix the impact with the stillness after it; say both plainly.
+        parts.append(f"impact {impact:.1f} g" + (f", then still {still:.0f} s"
+                                                 if _is_number(still) else ""))  # fmt: skip
+    elif _is_number(low) and _is_number(high):
         windows = evidence.get("windows")
         n = len(windows) if isinstance(windows, list) else 0
-        values = f"{low:.4g}" if low == high else f"{low:.4g}-{high:.4g}"
+        lo, hi = f"{low:.4g}", f"{high:.4g}"
+        values = lo if lo == hi else f"{lo}-{hi}"
         parts.append(f"{values} over {n} window{'s' if n != 1 else ''}" if n else values)
     lasted = evidence.get("for_s")
     if _is_number(lasted):
