@@ -36,6 +36,7 @@ __all__ = [
     "BenchReport",
     "ModelBench",
     "PaperRow",
+    "bench_environment",
     "bench_models",
     "format_bench",
     "median_seconds",
@@ -175,7 +176,7 @@ def bench_one(model: InstalledModel, runs: int, batch: int) -> ModelBench:
     )
 
 
-def _environment() -> dict[str, str]:
+def bench_environment() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:  # noqa: PTH123 - Linux only, optional
@@ -203,7 +204,7 @@ def bench_models(models: Sequence[InstalledModel], runs: int = 200, batch: int =
         models=[bench_one(m, runs, batch) for m in models],
         preprocess_ms=_preprocess_ms(runs),
         runs=runs,
-        environment=_environment(),
+        environment=bench_environment(),
     )
 
 

@@ -44,7 +44,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from gatewayd.bench.models import _environment
+from gatewayd.bench.models import bench_environment
 from gatewayd.config import Config, MqttConfig, StoreConfig
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.demo.broker import BrokerChoice, choose_broker
@@ -672,7 +672,7 @@ async def bench_pipeline(
         parts["publish"] = await _publish_alone(work, sync.analyses, host, port)
     finally:
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
-    environment = await asyncio.to_thread(_environment)  # reads /proc/cpuinfo
+    environment = await asyncio.to_thread(bench_environment)  # reads /proc/cpuinfo
     notes = []
     offloaded = len(work.windows)
     if offloaded != windows:
