@@ -148,10 +148,53 @@ async def _wait_until_listening(
     raise ChildProcessError(f"exited with status {process.returncode}")
 
 
+# --- brokers started for the demo ----------------------------------------------------------------
+
+
+class _StartedBroker:
+    """What both brokers the demo may start share: 127.0.0.1, a port once started, and an async
+    context manager (start on entry, stop on exit) that refuses re-entry."""
+
+    def __init__(self) -> None:
+        self.host = LOOPBACK
+        self._port: int | None = None
+        self._entered = False
+
+    @property
+    def port(self) -> int:
+        """The port the broker listens on (only once started)."""
+        if self._port is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return self._port
+
+    async def start(self) -> None:
+        """Start the broker and wait until its port accepts connections."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop the broker."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError(f"{type(self).__name__} is not reentrant; create a new one")
+        self._entered = True
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
 # --- private mosquitto ----------------------------------------------------------------------------
 
 
-class PrivateMosquitto:
+class PrivateMosquitto(_StartedBroker):
     """A mosquitto process of our own on 127.0.0.1 and an ephemeral port, for one demo run.
 
     Anonymous, no persistence, a config and a log in a temporary directory removed on stop.
@@ -165,41 +208,17 @@ class PrivateMosquitto:
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        self.host = LOOPBACK
+        super().__init__()
         self._executable = executable
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._port: int | None = None
         self._directory: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
-        self._entered = False
-
-    @property
-    def port(self) -> int:
-        """The port mosquitto listens on (only once started)."""
-        if self._port is None:
-            raise RuntimeError("PrivateMosquitto is not started")
-        return self._port
 
     @property
     def running(self) -> bool:
         """Whether the process is up."""
         return self._process is not None and self._process.returncode is None
-
-    async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError("PrivateMosquitto is not reentrant; create a new one")
-        self._entered = True
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Write a config, start mosquitto and wait (bounded) until its port accepts connections.
@@ -300,7 +319,7 @@ class PrivateMosquitto:
 # --- in-process broker (amqtt, optional) ----------------------------------------------------------
 
 
-class InProcessBroker:
+class InProcessBroker(_StartedBroker):
     """An amqtt broker in this event loop on 127.0.0.1 and an ephemeral port; the last resort.
 
     Needs the optional ``demo`` extra (amqtt), imported only when started. Anonymous, no $SYS
@@ -311,34 +330,10 @@ class InProcessBroker:
     """
 
     def __init__(self, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
-        self.host = LOOPBACK
+        super().__init__()
         self._stop_timeout_s = stop_timeout_s
-        self._port: int | None = None
         self._broker: _AmqttBroker | None = None
-        self._entered = False
         self._quieted: list[logging.Logger] = []
-
-    @property
-    def port(self) -> int:
-        """The port the broker listens on (only once started)."""
-        if self._port is None:
-            raise RuntimeError("InProcessBroker is not started")
-        return self._port
-
-    async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError("InProcessBroker is not reentrant; create a new one")
-        self._entered = True
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Import amqtt, start its broker and wait until the port accepts connections."""
