@@ -10,9 +10,7 @@ Builders: ``Broker(tmp_path, password_file=..., tls=...)`` for auth and TLS vari
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,10 +19,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from gatewayd.demo.broker import free_port, wait_until_listening
+
 __all__ = [
     "MOSQUITTO",
     "Broker",
     "BrokerTls",
+    "free_port",
     "make_password_file",
     "make_tls_files",
     "mosquitto_broker",
@@ -39,14 +40,6 @@ needs_mosquitto = pytest.mark.skipif(
 )
 #: Generous: a loaded 2-core machine may take a while to start a process.
 START_TIMEOUT_S = 15.0
-
-
-def free_port() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -117,19 +110,10 @@ class Broker:
             )
         finally:
             log.close()
-        async with asyncio.timeout(START_TIMEOUT_S):
-            while True:
-                if self._process.returncode is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log_text()}")
-                try:
-                    _, writer = await asyncio.open_connection(self.host, self.port)
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                return
+        try:
+            await wait_until_listening(self.host, self.port, self._process, START_TIMEOUT_S)
+        except ChildProcessError:
+            raise RuntimeError(f"mosquitto exited: {self.log_text()}") from None
 
     async def stop(self) -> None:
         """Stop mosquitto (SIGTERM, then SIGKILL) and wait for it to exit."""

@@ -43,9 +43,11 @@ __all__ = [
     "PrivateMosquitto",
     "choose_broker",
     "find_mosquitto",
+    "free_port",
     "in_process_available",
     "local_broker_reachable",
     "mosquitto_sub_line",
+    "wait_until_listening",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ def in_process_available() -> bool:
     return importlib.util.find_spec("amqtt") is not None
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = LOOPBACK) -> int:
     """A TCP port on host that was free a moment ago (the kernel's ephemeral range)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -130,7 +132,7 @@ def _free_port(host: str) -> int:
         return port
 
 
-async def _wait_until_listening(
+async def wait_until_listening(
     host: str, port: int, process: asyncio.subprocess.Process | None, timeout_s: float
 ) -> None:
     """Return once host:port accepts a TCP connection; raise if process exits or time runs out."""
@@ -249,7 +251,7 @@ class PrivateMosquitto(_StartedBroker):
         finally:
             os.close(log_fd)
         try:
-            await _wait_until_listening(self.host, port, self._process, self._start_timeout_s)
+            await wait_until_listening(self.host, port, self._process, self._start_timeout_s)
         except (TimeoutError, ChildProcessError) as exc:
             reason = (
                 f"did not listen on {self.host}:{port} within {self._start_timeout_s:g} s"
@@ -281,7 +283,7 @@ class PrivateMosquitto(_StartedBroker):
     def _prepare(host: str) -> tuple[Path, int, int]:
         """Create the directory, config and log file; return them and a free port (blocking)."""
         directory = Path(tempfile.mkdtemp(prefix="gatewayd-demo-mosquitto-"))
-        port = _free_port(host)
+        port = free_port(host)
         lines = [
             f"listener {port} {host}",
             "allow_anonymous true",
@@ -346,7 +348,7 @@ class InProcessBroker(_StartedBroker):
             raise BrokerUnavailableError(
                 f"the in-process broker needs amqtt: {exc}; {_HOW_TO_GET_A_BROKER}"
             ) from exc
-        self._port = await asyncio.to_thread(_free_port, self.host)
+        self._port = await asyncio.to_thread(free_port, self.host)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self._port}"}},
             # Only anonymous auth: amqtt's default set adds packet/event loggers and $SYS topics.
