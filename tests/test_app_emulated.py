@@ -28,13 +28,13 @@ import aiomqtt
 import pytest
 import pytest_asyncio
 
-from gatewayd.app import run_gateway
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.link.registry import PairedDevice
 from tests.emulator_fixtures import release_bleak_manager
+from tests.gateway_task import Running, gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
 
 pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
@@ -222,41 +222,12 @@ async def build(
     return fleet, devices
 
 
-@dataclass
-class Running:
-    """A gateway started in the background, with what it told systemd."""
-
-    task: asyncio.Task[int]
-    stop: asyncio.Event
-    notes: list[str]
-
-
 @contextlib.asynccontextmanager
 async def gateway(config: Config, devices: list[PairedDevice]) -> AsyncIterator[Running]:
-    """run_gateway as a task; stopped through its Event (and awaited) on exit."""
-    stop = asyncio.Event()
-    notes: list[str] = []
-    task = asyncio.create_task(
-        run_gateway(
-            config,
-            registry_devices=devices,
-            ready=lambda: notes.append("READY=1"),
-            watchdog=lambda: notes.append("WATCHDOG=1"),
-            status=lambda line: notes.append(f"STATUS={line}"),
-            stop=stop,
-            models_dir=Path(config.gateway.state_dir) / "no-models",
-            watchdog_interval_s=0.5,
-        )
-    )
-    try:
-        yield Running(task, stop, notes)
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            async with asyncio.timeout(30):
-                await asyncio.shield(task)
-        if not task.done():
-            task.cancel()
+    """The gateway in the background, without a model, its watchdog pinged every 0.5 s."""
+    models_dir = Path(config.gateway.state_dir) / "no-models"
+    async with gateway_task(config, devices, models_dir=models_dir, watchdog_interval_s=0.5) as gw:
+        yield gw
 
 
 @pytest.mark.asyncio
@@ -271,7 +242,7 @@ async def test_alerts_and_telemetry_reach_a_subscriber_and_match_the_event_log(
     try:
         await asyncio.wait_for(subscribed.wait(), 10)
         async with gateway(config, devices) as gw, running(fleet, SPEED):
-            await wait_for(lambda: _ready(gw), 15, "READY=1")
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
             await asyncio.wait_for(_all_done(fleet), DEADLINE_S)
             total = sum(w.core.windows_total for _, w in fleet.wearables)
             await wait_for(lambda: _stored_and_published(config, total), 20,
@@ -313,12 +284,6 @@ def _gateway_events(path: Path) -> list[str]:
         conn.close()
 
 
-async def _ready(gw: Running) -> bool:
-    if gw.task.done():
-        pytest.fail(f"gateway exited early with {gw.task.result()}")
-    return "READY=1" in gw.notes
-
-
 async def _all_done(fleet: Fleet) -> None:
     for _, wearable in fleet.wearables:
         await wearable.done.wait()
@@ -348,7 +313,7 @@ async def test_alerts_written_while_the_broker_is_down_arrive_afterwards_in_orde
     try:
         await asyncio.wait_for(subscribed.wait(), 10)
         async with gateway(config, devices) as gw:
-            await wait_for(lambda: _ready(gw), 15, "READY=1")
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
             # The wearables' simulated clocks start here: sim seconds = real seconds x SPEED.
             async with running(fleet, SPEED):
                 started = loop.time()

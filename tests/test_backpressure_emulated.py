@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from gatewayd.app import run_gateway
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
@@ -42,6 +41,7 @@ from gatewayd.inference import read_card, sha256_of, write_card
 from gatewayd.link.registry import PairedDevice
 from gatewayd.pipeline import BackpressureConfig, throttled_policy
 from tests.emulator_fixtures import release_bleak_manager
+from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
 from tests.test_inference import TinyModel, install_tiny_model
 
@@ -174,35 +174,6 @@ def stored_windows(path: Path) -> int:
         conn.close()
 
 
-@contextlib.asynccontextmanager
-async def gateway(
-    config: Config, devices: list[PairedDevice], models: Path
-) -> AsyncIterator[tuple[asyncio.Task[int], list[str]]]:
-    """run_gateway as a task with its READY notes; stopped through its Event on exit."""
-    stop = asyncio.Event()
-    notes: list[str] = []
-    task = asyncio.create_task(
-        run_gateway(
-            config,
-            registry_devices=devices,
-            ready=lambda: notes.append("READY=1"),
-            status=lambda line: notes.append(f"STATUS={line}"),
-            stop=stop,
-            models_dir=models,
-            backpressure_interval_s=INTERVAL_S,
-        )
-    )
-    try:
-        yield task, notes
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            async with asyncio.timeout(30):
-                await asyncio.shield(task)
-        if not task.done():
-            task.cancel()
-
-
 @pytest.mark.asyncio
 async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_falls(
     fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
@@ -243,19 +214,24 @@ async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_fa
 
     watcher = asyncio.create_task(watch_policies())
     try:
-        async with gateway(config, devices, models) as (task, notes), running(fleet, SPEED):
-            await wait_for(lambda: _ready(task, notes), 15, "READY=1")
+        async with (
+            gateway_task(
+                config, devices, models_dir=models, backpressure_interval_s=INTERVAL_S
+            ) as gw,
+            running(fleet, SPEED),
+        ):
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
             await wait_for(throttled, DEADLINE_S, "a wearable to be throttled")
             await wait_for(replayed, DEADLINE_S, "the replay to end")
             await wait_for(drained, DEADLINE_S, "every window analysed and stored")
             await wait_for(relaxed, DEADLINE_S, "every wearable back at the configured policy")
-        assert await task == 0
+        assert await gw.task == 0
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
 
-    assert any(n.startswith("STATUS=") and f"model {MODEL_ID}" in n for n in notes)
+    assert any(n.startswith("STATUS=") and f"model {MODEL_ID}" in n for n in gw.notes)
     # Each policy a wearable ever had is the configured one or a throttle level of it.
     levels = {
         throttled_policy(*base, level, BackpressureConfig()): level
@@ -269,9 +245,3 @@ async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_fa
     for core in cores.values():
         assert core.counters.windows == core.windows_total
         assert (core.tau_mbits, core.min_conf_e4) == base
-
-
-async def _ready(task: asyncio.Task[int], notes: list[str]) -> bool:
-    if task.done():
-        pytest.fail(f"gateway exited early with {task.result()}")
-    return "READY=1" in notes
