@@ -90,38 +90,17 @@ def slow_model_bytes(tiny: TinyModel, iterations: int) -> bytes:
             helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None),
         ],
     )
-    inits = [
-        numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
-        numpy_helper.from_array(w, "burn_w"),
-        numpy_helper.from_array(np.array([-1, 4 * 512], dtype=np.int64), "flat_shape"),
-        numpy_helper.from_array(tiny.wa, "wa"),
-        numpy_helper.from_array(tiny.ba, "ba"),
-        numpy_helper.from_array(tiny.wh, "wh"),
-        numpy_helper.from_array(tiny.bh, "bh"),
-    ]
-    nodes = [
-        helper.make_node("Loop", ["trips", "", "x"], ["burnt"], body=body),
-        helper.make_node("Reshape", ["burnt", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "wa"], ["a0"]),
-        helper.make_node("Add", ["a0", "ba"], ["activity_logits"]),
-        helper.make_node("MatMul", ["flat", "wh"], ["h0"]),
-        helper.make_node("Add", ["h0", "bh"], ["hr_logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
+    loop = helper.make_node("Loop", ["trips", "", "x"], ["burnt"], body=body)
+    return tiny.graph_bytes(
         "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 512])],
-        [
-            helper.make_tensor_value_info("activity_logits", TensorProto.FLOAT, ["N", 9]),
-            helper.make_tensor_value_info("hr_logits", TensorProto.FLOAT, ["N", 200]),
+        ["N", 4, 512],
+        front=[loop],
+        front_inits=[
+            numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+            numpy_helper.from_array(w, "burn_w"),
         ],
-        initializer=inits,
+        features="burnt",
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    data: bytes = model.SerializeToString()
-    return data
 
 
 def install_slow_model(directory: Path) -> None:

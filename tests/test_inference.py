@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +66,21 @@ class TinyModel:
 
     def onnx_bytes(self, layout: Literal["conv1d", "conv2d"]) -> bytes:
         shape: list[Any] = ["N", 4, 512] if layout == "conv1d" else ["N", 4, 1, 512]
+        return self.graph_bytes("tiny", shape)
+
+    def graph_bytes(
+        self,
+        name: str,
+        shape: list[Any],
+        *,
+        front: Sequence[onnx.NodeProto] = (),
+        front_inits: Sequence[onnx.TensorProto] = (),
+        features: str = "x",
+    ) -> bytes:
+        """A model whose heads read the tensor ``features``, computed from input ``x`` by
+        ``front`` (nothing: the heads read the input itself)."""
         inits = [
+            *front_inits,
             numpy_helper.from_array(np.array([-1, FEATURES], dtype=np.int64), "flat_shape"),
             numpy_helper.from_array(self.wa, "wa"),
             numpy_helper.from_array(self.ba, "ba"),
@@ -73,7 +88,8 @@ class TinyModel:
             numpy_helper.from_array(self.bh, "bh"),
         ]
         nodes = [
-            helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),
+            *front,
+            helper.make_node("Reshape", [features, "flat_shape"], ["flat"]),
             helper.make_node("MatMul", ["flat", "wa"], ["a0"]),
             helper.make_node("Add", ["a0", "ba"], ["activity_logits"]),
             helper.make_node("MatMul", ["flat", "wh"], ["h0"]),
@@ -81,7 +97,7 @@ class TinyModel:
         ]
         graph = helper.make_graph(
             nodes,
-            "tiny",
+            name,
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
             [
                 helper.make_tensor_value_info("activity_logits", TensorProto.FLOAT, ["N", 9]),
