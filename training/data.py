@@ -20,6 +20,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.datasets import Recording, find_recordings, generate_recording, load
 from gatewayd.datasets.dalia import default_cache_dir
 from gatewayd.signals import MODEL_CHANNELS, MODEL_WINDOW_LEN, preprocess_window
@@ -112,14 +113,14 @@ class WindowSet:
 
 
 def labels_of(rec: Recording) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Return per-window activity ids (-1 if none) and reference HR (NaN if none)."""
+    """Return per-window activity group codes (-1 if unknown) and reference HR (NaN if none)."""
     n = rec.window_count()
     activity = np.full(n, NO_ACTIVITY, dtype=np.int64)
     hr = np.full(n, np.nan, dtype=np.float32)
     for i in range(n):
-        a = rec.activity_for_window(i)
-        if a is not None:
-            activity[i] = a
+        group = rec.group_for_window(i)
+        if group is not ActivityGroup.UNKNOWN:
+            activity[i] = int(group)
         h = rec.hr_for_window(i)
         if h is not None:
             hr[i] = h

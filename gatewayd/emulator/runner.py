@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from gatewayd.datasets import find_recordings, load
+from gatewayd.datasets import FORMATS, find_recordings, load
 from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording, write_synthetic_dataset
 from gatewayd.errors import EmulatorError
@@ -48,7 +48,10 @@ class EmulateOptions:
 
 
 def load_recordings(options: EmulateOptions) -> list[Recording]:
-    """The recordings to replay: those under --dataset, else synthetic subjects (labelled so)."""
+    """The recordings to replay: those under --dataset, else synthetic subjects (labelled so).
+
+    A set without PPG (``has_bvp`` False: the HAR sets) replays with a flat BVP.
+    """
     if options.dataset is None:
         subjects = max(1, min(options.devices, 4))
         return [
@@ -56,9 +59,7 @@ def load_recordings(options: EmulateOptions) -> list[Recording]:
         ]
     sources = find_recordings(options.dataset)
     if not sources:
-        raise EmulatorError(
-            f"{options.dataset}: no recordings found (TROIKA .mat, PPG-DaLiA SX.pkl, E4 folders)"
-        )
+        raise EmulatorError(f"{options.dataset}: no recordings found (recognised: {FORMATS})")
     wanted = min(len(sources), max(1, options.devices))
     return [load(s) for s in itertools.islice(sources, wanted)]
 
