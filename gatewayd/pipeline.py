@@ -29,13 +29,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 
 import numpy as np
 import structlog
 from pydantic import ValidationError
 
+from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.config import InferenceConfig
+from gatewayd.inference.cards import ACTIVITY_CLASSES
+from gatewayd.inference.groups import group_prediction
 from gatewayd.inference.session import InferenceError, ModelSession, Prediction
 from gatewayd.link.events import (
     BatteryLevel,
@@ -48,8 +51,6 @@ from gatewayd.link.events import (
     MessagesLost,
 )
 from gatewayd.protocol.messages import (
-    ACTIVITY_NAMES,
-    UNKNOWN_ACTIVITY,
     UNKNOWN_PERCENT,
     MessageFlags,
     Summary,
@@ -57,7 +58,14 @@ from gatewayd.protocol.messages import (
     summary_of,
 )
 from gatewayd.publish.client import OutboxItem as PublishItem
-from gatewayd.publish.payloads import MESSAGE_MAX_CHARS, Alert, DeviceState, GatewayAlert, Telemetry
+from gatewayd.publish.payloads import (
+    MESSAGE_MAX_CHARS,
+    ActivityName,
+    Alert,
+    DeviceState,
+    GatewayAlert,
+    Telemetry,
+)
 from gatewayd.publish.topics import TopicError, Topics
 from gatewayd.rules.alerts import AlertTransition
 from gatewayd.rules.engine import RuleEngine
@@ -88,6 +96,7 @@ __all__ = [
     "observation_for_frame",
     "observation_for_strap",
     "plan_backpressure",
+    "summary_hr_confidence",
     "telemetry_for",
     "throttled_policy",
     "window_time",
@@ -111,28 +120,41 @@ class WindowAnalysis:
     hr_bpm: float | None
     hr_confidence: float
     hr_source: HrSourceName
+    #: The model's activity group (`ActivityGroup` code, 255 when it is unsure which); None
+    #: when nothing here looked at the activity (the signal estimator).
     activity: int | None = None
+    #: Probability of that group (summed over the model's classes in it).
     activity_confidence: float = 0.0
     quality: int | None = None
     model_id: str | None = None
     result: Mapping[str, Any] | None = None
 
 
-def analysis_from_prediction(prediction: Prediction, i: int, model_id: str) -> WindowAnalysis:
-    """Row ``i`` of a model's batch answer; HR confidence is 1 - normalised HR entropy."""
+def analysis_from_prediction(
+    prediction: Prediction,
+    i: int,
+    model_id: str,
+    classes: Sequence[str] = ACTIVITY_CLASSES,
+) -> WindowAnalysis:
+    """Row ``i`` of a model's batch answer; HR confidence is 1 - normalised HR entropy.
+
+    ``classes`` are the model card's ``outputs.activity_classes``; the activity is their group
+    (`gatewayd.inference.groups`), its confidence the group's summed probability.
+    """
     bins = prediction.hr_probs.shape[1]
     max_bits = math.log2(bins) if bins > 1 else 1.0
     confidence = float(np.clip(1.0 - prediction.hr_entropy_bits[i] / max_bits, 0.0, 1.0))
-    activity = int(prediction.activity[i])
+    groups = group_prediction(prediction.activity_probs[i : i + 1], classes)
     return WindowAnalysis(
         hr_bpm=float(prediction.hr_bpm[i]),
         hr_confidence=confidence,
         hr_source="model",
-        activity=activity,
-        activity_confidence=float(prediction.activity_confidence[i]),
+        activity=int(groups.group[0]),
+        activity_confidence=float(groups.confidence[0]),
         model_id=model_id,
         result={
             "activity_probs": [round(float(p), 4) for p in prediction.activity_probs[i]],
+            "group_probs": [round(float(p), 4) for p in groups.group_probs[0]],
             "hr_entropy_bits": round(float(prediction.hr_entropy_bits[i]), 4),
         },
     )
@@ -145,8 +167,23 @@ def window_time(summary: Summary, received_at: float) -> float:
     return received_at - summary.window_ms / 1000
 
 
-def _known_activity(activity: int) -> int | None:
-    return None if activity == UNKNOWN_ACTIVITY or activity >= len(ACTIVITY_NAMES) else activity
+_KNOWN_GROUPS: Final = frozenset(int(g) for g in ActivityGroup if g is not ActivityGroup.UNKNOWN)
+
+
+def _known_group(activity: int | None) -> int | None:
+    """A known group's code, or None for unknown (255, or anything that is not a group)."""
+    return activity if activity in _KNOWN_GROUPS else None
+
+
+def summary_hr_confidence(summary: Summary) -> float:
+    """Confidence of a SUMMARY's heart rate: its signal quality, 0-100 -> 0-1.
+
+    A wearable that reports no quality (255) is taken at its word, as a strap is (1.0): the
+    quality gate (rules.hr.min_signal_quality) lets such windows through too.
+    """
+    if summary.signal_quality == UNKNOWN_PERCENT:
+        return 1.0
+    return summary.signal_quality / 100
 
 
 def observation_for_frame(
@@ -176,30 +213,34 @@ def observation_for_frame(
         "window_id": window_id,
         "acc": acc,
         "acc_rate_hz": acc_rate,
+        # The samples' own time (the wearable's clock once synced): bursts of late windows
+        # still cover the seconds they were measured in (the fall rule's stillness).
+        "acc_end": window_time(s, received_at) + s.window_ms / 1000,
         "window_s": s.window_ms / 1000,
     }
     if analysis is not None:
         activity = analysis.activity
         activity_conf = analysis.activity_confidence
         if activity is None:  # the signal estimator knows no activity: keep the wearable's
-            activity = _known_activity(s.activity)
+            activity = s.activity
             activity_conf = s.activity_confidence
         return Observation(
             **common,
             hr_bpm=analysis.hr_bpm,
             hr_source=analysis.hr_source,
             hr_confidence=analysis.hr_confidence,
-            activity=activity,
+            activity=_known_group(activity),
             activity_confidence=activity_conf,
             model_id=analysis.model_id,
         )
-    # A summary: the wearable's own values. Its local confidence is its HR estimator's.
+    # A summary: the wearable's own values. activity_conf_e4 is its local model's probability
+    # of the group; how far its heart rate can be trusted is what its signal quality says.
     return Observation(
         **common,
         hr_bpm=s.hr_bpm,
         hr_source="model",
-        hr_confidence=s.activity_confidence,
-        activity=_known_activity(s.activity),
+        hr_confidence=summary_hr_confidence(s),
+        activity=_known_group(s.activity),
         activity_confidence=s.activity_confidence,
     )
 
@@ -236,7 +277,7 @@ def record_for_frame(
         record,
         hr_bpm=analysis.hr_bpm,
         hr_source="gateway_model" if analysis.hr_source == "model" else "signal",
-        activity=ACTIVITY_NAMES[activity] if activity is not None else record.activity,
+        activity=group_name(activity) if activity is not None else record.activity,
         activity_conf=analysis.activity_confidence
         if activity is not None
         else record.activity_conf,
@@ -261,6 +302,16 @@ def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
+def _activity_name(obs: Observation) -> ActivityName:
+    """The group name an observation reports: "rest", "light", "vigorous" or "unknown"."""
+    return cast(ActivityName, group_name(obs.activity))
+
+
+def _activity_confidence(obs: Observation) -> float | None:
+    """The probability of the reported group; None when the group is unknown."""
+    return None if obs.activity is None else _fraction(obs.activity_confidence)
+
+
 def telemetry_for(
     device_id: str, message: Summary | Window, received_at: float, obs: Observation
 ) -> Telemetry:
@@ -275,14 +326,14 @@ def telemetry_for(
         source = "gateway_model"
     else:
         source = "device_model"
-    activity = obs.activity
     return Telemetry(
         device_id=device_id,
         seq=s.seq,
         t=_utc(window_time(s, received_at)),
         hr_bpm=_bpm(obs.hr_bpm),
         hr_source=source,
-        activity=ACTIVITY_NAMES[activity] if activity is not None else None,
+        activity=_activity_name(obs),
+        activity_confidence=_activity_confidence(obs),
         confidence=_fraction(obs.hr_confidence if obs.hr_bpm is not None else None),
         entropy_bits=s.entropy_bits,
         offloaded=isinstance(message, Window),
@@ -301,7 +352,8 @@ class DeviceView:
     last_seen: float | None = None
     battery_pct: int | None = None
     hr_bpm: float | None = None
-    activity: str | None = None
+    activity: ActivityName | None = None
+    activity_confidence: float | None = None
     signal_quality: float | None = None
     firmware: str | None = None
     model_id: str | None = None
@@ -318,6 +370,7 @@ def device_state(view: DeviceView, gateway_id: str, now: float) -> DeviceState:
         battery_pct=view.battery_pct,
         hr_bpm=_bpm(view.hr_bpm),
         activity=view.activity,
+        activity_confidence=_fraction(view.activity_confidence),
         signal_quality=_fraction(view.signal_quality),
         firmware=view.firmware,
         model_id=view.model_id,
@@ -621,7 +674,8 @@ class Pipeline:
             last_seen=event.received_at,
             battery_pct=s.battery,
             hr_bpm=obs.hr_bpm,
-            activity=ACTIVITY_NAMES[obs.activity] if obs.activity is not None else None,
+            activity=_activity_name(obs),
+            activity_confidence=_activity_confidence(obs),
             signal_quality=None if obs.signal_quality is None else obs.signal_quality / 100,
         )
 
@@ -640,7 +694,9 @@ class Pipeline:
 
     def _update(self, device_id: str, **changes: Any) -> None:
         old = self._views.get(device_id) or DeviceView(device_id)
-        changes = {k: v for k, v in changes.items() if v is not None or k == "hr_bpm"}
+        # None means "no longer known" for these, "not in this update" for the rest.
+        clearable = ("hr_bpm", "activity_confidence")
+        changes = {k: v for k, v in changes.items() if v is not None or k in clearable}
         new = replace(old, **changes)
         if new == old:
             return
@@ -863,7 +919,9 @@ class InferenceWorker:
                       model_id=session.model_id, error=str(exc))  # fmt: skip
             return None
         for row, i in enumerate(usable):
-            out[i] = analysis_from_prediction(prediction, row, session.model_id)
+            out[i] = analysis_from_prediction(
+                prediction, row, session.model_id, session.card.outputs.activity_classes
+            )
         return out
 
     def _run_signal(self, job: _Job) -> WindowAnalysis | None:

@@ -249,6 +249,20 @@ def test_unknown_keys_are_errors_with_a_suggestion(
     assert expected in error_for(write(tmp_path, text))
 
 
+def test_the_old_activity_lists_fail_saying_what_replaced_them(tmp_path: Path) -> None:
+    text = (
+        '[rules.activities]\nrest = ["sitting", "driving"]\nlight = ["walking"]\n'
+        "min_confidence = 0.5\n"
+    )
+    path = write(tmp_path, text)
+    assert error_for(path) == (
+        f"{path}: rules.activities: 'rest' and 'light' (lists of activity names) were replaced"
+        " by fixed activity groups: the wearable and the model now report rest, light, vigorous"
+        " or unknown themselves, so there is nothing to map. Delete these keys; only"
+        " min_confidence remains here (docs/rules.md)"
+    )
+
+
 def test_several_problems_are_listed_one_per_line(tmp_path: Path) -> None:
     path = write(tmp_path, "[mqtt]\nport = 70000\nhots = 1\n[ble]\nmtu_request = 10\n")
     message = error_for(path)

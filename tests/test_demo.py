@@ -88,6 +88,22 @@ def test_the_view_folds_mqtt_messages_and_counts_redeliveries_once() -> None:
     assert "fall" in frame
 
 
+def test_the_view_shows_the_activity_group_and_its_probability() -> None:
+    state = DemoState()
+    _message(state, "devices/r1/telemetry",
+             {"seq": 0, "activity": "vigorous", "activity_confidence": 0.83})  # fmt: skip
+    _message(state, "devices/r2/telemetry", {"seq": 0, "activity": "unknown"})
+    frame = render(state, Gauges(), elapsed_s=1.0, header=["demo"], stories={})
+    rows = {line.split()[0]: line for line in frame.splitlines() if line.startswith("r")}
+    assert "vigorous 0.83" in rows["r1"]
+    assert "unknown" in rows["r2"]
+    assert "unknown 0" not in rows["r2"]  # no probability for an unknown group
+    _message(state, "devices/r1/telemetry", {"seq": 1, "activity": "unknown"})
+    assert (state.devices["r1"].activity, state.devices["r1"].activity_confidence) == (
+        "unknown", None,
+    )  # fmt: skip
+
+
 def test_headless_needs_a_duration(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--headless"]) == 64
     assert "--duration" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from gatewayd.activity import GROUP_NAMES, LABEL_GROUPS, ActivityGroup
 from gatewayd.inference import (
     DEFAULT_MODELS_DIR,
     HR_BIN_COUNT,
@@ -33,7 +34,8 @@ from gatewayd.inference import (
     softmax,
     write_card,
 )
-from gatewayd.inference.cards import OutputSpec
+from gatewayd.inference.cards import ACTIVITY_CLASSES, OutputSpec
+from gatewayd.inference.groups import class_groups, group_prediction
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -291,6 +293,67 @@ def test_decode_rejects_heads_that_disagree_with_the_card() -> None:
         decode(np.zeros((2, 8)), np.zeros((2, 200)), OutputSpec())
     with pytest.raises(InferenceError, match=r"heart-rate head has shape \(2, 100\)"):
         decode(np.zeros((2, 9)), np.zeros((2, 100)), OutputSpec())
+
+
+# --- activity classes -> activity groups ---------------------------------------------------------
+
+
+def test_class_groups_by_name_groups_first_then_ppg_dalia() -> None:
+    assert class_groups(["rest", "light", "vigorous"]) == (
+        ActivityGroup.REST, ActivityGroup.LIGHT, ActivityGroup.VIGOROUS,
+    )  # fmt: skip
+    # The shipped cards' nine PPG-DaLiA classes: each to the group LABEL_GROUPS gives it.
+    assert class_groups(ACTIVITY_CLASSES) == tuple(
+        LABEL_GROUPS["dalia"][name] for name in ACTIVITY_CLASSES
+    )
+    assert class_groups(["Walking", " REST ", "unknown", "yoga"]) == (
+        ActivityGroup.LIGHT, ActivityGroup.REST, ActivityGroup.UNKNOWN, ActivityGroup.UNKNOWN,
+    )  # fmt: skip
+
+
+def test_group_probabilities_are_the_sums_of_their_classes() -> None:
+    classes = ["transient", "sitting", "stairs", "walking", "cycling", "working"]
+    probs = np.array(
+        [
+            # Sitting is the top class, but vigorous (0.25 + 0.25) beats rest (0.30 + 0.15).
+            [0.00, 0.30, 0.25, 0.05, 0.25, 0.15],
+            [0.00, 0.35, 0.00, 0.35, 0.15, 0.15],  # rest 0.50 vs light 0.35
+            [0.70, 0.10, 0.05, 0.05, 0.05, 0.05],  # mostly transient: unknown
+            [0.30, 0.30, 0.10, 0.10, 0.10, 0.10],  # transient ties rest: rest (not unknown)
+        ]
+    )
+    g = group_prediction(probs, classes)
+    np.testing.assert_allclose(
+        g.group_probs,
+        [[0.45, 0.05, 0.50], [0.50, 0.35, 0.15], [0.15, 0.05, 0.10], [0.40, 0.10, 0.20]],
+    )
+    np.testing.assert_allclose(g.unknown_prob, [0.0, 0.0, 0.70, 0.30])
+    assert g.group.tolist() == [2, 0, 255, 0]
+    np.testing.assert_allclose(g.confidence, [0.50, 0.50, 0.70, 0.40])
+    assert len(g) == 4
+    # Each row's group probabilities and unknown share add up to its total probability.
+    np.testing.assert_allclose(g.group_probs.sum(axis=1) + g.unknown_prob, 1.0)
+
+
+def test_a_three_class_head_is_its_own_groups() -> None:
+    rng = np.random.default_rng(3)
+    probs = softmax(rng.standard_normal((20, 3)) * 2)
+    g = group_prediction(probs, list(GROUP_NAMES))
+    np.testing.assert_allclose(g.group_probs, probs)
+    assert g.group.tolist() == probs.argmax(axis=1).tolist()
+    np.testing.assert_allclose(g.confidence, probs.max(axis=1))
+    assert not g.unknown_prob.any()
+
+
+def test_ties_between_groups_go_to_the_lower_code() -> None:
+    g = group_prediction(np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]), list(GROUP_NAMES))
+    assert g.group.tolist() == [0, 1]
+
+
+def test_group_prediction_checks_the_classes_against_the_head() -> None:
+    with pytest.raises(ValueError, match=r"shape \(2, 9\), expected \(N, 3\)"):
+        group_prediction(np.zeros((2, 9)), list(GROUP_NAMES))
+    assert len(group_prediction(np.zeros((0, 9)), ACTIVITY_CLASSES)) == 0
 
 
 # --- sessions: the real onnxruntime --------------------------------------------------------------

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.config import InferenceConfig
 from gatewayd.ids import new_event_id
-from gatewayd.inference import ModelRegistry, ModelSession
+from gatewayd.inference import ModelRegistry, ModelSession, decode
+from gatewayd.inference.cards import ACTIVITY_CLASSES, OutputSpec
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
     BatteryLevel,
@@ -37,6 +39,7 @@ from gatewayd.pipeline import (
     WindowAnalysis,
     alert_event,
     alert_payload,
+    analysis_from_prediction,
     data_lost_event,
     gateway_alert_payload,
     gateway_event,
@@ -107,10 +110,30 @@ def test_a_summary_is_observed_with_the_wearables_own_values() -> None:
     assert (obs.device_id, obs.seq, obs.t, obs.window_id) == ("w1", 3, T0, "17")
     assert obs.hr_bpm == 72.5
     assert obs.hr_source == "model"
-    assert obs.hr_confidence == 0.7
+    # HR confidence is the signal quality (80 %), not activity_conf_e4 (7000: the group's).
+    assert obs.hr_confidence == 0.8
     assert obs.activity is None  # 255: unknown
     assert (obs.signal_quality, obs.battery) == (80, 90)
     assert obs.acc is None
+
+
+@pytest.mark.parametrize("group", list(ActivityGroup))
+def test_a_summary_carries_the_wearables_group_and_its_probability(group: ActivityGroup) -> None:
+    s = summary(activity=int(group), quality=55)
+    obs = observation_for_frame("w1", s, T0, window_id="1")
+    known = group is not ActivityGroup.UNKNOWN
+    assert obs.activity == (int(group) if known else None)
+    assert obs.activity_confidence == 0.7
+    assert obs.hr_confidence == 0.55
+    t = telemetry_for("w1", s, T0, obs)
+    assert t.activity == group.name.lower()
+    assert t.activity_confidence == (0.7 if known else None)
+    assert t.confidence == 0.55
+
+
+def test_a_summary_without_a_signal_quality_is_trusted_like_a_strap() -> None:
+    obs = observation_for_frame("w1", summary(quality=255), T0, window_id="1")
+    assert (obs.signal_quality, obs.hr_confidence) == (None, 1.0)
 
 
 def test_unknown_quality_and_battery_are_none_and_off_wrist_is_passed_on() -> None:
@@ -139,9 +162,48 @@ def test_model_analysis_overrides_the_stored_record() -> None:
     assert (record.kind, record.hr_bpm, record.hr_source, record.model_id) == (
         "window", 88.0, "gateway_model", "m1",
     )  # fmt: skip
-    assert (record.activity, record.activity_conf, record.result) == ("sitting", 0.9, {"x": 1})
+    assert (record.activity, record.activity_conf, record.result) == ("light", 0.9, {"x": 1})
     plain = record_for_frame("w1", summary(), T0, None, keep_raw=False)
     assert (plain.hr_source, plain.hr_bpm) == ("wearable", 72.5)
+
+
+def test_an_offloaded_window_takes_the_models_group_even_when_it_is_unknown() -> None:
+    wearable_says_rest = replace(window(), summary=summary(4, activity=0))
+    signal = WindowAnalysis(hr_bpm=70.0, hr_confidence=0.9, hr_source="signal")
+    obs = observation_for_frame("w1", wearable_says_rest, T0, window_id="1", analysis=signal)
+    assert (obs.activity, obs.activity_confidence) == (0, 0.7)  # no model: the wearable's
+    model = WindowAnalysis(hr_bpm=70.0, hr_confidence=0.9, hr_source="model", activity=2,
+                           activity_confidence=0.8)  # fmt: skip
+    obs = observation_for_frame("w1", wearable_says_rest, T0, window_id="1", analysis=model)
+    assert (obs.activity, obs.activity_confidence) == (2, 0.8)
+    unsure = replace(model, activity=int(ActivityGroup.UNKNOWN), activity_confidence=0.6)
+    obs = observation_for_frame("w1", wearable_says_rest, T0, window_id="1", analysis=unsure)
+    assert obs.activity is None  # the model's "unknown" wins over the wearable's "rest"
+
+
+@pytest.mark.parametrize(
+    ("classes", "row", "group", "confidence"),
+    [
+        # PPG-DaLiA head: walking 0.3 + table soccer 0.3 = light 0.6, though sitting (0.35)
+        # is the single most likely class.
+        (ACTIVITY_CLASSES, [0.0, 0.35, 0.0, 0.3, 0.0, 0.0, 0.0, 0.3, 0.05], 1, 0.6),
+        (ACTIVITY_CLASSES, [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 255, 0.9),
+        (("rest", "light", "vigorous"), [0.1, 0.2, 0.7], 2, 0.7),
+    ],
+)
+def test_a_model_answer_becomes_a_group_with_the_groups_probability(
+    classes: Sequence[str], row: list[float], group: int, confidence: float
+) -> None:
+    spec = OutputSpec(activity_classes=list(classes))
+    hr_logits = np.zeros((2, spec.hr_bin_count))
+    logits = np.log(np.maximum(np.array([row, row[::-1]]), 1e-12))
+    prediction = decode(logits, hr_logits, spec)
+    analysis = analysis_from_prediction(prediction, 0, "m", classes)
+    assert analysis.activity == group
+    assert analysis.activity_confidence == pytest.approx(confidence, abs=1e-6)
+    assert analysis.result is not None
+    assert len(analysis.result["group_probs"]) == 3
+    assert analysis.result["activity_probs"] == pytest.approx(row, abs=1e-4)
 
 
 def test_telemetry_names_where_the_heart_rate_came_from() -> None:
@@ -377,6 +439,19 @@ async def test_an_alert_is_in_the_log_before_the_publisher_is_notified() -> None
 
 
 @pytest.mark.asyncio
+async def test_the_state_carries_the_latest_group_and_forgets_a_stale_confidence() -> None:
+    pipeline, _, _, publisher = make_pipeline()
+    await feed(pipeline, [
+        FrameReceived("w1", summary(1, activity=2), T0),
+        FrameReceived("w1", summary(2, activity=255), T0 + 2),
+    ])  # fmt: skip
+    vigorous, unknown = publisher.states[-2], publisher.states[-1]
+    assert (vigorous.activity, vigorous.activity_confidence) == ("vigorous", 0.7)
+    assert (unknown.activity, unknown.activity_confidence) == ("unknown", None)
+    assert [t.activity for t in publisher.telemetry] == ["vigorous", "unknown"]
+
+
+@pytest.mark.asyncio
 async def test_lost_messages_link_down_and_battery_are_never_silent() -> None:
     pipeline, calls, _, publisher = make_pipeline()
     await feed(pipeline, [
@@ -460,7 +535,7 @@ async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(
         assert result is not None
         # Activity always from the model; heart rate from where the config says.
         assert (result.hr_source, result.model_id) == (heart_rate, "tiny-full")
-        assert result.activity is not None
+        assert result.activity in {int(g) for g in ActivityGroup}
         assert 0.0 <= result.hr_confidence <= 1.0
         assert result.result is not None
 

@@ -28,7 +28,8 @@ def _corpus(rng: random.Random) -> list[bytes]:
     """Valid messages of both kinds and formats to mutate."""
     out = []
     for seq in range(40):
-        s = Summary(seq, rng.getrandbits(40), MessageFlags(rng.getrandbits(6)), seq % 9, 20,
+        activity = (0, 1, 2, 255)[seq % 4]  # the activity groups' wire codes
+        s = Summary(seq, rng.getrandbits(40), MessageFlags(rng.getrandbits(6)), activity, 20,
                     rng.randrange(10001), rng.randrange(5000), 7000, 90, 50)  # fmt: skip
         if seq % 2:
             fmt = SampleFormat.INT16 if seq % 4 == 1 else SampleFormat.INT8

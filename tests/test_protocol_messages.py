@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.errors import DecodeError
 from gatewayd.protocol.messages import (
     OFFLOAD_MASK,
@@ -103,7 +104,21 @@ def test_convenience_properties() -> None:
     assert s.hr_bpm == 72.5
     assert s.entropy_bits == pytest.approx(3.412)
     assert s.activity_confidence == pytest.approx(0.91)
-    assert s.activity_name == "sitting"
+    assert s.activity_name == "light"
+    names = [make_summary(activity=int(g)).activity_name for g in ActivityGroup]
+    assert names == ["rest", "light", "vigorous", "unknown"]
+
+
+@pytest.mark.parametrize("activity", [3, 8, 9, 254])
+def test_activity_byte_is_a_group_code(activity: int) -> None:
+    # 0-2 and 255 are the groups; 3-8 were PPG-DaLiA ids before the in-place v1 change.
+    raw = encode_message(make_summary(activity=0))
+    with pytest.raises(DecodeError) as err:
+        decode_message(with_crc(raw[:16] + bytes([activity]) + raw[17:-4]))
+    assert err.value.reason == "bad_field"
+    assert "not an activity group" in err.value.detail
+    with pytest.raises(ValueError, match="not an activity group"):
+        encode_message(make_summary(activity=activity))
 
 
 @pytest.mark.parametrize(

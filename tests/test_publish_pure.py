@@ -10,6 +10,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import get_args
 
 import aiomqtt
 import pytest
@@ -20,6 +21,7 @@ from gatewayd.ids import EventIdGenerator
 from gatewayd.publish import Publisher, TopicError, Topics
 from gatewayd.publish.backoff import MAX_DELAY_S, MqttFailure, backoff_delay, classify
 from gatewayd.publish.payloads import (
+    ActivityName,
     Alert,
     DeviceState,
     GatewayAlert,
@@ -198,6 +200,23 @@ def test_home_assistant_discovery() -> None:
     assert json.loads(gateway.payload)["device"]["identifiers"] == ["gatewayd_room-12"]
     with pytest.raises(TopicError):
         discovery_messages(topics, "w1", prefix="ha/#")
+
+
+def test_home_assistant_activity_is_an_enum_of_the_four_groups() -> None:
+    topics = Topics("gatewayd", "room-12")
+    by_topic = {m.topic: json.loads(m.payload) for m in discovery_messages(topics, "w1")}
+    activity = by_topic["homeassistant/sensor/room-12/w1_activity/config"]
+    assert activity["device_class"] == "enum"
+    assert activity["options"] == ["rest", "light", "vigorous", "unknown"]
+    # Every value the state payload can carry is one of the options (HA rejects any other).
+    assert DeviceState.model_fields["activity"].annotation == ActivityName | None
+    assert tuple(activity["options"]) == get_args(ActivityName)
+    jinja2 = pytest.importorskip("jinja2", reason="jinja2 (HA's template language) not installed")
+    template = jinja2.Environment().from_string(activity["value_template"])
+    base = DeviceState(device_id="w1", gateway_id="room-12", connected=True, t=T0)
+    states = [base, *(base.model_copy(update={"activity": a}) for a in activity["options"])]
+    rendered = [template.render(value_json=json.loads(s.to_json())) for s in states]
+    assert rendered == ["unknown", *activity["options"]]
 
 
 def test_backoff_delay_is_capped_exponential() -> None:

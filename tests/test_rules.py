@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.rules import (
     AlertKind,
     AlertTransition,
@@ -20,14 +22,15 @@ from gatewayd.rules import (
 )
 
 DEV = "w1"
-SITTING, STAIRS, WALKING = 1, 2, 7
+REST, LIGHT, VIGOROUS = ActivityGroup.REST, ActivityGroup.LIGHT, ActivityGroup.VIGOROUS
+UNKNOWN = ActivityGroup.UNKNOWN
 HOP = 2.0
 
 
 def obs(t: float, hr: float | None = 70.0, **kw: Any) -> Observation:
     """A good window of DEV at time t (seq derived from t)."""
     fields: dict[str, Any] = {
-        "activity": SITTING,
+        "activity": REST,
         "activity_confidence": 0.9,
         "hr_confidence": 0.9,
         "signal_quality": 90,
@@ -94,13 +97,17 @@ def test_tachycardia_evidence_names_windows_values_model_and_thresholds() -> Non
     assert evidence.model_ids == ("mnv2-1d-w1.0",)
     assert dict(evidence.thresholds)["limit_bpm"] == 100.0
     assert dict(evidence.thresholds)["clear_below_bpm"] == 90.0
-    assert evidence.fact("activity_class") == "rest"
+    assert evidence.fact("activity") == "rest"
+    assert evidence.fact("reported_activity") == "rest"
+    assert evidence.fact("activity_confidence") == 0.9
+    assert {s.activity for s in evidence.samples} == {"rest"}
     payload = raised.to_payload()
     json.dumps(payload)  # JSON-ready
     assert payload["kind"] == "tachycardia"
     assert payload["category"] == "physiological"
     assert payload["state"] == "raised"
-    assert payload["evidence"]["activity_name"] == "sitting"
+    assert payload["evidence"]["activity"] == "rest"
+    assert payload["evidence"]["windows"][0]["activity"] == "rest"
     assert payload["evidence"]["seqs"][:2] == [0, 1]
     assert payload["evidence"]["windows"][0]["model_id"] == "mnv2-1d-w1.0"
     assert payload["evidence"]["windows"][0]["hr_source"] == "model"
@@ -113,12 +120,112 @@ def test_evidence_is_bounded_keeping_the_first_window() -> None:
     assert raised.evidence.seqs == (0, 13, 14, 15)
 
 
-def test_walking_at_120_does_not_raise_but_stairs_limit_applies_to_stairs() -> None:
-    engine = RuleEngine()
-    assert run(engine, windows(0, 300, hr=120.0, activity=WALKING)) == []
-    assert run(engine, windows(300, 600, hr=150.0, activity=STAIRS)) == []
-    out = run(engine, windows(600, 700, hr=170.0, activity=STAIRS))
+def test_light_at_120_does_not_raise_but_the_vigorous_limit_applies_to_vigorous() -> None:
+    config = RulesConfig()
+    light, vigorous = config.tachycardia.light_bpm, config.tachycardia.vigorous_bpm
+    engine = RuleEngine(config)
+    assert run(engine, windows(0, 300, hr=120.0, activity=LIGHT)) == []
+    assert run(engine, windows(300, 600, hr=vigorous - 1, activity=VIGOROUS)) == []
+    out = run(engine, windows(600, 700, hr=vigorous + 5, activity=VIGOROUS))
     assert kinds(out) == [("tachycardia", "raised")]
+    assert out[0].evidence.fact("activity") == "vigorous"
+    assert light < vigorous
+
+
+@pytest.mark.parametrize(
+    ("activity", "confidence"),
+    [(UNKNOWN, 1.0), (None, 1.0), (LIGHT, 0.3), (VIGOROUS, 0.49)],
+)
+def test_an_unknown_or_unsure_group_uses_the_unknown_limits(
+    activity: int | None, confidence: float
+) -> None:
+    config = RulesConfig()
+    tachy, brady = config.tachycardia, config.bradycardia
+    assert tachy.unknown_bpm < tachy.vigorous_bpm  # else the check below proves nothing
+    engine = RuleEngine(config)
+    kw = {"activity": activity, "activity_confidence": confidence}
+    out = run(engine, windows(0, 40, hr=tachy.unknown_bpm + 5, **kw))
+    assert kinds(out) == [("tachycardia", "raised")]
+    assert dict(out[0].evidence.thresholds)["limit_bpm"] == tachy.unknown_bpm
+    assert out[0].evidence.fact("activity") == "unknown"
+    engine = RuleEngine(config)
+    out = run(engine, windows(0, 40, hr=brady.unknown_bpm - 2, **kw))
+    assert kinds(out) == [("bradycardia", "raised")]
+    assert dict(out[0].evidence.thresholds)["limit_bpm"] == brady.unknown_bpm
+
+
+def test_the_confidence_gate_is_configurable() -> None:
+    # Above the rest limit, below the unknown one: only a trusted "rest" raises.
+    default = RulesConfig()
+    hr = default.tachycardia.rest_bpm + 10
+    assert hr <= default.tachycardia.unknown_bpm
+    items = windows(0, 60, hr=hr, activity=REST, activity_confidence=0.3)
+    assert run(RuleEngine(default), items) == []
+    lenient = RulesConfig.model_validate({"activities": {"min_confidence": 0.2}})
+    assert kinds(run(RuleEngine(lenient), items)) == [("tachycardia", "raised")]
+
+
+def _recovery_engine(recovery_s: float = 180.0, ratio: float = 1.0) -> RuleEngine:
+    limits = {"recovery_s": recovery_s, "recovery_ratio": ratio}
+    return RuleEngine(RulesConfig.model_validate({"tachycardia": limits}))
+
+
+def test_sitting_down_after_a_vigorous_bout_keeps_the_vigorous_limit_while_recovering() -> None:
+    engine = _recovery_engine(180.0)
+    # 240 s of vigorous activity (bout 0..238), then sitting with the rate still at 140.
+    assert run(engine, windows(0, 240, hr=150.0, activity=VIGOROUS)) == []
+    assert run(engine, windows(240, 418, hr=140.0, activity=REST)) == []  # up to 238 + 180
+    out = run(engine, windows(418, 460, hr=140.0, activity=REST))
+    assert kinds(out) == [("tachycardia", "raised")]
+    # The rest limit applies again from 420 (the first window past 238 + 180): 30 s later.
+    assert out[0].t == 450.0
+    assert out[0].evidence.fact("limit_activity") == "rest"
+    assert dict(out[0].evidence.thresholds)["limit_bpm"] == 100.0
+
+
+def test_recovery_lasts_no_longer_than_the_bout() -> None:
+    # A single vigorous window (a misclassification, say) carries nothing over: the rest
+    # limit applies to the windows after it as if it had not been there.
+    engine = _recovery_engine(180.0)
+    items = [obs(0.0, hr=140.0, activity=VIGOROUS), *windows(2, 60, hr=140.0)]
+    out = run(engine, items)
+    assert kinds(out) == [("tachycardia", "raised")]
+    assert out[0].t == 32.0
+    # A 20 s bout carries over for 20 s.
+    engine = _recovery_engine(180.0)
+    items = [*windows(0, 22, hr=140.0, activity=VIGOROUS), *windows(22, 100, hr=140.0)]
+    out = run(engine, items)
+    assert kinds(out) == [("tachycardia", "raised")]
+    assert out[0].t == 72.0  # 20 s of bout ends at 20; recovery to 40; first rest run 42..72
+
+
+def test_recovery_lasts_ratio_times_the_bout() -> None:
+    # The default ratio 2: a 20 s bout (0..20) carries over for 40 s, to 60; the rest limit's
+    # 30 s run starts at the first rest window after that (62) and raises at 92.
+    engine = _recovery_engine(300.0, ratio=2.0)
+    items = [*windows(0, 22, hr=140.0, activity=VIGOROUS), *windows(22, 140, hr=140.0)]
+    out = run(engine, items)
+    assert kinds(out) == [("tachycardia", "raised")]
+    assert out[0].t == 92.0
+    assert RulesConfig().tachycardia.recovery_ratio == 2.0
+
+
+def test_recovery_off_applies_the_current_groups_limit_at_once() -> None:
+    engine = _recovery_engine(0.0)
+    items = [*windows(0, 240, hr=150.0, activity=VIGOROUS), *windows(240, 300, hr=140.0)]
+    out = run(engine, items)
+    assert kinds(out) == [("tachycardia", "raised")]
+    assert out[0].t == 270.0
+    assert out[0].evidence.fact("limit_activity") == "rest"
+
+
+def test_a_hole_in_a_bout_starts_a_new_one() -> None:
+    # Two 20 s bouts 60 s apart are two bouts, not one of 80 s: 20 s of recovery, not 80.
+    engine = _recovery_engine(180.0)
+    items = [*windows(0, 22, hr=140.0, activity=VIGOROUS)]
+    items += [*windows(80, 102, hr=140.0, activity=VIGOROUS), *windows(102, 200, hr=140.0)]
+    out = [tr for tr in run(engine, items) if tr.kind is AlertKind.TACHYCARDIA]
+    assert [tr.t for tr in out] == [152.0]  # rest windows from 122 (100 + 20 + 2) to 152
 
 
 def test_low_confidence_hr_never_raises_and_does_not_count_duration() -> None:
@@ -170,7 +277,7 @@ def test_sustained_high_hr_at_rest_needs_ten_minutes_at_rest() -> None:
     out = run(engine, windows(598, 620, hr=105.0))
     assert kinds(out) == [("high_hr_at_rest", "raised")]
     assert out[0].t == 600.0
-    out = run(engine, [obs(620, hr=105.0, activity=WALKING)])
+    out = run(engine, [obs(620, hr=105.0, activity=LIGHT)])
     assert kinds(out) == [("high_hr_at_rest", "cleared")]
     assert out[0].reason == "activity_changed"
 
@@ -178,9 +285,28 @@ def test_sustained_high_hr_at_rest_needs_ten_minutes_at_rest() -> None:
 def test_sustained_high_hr_is_not_raised_when_the_rest_is_interrupted_by_walking() -> None:
     config = RulesConfig.model_validate({"tachycardia": {"enabled": False}})
     engine = RuleEngine(config)
-    items = [*windows(0, 400, hr=105.0), obs(400, hr=105.0, activity=WALKING)]
+    items = [*windows(0, 400, hr=105.0), obs(400, hr=105.0, activity=LIGHT)]
     items += windows(402, 800, hr=105.0)
     assert run(engine, items) == []  # 402..798 is under 600 s of rest
+
+
+@pytest.mark.parametrize(("activity", "confidence"), [(UNKNOWN, 1.0), (None, 1.0), (REST, 0.2)])
+def test_unknown_is_never_rest_for_high_hr_at_rest(activity: int | None, confidence: float) -> None:
+    config = RulesConfig.model_validate({"tachycardia": {"enabled": False}})
+    engine = RuleEngine(config)
+    kw = {"activity": activity, "activity_confidence": confidence}
+    assert run(engine, windows(0, 1300, hr=105.0, **kw)) == []
+
+
+def test_unknown_windows_neither_count_nor_end_a_run_at_rest() -> None:
+    config = RulesConfig.model_validate({"tachycardia": {"enabled": False}})
+    engine = RuleEngine(config)
+    items = windows(0, 300, hr=105.0)
+    items += [obs(300.0, hr=105.0, activity=UNKNOWN)]
+    items += windows(302, 620, hr=105.0)
+    out = run(engine, items)
+    assert kinds(out) == [("high_hr_at_rest", "raised")]
+    assert out[0].t == 600.0  # the run started at 0: the unknown window did not end it
 
 
 # --- abrupt change -------------------------------------------------------------------------------
@@ -203,8 +329,23 @@ def test_abrupt_change_without_activity_change_raises_and_clears() -> None:
 
 def test_abrupt_change_with_an_activity_change_does_not_raise() -> None:
     engine = RuleEngine()
-    items = [*windows(0, 20, hr=70.0), *windows(20, 40, hr=115.0, activity=WALKING)]
+    items = [*windows(0, 20, hr=70.0), *windows(20, 40, hr=115.0, activity=LIGHT)]
     assert run(engine, items) == []
+
+
+def test_abrupt_change_never_compares_across_an_unknown_window() -> None:
+    engine = RuleEngine()
+    items = [*windows(0, 20, hr=70.0), obs(20, hr=72.0, activity=UNKNOWN)]
+    items += windows(22, 40, hr=115.0)
+    assert [tr for tr in run(engine, items) if tr.kind is AlertKind.ABRUPT_CHANGE] == []
+
+
+def test_abrupt_change_compares_within_one_group_whatever_the_confidence() -> None:
+    # Two windows of the same known group are comparable even if the confidence moved.
+    engine = RuleEngine()
+    items = [*windows(0, 20, hr=70.0, activity_confidence=0.95)]
+    items += [obs(20, hr=105.0, activity_confidence=0.6)]
+    assert kinds(run(engine, items)) == [("abrupt_change", "raised")]
 
 
 # --- off-wrist and poor signal -------------------------------------------------------------------
@@ -357,7 +498,7 @@ def fall_windows(
         acc = acc_window(t, impact_at=impact_at)
         if get_up_at is not None and t > get_up_at:
             acc = acc_window(t, moving=True)
-        out.append(obs(t, hr=80.0, acc=acc, activity=0, **kw))
+        out.append(obs(t, hr=80.0, acc=acc, activity=LIGHT, **kw))
     return out
 
 
@@ -378,6 +519,19 @@ def test_fall_is_impact_then_stillness_and_raises_critical() -> None:
     json.dumps(fall.to_payload())
 
 
+def test_a_fall_is_timed_by_its_samples_not_by_when_windows_arrive() -> None:
+    # Windows 2 s apart on the wearable's clock arrive in a burst (a stalled link, a loaded
+    # emulator): 12 of them within 1.2 s. Timed by arrival they would cover 1.2 s, never the
+    # 12 s of settling and stillness; timed by acc_end they cover what they measured.
+    windows = fall_windows(impact_at=20.0, stop=40.0)
+    burst = [replace(w, t=100.0 + 0.1 * k, acc_end=w.t) for k, w in enumerate(windows)]
+    falls = [tr for tr in run(RuleEngine(), burst) if tr.kind is AlertKind.FALL]
+    assert kinds(falls) == [("fall", "raised")]
+    assert 31.0 <= falls[0].t <= 33.5  # on the samples' clock
+    by_arrival = [replace(w, t=100.0 + 0.1 * k) for k, w in enumerate(windows)]
+    assert [tr for tr in run(RuleEngine(), by_arrival) if tr.kind is AlertKind.FALL] == []
+
+
 def test_fall_clears_on_movement() -> None:
     engine = RuleEngine()
     out = run(engine, fall_windows(impact_at=20.0, stop=80.0, get_up_at=50.0))
@@ -394,7 +548,7 @@ def test_impact_without_stillness_is_not_a_fall() -> None:
         if abs(t - 22.0) < 0.1:
             acc = acc_window(float(t), impact_at=20.0)
             acc[-4 * RATE :, 0] += 0.5 * np.sin(np.arange(4 * RATE))  # kept moving
-        items.append(obs(float(t), acc=acc, activity=WALKING))
+        items.append(obs(float(t), acc=acc, activity=LIGHT))
     assert [tr for tr in run(engine, items) if tr.kind is AlertKind.FALL] == []
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from gatewayd.activity import ActivityGroup
 from gatewayd.rules import RulesConfig
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "gatewayd.example.toml"
@@ -46,8 +47,12 @@ def example_keys() -> set[str]:
 def test_empty_section_gives_the_documented_defaults() -> None:
     config = RulesConfig.model_validate({})
     assert config.tachycardia.rest_bpm == 100
-    assert config.tachycardia.light_bpm == 130
-    assert config.tachycardia.vigorous_bpm == 160
+    # light and vigorous: docs/rules.md, "Limits on real exercise".
+    assert config.tachycardia.light_bpm == 120
+    assert config.tachycardia.vigorous_bpm == 185
+    assert config.tachycardia.unknown_bpm == 130
+    assert config.tachycardia.recovery_s == 300
+    assert config.tachycardia.recovery_ratio == 2
     assert config.bradycardia.rest_bpm == 40
     assert config.high_hr_at_rest.min_duration_s == 600
     assert config.abrupt_change.delta_bpm == 30
@@ -102,12 +107,20 @@ def test_severity_is_checked_and_case_insensitive() -> None:
     assert "fall.severity" in errors({"fall": {"severity": "urgent"}})
 
 
-def test_activity_names_are_checked() -> None:
-    assert 'unknown activity "running"' in errors({"activities": {"rest": ["running"]}})
-    message = errors({"activities": {"rest": ["sitting", "walking"]}})
-    assert 'activity "walking" is in both rules.activities.rest and rules.activities.light' in (
-        message
+@pytest.mark.parametrize("key", ["rest", "light", "vigorous"])
+def test_the_old_activity_name_lists_are_refused_saying_what_replaced_them(key: str) -> None:
+    message = errors({"activities": {key: ["sitting"], "min_confidence": 0.5}})
+    assert f"'{key}' (lists of activity names) were replaced by fixed activity groups" in message
+    assert "only min_confidence remains" in message
+    assert "Extra inputs" not in message
+
+
+def test_min_confidence_is_the_only_activities_key() -> None:
+    assert model_keys(RulesConfig) & {f"activities.{k}" for k in ("rest", "light", "vigorous")} == (
+        set()
     )
+    assert "activities.min_confidence" in model_keys(RulesConfig)
+    assert "activities.min_confidence" in errors({"activities": {"min_confidence": 1.5}})
 
 
 def test_bradycardia_limits_stay_below_tachycardia_limits() -> None:
@@ -122,11 +135,14 @@ def test_fall_band_and_battery_band_are_checked() -> None:
     assert "hysteresis_pct" in errors({"low_battery": {"threshold_pct": 90, "hysteresis_pct": 20}})
 
 
-def test_activity_classes() -> None:
+def test_activity_groups_and_the_confidence_gate() -> None:
     activities = RulesConfig().activities
-    assert activities.class_of(1, 0.9) == "rest"
-    assert activities.class_of(7, 0.9) == "light"
+    assert activities.min_confidence == 0.5
+    assert activities.group_of(0, 0.9) is ActivityGroup.REST
+    assert activities.group_of(1, 0.9) is ActivityGroup.LIGHT
+    assert activities.group_of(2, 0.5) is ActivityGroup.VIGOROUS
     assert activities.class_of(2, 0.9) == "vigorous"
-    assert activities.class_of(7, 0.1) == "unknown"
+    assert activities.class_of(1, 0.49) == "unknown"
     assert activities.class_of(255, 1.0) == "unknown"
     assert activities.class_of(None, 1.0) == "unknown"
+    assert activities.class_of(7, 1.0) == "unknown"  # an old PPG-DaLiA id is no group

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.rules import (
     CATEGORY,
     AlertKind,
@@ -43,6 +44,7 @@ class Step:
     hr: float | None
     confidence: float
     activity: int | None
+    activity_confidence: float
     quality: int | None
     off_wrist: bool
     battery: int | None
@@ -57,7 +59,9 @@ steps = st.builds(
     device=st.sampled_from(["a", "a", "a", "b"]),
     hr=st.one_of(st.none(), st.floats(25, 220), st.sampled_from([35.0, 70.0, 120.0, 170.0])),
     confidence=st.sampled_from([0.1, 0.9, 1.0]),
-    activity=st.sampled_from([None, 0, 1, 2, 4, 5, 7, 255]),
+    # The group codes, plus 7 (an old PPG-DaLiA id, not a group) and None: both unknown.
+    activity=st.sampled_from([None, 0, 1, 2, 7, 255]),
+    activity_confidence=st.sampled_from([0.2, 0.9]),
     quality=st.one_of(st.none(), st.integers(0, 100)),
     off_wrist=st.sampled_from([False] * 6 + [True]),
     battery=st.one_of(st.none(), st.integers(0, 30)),
@@ -83,6 +87,7 @@ def play(sequence: list[Step]) -> list[tuple[Step | None, AlertTransition]]:
                 hr_bpm=step.hr,
                 hr_confidence=step.confidence,
                 activity=step.activity,
+                activity_confidence=step.activity_confidence,
                 signal_quality=step.quality,
                 off_wrist=step.off_wrist,
                 battery=step.battery,
@@ -142,3 +147,36 @@ def test_heart_rate_alerts_rest_on_trustworthy_windows_only(sequence: list[Step]
             assert step.quality is None or step.quality >= FAST.hr.min_signal_quality
             assert tr.evidence.samples
             assert tr.evidence.model_ids == ("m",)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(steps, max_size=120))
+def test_only_a_trusted_rest_window_raises_high_hr_at_rest(sequence: list[Step]) -> None:
+    for step, tr in play(sequence):
+        if tr.state == "raised" and tr.kind is AlertKind.HIGH_HR_AT_REST:
+            assert step is not None
+            assert step.activity == ActivityGroup.REST
+            assert step.activity_confidence >= FAST.activities.min_confidence
+            assert {s.activity for s in tr.evidence.samples} == {"rest"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(steps, max_size=120))
+def test_heart_rate_limits_are_those_of_the_group_the_rules_used(sequence: list[Step]) -> None:
+    for step, tr in play(sequence):
+        if tr.state == "raised" and tr.kind in (AlertKind.TACHYCARDIA, AlertKind.BRADYCARDIA):
+            assert step is not None
+            trusted = (
+                step.activity in (0, 1, 2)
+                and step.activity_confidence >= FAST.activities.min_confidence
+            )
+            name = group_name(step.activity) if trusted else "unknown"
+            assert tr.evidence.fact("activity") == name
+            limit = dict(tr.evidence.thresholds)["limit_bpm"]
+            if tr.kind is AlertKind.BRADYCARDIA:
+                assert limit == FAST.bradycardia.limit(name)
+            else:
+                # The current group's limit, or a higher one while recovering from a bout.
+                source = tr.evidence.fact("limit_activity")
+                assert limit == FAST.tachycardia.limit(source)  # type: ignore[arg-type]
+                assert limit >= FAST.tachycardia.limit(name)

@@ -35,7 +35,7 @@ def summary(seq: int = 7) -> Summary:
         seq=seq,
         t_ms=123_000,
         flags=MessageFlags.OFFLOAD_ENTROPY,
-        activity=7,
+        activity=1,  # ActivityGroup.LIGHT
         pruning_pct=40,
         activity_conf_e4=5000,
         entropy_mbits=4200,
@@ -198,7 +198,7 @@ async def test_record_window_from_messages_with_and_without_raw(tmp_path: Path) 
         rec = window_record_from_message("w1", summary(), 100.0)
         assert rec.kind == "summary"
         assert rec.hr_bpm == 72.5
-        assert rec.activity == "walking"
+        assert rec.activity == "light"
         assert rec.offloaded
         first = await store.record_window(rec)
         raw_rec = window_record_from_message("w1", window_message(), 108.0, keep_raw=True)

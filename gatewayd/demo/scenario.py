@@ -28,7 +28,9 @@ __all__ = [
     "check_expectations",
 ]
 
-#: PPG-DaLiA activity ids used below.
+#: The synthetic recordings' labels (PPG-DaLiA's ids, what the generator writes; rest, light and
+#: vigorous in gatewayd.activity's groups). They shape the synthetic signals only: the emulated
+#: wearables send activity "unknown", so the rules apply their unknown limits.
 _SITTING: Final = 1
 _CYCLING: Final = 4
 _WALKING: Final = 7
@@ -42,7 +44,7 @@ class Resident:
     #: Synthetic subject id and seed for `gatewayd.datasets.synthetic.generate_recording`.
     subject: int
     seed: int
-    #: PPG-DaLiA activity id held for the whole session.
+    #: The synthetic recording's activity label (a PPG-DaLiA id) for the whole session.
     activity: int
     #: Planted events, as generate_recording takes them.
     events: tuple[tuple[object, ...], ...] = ()

@@ -25,7 +25,9 @@ class DeviceRow:
     connected: bool | None = None
     hr_bpm: float | None = None
     hr_source: str | None = None
+    #: The activity group ("rest", "light", "vigorous", "unknown") and its probability.
     activity: str | None = None
+    activity_confidence: float | None = None
     battery_pct: int | None = None
     windows: int = 0
     offloaded: int = 0
@@ -109,6 +111,10 @@ class DemoState:
                 row.hr_source = body.get("hr_source")
             if body.get("activity") is not None:
                 row.activity = str(body["activity"])
+                confidence = body.get("activity_confidence")
+                row.activity_confidence = (
+                    float(confidence) if isinstance(confidence, int | float) else None
+                )
             if body.get("battery_pct") is not None:
                 row.battery_pct = int(body["battery_pct"])
         elif leaf == "state":
@@ -171,7 +177,7 @@ def render(
     lines = list(header)
     lines.append("")
     lines.append(
-        f"{'device':<12} {'link':<5} {'HR':>5} {'src':<6} {'activity':<12} {'batt':>4}"
+        f"{'device':<12} {'link':<5} {'HR':>5} {'src':<6} {'activity':<13} {'batt':>4}"
         f" {'windows':>7} {'offload':>7}  open alerts"
     )
     for device_id in sorted(set(state.devices) | set(stories)):
@@ -182,7 +188,7 @@ def render(
         )
         lines.append(
             f"{device_id:<12} {link:<5} {_opt(r.hr_bpm, '{:.0f}'):>5} {src:<6}"
-            f" {_opt(r.activity):<12} {_opt(r.battery_pct, '{}%'):>4} {r.windows:>7}"
+            f" {_activity(r):<13} {_opt(r.battery_pct, '{}%'):>4} {r.windows:>7}"
             f" {_ratio(r.offloaded, r.windows):>7}  {', '.join(sorted(r.open_alerts)) or '-'}"
         )
     lines.append("")
@@ -206,3 +212,12 @@ def render(
             f" {a.kind:<14} {a.state:<8} {a.severity:<8} {a.category}"
         )
     return "\n".join(lines)
+
+
+def _activity(row: DeviceRow) -> str:
+    """The group and, when known, its probability: "vigorous 0.83"."""
+    if row.activity is None:
+        return "-"
+    if row.activity_confidence is None:
+        return row.activity
+    return f"{row.activity} {row.activity_confidence:.2f}"

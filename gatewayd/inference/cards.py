@@ -15,11 +15,22 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gatewayd.errors import GatewayError
-from gatewayd.protocol.messages import ACTIVITY_NAMES
 
 CARD_FORMAT_VERSION: Final = 1
-#: The activity head's classes in order: the PPG-DaLiA activity ids 0-8 (DESIGN.md §5).
-ACTIVITY_CLASSES: Final = ACTIVITY_NAMES
+#: The default activity head's classes in order: PPG-DaLiA's activity ids 0-8, which the shipped
+#: models were trained on. A card names its own classes; the gateway maps each to an activity
+#: group by name (`gatewayd.inference.groups`).
+ACTIVITY_CLASSES: Final = (
+    "transient",
+    "sitting",
+    "stairs",
+    "table soccer",
+    "cycling",
+    "driving",
+    "lunch",
+    "walking",
+    "working",
+)
 #: Heart-rate bins of the HR head: 1 bpm wide, centres 30..229 bpm (200 bins).
 HR_BIN_LOW_BPM: Final = 30
 HR_BIN_COUNT: Final = 200

@@ -11,28 +11,20 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.errors import DecodeError
 
 PROTOCOL_VERSION: Final = 1
 #: Largest message: 255 fragments of the smallest MTU's 16-byte chunk (docs/protocol.md §2.4).
 MAX_MESSAGE_SIZE: Final = 4080
-UNKNOWN_ACTIVITY: Final = 255
+#: The ``activity`` byte of a window whose group the wearable does not know.
+UNKNOWN_ACTIVITY: Final = int(ActivityGroup.UNKNOWN)
 UNKNOWN_PERCENT: Final = 255
 MAX_HR_CBPM: Final = 30000
 MAX_CONFIDENCE_E4: Final = 10000
 MAX_WINDOW_MS: Final = 60000
-#: PPG-DaLiA activity ids (DESIGN.md §5): the index is the id. The one list of them.
-ACTIVITY_NAMES: Final = (
-    "transient",
-    "sitting",
-    "stairs",
-    "table soccer",
-    "cycling",
-    "driving",
-    "lunch",
-    "walking",
-    "working",
-)
+
+_ACTIVITY_CODES: Final = frozenset(int(g) for g in ActivityGroup)
 
 _HEADER: Final = struct.Struct("<BBHIQ")
 _SUMMARY: Final = struct.Struct("<BBHHHBBH")
@@ -61,8 +53,9 @@ class MessageFlags(IntFlag):
     RESENT = 1 << 3
     CHARGING = 1 << 4
     OFF_WRIST = 1 << 5
-    #: The window holds an impact, or starts within the hold time after one (a v1 addition:
-    #: bit 6 was reserved, so an older gateway keeps it as it came and still gets the WINDOW).
+    #: A fall signature: the window holds an impact followed by stillness, or starts within the
+    #: hold time after such an impact (a v1 addition: bit 6 was reserved, so an older gateway
+    #: keeps it as it came and still gets the WINDOW). See docs/signals.md.
     OFFLOAD_MOTION = 1 << 6
 
 
@@ -90,6 +83,7 @@ class Summary:
     seq: int
     t_ms: int
     flags: MessageFlags
+    #: An `ActivityGroup` code: 0 rest, 1 light, 2 vigorous, 255 unknown.
     activity: int
     pruning_pct: int
     activity_conf_e4: int
@@ -106,7 +100,7 @@ class Summary:
 
     @property
     def activity_confidence(self) -> float:
-        """Confidence of ``activity`` in [0, 1]."""
+        """The local model's probability of the ``activity`` group, in [0, 1]."""
         return self.activity_conf_e4 / MAX_CONFIDENCE_E4
 
     @property
@@ -126,10 +120,8 @@ class Summary:
 
     @property
     def activity_name(self) -> str:
-        """Human name of the activity id."""
-        if self.activity < len(ACTIVITY_NAMES):
-            return ACTIVITY_NAMES[self.activity]
-        return "unknown"
+        """The activity group's name: "rest", "light", "vigorous" or "unknown"."""
+        return group_name(self.activity)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -192,8 +184,9 @@ def _check_summary(s: Summary) -> None:
     _check(0 <= s.t_ms <= 0xFFFFFFFFFFFFFFFF, f"t_ms {s.t_ms} is not a u64")
     _check(0 <= int(s.flags) <= 0xFFFF, f"flags {int(s.flags):#x} is not a u16")
     _check(
-        0 <= s.activity < len(ACTIVITY_NAMES) or s.activity == UNKNOWN_ACTIVITY,
-        f"activity {s.activity} is not a PPG-DaLiA id 0-8 or 255",
+        s.activity in _ACTIVITY_CODES,
+        f"activity {s.activity} is not an activity group (0 rest, 1 light, 2 vigorous,"
+        " 255 unknown)",
     )
     _check(0 <= s.pruning_pct <= 100, f"pruning_pct {s.pruning_pct} is not 0-100")
     _check(

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 __all__ = [
     "PAYLOAD_MODELS",
     "SCHEMA_VERSION",
+    "ActivityName",
     "Alert",
     "DeviceState",
     "GatewayAlert",
@@ -97,7 +98,9 @@ class Status(_Payload):
     version: str | None = Field(default=None, description="gatewayd version.")
 
 
-Activity = Annotated[str, Field(min_length=1, max_length=32)]
+#: An activity group (gatewayd/activity.py): the one activity vocabulary of the wire, the
+#: models and the rules.
+ActivityName = Literal["rest", "light", "vigorous", "unknown"]
 
 
 class DeviceState(_Payload):
@@ -110,7 +113,15 @@ class DeviceState(_Payload):
     last_seen: UtcTime | None = Field(default=None, description="Last frame from the device.")
     battery_pct: Percent | None = None
     hr_bpm: Bpm | None = None
-    activity: Activity | None = None
+    activity: ActivityName | None = Field(
+        default=None,
+        description="Activity group of the latest window; absent before the first window.",
+    )
+    activity_confidence: Fraction | None = Field(
+        default=None,
+        description="Probability of that group (absent when it is unknown); the rules treat a"
+        " group below rules.activities.min_confidence as unknown.",
+    )
     signal_quality: Fraction | None = Field(
         default=None, description="0 = unusable (off-wrist), 1 = clean."
     )
@@ -186,8 +197,15 @@ class Telemetry(_Payload):
         description="device_model: the wearable's pruned model; gateway_model: the full model"
         " on an offloaded window; signal: the spectral estimator.",
     )
-    activity: Activity | None = None
-    confidence: Fraction | None = None
+    activity: ActivityName | None = Field(
+        default=None,
+        description="Activity group: the gateway model's on an offloaded window, else the"
+        " wearable's.",
+    )
+    activity_confidence: Fraction | None = Field(
+        default=None, description="Probability of that group; absent when it is unknown."
+    )
+    confidence: Fraction | None = Field(default=None, description="Confidence of hr_bpm.")
     entropy_bits: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     offloaded: bool = False
     signal_quality: Fraction | None = None

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from gatewayd.errors import GatewayError
+from gatewayd.publish.payloads import ActivityName
 
 __all__ = [
+    "ACTIVITY_OPTIONS",
     "DEVICE_CHANNELS",
     "Channel",
     "DiscoveryMessage",
@@ -25,6 +27,9 @@ __all__ = [
     "discovery_messages",
     "gateway_discovery_message",
 ]
+
+#: The states of the activity entity: every activity group the state payload can carry.
+ACTIVITY_OPTIONS: Final[tuple[str, ...]] = get_args(ActivityName)
 
 Channel = Literal["state", "alerts", "telemetry"]
 DEVICE_CHANNELS: Final[frozenset[str]] = frozenset({"state", "alerts", "telemetry"})
@@ -213,8 +218,10 @@ def discovery_messages(
             key="activity",
             name="Activity",
             state_topic=state,
-            value_template="{{ value_json.activity | default(None) }}",
-            extra={"icon": "mdi:run"},
+            # An enum sensor: HA offers the four groups in automations and history. A state
+            # without an activity (no window yet) shows as unknown, which is one of them.
+            value_template="{{ value_json.activity | default('unknown') }}",
+            extra={"device_class": "enum", "options": list(ACTIVITY_OPTIONS), "icon": "mdi:run"},
         ),
         _entity(
             component="binary_sensor",

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from gatewayd.protocol.messages import ACTIVITY_NAMES
 from gatewayd.rules.config import Severity
 
 __all__ = [
@@ -65,7 +64,8 @@ class EvidenceSample:
     window_id: str | None = None
     model_id: str | None = None
     hr_source: str | None = None
-    activity: int | None = None
+    #: The group the rules used for this window: "rest", "light", "vigorous" or "unknown".
+    activity: str | None = None
 
     def to_dict(self) -> dict[str, Scalar]:
         """JSON-ready form."""
@@ -142,8 +142,7 @@ class AlertTransition:
 
     def to_payload(self) -> dict[str, Any]:
         """JSON-ready dict for the MQTT ``devices/<id>/alerts`` topic (docs/rules.md)."""
-        activity = self.evidence.fact("activity")
-        out: dict[str, Any] = {
+        return {
             "device_id": self.device_id,
             "kind": self.kind.value,
             "category": self.category,
@@ -155,6 +154,3 @@ class AlertTransition:
             "reason": self.reason,
             "evidence": self.evidence.to_dict(),
         }
-        if isinstance(activity, int) and 0 <= activity < len(ACTIVITY_NAMES):
-            out["evidence"]["activity_name"] = ACTIVITY_NAMES[activity]
-        return out

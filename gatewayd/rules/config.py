@@ -8,11 +8,11 @@ nothing from it, so gatewayd.config can import `RulesConfig` without a cycle.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from gatewayd.protocol.messages import ACTIVITY_NAMES
+from gatewayd.activity import ActivityGroup
 
 __all__ = [
     "AbruptChangeConfig",
@@ -33,8 +33,18 @@ __all__ = [
 ]
 
 Severity = Literal["info", "warning", "critical"]
+#: An activity group's name; the heart-rate limits are keyed by it (``rest_bpm``, ...).
 ActivityClass = Literal["rest", "light", "vigorous", "unknown"]
 _ACTIVITY_CLASSES: Final[tuple[ActivityClass, ...]] = ("rest", "light", "vigorous")
+_CLASS_NAMES: Final[dict[ActivityGroup, ActivityClass]] = {
+    ActivityGroup.REST: "rest",
+    ActivityGroup.LIGHT: "light",
+    ActivityGroup.VIGOROUS: "vigorous",
+    ActivityGroup.UNKNOWN: "unknown",
+}
+_KNOWN_CODES: Final = frozenset(int(g) for g in ActivityGroup if g is not ActivityGroup.UNKNOWN)
+#: Keys of [rules.activities] before the activity groups; a file that still has them is refused.
+_REMOVED_KEYS: Final = ("rest", "light", "vigorous")
 
 
 def _lower(value: object) -> object:
@@ -44,7 +54,6 @@ def _lower(value: object) -> object:
 SeverityField = Annotated[Severity, BeforeValidator(_lower)]
 Seconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
 Bpm = Annotated[float, Field(ge=0, le=300, allow_inf_nan=False)]
-ActivityNames = Annotated[tuple[str, ...], Field(strict=False)]
 
 
 class _Section(BaseModel):
@@ -65,43 +74,43 @@ class RuleBase(_Section):
 
 
 class ActivitiesConfig(_Section):
-    """[rules.activities]: which PPG-DaLiA activities count as rest, light or vigorous."""
+    """[rules.activities]: how sure the activity group must be for the rules to use it.
 
-    rest: ActivityNames = ("sitting", "driving", "lunch", "working")
-    light: ActivityNames = ("transient", "walking", "table soccer")
-    vigorous: ActivityNames = ("stairs", "cycling")
+    The groups themselves are fixed (`gatewayd.activity.ActivityGroup`): the wearable's SUMMARY
+    and the gateway's model both report one, so there is nothing to map here any more.
+    """
+
     min_confidence: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
 
-    @model_validator(mode="after")
-    def _check_names(self) -> ActivitiesConfig:
-        seen: dict[str, str] = {}
-        for cls in _ACTIVITY_CLASSES:
-            for name in getattr(self, cls):
-                if name not in ACTIVITY_NAMES:
-                    valid = ", ".join(f'"{n}"' for n in ACTIVITY_NAMES)
-                    raise ValueError(
-                        f'rules.activities.{cls}: unknown activity "{name}"; expected one of'
-                        f" {valid}"
-                    )
-                if name in seen:
-                    raise ValueError(
-                        f'activity "{name}" is in both rules.activities.{seen[name]} and'
-                        f" rules.activities.{cls}"
-                    )
-                seen[name] = cls
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_name_lists(cls, data: Any) -> Any:
+        # The lists of PPG-DaLiA names went away with the groups: say what replaced them,
+        # not just "unknown key", so an upgraded gateway's error explains the old file.
+        if isinstance(data, dict):
+            old = [key for key in _REMOVED_KEYS if key in data]
+            if old:
+                keys = " and ".join(repr(key) for key in old)
+                raise ValueError(
+                    f"{keys} (lists of activity names) were replaced by fixed activity groups:"
+                    " the wearable and the model now report rest, light, vigorous or unknown"
+                    " themselves, so there is nothing to map. Delete these keys; only"
+                    " min_confidence remains here (docs/rules.md)"
+                )
+        return data
+
+    def group_of(self, activity: int | None, confidence: float) -> ActivityGroup:
+        """The group the rules use: UNKNOWN if absent, not a group code, or below min_confidence."""
+        if activity is None or activity not in _KNOWN_CODES:
+            return ActivityGroup.UNKNOWN
+        if confidence < self.min_confidence:
+            return ActivityGroup.UNKNOWN
+        return ActivityGroup(activity)
 
     def class_of(self, activity: int | None, confidence: float) -> ActivityClass:
-        """The class of a PPG-DaLiA activity id; "unknown" if unsure, unlisted or absent."""
-        if activity is None or not 0 <= activity < len(ACTIVITY_NAMES):
-            return "unknown"
-        if confidence < self.min_confidence:
-            return "unknown"
-        name = ACTIVITY_NAMES[activity]
-        for cls in _ACTIVITY_CLASSES:
-            if name in getattr(self, cls):
-                return cls
-        return "unknown"
+        """The name of `group_of`: "rest", "light", "vigorous" or "unknown"."""
+        name: ActivityClass = _CLASS_NAMES[self.group_of(activity, confidence)]
+        return name
 
 
 class HrInputConfig(_Section):
@@ -140,11 +149,17 @@ class _ActivityLimits(RuleBase):
 class TachycardiaConfig(_ActivityLimits):
     """[rules.tachycardia]: heart rate above an activity-dependent limit."""
 
+    # docs/rules.md: reference heart rate per group on TROIKA, BAMI and PhysioNet.
     rest_bpm: Bpm = 100.0
-    light_bpm: Bpm = 130.0
-    vigorous_bpm: Bpm = 160.0
+    light_bpm: Bpm = 120.0
+    vigorous_bpm: Bpm = 185.0
     unknown_bpm: Bpm = 130.0
     hysteresis_bpm: Bpm = 10.0
+    #: After a bout of a group with a higher limit, that limit keeps applying for
+    #: ``recovery_ratio`` times as long as the bout lasted, at most ``recovery_s``: the heart
+    #: rate takes minutes to come down.
+    recovery_s: Seconds = 300.0
+    recovery_ratio: float = Field(default=2.0, ge=0, le=10, allow_inf_nan=False)
     min_duration_s: Seconds = 30.0
     cooldown_s: Seconds = 300.0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.rules.alerts import (
     CATEGORY,
     AlertKind,
@@ -19,7 +20,7 @@ from gatewayd.rules.alerts import (
     EvidenceSample,
     Scalar,
 )
-from gatewayd.rules.config import RuleBase, RulesConfig
+from gatewayd.rules.config import ActivityClass, RuleBase, RulesConfig
 from gatewayd.rules.fall import FallEvent, FallState, step_fall
 from gatewayd.rules.inputs import LinkStatus, Observation
 from gatewayd.rules.track import (
@@ -34,7 +35,7 @@ from gatewayd.rules.track import (
     step,
 )
 
-__all__ = ["DeviceState", "HrPoint", "observe", "on_link", "on_tick"]
+__all__ = ["Bout", "DeviceState", "HrPoint", "observe", "on_link", "on_tick"]
 
 #: The heart-rate rules: withdrawn when the data behind them stops being trustworthy.
 HR_KINDS: Final = (
@@ -52,7 +53,25 @@ class HrPoint:
     seq: int
     t: float
     hr_bpm: float
+    #: The known activity group (`ActivityGroup` code) the value was measured in.
     activity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bout:
+    """A stretch of windows of one known activity group, no hole longer than rules.hr.max_gap_s."""
+
+    group: int
+    start: float
+    last: float
+
+    def recovering(self, t: float, recovery_s: float, ratio: float) -> bool:
+        """True while the heart rate may still be coming down from this bout at ``t``.
+
+        A bout counts for ``ratio`` times as long as it lasted, at most ``recovery_s``: a
+        single window (possibly a misclassified one) carries almost nothing over.
+        """
+        return t - self.last <= min(recovery_s, ratio * (self.last - self.start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +87,8 @@ class DeviceState:
     last_obs_t: float | None = None
     last_seq: int | None = None
     hr_history: tuple[HrPoint, ...] = ()
+    #: The latest bout of each known activity group (the tachycardia rule's recovery).
+    bouts: tuple[Bout, ...] = ()
     tachycardia: TrackState = field(default_factory=TrackState)
     bradycardia: TrackState = field(default_factory=TrackState)
     high_hr_at_rest: TrackState = field(default_factory=TrackState)
@@ -212,7 +233,9 @@ def _advance(state: DeviceState, t: float) -> tuple[DeviceState, float]:
     return replace(state, last_t=t), t
 
 
-def _sample(obs: Observation, t: float, value: float) -> EvidenceSample:
+def _sample(
+    obs: Observation, t: float, value: float, activity: str | None = None
+) -> EvidenceSample:
     return EvidenceSample(
         seq=obs.seq,
         t=t,
@@ -220,7 +243,7 @@ def _sample(obs: Observation, t: float, value: float) -> EvidenceSample:
         window_id=obs.window_id,
         model_id=obs.model_id,
         hr_source=obs.hr_source if obs.hr_bpm is not None else None,
-        activity=obs.activity,
+        activity=activity,
     )
 
 
@@ -328,12 +351,16 @@ def _technical(run: _Run, obs: Observation) -> None:
 def _heart_rate(run: _Run, obs: Observation) -> None:
     config, t = run.config, run.t
     hr = usable_hr(config, obs)
+    group = config.activities.group_of(obs.activity, obs.activity_confidence)
     cls = config.activities.class_of(obs.activity, obs.activity_confidence)
-    sample = None if hr is None else _sample(obs, t, hr)
+    sample = None if hr is None else _sample(obs, t, hr, cls)
     stale = config.hr.stale_s
+    # "activity" is the group the limits were chosen by; "unknown" when the reported one
+    # (kept as reported_activity) was missing or below rules.activities.min_confidence.
     facts: tuple[tuple[str, Scalar], ...] = (
-        ("activity", obs.activity),
-        ("activity_class", cls),
+        ("activity", cls),
+        ("reported_activity", group_name(obs.activity)),
+        ("activity_confidence", obs.activity_confidence),
         ("hr_bpm", obs.hr_bpm),
         ("hr_confidence", obs.hr_confidence),
         ("hr_source", obs.hr_source),
@@ -342,7 +369,10 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
     gate = (("min_confidence", config.hr.min_confidence),)
 
     tachy = config.tachycardia
-    limit = tachy.limit(cls)
+    run.state = replace(
+        run.state, bouts=_update_bouts(run.state.bouts, group, t, config.hr.max_gap_s)
+    )
+    limit_cls, limit = _tachycardia_limit(config, cls, run.state.bouts, t)
     run.apply(
         AlertKind.TACHYCARDIA,
         Level.UNKNOWN if hr is None else _above(hr, limit, tachy.hysteresis_bpm),
@@ -351,9 +381,12 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
             ("limit_bpm", limit),
             ("clear_below_bpm", limit - tachy.hysteresis_bpm),
             ("min_duration_s", tachy.min_duration_s),
+            ("recovery_s", tachy.recovery_s),
+            ("recovery_ratio", tachy.recovery_ratio),
             *gate,
         ),
-        facts=facts,
+        # limit_activity differs from activity while recovering from a more intense bout.
+        facts=(*facts, ("limit_activity", limit_cls)),
         stale_s=stale,
     )
     brady = config.bradycardia
@@ -392,34 +425,63 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
         clear_reason="activity_changed" if cls not in ("rest", "unknown") else "recovered",
         stale_s=stale,
     )
-    _abrupt_change(run, obs, hr, sample, facts)
+    _abrupt_change(run, obs, hr, group=group, sample=sample, facts=facts)
+
+
+def _update_bouts(
+    bouts: tuple[Bout, ...], group: ActivityGroup, t: float, max_gap_s: float
+) -> tuple[Bout, ...]:
+    """Extend (or start) the bout of ``group`` with a window at ``t``; unknown changes nothing."""
+    if group is ActivityGroup.UNKNOWN:
+        return bouts
+    others = tuple(b for b in bouts if b.group != group)
+    current = next((b for b in bouts if b.group == group), None)
+    if current is not None and t - current.last <= max_gap_s:
+        return (*others, replace(current, last=t))
+    return (*others, Bout(int(group), t, t))
+
+
+def _tachycardia_limit(
+    config: RulesConfig, cls: ActivityClass, bouts: tuple[Bout, ...], t: float
+) -> tuple[ActivityClass, float]:
+    """The group whose limit applies, and that limit: the current group's, or a higher one.
+
+    After a bout of a group with a higher limit (stairs, then sitting down) the heart rate takes
+    minutes to come down; that group's limit keeps applying while the bout is `recovering`.
+    """
+    tachy = config.tachycardia
+    best: tuple[ActivityClass, float] = (cls, tachy.limit(cls))
+    for bout in bouts:
+        name = config.activities.class_of(bout.group, 1.0)
+        recovering = bout.recovering(t, tachy.recovery_s, tachy.recovery_ratio)
+        if recovering and tachy.limit(name) > best[1]:
+            best = (name, tachy.limit(name))
+    return best
 
 
 def _abrupt_change(
     run: _Run,
     obs: Observation,
     hr: float | None,
+    *,
+    group: ActivityGroup,
     sample: EvidenceSample | None,
     facts: tuple[tuple[str, Scalar], ...],
 ) -> None:
     config, t = run.config, run.t
     rule = config.abrupt_change
-    known_activity = (
-        obs.activity is not None
-        and config.activities.class_of(obs.activity, obs.activity_confidence) != "unknown"
-    )
-    if hr is None or obs.activity is None or not known_activity:
+    if hr is None or group is ActivityGroup.UNKNOWN:
         if hr is not None:
             run.state = replace(run.state, hr_history=())  # activity unknown: cannot compare
         run.apply(AlertKind.ABRUPT_CHANGE, Level.UNKNOWN, None, stale_s=config.hr.stale_s)
         return
-    # Only values of the current activity run count: a change of activity explains a jump.
+    # Only values of the current group's run count: a change of activity explains a jump.
     history = tuple(p for p in run.state.hr_history if t - p.t <= rule.within_s)
-    if history and history[-1].activity != obs.activity:
-        history = ()  # the history only ever holds one activity's run
+    if history and history[-1].activity != group:
+        history = ()  # the history only ever holds one group's run
     reference = max(history, key=lambda p: abs(hr - p.hr_bpm), default=None)
     delta = 0.0 if reference is None else hr - reference.hr_bpm
-    point = HrPoint(obs.seq, t, hr, obs.activity)
+    point = HrPoint(obs.seq, t, hr, int(group))
     run.state = replace(run.state, hr_history=(*history, point))
     extra: tuple[tuple[str, Scalar], ...] = ()
     if reference is not None:

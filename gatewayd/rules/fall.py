@@ -18,12 +18,13 @@ from typing import Literal
 
 import numpy as np
 
+from gatewayd.activity import group_name
 from gatewayd.rules.alerts import EvidenceSample
 from gatewayd.rules.config import FallConfig
 from gatewayd.rules.inputs import Observation
 from gatewayd.rules.track import Outcome, TrackState, bounded, clear, in_cooldown, raise_
 
-__all__ = ["AccBlock", "FallEvent", "FallState", "acc_blocks", "step_fall"]
+__all__ = ["AccBlock", "FallEvent", "FallState", "acc_blocks", "acc_end", "step_fall"]
 
 Phase = Literal["idle", "impact", "raised"]
 
@@ -55,18 +56,24 @@ class FallState:
     still_max_std_g: float = 0.0
 
 
+def acc_end(obs: Observation) -> float:
+    """When the observation's last accelerometer sample was taken (``acc_end``, else ``t``)."""
+    return obs.t if obs.acc_end is None else obs.acc_end
+
+
 def acc_blocks(obs: Observation, after: float | None, block_s: float) -> list[AccBlock]:
     """The new part of an observation's accelerometer data, as blocks, oldest first."""
     if obs.acc is not None and obs.acc.ndim == 2 and obs.acc.shape[0] and obs.acc_rate_hz > 0:
         return _sample_blocks(obs, after, block_s)
     if obs.acc_peak_g is None and obs.acc_still is None:
         return []
-    start = obs.t - obs.window_s
+    end = acc_end(obs)
+    start = end - obs.window_s
     if after is not None:
         start = max(start, after)
-    if start >= obs.t:
+    if start >= end:
         return []
-    return [AccBlock(start, obs.t, obs.acc_peak_g, obs.t, None, obs.acc_still)]
+    return [AccBlock(start, end, obs.acc_peak_g, end, None, obs.acc_still)]
 
 
 def _sample_blocks(obs: Observation, after: float | None, block_s: float) -> list[AccBlock]:
@@ -75,7 +82,7 @@ def _sample_blocks(obs: Observation, after: float | None, block_s: float) -> lis
     acc = obs.acc.astype(np.float64)
     magnitude = np.sqrt(np.sum(np.square(acc), axis=1))
     n = magnitude.shape[0]
-    times = obs.t - (n - 1 - np.arange(n)) / rate
+    times = acc_end(obs) - (n - 1 - np.arange(n)) / rate
     # Half a sample period of slack absorbs float noise in overlapping windows' timestamps.
     first = 0 if after is None else int(np.searchsorted(times, after + 0.5 / rate, side="left"))
     size = max(1, round(rate * block_s))
@@ -135,7 +142,7 @@ def step_fall(
     if obs.off_wrist:
         # A device lying on a table is still, and one dropped on it sees an impact: neither is
         # a fall. The ACC is marked seen so it is not used later.
-        return _forget_pending(replace(state, covered_until=obs.t)), []
+        return _forget_pending(replace(state, covered_until=acc_end(obs))), []
     blocks = acc_blocks(obs, state.covered_until, config.block_s)
     events: list[FallEvent] = []
     sample_of = _Sampler(obs)
@@ -160,7 +167,7 @@ class _Sampler:
             value=round(value, 4),
             window_id=self.obs.window_id,
             model_id=self.obs.model_id,
-            activity=self.obs.activity,
+            activity=group_name(self.obs.activity),
         )
 
 

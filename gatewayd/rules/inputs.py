@@ -23,7 +23,10 @@ class Observation:
 
     ``t`` is the end of the window. ``acc``, when present, is the window's raw accelerometer in
     g, shape (n, 3), at ``acc_rate_hz``; without it, ``acc_peak_g`` and ``acc_still`` can carry
-    a summary computed elsewhere (either may be None: unknown).
+    a summary computed elsewhere (either may be None: unknown). ``acc_end`` is when the last
+    accelerometer sample was taken, on the clock that timed the samples (the wearable's, once
+    synced); None means ``t``. The fall rule times samples by it, so windows that arrive in a
+    burst (a link that stalled, a loaded emulator) still cover the seconds they were taken in.
     """
 
     device_id: str
@@ -33,8 +36,10 @@ class Observation:
     hr_source: HrSource = "model"
     #: Confidence of ``hr_bpm`` in [0, 1]; straps without a confidence pass 1.0.
     hr_confidence: float = 1.0
-    #: PPG-DaLiA activity id 0-8; None (or 255) when unknown.
+    #: The activity group's code (`gatewayd.activity.ActivityGroup`: 0 rest, 1 light,
+    #: 2 vigorous); None (or 255) when unknown.
     activity: int | None = None
+    #: Probability of ``activity`` in [0, 1]; below rules.activities.min_confidence it is unknown.
     activity_confidence: float = 1.0
     #: 0-100; None when the device does not report it.
     signal_quality: int | None = None
@@ -49,6 +54,7 @@ class Observation:
     window_s: float = 8.0
     acc_peak_g: float | None = None
     acc_still: bool | None = None
+    acc_end: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
