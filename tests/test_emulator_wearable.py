@@ -34,8 +34,8 @@ from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
 from gatewayd.signals.offload import (
     IMPACT_THRESHOLD_MILLI_G,
     MOTION_HOLD_MS,
-    acc_peak_milli_g,
     decide_offload,
+    fall_impact_index,
 )
 
 RECORDING = generate_recording(7, 1.0, seed=7)
@@ -222,26 +222,28 @@ def test_a_fall_while_walking_is_offloaded_for_motion_from_the_impact_on() -> No
     c = core(recording=WALKING_FALL, tau_mbits=65535, min_conf_e4=0)
     c.produce(1e9)
     assert c.sent is not None
-    # Windows starting 8 s before the impact (16.0 s) hold it; 16 s after it are held.
+    # The impact at 16.0 s is a fall candidate in the windows where settle 2 s + still 2 s fit
+    # after it (starting at 12, 14 and 16 s: seq 6-8; the one at 10 s holds it too late); the
+    # windows starting up to 16 s after it (seq 16 starts at 32 s) are held.
     motion = [s for s, m in c.sent.items() if summary_of(m).flags & MessageFlags.OFFLOAD_MOTION]
-    assert motion == list(range(5, 17))
+    assert motion == list(range(6, 17))
     assert [s for s, m in c.sent.items() if isinstance(m, Window)] == motion
     # The fall rule needs 12 s after the impact (settle 2 s + stillness 10 s): MOTION gives 24.
     assert offloaded_after(c, FALL_AT_S, MessageFlags.OFFLOAD_MOTION) >= 16.0 + 8.0
 
 
-def test_motion_flag_follows_the_peak_of_the_samples_on_the_wire() -> None:
+def test_motion_flag_follows_the_fall_signature_of_the_samples_on_the_wire() -> None:
     c = core(recording=WALKING_FALL, motion_hold_ms=0)
     held = []
     for seq, raw in c.produce(1e9):
         m = decode_message(raw)
         s = summary_of(m)
         if isinstance(m, Window):
-            impact = acc_peak_milli_g(m.acc, m.acc_lsb_per_g) >= IMPACT_THRESHOLD_MILLI_G
-            assert impact == bool(s.flags & MessageFlags.OFFLOAD_MOTION), seq
+            candidate = fall_impact_index(m.acc, m.acc_lsb_per_g, m.acc_rate_hz) is not None
+            assert candidate == bool(s.flags & MessageFlags.OFFLOAD_MOTION), seq
         if s.flags & MessageFlags.OFFLOAD_MOTION:
             held.append(seq)
-    assert held == [5, 6, 7, 8]  # hold 0: only the windows that hold the impact sample
+    assert held == [6, 7, 8]  # hold 0: only the candidates (starting at most 4 s before 16 s)
 
 
 def test_motion_threshold_is_a_spec_field() -> None:

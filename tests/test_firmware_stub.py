@@ -4,6 +4,9 @@ The module builds firmware_stub/ with gcc into a temporary directory, runs its C
 regenerates the golden vectors and compares them byte for byte with the committed
 firmware_stub/vectors/golden.txt, then checks every vector with the Python side: fragments,
 reassembly, decoding and re-encoding, entropy, offload decision, info and control verdicts.
+The motion offload's fall decision has its own vectors, firmware_stub/vectors/fall.txt
+(firmware_stub/README.md), replayed with gatewayd.signals.offload, and a C program that decides
+windows given on stdin, fed random and (when present) real accelerometer windows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +37,13 @@ from gatewayd.protocol.messages import (
 )
 from gatewayd.protocol.vectors import GoldenVector, parse_vectors
 from gatewayd.signals.entropy import window_entropy_bits
-from gatewayd.signals.offload import IMPACT_THRESHOLD_MILLI_G, acc_peak_milli_g, decide_offload
+from gatewayd.signals.offload import (
+    FallTrigger,
+    decide_offload,
+    fall_impact_index,
+    last_impact_index,
+    motion_offload,
+)
 
 pytestmark = [
     pytest.mark.needs_gcc,
@@ -137,9 +147,10 @@ def check_entropy_and_policy(vec: GoldenVector, decoded: Summary | Window) -> No
         h = window_entropy_bits(decoded.bvp)
         assert abs(h - vec.entropy) <= 1e-9, (h, vec.entropy)
         assert summary.entropy_mbits == math.floor(vec.entropy * 1000.0 + 0.5)
-    # Each vector stands alone (no impact before it): motion means the window holds one.
+    # Each vector stands alone (no fall before it): motion means the window is a fall candidate
+    # (which starts before its impact, so the hold covers it).
     motion = isinstance(decoded, Window) and (
-        acc_peak_milli_g(decoded.acc, decoded.acc_lsb_per_g) >= IMPACT_THRESHOLD_MILLI_G
+        fall_impact_index(decoded.acc, decoded.acc_lsb_per_g, decoded.acc_rate_hz) is not None
     )
     if vec.policy is not None:
         tau, min_conf, reason = vec.policy
@@ -195,12 +206,20 @@ def test_golden_vectors_cover_the_protocol() -> None:
 
 
 def test_no_golden_window_holds_an_impact() -> None:
-    # So adding OFFLOAD_MOTION left every vector byte-identical (docs/protocol.md §8).
+    # Their `policy` lines stay within bits 0-1, what gatewayd/protocol/vectors.py accepts; the
+    # motion decision is covered by vectors/fall.txt.
     for vec in WINDOW_VECTORS:
         decoded = decode_message(vec.message)
         assert isinstance(decoded, Window)
-        assert acc_peak_milli_g(decoded.acc, decoded.acc_lsb_per_g) < IMPACT_THRESHOLD_MILLI_G
+        assert last_impact_index(decoded.acc, decoded.acc_lsb_per_g) is None
         assert not vec.message[2] & int(MessageFlags.OFFLOAD_MOTION)
+
+
+def test_golden_activities_are_groups() -> None:
+    # The activity byte carries an activity group: 0 rest, 1 light, 2 vigorous, 255 unknown.
+    activities = {v.message[16] for v in VECTORS}
+    assert activities <= {0, 1, 2, 255}
+    assert activities >= {0, 2, 255}
 
 
 # ---- every golden vector against the Python gateway ---------------------------------------------
@@ -251,6 +270,239 @@ def test_control_verdict_matches_c(command: bytes, accepted: bool) -> None:
     else:
         with pytest.raises(DecodeError):
             decode_control(command)
+
+
+# ---- the motion offload: the fall decision (vectors/fall.txt) ----------------------------------
+
+FALL_VECTORS_FILE = STUB / "vectors" / "fall.txt"
+TROIKA = ROOT.parent / "shared" / "data" / "troika"
+
+
+@dataclass(frozen=True)
+class FallVector:
+    """One block of vectors/fall.txt: a window (`fall`) or a stream cut into windows (`stream`)."""
+
+    kind: str
+    name: str
+    rate: int
+    lsb: int
+    trigger: FallTrigger
+    acc: np.ndarray
+    #: fall: what gwfw_acc_last_impact and gwfw_fall_impact returned (None for -1).
+    last_impact: int | None = None
+    fall_impact: int | None = None
+    #: stream: samples per window and per step, the hold, and the MOTION bit of each window.
+    window: tuple[int, int] | None = None
+    hold_ms: int | None = None
+    motion: str | None = None
+
+
+def _index(text: str) -> int | None:
+    value = int(text)
+    return None if value < 0 else value
+
+
+def _fall_vector(kind: str, name: str, fields: dict[str, list[str]]) -> FallVector:
+    impact, settle, still, block, moving = (int(v) for v in fields["params"])
+    vec = FallVector(
+        kind=kind,
+        name=name,
+        rate=int(fields["rate"][0]),
+        lsb=int(fields["lsb"][0]),
+        trigger=FallTrigger(impact, settle, still, block, moving),
+        acc=np.frombuffer(bytes.fromhex(fields["acc"][0]), dtype="<i2").reshape(-1, 3),
+    )
+    if kind == "fall":
+        return replace(
+            vec,
+            last_impact=_index(fields["last_impact"][0]),
+            fall_impact=_index(fields["fall_impact"][0]),
+        )
+    size, step = (int(v) for v in fields["window"])
+    return replace(
+        vec, window=(size, step), hold_ms=int(fields["hold"][0]), motion=fields["motion"][0]
+    )
+
+
+def parse_fall_vectors(text: str) -> list[FallVector]:
+    """The blocks of vectors/fall.txt (its format: firmware_stub/README.md)."""
+    vectors: list[FallVector] = []
+    block: tuple[str, str, dict[str, list[str]]] | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, *args = line.split()
+        if key in ("fall", "stream"):
+            assert block is None, f"line {number}: {key} inside a block"
+            assert len(args) == 1, f"line {number}: {line[:40]}"
+            block = (key, args[0], {})
+        elif key == "end":
+            assert block is not None, f"line {number}: end outside a block"
+            vectors.append(_fall_vector(*block))
+            block = None
+        else:
+            assert block is not None, f"line {number}: {key} outside a block"
+            assert key not in block[2], f"line {number}: a second {key} line"
+            block[2][key] = args
+    assert block is None, "the last block has no end"
+    return vectors
+
+
+FALLS = parse_fall_vectors(FALL_VECTORS_FILE.read_text(encoding="ascii"))
+FALL_WINDOWS = [v for v in FALLS if v.kind == "fall"]
+FALL_STREAMS = [v for v in FALLS if v.kind == "stream"]
+
+
+def replay_stream(vec: FallVector) -> str:
+    """The wearable's loop over a stream (WearableCore._motion), in Python: one bit a window."""
+    assert vec.window is not None
+    assert vec.hold_ms is not None
+    size, step = vec.window
+    fall_ms: int | None = None
+    bits = []
+    for start in range(0, vec.acc.shape[0] - size + 1, step):
+        start_ms = start * 1000 // vec.rate
+        k = fall_impact_index(vec.acc[start : start + size], vec.lsb, vec.rate, vec.trigger)
+        if k is not None:
+            fall_ms = start_ms + k * 1000 // vec.rate
+        bits.append("1" if motion_offload(start_ms, fall_ms, hold_ms=vec.hold_ms) else "0")
+    return "".join(bits)
+
+
+@pytest.fixture(scope="module")
+def generated_falls(build_dir: Path) -> bytes:
+    """The fall vectors as the freshly built C program writes them."""
+    path = build_dir / "fall.txt"
+    result = _run([build_dir / "fall", path])
+    assert result.returncode == 0, result.stderr
+    assert _run([build_dir / "fall"]).stdout.encode("ascii") == path.read_bytes()
+    return path.read_bytes()
+
+
+def test_committed_fall_vectors_are_up_to_date(generated_falls: bytes) -> None:
+    assert generated_falls == FALL_VECTORS_FILE.read_bytes(), (
+        "firmware_stub/vectors/fall.txt differs from what build/fall writes now: "
+        "run `make -C firmware_stub vectors`, review the diff and commit it"
+    )
+
+
+@pytest.mark.parametrize("vec", FALL_WINDOWS, ids=[v.name for v in FALL_WINDOWS])
+def test_fall_decision_equals_c(vec: FallVector) -> None:
+    assert last_impact_index(vec.acc, vec.lsb, vec.trigger.impact_milli_g) == vec.last_impact
+    assert fall_impact_index(vec.acc, vec.lsb, vec.rate, vec.trigger) == vec.fall_impact
+
+
+@pytest.mark.parametrize("vec", FALL_STREAMS, ids=[v.name for v in FALL_STREAMS])
+def test_motion_bits_of_a_stream_equal_c(vec: FallVector) -> None:
+    assert replay_stream(vec) == vec.motion
+
+
+def test_fall_vectors_cover_the_cases() -> None:
+    by_name = {v.name: v for v in FALLS}
+    assert len(by_name) == len(FALLS)
+    for name in ("fall", "fall_bounce", "fall_int8_range", "fall_25hz", "spread_below_bound"):
+        assert by_name[name].fall_impact is not None, name
+        assert by_name[name].fall_impact == by_name[name].last_impact
+    # an impact without the signature: too late in the window, running, moving afterwards
+    for name in ("fall_late", "running", "impact_then_running", "fall_then_up", "spread_at_bound"):
+        assert by_name[name].last_impact is not None, name
+        assert by_name[name].fall_impact is None, name
+    int8 = by_name["fall_int8_range"].acc
+    assert int8.min() >= -128
+    assert int8.max() <= 127
+    assert by_name["fall_25hz"].rate == 25
+    assert {by_name[n].fall_impact for n in ("wide_at_bound", "wide_below_bound")} == {None, 0}
+    walk_fall = by_name["stream_walk_fall"].motion
+    assert walk_fall is not None
+    assert "1" in walk_fall
+    # One run of offloaded windows: from the candidate to the end of the hold.
+    assert walk_fall.strip("0") == "1" * walk_fall.count("1")
+    assert set(by_name["stream_running"].motion or "") == {"0"}
+
+
+def _eval_line(acc: np.ndarray, lsb: int, rate: int, t: FallTrigger) -> str:
+    params = (rate, lsb, t.impact_milli_g, t.settle_ms, t.still_ms, t.block_ms, t.moving_milli_g)
+    return " ".join(map(str, params)) + " " + acc.astype("<i2").tobytes().hex()
+
+
+def _c_decides(
+    build_dir: Path, cases: list[tuple[np.ndarray, int, int, FallTrigger]]
+) -> list[tuple[int | None, int | None]]:
+    result = subprocess.run(
+        [str(build_dir / "fall"), "--eval"],
+        input="".join(_eval_line(*case) + "\n" for case in cases),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = []
+    for line in result.stdout.splitlines():
+        last, k = line.split()
+        answers.append((_index(last), _index(k)))
+    assert len(answers) == len(cases)
+    return answers
+
+
+def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, int, int, FallTrigger]:
+    """A window at rest with noise near the moving bound and an impact near the threshold."""
+    rate = int(rng.choice([4, 25, 32, 64, 125, 250, 255]))
+    lsb = int(rng.choice([1, 16, 64, 500, 1000, 4096, 65535]))
+    trigger = FallTrigger(
+        impact_milli_g=int(rng.choice([1000, 3000, 3000, int(rng.integers(0, 65536))])),
+        settle_ms=int(rng.choice([0, 1, 2000, int(rng.integers(0, 4000))])),
+        still_ms=int(rng.choice([0, 2000, int(rng.integers(0, 4000))])),
+        block_ms=int(rng.choice([1, 1000, int(rng.integers(1, 3000))])),
+        moving_milli_g=int(rng.choice([0, 150, 150, int(rng.integers(0, 65536))])),
+    )
+    n = int(rng.integers(0, min(8 * rate, 2040) + 1)) if rng.random() < 0.1 else min(8 * rate, 2040)
+    acc = np.zeros((n, 3), dtype=np.int64)
+    acc[:, 2] = min(lsb, 32767)
+    # Uniform noise in [-a, a] on three axes has a spread of about a: put it near the bound.
+    bound = trigger.moving_milli_g * lsb / 1000
+    noise = int(min(32767, bound * rng.uniform(0.2, 1.1) + rng.integers(0, 3)))
+    acc += rng.integers(-noise, noise + 1, size=(n, 3))
+    if n:
+        level = min(32767, trigger.impact_milli_g * lsb // 1000 + int(rng.integers(-2, 3)))
+        acc[int(rng.integers(0, max(1, n // 3)))] = (0, 0, level)
+    return np.clip(acc, -32768, 32767).astype(np.int16), lsb, rate, trigger
+
+
+def test_c_decides_random_windows_as_python_does(build_dir: Path) -> None:
+    rng = np.random.default_rng(20260101)
+    cases = [_random_case(rng) for _ in range(400)]
+    answers = _c_decides(build_dir, cases)
+    python = [
+        (last_impact_index(acc, lsb, t.impact_milli_g), fall_impact_index(acc, lsb, rate, t))
+        for acc, lsb, rate, t in cases
+    ]
+    assert answers == python
+    # The cases exercise both answers: candidates, and impacts that are not one.
+    assert sum(k is not None for _, k in python) >= 20
+    assert sum(last is not None and k is None for last, k in python) >= 20
+
+
+@pytest.mark.needs_data
+def test_c_decides_real_windows_as_python_does(build_dir: Path) -> None:
+    if not TROIKA.is_dir():
+        pytest.skip(f"TROIKA recordings not found at {TROIKA}")
+    from gatewayd.datasets import find_recordings, load
+    from gatewayd.emulator.wearable import quantise
+
+    cases = []
+    for source in find_recordings(TROIKA):
+        acc = quantise(load(source).acc, 1.0, SampleFormat.INT16).reshape(-1, 3)
+        for start in range(0, acc.shape[0] - 256 + 1, 64):
+            cases.append((acc[start : start + 256], 64, 32, FallTrigger()))
+    if not cases:
+        pytest.skip(f"no TROIKA recordings in {TROIKA}")
+    python = [
+        (last_impact_index(acc, lsb, t.impact_milli_g), fall_impact_index(acc, lsb, rate, t))
+        for acc, lsb, rate, t in cases
+    ]
+    assert _c_decides(build_dir, cases) == python
 
 
 # ---- the demo program ---------------------------------------------------------------------------

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd.protocol.messages import OFFLOAD_MASK, MessageFlags
-from gatewayd.rules.config import FallConfig
 from gatewayd.signals import (
     ACC_RATE_HZ,
     BVP_RATE_HZ,
@@ -34,13 +30,6 @@ from gatewayd.signals import (
     window_start_samples,
     window_start_times,
     zscore,
-)
-from gatewayd.signals.offload import (
-    IMPACT_THRESHOLD_MILLI_G,
-    MOTION_HOLD_MS,
-    acc_peak_milli_g,
-    last_impact_index,
-    motion_offload,
 )
 
 FS = 64
@@ -405,138 +394,3 @@ def test_should_offload_agrees_with_floats_away_from_rounding(
         assert bool(reason & E) == (h > tau)
     if abs(conf - min_conf) > 1e-4:
         assert bool(reason & L) == (conf < min_conf)
-
-
-# --- motion offload ---------------------------------------------------------------------------
-
-M = OffloadReason.MOTION
-
-
-def triples(*rows: tuple[int, int, int]) -> npt.NDArray[np.int16]:
-    return np.array(rows, dtype=np.int16).reshape(-1, 3)
-
-
-def test_motion_is_header_bit_6_and_the_defaults_match_the_fall_rule() -> None:
-    assert int(M) == int(MessageFlags.OFFLOAD_MOTION) == 1 << 6
-    assert int(E | L | M) == int(OFFLOAD_MASK)
-    rule = FallConfig()
-    assert round(rule.impact_g * 1000) == IMPACT_THRESHOLD_MILLI_G
-    assert (rule.settle_s + rule.min_duration_s) * 1000 <= MOTION_HOLD_MS
-
-
-# The same samples and answers as test_motion() in firmware_stub/test/test_gwfw.c.
-@pytest.mark.parametrize(
-    ("rows", "lsb", "peak"),
-    [
-        ([(0, 0, 64), (1, -2, 63), (0, 1, 65)], 64, 1015),
-        ([(0, 0, 64), (192, 0, 0), (110, 110, 110), (0, 0, 64)], 64, 3000),
-        ([(111, 111, 111), (0, 0, 64)], 64, 3004),
-        ([(-32768, -32768, -32768)], 64, 886810),
-        ([(-32768, -32768, -32768)], 1, 56755840),
-        ([(0, -191, -20)], 64, 3000),
-    ],
-)
-def test_acc_peak_milli_g_matches_the_c_unit_test(
-    rows: list[tuple[int, int, int]], lsb: int, peak: int
-) -> None:
-    assert acc_peak_milli_g(triples(*rows), lsb) == peak
-    assert acc_peak_milli_g(triples(*rows).astype(np.int32), lsb) == peak
-
-
-def test_acc_peak_milli_g_edges_and_errors() -> None:
-    assert acc_peak_milli_g(np.zeros((0, 3), dtype=np.int16), 64) == 0
-    assert acc_peak_milli_g(np.zeros((256, 3), dtype=np.int8), 64) == 0
-    with pytest.raises(ValueError, match="lsb_per_g"):
-        acc_peak_milli_g(triples((0, 0, 64)), 0)
-    with pytest.raises(ValueError, match=r"\(n, 3\)"):
-        acc_peak_milli_g(np.zeros(6, dtype=np.int16), 64)
-    with pytest.raises(ValueError, match=r"\(n, 3\)"):
-        acc_peak_milli_g(np.zeros((2, 3)), 64)  # floats are not wire samples
-    with pytest.raises(ValueError, match="int16"):
-        acc_peak_milli_g(np.array([[40000, 0, 0]]), 64)
-
-
-def test_last_impact_index_matches_the_c_unit_test() -> None:
-    rest = triples((0, 0, 64), (1, -2, 63), (0, 1, 65))
-    impact = triples((0, 0, 64), (192, 0, 0), (110, 110, 110), (0, 0, 64))
-    big = triples((-32768, -32768, -32768))
-    assert last_impact_index(rest, 64) is None
-    assert last_impact_index(impact, 64, 3000) == 1  # exactly 3 g is an impact; 2976 mg is not
-    assert last_impact_index(impact, 64, 2976) == 2
-    assert last_impact_index(impact, 64, 2977) == 1
-    assert last_impact_index(impact, 64, 3001) is None
-    assert last_impact_index(big, 65535, 65535) is None
-    assert last_impact_index(big, 1, 65535) == 0
-    assert last_impact_index(rest, 64, 0) == 2
-    with pytest.raises(ValueError, match="u16"):
-        last_impact_index(rest, 64, 65536)
-
-
-@given(
-    acc=st.lists(st.tuples(*[st.integers(-32768, 32767)] * 3), min_size=1, max_size=40).map(
-        lambda rows: triples(*rows)
-    ),
-    lsb=st.integers(1, 65535),
-    threshold=st.integers(0, 65535),
-)
-def test_peak_and_last_impact_agree_with_exact_arithmetic(
-    acc: npt.NDArray[np.int16], lsb: int, threshold: int
-) -> None:
-    per_sample = [
-        math.isqrt(1_000_000 * sum(int(v) ** 2 for v in row)) // lsb for row in acc.tolist()
-    ]
-    assert acc_peak_milli_g(acc, lsb) == max(per_sample)
-    hits = [i for i, mg in enumerate(per_sample) if mg >= threshold]
-    assert last_impact_index(acc, lsb, threshold) == (hits[-1] if hits else None)
-    assert (last_impact_index(acc, lsb, threshold) is not None) == (
-        acc_peak_milli_g(acc, lsb) >= threshold
-    )
-
-
-@pytest.mark.parametrize(
-    ("peak", "start_ms", "last_ms", "expected"),
-    [
-        (3000, 100_000, None, True),  # holds an impact (equal to the threshold is one)
-        (2999, 100_000, None, False),
-        (1000, 26_000, 10_000, True),  # starts exactly hold_ms after the impact: still held
-        (1000, 26_001, 10_000, False),
-        (1000, 8_000, 10_000, True),  # the impact is inside this window
-        (1000, 26_000, None, False),  # no impact yet
-    ],
-)
-def test_motion_offload_table(
-    peak: int, start_ms: int, last_ms: int | None, expected: bool
-) -> None:
-    assert motion_offload(peak, start_ms, last_ms) is expected
-    assert motion_offload(peak, start_ms, last_ms, threshold_milli_g=3000, hold_ms=16_000) is (
-        expected
-    )
-
-
-def test_motion_offload_hold_and_threshold_are_parameters() -> None:
-    assert motion_offload(1000, 10_000, 10_000, hold_ms=0)
-    assert not motion_offload(1000, 10_001, 10_000, hold_ms=0)
-    assert motion_offload(2500, 0, None, threshold_milli_g=2500)
-    assert not motion_offload(2500, 0, None)
-
-
-def test_decide_offload_motion_defaults_to_off_and_stands_alone() -> None:
-    assert decide_offload(3000, 9000, 3500, 6000) == N
-    assert decide_offload(3000, 9000, 3500, 6000, motion=False) == N
-    assert decide_offload(3000, 9000, 3500, 6000, motion=True) == M
-    assert decide_offload(4000, 1000, 3500, 6000, motion=True) == E | L | M
-
-
-@given(
-    h=st.integers(0, 65535),
-    conf=st.integers(0, 65535),
-    tau=st.integers(0, 65535),
-    min_conf=st.integers(0, 65535),
-)
-def test_motion_only_adds_its_own_reason(h: int, conf: int, tau: int, min_conf: int) -> None:
-    without = decide_offload(h, conf, tau, min_conf)
-    with_motion = decide_offload(h, conf, tau, min_conf, motion=True)
-    assert not without & M
-    assert with_motion == without | M
-    assert with_motion & without == without  # never removes another reason
-    assert with_motion  # a motion event always offloads

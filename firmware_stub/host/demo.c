@@ -87,7 +87,7 @@ int main(int argc, char **argv)
     s.seq = (uint32_t)seed;
     s.t_ms = BASE_T_MS + (uint64_t)(uint32_t)seed * 8000u;
     s.flags = GWFW_FLAG_CLOCK_SYNCED;
-    s.activity = (uint8_t)(synth_xorshift32(&prng) % 9u);
+    s.activity = (uint8_t)(synth_xorshift32(&prng) % (GWFW_ACTIVITY_MAX + 1u));
     s.pruning_pct = 40;
     s.activity_conf_e4 = (uint16_t)(4000u + synth_xorshift32(&prng) % 6001u);
     s.hr_cbpm = 7200; /* 1.2 Hz, the synthetic pulse */

@@ -48,7 +48,7 @@ static struct gwfw_summary summary_at(uint32_t seq)
     s.seq = seq;
     s.t_ms = BASE_T_MS + (uint64_t)seq * 8000u;
     s.flags = GWFW_FLAG_CLOCK_SYNCED;
-    s.activity = 1; /* sitting */
+    s.activity = 0; /* rest */
     s.pruning_pct = 40;
     s.activity_conf_e4 = 9000;
     s.entropy_mbits = 3412;
@@ -101,24 +101,28 @@ struct window_out {
 };
 
 /* The wearable's pipeline on one window: entropy -> mbits -> offload decision (entropy,
- * confidence, and motion: each vector stands alone, so no impact before it is held) -> flags ->
- * encode -> ring. Prints the vector up to its "end" line. No golden window holds an impact (the
- * ACC is at rest, under 2 g): a motion vector would need a `policy` reason with bit 6, which
- * gatewayd/protocol/vectors.py does not accept yet. */
+ * confidence, and motion: each vector stands alone, so no fall candidate before it is held) ->
+ * flags -> encode -> ring. Prints the vector up to its "end" line. No golden window holds an
+ * impact (the ACC is at rest, under 2 g): a motion vector would need a `policy` reason with bit
+ * 6, which gatewayd/protocol/vectors.py does not accept. The motion decision has its own vectors,
+ * vectors/fall.txt (host/fall.c). */
 static struct window_out emit_window(FILE *f, const char *comment, const char *name,
                                      uint16_t mtu, struct gwfw_summary *s,
                                      const struct gwfw_window *w, uint16_t tau,
                                      uint16_t min_conf, uint8_t *msg)
 {
+    static const struct gwfw_fall_params fall = GWFW_FALL_PARAMS_DEFAULT;
     struct window_out out;
+    int32_t k;
 
     out.h = wire_entropy(w);
     s->entropy_mbits = gwfw_entropy_mbits(out.h);
     out.reason = gwfw_offload_reason(s->entropy_mbits, s->activity_conf_e4, tau, min_conf);
-    out.reason |= gwfw_offload_motion(gwfw_acc_peak_milli_g(w->acc_xyz, w->n_acc,
-                                                            w->acc_lsb_per_g),
-                                      GWFW_IMPACT_THRESHOLD_MILLI_G, 0u, 0, 0u,
-                                      GWFW_MOTION_HOLD_MS);
+    k = gwfw_fall_impact(w->acc_xyz, w->n_acc, w->acc_rate_hz, w->acc_lsb_per_g, &fall);
+    if (k >= 0) { /* the window starts at 0 ms of the uptime clock */
+        out.reason |= gwfw_offload_motion(0u, 1, (uint64_t)k * 1000u / w->acc_rate_hz,
+                                          GWFW_MOTION_HOLD_MS);
+    }
     if (out.reason == 0u) {
         fprintf(stderr, "golden: %s: the policy would not offload this window\n", name);
         exit(1);
@@ -262,7 +266,7 @@ static void emit_summaries(FILE *f)
 
     s = summary_at(3);
     s.flags = GWFW_FLAG_CLOCK_SYNCED | GWFW_FLAG_CHARGING;
-    s.activity = 7; /* walking */
+    s.activity = 1; /* light */
     s.activity_conf_e4 = 8000;
     s.entropy_mbits = 4321;
     s.flags |= gwfw_offload_reason(s.entropy_mbits, s.activity_conf_e4, 4000, 5000);
@@ -332,7 +336,7 @@ static void emit_summaries(FILE *f)
     s = summary_at(0xFFFFFFFFu);
     s.t_ms = BASE_T_MS + 8000u;
     s.flags |= GWFW_FLAG_OFF_WRIST;
-    s.activity = 0; /* transient */
+    s.activity = 0; /* rest */
     s.hr_cbpm = 0;
     s.signal_quality = 0;
     s.battery_pct = 100;
@@ -343,7 +347,7 @@ static void emit_summaries(FILE *f)
 
     s = summary_at(0);
     s.t_ms = BASE_T_MS + 16000u;
-    s.activity = 8; /* working */
+    s.activity = GWFW_ACTIVITY_MAX; /* vigorous */
     s.pruning_pct = 100;
     s.activity_conf_e4 = GWFW_CONF_E4_MAX;
     s.entropy_mbits = GWFW_ENTROPY_MBITS_MAX;
@@ -398,7 +402,7 @@ static void emit_windows(FILE *f)
     synth_bvp(bvp, 512, 64.0, 200.0, 50.0, 600, 1, &prng);
     synth_acc(acc, 256, 64, 40, &prng);
     s = summary_at(101);
-    s.activity = 2; /* stairs */
+    s.activity = 2; /* vigorous */
     s.activity_conf_e4 = 3000;
     s.hr_cbpm = 11850;
     s.signal_quality = 35;
@@ -410,7 +414,7 @@ static void emit_windows(FILE *f)
     synth_acc(acc, 256, 64, 3, &prng);
     w.sample_format = GWFW_SAMPLE_INT8;
     s = summary_at(102);
-    s.activity = 4; /* cycling */
+    s.activity = 2; /* vigorous */
     s.activity_conf_e4 = 5000;
     emit_window(f, "WINDOW int8 (1324 bytes), entropy under tau, offloaded by low confidence",
                 "window_int8_mtu185", 185, &s, &w, 3800, MIN_CONF, msg);

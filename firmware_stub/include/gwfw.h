@@ -55,13 +55,13 @@ extern "C" {
 #define GWFW_FLAG_RESENT 0x0008u
 #define GWFW_FLAG_CHARGING 0x0010u
 #define GWFW_FLAG_OFF_WRIST 0x0020u
-#define GWFW_FLAG_OFFLOAD_MOTION 0x0040u /* an impact, or within the hold time after one */
+#define GWFW_FLAG_OFFLOAD_MOTION 0x0040u /* a fall candidate, or within the hold time after one */
 #define GWFW_FLAG_OFFLOAD_MASK 0x0043u
 #define GWFW_FLAG_DEFINED_MASK 0x007Fu /* bits 7-15 are reserved: the encoders refuse them */
 
 /* ---- field ranges ------------------------------------------------------------------------------ */
 
-#define GWFW_ACTIVITY_MAX 8u            /* PPG-DaLiA activity ids 0..8 */
+#define GWFW_ACTIVITY_MAX 2u            /* activity groups: 0 rest, 1 light, 2 vigorous */
 #define GWFW_UNKNOWN 255u               /* activity, signal_quality, battery_pct: unknown */
 #define GWFW_PCT_MAX 100u
 #define GWFW_CONF_E4_MAX 10000u
@@ -83,10 +83,16 @@ extern "C" {
 #define GWFW_OFFLOAD_LOW_CONFIDENCE GWFW_FLAG_OFFLOAD_CONFIDENCE
 #define GWFW_OFFLOAD_MOTION GWFW_FLAG_OFFLOAD_MOTION
 
-/* Motion offload defaults: an impact is a peak |a| >= 3 g (the gateway's fall rule, impact_g);
- * windows starting up to 16 s after one are offloaded too (the rule needs 2 s settle + 10 s
- * stillness of raw ACC after the impact). */
+/* Motion offload defaults, the gateway's fall rule (rules.fall): an impact is a sample with
+ * |a| >= 3 g (impact_g); a window is a fall candidate when its newest impact is followed by 2 s
+ * of settling (settle_s) and then at least 2 s of whole 1 s blocks (block_s), none of which moves
+ * (spread >= 150 mg, moving_min_std_g). The candidate window and the windows starting up to 16 s
+ * after its impact are offloaded (the rule needs 2 s settle + 10 s stillness of raw ACC). */
 #define GWFW_IMPACT_THRESHOLD_MILLI_G 3000u
+#define GWFW_FALL_SETTLE_MS 2000u
+#define GWFW_FALL_STILL_MS 2000u
+#define GWFW_FALL_BLOCK_MS 1000u
+#define GWFW_FALL_MOVING_MILLI_G 150u
 #define GWFW_MOTION_HOLD_MS 16000u
 
 /* ---- control characteristic (gateway -> wearable, section 6.1) --------------------------------- */
@@ -146,7 +152,7 @@ struct gwfw_summary {
     uint32_t seq;              /* per-device sequence number, +1 per message, wraps */
     uint64_t t_ms;             /* window start, ms since the Unix epoch (or since boot) */
     uint16_t flags;            /* GWFW_FLAG_*; bits 7-15 must be 0 */
-    uint8_t activity;          /* 0..8, or GWFW_UNKNOWN */
+    uint8_t activity;          /* activity group 0..2 (rest, light, vigorous), or GWFW_UNKNOWN */
     uint8_t pruning_pct;       /* 0..100 */
     uint16_t activity_conf_e4; /* 0..10000 */
     uint16_t entropy_mbits;    /* 0..5000, see gwfw_entropy_mbits() */
@@ -232,24 +238,46 @@ uint16_t gwfw_entropy_mbits(double h_bits);
 uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t activity_conf_e4,
                              uint16_t tau_mbits, uint16_t min_conf_e4);
 
-/* Peak |a| of n_acc interleaved x, y, z samples in milli-g: the largest
- * floor(1000 * sqrt(x*x + y*y + z*z) / acc_lsb_per_g), in exact integer arithmetic (no float),
- * identical to gatewayd.signals.offload.acc_peak_milli_g. 0 for n_acc == 0, a NULL pointer or
- * acc_lsb_per_g == 0. Pass the samples exactly as they go on the wire. */
-uint32_t gwfw_acc_peak_milli_g(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g);
-/* Index (0..n_acc-1) of the newest sample whose |a| in milli-g (as above) is at least
- * threshold_milli_g, or -1 if none (or bad arguments). Decided on squares, exactly:
- * 10^6 * (x*x + y*y + z*z) >= (threshold * lsb)^2. Its time is the window start plus
- * index * 1000 / acc_rate_hz ms: keep it as the caller's "last impact". */
+/* Index (0..n_acc-1) of the newest of n_acc interleaved x, y, z samples whose |a| in milli-g,
+ * floor(1000 * sqrt(x*x + y*y + z*z) / acc_lsb_per_g), is at least threshold_milli_g, or -1 if
+ * none (or a NULL pointer, or acc_lsb_per_g == 0). Decided on squares, exactly, without float:
+ * 10^6 * (x*x + y*y + z*z) >= (threshold * lsb)^2. Identical to
+ * gatewayd.signals.offload.last_impact_index. Pass the samples exactly as they go on the wire. */
 int32_t gwfw_acc_last_impact(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g,
                              uint16_t threshold_milli_g);
-/* GWFW_OFFLOAD_MOTION if the window holds an impact (peak_milli_g >= threshold_milli_g) or
- * starts within hold_ms after the last impact (window_start_ms <= last_impact_ms + hold_ms, when
- * have_impact != 0), else 0. OR it into gwfw_offload_reason()'s result. last_impact_ms is the
- * caller's state, updated from gwfw_acc_last_impact() on this window first; both times are on a
+
+/* The fall signature the wearable looks for (gatewayd.signals.offload.FallTrigger). */
+struct gwfw_fall_params {
+    uint16_t impact_milli_g; /* an impact: a sample with |a| >= this */
+    uint16_t settle_ms;      /* not looked at after the impact (bounces, rolling) */
+    uint16_t still_ms;       /* whole blocks covering at least this must follow the settling */
+    uint16_t block_ms;       /* block length, >= 1 */
+    uint16_t moving_milli_g; /* a block moves when sqrt(sum of per-axis variances) >= this */
+};
+
+/* The defaults above, for `struct gwfw_fall_params p = GWFW_FALL_PARAMS_DEFAULT;`. */
+#define GWFW_FALL_PARAMS_DEFAULT                                                                  \
+    {GWFW_IMPACT_THRESHOLD_MILLI_G, GWFW_FALL_SETTLE_MS, GWFW_FALL_STILL_MS, GWFW_FALL_BLOCK_MS, \
+     GWFW_FALL_MOVING_MILLI_G}
+
+/* Index of the impact that makes a window of n_acc interleaved samples at acc_rate_hz a fall
+ * candidate, or -1 if it is not one (or bad arguments: NULL, lsb or rate 0, block_ms 0).
+ * k = gwfw_acc_last_impact(...); with ceil(ms * rate / 1000) samples for a duration,
+ * first = k + samples(settle_ms) and B = samples(block_ms), the whole blocks
+ * [first + j*B, first + (j+1)*B) inside the window must number at least ceil(still_ms / block_ms)
+ * and none may move: 10^6 * sum over axes (n*sum(x^2) - sum(x)^2) >= (n * moving * lsb)^2, with
+ * n = B (exact integers, 128-bit products). Identical to fall_impact_index in Python. With the
+ * defaults an impact at most 4 s into an 8 s window can qualify; windows every 2 s put every
+ * impact there in some window. Its time is the window start plus k * 1000 / acc_rate_hz ms. */
+int32_t gwfw_fall_impact(const int16_t *acc_xyz, uint16_t n_acc, uint8_t acc_rate_hz,
+                         uint16_t acc_lsb_per_g, const struct gwfw_fall_params *p);
+
+/* GWFW_OFFLOAD_MOTION if have_fall != 0 and window_start_ms <= fall_impact_ms + hold_ms, else 0.
+ * OR it into gwfw_offload_reason()'s result. fall_impact_ms is the caller's state: the time of
+ * the impact of the newest fall candidate, updated from gwfw_fall_impact() on this window first
+ * (a candidate window starts before its impact, so it is always offloaded); both times are on a
  * monotonic clock (uptime ms), not t_ms, which TIME_SYNC moves. */
-uint16_t gwfw_offload_motion(uint32_t peak_milli_g, uint16_t threshold_milli_g,
-                             uint64_t window_start_ms, int have_impact, uint64_t last_impact_ms,
+uint16_t gwfw_offload_motion(uint64_t window_start_ms, int have_fall, uint64_t fall_impact_ms,
                              uint32_t hold_ms);
 
 /* ---- control writes (section 6.1) ---------------------------------------------------------- */

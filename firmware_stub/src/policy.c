@@ -28,45 +28,6 @@ static uint64_t squared(const int16_t *acc_xyz, uint16_t i)
     return (uint64_t)(x * x) + (uint64_t)(y * y) + (uint64_t)(z * z);
 }
 
-/* floor(sqrt(x)), bit by bit: exact, no float (Python's math.isqrt). */
-static uint64_t isqrt64(uint64_t x)
-{
-    uint64_t res = 0u;
-    uint64_t bit = (uint64_t)1u << 62;
-
-    while (bit > x) {
-        bit >>= 2;
-    }
-    while (bit != 0u) {
-        if (x >= res + bit) {
-            x -= res + bit;
-            res = (res >> 1) + bit;
-        } else {
-            res >>= 1;
-        }
-        bit >>= 2;
-    }
-    return res;
-}
-
-uint32_t gwfw_acc_peak_milli_g(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g)
-{
-    uint64_t top = 0u;
-    uint16_t i;
-
-    if (acc_xyz == NULL || acc_lsb_per_g == 0u) {
-        return 0u;
-    }
-    for (i = 0; i < n_acc; i++) {
-        const uint64_t q = squared(acc_xyz, i);
-        if (q > top) {
-            top = q;
-        }
-    }
-    /* floor(floor(sqrt(X)) / L) == floor(sqrt(X) / L) for an integer L */
-    return (uint32_t)(isqrt64(1000000u * top) / acc_lsb_per_g);
-}
-
 int32_t gwfw_acc_last_impact(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g,
                              uint16_t threshold_milli_g)
 {
@@ -86,14 +47,92 @@ int32_t gwfw_acc_last_impact(const int16_t *acc_xyz, uint16_t n_acc, uint16_t ac
     return -1;
 }
 
-uint16_t gwfw_offload_motion(uint32_t peak_milli_g, uint16_t threshold_milli_g,
-                             uint64_t window_start_ms, int have_impact, uint64_t last_impact_ms,
+/* a * b as a 128-bit number (hi, lo): C99 has no 128-bit integer type. */
+static void mul64(uint64_t a, uint64_t b, uint64_t *hi, uint64_t *lo)
+{
+    const uint64_t a0 = a & 0xFFFFFFFFu;
+    const uint64_t a1 = a >> 32;
+    const uint64_t b0 = b & 0xFFFFFFFFu;
+    const uint64_t b1 = b >> 32;
+    const uint64_t p00 = a0 * b0;
+    const uint64_t p01 = a0 * b1;
+    const uint64_t p10 = a1 * b0;
+    const uint64_t mid = (p00 >> 32) + (p01 & 0xFFFFFFFFu) + (p10 & 0xFFFFFFFFu);
+
+    *lo = (mid << 32) | (p00 & 0xFFFFFFFFu);
+    *hi = a1 * b1 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+}
+
+/* Does the block of n samples starting at sample `first` move? spread >= M/1000 g <=>
+ * 10^6 * V >= (n * M * L)^2 with V = sum over axes of n * sum(x^2) - sum(x)^2 (= n^2 times the
+ * population variance, >= 0). n <= 65535: each axis' term < 2^62, V < 2^64, n*M*L < 2^48;
+ * both sides are compared as 128-bit products. */
+static int block_moves(const int16_t *acc_xyz, uint32_t first, uint32_t n, uint16_t lsb,
+                       uint16_t moving_milli_g)
+{
+    uint64_t v = 0u;
+    uint64_t lhs_hi, lhs_lo, rhs_hi, rhs_lo;
+    uint64_t bound;
+    uint32_t axis, i;
+
+    for (axis = 0; axis < 3u; axis++) {
+        int64_t sum = 0;
+        uint64_t squares = 0u;
+        for (i = first; i < first + n; i++) {
+            const int64_t x = acc_xyz[3u * i + axis];
+            sum += x;
+            squares += (uint64_t)(x * x);
+        }
+        v += (uint64_t)n * squares - (uint64_t)(sum * sum);
+    }
+    bound = (uint64_t)n * moving_milli_g * lsb;
+    mul64(1000000u, v, &lhs_hi, &lhs_lo);
+    mul64(bound, bound, &rhs_hi, &rhs_lo);
+    return lhs_hi > rhs_hi || (lhs_hi == rhs_hi && lhs_lo >= rhs_lo);
+}
+
+/* ceil(ms * rate / 1000): the whole samples that cover a duration (< 2^24, no overflow). */
+static uint32_t samples_in(uint16_t ms, uint8_t rate_hz)
+{
+    return ((uint32_t)ms * rate_hz + 999u) / 1000u;
+}
+
+int32_t gwfw_fall_impact(const int16_t *acc_xyz, uint16_t n_acc, uint8_t acc_rate_hz,
+                         uint16_t acc_lsb_per_g, const struct gwfw_fall_params *p)
+{
+    int32_t k;
+    uint32_t first, size, blocks, need, j;
+
+    if (acc_xyz == NULL || p == NULL || acc_rate_hz == 0u || acc_lsb_per_g == 0u ||
+        p->block_ms == 0u) {
+        return -1;
+    }
+    k = gwfw_acc_last_impact(acc_xyz, n_acc, acc_lsb_per_g, p->impact_milli_g);
+    if (k < 0) {
+        return -1;
+    }
+    first = (uint32_t)k + samples_in(p->settle_ms, acc_rate_hz);
+    size = samples_in(p->block_ms, acc_rate_hz);
+    if (first > n_acc) {
+        return -1;
+    }
+    blocks = (n_acc - first) / size;
+    need = ((uint32_t)p->still_ms + p->block_ms - 1u) / p->block_ms;
+    if (blocks < need) {
+        return -1;
+    }
+    for (j = 0; j < blocks; j++) {
+        if (block_moves(acc_xyz, first + j * size, size, acc_lsb_per_g, p->moving_milli_g)) {
+            return -1;
+        }
+    }
+    return k;
+}
+
+uint16_t gwfw_offload_motion(uint64_t window_start_ms, int have_fall, uint64_t fall_impact_ms,
                              uint32_t hold_ms)
 {
-    if (peak_milli_g >= threshold_milli_g) {
-        return GWFW_OFFLOAD_MOTION;
-    }
-    if (have_impact && window_start_ms <= last_impact_ms + hold_ms) {
+    if (have_fall && window_start_ms <= fall_impact_ms + hold_ms) {
         return GWFW_OFFLOAD_MOTION;
     }
     return 0u;

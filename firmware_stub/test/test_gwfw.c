@@ -63,7 +63,7 @@ static struct gwfw_summary good_summary(void)
     s.seq = 0x01020304u;
     s.t_ms = 0x1122334455667788ull;
     s.flags = GWFW_FLAG_CLOCK_SYNCED | GWFW_FLAG_OFFLOAD_ENTROPY;
-    s.activity = 7;
+    s.activity = 1; /* light */
     s.pruning_pct = 40;
     s.activity_conf_e4 = 9123;
     s.entropy_mbits = 3456;
@@ -127,7 +127,7 @@ static void test_summary(void)
     CHECK_EQ(rd32(buf + 4), 0x01020304u);
     CHECK(rd64(buf + 8) == 0x1122334455667788ull);
     CHECK_EQ(buf[8], 0x88); /* little-endian, byte by byte */
-    CHECK_EQ(buf[16], 7);
+    CHECK_EQ(buf[16], 1);
     CHECK_EQ(buf[17], 40);
     CHECK_EQ(rd16(buf + 18), 9123);
     CHECK_EQ(rd16(buf + 20), 3456);
@@ -163,6 +163,7 @@ static void test_summary(void)
     } while (0)
     REJECTS(flags, 0x0080); /* bit 6 is OFFLOAD_MOTION now; 7-15 stay reserved */
     REJECTS(flags, 0x8000);
+    REJECTS(activity, 3); /* groups are 0..2 */
     REJECTS(activity, 9);
     REJECTS(activity, 254);
     REJECTS(pruning_pct, 101);
@@ -510,17 +511,6 @@ static void test_motion(void)
     static const int16_t impact[] = {0, 0, 64, 192, 0, 0, 110, 110, 110, 0, 0, 64};
     static const int16_t diag[] = {111, 111, 111, 0, 0, 64};
     static const int16_t big[] = {-32768, -32768, -32768};
-    static const int16_t minus[] = {0, -191, -20};
-
-    CHECK_EQ(gwfw_acc_peak_milli_g(rest, 3, 64), 1015); /* |(0,1,65)| = 65.0077 -> 1015.7 */
-    CHECK_EQ(gwfw_acc_peak_milli_g(impact, 4, 64), 3000);
-    CHECK_EQ(gwfw_acc_peak_milli_g(diag, 2, 64), 3004);
-    CHECK_EQ(gwfw_acc_peak_milli_g(big, 1, 64), 886810); /* 56755.84 LSB: 886.8 g */
-    CHECK_EQ(gwfw_acc_peak_milli_g(big, 1, 1), 56755840u);
-    CHECK_EQ(gwfw_acc_peak_milli_g(minus, 1, 64), 3000); /* |(0,-191,-20)| = 192.04 */
-    CHECK_EQ(gwfw_acc_peak_milli_g(rest, 0, 64), 0);
-    CHECK_EQ(gwfw_acc_peak_milli_g(rest, 3, 0), 0);
-    CHECK_EQ(gwfw_acc_peak_milli_g(NULL, 3, 64), 0);
 
     CHECK_EQ(gwfw_acc_last_impact(rest, 3, 64, 3000), -1);
     CHECK_EQ(gwfw_acc_last_impact(impact, 4, 64, 3000), 1); /* exactly 3 g counts; 2976 not */
@@ -534,19 +524,143 @@ static void test_motion(void)
     CHECK_EQ(gwfw_acc_last_impact(NULL, 3, 64, 3000), -1);
     CHECK_EQ(gwfw_acc_last_impact(rest, 3, 0, 3000), -1);
 
-    /* holds an impact, whatever the history */
-    CHECK_EQ(gwfw_offload_motion(3000, 3000, 100000, 0, 0, 16000), GWFW_OFFLOAD_MOTION);
-    CHECK_EQ(gwfw_offload_motion(2999, 3000, 100000, 0, 0, 16000), 0);
-    /* the hold: a window starting up to hold_ms after the last impact, inclusive */
-    CHECK_EQ(gwfw_offload_motion(1000, 3000, 26000, 1, 10000, 16000), GWFW_OFFLOAD_MOTION);
-    CHECK_EQ(gwfw_offload_motion(1000, 3000, 26001, 1, 10000, 16000), 0);
-    CHECK_EQ(gwfw_offload_motion(1000, 3000, 8000, 1, 10000, 16000), GWFW_OFFLOAD_MOTION);
-    CHECK_EQ(gwfw_offload_motion(1000, 3000, 26000, 0, 10000, 16000), 0); /* no impact yet */
-    CHECK_EQ(gwfw_offload_motion(1000, 3000, 10000, 1, 10000, 0), GWFW_OFFLOAD_MOTION);
+    /* the hold: a window starting up to hold_ms after the fall's impact, inclusive */
+    CHECK_EQ(gwfw_offload_motion(26000, 1, 10000, 16000), GWFW_OFFLOAD_MOTION);
+    CHECK_EQ(gwfw_offload_motion(26001, 1, 10000, 16000), 0);
+    CHECK_EQ(gwfw_offload_motion(8000, 1, 10000, 16000), GWFW_OFFLOAD_MOTION); /* the candidate */
+    CHECK_EQ(gwfw_offload_motion(8000, 0, 10000, 16000), 0); /* no fall yet */
+    CHECK_EQ(gwfw_offload_motion(10000, 1, 10000, 0), GWFW_OFFLOAD_MOTION);
     /* motion only adds a reason: it is OR-ed into the entropy/confidence decision */
-    CHECK_EQ(gwfw_offload_reason(5000, 0, 0, 10000) |
-                 gwfw_offload_motion(3000, 3000, 0, 0, 0, 16000),
+    CHECK_EQ(gwfw_offload_reason(5000, 0, 0, 10000) | gwfw_offload_motion(0, 1, 0, 16000),
              GWFW_FLAG_OFFLOAD_MASK);
+}
+
+/* n samples at rest (0, 0, 64) with `noise` counts of alternating x, for the fall tests. */
+static void fill_rest(int16_t *xyz, uint16_t n, int16_t noise)
+{
+    uint16_t i;
+
+    for (i = 0; i < n; i++) {
+        xyz[3u * i] = (int16_t)(i % 2u ? -noise : noise);
+        xyz[3u * i + 1u] = 0;
+        xyz[3u * i + 2u] = 64;
+    }
+}
+
+static void set_sample(int16_t *xyz, uint16_t i, int16_t x, int16_t y, int16_t z)
+{
+    xyz[3u * i] = x;
+    xyz[3u * i + 1u] = y;
+    xyz[3u * i + 2u] = z;
+}
+
+static void test_fall(void)
+{
+    /* At 4 Hz an 8 s window is 32 samples; with the defaults the settle time is 8 samples, a
+       block 4, and 2 blocks are needed: an impact at index k needs k + 8 + 8 <= 32. */
+    static int16_t w[3 * 32];
+    static int16_t wide[3 * 251];
+    const struct gwfw_fall_params d = GWFW_FALL_PARAMS_DEFAULT;
+    struct gwfw_fall_params p = d;
+    uint16_t i;
+
+    CHECK_EQ(d.impact_milli_g, 3000);
+    CHECK_EQ(d.settle_ms, 2000);
+    CHECK_EQ(d.still_ms, 2000);
+    CHECK_EQ(d.block_ms, 1000);
+    CHECK_EQ(d.moving_milli_g, 150);
+
+    fill_rest(w, 32, 1);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), -1); /* no impact */
+    set_sample(w, 2, 192, 0, 0);                      /* exactly 3 g */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), 2);
+    set_sample(w, 6, -100, 90, 30); /* inside the settle time: not looked at */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), 2);
+    set_sample(w, 31, 100, 0, 0); /* after the last whole block: not looked at */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), 2);
+    set_sample(w, 29, 100, 0, 0); /* in the last whole block (26..29): it moves */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), -1);
+    set_sample(w, 29, 1, 0, 64);
+    set_sample(w, 10, 0, 0, 160); /* in the first block after settling (10..13): it moves */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), -1);
+
+    /* the newest impact decides, and it needs room: k + 8 + 8 <= 32 */
+    fill_rest(w, 32, 1);
+    set_sample(w, 16, 0, 0, -192);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), 16);
+    set_sample(w, 17, 0, 0, -192);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), -1); /* 25..28 is one block: too late */
+    CHECK_EQ(gwfw_acc_last_impact(w, 32, 64, 3000), 17);
+    set_sample(w, 17, 1, 0, 64);
+    set_sample(w, 31, 0, 0, 192); /* an impact at the very end: no room, not even settling */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &d), -1);
+    p.still_ms = 0; /* no stillness asked for: the settle time must still fit */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &p), -1);
+    set_sample(w, 31, 1, 0, 64);
+    set_sample(w, 24, 0, 0, 192);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &p), 24);
+    p = d;
+    p.still_ms = 2001; /* ceil(2001 / 1000) = 3 blocks */
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &p), -1);
+    fill_rest(w, 32, 1);
+    set_sample(w, 12, 0, 0, 192);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &p), 12); /* 20..31: 3 blocks */
+
+    /* the moving bound exactly: lsb 1000, x alternating +-150 is a spread of 150 mg */
+    p = d;
+    fill_rest(w, 32, 150);
+    for (i = 0; i < 32; i++) {
+        w[3u * i + 2u] = 1000;
+    }
+    set_sample(w, 0, 3000, 0, 0);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 1000, &p), -1); /* spread == moving_milli_g: moves */
+    fill_rest(w, 32, 149);
+    for (i = 0; i < 32; i++) {
+        w[3u * i + 2u] = 1000;
+    }
+    set_sample(w, 0, 3000, 0, 0);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 1000, &p), 0);
+    p.moving_milli_g = 149;
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 1000, &p), -1);
+    p.moving_milli_g = 0; /* every block moves, even a constant one */
+    fill_rest(w, 32, 0);
+    set_sample(w, 0, 192, 0, 0);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &p), -1);
+
+    /* past 64 bits: 250 Hz, lsb 500, one block of 250 samples alternating x = +-30000; with
+       moving 60000 mg the bound is 30000 LSB: 10^6 * V = (n M L)^2 = 5.625e19 > 2^64 */
+    p.impact_milli_g = 65535; /* 32767.5 LSB: (32767, 32767, 0) is one, +-30000 is not */
+    p.settle_ms = 4;          /* ceil(4 * 250 / 1000) = 1 sample */
+    p.still_ms = 1000;
+    p.block_ms = 1000;
+    p.moving_milli_g = 60000;
+    set_sample(wide, 0, 32767, 32767, 0);
+    for (i = 1; i < 251; i++) {
+        set_sample(wide, i, (int16_t)(i % 2u ? 30000 : -30000), 0, 0);
+    }
+    CHECK_EQ(gwfw_fall_impact(wide, 251, 250, 500, &p), -1); /* equal: moves */
+    for (i = 1; i < 251; i++) {
+        set_sample(wide, i, (int16_t)(i % 2u ? 29999 : -29999), 0, 0);
+    }
+    CHECK_EQ(gwfw_fall_impact(wide, 251, 250, 500, &p), 0);
+    for (i = 1; i < 251; i++) {
+        set_sample(wide, i, (int16_t)(i % 2u ? 3816 : -3816), 0, 0);
+    }
+    CHECK_EQ(gwfw_fall_impact(wide, 251, 250, 500, &p), 0); /* modulo 2^64 it would move */
+    p.moving_milli_g = 30000; /* 15000 LSB: (n M L)^2 < 2^64 < 10^6 V */
+    for (i = 1; i < 251; i++) {
+        set_sample(wide, i, (int16_t)(i % 2u ? 20000 : -20000), 0, 0);
+    }
+    CHECK_EQ(gwfw_fall_impact(wide, 251, 250, 500, &p), -1); /* modulo 2^64 it would not */
+
+    /* bad arguments */
+    CHECK_EQ(gwfw_fall_impact(NULL, 32, 4, 64, &d), -1);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, NULL), -1);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 0, 64, &d), -1);
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 0, &d), -1);
+    p = d;
+    p.block_ms = 0;
+    CHECK_EQ(gwfw_fall_impact(w, 32, 4, 64, &p), -1);
 }
 
 static int decode(const uint8_t *b, size_t n, struct gwfw_control *c)
@@ -821,6 +935,7 @@ int main(void)
     test_entropy();
     test_policy();
     test_motion();
+    test_fall();
     test_control();
     test_info();
     test_ring();

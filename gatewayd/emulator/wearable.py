@@ -2,8 +2,8 @@
 
 It cuts a recording into 8 s / 2 s windows, runs the local estimate (the signal-processing heart
 rate; the pruned ONNX model replaces it with the models milestone), computes the window entropy
-and the accelerometer peak, decides to offload with the same integer policy as firmware_stub/
-(entropy, confidence, and a motion event: an impact and the hold time after it), and encodes
+and looks for a fall signature, decides to offload with the same integer policy as firmware_stub/
+(entropy, confidence, and a motion event: a fall signature and the hold time after it), and encodes
 SUMMARY or WINDOW messages. It obeys control writes (time sync, policy, pruning, resend) and
 keeps a bounded ring of recent messages for RESEND. The BLE side (virtual.py) only moves its bytes.
 """
@@ -41,18 +41,20 @@ from gatewayd.signals.heart_rate import HrTracker
 from gatewayd.signals.offload import (
     IMPACT_THRESHOLD_MILLI_G,
     MOTION_HOLD_MS,
-    acc_peak_milli_g,
+    FallTrigger,
     confidence_e4,
     decide_offload,
-    last_impact_index,
+    fall_impact_index,
     motion_offload,
 )
 from gatewayd.signals.windows import STEP_S, WINDOW_S
 
 UNKNOWN_ACTIVITY: Final = 255
 FIRMWARE_VERSION: Final = (0, 1, 0)
-#: The emulated PPG front end's gain targets this peak magnitude (int16 LSB) for typical windows.
-_BVP_TARGET_PEAK: Final = 8192
+#: The emulated PPG front end's gain targets this peak magnitude (LSB) per sample format: int16
+#: keeps 4x headroom; int8 keeps 2x, trading headroom for resolution (at 8192 it clipped 37-45 %
+#: of real BVP samples).
+_BVP_TARGET_PEAK: Final = {SampleFormat.INT16: 8192, SampleFormat.INT8: 64}
 #: The emulated accelerometer: E4-like, 1/64 g per LSB, 32 Hz (the recording's units and rate).
 _ACC_LSB_PER_G: Final = 64
 _ACC_RATE_HZ: Final = 32
@@ -78,18 +80,19 @@ class WearableSpec:
     #: Fault: the device clock runs this many ms/s fast (positive) or slow, before and after sync.
     clock_drift_ms_per_s: float = 0.0
     model_id: str = "hr-spectral"
-    #: Motion offload: a window whose peak |a| reaches this (milli-g) holds an impact.
+    #: Motion offload: a sample whose |a| reaches this (milli-g) is an impact; an impact followed
+    #: by settling and no movement is a fall candidate (gatewayd.signals.offload.FallTrigger).
     impact_threshold_milli_g: int = IMPACT_THRESHOLD_MILLI_G
-    #: Motion offload: windows starting up to this long after an impact are offloaded too.
+    #: Motion offload: windows starting up to this long after a fall candidate's impact.
     motion_hold_ms: int = MOTION_HOLD_MS
 
 
-def bvp_gain(recording: Recording) -> float:
-    """A power-of-two gain that puts the recording's typical BVP peaks near 8192 LSB."""
+def bvp_gain(recording: Recording, fmt: SampleFormat = SampleFormat.INT16) -> float:
+    """Return a power-of-two gain putting the 99.9th-percentile |BVP| under ``fmt``'s target."""
     p = float(np.percentile(np.abs(recording.bvp), 99.9)) if recording.bvp.size else 0.0
     if not math.isfinite(p) or p <= 0:
-        return 1.0
-    return float(2.0 ** math.floor(math.log2(_BVP_TARGET_PEAK / p)))
+        return 1.0  # a flat BVP (a set without PPG) stays flat
+    return float(2.0 ** math.floor(math.log2(_BVP_TARGET_PEAK[fmt] / p)))
 
 
 def quantise(x: npt.NDArray[np.floating], gain: float, fmt: SampleFormat) -> npt.NDArray[np.int_]:
@@ -122,7 +125,7 @@ class WearableCore:
         self.counters = WearableCounters()
         #: Every message produced, by seq, when ``keep_sent`` (for tests that check payloads).
         self.sent: dict[int, Message] | None = {} if keep_sent else None
-        self._gain = bvp_gain(spec.recording)
+        self._gain = bvp_gain(spec.recording, spec.sample_format)
         self._tracker = HrTracker()
         self._next_window = 0
         self._seq = 0
@@ -130,8 +133,9 @@ class WearableCore:
         self._clock_offset_ms = float(spec.boot_unix_ms)
         self._synced = False
         self._windows_total = spec.recording.window_count()
-        #: Newest impact sample, ms of simulated (monotonic) time: TIME_SYNC must not move it.
-        self._last_impact_ms: int | None = None
+        #: Impact of the newest fall candidate, ms of simulated (monotonic) time: TIME_SYNC must
+        #: not move it.
+        self._last_fall_ms: int | None = None
 
     # ---- time ------------------------------------------------------------------------------
 
@@ -268,19 +272,13 @@ class WearableCore:
         return Window(summary, fmt, 64, _ACC_RATE_HZ, _ACC_LSB_PER_G, bvp, acc)
 
     def _motion(self, acc: npt.NDArray[np.int_], start_s: float) -> bool:
-        """Update the last impact from this window's wire samples; is it a motion offload?"""
-        threshold = self.spec.impact_threshold_milli_g
+        """Update the last fall candidate from this window's wire samples; offload for motion?"""
         start_ms = round(start_s * 1000)
-        index = last_impact_index(acc, _ACC_LSB_PER_G, threshold)
+        trigger = FallTrigger(impact_milli_g=self.spec.impact_threshold_milli_g)
+        index = fall_impact_index(acc, _ACC_LSB_PER_G, _ACC_RATE_HZ, trigger)
         if index is not None:
-            self._last_impact_ms = start_ms + index * 1000 // _ACC_RATE_HZ
-        return motion_offload(
-            acc_peak_milli_g(acc, _ACC_LSB_PER_G),
-            start_ms,
-            self._last_impact_ms,
-            threshold_milli_g=threshold,
-            hold_ms=self.spec.motion_hold_ms,
-        )
+            self._last_fall_ms = start_ms + index * 1000 // _ACC_RATE_HZ
+        return motion_offload(start_ms, self._last_fall_ms, hold_ms=self.spec.motion_hold_ms)
 
 
 def _with_flags(message: Message, extra: MessageFlags) -> Message:

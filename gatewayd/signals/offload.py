@@ -4,17 +4,20 @@ A window is hard when its entropy is above tau or the local model is unsure. Bot
 on the wire's integers (entropy in milli-bits, confidence in 1/10000), never on floats, so the
 gateway can recompute the wearable's decision from a message and get the same flags.
 
-A window is also offloaded on a motion event: when it holds an impact (peak |a| at least the
-threshold) or starts within the hold time after one, so the gateway's fall rule gets the raw
-accelerometer of the impact and of the stillness after it. The time of the last impact is
-state, kept by the caller (the firmware); the functions here are pure and in integers
-(milli-g, milliseconds), so C and Python agree exactly.
+A window is also offloaded on a motion event: the fall signature the gateway's fall rule looks
+for, an impact followed by stillness (`fall_impact_index`), and the windows starting up to the
+hold time after that impact (`motion_offload`), so the rule gets the raw accelerometer of the
+impact and of the stillness after it. An impact alone (a running step, a clap) is not enough:
+it must be followed, inside the same window, by settle time and then blocks that do not move.
+The time of the last fall candidate is state, kept by the caller (the firmware); the functions
+here are pure and in integers (milli-g, counts, milliseconds), so C and Python agree exactly.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -25,13 +28,48 @@ from gatewayd.signals.entropy import entropy_milli_bits
 #: Confidence travels as u16 in units of 1/10000.
 CONFIDENCE_SCALE: Final = 10000
 _U16_MAX: Final = 65535
-#: An impact: peak |a| >= 3 g, the gateway's fall rule default (rules.fall.impact_g).
+#: An impact: a sample with |a| >= 3 g, the gateway's fall rule default (rules.fall.impact_g).
 IMPACT_THRESHOLD_MILLI_G: Final = 3000
-#: Offload windows starting up to 16 s after an impact: the fall rule needs settle_s (2 s) plus
-#: min_duration_s (10 s) of ACC after it; 16 s leave margin for its 1 s blocks.
+#: Offload windows starting up to 16 s after a fall candidate's impact: the fall rule needs
+#: settle_s (2 s) plus min_duration_s (10 s) of ACC after it; 16 s leave margin for its 1 s blocks.
 MOTION_HOLD_MS: Final = 16000
 #: 10**6 * |a|**2 of the largest int16 triple: what _squared_counts can give, scaled.
 _MAX_SCALED_SQUARE: Final = 1_000_000 * 3 * 32768**2
+_U8_MAX: Final = 255
+
+
+def _check_u16(name: str, value: int) -> None:
+    if not 0 <= value <= _U16_MAX:
+        raise ValueError(f"{name} must fit a u16 (0..65535), got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class FallTrigger:
+    """The wearable's fall signature in wire integers: an impact, settling, then no movement.
+
+    The defaults are the gateway's fall rule (rules.fall): impact_g, settle_s, block_s and
+    moving_min_std_g. The wearable only rules out continued motion (spread below the rule's
+    *moving* bound); whether the stillness is still enough (0.05 g) and long enough (10 s) is the
+    rule's decision on the offloaded windows.
+    """
+
+    #: An impact is a sample with floor(1000 |a| / lsb_per_g) >= this (milli-g).
+    impact_milli_g: int = IMPACT_THRESHOLD_MILLI_G
+    #: Samples this long after the impact are not looked at (bounces, rolling).
+    settle_ms: int = 2000
+    #: Whole blocks covering at least this long must follow the settle time inside the window.
+    still_ms: int = 2000
+    #: Length of the blocks whose spread is tested.
+    block_ms: int = 1000
+    #: A block moves when its spread, sqrt of the summed per-axis variances, reaches this.
+    moving_milli_g: int = 150
+
+    def __post_init__(self) -> None:
+        """Check that every field fits the firmware's u16 and that blocks are not empty."""
+        for name in ("impact_milli_g", "settle_ms", "still_ms", "block_ms", "moving_milli_g"):
+            _check_u16(name, getattr(self, name))
+        if self.block_ms < 1:
+            raise ValueError("block_ms must be at least 1")
 
 
 class OffloadReason(enum.IntFlag):
@@ -42,13 +80,8 @@ class OffloadReason(enum.IntFlag):
     ENTROPY = 1
     #: confidence_e4 < min_confidence_e4
     LOW_CONFIDENCE = 2
-    #: the window holds an impact, or starts within the hold time after one (motion_offload)
+    #: a fall candidate: an impact then no movement, and the hold time after it (motion_offload)
     MOTION = 1 << 6
-
-
-def _check_u16(name: str, value: int) -> None:
-    if not 0 <= value <= _U16_MAX:
-        raise ValueError(f"{name} must fit a u16 (0..65535), got {value}")
 
 
 def decide_offload(
@@ -89,17 +122,6 @@ def _squared_counts(acc: npt.ArrayLike, lsb_per_g: int) -> npt.NDArray[np.int64]
     return np.asarray(np.sum(wide * wide, axis=1), dtype=np.int64)
 
 
-def acc_peak_milli_g(acc: npt.ArrayLike, lsb_per_g: int) -> int:
-    """Peak |a| of int16 ACC samples (n, 3) in milli-g: floor(1000 * |a| / lsb_per_g), 0 if n = 0.
-
-    Exact integer arithmetic (an integer square root, no float), as firmware_stub/ computes it.
-    """
-    q = _squared_counts(acc, lsb_per_g)
-    if not q.size:
-        return 0
-    return math.isqrt(1_000_000 * int(q.max())) // lsb_per_g
-
-
 def last_impact_index(
     acc: npt.ArrayLike, lsb_per_g: int, threshold_milli_g: int = IMPACT_THRESHOLD_MILLI_G
 ) -> int | None:
@@ -116,23 +138,65 @@ def last_impact_index(
     return int(hits[-1]) if hits.size else None
 
 
-def motion_offload(
-    peak_milli_g: int,
-    window_start_ms: int,
-    last_impact_ms: int | None,
-    *,
-    threshold_milli_g: int = IMPACT_THRESHOLD_MILLI_G,
-    hold_ms: int = MOTION_HOLD_MS,
-) -> bool:
-    """Whether a window is offloaded for motion: it holds an impact, or starts within the hold.
+def _samples_in(ms: int, rate_hz: int) -> int:
+    # Round up: a stretch of ms milliseconds is covered by this many whole samples.
+    return -(-ms * rate_hz // 1000)
 
-    ``last_impact_ms`` is the time of the newest impact sample seen so far, this window's
-    included, on the same monotonic millisecond clock as ``window_start_ms`` (None: no impact
-    yet). A window starting exactly ``hold_ms`` after the impact is still held.
+
+def _block_moves(block: npt.NDArray[np.int64], lsb_per_g: int, moving_milli_g: int) -> bool:
+    # spread >= M/1000 g  <=>  1000 sqrt(V) / (n L) >= M  <=>  10**6 V >= (n M L)**2, where
+    # V = sum over axes of n * sum(x**2) - sum(x)**2 = n**2 * (population variance), exact.
+    n = int(block.shape[0])
+    sums = [int(v) for v in block.sum(axis=0)]
+    squares = [int(v) for v in (block * block).sum(axis=0)]
+    v = sum(n * q - s * s for s, q in zip(sums, squares, strict=True))
+    bound = n * moving_milli_g * lsb_per_g
+    return 1_000_000 * v >= bound * bound
+
+
+def fall_impact_index(
+    acc: npt.ArrayLike, lsb_per_g: int, rate_hz: int, trigger: FallTrigger | None = None
+) -> int | None:
+    """Index of the impact that makes a window a fall candidate, or None if it is not one.
+
+    The newest impact sample k (`last_impact_index`) must be followed inside the window by the
+    settle time and then whole blocks covering at least ``still_ms``, and none of the whole
+    blocks after the settle time may move (see `FallTrigger`). Exact integers, as firmware_stub/.
     """
-    if peak_milli_g >= threshold_milli_g:
-        return True
-    return last_impact_ms is not None and window_start_ms <= last_impact_ms + hold_ms
+    if trigger is None:
+        trigger = FallTrigger()
+    if not 1 <= rate_hz <= _U8_MAX:
+        raise ValueError(f"rate_hz must be 1..255 (a u8 on the wire), got {rate_hz}")
+    k = last_impact_index(acc, lsb_per_g, trigger.impact_milli_g)
+    if k is None:
+        return None
+    wide = np.asarray(acc).astype(np.int64)  # _squared_counts has checked shape and range
+    first = k + _samples_in(trigger.settle_ms, rate_hz)
+    size = _samples_in(trigger.block_ms, rate_hz)
+    if first > wide.shape[0]:
+        return None
+    blocks = (wide.shape[0] - first) // size
+    if blocks < -(-trigger.still_ms // trigger.block_ms):
+        return None
+    for j in range(blocks):
+        block = wide[first + j * size : first + (j + 1) * size]
+        if _block_moves(block, lsb_per_g, trigger.moving_milli_g):
+            return None
+    return k
+
+
+def motion_offload(
+    window_start_ms: int, fall_impact_ms: int | None, *, hold_ms: int = MOTION_HOLD_MS
+) -> bool:
+    """Whether a window is offloaded for motion: it starts at most hold_ms after a fall's impact.
+
+    ``fall_impact_ms`` is the time of the impact of the newest fall candidate seen so far, this
+    window's included (None: none yet), on the same monotonic millisecond clock as
+    ``window_start_ms``: the caller sets it to window_start_ms + k * 1000 // rate_hz when
+    `fall_impact_index` returns k. A candidate window starts before its impact, so it is always
+    offloaded; a window starting exactly ``hold_ms`` after the impact still is.
+    """
+    return fall_impact_ms is not None and window_start_ms <= fall_impact_ms + hold_ms
 
 
 def confidence_e4(confidence: float) -> int:
