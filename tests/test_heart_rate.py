@@ -1,10 +1,19 @@
-"""Heart rate by signal processing: known synthetic rates, garbage, causality and TROIKA."""
+"""Heart rate by signal processing: synthetic rates, motion, garbage, tracking and TROIKA.
+
+Synthetic signals here are labelled synthetic: a PPG-like pulse with two harmonics, plus motion
+artefacts that the accelerometer also sees. The real-data test at the end uses the TROIKA
+recordings in ../shared/data/troika and is skipped without them.
+"""
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import itertools
 import math
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -71,15 +80,26 @@ def assert_sane(est: HrEstimate, cfg: HrConfig | None = None) -> None:
 # --- known heart rates -----------------------------------------------------------------------
 
 
+#: Windows the tracker may take to lock onto a clean pulse far from its prior (80 +- 30 bpm):
+#: each window multiplies the odds by at most exp(evidence_gain), e^3 = 20.
+ACQUIRE_WINDOWS = 4
+
+
 @pytest.mark.parametrize("bpm", [45.0, 62.5, 78.0, 101.3, 134.0, 171.7, 205.0])
-def test_sinusoid_with_harmonics_within_one_bpm(bpm: float) -> None:
+def test_sinusoid_with_harmonics_acquired_within_a_few_windows(bpm: float) -> None:
+    seconds = 20
     rng = np.random.default_rng(int(bpm * 10))
-    t = np.arange(WINDOW_S * BVP_HZ) / BVP_HZ
+    t = np.arange(seconds * BVP_HZ) / BVP_HZ
     bvp = 300.0 * pulse(t, bpm) + rng.normal(0.0, 30.0, t.shape) + 2000.0  # offset: raw units
-    est = estimate_hr(bvp, quiet_acc(WINDOW_S * ACC_HZ))
-    assert est.bpm == pytest.approx(bpm, abs=1.0)
-    assert est.confidence > 0.6
-    assert_sane(est)
+    estimates = estimate_recording(windows_of(bvp, quiet_acc(seconds * ACC_HZ)))
+    for est in estimates:
+        assert_sane(est)
+        assert est.bpm is not None
+        # Never confidently wrong while acquiring.
+        assert est.bpm == pytest.approx(bpm, abs=1.0) or est.confidence < 0.45
+    for est in estimates[ACQUIRE_WINDOWS:]:
+        assert est.bpm == pytest.approx(bpm, abs=1.0)
+        assert est.confidence > 0.6
 
 
 def test_integer_inputs_match_float_inputs() -> None:
@@ -168,7 +188,7 @@ def test_tracker_follows_the_pulse_not_the_cadence() -> None:
         est = tracker.update(b, a)
         assert est.bpm is not None
         assert est.bpm == pytest.approx(centre, abs=3.0)
-        assert est.motion > HrConfig().motion_full  # the motion was strong enough to count
+        assert est.motion > HrConfig().mask_full  # the motion was strong enough to count
         assert_sane(est)
 
 
@@ -176,6 +196,80 @@ def test_motion_suppression_alone_finds_the_pulse_without_a_prior() -> None:
     bvp, acc, truth = running(16)
     est = estimate_hr(bvp[: WINDOW_S * BVP_HZ], acc[: WINDOW_S * ACC_HZ])
     assert est.bpm == pytest.approx(truth[: WINDOW_S * BVP_HZ].mean(), abs=3.0)
+
+
+def crossing(
+    seconds: int, start_bpm: float, end_bpm: float, motion_bpm: float, seed: int = 6
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Synthetic: a pulse ramping ``start_bpm`` -> ``end_bpm`` through a steady motion frequency.
+
+    The wrist moves at ``motion_bpm`` and at twice it (a swing and its harmonic, as arm swing
+    and step cadence); both leak into the BVP at 1.5 and 1 times the pulse's amplitude, so the
+    pulse's spectral peak merges with a stronger artefact while the two cross. The ramp holds
+    still for the first and last 20 s. Returns (bvp, acc, true bpm at 64 Hz).
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(seconds * BVP_HZ) / BVP_HZ
+    ramp = np.clip((t - 20.0) / (seconds - 40.0), 0.0, 1.0)
+    truth = start_bpm + (end_bpm - start_bpm) * ramp
+    f = motion_bpm / 60.0
+    bvp = (
+        pulse(t, truth)
+        + 1.5 * np.sin(2 * np.pi * f * t + 0.4)
+        + 1.0 * np.sin(2 * np.pi * 2 * f * t + 1.1)
+        + rng.normal(0.0, 0.2, t.shape)
+    )
+    ta = np.arange(seconds * ACC_HZ) / ACC_HZ
+    acc = np.stack(
+        [
+            45.0 * np.sin(2 * np.pi * f * ta) + 25.0 * np.sin(2 * np.pi * 2 * f * ta + 0.3),
+            20.0 * np.sin(2 * np.pi * 2 * f * ta + 0.9),
+            64.0 + 15.0 * np.sin(2 * np.pi * f * ta + 1.7),
+        ],
+        axis=1,
+    )
+    return bvp, acc + rng.normal(0.0, 2.0, acc.shape), truth
+
+
+@pytest.mark.parametrize(
+    ("start_bpm", "end_bpm", "motion_bpm"),
+    [
+        (120.0, 180.0, 75.0),  # the pulse crosses the step cadence (2 x 75 = 150)
+        (180.0, 120.0, 75.0),  # ... downwards
+        (60.0, 100.0, 80.0),  # the pulse crosses the arm swing itself (80)
+        (140.0, 190.0, 82.5),  # the pulse crosses twice the arm swing (165)
+    ],
+)
+def test_pulse_crossing_a_motion_frequency_is_neither_frozen_nor_captured(
+    start_bpm: float, end_bpm: float, motion_bpm: float
+) -> None:
+    seconds = 160
+    bvp, acc, truth = crossing(seconds, start_bpm, end_bpm, motion_bpm)
+    windows = windows_of(bvp, acc)
+    centres = np.array(
+        [
+            truth[i * 2 * BVP_HZ : i * 2 * BVP_HZ + WINDOW_S * BVP_HZ].mean()
+            for i in range(len(windows))
+        ]
+    )
+    # Without the ACC the tracker is captured: the test is hard.
+    blind = estimate_recording(
+        windows, config=HrConfig(motion_suppression=False), state=HrState(bpm=centres[0])
+    )
+    blind_errors = np.abs(np.array([e.bpm for e in blind], dtype=float) - centres)
+    assert blind_errors.max() > 10.0
+
+    estimates = estimate_recording(windows, state=HrState(bpm=centres[0]))
+    bpm = np.array([e.bpm for e in estimates], dtype=float)
+    errors = np.abs(bpm - centres)
+    motion = np.array([motion_bpm, 2 * motion_bpm])
+    apart = np.abs(centres[:, None] - motion[None, :]).min(axis=1) > 10.0
+    assert np.mean(errors) < 2.5
+    # While merged with the artefact the window says nothing there: the tracker coasts (and
+    # lags the 1 bpm-per-window ramp by a few bpm) instead of freezing or jumping to it.
+    assert errors.max() < 10.0
+    assert errors[apart].max() < 4.0  # once apart, on the pulse again
+    assert errors[-5:].max() < 2.0  # not frozen at the crossing
 
 
 # --- garbage, off-wrist ----------------------------------------------------------------------
@@ -206,13 +300,46 @@ def garbage_windows() -> list[tuple[str, npt.NDArray[np.float64]]]:
     return cases
 
 
+#: Largest confidence a garbage window may get from scratch. White noise's spectral peak holds
+#: a median 21 % (99th percentile 38 %) of the band's power: no more concentrated than that, a
+#: window is given no weight, so the confidence stays that of the prior (about 0.22).
+GARBAGE_CONFIDENCE = 0.45
+
+
 @pytest.mark.parametrize(("name", "bvp"), garbage_windows(), ids=[c[0] for c in garbage_windows()])
 def test_garbage_gives_no_rate_or_low_confidence(name: str, bvp: npt.NDArray[np.float64]) -> None:
     for acc in (quiet_acc(WINDOW_S * ACC_HZ), np.zeros((WINDOW_S * ACC_HZ, 3)), None):
-        for state in (None, HrState(bpm=75.0)):
-            est = estimate_hr(bvp, acc, state=state)
-            assert_sane(est)
-            assert est.bpm is None or est.confidence < 0.4, name
+        est = estimate_hr(bvp, acc)
+        assert_sane(est)
+        assert est.bpm is None or est.confidence < GARBAGE_CONFIDENCE, name
+        # A locked tracker is not dragged off by one garbage window: it holds its rate.
+        held = estimate_hr(bvp, acc, state=HrState(bpm=75.0))
+        assert_sane(held)
+        assert held.bpm is None or held.bpm == pytest.approx(75.0, abs=5.0), name
+
+
+def test_confidence_decays_over_a_run_of_garbage() -> None:
+    seconds = 20
+    t = np.arange(seconds * BVP_HZ) / BVP_HZ
+    locked = estimate_recording(windows_of(pulse(t, 72.0), quiet_acc(seconds * ACC_HZ)))[-1]
+    assert locked.confidence > 0.9
+    rng = np.random.default_rng(7)
+    state = locked.state
+    confidences = []
+    for i in range(15):
+        est = estimate_hr(
+            rng.normal(0.0, 50.0, WINDOW_S * BVP_HZ),
+            quiet_acc(WINDOW_S * ACC_HZ, seed=i),
+            state=state,
+        )
+        state = est.state
+        confidences.append(est.confidence)
+        assert est.bpm is not None
+        # The held rate may wander, but not confidently.
+        assert est.bpm == pytest.approx(72.0, abs=10.0) or est.confidence < 0.5
+    assert confidences[0] < locked.confidence
+    assert confidences[4] < confidences[0] - 0.2
+    assert confidences[-1] < GARBAGE_CONFIDENCE
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -223,6 +350,33 @@ def test_flat_windows_give_none(dtype: type[np.generic]) -> None:
         assert est.bpm is None
         assert est.confidence == 0.0
         assert est.quality == 0
+
+
+def test_flat_stretch_inside_a_recording_gives_none_then_the_rate_again() -> None:
+    seconds = 60
+    t = np.arange(seconds * BVP_HZ) / BVP_HZ
+    bvp = 200.0 * pulse(t, 90.0) + 1000.0
+    off = (t >= 20.0) & (t < 40.0)
+    bvp[off] = 1000.0  # off the wrist: the sensor reads a constant
+    acc = quiet_acc(seconds * ACC_HZ)
+    estimates = estimate_recording(windows_of(bvp, acc))
+    starts = np.arange(len(estimates)) * 2.0
+    flat = (starts >= 20.0) & (starts + WINDOW_S <= 40.0)
+    clean = (starts + WINDOW_S <= 20.0) | (starts >= 40.0)
+    for est, is_flat, is_clean in zip(estimates, flat, clean, strict=True):
+        assert_sane(est)
+        if is_flat:
+            assert est.bpm is None
+            assert est.confidence == 0.0
+        if is_clean and est.state.windows > ACQUIRE_WINDOWS:
+            assert est.bpm == pytest.approx(90.0, abs=1.0)
+    misses = [e.state.misses for e, is_flat in zip(estimates, flat, strict=True) if is_flat]
+    assert misses == sorted(misses)
+    assert misses[-1] >= int(flat.sum())
+    # The first clean window after the stretch is on the rate at once: the state kept it.
+    first_back = int(np.flatnonzero(starts >= 40.0)[0])
+    assert estimates[first_back].bpm == pytest.approx(90.0, abs=1.0)
+    assert estimates[first_back].state.misses == 0
 
 
 def test_non_finite_values_give_none_and_count_as_a_miss() -> None:
@@ -301,35 +455,50 @@ def test_state_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.bpm = 80.0  # type: ignore[misc]
     assert isinstance(state.spectrum, tuple)
+    assert isinstance(state.belief, tuple)
+    assert sum(state.belief) == pytest.approx(1.0)
 
 
-def test_recovers_from_a_wrong_state() -> None:
-    seconds = 60
+#: Windows (2 s each) allowed to leave a wrong lock or follow a jump: "a few", not 20 s.
+REACQUIRE_WINDOWS = 5
+
+
+@pytest.mark.parametrize("wrong_bpm", [60.0, 190.0])
+def test_recovers_from_a_wrong_lock(wrong_bpm: float) -> None:
+    seconds = 40
     t = np.arange(seconds * BVP_HZ) / BVP_HZ
     bvp = pulse(t, 125.0) + np.random.default_rng(5).normal(0.0, 0.3, t.shape)
-    cfg = HrConfig()
     estimates = estimate_recording(
-        windows_of(bvp, quiet_acc(seconds * ACC_HZ)), state=HrState(bpm=60.0)
+        windows_of(bvp, quiet_acc(seconds * ACC_HZ)), state=HrState(bpm=wrong_bpm)
     )
-    # Held (low confidence) while the search widens, then re-acquired from the whole band.
-    assert all(e.confidence < 0.2 for e in estimates[: cfg.lost_after])
-    recovered = estimates[cfg.lost_after + 1 :]
-    assert recovered
+    # A hand-made state is believed at first; every window that contradicts it costs it
+    # confidence until the pulse wins.
+    wrong = [e for e in estimates if e.bpm != pytest.approx(125.0, abs=1.0)]
+    assert wrong
+    assert all(e.bpm == pytest.approx(wrong_bpm, abs=1.0) for e in wrong)
+    assert all(b.confidence < a.confidence for a, b in itertools.pairwise(wrong))
+    for est in estimates:
+        assert_sane(est)
+    recovered = estimates[REACQUIRE_WINDOWS:]
     assert all(e.bpm == pytest.approx(125.0, abs=1.0) for e in recovered)
-    assert all(e.confidence > 0.6 for e in recovered)
+    assert all(e.confidence > 0.6 for e in recovered[1:])  # sure one window after the switch
 
 
-def test_bounded_change_per_step_while_tracking() -> None:
-    seconds = 30
+def test_reacquires_after_a_real_jump() -> None:
+    seconds = 80
     t = np.arange(seconds * BVP_HZ) / BVP_HZ
-    bvp = pulse(t, 100.0)
-    cfg = HrConfig()
-    estimates = estimate_recording(
-        windows_of(bvp, quiet_acc(seconds * ACC_HZ)), state=HrState(bpm=88.0)
-    )
-    steps = np.diff([88.0, *[e.bpm for e in estimates[:3] if e.bpm is not None]])
-    assert np.all(np.abs(steps) <= cfg.max_step_bpm + 1e-9)
-    assert estimates[-1].bpm == pytest.approx(100.0, abs=1.0)
+    truth = np.where(t < 40.0, 70.0, 115.0)
+    bvp = pulse(t, truth) + np.random.default_rng(8).normal(0.0, 0.3, t.shape)
+    estimates = estimate_recording(windows_of(bvp, quiet_acc(seconds * ACC_HZ)))
+    starts = np.arange(len(estimates)) * 2.0
+    before = [e for e, s in zip(estimates, starts, strict=True) if ACQUIRE_WINDOWS * 2 <= s <= 32.0]
+    assert before
+    assert all(e.bpm == pytest.approx(70.0, abs=1.0) for e in before)
+    first_after = int(np.flatnonzero(starts >= 40.0)[0])  # the first window wholly after it
+    after = estimates[first_after + REACQUIRE_WINDOWS :]
+    assert after
+    assert all(e.bpm == pytest.approx(115.0, abs=1.0) for e in after)
+    assert all(e.confidence > 0.6 for e in after)
 
 
 def test_without_tracking_each_window_stands_alone() -> None:
@@ -339,6 +508,27 @@ def test_without_tracking_each_window_stands_alone() -> None:
     together = estimate_recording(windows, config=cfg)
     alone = [estimate_hr(b, a, config=cfg) for b, a in windows]
     assert [e.bpm for e in together] == [e.bpm for e in alone]
+
+
+def test_pure_no_clock_no_io_no_mutation(monkeypatch: pytest.MonkeyPatch) -> None:
+    bvp, acc, _ = running(24)
+    windows = windows_of(bvp, acc)
+    copies = [(b.copy(), a.copy()) for b, a in windows]
+    first = estimate_recording(windows)
+
+    def forbidden(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the heart-rate estimator must not read a clock or do I/O")
+
+    for name in ("time", "monotonic", "perf_counter", "time_ns", "monotonic_ns"):
+        monkeypatch.setattr(time, name, forbidden)
+    monkeypatch.setattr(builtins, "open", forbidden)
+    monkeypatch.setattr(builtins, "print", forbidden)
+    second = estimate_recording(windows)
+    monkeypatch.undo()
+    assert second == first  # deterministic: the same windows give the same estimates
+    for (b, a), (b0, a0) in zip(windows, copies, strict=True):
+        assert np.array_equal(b, b0)
+        assert np.array_equal(a, a0)
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -360,6 +550,12 @@ def test_rejects_mismatched_or_malformed_inputs() -> None:
         estimate_hr(np.zeros(40), None, bvp_rate_hz=5)
     with pytest.raises(ValueError, match="min_bpm"):
         HrConfig(min_bpm=100.0, max_bpm=90.0)
+    with pytest.raises(ValueError, match="jump_probability"):
+        HrConfig(jump_probability=1.5)
+    with pytest.raises(ValueError, match="step_sd_bpm"):
+        HrConfig(step_sd_bpm=0.0)
+    with pytest.raises(ValueError, match="wiener_memory"):
+        HrConfig(wiener_memory=1.0)
 
 
 def test_other_rates_and_lengths() -> None:
@@ -368,6 +564,19 @@ def test_other_rates_and_lengths() -> None:
     ta = np.arange(12 * 25) / 25
     est = estimate_hr(pulse(t, 97.0), quiet_acc(ta.size), bvp_rate_hz=125, acc_rate_hz=25)
     assert est.bpm == pytest.approx(97.0, abs=1.0)
+
+
+def test_a_narrow_band_narrower_than_the_jump_kernel() -> None:
+    # 60-100 bpm is 43 bins, fewer than the fast-change kernel's taps.
+    cfg = HrConfig(min_bpm=60.0, max_bpm=100.0)
+    seconds = 20
+    t = np.arange(seconds * BVP_HZ) / BVP_HZ
+    estimates = estimate_recording(
+        windows_of(pulse(t, 84.0), quiet_acc(seconds * ACC_HZ)), config=cfg
+    )
+    assert len(estimates[-1].state.belief) == 43
+    assert estimates[-1].bpm == pytest.approx(84.0, abs=1.0)
+    assert_sane(estimates[-1], cfg)
 
 
 # --- real data -------------------------------------------------------------------------------
@@ -380,8 +589,10 @@ def test_troika_mean_mae_below_measured_bound() -> None:
     from gatewayd.datasets import load_troika
     from gatewayd.datasets.troika import is_troika_data
 
-    maes = {}
-    naive = {}
+    maes: dict[str, float] = {}
+    naive: dict[str, float] = {}
+    errors_all: list[float] = []
+    confidences: list[float] = []
     for path in sorted(p for p in TROIKA.glob("*.mat") if is_troika_data(p)):
         recording = load_troika(path)
         ref = recording.hr_ref_bpm
@@ -393,16 +604,25 @@ def test_troika_mean_mae_below_measured_bound() -> None:
             (naive, HrConfig(motion_suppression=False, tracking=False)),
         ):
             estimates = estimate_recording(zip(bvp, acc, strict=True), config=cfg)
-            errors = [
-                abs(e.bpm - r)
-                for e, r in zip(estimates, ref, strict=False)
-                if e.bpm is not None and not np.isnan(r)
-            ]
-            assert len(errors) >= 0.95 * len(estimates)
+            pairs = [(e, r) for e, r in zip(estimates, ref, strict=False) if not np.isnan(r)]
+            assert all(e.bpm is not None for e, _ in pairs)  # real recordings: always a rate
+            errors = [abs(float(e.bpm) - r) for e, r in pairs if e.bpm is not None]
             store[path.stem] = float(np.mean(errors))
+            if store is maes:
+                errors_all += errors
+                confidences += [e.confidence for e, _ in pairs]
     assert maes, f"no TROIKA recording with a REF file in {TROIKA}"
     mean = float(np.mean(list(maes.values())))
-    # Measured 2.25 bpm on the five recordings (docs/signals.md); the bound leaves a margin.
-    assert mean < 3.5, maes
-    assert max(maes.values()) < 6.0, maes
+    # docs/signals.md has the measured figures (about 2.1 bpm with these defaults, 2.25 for the
+    # previous tracker); the bounds leave a margin and do not restate them.
+    assert mean < 2.5, maes
+    assert max(maes.values()) < 5.0, maes
     assert mean < 0.25 * float(np.mean(list(naive.values()))), (maes, naive)
+    # The confidence means something: windows the rules trust (>= 0.6) are rarely 10 bpm off,
+    # and less often than the others.
+    err = np.asarray(errors_all)
+    conf = np.asarray(confidences)
+    trusted = conf >= 0.6
+    assert trusted.mean() > 0.5
+    assert (err[trusted] > 10.0).mean() < 0.02
+    assert (err[trusted] > 10.0).mean() < (err[~trusted] > 10.0).mean()

@@ -8,13 +8,16 @@ docs/signals.md, "Heart rate by signal processing"):
 1. band-pass the BVP 0.5-4 Hz inside the window (`gatewayd.signals.filters.bandpass`);
 2. Hann-windowed power spectrum, zero-padded so that bins are 1/64 Hz (0.9375 bpm) apart, on
    the same grid for BVP and ACC;
-3. motion-artefact suppression: the dominant peaks of the ACC spectrum (and the second harmonic
-   of the strongest) are attenuated in the BVP spectrum, in proportion to how much the wrist
-   moves;
-4. tracking: the spectrum is averaged with the previous windows' (exponentially), and the peak
-   is searched near the previous estimate with a bounded change per step; after a run of
-   low-confidence windows the tracker is lost and re-acquires from the whole range;
-5. confidence in [0, 1] from the fraction of spectral power at the reported heart rate.
+3. motion: a Wiener gain (the running average of the cleaned PPG spectra against this window's
+   ACC spectra) times an attenuation of the strongest ACC peaks; where the gain is low the
+   spectrum says nothing about the heart rate, so the evidence there is set to a neutral level
+   instead of zero;
+4. tracking: a forward filter (a hidden Markov model over the heart-rate bins): the belief is
+   spread by a random walk, a rarer fast change and a small chance of a reset anywhere, then
+   multiplied by the window's evidence; the estimate is the belief's mode (refined by the local
+   mean);
+5. confidence in [0, 1]: the belief's mass near the estimate, calibrated so that it predicts
+   how often the estimate is within 10 bpm of the truth.
 """
 
 from __future__ import annotations
@@ -55,89 +58,108 @@ _TINY: Final = 1e-300
 class HrConfig:
     """Parameters of the estimator; the defaults are the ones evaluated in docs/signals.md."""
 
-    #: Attenuate BVP spectral peaks that coincide with the dominant ACC frequencies.
+    #: Use the ACC to discount motion artefacts (Wiener gain and ACC-peak attenuation).
     motion_suppression: bool = True
     #: Track across windows; when False every window is estimated on its own.
     tracking: bool = True
     #: Heart rates searched, in bpm (inside the 0.5-4 Hz band-pass, 30-240 bpm).
     min_bpm: float = 40.0
     max_bpm: float = 220.0
-    #: Half-width in bpm of "the peak" when measuring its share of the power (about one
-    #: resolution cell of an 8 s window, 7.5 bpm).
-    peak_halfwidth_bpm: float = 6.0
-    #: Weight of the second harmonic when choosing a peak from the whole range, so that a
-    #: strong harmonic (2 x HR) is not taken for the heart rate.
-    harmonic_weight: float = 0.5
-    #: Motion intensity (RMS of the detrended 3-axis ACC in 1/64 g) below which ACC is not used
-    #: (at rest the wrist ACC picks up the pulse itself), and at which it is used in full.
+    #: ACC intensity (RMS of the detrended 3-axis ACC in 1/64 g) below which the wrist counts as
+    #: still. Reported for callers (`gatewayd.eval` uses it as its still/moving threshold); the
+    #: tracker's own ramp is ``mask_floor``..``mask_full``.
     motion_floor: float = 15.0
-    motion_full: float = 40.0
-    #: ACC peaks used: the strongest few, each at least this fraction of the strongest.
+    #: ACC-peak attenuation: ramps in from ``mask_floor`` to ``mask_full`` (ACC intensity, 1/64 g).
+    mask_floor: float = 8.0
+    mask_full: float = 25.0
+    #: ACC peaks attenuated: the strongest few local maxima of the ACC power spectrum, each at
+    #: least this fraction of the strongest, and the strongest one's second harmonic.
     motion_peaks: int = 3
     motion_peak_min: float = 0.1
     #: Gaussian half-width in bpm of the attenuation around an ACC peak.
     motion_width_bpm: float = 4.0
     #: Attenuation at the centre of an ACC peak at full motion: power / (1 + this).
     motion_attenuation: float = 30.0
-    #: Weight of the previous windows in the averaged, normalised spectrum.
-    spectrum_memory: float = 0.5
-    #: Search radius around the previous estimate; it grows by ``search_growth_bpm`` per
-    #: low-confidence window, up to ``search_max_bpm``.
-    search_radius_bpm: float = 15.0
-    search_growth_bpm: float = 5.0
-    search_max_bpm: float = 30.0
-    #: Width in bpm of the Gaussian preference for peaks near the previous estimate; it and the
-    #: maximum step widen by ``widen_per_miss`` per low-confidence window.
-    prior_width_bpm: float = 8.0
-    widen_per_miss: float = 0.5
-    #: Largest change of the estimate in one step (2 s) while tracking confidently.
-    max_step_bpm: float = 6.0
-    #: A peak holding less than this fraction of the band's power is a low-confidence window:
-    #: the estimate is held, not moved.
-    min_peak_fraction: float = 0.2
-    #: After this many low-confidence windows in a row the tracker is lost and re-acquires.
-    lost_after: int = 10
-    #: Re-acquisition: the whole-range peak is accepted after this many consecutive windows
-    #: agreeing within ``reacquire_tolerance_bpm``, or at once if it holds this fraction.
-    reacquire_windows: int = 3
-    reacquire_tolerance_bpm: float = 6.0
-    reacquire_fraction: float = 0.6
-    #: Peak fractions mapped to confidence 0 and 1 (white noise: median 0.21; a clean
-    #: sinusoid: 0.84).
-    confidence_floor: float = 0.2
-    confidence_full: float = 0.7
+    #: Weight of the past in the Wiener gain's signal estimate (running average of the cleaned,
+    #: normalised PPG magnitude spectra), and the weight of the ACC noise template against it.
+    wiener_memory: float = 0.8
+    wiener_strength: float = 1.5
+    #: The ACC template counts in full once the strongest ACC component reaches
+    #: ``template_full`` (amplitude, 1/64 g) and not at all below ``template_floor``: a still
+    #: wrist's spectrum is sensor noise, which says nothing about where motion is.
+    template_floor: float = 0.25
+    template_full: float = 1.0
+    #: Evidence given to a heart rate where the motion gain has removed the spectrum (0: "not
+    #: here", 1: "as likely as the best peak"): a masked rate is neither chosen nor excluded.
+    masked_evidence: float = 0.6
+    #: Sharpness of the evidence: likelihood = exp(gain * (evidence - 1)), evidence in [0, 1].
+    evidence_gain: float = 3.0
+    #: A window whose evidence is no more concentrated than white noise's carries none: the
+    #: share of the evidence within ``peak_halfwidth_bpm`` of its maximum is mapped from
+    #: ``quality_floor`` (white noise's median) to ``quality_full`` (its 99th percentile) onto a
+    #: weight 0..1 of the window's likelihood.
+    peak_halfwidth_bpm: float = 6.0
+    quality_floor: float = 0.2
+    quality_full: float = 0.4
+    #: Random walk of the heart rate per 2 s step (standard deviation, bpm).
+    step_sd_bpm: float = 5.0
+    #: Probability per step of a faster change (standard deviation ``jump_sd_bpm``).
+    jump_probability: float = 0.02
+    jump_sd_bpm: float = 15.0
+    #: Probability per step that the rate is anywhere in the band: how a wrong lock is left.
+    reset_probability: float = 1e-5
+    #: The belief before any window: a Gaussian around ``prior_bpm`` (0 width: uniform).
+    prior_bpm: float = 80.0
+    prior_sd_bpm: float = 30.0
+    #: Width of the belief given to a state started at a known rate, e.g. ``HrState(bpm=72.0)``.
+    start_sd_bpm: float = 3.0
+    #: The estimate is the belief's mean within this many bpm of its mode.
+    estimate_halfwidth_bpm: float = 5.0
+    #: The belief's mass within this many bpm of the estimate is the raw confidence.
+    confidence_halfwidth_bpm: float = 10.0
 
     def __post_init__(self) -> None:
         """Reject parameters the algorithm cannot work with."""
         if not 0.0 < self.min_bpm < self.max_bpm:
             raise ValueError(f"need 0 < min_bpm < max_bpm, got {self.min_bpm}, {self.max_bpm}")
-        if not 0.0 <= self.spectrum_memory < 1.0:
-            raise ValueError(f"spectrum_memory must be in [0, 1), got {self.spectrum_memory}")
-        if self.motion_full <= self.motion_floor:
-            raise ValueError("motion_full must be greater than motion_floor")
-        if self.confidence_full <= self.confidence_floor:
-            raise ValueError("confidence_full must be greater than confidence_floor")
-        if self.lost_after < 1 or self.reacquire_windows < 1 or self.motion_peaks < 0:
-            raise ValueError("lost_after and reacquire_windows must be >= 1, motion_peaks >= 0")
+        if not 0.0 <= self.wiener_memory < 1.0:
+            raise ValueError(f"wiener_memory must be in [0, 1), got {self.wiener_memory}")
+        if self.mask_full <= self.mask_floor:
+            raise ValueError("mask_full must be greater than mask_floor")
+        if self.template_full <= self.template_floor:
+            raise ValueError("template_full must be greater than template_floor")
+        if self.quality_full <= self.quality_floor:
+            raise ValueError("quality_full must be greater than quality_floor")
+        if self.motion_peaks < 0:
+            raise ValueError("motion_peaks must be >= 0")
+        for name in ("jump_probability", "reset_probability", "masked_evidence"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.jump_probability + self.reset_probability > 1.0:
+            raise ValueError("jump_probability + reset_probability must be <= 1")
+        for name in ("step_sd_bpm", "jump_sd_bpm", "start_sd_bpm", "evidence_gain"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name} must be > 0")
+        if self.prior_sd_bpm < 0.0:
+            raise ValueError("prior_sd_bpm must be >= 0 (0: a uniform prior)")
 
 
 @dataclass(frozen=True)
 class HrState:
     """What the tracker carries from one window to the next (immutable).
 
-    ``bpm`` is the tracked heart rate (None until acquired); ``misses`` counts consecutive
-    low-confidence windows; ``spectrum`` is the averaged, normalised, motion-suppressed
-    spectrum on the search grid (empty before the first usable window); ``candidate_bpm`` and
-    ``candidate_count`` are the re-acquisition candidate and how many windows agreed on it;
-    ``windows`` counts the windows seen. A state made by hand, e.g. ``HrState(bpm=72.0)``, starts
-    the tracker at a known heart rate.
+    ``bpm`` is the last estimate (None before the first usable window); ``misses`` counts
+    consecutive windows without a usable signal; ``spectrum`` is the Wiener gain's signal
+    estimate and ``belief`` the probability of each heart-rate bin (both empty until the first
+    usable window); ``windows`` counts the windows seen. A state made by hand, e.g.
+    ``HrState(bpm=72.0)``, starts the tracker at a known heart rate.
     """
 
     bpm: float | None = None
     misses: int = 0
     spectrum: tuple[float, ...] = field(default=(), repr=False)
-    candidate_bpm: float | None = None
-    candidate_count: int = 0
+    belief: tuple[float, ...] = field(default=(), repr=False)
     windows: int = 0
 
 
@@ -145,9 +167,10 @@ class HrState:
 class HrEstimate:
     """One window's heart rate (None when there is none), its confidence and the new state.
 
-    ``confidence`` (0..1) is the share of spectral power at the reported rate, rescaled; it is
-    the window's signal quality and, until a model exists, the local confidence. ``quality`` is
-    the same as an integer 0..100. ``motion`` is the ACC intensity (RMS, 1/64 g) of the window.
+    ``confidence`` (0..1) estimates the probability that ``bpm`` is within 10 bpm of the true
+    heart rate (docs/signals.md shows how well it does); it is the local confidence the
+    wearable offloads on and the weight the gateway fuses with. ``quality`` is the same as an
+    integer 0..100. ``motion`` is the ACC intensity (RMS, 1/64 g) of the window.
     """
 
     bpm: float | None
@@ -189,6 +212,17 @@ def _grid(n: int, rate_hz: int, min_bpm: float, max_bpm: float) -> _Grid:
     return _Grid(nfft, taper, bins, bpm, complete=top == hi and bins.size >= 3)
 
 
+@functools.lru_cache(maxsize=32)
+def _kernel(sd_bins: float) -> npt.NDArray[np.float64]:
+    """A normalised Gaussian kernel of standard deviation ``sd_bins`` bins, cut at 3 sd."""
+    half = max(1, math.ceil(3.0 * sd_bins))
+    offsets = np.arange(-half, half + 1, dtype=np.float64) / sd_bins
+    kernel = np.exp(-0.5 * offsets * offsets)
+    kernel /= kernel.sum()
+    kernel.flags.writeable = False
+    return kernel
+
+
 def _band_power(x: npt.NDArray[np.float64], grid: _Grid) -> npt.NDArray[np.float64]:
     """Hann-windowed, zero-padded power spectrum of ``x`` (along axis 0) in the search band."""
     taper = grid.taper if x.ndim == 1 else grid.taper[:, None]
@@ -224,140 +258,75 @@ def _detrend(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.asarray(centred - np.outer(t, slope))
 
 
-def _motion_gain(
+@dataclass(frozen=True)
+class _Motion:
+    """What the ACC says about one window."""
+
+    #: RMS of the detrended ACC vector (1/64 g).
+    intensity: float
+    #: Per-axis magnitude spectra, each scaled to a peak of 1, averaged (None: no usable ACC).
+    template: npt.NDArray[np.float64] | None
+    #: Attenuation of the strongest ACC peaks, per bin (None: none).
+    peaks: npt.NDArray[np.float64] | None
+
+
+def _motion(
     acc: npt.NDArray[np.float64] | None, acc_rate_hz: int, bvp_grid: _Grid, cfg: HrConfig
-) -> tuple[npt.NDArray[np.float64] | None, float]:
-    """Return the gain to apply to the BVP band power (None: none) and the motion intensity."""
+) -> _Motion:
+    """Measure the window's motion and, when suppression is on, its spectral fingerprint."""
     if acc is None or not np.isfinite(acc).all():
-        return None, 0.0
+        return _Motion(0.0, None, None)
     detrended = _detrend(acc)
-    motion = float(np.sqrt(np.sum(np.mean(detrended * detrended, axis=0))))
-    weight = (motion - cfg.motion_floor) / (cfg.motion_full - cfg.motion_floor)
-    weight = min(1.0, max(0.0, weight))
-    if not cfg.motion_suppression or weight == 0.0 or cfg.motion_peaks == 0:
-        return None, motion
+    intensity = float(np.sqrt(np.sum(np.mean(detrended * detrended, axis=0))))
+    if not cfg.motion_suppression:
+        return _Motion(intensity, None, None)
     grid = _grid(acc.shape[0], acc_rate_hz, cfg.min_bpm, cfg.max_bpm)
     if not grid.complete or grid.bins.shape != bvp_grid.bins.shape:
-        return None, motion  # the ACC rate cannot see the whole band: do not guess
-    power = _band_power(detrended, grid).sum(axis=1)
+        return _Motion(intensity, None, None)  # the ACC rate cannot see the whole band
+    power = _band_power(detrended, grid)
+    total = power.sum(axis=1)
+    peaks = _peak_attenuation(total, grid, intensity, cfg)
+    # Amplitude of the strongest sinusoidal ACC component (a Hann window's coherent gain is
+    # half its length) decides whether the wrist moves at all.
+    amplitude = 2.0 * math.sqrt(float(total.max())) / float(grid.taper.sum())
+    weight = (amplitude - cfg.template_floor) / (cfg.template_full - cfg.template_floor)
+    weight = min(1.0, max(0.0, weight))
+    if weight == 0.0:
+        return _Motion(intensity, None, peaks)
+    magnitude = np.sqrt(power)
+    axis_peak = magnitude.max(axis=0)
+    # A silent axis (all zeros) adds nothing; the others are scaled alike, as in WFPV (Temko,
+    # IEEE TBME 2017), so the template says where the wrist moves, not how hard.
+    scaled = magnitude / np.where(axis_peak > _TINY, axis_peak, 1.0)
+    return _Motion(intensity, weight * scaled.sum(axis=1) / 3.0, peaks)
+
+
+def _peak_attenuation(
+    power: npt.NDArray[np.float64], grid: _Grid, intensity: float, cfg: HrConfig
+) -> npt.NDArray[np.float64] | None:
+    """Gain that attenuates the strongest ACC peaks and the strongest one's 2nd harmonic."""
+    weight = (intensity - cfg.mask_floor) / (cfg.mask_full - cfg.mask_floor)
+    weight = min(1.0, max(0.0, weight))
     strongest = float(power.max())
-    if not strongest > _TINY:
-        return None, motion
-    power /= strongest
-    maxima = _local_maxima(power)
-    maxima = maxima[power[maxima] >= cfg.motion_peak_min]
+    if weight == 0.0 or cfg.motion_peaks == 0 or not strongest > _TINY:
+        return None
+    scaled = power / strongest
+    maxima = _local_maxima(scaled)
+    maxima = maxima[scaled[maxima] >= cfg.motion_peak_min]
     if maxima.size == 0:
-        return None, motion
-    top = maxima[np.argsort(power[maxima])[::-1][: cfg.motion_peaks]]
+        return None
+    top = maxima[np.argsort(scaled[maxima])[::-1][: cfg.motion_peaks]]
     # The strongest motion frequency's second harmonic too: arm swing -> step cadence.
     centres = np.append(grid.bpm[top], 2.0 * grid.bpm[top[0]])
     distance = (grid.bpm[:, None] - centres[None, :]) / cfg.motion_width_bpm
     mask = np.exp(-0.5 * distance * distance).max(axis=1)
-    return 1.0 / (1.0 + cfg.motion_attenuation * weight * mask), motion
+    return np.asarray(1.0 / (1.0 + cfg.motion_attenuation * weight * mask))
 
 
-def _fraction(
-    spectrum: npt.NDArray[np.float64], grid: _Grid, centre_bpm: float, cfg: HrConfig
-) -> float:
-    """Share of the band's power within ``peak_halfwidth_bpm`` of ``centre_bpm``."""
-    total = float(spectrum.sum())
-    if not total > _TINY:
-        return 0.0
-    near = np.abs(grid.bpm - centre_bpm) <= cfg.peak_halfwidth_bpm
-    return float(spectrum[near].sum()) / total
-
-
-def _refine(spectrum: npt.NDArray[np.float64], grid: _Grid, i: int) -> float:
-    """Return the heart rate of bin ``i`` refined by parabolic interpolation of the peak."""
-    bpm = float(grid.bpm[i])
-    if 0 < i < spectrum.shape[0] - 1:
-        left, centre, right = spectrum[i - 1], spectrum[i], spectrum[i + 1]
-        curvature = left - 2.0 * centre + right
-        if curvature < 0.0:
-            shift = min(0.5, max(-0.5, float(0.5 * (left - right) / curvature)))
-            bpm += shift * float(grid.bpm[1] - grid.bpm[0])
-    return bpm
-
-
-def _strongest(spectrum: npt.NDArray[np.float64], grid: _Grid, cfg: HrConfig) -> int | None:
-    """Bin of the best peak in the whole band, crediting each peak with its 2nd harmonic.
-
-    Only local maxima count: power falling away from a band edge is the tail of something
-    outside the band (baseline drift, high-frequency noise), not a heart rate. None if no peak.
-    """
-    maxima = _local_maxima(spectrum)
-    if maxima.size == 0:
-        return None
-    harmonic = np.interp(2.0 * grid.bpm[maxima], grid.bpm, spectrum, right=0.0)
-    return int(maxima[np.argmax(spectrum[maxima] + cfg.harmonic_weight * harmonic)])
-
-
-def _confidence(fraction: float, cfg: HrConfig) -> float:
-    scaled = (fraction - cfg.confidence_floor) / (cfg.confidence_full - cfg.confidence_floor)
-    return min(1.0, max(0.0, scaled))
-
-
-def _estimate(
-    bpm: float | None, fraction: float, state: HrState, motion: float, cfg: HrConfig
-) -> HrEstimate:
-    confidence = 0.0 if bpm is None else _confidence(fraction, cfg)
-    return HrEstimate(bpm, confidence, round(100.0 * confidence), state, motion)
-
-
-def _track(
-    spectrum: npt.NDArray[np.float64], grid: _Grid, state: HrState, cfg: HrConfig
-) -> HrState:
-    """Return the next state: where the tracked heart rate goes given this window's spectrum."""
-    windows = state.windows + 1
-    prev = state.bpm
-    if prev is None:
-        # Acquisition: the whole band, locked only on a peak that stands out at all.
-        i = _strongest(spectrum, grid, cfg)
-        if i is not None and _fraction(spectrum, grid, grid.bpm[i], cfg) >= cfg.min_peak_fraction:
-            return HrState(bpm=_refine(spectrum, grid, i), windows=windows)
-        return replace(state, misses=state.misses + 1, windows=windows)
-    if state.misses >= cfg.lost_after:
-        # Lost: re-acquire from the whole band once a peak is very clear, or persistent.
-        i = _strongest(spectrum, grid, cfg)
-        found = None if i is None else float(grid.bpm[i])
-        fraction = 0.0 if found is None else _fraction(spectrum, grid, found, cfg)
-        count = 0
-        if fraction >= cfg.min_peak_fraction:
-            agrees = (
-                found is not None
-                and state.candidate_bpm is not None
-                and abs(found - state.candidate_bpm) <= cfg.reacquire_tolerance_bpm
-            )
-            count = state.candidate_count + 1 if agrees else 1
-        if i is not None and (fraction >= cfg.reacquire_fraction or count >= cfg.reacquire_windows):
-            return HrState(bpm=_refine(spectrum, grid, i), windows=windows)
-        return replace(
-            state,
-            misses=state.misses + 1,
-            candidate_bpm=found,
-            candidate_count=count,
-            windows=windows,
-        )
-    # Tracking: the peak near the previous estimate, preferring the nearest of similar height.
-    widen = 1.0 + cfg.widen_per_miss * state.misses
-    radius = min(cfg.search_radius_bpm + cfg.search_growth_bpm * state.misses, cfg.search_max_bpm)
-    maxima = _local_maxima(spectrum)
-    near = maxima[np.abs(grid.bpm[maxima] - prev) <= radius]
-    if near.size:
-        distance = (grid.bpm[near] - prev) / (cfg.prior_width_bpm * widen)
-        i = int(near[np.argmax(spectrum[near] * np.exp(-0.5 * distance * distance))])
-        if _fraction(spectrum, grid, float(grid.bpm[i]), cfg) >= cfg.min_peak_fraction:
-            step = cfg.max_step_bpm * widen
-            change = min(step, max(-step, _refine(spectrum, grid, i) - prev))
-            return replace(state, bpm=prev + change, misses=0, windows=windows)
-    # Low confidence: hold the estimate rather than follow a peak that may be an artefact.
-    return replace(state, misses=state.misses + 1, windows=windows)
-
-
-def _bvp_spectrum(
-    x: npt.NDArray[np.float64], rate_hz: int, grid: _Grid, gain: npt.NDArray[np.float64] | None
+def _bvp_power(
+    x: npt.NDArray[np.float64], rate_hz: int, grid: _Grid
 ) -> npt.NDArray[np.float64] | None:
-    """Band-passed, motion-suppressed band power scaled to a peak of 1; None without a signal."""
+    """Band-passed band power scaled to a peak of 1; None without a usable signal."""
     if not np.isfinite(x).all():
         return None
     filtered = bandpass(x, rate_hz)
@@ -365,12 +334,124 @@ def _bvp_spectrum(
     if float(np.std(filtered)) <= _FLAT_RELATIVE * float(np.max(np.abs(x))):
         return None
     power = _band_power(filtered, grid)
-    if gain is not None:
-        power *= gain
     peak = float(power.max())
     if not (math.isfinite(peak) and peak > _TINY):
         return None
     return power / peak
+
+
+def _flatten_tails(s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Level the monotonic runs into the band's edges: tails of something outside the band."""
+    out = s.copy()
+    n = out.shape[0]
+    left = 0
+    while left + 1 < n and out[left + 1] < out[left]:
+        left += 1
+    out[:left] = out[left]
+    right = n - 1
+    while right > 0 and out[right - 1] < out[right]:
+        right -= 1
+    out[right + 1 :] = out[right]
+    return out
+
+
+def _likelihood(
+    power: npt.NDArray[np.float64],
+    motion: _Motion,
+    previous: npt.NDArray[np.float64] | None,
+    grid: _Grid,
+    cfg: HrConfig,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Return the window's likelihood per bin (max 1) and the Wiener signal estimate to keep."""
+    magnitude = np.sqrt(power)  # peak 1, as ``power``
+    gain = np.ones_like(power)
+    cleaned = magnitude
+    if motion.template is not None:
+        if previous is not None:
+            mixed = cfg.wiener_memory * previous + (1.0 - cfg.wiener_memory) * magnitude
+            mixed /= float(mixed.max())
+        else:
+            mixed = magnitude
+        wiener = mixed / (mixed + cfg.wiener_strength * motion.template + 1e-12)
+        gain = wiener * wiener  # the gain is on magnitudes; the evidence is power
+        cleaned = magnitude * wiener
+        cleaned /= max(float(cleaned.max()), _TINY)
+    signal = cleaned
+    if previous is not None:
+        signal = cfg.wiener_memory * previous + (1.0 - cfg.wiener_memory) * cleaned
+    if motion.peaks is not None:
+        gain = gain * motion.peaks
+    evidence = power * gain
+    evidence = _flatten_tails(evidence / max(float(evidence.max()), _TINY))
+    evidence /= max(float(evidence.max()), _TINY)
+    mode = float(grid.bpm[int(np.argmax(evidence))])
+    share = float(evidence[np.abs(grid.bpm - mode) <= cfg.peak_halfwidth_bpm].sum())
+    share /= max(float(evidence.sum()), _TINY)
+    weight = (share - cfg.quality_floor) / (cfg.quality_full - cfg.quality_floor)
+    weight = min(1.0, max(0.0, weight))
+    if motion.template is not None or motion.peaks is not None:
+        # Where motion took the spectrum away, the window neither supports nor excludes a rate.
+        evidence = gain * evidence + (1.0 - gain) * cfg.masked_evidence
+    likelihood = (1.0 - weight) + weight * np.exp(cfg.evidence_gain * (evidence - 1.0))
+    return likelihood, signal
+
+
+def _prior(state: HrState, grid: _Grid, cfg: HrConfig) -> npt.NDArray[np.float64]:
+    """The belief carried in: the state's, a Gaussian at a hand-made state's rate, or the prior."""
+    if len(state.belief) == grid.bpm.shape[0]:
+        return np.asarray(state.belief, dtype=np.float64)
+    if state.bpm is not None:
+        centre, width = state.bpm, cfg.start_sd_bpm
+    elif cfg.prior_sd_bpm > 0.0:
+        centre, width = cfg.prior_bpm, cfg.prior_sd_bpm
+    else:
+        return np.full(grid.bpm.shape[0], 1.0 / grid.bpm.shape[0])
+    distance = (grid.bpm - centre) / width
+    belief = np.exp(-0.5 * distance * distance)
+    total = float(belief.sum())
+    if not total > _TINY:  # a hand-made rate far outside the band
+        return np.full(grid.bpm.shape[0], 1.0 / grid.bpm.shape[0])
+    return np.asarray(belief / total)
+
+
+def _spread(
+    belief: npt.NDArray[np.float64], sd_bpm: float, step_bpm: float
+) -> npt.NDArray[np.float64]:
+    """Convolve the belief with a Gaussian (mass leaving the band is lost) and renormalise."""
+    kernel = _kernel(sd_bpm / step_bpm)
+    # The centred slice of the full convolution: np.convolve's "same" would return the kernel's
+    # length when a narrow band (a custom min_bpm / max_bpm) has fewer bins than the kernel.
+    start = (kernel.shape[0] - 1) // 2
+    spread = np.convolve(belief, kernel)[start : start + belief.shape[0]]
+    total = float(spread.sum())
+    return spread / total if total > _TINY else np.full_like(belief, 1.0 / belief.shape[0])
+
+
+def _predict(
+    belief: npt.NDArray[np.float64], grid: _Grid, cfg: HrConfig
+) -> npt.NDArray[np.float64]:
+    """One 2 s step of the heart-rate dynamics: random walk, rarer fast change, rare reset."""
+    step = float(grid.bpm[1] - grid.bpm[0])
+    walk = _spread(belief, cfg.step_sd_bpm, step)
+    if cfg.jump_probability > 0.0:
+        jump = _spread(belief, cfg.jump_sd_bpm, step)
+        walk = (1.0 - cfg.jump_probability) * walk + cfg.jump_probability * jump
+    reset = cfg.reset_probability
+    return np.asarray((1.0 - reset) * walk + reset / belief.shape[0])
+
+
+def _read(belief: npt.NDArray[np.float64], grid: _Grid, cfg: HrConfig) -> tuple[float, float]:
+    """Return the estimate (local mean around the mode) and the raw confidence (mass near it)."""
+    mode = float(grid.bpm[int(np.argmax(belief))])
+    near = np.abs(grid.bpm - mode) <= cfg.estimate_halfwidth_bpm
+    weights = belief[near]
+    bpm = float((grid.bpm[near] * weights).sum() / weights.sum())
+    mass = float(belief[np.abs(grid.bpm - bpm) <= cfg.confidence_halfwidth_bpm].sum())
+    return bpm, min(1.0, max(0.0, mass))
+
+
+def _estimate(bpm: float | None, confidence: float, state: HrState, motion: float) -> HrEstimate:
+    return HrEstimate(bpm, confidence, round(100.0 * confidence), state, motion)
 
 
 def _inputs(
@@ -417,25 +498,37 @@ def estimate_hr(
             f"bvp at {bvp_rate} Hz cannot resolve {cfg.max_bpm} bpm: the rate must exceed "
             f"{2.0 * cfg.max_bpm / 60.0} Hz"
         )
-    gain, motion = _motion_gain(a, acc_rate, grid, cfg)
-    spectrum = _bvp_spectrum(x, bvp_rate, grid, gain)
+    motion = _motion(a, acc_rate, grid, cfg)
+    power = _bvp_power(x, bvp_rate, grid)
+    windows = prior.windows + 1
     if not cfg.tracking:
-        alone = HrState(windows=prior.windows + 1)
-        i = None if spectrum is None else _strongest(spectrum, grid, cfg)
-        if spectrum is None or i is None:
-            return _estimate(None, 0.0, alone, motion, cfg)
-        fraction = _fraction(spectrum, grid, float(grid.bpm[i]), cfg)
-        return _estimate(_refine(spectrum, grid, i), fraction, alone, motion, cfg)
-    if spectrum is None:
-        # No signal: a miss for the tracker, which keeps its estimate and its spectrum.
-        missing = replace(prior, misses=prior.misses + 1, windows=prior.windows + 1)
-        return _estimate(None, 0.0, missing, motion, cfg)
-    if len(prior.spectrum) == spectrum.shape[0]:
-        memory = cfg.spectrum_memory
-        spectrum = (1.0 - memory) * spectrum + memory * np.asarray(prior.spectrum)
-    nxt = replace(_track(spectrum, grid, prior, cfg), spectrum=tuple(spectrum.tolist()))
-    fraction = 0.0 if nxt.bpm is None else _fraction(spectrum, grid, nxt.bpm, cfg)
-    return _estimate(nxt.bpm, fraction, nxt, motion, cfg)
+        alone = HrState(windows=windows)
+        if power is None:
+            return _estimate(None, 0.0, alone, motion.intensity)
+        likelihood, _ = _likelihood(power, motion, None, grid, cfg)
+        belief = _prior(HrState(), grid, cfg) * likelihood
+        bpm, confidence = _read(belief / belief.sum(), grid, cfg)
+        return _estimate(bpm, confidence, alone, motion.intensity)
+    belief = _predict(_prior(prior, grid, cfg), grid, cfg)
+    if power is None:
+        # No signal: the belief only spreads; the Wiener estimate and the last rate are kept.
+        missing = replace(
+            prior, misses=prior.misses + 1, belief=tuple(belief.tolist()), windows=windows
+        )
+        return _estimate(None, 0.0, missing, motion.intensity)
+    previous = np.asarray(prior.spectrum) if len(prior.spectrum) == power.shape[0] else None
+    likelihood, signal = _likelihood(power, motion, previous, grid, cfg)
+    posterior = belief * likelihood
+    posterior /= float(posterior.sum())
+    bpm, confidence = _read(posterior, grid, cfg)
+    nxt = HrState(
+        bpm=bpm,
+        misses=0,
+        spectrum=tuple(signal.tolist()),
+        belief=tuple(posterior.tolist()),
+        windows=windows,
+    )
+    return _estimate(bpm, confidence, nxt, motion.intensity)
 
 
 class HrTracker:
