@@ -1,22 +1,103 @@
-"""python -m training end to end on a tiny synthetic set: plots, cv.json, ONNX files and cards."""
+"""gatewayd-train end to end on a tiny synthetic set: cv.json, plots, baseline JSON, cards."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="training needs the `train` extra (torch)")
+pytest.importorskip("sklearn", reason="the baselines need scikit-learn (the `train` extra)")
 pytest.importorskip("torch_pruning", reason="pruning needs torch-pruning (the `train` extra)")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
 
 from gatewayd.inference.cards import card_path, read_card, verify
+from gatewayd.signals.acc_features import LinearActivityBaseline
 from training.__main__ import main
+
+TINY = [
+    "--synthetic-subjects", "3",
+    "--synthetic-minutes", "1",
+    "--folds", "0",
+    "--epochs", "1",
+    "--width", "0.25",
+]  # fmt: skip
 
 
 def test_cli_refuses_to_train_on_nothing(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path)]) == 2
+
+
+def test_cli_cross_validates_fits_and_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    status = main([*TINY, "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    assert status == 0
+    for name in (
+        "loss_curves.png",
+        "confusion_activity_all.png",
+        "reliability.png",
+        "cv.json",
+        "history.json",
+        "report.md",
+        "oof.npz",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    cv = json.loads((out / "cv.json").read_text())
+    assert [f["held_out"] for f in cv["folds"]] == [
+        ["synthetic:S1"],
+        ["synthetic:S2"],
+        ["synthetic:S3"],
+    ]
+    assert cv["subject_ids"] == {"synthetic": ["S1", "S2", "S3"]}
+    assert cv["synthetic"] is True
+    row = cv["per_dataset"]["synthetic"]
+    assert {"model", "hgb", "logistic", "majority", "acc_threshold"} <= set(row["methods"])
+    assert cv["calibration"]["p0"]["activity_temperature"] > 0
+    assert "all" in cv["leakage"]["p0"]
+    oof = np.load(out / "oof.npz")
+    assert (oof["fold_of"] >= 0).all()  # every window was held out once
+    assert np.isfinite(oof["act_logits_p0"]).all()
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["folds"]) == 3
+    assert len(history["final"]["train"]) == 1
+    baseline = json.loads((out / "models" / "activity-baseline.json").read_text())
+    assert baseline["card"]["training"]["synthetic"] is True
+    assert LinearActivityBaseline.from_dict(baseline).classes == ("rest", "light", "vigorous")
+    assert not list((out / "models").glob("*.onnx"))  # no --export
+
+
+def test_a_ppg_dalia_or_wesad_folder_trains_in_one_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    from gatewayd.datasets import generate_subject, write_synthetic_dataset
+    from tests.test_datasets_wesad import wesad_labels
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the pickle readers' cache
+    folder = tmp_path / "sets"
+    # Two subjects in PPG-DaLiA's PPG_FieldStudy layout (generated, so read as synthetic) ...
+    write_synthetic_dataset(folder / "PPG_FieldStudy", subjects=2, minutes=1.0, seed=5)
+    # ... and one in WESAD's layout (no activity, 700 Hz labels, chest ECG).
+    tree = generate_subject(3, 1.0, seed=6)
+    chest = dict(tree["signal"]["chest"])
+    wesad = {
+        "signal": {"chest": chest, "wrist": dict(tree["signal"]["wrist"])},
+        "label": wesad_labels(chest["ECG"].shape[0]),
+        "subject": "S3",
+    }
+    (folder / "WESAD" / "S3").mkdir(parents=True)
+    (folder / "WESAD" / "S3" / "S3.pkl").write_bytes(pickle.dumps(wesad, protocol=4))
+    out = tmp_path / "run"
+    args = ["--data", str(folder), "--folds", "0", "--epochs", "1", "--width", "0.25"]
+    assert main([*args, "--cv-only", "--no-cache", "--out", str(out)]) == 0
+    cv = json.loads((out / "cv.json").read_text())
+    assert cv["subject_ids"] == {"synthetic": ["S1", "S2"], "wesad": ["S3"]}
+    assert any(d.startswith("WESAD") for d in cv["datasets"])
+    # WESAD's conditions are all rest; its windows are scored per dataset like any other.
+    assert cv["per_dataset"]["wesad"]["group_counts"]["rest"] > 0
 
 
 @pytest.mark.slow
@@ -24,11 +105,7 @@ def test_cli_trains_prunes_and_exports(tmp_path: Path) -> None:
     out = tmp_path / "run"
     status = main(
         [
-            "--synthetic-subjects", "3",
-            "--synthetic-minutes", "1",
-            "--folds", "0",
-            "--epochs", "1",
-            "--width", "0.25",
+            *TINY,
             "--prune", "50",
             "--export",
             "--bench-runs", "5",
@@ -37,15 +114,7 @@ def test_cli_trains_prunes_and_exports(tmp_path: Path) -> None:
         ]
     )  # fmt: skip
     assert status == 0
-    for name in ("loss_curves.png", "confusion_activity.png", "cv.json", "export.json"):
-        assert (out / name).stat().st_size > 0
-    cv = json.loads((out / "cv.json").read_text())
-    assert len(cv["folds"]) == 3  # leave one subject out
-    assert {tuple(f["held_out"]) for f in cv["folds"]} == {
-        ("synthetic:S1",),
-        ("synthetic:S2",),
-        ("synthetic:S3",),
-    }
+    assert (out / "export.json").stat().st_size > 0
     onnx_files = sorted((out / "models").glob("*.onnx"))
     assert {p.name for p in onnx_files} >= {"mnv2-1d-w0.25.onnx", "mnv2-1d-w0.25-p50.onnx"}
     for path in onnx_files:
@@ -53,3 +122,7 @@ def test_cli_trains_prunes_and_exports(tmp_path: Path) -> None:
         verify(card, path)
         assert card.training.synthetic
         assert card.role == ("gateway" if card.pruning_pct == 0 else "wearable")
+        assert card.outputs.activity_classes == ["rest", "light", "vigorous"]
+        assert card.calibration is not None
+        assert card.training.folds == [["synthetic:S1"], ["synthetic:S2"], ["synthetic:S3"]]
+        assert "synthetic" in card.metrics.per_dataset

@@ -15,8 +15,17 @@ ort = pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
 from gatewayd.datasets import generate_recording  # noqa: E402
-from gatewayd.inference.cards import Metrics, ModelCard, TrainingInfo, card_path, read_card, verify  # noqa: E402
+from gatewayd.inference.cards import (  # noqa: E402
+    Calibration,
+    Metrics,
+    ModelCard,
+    TrainingInfo,
+    card_path,
+    read_card,
+    verify,
+)
 from gatewayd.inference.cards import sha256_of as card_sha256  # noqa: E402
+from gatewayd.signals.preprocess import MODEL_CHANNEL_NAMES, PREPROCESSING_ID  # noqa: E402
 from training.data import preprocess_recording  # noqa: E402
 from training.export import (  # noqa: E402
     CardInfo,
@@ -51,7 +60,7 @@ def windows() -> np.ndarray:
     """Random windows and real (preprocessed synthetic) ones."""
     rng = np.random.default_rng(0)
     real = preprocess_recording(generate_recording(2, 1.0, seed=1))
-    return np.concatenate([rng.standard_normal((6, 4, 512)).astype(np.float32), real])
+    return np.concatenate([rng.standard_normal((6, 7, 256)).astype(np.float32), real])
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +88,11 @@ def test_graph_has_the_card_interface(exported: dict[str, Path], layout: Layout)
     assert not (exported[layout].parent / (exported[layout].name + ".data")).exists()
     sess = ort.InferenceSession(str(exported[layout]), providers=["CPUExecutionProvider"])
     shape = [d if isinstance(d, int) else "N" for d in sess.get_inputs()[0].shape]
-    assert shape == (["N", 4, 512] if layout == "conv1d" else ["N", 4, 1, 512])
+    assert shape == (["N", 7, 256] if layout == "conv1d" else ["N", 7, 1, 256])
     for batch in (1, 5):  # the batch axis is dynamic
         x = np.zeros((batch, *shape[1:]), dtype=np.float32)
         act, hr = sess.run(None, {"x": x})
-        assert act.shape == (batch, 9)
+        assert act.shape == (batch, 3)
         assert hr.shape == (batch, 200)
 
 
@@ -103,8 +112,18 @@ def test_static_int8_runs_and_stays_close(
     np.testing.assert_allclose(fp32[0], torch_act, atol=1e-4)
 
 
-def test_card_matches_its_file(model: MobileNetV2_1D, exported: dict[str, Path]) -> None:
+def test_card_matches_its_file_and_round_trips_the_new_fields(
+    model: MobileNetV2_1D, exported: dict[str, Path]
+) -> None:
     path = exported["conv2d"]
+    calibration = Calibration(
+        activity_temperature=1.7,
+        hr_temperature=0.9,
+        fitted_on="out-of-fold outputs (test)",
+        activity_ece_before=0.12,
+        activity_ece_after=0.03,
+        hr_interval_coverage={"50%": 0.4, "90%": 0.8},
+    )
     info = CardInfo(
         model_id="mnv2-1d-w0.25-test",
         version="0.0.0",
@@ -119,21 +138,57 @@ def test_card_matches_its_file(model: MobileNetV2_1D, exported: dict[str, Path])
             cross_validation="none",
             seed=0,
             epochs=0,
+            subject_ids={"synthetic": ["S1"], "troika": ["01", "04"]},
+            folds=[["synthetic:S1"], ["troika:01", "troika:04"]],
         ),
-        metrics=Metrics(evaluated_on="nothing: untrained test model"),
+        metrics=Metrics(
+            evaluated_on="nothing: untrained test model",
+            activity_top1=0.5,
+            activity_macro_f1=0.4,
+            rest_vs_moving_accuracy=0.8,
+            per_dataset={"troika": {"accuracy": 0.5, "hr_mae_bpm": None}},
+        ),
+        calibration=calibration,
     )
     card = write_model_card(model, path, "conv2d", info)
     again = read_card(card_path(path))
     assert again == card
     assert ModelCard.model_validate(again.model_dump()) == card
+    assert again.calibration == calibration
+    assert again.training.folds == [["synthetic:S1"], ["troika:01", "troika:04"]]
+    assert again.metrics.per_dataset["troika"]["hr_mae_bpm"] is None
     assert card.sha256 == card_sha256(path)
     verify(card, path)
     assert card.size_bytes == path.stat().st_size
     assert card.params == count_params(model)
     assert card.macs == count_macs(model)
     assert card.layout == "conv2d"
-    assert card.input.shape == ["N", 4, 1, 512]
+    assert card.input.shape == ["N", 7, 1, 256]
+    assert card.input.channels == list(MODEL_CHANNEL_NAMES)
+    assert card.input.preprocessing == PREPROCESSING_ID
+    assert card.input.rate_hz == 32
+    assert card.outputs.activity_classes == ["rest", "light", "vigorous"]
     assert card.opset >= 17
+
+
+def test_cards_stay_strict() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        Calibration.model_validate({"activity_temperature": 1.0, "fitted_on": "x", "bins": 3})
+    with pytest.raises(ValueError, match="greater than 0"):
+        Calibration(activity_temperature=0.0, fitted_on="x")
+    with pytest.raises(ValueError, match="extra"):
+        TrainingInfo.model_validate(
+            {
+                "datasets": [],
+                "synthetic": False,
+                "subjects": 0,
+                "windows": 0,
+                "cross_validation": "",
+                "seed": 0,
+                "epochs": 0,
+                "fold": [],
+            }
+        )
 
 
 @pytest.mark.needs_data

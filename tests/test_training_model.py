@@ -21,13 +21,20 @@ from training.model import (  # noqa: E402
     hr_expectation,
     to_conv2d,
 )
-from training.train import hard_loss, hr_target, kd_loss, train_model  # noqa: E402
+from training.train import (  # noqa: E402
+    TrainConfig,
+    augment_batch,
+    hard_loss,
+    hr_target,
+    kd_loss,
+    train_model,
+)
 
 
 def test_heads_have_the_card_shapes() -> None:
     model = MobileNetV2_1D(0.25).eval()
-    act, hr = model(torch.randn(3, 4, 512))
-    assert act.shape == (3, 9)
+    act, hr = model(torch.randn(3, 7, 256))
+    assert act.shape == (3, 3)  # rest, light, vigorous
     assert hr.shape == (3, 200)
     assert float(HR_CENTRES[0]) == 30.0
     assert float(HR_CENTRES[-1]) == 229.0
@@ -52,7 +59,7 @@ def test_conv2d_layout_is_the_same_function() -> None:
         if isinstance(m, nn.BatchNorm1d):
             m.running_mean.normal_(0.0, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(4, 4, 512)
+    x = torch.randn(4, 7, 256)
     model2d = to_conv2d(model)
     assert not any(isinstance(m, nn.Conv1d) for m in model2d.modules())
     with torch.no_grad():
@@ -64,13 +71,13 @@ def test_conv2d_layout_is_the_same_function() -> None:
 
 def test_macs_count_by_hand() -> None:
     net = nn.Sequential(
-        nn.Conv1d(4, 8, 3, 2, 1),  # out length 256: 256 * 8 * 4 * 3
-        nn.Conv1d(8, 8, 3, 1, 1, groups=8),  # 256 * 8 * 1 * 3
+        nn.Conv1d(7, 8, 3, 2, 1),  # out length 128: 128 * 8 * 7 * 3
+        nn.Conv1d(8, 8, 3, 1, 1, groups=8),  # 128 * 8 * 1 * 3
     )
-    assert count_macs(net) == 256 * 8 * 4 * 3 + 256 * 8 * 3
+    assert count_macs(net) == 128 * 8 * 7 * 3 + 128 * 8 * 3
     head = nn.Linear(16, 9)
-    assert count_macs(nn.Sequential(nn.Conv1d(4, 16, 512), nn.Flatten(), head)) == (
-        16 * 4 * 512 + 16 * 9
+    assert count_macs(nn.Sequential(nn.Conv1d(7, 16, 256), nn.Flatten(), head)) == (
+        16 * 7 * 256 + 16 * 9
     )
 
 
@@ -88,7 +95,7 @@ def test_hr_target_and_expectation() -> None:
 
 
 def test_unlabelled_windows_are_masked_out_of_the_losses() -> None:
-    act = torch.randn(4, 9, requires_grad=True)
+    act = torch.randn(4, 3, requires_grad=True)
     hr = torch.randn(4, 200)
     labels = torch.tensor([NO_ACTIVITY] * 4)
     ref = torch.tensor([float("nan")] * 4)
@@ -116,7 +123,7 @@ def test_training_is_reproducible_with_a_seed() -> None:
     def run() -> list[torch.Tensor]:
         torch.manual_seed(5)
         model = MobileNetV2_1D(0.25)
-        history = train_model(model, ws, ws, epochs=2, seed=5, batch=16)
+        history = train_model(model, ws, ws, TrainConfig(epochs=2, seed=5, batch=16))
         assert len(history.train) == len(history.val) == 2
         assert all(math.isfinite(v) for v in history.train)
         return [p.detach().clone() for p in model.parameters()]
@@ -125,32 +132,63 @@ def test_training_is_reproducible_with_a_seed() -> None:
         torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)
 
 
-def test_cv_summary_pools_folds_and_splits_hr_by_source() -> None:
-    from training.train import CvResult, Evaluation, FoldResult, History
-
-    def fold(err: list[float], src: list[str], true: list[int], pred: list[int]) -> FoldResult:
-        e = Evaluation(
-            loss=0.0,
-            activity_top1=None,
-            hr_mae_bpm=None,
-            activity_true=np.array(true, dtype=np.int64),
-            activity_pred=np.array(pred, dtype=np.int64),
-            windows=len(err),
-            hr_abs_err=np.array(err),
-            hr_source=np.array(src, dtype=np.str_),
-        )
-        return FoldResult(("a",), History(), {0: e})
-
-    cv = CvResult(
-        [
-            fold([1.0, 3.0], ["synthetic", "troika"], [1, 2], [1, 1]),
-            fold([5.0], ["troika"], [3], [3]),
-        ],
-        "test",
+def test_hr_loss_ignores_windows_without_ppg_and_their_gradient_is_zero() -> None:
+    # Window 0 has PPG and a reference; window 1 has the same reference but no PPG: the
+    # augmentation's view of it (and of a dropped or swapped PPG) is a NaN label.
+    hr_logits = torch.randn(2, 200, requires_grad=True)
+    act_logits = torch.randn(2, 3)
+    x = torch.randn(2, 7, 256)
+    x[1, 0] = 0.0
+    x[1, 6] = 0.0
+    has_bvp = torch.tensor([True, False])
+    gen = torch.Generator().manual_seed(0)
+    xb, hr, own = augment_batch(
+        x, torch.tensor([80.0, 80.0]), has_bvp, ppg_dropout=0.0, ppg_swap=0.0, generator=gen
     )
-    s = cv.summary(0)
-    assert s["activity_top1"] == pytest.approx(2 / 3)
-    assert s["hr_mae_bpm"] == pytest.approx(3.0)
-    assert s["hr_mae_bpm_troika"] == pytest.approx(4.0)
-    assert s["hr_mae_bpm_synthetic"] == pytest.approx(1.0)
-    assert s["hr_windows_troika"] == 2
+    assert own.tolist() == [True, False]
+    assert torch.isnan(hr[1])
+    _, h_loss = hard_loss(act_logits, hr_logits, torch.tensor([NO_ACTIVITY] * 2), hr)
+    h_loss.backward()
+    assert hr_logits.grad is not None
+    assert float(hr_logits.grad[1].abs().sum()) == 0.0
+    assert float(hr_logits.grad[0].abs().sum()) > 0.0
+    torch.testing.assert_close(xb, x)
+
+
+def test_ppg_dropout_zeroes_both_ppg_channels_and_masks_hr() -> None:
+    gen = torch.Generator().manual_seed(1)
+    n = 400
+    x = torch.randn(n, 7, 256)
+    x[:, 6] = 1.0
+    has_bvp = torch.arange(n) % 4 != 0  # a quarter of the windows come without PPG
+    x[~has_bvp, 0] = 0.0
+    x[~has_bvp, 6] = 0.0
+    hr = torch.full((n,), 90.0)
+    xb, hr_out, own = augment_batch(x, hr, has_bvp, ppg_dropout=0.5, ppg_swap=0.0, generator=gen)
+    dropped = has_bvp & (xb[:, 6, 0] == 0)
+    # About half of the PPG windows lose their PPG, exactly like a set without PPG.
+    assert 0.35 < float(dropped.sum()) / float(has_bvp.sum()) < 0.65
+    assert (xb[dropped, 0] == 0).all()
+    assert torch.isnan(hr_out[dropped]).all()
+    assert torch.isnan(hr_out[~has_bvp]).all()
+    assert (hr_out[own] == 90.0).all()
+    torch.testing.assert_close(xb[:, 1:6], x[:, 1:6])  # the ACC is never touched
+    torch.testing.assert_close(xb[own], x[own])
+
+
+def test_bvp_swap_keeps_the_acc_and_takes_another_windows_bvp() -> None:
+    gen = torch.Generator().manual_seed(2)
+    n = 200
+    x = torch.randn(n, 7, 256)
+    x[:, 6] = 1.0
+    has_bvp = torch.ones(n, dtype=torch.bool)
+    xb, hr_out, own = augment_batch(
+        x, torch.full((n,), 70.0), has_bvp, ppg_dropout=0.0, ppg_swap=0.5, generator=gen
+    )
+    swapped = ~own
+    assert 0.3 < float(swapped.float().mean()) < 0.7
+    assert torch.isnan(hr_out[swapped]).all()
+    torch.testing.assert_close(xb[:, 1:], x[:, 1:])
+    # Every swapped BVP is some window's BVP from the batch.
+    for i in torch.nonzero(swapped).flatten().tolist():
+        assert bool((x[:, 0] == xb[i, 0]).all(dim=1).any())

@@ -6,8 +6,8 @@ emits a clean graph (Conv, Clip, Add, ReduceMean, Gemm; no Identity/Constant clu
 TorchScript exporter is deprecated (it warns on every call). The batch axis is dynamic
 (``N``); the weights are stored inside the .onnx file (no external-data side file).
 
-Layouts: ``conv1d`` takes x (N, 4, 512); ``conv2d`` is the same weights as Conv2d with
-kernels (1, k) and takes x (N, 4, 1, 512), for runtimes whose 2D kernels are faster.
+Layouts: ``conv1d`` takes x (N, 7, 256); ``conv2d`` is the same weights as Conv2d with
+kernels (1, k) and takes x (N, 7, 1, 256), for runtimes whose 2D kernels are faster.
 """
 
 from __future__ import annotations
@@ -30,16 +30,25 @@ import torch
 from onnxruntime import quantization as q
 from torch import nn
 
+from gatewayd.activity import GROUP_NAMES
 from gatewayd.inference.cards import (
+    Calibration,
     InputSpec,
     Metrics,
     ModelCard,
+    OutputSpec,
     TrainingInfo,
     card_path,
     sha256_of,
     write_card,
 )
-from gatewayd.signals import MODEL_CHANNELS, MODEL_WINDOW_LEN
+from gatewayd.signals.preprocess import (
+    MODEL_CHANNEL_NAMES,
+    MODEL_CHANNELS,
+    MODEL_RATE_HZ,
+    MODEL_WINDOW_LEN,
+    PREPROCESSING_ID,
+)
 from training.model import count_macs, count_params, hr_estimate_np, to_conv2d
 
 Layout = Literal["conv1d", "conv2d"]
@@ -73,7 +82,7 @@ def input_shape(layout: Layout, batch: int | str = "N") -> list[int | str]:
 
 
 def to_layout(x: npt.NDArray[np.float32], layout: Layout) -> npt.NDArray[np.float32]:
-    """Reshape (N, 4, 512) windows to a layout's input."""
+    """Reshape (N, 7, 256) windows to a layout's input."""
     return x if layout == "conv1d" else x[:, :, None, :]
 
 
@@ -114,7 +123,7 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 def onnx_predict(
     path: Path, x: npt.NDArray[np.float32], layout: Layout, batch: int = 256
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Run windows (N, 4, 512) through an ONNX file; return (activity, hr) logits."""
+    """Run windows (N, 7, 256) through an ONNX file; return (activity, hr) logits."""
     sess = session(path, threads=0)
     acts, hrs = [], []
     for i in range(0, len(x), batch):
@@ -207,6 +216,7 @@ class CardInfo:
     training: TrainingInfo
     metrics: Metrics
     quantization: Literal["none", "int8-static"] = "none"
+    calibration: Calibration | None = None
 
 
 def write_model_card(model: nn.Module, path: Path, layout: Layout, info: CardInfo) -> ModelCard:
@@ -225,9 +235,16 @@ def write_model_card(model: nn.Module, path: Path, layout: Layout, info: CardInf
         params=count_params(model),
         macs=count_macs(model),
         size_bytes=path.stat().st_size,
-        input=InputSpec(shape=input_shape(layout)),
+        input=InputSpec(
+            shape=input_shape(layout),
+            channels=list(MODEL_CHANNEL_NAMES),
+            rate_hz=MODEL_RATE_HZ,
+            preprocessing=PREPROCESSING_ID,
+        ),
+        outputs=OutputSpec(activity_classes=list(GROUP_NAMES)),
         training=info.training,
         metrics=info.metrics,
+        calibration=info.calibration,
     )
     write_card(card, card_path(path))
     return card
@@ -236,7 +253,7 @@ def write_model_card(model: nn.Module, path: Path, layout: Layout, info: CardInf
 def torch_logits(
     model: nn.Module, x: npt.NDArray[np.float32]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Run windows (N, 4, 512) through the torch model in eval mode."""
+    """Run windows (N, 7, 256) through the torch model in eval mode."""
     model.eval()
     with torch.no_grad():
         a, h = model(torch.from_numpy(np.ascontiguousarray(x)))

@@ -1,12 +1,13 @@
 """The 1D MobileNetV2: inverted residuals, linear bottlenecks, depthwise-separable convolutions.
 
-Input (N, 4, 512): BVP + 3 ACC axes, 8 s at 64 Hz, as `gatewayd.signals.preprocess_window`
-produces them. Two heads on the globally pooled features: activity logits over the 9 PPG-DaLiA
-classes and heart-rate logits over 200 bins of 1 bpm (centres 30..229 bpm). The heart-rate
-estimate is the expected value of the bin centres under the softmax, so entropy and confidence
-of the estimate are defined.
+Input (N, 7, 256): the model input v2 of `gatewayd.signals.preprocess.preprocess_window`, 8 s
+at 32 Hz (BVP, ACC x/y/z and |a| in g, the motion level, the PPG-present flag). Two heads on the
+globally pooled features: activity logits over the 3 intensity groups
+(`gatewayd.activity.GROUP_NAMES`: rest, light, vigorous) and heart-rate logits over 200 bins of
+1 bpm (centres 30..229 bpm). The heart-rate estimate is the expected value of the bin centres
+under the softmax, so entropy and confidence of the estimate are defined.
 
-`to_conv2d` rewrites any (also pruned) instance as Conv2d over (N, 4, 1, 512) with the same
+`to_conv2d` rewrites any (also pruned) instance as Conv2d over (N, 7, 1, 256) with the same
 weights, for runtimes that have faster 2D kernels; `count_macs` counts multiply-accumulates.
 """
 
@@ -21,10 +22,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from gatewayd.inference.cards import ACTIVITY_CLASSES, HR_BIN_COUNT, HR_BIN_LOW_BPM
-from gatewayd.signals import MODEL_CHANNELS, MODEL_WINDOW_LEN
+from gatewayd.activity import GROUP_NAMES
+from gatewayd.inference.cards import HR_BIN_COUNT, HR_BIN_LOW_BPM
+from gatewayd.signals.preprocess import MODEL_CHANNELS, MODEL_WINDOW_LEN
 
-N_ACTIVITY: Final = len(ACTIVITY_CLASSES)
+N_ACTIVITY: Final = len(GROUP_NAMES)
 N_HR_BINS: Final = HR_BIN_COUNT
 #: Bin centres of the HR head in bpm.
 HR_CENTRES: Final = torch.arange(HR_BIN_COUNT, dtype=torch.float32) + HR_BIN_LOW_BPM
@@ -129,7 +131,7 @@ class MobileNetV2_1D(nn.Module):  # noqa: N801 - the architecture's name
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (activity_logits (N, 9), hr_logits (N, 200))."""
+        """Return (activity_logits (N, 3), hr_logits (N, 200))."""
         feats = self.pool(self.features(x))
         feats = self.dropout(feats)
         return self.activity_head(feats), self.hr_head(feats)

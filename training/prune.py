@@ -12,7 +12,7 @@ has to special-case are pruned together as one group:
 - the last 1x1 conv's outputs with the input features of both heads.
 
 Each group loses ``ratio`` of its channels, the lowest-importance ones (the group's importance is
-the mean of its members' L1 norms). The head outputs (9 classes, 200 bins) are never pruned.
+the mean of its members' L1 norms). The head outputs (3 groups, 200 bins) are never pruned.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gatewayd.signals import MODEL_CHANNELS, MODEL_WINDOW_LEN
+from gatewayd.signals.preprocess import MODEL_CHANNELS, MODEL_WINDOW_LEN
 from training.model import MobileNetV2_1D, conv_channels
 
 #: Pruning ratios of the issue (percent of channels removed).

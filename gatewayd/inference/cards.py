@@ -49,13 +49,15 @@ class InputSpec(_Strict):
     """The model's input tensor and the preprocessing that produces it."""
 
     name: str = "x"
-    #: ["N", 4, 512] for Conv1d exports, ["N", 4, 1, 512] for the Conv2d layout.
+    #: ["N", C, L] for Conv1d exports, ["N", C, 1, L] for the Conv2d layout (C channels, L
+    #: samples per window: 4 x 512 for preprocessing v1, 7 x 256 for v2).
     shape: list[int | str]
     dtype: Literal["float32"] = "float32"
     channels: list[str] = Field(default_factory=lambda: ["bvp", "acc_x", "acc_y", "acc_z"])
     rate_hz: int = 64
     window_s: float = 8.0
-    #: The one preprocessing function, shared by training, gateway and wearable.
+    #: The one preprocessing function, shared by training, gateway and wearable; v2 models name
+    #: `gatewayd.signals.preprocess.PREPROCESSING_ID`.
     preprocessing: str = "gatewayd.signals.preprocess_window"
 
 
@@ -82,15 +84,44 @@ class TrainingInfo(_Strict):
     epochs: int
     teacher: str | None = None
     notes: str = ""
+    #: The subject ids of every source trained on, e.g. {"troika": ["01", "02"]}.
+    subject_ids: dict[str, list[str]] = Field(default_factory=dict)
+    #: The held-out subject keys (``source:subject``) of each cross-validation fold.
+    folds: list[list[str]] = Field(default_factory=list)
 
 
 class Metrics(_Strict):
     """Held-out figures, with the data they were measured on."""
 
     evaluated_on: str
+    #: Top-1 over the activity head's classes (for group heads: the group accuracy).
     activity_top1: float | None = None
     hr_mae_bpm: float | None = None
+    activity_macro_f1: float | None = None
+    #: Rest against light + vigorous, from the group head.
+    rest_vs_moving_accuracy: float | None = None
     per_fold: list[dict[str, float]] = Field(default_factory=list)
+    #: The held-out figures of each source, keyed by `Recording.source`.
+    per_dataset: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+
+
+class Calibration(_Strict):
+    """Temperature scaling of the heads: probabilities are softmax(logits / temperature).
+
+    Fitted on held-out (out-of-fold) predictions only, never on the windows the model was
+    trained on. The exported graph outputs raw logits: the runtime divides by the temperature.
+    """
+
+    method: Literal["temperature"] = "temperature"
+    activity_temperature: float = Field(gt=0)
+    hr_temperature: float | None = Field(default=None, gt=0)
+    fitted_on: str
+    #: Expected calibration error of the activity confidence (equal-width bins), held out.
+    activity_ece_before: float | None = None
+    activity_ece_after: float | None = None
+    ece_bins: int = 15
+    #: Share of held-out references inside the HR head's central intervals, after scaling.
+    hr_interval_coverage: dict[str, float] = Field(default_factory=dict)
 
 
 class ModelCard(_Strict):
@@ -115,6 +146,7 @@ class ModelCard(_Strict):
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     training: TrainingInfo
     metrics: Metrics
+    calibration: Calibration | None = None
 
 
 def sha256_of(path: Path) -> str:
