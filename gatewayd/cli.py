@@ -272,6 +272,9 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         int8=args.int8,
         bus=args.bus,
         duration_s=args.duration,
+        pruning_pct=args.pruning,
+        models_dir=args.models_dir,
+        no_model=args.no_model,
     )
     return asyncio.run(run_emulator(options, sys.stdout))
 
@@ -302,6 +305,17 @@ def _add_emulate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true", help="send raw windows as int8, not int16")
     p.add_argument("--bus", metavar="ADDRESS", help="join this D-Bus instead of starting one")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument(
+        "--pruning",
+        type=int,
+        default=40,
+        metavar="PCT",
+        help="the wearables run the shipped model pruned PCT %% (40); none installed: no model",
+    )
+    p.add_argument(
+        "--no-model", action="store_true", help="wearables without a local model (activity unknown)"
+    )
+    _models_dir_option(p)
     synth_sub = p.add_subparsers(dest="emulate_command", metavar="synth")
     synth = synth_sub.add_parser(
         "synth",
@@ -325,32 +339,63 @@ def _positive_int(text: str) -> int:
 # --- eval and bench ------------------------------------------------------------------------------
 
 
-def cmd_eval_hr(args: argparse.Namespace) -> int:
-    """Heart-rate MAE of the signal estimator and/or a model on recordings; exit 69 if no model."""
-    # Imported here: evaluation pulls in onnxruntime and every dataset reader.
-    from gatewayd.datasets import FORMATS, find_recordings, load  # noqa: PLC0415
-    from gatewayd.eval import evaluate, format_report, plan_estimators  # noqa: PLC0415
-    from gatewayd.inference import ModelRegistry, ModelSession  # noqa: PLC0415
+def _eval_models(args: argparse.Namespace, *, want_model: bool) -> tuple[Any, Any, Any, str]:
+    """(gateway model, wearable model, baseline, note) for `gatewayd eval`, from --models-dir.
 
-    chosen = None
-    if args.estimator != "signal":
-        registry = ModelRegistry.discover(args.models_dir)
-        for error in registry.errors:
-            print(f"gatewayd eval: warning: {error}", file=sys.stderr)
+    The gateway model: --model, else the daemon's default (`[inference] model`) when installed,
+    else the least pruned gateway model. The wearable model: --wearable-model (``none`` for none),
+    else the shipped one at --wearable-pruning (int8 first, as the emulator picks it).
+    """
+    from gatewayd.config import InferenceConfig  # noqa: PLC0415
+    from gatewayd.emulator.virtual import pick_wearable_model  # noqa: PLC0415
+    from gatewayd.inference import InstalledModel, ModelRegistry, ModelSession  # noqa: PLC0415
+    from gatewayd.signals.acc_features import LinearActivityBaseline  # noqa: PLC0415
+
+    registry = ModelRegistry.discover(args.models_dir)
+    for error in registry.errors:
+        print(f"gatewayd eval: warning: {error}", file=sys.stderr)
+    gateway = None
+    if want_model:
+        chosen: InstalledModel | None
         if args.model is not None:
             chosen = registry.get(args.model)
-        elif registry.all():
-            chosen = (registry.for_role("gateway") or registry.all())[0]
-        if chosen is None and (args.estimator is not None or not args.json):
-            print(
-                f"gatewayd eval: {'error' if args.estimator else 'note'}: no model is installed"
-                f" in {registry.directory}, so the model estimator cannot run (models ship with"
-                " training/, see docs/models.md; --models-dir looks elsewhere)",
-                file=sys.stderr,
+        else:
+            default = InferenceConfig().model
+            ids = {m.model_id for m in registry.all()}
+            gateway_models = registry.for_role("gateway")
+            chosen = (
+                registry.get(default)
+                if default in ids
+                else (gateway_models[0] if gateway_models else None)
             )
-    estimators, missing_model = plan_estimators(args.estimator, have_model=chosen is not None)
-    if not estimators:
-        return EXIT_UNAVAILABLE
+        if chosen is not None:
+            gateway = ModelSession(chosen.card, chosen.path)
+    wearable = None
+    if args.wearable_model != "none":
+        picked = (
+            registry.get(args.wearable_model)
+            if args.wearable_model is not None
+            else pick_wearable_model(registry, args.wearable_pruning)
+        )
+        if picked is not None:
+            wearable = ModelSession(picked.card, picked.path)
+    baseline = None
+    baseline_file = registry.directory / "activity-baseline.json"
+    if baseline_file.is_file():
+        try:
+            baseline = LinearActivityBaseline.from_dict(
+                json.loads(baseline_file.read_text(encoding="utf-8"))
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"gatewayd eval: warning: {baseline_file}: {exc}", file=sys.stderr)
+    return gateway, wearable, baseline, str(registry.directory)
+
+
+def _eval_tables(args: argparse.Namespace, setup: Any) -> list[Any] | None:
+    """Replay every recording under the paths; None (after saying why) when there is none."""
+    from gatewayd.datasets import FORMATS, find_recordings, load  # noqa: PLC0415
+    from gatewayd.eval import replay  # noqa: PLC0415
+
     sources = [source for path in args.paths for source in find_recordings(path)]
     if not sources:
         print(
@@ -358,19 +403,151 @@ def cmd_eval_hr(args: argparse.Namespace) -> int:
             f" (recognised: {FORMATS}; see docs/datasets.md)",
             file=sys.stderr,
         )
+        return None
+    tables = []
+    progress = sys.stderr.isatty()
+    for k, source in enumerate(sources, 1):
+        if progress:
+            print(f"\rgatewayd eval: {k}/{len(sources)} recordings", end="", file=sys.stderr)
+        tables.append(replay(load(source), setup))
+    if progress:
+        print(file=sys.stderr)
+    return tables
+
+
+def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline: Any) -> Any:
+    import numpy as np  # noqa: PLC0415
+
+    from gatewayd.config import InferenceConfig  # noqa: PLC0415
+    from gatewayd.eval import OutOfFold, ReplaySetup  # noqa: PLC0415
+    from gatewayd.inference.analysis import HrFusion  # noqa: PLC0415
+
+    defaults = InferenceConfig()
+    oof = None
+    if args.oof is not None:
+        try:
+            with np.load(args.oof, allow_pickle=False) as arrays:
+                oof = OutOfFold.from_arrays({k: arrays[k] for k in arrays.files})
+        except (OSError, ValueError) as exc:
+            raise GatewayError(f"{args.oof}: not out-of-fold outputs: {exc}") from exc
+    return ReplaySetup(
+        out_of_fold=oof,
+        wearable_model=wearable,
+        gateway_model=gateway,
+        tau_mbits=args.tau_mbits,
+        min_conf_e4=args.min_conf_e4,
+        fusion=HrFusion(mode=defaults.heart_rate, model_margin=defaults.hr_model_margin),
+        baseline=baseline,
+    )
+
+
+def _eval_ids(args: argparse.Namespace, gateway: Any, wearable: Any) -> dict[str, str | None]:
+    """The model ids a report names; with --oof, marked as the fold models' answers."""
+    mark = f" (out-of-fold: {args.oof})" if args.oof is not None else ""
+    return {
+        "model_id": None if gateway is None else gateway.model_id + mark,
+        "wearable_model_id": None if wearable is None else wearable.model_id + mark,
+    }
+
+
+def cmd_eval_hr(args: argparse.Namespace) -> int:
+    """Heart-rate MAE of the wearable, the full model and the gateway; exit 69 if no model."""
+    # Imported here: evaluation pulls in onnxruntime, the emulator and every dataset reader.
+    from gatewayd.eval import (  # noqa: PLC0415
+        format_fusion_sweep,
+        format_hr,
+        plan_estimators,
+        score_hr,
+        sweep_fusion,
+    )
+
+    gateway, wearable, _, where = _eval_models(args, want_model=args.estimator != "signal")
+    if gateway is None and args.estimator != "signal" and (args.estimator or not args.json):
+        print(
+            f"gatewayd eval: {'error' if args.estimator else 'note'}: no model is installed"
+            f" in {where}, so the model estimator cannot run (models ship with"
+            " training/, see docs/models.md; --models-dir looks elsewhere)",
+            file=sys.stderr,
+        )
+    estimators, missing_model = plan_estimators(args.estimator, have_model=gateway is not None)
+    if not estimators:
+        return EXIT_UNAVAILABLE
+    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, None))
+    if tables is None:
         return EXIT_ERROR
-    session = None
-    if chosen is not None and "model" in estimators:
-        session = ModelSession(chosen.card, chosen.path)
-    report = evaluate((load(s) for s in sources), estimators, session)
+    report = score_hr(
+        tables,
+        estimators,
+        **_eval_ids(args, gateway, wearable),
+    )
+    fusion = sweep_fusion(tables) if args.sweep and gateway is not None else None
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        doc = report.to_json()
+        if fusion is not None:
+            doc["fusion_sweep"] = fusion.to_json()
+        print(json.dumps(doc, indent=2))
     else:
-        print(format_report(report))
+        print(format_hr(report))
+        if fusion is not None:
+            print("\n" + format_fusion_sweep(fusion))
     if missing_model:
         # Asked for both, got one: the numbers are printed, and the exit status says so.
         print("gatewayd eval: error: only the signal estimator ran (no model)", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def cmd_eval_activity(args: argparse.Namespace) -> int:
+    """Activity accuracy of the full model, the wearable's, the gateway's and the baselines."""
+    from gatewayd.eval import format_activity, score_activity  # noqa: PLC0415
+
+    gateway, wearable, baseline, _ = _eval_models(args, want_model=True)
+    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, baseline))
+    if tables is None:
+        return EXIT_ERROR
+    report = score_activity(
+        tables,
+        **_eval_ids(args, gateway, wearable),
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_activity(report, recordings=args.recordings))
+    return EXIT_OK
+
+
+def cmd_eval_offload(args: argparse.Namespace) -> int:
+    """Offload ratio and bad-window recall of the wearable's policy; --sweep for the curve."""
+    from gatewayd.eval import (  # noqa: PLC0415
+        format_offload,
+        plot_offload_sweep,
+        score_offload,
+        sweep_offload,
+    )
+
+    gateway, wearable, _, _ = _eval_models(args, want_model=True)
+    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, None))
+    if tables is None:
+        return EXIT_ERROR
+    sweep = sweep_offload(tables, target_ratio=args.target_ratio) if args.sweep else None
+    report = score_offload(
+        tables,
+        tau_mbits=args.tau_mbits,
+        min_conf_e4=args.min_conf_e4,
+        **_eval_ids(args, gateway, wearable),
+        sweep=sweep,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_offload(report, recordings=args.recordings))
+    if sweep is not None and args.png is not None:
+        try:
+            plot_offload_sweep(sweep, args.png)
+        except ImportError:
+            print("gatewayd eval: error: --png needs matplotlib (the train extra)", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(f"gatewayd eval: wrote {args.png}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -463,28 +640,98 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _eval_common(p: argparse.ArgumentParser) -> None:
+    from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS  # noqa: PLC0415
+
+    _global_options(p, suppress=True)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="recordings or folders")
+    p.add_argument("--model", metavar="ID", help="gateway model id (default: [inference] model)")
+    p.add_argument(
+        "--wearable-model",
+        metavar="ID",
+        help="the wearable's model id, or 'none' (default: the shipped one at --wearable-pruning)",
+    )
+    p.add_argument(
+        "--wearable-pruning",
+        type=int,
+        default=40,
+        metavar="PCT",
+        help="pruning level of the wearable's model (40, as the emulated wearable)",
+    )
+    p.add_argument(
+        "--tau-mbits",
+        type=int,
+        default=DEFAULT_TAU_MBITS,
+        help=f"the wearables' entropy threshold (default {DEFAULT_TAU_MBITS})",
+    )
+    p.add_argument(
+        "--min-conf-e4",
+        type=int,
+        default=DEFAULT_MIN_CONF_E4,
+        help=f"the wearables' minimum confidence, 1/10000 (default {DEFAULT_MIN_CONF_E4})",
+    )
+    _models_dir_option(p)
+    p.add_argument(
+        "--oof",
+        type=Path,
+        metavar="FILE",
+        help="a training run's out-of-fold outputs (oof.npz): score the models' cards with the"
+        " answers of fold models that never saw the subject, on the windows it covers",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object (docs/eval.md)")
+
+
 def _add_eval_parser(evaluate: argparse.ArgumentParser) -> None:
     what = evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     hr = what.add_parser(
         "hr",
-        help="heart-rate MAE per recording against the reference",
-        description="Heart-rate MAE per recording against its reference, for the signal"
-        " estimator and/or a model; rest-vs-moving accuracy where TROIKA phases exist."
-        " Exit 69 when a model is asked for and none is installed (with `both`, after"
-        " printing the signal results).",
+        help="heart-rate MAE per recording: the wearable, the full model, the gateway",
+        description="Replays each recording through the emulated wearable and the gateway's"
+        " per-window path (docs/eval.md) and reports the heart-rate MAE against the reference"
+        " of the wearable's tracker (signal), the full model on every window (model) and what"
+        " the gateway reports (gateway), on the same windows. Exit 69 when a model is asked for"
+        " and none is installed (with `both`, after printing the signal results).",
     )
-    _global_options(hr, suppress=True)
+    _eval_common(hr)
     hr.set_defaults(func=cmd_eval_hr)
-    hr.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="recordings or folders")
     hr.add_argument(
         "--estimator",
         choices=("signal", "model", "both"),
         default=None,
-        help="what to evaluate (default: both if a model is installed, else signal)",
+        help="what to evaluate (default: all three if a model is installed, else signal and"
+        " gateway)",
     )
-    hr.add_argument("--model", metavar="ID", help="model id (default: the gateway model)")
-    _models_dir_option(hr)
-    hr.add_argument("--json", action="store_true", help="print one JSON object")
+    hr.add_argument(
+        "--sweep", action="store_true", help="also compare the HR fusion rules, held out"
+    )
+    activity = what.add_parser(
+        "activity",
+        help="activity accuracy: full model, wearable, gateway and baselines",
+        description="Group (rest/light/vigorous) and rest-vs-moving accuracy on windows with a"
+        " known activity group, for the full model, the wearable's pruned model, what the"
+        " gateway reports, the majority, the ACC threshold and the shipped feature baseline.",
+    )
+    _eval_common(activity)
+    activity.set_defaults(func=cmd_eval_activity)
+    activity.add_argument("--recordings", action="store_true", help="also one row per recording")
+    offload = what.add_parser(
+        "offload",
+        help="offload ratio and bad-window recall of the wearable's policy",
+        description="The share of windows the wearable offloads and the share of bad local"
+        " windows (its HR > 10 bpm off, or its group wrong) it offloads; --sweep gives the"
+        " trade-off curve and the policy chosen leave-one-subject-out.",
+    )
+    _eval_common(offload)
+    offload.set_defaults(func=cmd_eval_offload)
+    offload.add_argument("--recordings", action="store_true", help="also one row per recording")
+    offload.add_argument("--sweep", action="store_true", help="sweep tau and the confidence")
+    offload.add_argument(
+        "--target-ratio",
+        type=float,
+        default=0.35,
+        help="offload ratio the sweep must stay under (0.35)",
+    )
+    offload.add_argument("--png", type=Path, metavar="FILE", help="with --sweep: write the curves")
 
 
 def _add_bench_parser(bench: argparse.ArgumentParser) -> None:
@@ -1019,7 +1266,9 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(demo, suppress=True)
     demo.set_defaults(func=cmd_demo, extra_ok=True)
     _add_bench_parser(add("bench", cmd_bench_models, "benchmark models"))
-    _add_eval_parser(add("eval", cmd_eval_hr, "evaluate estimators and models on recordings"))
+    _add_eval_parser(
+        add("eval", cmd_eval_hr, "evaluate the wearable, the models and the gateway on recordings")
+    )
     return parser
 
 

@@ -206,18 +206,22 @@ class BleConfig(_Section):
 class OffloadConfig(_Section):
     """[offload]: when a wearable sends the raw window instead of its own answer."""
 
-    tau_bits: float = Field(default=4.0, ge=0, le=16, allow_inf_nan=False)
-    min_confidence: float = Field(default=0.6, ge=0, le=1, allow_inf_nan=False)
+    # The defaults are gatewayd.signals.offload.DEFAULT_TAU_MBITS / DEFAULT_MIN_CONF_E4, chosen
+    # leave-one-subject-out on real recordings (docs/eval.md).
+    tau_bits: float = Field(default=4.05, ge=0, le=16, allow_inf_nan=False)
+    min_confidence: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
 
 
 class InferenceConfig(_Section):
     """[inference]: the full model the gateway runs on offloaded windows, and its batching."""
 
     model: NonEmptyStr = "mnv2-1d-w1.0"
-    #: Where heart rate on offloaded windows comes from. "signal" (the default) keeps the
-    #: signal-processing estimator even when a model is installed: the shipped model was trained
-    #: without PPG-DaLiA and is far less accurate on real data (docs/models.md).
-    heart_rate: Literal["signal", "model"] = "signal"
+    #: How the heart rate of an offloaded window is chosen (docs/eval.md): "fused" takes the
+    #: wearable's own estimate (its tracker, in the window's summary) unless the full model's
+    #: confidence beats the wearable's signal quality by more than hr_model_margin; "signal"
+    #: always the wearable's; "model" always the model's.
+    heart_rate: Literal["fused", "signal", "model"] = "fused"
+    hr_model_margin: float = Field(default=0.0, ge=-1, le=1, allow_inf_nan=False)
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: int = Field(default=5, ge=0, le=1000)
     queue_size: int = Field(default=256, ge=1, le=65536)

@@ -1,227 +1,306 @@
-"""`gatewayd eval hr`: heart-rate MAE (and a rest/moving check) of the estimators on recordings.
+"""`gatewayd eval hr | activity | offload`: the system's own per-window path, scored on recordings.
 
-Per recording, every 8 s window (2 s step) goes through the estimators asked for:
+Every recording is replayed as the system runs it (docs/eval.md):
 
-- ``signal``: `gatewayd.signals.HrTracker`, causal over the recording (one tracker per recording,
-  windows in order), exactly as the wearable runs it;
-- ``model``: `gatewayd.signals.preprocess_window` then a `ModelSession`, in batches; the heart
-  rate is the expected value over the HR head's bins.
+1. the emulated wearable (`WearableCore`, with the pruned model when one is given) cuts it into
+   8 s / 2 s windows of wire samples, runs its heart-rate tracker and model, decides whether to
+   offload, and encodes one SUMMARY or WINDOW per window; each message is decoded as the gateway
+   decodes it;
+2. the gateway's per-window path: the offloaded windows go, in order, through
+   `gatewayd.inference.analysis.analyse_windows` (the inference worker's code: the full model,
+   the heart-rate fusion), and every message becomes what the rules see through
+   `gatewayd.pipeline.observation_for_frame`. That is "what the gateway reports";
+3. beside it, for reference: the full model on every window (as if every window had been
+   offloaded), the accelerometer threshold, and the shipped feature baseline when given.
 
-The MAE of a recording is taken over the windows that have a reference heart rate and an
-estimate from *every* estimator evaluated, so that both are scored on the same windows (the
-signal tracker gives no estimate until it has acquired the pulse; the model always answers).
-The mean is the unweighted mean of the recordings' MAEs.
-
-Where a recording's windows have an activity group (`Recording.group_for_window`: TROIKA's
-treadmill rest/run, BAMI, ...), the rest-vs-moving (light or vigorous) accuracy is also
-reported, for the model (its 9 PPG-DaLiA classes folded into two groups, `MOVING_CLASSES`)
-and for a baseline that needs no model (`acc_motion` above `ACC_MOTION_THRESHOLD`). This is a
-coarse proxy: the model was trained on daily-life activities, not on a treadmill, and TROIKA's
-"rest" is standing, which PPG-DaLiA has no class for.
+One recording's result is a `WindowTable` of per-window arrays; everything scored is a pure
+function of tables (`score_hr`, `score_activity`, `score_offload`, `sweep_offload`,
+`sweep_fusion`). Window-level definitions (what counts as a bad local window, how windows
+without a reference or a label count) are in docs/eval.md and on each function.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from gatewayd.activity import ActivityGroup
+from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.datasets import Recording
-from gatewayd.inference.cards import ACTIVITY_CLASSES
-from gatewayd.inference.session import ModelSession
-from gatewayd.signals import HrConfig, HrTracker, preprocess_window
+from gatewayd.emulator.wearable import (
+    SIGNAL_ONLY_MODEL_ID,
+    LocalActivity,
+    WearableCore,
+    WearableSpec,
+    activity_on_wire,
+)
+from gatewayd.inference.analysis import (
+    HR_AGREEMENT_BPM,
+    HrFusion,
+    WindowAnalysis,
+    analyse_windows,
+    answers_from_prediction,
+    calibrated,
+    model_answers,
+)
+from gatewayd.inference.cards import ModelCard
+from gatewayd.inference.groups import class_groups
+from gatewayd.inference.session import InferenceError, ModelSession
+from gatewayd.pipeline import observation_for_frame
+from gatewayd.protocol.messages import MessageFlags, Summary, Window, decode_message
+from gatewayd.signals.acc_features import LinearActivityBaseline, acc_features_batch
+from gatewayd.signals.filters import bandpass
+from gatewayd.signals.heart_rate import HrConfig, HrState
+from gatewayd.signals.offload import (
+    DEFAULT_MIN_CONF_E4,
+    DEFAULT_TAU_MBITS,
+    UNKNOWN_QUALITY,
+    offload_confidence_e4,
+)
+from gatewayd.signals.windows import STEP_S, WINDOW_S
 from gatewayd.tables import format_table
 
 __all__ = [
     "ACC_MOTION_THRESHOLD",
+    "BAD_HR_BPM",
     "BASELINE",
+    "CONFIDENCES",
     "MAJORITY",
-    "MOVING_CLASSES",
-    "ActivityScore",
+    "TARGET_OFFLOAD_RATIO",
+    "TARGET_RECALL",
+    "TERMS",
+    "ActivityReport",
+    "Alternative",
     "Estimator",
-    "EvalReport",
-    "RecordingScore",
+    "FusionSweep",
+    "HrReport",
+    "OffloadCounts",
+    "OffloadReport",
+    "OffloadSweep",
+    "OutOfFold",
+    "ReplaySetup",
+    "SweepPoint",
+    "WindowTable",
     "acc_motion",
-    "evaluate",
-    "evaluate_recording",
-    "format_report",
+    "bad_windows",
+    "format_activity",
+    "format_fusion_sweep",
+    "format_hr",
+    "format_offload",
+    "format_offload_sweep",
     "mae",
-    "model_moving",
-    "model_windows",
     "plan_estimators",
-    "signal_windows",
+    "plot_offload_sweep",
+    "replay",
+    "roc_auc",
+    "score_activity",
+    "score_hr",
+    "score_offload",
+    "spectral_entropy_bits",
+    "sweep_fusion",
+    "sweep_offload",
 ]
 
-Estimator = Literal["signal", "model"]
+Estimator = Literal["signal", "model", "gateway"]
 #: The name of the model-free rest/moving baseline in reports.
 BASELINE: Final = "acc_threshold"
-#: The name of the trivial reference: always the label most windows have.
+#: The name of the trivial reference: always the group most scored windows of the run have.
 MAJORITY: Final = "majority"
-
-#: PPG-DaLiA classes counted as "moving" (TROIKA "run"); the others (sitting, table soccer,
-#: driving, lunch, working) count as "rest". Transient is the walking between PPG-DaLiA's
-#: stations, so it is moving. Table soccer is standing with arm movement: rest, like TROIKA's
-#: standing rest phase, though the arms move more.
-MOVING_CLASSES: Final = frozenset({"transient", "stairs", "cycling", "walking"})
-
-#: ACC motion (1/64 g RMS, see `acc_motion`) at and above which the baseline says "moving".
-#: It is the heart-rate estimator's ``motion_floor`` (below it the wrist is taken as still),
-#: chosen for that estimator and not tuned on TROIKA's labels.
+#: ACC motion (1/64 g RMS, see `acc_motion`) at and above which the baseline says "moving":
+#: the heart-rate estimator's ``motion_floor``, chosen for that estimator, not tuned on labels.
 ACC_MOTION_THRESHOLD: Final = HrConfig().motion_floor
+#: A local heart rate further than this from the reference makes a bad local window.
+BAD_HR_BPM: Final = HR_AGREEMENT_BPM
+#: The offload policy's targets (docs/eval.md): offload at most this share of windows...
+TARGET_OFFLOAD_RATIO: Final = 0.35
+#: ... while catching at least this share of the bad local windows.
+TARGET_RECALL: Final = 0.80
+#: Windows run through the full model at a time (bounds memory).
+MODEL_BATCH: Final = 128
+_UNKNOWN: Final = int(ActivityGroup.UNKNOWN)
+_REST: Final = int(ActivityGroup.REST)
+_DEVICE: Final = "eval"
+_HR_SOURCES: Final = ("signal", "model")
 
-#: Windows preprocessed and run through the model at a time (bounds memory: 256 x 8 KiB).
-MODEL_BATCH: Final = 256
+
+# --- replay --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ActivityScore:
-    """Rest-vs-moving accuracy on windows with a known activity group."""
+class ReplaySetup:
+    """What a recording is replayed through."""
 
-    windows: int
-    #: Fraction of those windows labelled correctly, per method: ``model``, `BASELINE`, and
-    #: `MAJORITY` (always the commoner label: the floor to beat).
-    accuracy: dict[str, float]
+    #: The wearable's pruned model (None: activity unknown, as a wearable without one).
+    wearable_model: ModelSession | None = None
+    #: The gateway's full model (None: the gateway's degraded mode).
+    gateway_model: ModelSession | None = None
+    tau_mbits: int = DEFAULT_TAU_MBITS
+    min_conf_e4: int = DEFAULT_MIN_CONF_E4
+    fusion: HrFusion = field(default_factory=HrFusion)
+    #: The shipped accelerometer-feature baseline, scored beside the models when given.
+    baseline: LinearActivityBaseline | None = None
+    #: Also run the full model on every window (the ``model`` estimator).
+    model_every_window: bool = True
+    #: A training run's out-of-fold answers, in place of running the two models (their cards
+    #: still give the classes and the calibration); only the windows it covers are kept.
+    out_of_fold: OutOfFold | None = None
 
 
-@dataclass(frozen=True)
-class RecordingScore:
-    """One recording's result."""
+@dataclass(frozen=True, eq=False)
+class OutOfFold:
+    """A training run's out-of-fold outputs: each window scored by a model that never saw it.
+
+    training/ writes them (``oof.npz``) while it cross-validates by subject: for every window
+    of a held-out subject (on its own stride, e.g. every other window), the raw logits of the
+    fold's full model and of each pruned copy: ``act_logits_p0`` / ``hr_logits_p0``,
+    ``act_logits_p40`` ..., with ``recording`` (the recording's name) and ``window`` (the
+    index on the 8 s / 2 s grid). Scoring the wearable and the gateway with them gives
+    cross-subject figures on the very subjects the shipped models were trained on. They were
+    computed from the recording's samples, not the wire's int16 (a quantisation away).
+    """
+
+    rows: Mapping[tuple[str, int], int]
+    #: Pruning level (0, 20, ...) -> (activity logits (N, C), HR logits (N, bins)).
+    logits: Mapping[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]
+    #: The linear feature baseline's out-of-fold class probabilities (``probs_logistic``), in
+    #: the shipped baseline's class order, or None: then no baseline is scored.
+    baseline: npt.NDArray[np.float64] | None = None
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> OutOfFold:
+        """Read the arrays of an ``oof.npz``; ValueError names what is missing."""
+        for key in ("recording", "window"):
+            if key not in arrays:
+                raise ValueError(f"out-of-fold outputs have no {key!r} array")
+        rows = {
+            (str(r), int(w)): i
+            for i, (r, w) in enumerate(zip(arrays["recording"], arrays["window"], strict=True))
+        }
+        logits = {}
+        for key in arrays:
+            if key.startswith("act_logits_p") and key[12:].isdigit():
+                level = int(key[12:])
+                hr = f"hr_logits_p{level}"
+                if hr not in arrays:
+                    raise ValueError(f"out-of-fold outputs have {key} but no {hr}")
+                logits[level] = (
+                    np.asarray(arrays[key], dtype=np.float32),
+                    np.asarray(arrays[hr], dtype=np.float32),
+                )
+        if not logits:
+            raise ValueError("out-of-fold outputs hold no act_logits_p<level> arrays")
+        baseline = arrays.get("probs_logistic")
+        return cls(rows, logits, None if baseline is None else np.asarray(baseline, np.float64))
+
+    def baseline_groups(self, classes: Sequence[str], recording: str, n: int) -> npt.NDArray[Any]:
+        """The baseline's group of windows 0..n-1 (255 where it has no out-of-fold answer)."""
+        out = np.full(n, _UNKNOWN, dtype=np.int64)
+        if self.baseline is None:
+            return out
+        groups = np.array([int(g) for g in class_groups(classes)])
+        for i in range(n):
+            row = self.rows.get((recording, i))
+            if row is not None:
+                out[i] = groups[int(np.argmax(self.baseline[row]))]
+        return out
+
+    def answers(self, card: ModelCard, recording: str, n: int) -> list[WindowAnalysis | None]:
+        """The model ``card`` describes, as the gateway reads it, on windows 0..n-1."""
+        level = self._level(card)
+        found = [(i, row) for i in range(n) if (row := self.rows.get((recording, i))) is not None]
+        out: list[WindowAnalysis | None] = [None] * n
+        if found:
+            rows = [row for _, row in found]
+            activity, hr = self.logits[level]
+            prediction = calibrated(activity[rows], hr[rows], card)
+            for (i, _), answer in zip(
+                found, answers_from_prediction(prediction, card), strict=True
+            ):
+                out[i] = answer
+        return out
+
+    def activity_probs(
+        self, card: ModelCard, recording: str, n: int
+    ) -> list[npt.NDArray[np.float64] | None]:
+        """The (calibrated) activity class probabilities of windows 0..n-1, None where none."""
+        level = self._level(card)
+        found = [(i, row) for i in range(n) if (row := self.rows.get((recording, i))) is not None]
+        out: list[npt.NDArray[np.float64] | None] = [None] * n
+        if found:
+            activity, hr = self.logits[level]
+            rows = [row for _, row in found]
+            probs = calibrated(activity[rows], hr[rows], card).activity_probs
+            for (i, _), p in zip(found, probs, strict=True):
+                out[i] = p
+        return out
+
+    def covered(self, recording: str, n: int) -> npt.NDArray[np.bool_]:
+        """Which of windows 0..n-1 of a recording have out-of-fold answers."""
+        return np.array([(recording, i) in self.rows for i in range(n)], dtype=np.bool_)
+
+    def _level(self, card: ModelCard) -> int:
+        if card.pruning_pct not in self.logits:
+            raise ValueError(
+                f"out-of-fold outputs have no model pruned {card.pruning_pct} % (the card of"
+                f" {card.model_id}); they have {sorted(self.logits)}"
+            )
+        return card.pruning_pct
+
+
+@dataclass(frozen=True, eq=False)
+class WindowTable:
+    """One recording replayed: per-window arrays (N windows), NaN / 255 where unknown."""
 
     name: str
-    #: All complete windows of the recording.
-    total_windows: int
-    #: Windows without a reference heart rate (NaN or missing): skipped.
-    no_reference: int
-    #: Windows with a reference but no estimate from some estimator (signal not yet acquired).
-    no_estimate: int
-    #: Windows scored: reference known, every estimator answered.
-    windows: int
-    #: MAE in bpm per estimator over the scored windows (NaN when no window was scored).
-    mae_bpm: dict[str, float]
-    activity: ActivityScore | None = None
+    source: str
+    subject_key: str
+    has_bvp: bool
+    #: The wearable ran a local model (so its activity verdicts count).
+    local_model: bool
+    #: The reference heart rate (NaN: none) and the window's activity group (255: unknown).
+    ref_hr: npt.NDArray[np.float64]
+    truth: npt.NDArray[np.int64]
+    # What the wearable said, decoded from its messages.
+    entropy_mbits: npt.NDArray[np.int64]
+    local_activity: npt.NDArray[np.int64]
+    activity_conf_e4: npt.NDArray[np.int64]
+    local_hr: npt.NDArray[np.float64]
+    signal_quality: npt.NDArray[np.int64]
+    flags: npt.NDArray[np.int64]
+    offloaded: npt.NDArray[np.bool_]
+    # The full model on every window (NaN / 255 without a model).
+    model_hr: npt.NDArray[np.float64]
+    model_hr_conf: npt.NDArray[np.float64]
+    model_activity: npt.NDArray[np.int64]
+    # What the gateway reports (what the rules see): HR, its source (0 signal, 1 model, -1
+    # none), the activity group.
+    gateway_hr: npt.NDArray[np.float64]
+    gateway_hr_source: npt.NDArray[np.int64]
+    gateway_activity: npt.NDArray[np.int64]
+    # Baselines: ACC motion intensity and the feature baseline's group (255 without one).
+    acc_motion: npt.NDArray[np.float64]
+    baseline_activity: npt.NDArray[np.int64]
+    #: A candidate "hard window" measure, from the wire samples (`spectral_entropy_bits`).
+    spectral_entropy: npt.NDArray[np.float64]
 
+    def __len__(self) -> int:
+        """Return the number of windows."""
+        return int(self.ref_hr.shape[0])
 
-@dataclass(frozen=True)
-class EvalReport:
-    """Every recording's result and the mean over recordings."""
-
-    estimators: tuple[Estimator, ...]
-    recordings: list[RecordingScore]
-    model_id: str | None = None
-    mean_mae_bpm: dict[str, float] = field(default_factory=dict)
-    #: Pooled rest/moving accuracy over every window with a known group, or None without any.
-    activity: ActivityScore | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """The documented JSON object (NaN, i.e. nothing scored, becomes null)."""
-        doc: dict[str, object] = {
-            "recordings": {
-                r.name: {"windows": r.windows, "mae_bpm": _nulls(r.mae_bpm)}
-                for r in self.recordings
-            },
-            "mean_mae_bpm": _nulls(self.mean_mae_bpm),
+    def subset(self, keep: npt.NDArray[np.bool_]) -> WindowTable:
+        """The same recording with only the windows ``keep`` marks."""
+        arrays = {
+            k: getattr(self, k)[keep]
+            for k in self.__dataclass_fields__
+            if isinstance(getattr(self, k), np.ndarray)
         }
-        if self.activity is not None:
-            doc["activity"] = {
-                "labels": "activity group, rest vs light/vigorous; model classes folded "
-                "(docs/models.md)",
-                "moving_classes": sorted(MOVING_CLASSES),
-                "windows": self.activity.windows,
-                "accuracy": _nulls(self.activity.accuracy),
-                "recordings": {
-                    r.name: {"windows": r.activity.windows, "accuracy": _nulls(r.activity.accuracy)}
-                    for r in self.recordings
-                    if r.activity is not None
-                },
-            }
-        return doc
-
-
-def _nulls(values: dict[str, float]) -> dict[str, float | None]:
-    return {k: None if math.isnan(v) else v for k, v in values.items()}
-
-
-def plan_estimators(
-    requested: Literal["signal", "model", "both"] | None, *, have_model: bool
-) -> tuple[tuple[Estimator, ...], bool]:
-    """The estimators to run, and whether a model estimator that was asked for is missing.
-
-    Nothing requested: both when a model is installed, else signal alone (not an error).
-    ``model`` without a model: nothing to run. ``both`` without a model: signal, and missing.
-    """
-    if requested is None:
-        return (("signal", "model") if have_model else ("signal",)), False
-    if requested == "signal":
-        return ("signal",), False
-    if not have_model:
-        return (("signal",) if requested == "both" else ()), True
-    return (("model",) if requested == "model" else ("signal", "model")), False
-
-
-def mae(estimates: npt.ArrayLike, reference: npt.ArrayLike) -> float:
-    """Mean absolute error of two equally long arrays; NaN when they are empty."""
-    est = np.asarray(estimates, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    if est.shape != ref.shape:
-        raise ValueError(f"estimates {est.shape} and reference {ref.shape} differ in shape")
-    return float(np.mean(np.abs(est - ref))) if est.size else math.nan
-
-
-def signal_windows(recording: Recording, config: HrConfig | None = None) -> npt.NDArray[np.float64]:
-    """The signal estimator's heart rate per window (NaN where it gave none), causal."""
-    tracker = HrTracker(
-        bvp_rate_hz=recording.bvp_rate_hz, acc_rate_hz=recording.acc_rate_hz, config=config
-    )
-    bvp, acc = recording.windows()
-    out = np.full(bvp.shape[0], np.nan)
-    for i in range(bvp.shape[0]):
-        bpm = tracker.update(bvp[i], acc[i]).bpm
-        if bpm is not None:
-            out[i] = bpm
-    return out
-
-
-def _model_inputs(recording: Recording, batch: int) -> Iterator[npt.NDArray[np.float32]]:
-    bvp, acc = recording.windows()
-    for start in range(0, bvp.shape[0], batch):
-        stop = min(start + batch, bvp.shape[0])
-        yield np.stack(
-            [
-                preprocess_window(bvp[i], acc[i], recording.bvp_rate_hz, recording.acc_rate_hz)
-                for i in range(start, stop)
-            ]
-        )
-
-
-def model_windows(
-    recording: Recording, session: ModelSession, batch: int = MODEL_BATCH
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """The model's heart rate (N,) and activity probabilities (N, 9) per window, in batches."""
-    hr: list[npt.NDArray[np.float64]] = []
-    probs: list[npt.NDArray[np.float64]] = []
-    for x in _model_inputs(recording, batch):
-        prediction = session.predict(x)
-        hr.append(prediction.hr_bpm)
-        probs.append(prediction.activity_probs)
-    classes = len(session.card.outputs.activity_classes)
-    if not hr:
-        return np.empty(0), np.empty((0, classes))
-    return np.concatenate(hr), np.concatenate(probs)
-
-
-def model_moving(
-    activity_probs: npt.NDArray[np.float64], classes: Sequence[str] = ACTIVITY_CLASSES
-) -> npt.NDArray[np.bool_]:
-    """Rest (False) or moving (True) per window: the group with the larger summed probability."""
-    moving = np.array([c in MOVING_CLASSES for c in classes])
-    p_moving = activity_probs[:, moving].sum(axis=1)
-    out: npt.NDArray[np.bool_] = p_moving > 0.5 * activity_probs.sum(axis=1)
-    return out
+        return replace(self, **arrays)
 
 
 def acc_motion(acc: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -237,105 +316,204 @@ def acc_motion(acc: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return out
 
 
-def _phases(recording: Recording) -> npt.NDArray[np.int8]:
-    """Per window: 1 moving (a light or vigorous group), 0 rest, -1 unknown."""
-    groups = [recording.group_for_window(i) for i in range(recording.window_count())]
-    return np.array(
-        [-1 if g == ActivityGroup.UNKNOWN else int(g != ActivityGroup.REST) for g in groups],
-        dtype=np.int8,
-    )
+def _full_window(core: WearableCore, index: int, message: Summary | Window) -> Window:
+    """The WINDOW this window would have been, had it been offloaded (same wire samples)."""
+    if isinstance(message, Window):
+        return message
+    bvp, acc = core.wire_samples(index)
+    fmt = core.spec.sample_format
+    return Window(message, fmt, 64, 32, 64, bvp, acc)
 
 
-def _activity_score(
-    recording: Recording, model_probs: npt.NDArray[np.float64] | None, classes: Sequence[str]
-) -> ActivityScore | None:
-    if recording.labels is None:
-        return None
-    phases = _phases(recording)
-    known = phases >= 0
-    if not known.any():
-        return None
-    truth = phases[known] == 1
-    _, acc = recording.windows()
-    baseline = acc_motion(acc)[known] >= ACC_MOTION_THRESHOLD
-    moving_share = float(np.mean(truth))
-    # What always guessing the commoner label scores: the floor both methods must beat.
-    accuracy = {MAJORITY: max(moving_share, 1.0 - moving_share)}
-    accuracy[BASELINE] = float(np.mean(baseline == truth))
-    if model_probs is not None:
-        accuracy["model"] = float(np.mean(model_moving(model_probs, classes)[known] == truth))
-    return ActivityScore(windows=int(known.sum()), accuracy=accuracy)
+def _answers(session: ModelSession, windows: Sequence[Window]) -> list[WindowAnalysis | None]:
+    out: list[WindowAnalysis | None] = []
+    for start in range(0, len(windows), MODEL_BATCH):
+        answers, error = model_answers(session, windows[start : start + MODEL_BATCH])
+        if error is not None:
+            raise InferenceError(error)
+        out.extend(answers)
+    return out
 
 
-def evaluate_recording(
-    recording: Recording,
-    estimators: Sequence[Estimator],
-    session: ModelSession | None = None,
-    *,
-    config: HrConfig | None = None,
-) -> RecordingScore:
-    """Score the estimators on one recording (``session`` is needed for ``model``)."""
-    count = recording.window_count()
-    reference = np.full(count, np.nan)
-    if recording.hr_ref_bpm is not None:
-        n = min(count, recording.hr_ref_bpm.shape[0])
-        reference[:n] = recording.hr_ref_bpm[:n]
-    estimates: dict[str, npt.NDArray[np.float64]] = {}
-    model_probs: npt.NDArray[np.float64] | None = None
-    for estimator in estimators:
-        if estimator == "signal":
-            estimates["signal"] = signal_windows(recording, config)
-        else:
-            if session is None:
-                raise ValueError("the model estimator needs a ModelSession")
-            estimates["model"], model_probs = model_windows(recording, session)
-    has_ref = ~np.isnan(reference)
-    answered = np.logical_and.reduce([~np.isnan(e) for e in estimates.values()] + [has_ref])
-    classes = session.card.outputs.activity_classes if session is not None else ACTIVITY_CLASSES
-    return RecordingScore(
-        name=recording.name,
-        total_windows=count,
-        no_reference=int((~has_ref).sum()),
-        no_estimate=int((has_ref & ~answered).sum()),
-        windows=int(answered.sum()),
-        mae_bpm={k: mae(e[answered], reference[answered]) for k, e in estimates.items()},
-        activity=_activity_score(recording, model_probs, classes),
-    )
+def _sources(
+    recording: Recording, setup: ReplaySetup
+) -> tuple[
+    ModelSession | Callable[[int], LocalActivity] | None, list[WindowAnalysis | None] | None
+]:
+    """The wearable's activity source and the gateway model's given answers (out-of-fold)."""
+    oof, wearable = setup.out_of_fold, setup.wearable_model
+    if oof is None:
+        return wearable, None
+    n = recording.window_count()
+    gateway = None
+    if setup.gateway_model is not None:
+        gateway = oof.answers(setup.gateway_model.card, recording.name, n)
+    if wearable is None:
+        return None, gateway
+    local_probs = oof.activity_probs(wearable.card, recording.name, n)
+    classes = wearable.card.outputs.activity_classes
+
+    def local(i: int) -> LocalActivity:
+        p = local_probs[i] if i < n else None
+        if p is None:
+            return LocalActivity(_UNKNOWN, 0)  # no out-of-fold answer: left out of the table
+        return activity_on_wire(p, classes)
+
+    return local, gateway
 
 
-def _mean_over(scores: Iterable[float]) -> float:
-    values = [s for s in scores if not math.isnan(s)]
-    return float(np.mean(values)) if values else math.nan
-
-
-def evaluate(
-    recordings: Iterable[Recording],
-    estimators: Sequence[Estimator],
-    session: ModelSession | None = None,
-    *,
-    config: HrConfig | None = None,
-) -> EvalReport:
-    """Score the estimators on every recording; the mean is over recordings with scored windows."""
-    scores = [evaluate_recording(r, estimators, session, config=config) for r in recordings]
-    mean: dict[str, float] = {e: _mean_over(s.mae_bpm[e] for s in scores) for e in estimators}
-    with_activity = [s.activity for s in scores if s.activity is not None]
-    pooled = None
-    if with_activity:
-        total = sum(a.windows for a in with_activity)
-        pooled = ActivityScore(
-            windows=total,
-            accuracy={
-                method: sum(a.accuracy[method] * a.windows for a in with_activity) / total
-                for method in with_activity[0].accuracy
-            },
+def _gateway_path(
+    messages: Sequence[Summary | Window],
+    setup: ReplaySetup,
+    given: Sequence[WindowAnalysis | None] | None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """What the gateway reports per window: HR, its source (1 model, 0 signal, -1 none), group."""
+    n = len(messages)
+    offloaded = [i for i, m in enumerate(messages) if isinstance(m, Window)]
+    analyses: dict[int, WindowAnalysis | None] = {}
+    states: dict[str, HrState] = {}
+    for start in range(0, len(offloaded), MODEL_BATCH):
+        chunk = offloaded[start : start + MODEL_BATCH]
+        batch = [(_DEVICE, m) for i in chunk if isinstance(m := messages[i], Window)]
+        answers = None if given is None else [given[i] for i in chunk]
+        answer = analyse_windows(batch, states, setup.gateway_model, setup.fusion, answers=answers)
+        if answer.model_error is not None:
+            raise InferenceError(answer.model_error)
+        states.update(answer.states)
+        analyses.update(zip(chunk, answer.analyses, strict=True))
+    hr = np.full(n, np.nan)
+    source = np.full(n, -1, dtype=np.int64)
+    activity = np.full(n, _UNKNOWN, dtype=np.int64)
+    for i, message in enumerate(messages):
+        obs = observation_for_frame(
+            _DEVICE, message, i * STEP_S + WINDOW_S, window_id=None, analysis=analyses.get(i)
         )
-    return EvalReport(
-        estimators=tuple(estimators),
-        recordings=scores,
-        model_id=None if session is None else session.model_id,
-        mean_mae_bpm=mean,
-        activity=pooled,
+        if obs.hr_bpm is not None:
+            hr[i] = obs.hr_bpm
+            # A summary's heart rate is the wearable's tracker, whatever the observation names.
+            source[i] = 1 if isinstance(message, Window) and obs.hr_source == "model" else 0
+        if obs.activity is not None:
+            activity[i] = obs.activity
+    return hr, source, activity
+
+
+def _model_columns(
+    answers: Sequence[WindowAnalysis | None],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    n = len(answers)
+    hr, conf = np.full(n, np.nan), np.full(n, np.nan)
+    activity = np.full(n, _UNKNOWN, dtype=np.int64)
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        if a.hr_bpm is not None:
+            hr[i], conf[i] = a.hr_bpm, a.hr_confidence
+        activity[i] = _UNKNOWN if a.activity is None else a.activity
+    return hr, conf, activity
+
+
+def replay(recording: Recording, setup: ReplaySetup) -> WindowTable:
+    """Replay one recording through the wearable and the gateway's per-window path."""
+    wearable = setup.wearable_model
+    local, given = _sources(recording, setup)
+    spec = WearableSpec(
+        address="C0:FF:EE:00:00:01",
+        name=recording.name,
+        recording=recording,
+        boot_id=0,
+        pruning_pct=wearable.card.pruning_pct if wearable is not None else 40,
+        tau_mbits=setup.tau_mbits,
+        min_conf_e4=setup.min_conf_e4,
+        model_id=wearable.model_id if wearable is not None else SIGNAL_ONLY_MODEL_ID,
     )
+    core = WearableCore(spec, local_model=local)
+    # Encoded and decoded exactly as on the wire (fragmentation is lossless and left out).
+    messages = [decode_message(raw) for _, raw in core.produce(math.inf)]
+    n = len(messages)
+    gateway_hr, gateway_source, gateway_activity = _gateway_path(messages, setup, given)
+    summaries = [m.summary if isinstance(m, Window) else m for m in messages]
+    full = [_full_window(core, i, m) for i, m in enumerate(messages)]
+    every: Sequence[WindowAnalysis | None] = [None] * n
+    if setup.gateway_model is not None and setup.model_every_window:
+        every = _answers(setup.gateway_model, full) if given is None else given
+    model_hr, model_conf, model_activity = _model_columns(every)
+    accs = np.stack([w.acc for w in full]) if full else np.empty((0, 256, 3))
+    baseline = np.full(n, _UNKNOWN, dtype=np.int64)
+    if setup.baseline is not None and setup.out_of_fold is not None:
+        # The shipped baseline was fitted on every subject: with out-of-fold answers for the
+        # models, the baseline's own out-of-fold answers (or none) keep the comparison fair.
+        baseline = setup.out_of_fold.baseline_groups(setup.baseline.classes, recording.name, n)
+    elif setup.baseline is not None and n:
+        groups = np.array([int(g) for g in class_groups(setup.baseline.classes)])
+        baseline = groups[setup.baseline.predict(acc_features_batch(accs, 32.0))]
+    ref = np.full(n, np.nan)
+    if recording.hr_ref_bpm is not None:
+        k = min(n, recording.hr_ref_bpm.shape[0])
+        ref[:k] = recording.hr_ref_bpm[:k]
+    table = WindowTable(
+        name=recording.name,
+        source=recording.source,
+        subject_key=recording.subject_key,
+        has_bvp=recording.has_bvp,
+        local_model=wearable is not None,
+        ref_hr=ref,
+        truth=np.array([int(recording.group_for_window(i)) for i in range(n)], dtype=np.int64),
+        entropy_mbits=np.array([s.entropy_mbits for s in summaries], dtype=np.int64),
+        local_activity=np.array([s.activity for s in summaries], dtype=np.int64),
+        activity_conf_e4=np.array([s.activity_conf_e4 for s in summaries], dtype=np.int64),
+        local_hr=np.array([np.nan if s.hr_bpm is None else s.hr_bpm for s in summaries]),
+        signal_quality=np.array([s.signal_quality for s in summaries], dtype=np.int64),
+        flags=np.array([int(s.flags) for s in summaries], dtype=np.int64),
+        offloaded=np.array([isinstance(m, Window) for m in messages], dtype=np.bool_),
+        model_hr=model_hr,
+        model_hr_conf=model_conf,
+        model_activity=model_activity,
+        gateway_hr=gateway_hr,
+        gateway_hr_source=gateway_source,
+        gateway_activity=gateway_activity,
+        acc_motion=acc_motion(accs) if n else np.empty(0),
+        baseline_activity=np.asarray(baseline, dtype=np.int64),
+        spectral_entropy=np.array([spectral_entropy_bits(w.bvp) for w in full]),
+    )
+    oof = setup.out_of_fold
+    return table if oof is None else table.subset(oof.covered(recording.name, n))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def mae(estimates: npt.ArrayLike, reference: npt.ArrayLike) -> float:
+    """Mean absolute error of two equally long arrays; NaN when they are empty."""
+    est = np.asarray(estimates, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if est.shape != ref.shape:
+        raise ValueError(f"estimates {est.shape} and reference {ref.shape} differ in shape")
+    return float(np.mean(np.abs(est - ref))) if est.size else math.nan
+
+
+def _mean(values: Iterable[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else math.nan
+
+
+def _json(doc: dict[str, object]) -> dict[str, object]:
+    """A report's JSON object with NaN (nothing scored) as null."""
+    return cast(dict[str, object], _nulls(doc))
+
+
+def _nulls(value: Any) -> Any:
+    """NaN (nothing scored) becomes null, recursively."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulls(v) for v in value]
+    return value
 
 
 def _fmt(value: float, spec: str = ".2f") -> str:
@@ -346,8 +524,145 @@ def _pct(fraction: float) -> str:
     return _fmt(100.0 * fraction, ".1f")
 
 
-def format_report(report: EvalReport) -> str:
-    """The report as the plain-text tables `gatewayd eval hr` prints."""
+def _by_source(tables: Sequence[WindowTable]) -> dict[str, list[WindowTable]]:
+    out: dict[str, list[WindowTable]] = {}
+    for t in tables:
+        out.setdefault(t.source, []).append(t)
+    return out
+
+
+def plan_estimators(
+    requested: Literal["signal", "model", "both"] | None, *, have_model: bool
+) -> tuple[tuple[Estimator, ...], bool]:
+    """The HR estimators to report, and whether a model estimator that was asked for is missing.
+
+    Nothing requested: signal, model and gateway with a model, else signal and gateway (the
+    gateway's degraded mode; not an error). ``signal``: the wearable's tracker alone. ``model``
+    without a model: nothing to run. ``both`` without a model: signal, and missing.
+    """
+    if requested is None:
+        return (("signal", "model", "gateway") if have_model else ("signal", "gateway")), False
+    if requested == "signal":
+        return ("signal",), False
+    if not have_model:
+        return (("signal",) if requested == "both" else ()), True
+    return (("model",) if requested == "model" else ("signal", "model", "gateway")), False
+
+
+# --- heart rate ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HrScore:
+    """One recording's heart-rate result."""
+
+    name: str
+    source: str
+    #: All complete windows of the recording.
+    total_windows: int
+    #: Windows without a reference heart rate (NaN or missing): skipped.
+    no_reference: int
+    #: Windows with a reference but no estimate from some estimator (not yet acquired).
+    no_estimate: int
+    #: Windows scored: reference known, every estimator answered.
+    windows: int
+    #: MAE in bpm per estimator over the scored windows (NaN when none was scored).
+    mae_bpm: dict[str, float]
+
+
+@dataclass(frozen=True)
+class HrReport:
+    """Every recording's heart-rate result, the mean over recordings and per dataset."""
+
+    estimators: tuple[Estimator, ...]
+    recordings: list[HrScore]
+    mean_mae_bpm: dict[str, float]
+    datasets: dict[str, dict[str, float]]
+    model_id: str | None = None
+    wearable_model_id: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The documented JSON object (docs/eval.md); NaN (nothing scored) becomes null."""
+        return _json(
+            {
+                "estimators": list(self.estimators),
+                "model_id": self.model_id,
+                "wearable_model_id": self.wearable_model_id,
+                "recordings": {
+                    r.name: {
+                        "source": r.source,
+                        "windows": r.windows,
+                        "no_reference": r.no_reference,
+                        "no_estimate": r.no_estimate,
+                        "mae_bpm": r.mae_bpm,
+                    }
+                    for r in self.recordings
+                },
+                "mean_mae_bpm": self.mean_mae_bpm,
+                "datasets": {
+                    source: {
+                        "recordings": sum(r.source == source for r in self.recordings),
+                        "windows": sum(r.windows for r in self.recordings if r.source == source),
+                        "mean_mae_bpm": maes,
+                    }
+                    for source, maes in self.datasets.items()
+                },
+            }
+        )
+
+
+def _hr_estimates(table: WindowTable) -> dict[str, npt.NDArray[np.float64]]:
+    return {"signal": table.local_hr, "model": table.model_hr, "gateway": table.gateway_hr}
+
+
+def score_hr(
+    tables: Sequence[WindowTable],
+    estimators: Sequence[Estimator],
+    *,
+    model_id: str | None = None,
+    wearable_model_id: str | None = None,
+) -> HrReport:
+    """MAE per estimator on the same windows: those with a reference and every estimate.
+
+    Recordings without PPG or without any reference are left out. The mean is the unweighted
+    mean of the recordings' MAEs; a dataset's is the mean over its recordings.
+    """
+    scores = []
+    for t in tables:
+        if not t.has_bvp or np.isnan(t.ref_hr).all():
+            continue
+        estimates = _hr_estimates(t)
+        has_ref = ~np.isnan(t.ref_hr)
+        answered = has_ref.copy()
+        for e in estimators:
+            answered &= ~np.isnan(estimates[e])
+        scores.append(
+            HrScore(
+                name=t.name,
+                source=t.source,
+                total_windows=len(t),
+                no_reference=int((~has_ref).sum()),
+                no_estimate=int((has_ref & ~answered).sum()),
+                windows=int(answered.sum()),
+                mae_bpm={e: mae(estimates[e][answered], t.ref_hr[answered]) for e in estimators},
+            )
+        )
+    datasets: dict[str, dict[str, float]] = {
+        source: {e: _mean(s.mae_bpm[e] for s in scores if s.source == source) for e in estimators}
+        for source in sorted({s.source for s in scores})
+    }
+    return HrReport(
+        estimators=tuple(estimators),
+        recordings=scores,
+        mean_mae_bpm={e: _mean(s.mae_bpm[e] for s in scores) for e in estimators},
+        datasets=datasets,
+        model_id=model_id,
+        wearable_model_id=wearable_model_id,
+    )
+
+
+def format_hr(report: HrReport) -> str:
+    """The heart-rate report as `gatewayd eval hr` prints it."""
     est = list(report.estimators)
     head = ["RECORDING", "WINDOWS", "SKIPPED", *(f"MAE {e.upper()} (bpm)" for e in est)]
     rows = [
@@ -365,40 +680,1014 @@ def format_report(report: EvalReport) -> str:
     rows.append(
         ["mean over recordings", str(total), "", *(_fmt(report.mean_mae_bpm[e]) for e in est)]
     )
-    lines = []
-    if report.model_id is not None:
-        lines.append(f"model: {report.model_id}")
+    lines = _model_lines(report.model_id, report.wearable_model_id)
     lines.append(format_table(head, rows))
-    if report.activity is not None:
-        methods = list(report.activity.accuracy)
-        lines += [
-            "",
-            "Rest vs moving on activity-group labels (majority: always the commoner label;"
-            f" {BASELINE}: ACC motion >= {ACC_MOTION_THRESHOLD:g}/64 g RMS"
-            + (
-                "; model: its 9 daily-life classes folded into two groups, a coarse proxy"
-                if "model" in methods
-                else ""
-            )
-            + "; see docs/models.md):",
-        ]
-        arows = [
+    if len(report.datasets) > 1 or len(report.recordings) > len(report.datasets):
+        drows = [
             [
-                r.name,
-                str(r.activity.windows),
-                *(_fmt(100 * r.activity.accuracy[m], ".1f") for m in methods),
+                source,
+                str(sum(r.source == source for r in report.recordings)),
+                *(_fmt(maes[e]) for e in est),
             ]
-            for r in report.recordings
-            if r.activity is not None
+            for source, maes in report.datasets.items()
         ]
-        arows.append(
-            [
-                "all windows",
-                str(report.activity.windows),
-                *(_pct(report.activity.accuracy[m]) for m in methods),
-            ]
-        )
-        lines.append(
-            format_table(["RECORDING", "WINDOWS", *(f"{m.upper()} (%)" for m in methods)], arows)
-        )
+        lines += ["", "Per dataset (mean over its recordings):"]
+        lines.append(format_table(["DATASET", "RECORDINGS", *(f"{e.upper()}" for e in est)], drows))
     return "\n".join(lines)
+
+
+def _model_lines(model_id: str | None, wearable_model_id: str | None) -> list[str]:
+    return [
+        f"gateway model: {model_id or 'none (degraded mode)'}; wearable model:"
+        f" {wearable_model_id or 'none (activity unknown)'}"
+    ]
+
+
+# --- activity ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivityScore:
+    """Accuracy of each method on the windows with a known activity group."""
+
+    windows: int
+    #: method -> {"groups": accuracy over rest/light/vigorous (None: the method only tells
+    #: rest from moving), "rest_vs_moving": accuracy of rest against light + vigorous}.
+    accuracy: dict[str, dict[str, float | None]]
+
+
+@dataclass(frozen=True)
+class ActivityReport:
+    """Per recording, per dataset, pooled over windows and the mean over recordings."""
+
+    methods: tuple[str, ...]
+    #: The majority method's constant answers (groups, rest_vs_moving).
+    majority: tuple[str, str]
+    recordings: dict[str, ActivityScore]
+    datasets: dict[str, ActivityScore]
+    pooled: ActivityScore
+    mean_over_recordings: dict[str, dict[str, float | None]]
+    model_id: str | None = None
+    wearable_model_id: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The documented JSON object (docs/eval.md)."""
+
+        def score(s: ActivityScore) -> dict[str, object]:
+            return {"windows": s.windows, "accuracy": s.accuracy}
+
+        return _json(
+            {
+                "methods": list(self.methods),
+                "model_id": self.model_id,
+                "wearable_model_id": self.wearable_model_id,
+                "majority": {"groups": self.majority[0], "rest_vs_moving": self.majority[1]},
+                "windows": self.pooled.windows,
+                "accuracy": self.pooled.accuracy,
+                "mean_over_recordings": self.mean_over_recordings,
+                "datasets": {k: score(v) for k, v in self.datasets.items()},
+                "recordings": {k: score(v) for k, v in self.recordings.items()},
+            }
+        )
+
+
+def _activity_predictions(
+    table: WindowTable, majority: tuple[int, bool]
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Each method's group per window; 3 = "moving" for methods that only tell rest or not."""
+    n = len(table)
+    return {
+        "model": table.model_activity,
+        "wearable": table.local_activity,
+        "gateway": table.gateway_activity,
+        MAJORITY: np.full(n, majority[0], dtype=np.int64),
+        BASELINE: np.where(table.acc_motion >= ACC_MOTION_THRESHOLD, 3, _REST).astype(np.int64),
+        "baseline": table.baseline_activity,
+    }
+
+
+def _accuracy(
+    pred: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], *, groups: bool, moving: bool | None
+) -> dict[str, float | None]:
+    """Group and rest-vs-moving accuracy; an unknown (255) prediction is wrong either way."""
+    if not truth.size:
+        return {"groups": math.nan, "rest_vs_moving": math.nan}
+    known = pred != _UNKNOWN
+    truth_moving = truth != _REST
+    pred_moving = (pred != _REST) if moving is None else np.full(pred.shape, moving)
+    return {
+        "groups": float(np.mean(known & (pred == truth))) if groups else None,
+        "rest_vs_moving": float(np.mean(known & (pred_moving == truth_moving))),
+    }
+
+
+def _methods(tables: Sequence[WindowTable]) -> tuple[str, ...]:
+    methods = []
+    if any((t.model_activity != _UNKNOWN).any() for t in tables):
+        methods.append("model")
+    if any(t.local_model for t in tables):
+        methods.append("wearable")
+    methods += ["gateway", MAJORITY, BASELINE]
+    if any((t.baseline_activity != _UNKNOWN).any() for t in tables):
+        methods.append("baseline")
+    return tuple(methods)
+
+
+def _activity_score(
+    tables: Sequence[WindowTable], methods: Sequence[str], majority: tuple[int, bool]
+) -> ActivityScore:
+    truth_parts, pred_parts = [], {m: [] for m in methods}  # type: ignore[var-annotated]
+    for t in tables:
+        known = t.truth != _UNKNOWN
+        truth_parts.append(t.truth[known])
+        preds = _activity_predictions(t, majority)
+        for m in methods:
+            pred_parts[m].append(preds[m][known])
+    truth = np.concatenate(truth_parts) if truth_parts else np.empty(0, dtype=np.int64)
+    accuracy = {}
+    for m in methods:
+        pred = np.concatenate(pred_parts[m]) if pred_parts[m] else np.empty(0, dtype=np.int64)
+        accuracy[m] = _accuracy(
+            pred,
+            truth,
+            groups=m != BASELINE,
+            moving=majority[1] if m == MAJORITY else None,
+        )
+    return ActivityScore(int(truth.size), accuracy)
+
+
+def score_activity(
+    tables: Sequence[WindowTable],
+    *,
+    model_id: str | None = None,
+    wearable_model_id: str | None = None,
+) -> ActivityReport:
+    """Group and rest-vs-moving accuracy of every method on windows with a known group.
+
+    Windows whose group is unknown (a transition, mixed, unlabelled) are not scored. The
+    majority answers the most common group (and the commoner of rest / moving) over all scored
+    windows of the run: an oracle constant, the floor any method must beat.
+    """
+    labelled = [t for t in tables if (t.truth != _UNKNOWN).any()]
+    truth = np.concatenate([t.truth[t.truth != _UNKNOWN] for t in labelled] or [np.empty(0)])
+    counts = Counter(int(g) for g in truth)
+    top = max(counts, key=lambda g: (counts[g], -g)) if counts else _REST
+    moving = bool(np.mean(truth != _REST) > 0.5) if truth.size else True
+    majority = (top, moving)
+    methods = _methods(tables)
+    recordings = {t.name: _activity_score([t], methods, majority) for t in labelled}
+    datasets = {
+        source: _activity_score(group, methods, majority)
+        for source, group in sorted(_by_source(labelled).items())
+    }
+    mean = {
+        m: {
+            k: (
+                _mean(v for s in recordings.values() if (v := s.accuracy[m][k]) is not None)
+                if m != BASELINE or k != "groups"
+                else None
+            )
+            for k in ("groups", "rest_vs_moving")
+        }
+        for m in methods
+    }
+    return ActivityReport(
+        methods=methods,
+        majority=(group_name(top), "moving" if moving else "rest"),
+        recordings=recordings,
+        datasets=datasets,
+        pooled=_activity_score(labelled, methods, majority),
+        mean_over_recordings=mean,
+        model_id=model_id,
+        wearable_model_id=wearable_model_id,
+    )
+
+
+def _acc_cells(score: ActivityScore, methods: Sequence[str]) -> list[str]:
+    cells = []
+    for m in methods:
+        a = score.accuracy[m]
+        g = a["groups"]
+        cells.append(f"{_pct(g) if g is not None else '-':>5} / {_pct(a['rest_vs_moving'] or 0.0)}")
+    return cells
+
+
+def format_activity(report: ActivityReport, *, recordings: bool = False) -> str:
+    """The activity report as `gatewayd eval activity` prints it (accuracy %, groups / r-v-m)."""
+    methods = list(report.methods)
+    head = ["", "WINDOWS", *(m.upper() for m in methods)]
+    rows = [[k, str(s.windows), *_acc_cells(s, methods)] for k, s in report.datasets.items()]
+    rows.append(["all windows", str(report.pooled.windows), *_acc_cells(report.pooled, methods)])
+    mean_score = ActivityScore(0, report.mean_over_recordings)
+    rows.append(["mean over recordings", "", *_acc_cells(mean_score, methods)])
+    lines = _model_lines(report.model_id, report.wearable_model_id)
+    lines.append(
+        "Accuracy %, groups (rest/light/vigorous) / rest vs moving, on windows with a known group;"
+        f" {MAJORITY}: always {report.majority[0]} / {report.majority[1]};"
+        f" {BASELINE}: ACC motion >= {ACC_MOTION_THRESHOLD:g}/64 g RMS (rest vs moving only)"
+    )
+    lines.append(format_table(head, rows))
+    if recordings:
+        rrows = [[k, str(s.windows), *_acc_cells(s, methods)] for k, s in report.recordings.items()]
+        lines += ["", format_table(["RECORDING", "WINDOWS", *(m.upper() for m in methods)], rrows)]
+    return "\n".join(lines)
+
+
+# --- offload -------------------------------------------------------------------------------------
+
+
+def bad_windows(
+    table: WindowTable,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """(scored, bad_hr, bad_activity) per window: where the wearable alone got it wrong.
+
+    The heart-rate criterion applies to windows with a reference heart rate (recordings with
+    PPG): bad when the wearable sent no heart rate or one more than `BAD_HR_BPM` off. The
+    activity criterion applies to windows with a known group, when the wearable runs a model:
+    bad when its group differs (an unknown verdict is wrong). A window is scored when at least
+    one criterion applies; it is bad when any applicable one fails.
+    """
+    has_ref = ~np.isnan(table.ref_hr) & table.has_bvp
+    off = np.abs(table.local_hr - table.ref_hr)
+    bad_hr = has_ref & (np.isnan(table.local_hr) | (off > BAD_HR_BPM))
+    labelled = (table.truth != _UNKNOWN) & table.local_model
+    bad_activity = labelled & (table.local_activity != table.truth)
+    return has_ref | labelled, bad_hr, bad_activity
+
+
+@dataclass(frozen=True)
+class OffloadCounts:
+    """Offload counts of some windows; the ratios are properties."""
+
+    windows: int = 0
+    offloaded: int = 0
+    #: Windows with a reference or a label (see `bad_windows`); the others are not scored.
+    scored: int = 0
+    bad: int = 0
+    bad_offloaded: int = 0
+    bad_hr: int = 0
+    bad_activity: int = 0
+    #: Offloaded for each reason (a window may have several).
+    entropy: int = 0
+    confidence: int = 0
+    motion: int = 0
+    #: On offloaded windows with a reference and both answers: the wearable's and the gateway's
+    #: summed absolute HR error (bpm) and how many windows.
+    hr_windows: int = 0
+    wearable_abs_err: float = 0.0
+    gateway_abs_err: float = 0.0
+    #: On offloaded windows with a known group: the wearable's and the gateway's right answers.
+    act_windows: int = 0
+    wearable_right: int = 0
+    gateway_right: int = 0
+
+    @property
+    def offload_ratio(self) -> float:
+        """Share of windows offloaded."""
+        return _ratio(self.offloaded, self.windows)
+
+    @property
+    def bad_window_recall(self) -> float:
+        """Share of the bad local windows that were offloaded (NaN: none was bad)."""
+        return _ratio(self.bad_offloaded, self.bad)
+
+    def __add__(self, other: OffloadCounts) -> OffloadCounts:
+        """Counts of both sets of windows."""
+        return OffloadCounts(
+            **{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__}
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """Counts and ratios as JSON."""
+        return {
+            "windows": self.windows,
+            "offload_ratio": self.offload_ratio,
+            "bad_window_recall": self.bad_window_recall,
+            "counts": {
+                "offloaded": self.offloaded,
+                "scored": self.scored,
+                "unscored": self.windows - self.scored,
+                "bad": self.bad,
+                "bad_offloaded": self.bad_offloaded,
+                "bad_hr": self.bad_hr,
+                "bad_activity": self.bad_activity,
+                "reasons": {
+                    "entropy": self.entropy,
+                    "confidence": self.confidence,
+                    "motion": self.motion,
+                },
+            },
+            "offloaded_windows": {
+                "hr_windows": self.hr_windows,
+                "wearable_hr_mae_bpm": _ratio_f(self.wearable_abs_err, self.hr_windows),
+                "gateway_hr_mae_bpm": _ratio_f(self.gateway_abs_err, self.hr_windows),
+                "activity_windows": self.act_windows,
+                "wearable_activity_accuracy": _ratio(self.wearable_right, self.act_windows),
+                "gateway_activity_accuracy": _ratio(self.gateway_right, self.act_windows),
+            },
+        }
+
+
+def _ratio_f(part: float, whole: int) -> float:
+    return part / whole if whole else math.nan
+
+
+def offload_counts(table: WindowTable) -> OffloadCounts:
+    """The offload counts of one replayed recording (its wearable's actual decisions)."""
+    scored, bad_hr, bad_act = bad_windows(table)
+    bad = bad_hr | bad_act
+    off = table.offloaded
+    hr = off & ~np.isnan(table.ref_hr) & ~np.isnan(table.local_hr) & ~np.isnan(table.gateway_hr)
+    hr &= table.has_bvp
+    act = off & (table.truth != _UNKNOWN)
+    return OffloadCounts(
+        windows=len(table),
+        offloaded=int(off.sum()),
+        scored=int(scored.sum()),
+        bad=int(bad.sum()),
+        bad_offloaded=int((bad & off).sum()),
+        bad_hr=int(bad_hr.sum()),
+        bad_activity=int(bad_act.sum()),
+        entropy=int(((table.flags & MessageFlags.OFFLOAD_ENTROPY) != 0).sum()),
+        confidence=int(((table.flags & MessageFlags.OFFLOAD_CONFIDENCE) != 0).sum()),
+        motion=int(((table.flags & MessageFlags.OFFLOAD_MOTION) != 0).sum()),
+        hr_windows=int(hr.sum()),
+        wearable_abs_err=float(np.abs(table.local_hr - table.ref_hr)[hr].sum()),
+        gateway_abs_err=float(np.abs(table.gateway_hr - table.ref_hr)[hr].sum()),
+        act_windows=int(act.sum()),
+        wearable_right=int((table.local_activity == table.truth)[act].sum()),
+        gateway_right=int((table.gateway_activity == table.truth)[act].sum()),
+    )
+
+
+@dataclass(frozen=True)
+class OffloadReport:
+    """The wearable's offload decisions, per recording, per dataset, pooled and averaged."""
+
+    tau_mbits: int
+    min_conf_e4: int
+    recordings: dict[str, OffloadCounts]
+    datasets: dict[str, OffloadCounts]
+    pooled: OffloadCounts
+    #: Unweighted means over recordings (those with a scored bad window for the recall).
+    mean_offload_ratio: float
+    mean_bad_window_recall: float
+    model_id: str | None = None
+    wearable_model_id: str | None = None
+    sweep: OffloadSweep | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The documented JSON object (docs/eval.md)."""
+        doc: dict[str, object] = {
+            "policy": {
+                "tau_mbits": self.tau_mbits,
+                "min_conf_e4": self.min_conf_e4,
+                "confidence": "min(activity_conf_e4, 100 * signal_quality)",
+            },
+            "model_id": self.model_id,
+            "wearable_model_id": self.wearable_model_id,
+            "bad_hr_bpm": BAD_HR_BPM,
+            **self.pooled.to_json(),
+            "mean_over_recordings": {
+                "offload_ratio": self.mean_offload_ratio,
+                "bad_window_recall": self.mean_bad_window_recall,
+            },
+            "datasets": {k: v.to_json() for k, v in self.datasets.items()},
+            "recordings": {k: v.to_json() for k, v in self.recordings.items()},
+        }
+        if self.sweep is not None:
+            doc["sweep"] = self.sweep.to_json()
+        return _json(doc)
+
+
+def score_offload(
+    tables: Sequence[WindowTable],
+    *,
+    tau_mbits: int = DEFAULT_TAU_MBITS,
+    min_conf_e4: int = DEFAULT_MIN_CONF_E4,
+    model_id: str | None = None,
+    wearable_model_id: str | None = None,
+    sweep: OffloadSweep | None = None,
+) -> OffloadReport:
+    """Offload ratio and bad-window recall of the decisions the wearables took."""
+    recordings = {t.name: offload_counts(t) for t in tables}
+    datasets = {
+        source: sum((recordings[t.name] for t in group), OffloadCounts())
+        for source, group in sorted(_by_source(tables).items())
+    }
+    pooled = sum(recordings.values(), OffloadCounts())
+    return OffloadReport(
+        tau_mbits=tau_mbits,
+        min_conf_e4=min_conf_e4,
+        recordings=recordings,
+        datasets=datasets,
+        pooled=pooled,
+        mean_offload_ratio=_mean(c.offload_ratio for c in recordings.values()),
+        mean_bad_window_recall=_mean(c.bad_window_recall for c in recordings.values()),
+        model_id=model_id,
+        wearable_model_id=wearable_model_id,
+        sweep=sweep,
+    )
+
+
+def _offload_row(name: str, c: OffloadCounts) -> list[str]:
+    return [
+        name,
+        str(c.windows),
+        _pct(c.offload_ratio),
+        f"{c.bad}/{c.scored}",
+        _pct(c.bad_window_recall),
+        f"{c.entropy}/{c.confidence}/{c.motion}",
+        _fmt(_ratio_f(c.wearable_abs_err, c.hr_windows)),
+        _fmt(_ratio_f(c.gateway_abs_err, c.hr_windows)),
+        _pct(_ratio(c.wearable_right, c.act_windows)),
+        _pct(_ratio(c.gateway_right, c.act_windows)),
+    ]
+
+
+def format_offload(report: OffloadReport, *, recordings: bool = False) -> str:
+    """The offload report as `gatewayd eval offload` prints it."""
+    head = ["", "WINDOWS", "OFFLOAD %", "BAD/SCORED", "RECALL %", "ENT/CONF/MOT",
+            "OFF: HR WEAR", "HR GW", "ACT WEAR %", "ACT GW %"]  # fmt: skip
+    rows = [_offload_row(k, c) for k, c in report.datasets.items()]
+    rows.append(_offload_row("all windows", report.pooled))
+    rows.append(
+        ["mean over recordings", "", _pct(report.mean_offload_ratio), "",
+         _pct(report.mean_bad_window_recall), "", "", "", "", ""]
+    )  # fmt: skip
+    lines = _model_lines(report.model_id, report.wearable_model_id)
+    lines.append(
+        f"Policy: entropy > {report.tau_mbits} mbits or min(activity_conf_e4, 100 * quality)"
+        f" < {report.min_conf_e4}, or a fall signature. A bad local window: the wearable's HR"
+        f" > {BAD_HR_BPM:g} bpm off (or none) where there is a reference, or its group wrong"
+        " where there is a label. OFF: on offloaded windows, HR MAE (bpm) and activity accuracy"
+        " of the wearable alone and of what the gateway reports."
+    )
+    lines.append(format_table(head, rows))
+    if recordings:
+        rrows = [_offload_row(k, c) for k, c in report.recordings.items()]
+        lines += ["", format_table(["RECORDING", *head[1:]], rrows)]
+    if report.sweep is not None:
+        lines += ["", format_offload_sweep(report.sweep)]
+    return "\n".join(lines)
+
+
+# --- the offload sweep ---------------------------------------------------------------------------
+
+
+def _hr_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
+    return offload_confidence_e4(10000, quality, hr_cbpm)
+
+
+def _activity_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
+    return activity_conf_e4
+
+
+#: The offload confidences compared by the sweep, from the summary's integers: the wire's
+#: (`offload_confidence_e4`, the lower of both) and each answer's alone.
+CONFIDENCES: Final[Mapping[str, Callable[[int, int, int], int]]] = {
+    "min": offload_confidence_e4,
+    "activity": _activity_confidence_e4,
+    "hr": _hr_confidence_e4,
+}
+#: Entropy thresholds swept (milli-bits); 65535 switches the entropy reason off.
+SWEEP_TAUS: Final = (3600, 3700, 3800, 3850, 3900, 3950, 4000, 4050, 4100, 65535)
+#: Minimum confidences swept (1/10000).
+SWEEP_CONFS: Final = tuple(range(0, 10001, 250))
+#: The "hard window" measure beside the confidence: the wire's histogram entropy, and candidates
+#: a wearable could compute cheaply (eval computes them from the wire samples; not on the wire).
+TERMS: Final = ("entropy", "spectral_entropy", "acc_motion", "none")
+_OFF: Final = math.inf
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One policy's offload ratio and bad-window recall over some windows."""
+
+    tau_mbits: int
+    min_conf_e4: int
+    offload_ratio: float
+    bad_window_recall: float
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One (measure, confidence) pair, chosen and scored leave-one-subject-out like the policy."""
+
+    term: str
+    confidence: str
+    #: Held-out windows pooled: offload ratio and recall.
+    offload_ratio: float
+    bad_window_recall: float
+    #: The threshold and minimum confidence chosen on all subjects (inf: the term is off).
+    threshold: float
+    min_conf_e4: int
+
+
+@dataclass(frozen=True)
+class OffloadSweep:
+    """The trade-off curve of the policy, and the defaults chosen from it cross-subject."""
+
+    confidence: str
+    target_ratio: float
+    #: Per dataset and "pooled": every (tau, min_conf) point of the wire's policy.
+    curves: dict[str, list[SweepPoint]]
+    #: Leave-one-subject-out: chosen on the other subjects, scored on the held-out one; the
+    #: held-out windows pooled, per dataset and overall ("pooled").
+    held_out: dict[str, tuple[float, float]]
+    #: The policy chosen on every subject (what the defaults should be), and its figures.
+    chosen: SweepPoint
+    #: How often each (tau, min_conf) was chosen across the held-out subjects.
+    fold_choices: dict[tuple[int, int], int]
+    #: Every (measure, confidence) pair held out the same way (the wire's policy included).
+    alternatives: list[Alternative] = field(default_factory=list)
+    #: How well each per-window score ranks the bad windows: ROC AUC per dataset and pooled.
+    auc: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The sweep as JSON (docs/eval.md)."""
+        return _json(
+            {
+                "confidence": self.confidence,
+                "target_offload_ratio": self.target_ratio,
+                "chosen": _point(self.chosen),
+                "held_out": {
+                    k: {"offload_ratio": r, "bad_window_recall": c}
+                    for k, (r, c) in self.held_out.items()
+                },
+                "fold_choices": [
+                    {"tau_mbits": t, "min_conf_e4": c, "folds": n}
+                    for (t, c), n in sorted(self.fold_choices.items())
+                ],
+                "alternatives": [
+                    {
+                        "term": a.term,
+                        "confidence": a.confidence,
+                        "offload_ratio": a.offload_ratio,
+                        "bad_window_recall": a.bad_window_recall,
+                        "threshold": None if math.isinf(a.threshold) else a.threshold,
+                        "min_conf_e4": a.min_conf_e4,
+                    }
+                    for a in self.alternatives
+                ],
+                "auc": self.auc,
+                "curves": {k: [_point(p) for p in v] for k, v in self.curves.items()},
+            }
+        )
+
+
+def _point(p: SweepPoint) -> dict[str, object]:
+    return {
+        "tau_mbits": p.tau_mbits,
+        "min_conf_e4": p.min_conf_e4,
+        "offload_ratio": p.offload_ratio,
+        "bad_window_recall": p.bad_window_recall,
+    }
+
+
+def spectral_entropy_bits(bvp: npt.ArrayLike, rate_hz: int = 64) -> float:
+    """Entropy (bits) of a window's BVP power spectrum over the heart-rate band (40-220 bpm).
+
+    A candidate "hard window" measure that a wearable's tracker has at hand (its FFT): the
+    band-passed BVP, Hann-windowed, one FFT of the window's length; 0 for a flat window.
+    """
+    x = np.asarray(bvp, dtype=np.float64)
+    if x.size < 2 or float(np.ptp(x)) == 0.0:
+        return 0.0
+    y = bandpass(x, rate_hz) * np.hanning(x.size)
+    power = np.abs(np.fft.rfft(y)) ** 2
+    freqs = np.fft.rfftfreq(x.size, 1.0 / rate_hz)
+    band = power[(freqs >= 40 / 60) & (freqs <= 220 / 60)]
+    total = float(band.sum())
+    if total <= 0.0:
+        return 0.0
+    p = band[band > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
+@dataclass(frozen=True, eq=False)
+class _Windows:
+    """Every window of a set of tables, flattened, with what the sweep needs."""
+
+    subjects: list[str]
+    sources: list[str]
+    subject: npt.NDArray[np.int64]
+    bad: npt.NDArray[np.bool_]
+    scored: npt.NDArray[np.bool_]
+    motion: npt.NDArray[np.bool_]
+    terms: dict[str, npt.NDArray[np.float64]]
+    confidences: dict[str, npt.NDArray[np.int64]]
+
+
+def _windows(tables: Sequence[WindowTable]) -> _Windows:
+    subjects = sorted({t.subject_key for t in tables})
+    source_of = {t.subject_key: t.source for t in tables}
+    index = {s: i for i, s in enumerate(subjects)}
+    activity = np.concatenate([t.activity_conf_e4 for t in tables])
+    quality = np.concatenate([t.signal_quality for t in tables])
+    cbpm = np.concatenate([np.nan_to_num(np.round(t.local_hr * 100)) for t in tables])
+    confidences = {
+        name: np.array(
+            [fn(int(a), int(q), int(h)) for a, q, h in zip(activity, quality, cbpm, strict=True)],
+            dtype=np.int64,
+        )
+        for name, fn in CONFIDENCES.items()
+    }
+    return _Windows(
+        subjects=subjects,
+        sources=[source_of[s] for s in subjects],
+        subject=np.concatenate([np.full(len(t), index[t.subject_key]) for t in tables]),
+        bad=np.concatenate([np.logical_or(*bad_windows(t)[1:]) for t in tables]),
+        scored=np.concatenate([bad_windows(t)[0] for t in tables]),
+        motion=np.concatenate([(t.flags & MessageFlags.OFFLOAD_MOTION) != 0 for t in tables]),
+        terms={
+            "entropy": np.concatenate([t.entropy_mbits for t in tables]).astype(np.float64),
+            "spectral_entropy": np.concatenate([t.spectral_entropy for t in tables]),
+            "acc_motion": np.concatenate([t.acc_motion for t in tables]),
+            "none": np.zeros(sum(len(t) for t in tables)),
+        },
+        confidences=confidences,
+    )
+
+
+def _thresholds(term: str, values: npt.NDArray[np.float64]) -> list[float]:
+    if term == "entropy":
+        return [_OFF if t >= 65535 else float(t) for t in SWEEP_TAUS]
+    if term == "none" or not values.size:
+        return [_OFF]
+    # Candidates without a wire unit: the upper half of their distribution, and off.
+    return [*np.unique(np.quantile(values, np.linspace(0.5, 0.99, 25))).tolist(), _OFF]
+
+
+def _counts(
+    w: _Windows, term: str, confidence: str, thresholds: Sequence[float], confs: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    """(threshold, min_conf, subject, [windows, offloaded, bad, bad_offloaded])."""
+    k = len(w.subjects)
+    out = np.zeros((len(thresholds), len(confs), k, 4), dtype=np.int64)
+    out[..., 0] = np.bincount(w.subject, minlength=k)
+    out[..., 2] = np.bincount(w.subject, weights=w.bad, minlength=k).astype(np.int64)
+    x, conf = w.terms[term], w.confidences[confidence]
+    for ti, threshold in enumerate(thresholds):
+        high = (x > threshold) | w.motion
+        for ki, min_conf in enumerate(confs):
+            off = high | (conf < min_conf)
+            out[ti, ki, :, 1] = np.bincount(w.subject, weights=off, minlength=k)
+            out[ti, ki, :, 3] = np.bincount(w.subject, weights=off & w.bad, minlength=k)
+    return out
+
+
+def _choose(c: npt.NDArray[np.int64], target: float) -> tuple[int, int]:
+    """The (threshold index, conf index) a policy search picks from counts c (T, K, 4).
+
+    Among the policies offloading at most ``target`` of the windows: if some catch at least
+    `TARGET_RECALL` of the bad ones, the one of them that offloads least (both targets met, the
+    most energy saved); else the best recall (ties: the lower ratio). If none meets the ratio,
+    the lowest ratio.
+    """
+    ratio = c[..., 1] / np.maximum(c[..., 0], 1)
+    recall = c[..., 3] / np.maximum(c[..., 2], 1)
+    feasible = ratio <= target + 1e-12
+    enough = feasible & (recall >= TARGET_RECALL)
+    if enough.any():
+        flat = int(np.argmin(np.where(enough, ratio - 1e-6 * recall, np.inf)))
+    elif feasible.any():
+        flat = int(np.argmax(np.where(feasible, recall - 1e-6 * ratio, -np.inf)))
+    else:
+        flat = int(np.argmin(ratio))
+    ti, ki = np.unravel_index(flat, ratio.shape)
+    return int(ti), int(ki)
+
+
+def _figures(c: npt.NDArray[np.int64]) -> tuple[float, float]:
+    return _ratio(int(c[1]), int(c[0])), _ratio(int(c[3]), int(c[2]))
+
+
+def _held_out(
+    c: npt.NDArray[np.int64], sources: Sequence[str], target: float
+) -> tuple[dict[str, npt.NDArray[np.int64]], Counter[tuple[int, int]], tuple[int, int]]:
+    """Leave-one-subject-out over c (T, K, S, 4): held-out counts, fold picks, the all pick."""
+    total = c.sum(axis=2)
+    held: dict[str, npt.NDArray[np.int64]] = {}
+    choices: Counter[tuple[int, int]] = Counter()
+    for si, source in enumerate(sources):
+        ti, ki = _choose(total - c[:, :, si], target)
+        choices[(ti, ki)] += 1
+        for key in (source, "pooled"):
+            held[key] = held.get(key, np.zeros(4, dtype=np.int64)) + c[ti, ki, si]
+    return held, choices, _choose(total, target)
+
+
+def roc_auc(score: npt.ArrayLike, positive: npt.ArrayLike) -> float:
+    """P(a positive scores above a negative), ties counted half; NaN without both classes."""
+    s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return math.nan
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size)
+    sorted_s = s[order]
+    # Average ranks over ties (1-based).
+    edges = np.flatnonzero(np.diff(sorted_s)) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [s.size]])
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _auc(w: _Windows) -> dict[str, dict[str, float]]:
+    """AUC of each score for telling bad local windows from good ones, per dataset and pooled."""
+    scores = {
+        "entropy": w.terms["entropy"],
+        "spectral_entropy": w.terms["spectral_entropy"],
+        "acc_motion": w.terms["acc_motion"],
+        "1 - hr quality": -w.confidences["hr"].astype(np.float64),
+        "1 - activity confidence": -w.confidences["activity"].astype(np.float64),
+        "1 - offload confidence": -w.confidences["min"].astype(np.float64),
+    }
+    source = np.array(w.sources)[w.subject]
+    out: dict[str, dict[str, float]] = {}
+    for name in [*sorted(set(w.sources)), "pooled"]:
+        keep = w.scored & ((source == name) if name != "pooled" else True)
+        out[name] = {k: roc_auc(v[keep], w.bad[keep]) for k, v in scores.items()}
+    return out
+
+
+def sweep_offload(
+    tables: Sequence[WindowTable],
+    *,
+    target_ratio: float = TARGET_OFFLOAD_RATIO,
+    confs: Sequence[int] = SWEEP_CONFS,
+    confidence: str = "min",
+) -> OffloadSweep:
+    """Sweep tau and the minimum confidence; choose them leave-one-subject-out.
+
+    For every held-out subject the policy `_choose` picks on the *other* subjects (both targets
+    met at the least offload, else the best recall at an offload ratio <= ``target_ratio``) is
+    applied to the held-out one; the held-out windows are pooled. The policy chosen on all
+    subjects is the recommended default. The same is done for every other (measure,
+    confidence) pair (`TERMS`, `CONFIDENCES`) to compare them.
+    """
+    w = _windows(tables)
+    taus = list(SWEEP_TAUS)
+    alternatives: list[Alternative] = []
+    main: tuple[Any, ...] = ()
+    for term in TERMS:
+        thresholds = _thresholds(term, w.terms[term])
+        for name in CONFIDENCES:
+            c = _counts(w, term, name, thresholds, confs)
+            held, choices, (ti, ki) = _held_out(c, w.sources, target_ratio)
+            alternatives.append(
+                Alternative(term, name, *_figures(held["pooled"]), thresholds[ti], confs[ki])
+            )
+            if (term, name) == ("entropy", confidence):
+                main = (c, held, choices, ti, ki)
+    c, held, choices, ti, ki = main
+    total = c.sum(axis=2)
+    curves: dict[str, list[SweepPoint]] = {}
+    groups = {s: [i for i, src in enumerate(w.sources) if src == s] for s in w.sources}
+    groups["pooled"] = list(range(len(w.subjects)))
+    for name, members in sorted(groups.items()):
+        part = c[:, :, members].sum(axis=2)
+        curves[name] = [
+            SweepPoint(tau, conf, *_figures(part[i, j]))
+            for i, tau in enumerate(taus)
+            for j, conf in enumerate(confs)
+        ]
+    return OffloadSweep(
+        confidence=confidence,
+        target_ratio=target_ratio,
+        curves=curves,
+        held_out={k: _figures(v) for k, v in sorted(held.items())},
+        chosen=SweepPoint(taus[ti], confs[ki], *_figures(total[ti, ki])),
+        fold_choices={(taus[i], confs[j]): n for (i, j), n in choices.items()},
+        alternatives=alternatives,
+        auc=_auc(w),
+    )
+
+
+def format_offload_sweep(sweep: OffloadSweep) -> str:
+    """The sweep's tables: the frontier per dataset, held-out figures and the choice."""
+    lines = [
+        f"Sweep (confidence = {sweep.confidence}): best bad-window recall % at an offload ratio"
+        " of at most 15 / 25 / 35 / 50 %, per dataset (in-sample curves, for the trade-off):"
+    ]
+    rows = []
+    for name, points in sweep.curves.items():
+        cells = []
+        for budget in (0.15, 0.25, 0.35, 0.50):
+            ok = [p for p in points if p.offload_ratio <= budget + 1e-12]
+            best = max(ok, key=lambda p: (p.bad_window_recall, -p.offload_ratio), default=None)
+            cells.append(
+                "-"
+                if best is None
+                else f"{_pct(best.bad_window_recall)} ({best.tau_mbits},{best.min_conf_e4})"
+            )
+        rows.append([name, *cells])
+    lines.append(format_table(["DATASET", "<=15 %", "<=25 %", "<=35 %", "<=50 %"], rows))
+    lines += [
+        "",
+        "Chosen leave-one-subject-out on the other subjects (the least offload catching >="
+        f" {_pct(TARGET_RECALL)} % of the bad windows within {_pct(sweep.target_ratio)} %"
+        " offload, else the best recall within it), scored on the held-out subject; held-out"
+        " windows pooled:",
+    ]
+    hrows = [[k, _pct(r), _pct(c)] for k, (r, c) in sweep.held_out.items()]
+    lines.append(format_table(["HELD OUT", "OFFLOAD %", "RECALL %"], hrows))
+    lines += [
+        "",
+        "Every measure beside the confidence, held out the same way (pooled; entropy/min is the"
+        " wire's policy; thresholds chosen on all subjects):",
+    ]
+    arows = [
+        [
+            a.term,
+            a.confidence,
+            _pct(a.offload_ratio),
+            _pct(a.bad_window_recall),
+            "off" if math.isinf(a.threshold) else f"{a.threshold:.4g}",
+            str(a.min_conf_e4),
+        ]
+        for a in sweep.alternatives
+    ]
+    lines.append(
+        format_table(
+            ["MEASURE", "CONFIDENCE", "OFFLOAD %", "RECALL %", "THRESHOLD", "MIN CONF E4"], arows
+        )
+    )
+    scores = list(next(iter(sweep.auc.values()), {}))
+    lines += ["", "ROC AUC of each score for the bad local windows (scored windows):"]
+    lines.append(
+        format_table(
+            ["DATASET", *scores],
+            [[k, *(_fmt(v[s], ".3f") for s in scores)] for k, v in sweep.auc.items()],
+        )
+    )
+    folds = ", ".join(f"({t}, {c}) x{n}" for (t, c), n in sorted(sweep.fold_choices.items()))
+    lines += [
+        f"Folds chose (tau_mbits, min_conf_e4): {folds}",
+        f"Chosen on all subjects: tau_mbits {sweep.chosen.tau_mbits}, min_conf_e4"
+        f" {sweep.chosen.min_conf_e4}: offload {_pct(sweep.chosen.offload_ratio)} %, recall"
+        f" {_pct(sweep.chosen.bad_window_recall)} % (in-sample)",
+    ]
+    return "\n".join(lines)
+
+
+def plot_offload_sweep(sweep: OffloadSweep, path: Path) -> None:
+    """Write the trade-off curves (recall against offload ratio) as a PNG (needs matplotlib)."""
+    import matplotlib  # noqa: PLC0415 - optional, only for this figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = list(sweep.curves)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    taus = sorted({p.tau_mbits for p in next(iter(sweep.curves.values()))})
+    for ax, name in zip(axes.flat, names, strict=False):
+        for tau in taus:
+            pts = sorted(
+                (p for p in sweep.curves[name] if p.tau_mbits == tau),
+                key=lambda p: p.min_conf_e4,
+            )
+            label = "no entropy" if tau >= 65535 else f"tau {tau}"
+            ax.plot(
+                [p.offload_ratio for p in pts],
+                [p.bad_window_recall for p in pts],
+                marker=".",
+                markersize=3,
+                linewidth=1,
+                label=label,
+            )
+        here = [
+            p
+            for p in sweep.curves[name]
+            if (p.tau_mbits, p.min_conf_e4) == (sweep.chosen.tau_mbits, sweep.chosen.min_conf_e4)
+        ]
+        for p in here:
+            ax.plot(p.offload_ratio, p.bad_window_recall, "k*", markersize=12, label="default")
+        ax.axvline(sweep.target_ratio, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(TARGET_RECALL, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(name)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("offload ratio")
+        ax.set_ylabel("bad-window recall")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(
+        f"Offload policy sweep (confidence = {sweep.confidence}); star: tau"
+        f" {sweep.chosen.tau_mbits}, min_conf {sweep.chosen.min_conf_e4}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- the heart-rate fusion sweep -----------------------------------------------------------------
+
+#: Model margins swept: the model's HR is taken when its confidence beats the wearable's by more.
+FUSION_MARGINS: Final = (-1.0, -0.5, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class FusionSweep:
+    """The gateway's HR under each fusion rule, held out by subject (MAE over recordings)."""
+
+    #: rule -> (held-out mean MAE over recordings, per dataset) ; rules: signal, model, fused
+    #: (margin chosen on the other subjects), and fused at each fixed margin.
+    mean_mae_bpm: dict[str, float]
+    datasets: dict[str, dict[str, float]]
+    chosen_margin: float
+    fold_margins: dict[float, int]
+
+    def to_json(self) -> dict[str, object]:
+        """The sweep as JSON."""
+        return _json(
+            {
+                "mean_mae_bpm": self.mean_mae_bpm,
+                "datasets": self.datasets,
+                "chosen_margin": self.chosen_margin,
+                "fold_margins": {str(k): v for k, v in sorted(self.fold_margins.items())},
+            }
+        )
+
+
+def _fused(table: WindowTable, margin: float | None) -> npt.NDArray[np.float64]:
+    """The gateway's HR per window under a rule: None = model on offloaded windows."""
+    wear = table.local_hr
+    conf = np.where(table.signal_quality == UNKNOWN_QUALITY, 1.0, table.signal_quality / 100)
+    model = table.model_hr
+    if margin is None:
+        take = ~np.isnan(model)
+    else:
+        take = ~np.isnan(model) & (np.isnan(wear) | (table.model_hr_conf > conf + margin))
+    out: npt.NDArray[np.float64] = np.where(table.offloaded & take, model, wear)
+    return out
+
+
+def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
+    """Compare the HR fusion rules, choosing the margin leave-one-subject-out.
+
+    Per recording the MAE is over windows with a reference where the wearable and the model both
+    answered; the reported HR differs from the wearable's only on offloaded windows.
+    """
+    scored = [t for t in tables if t.has_bvp and not np.isnan(t.ref_hr).all()]
+    rules: dict[str, float | None] = {f"margin {m:+.1f}": m for m in FUSION_MARGINS}
+    per: dict[str, dict[str, float]] = {"signal": {}, "model": {}}
+    per.update({k: {} for k in rules})
+    for t in scored:
+        ok = ~np.isnan(t.ref_hr) & ~np.isnan(t.local_hr) & ~np.isnan(t.model_hr)
+        per["signal"][t.name] = mae(t.local_hr[ok], t.ref_hr[ok])
+        per["model"][t.name] = mae(_fused(t, None)[ok], t.ref_hr[ok])
+        for k, m in rules.items():
+            per[k][t.name] = mae(_fused(t, m)[ok], t.ref_hr[ok])
+    subjects = sorted({t.subject_key for t in scored})
+    fused: dict[str, float] = {}
+    margins: Counter[float] = Counter()
+    for s in subjects:
+        train = [t.name for t in scored if t.subject_key != s]
+        best = min(rules, key=lambda k: (_mean(per[k][n] for n in train), abs(rules[k] or 0)))
+        margins[rules[best] or 0.0] += 1
+        for t in scored:
+            if t.subject_key == s:
+                fused[t.name] = per[best][t.name]
+    per["fused (held out)"] = fused
+    names = [t.name for t in scored]
+    chosen = min(rules, key=lambda k: (_mean(per[k][n] for n in names), abs(rules[k] or 0)))
+    by_source = _by_source(scored)
+    return FusionSweep(
+        mean_mae_bpm={k: _mean(v[n] for n in names) for k, v in per.items()},
+        datasets={
+            source: {k: _mean(v[t.name] for t in group) for k, v in per.items()}
+            for source, group in sorted(by_source.items())
+        },
+        chosen_margin=rules[chosen] or 0.0,
+        fold_margins=dict(margins),
+    )
+
+
+def format_fusion_sweep(sweep: FusionSweep) -> str:
+    """The fusion comparison table."""
+    rules = list(sweep.mean_mae_bpm)
+    head = ["RULE", "MEAN", *sweep.datasets]
+    rows = [
+        [r, _fmt(sweep.mean_mae_bpm[r]), *(_fmt(d[r]) for d in sweep.datasets.values())]
+        for r in rules
+    ]
+    folds = ", ".join(f"{m:+.1f} x{n}" for m, n in sorted(sweep.fold_margins.items()))
+    return "\n".join(
+        [
+            "Gateway HR by fusion rule, MAE bpm (mean over recordings, windows where the wearable"
+            " and the model both answered); 'fused (held out)': margin chosen on the other"
+            " subjects:",
+            format_table(head, rows),
+            f"Folds chose margins: {folds}; on all subjects: {sweep.chosen_margin:+.1f}",
+        ]
+    )

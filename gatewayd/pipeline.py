@@ -13,10 +13,12 @@ joined by one bounded queue:
 The decisions (what HR/activity a window has, what the rules see, what is published) are pure
 functions below, tested with literals; the store, the publisher and the analyser are injected.
 
-`InferenceWorker` runs the full model (or, without one, the signal-processing heart-rate
-estimator) in a worker thread, batching windows across devices up to ``max_batch`` or
-``max_wait_ms``. `plan_backpressure` (pure) decides which wearables to throttle while that
-worker's queue stays full, and `throttled_policy` what their offload policy becomes.
+`InferenceWorker` runs the gateway's analysis of offloaded windows
+(`gatewayd.inference.analysis.analyse_windows`: the full model, the heart-rate fusion, the
+gateway's own tracker for windows that arrive without a heart rate) in a worker thread, batching
+windows across devices up to ``max_batch`` or ``max_wait_ms``. `plan_backpressure` (pure)
+decides which wearables to throttle while that worker's queue stays full, and
+`throttled_policy` what their offload policy becomes.
 `StoreOutbox` adapts the store's outbox to what the publisher reads: device events become
 `Alert`s, gateway-level events (no device) `GatewayAlert`s.
 """
@@ -37,9 +39,13 @@ from pydantic import ValidationError
 
 from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.config import InferenceConfig
-from gatewayd.inference.cards import ACTIVITY_CLASSES
-from gatewayd.inference.groups import group_prediction
-from gatewayd.inference.session import InferenceError, ModelSession, Prediction
+from gatewayd.inference.analysis import (
+    HrFusion,
+    WindowAnalysis,
+    analyse_windows,
+    analysis_from_prediction,
+)
+from gatewayd.inference.session import ModelSession
 from gatewayd.link.events import (
     BatteryLevel,
     DeviceRestarted,
@@ -70,8 +76,7 @@ from gatewayd.publish.topics import TopicError, Topics
 from gatewayd.rules.alerts import AlertTransition
 from gatewayd.rules.engine import RuleEngine
 from gatewayd.rules.inputs import LinkStatus, Observation
-from gatewayd.signals.filters import preprocess_window
-from gatewayd.signals.heart_rate import HrTracker
+from gatewayd.signals.heart_rate import HrState
 from gatewayd.store.records import NewEvent, StoredEvent, WindowRecord, window_record_from_message
 
 __all__ = [
@@ -107,57 +112,7 @@ log = structlog.get_logger("gatewayd.pipeline")
 #: Bound of the queue between the two stages (events, all devices together).
 DEFAULT_QUEUE_SIZE: Final = 1024
 
-HrSourceName = Literal["model", "signal"]
-
-
 # --- pure decisions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WindowAnalysis:
-    """What the gateway made of one offloaded window (full model, or the signal estimator)."""
-
-    hr_bpm: float | None
-    hr_confidence: float
-    hr_source: HrSourceName
-    #: The model's activity group (`ActivityGroup` code, 255 when it is unsure which); None
-    #: when nothing here looked at the activity (the signal estimator).
-    activity: int | None = None
-    #: Probability of that group (summed over the model's classes in it).
-    activity_confidence: float = 0.0
-    quality: int | None = None
-    model_id: str | None = None
-    result: Mapping[str, Any] | None = None
-
-
-def analysis_from_prediction(
-    prediction: Prediction,
-    i: int,
-    model_id: str,
-    classes: Sequence[str] = ACTIVITY_CLASSES,
-) -> WindowAnalysis:
-    """Row ``i`` of a model's batch answer; HR confidence is 1 - normalised HR entropy.
-
-    ``classes`` are the model card's ``outputs.activity_classes``; the activity is their group
-    (`gatewayd.inference.groups`), its confidence the group's summed probability.
-    """
-    bins = prediction.hr_probs.shape[1]
-    max_bits = math.log2(bins) if bins > 1 else 1.0
-    confidence = float(np.clip(1.0 - prediction.hr_entropy_bits[i] / max_bits, 0.0, 1.0))
-    groups = group_prediction(prediction.activity_probs[i : i + 1], classes)
-    return WindowAnalysis(
-        hr_bpm=float(prediction.hr_bpm[i]),
-        hr_confidence=confidence,
-        hr_source="model",
-        activity=int(groups.group[0]),
-        activity_confidence=float(groups.confidence[0]),
-        model_id=model_id,
-        result={
-            "activity_probs": [round(float(p), 4) for p in prediction.activity_probs[i]],
-            "group_probs": [round(float(p), 4) for p in groups.group_probs[0]],
-            "hr_entropy_bits": round(float(prediction.hr_entropy_bits[i]), 4),
-        },
-    )
 
 
 def window_time(summary: Summary, received_at: float) -> float:
@@ -812,19 +767,21 @@ class WorkerStats:
 class InferenceWorker:
     """Batches offloaded windows across devices and analyses them in a worker thread.
 
-    With a `ModelSession` the full model answers (HR and activity); without one (no model
-    installed, degraded mode) the signal estimator gives the HR, one `HrTracker` per device.
-    Batches run one at a time in a thread (ONNX Runtime and scipy block), so windows of one
-    device are analysed in arrival order.
+    The analysis itself is `gatewayd.inference.analysis.analyse_windows` (the same code
+    `gatewayd eval` scores): the full model when there is a `ModelSession` (activity, and a heart
+    rate fused with the wearable's own estimate, `InferenceConfig.heart_rate`), the wearable's
+    estimate alone without one (degraded mode), and the gateway's own tracker (one state per
+    device) for windows that arrive without a heart rate. Batches run one at a time in a thread
+    (ONNX Runtime and scipy block), so windows of one device are analysed in arrival order.
     """
 
     def __init__(self, session: ModelSession | None, config: InferenceConfig) -> None:
         self.session = session
-        self.heart_rate = config.heart_rate
+        self.fusion = HrFusion(mode=config.heart_rate, model_margin=config.hr_model_margin)
         self.max_batch = config.max_batch
         self.max_wait_s = config.max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)
-        self._trackers: dict[str, HrTracker] = {}
+        self._states: dict[str, HrState] = {}
         self.stats = WorkerStats()
 
     @property
@@ -883,81 +840,15 @@ class InferenceWorker:
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
 
     def _run_batch(self, batch: Sequence[_Job]) -> list[WindowAnalysis | None]:
-        """Analyse one batch. Runs in a worker thread."""
-        if self.session is not None:
-            answers = self._run_model(self.session, batch)
-            if answers is not None:
-                if self.heart_rate == "model":
-                    return answers
-                # Activity from the model, heart rate from the signal estimator.
-                return [
-                    _signal_hr(a, self._run_signal(job))
-                    for a, job in zip(answers, batch, strict=True)
-                ]
-        return [self._run_signal(job) for job in batch]
-
-    def _run_model(
-        self, session: ModelSession, batch: Sequence[_Job]
-    ) -> list[WindowAnalysis | None] | None:
-        inputs: list[np.ndarray[Any, Any]] = []
-        usable: list[int] = []
-        for i, job in enumerate(batch):
-            w = job.window
-            try:
-                inputs.append(preprocess_window(w.bvp, w.acc, w.bvp_rate_hz, w.acc_rate_hz))
-            except ValueError:
-                continue
-            usable.append(i)
-        out: list[WindowAnalysis | None] = [None] * len(batch)
-        if not inputs:
-            return out
-        try:
-            prediction = session.predict(np.stack(inputs))
-        except (InferenceError, ValueError) as exc:
+        """Analyse one batch. Runs in a worker thread (one batch at a time)."""
+        windows = [(job.device_id, job.window) for job in batch]
+        answer = analyse_windows(windows, self._states, self.session, self.fusion)
+        if answer.model_error is not None and self.session is not None:
             self.stats.model_failures += 1
-            log.error("model failed on a batch; using the signal estimator",  # noqa: TRY400
-                      model_id=session.model_id, error=str(exc))  # fmt: skip
-            return None
-        for row, i in enumerate(usable):
-            out[i] = analysis_from_prediction(
-                prediction, row, session.model_id, session.card.outputs.activity_classes
-            )
-        return out
-
-    def _run_signal(self, job: _Job) -> WindowAnalysis | None:
-        w = job.window
-        tracker = self._trackers.get(job.device_id)
-        if tracker is None or (tracker.bvp_rate_hz, tracker.acc_rate_hz) != (
-            w.bvp_rate_hz,
-            w.acc_rate_hz,
-        ):
-            tracker = HrTracker(bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz)
-            self._trackers[job.device_id] = tracker
-        try:
-            estimate = tracker.update(w.bvp, w.acc)
-        except ValueError:
-            return None
-        return WindowAnalysis(
-            hr_bpm=estimate.bpm,
-            hr_confidence=estimate.confidence,
-            hr_source="signal",
-            quality=estimate.quality,
-        )
-
-
-def _signal_hr(
-    model: WindowAnalysis | None, signal: WindowAnalysis | None
-) -> WindowAnalysis | None:
-    """The model's analysis with the signal estimator's heart rate (either may be missing)."""
-    if model is None or signal is None:
-        return signal if model is None else model
-    return replace(
-        model,
-        hr_bpm=signal.hr_bpm,
-        hr_confidence=signal.hr_confidence,
-        hr_source=signal.hr_source,
-        quality=signal.quality,
-    )
+            log.error("model failed on a batch; using the signal estimate",
+                      model_id=self.session.model_id, error=answer.model_error)  # fmt: skip
+        self._states.update(answer.states)
+        return answer.analyses
 
 
 # --- the outbox, as the publisher reads it -------------------------------------------------------

@@ -53,9 +53,9 @@ def test_empty_file_gives_the_embedded_defaults(tmp_path: Path) -> None:
     assert config.ble.adapters == ("hci0",)
     assert config.ble.slots_per_adapter == 5
     assert config.ble.mtu_request == 247
-    assert config.offload.tau_bits == 4.0
+    assert config.offload.tau_bits == 4.05
     assert config.inference.model == "mnv2-1d-w1.0"
-    assert config.inference.heart_rate == "signal"
+    assert config.inference.heart_rate == "fused"
     assert config.gateway.state_dir == Path("/var/lib/gatewayd")
     assert config.store.path == Path("/var/lib/gatewayd/gatewayd.db")
     assert config.mqtt.password is None

@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gatewayd.activity import ActivityGroup
+from gatewayd.config import OffloadConfig
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator.faults import FaultPlan, parse_faults
+from gatewayd.emulator.virtual import FleetSetup, load_wearable_model, pick_wearable_model
 from gatewayd.emulator.wearable import WearableCore, WearableSpec, bvp_gain, quantise
 from gatewayd.errors import DecodeError, EmulatorError
+from gatewayd.inference import ModelRegistry, ModelSession
+from gatewayd.inference.analysis import model_input, predict
+from gatewayd.inference.groups import group_prediction
 from gatewayd.protocol.control import (
     Resend,
     SetPolicy,
@@ -32,10 +38,14 @@ from gatewayd.protocol.messages import (
 )
 from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
 from gatewayd.signals.offload import (
+    DEFAULT_MIN_CONF_E4,
+    DEFAULT_TAU_MBITS,
     IMPACT_THRESHOLD_MILLI_G,
     MOTION_HOLD_MS,
+    confidence_e4,
     decide_offload,
     fall_impact_index,
+    offload_confidence_e4,
 )
 
 RECORDING = generate_recording(7, 1.0, seed=7)
@@ -73,7 +83,8 @@ def test_offload_decision_matches_the_firmware_policy_and_raw_samples_travel() -
         m = decode_message(raw)
         s = summary_of(m)
         assert s.seq == seq
-        reason = decide_offload(s.entropy_mbits, s.activity_conf_e4, 3880, 5000)
+        confidence = offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm)
+        reason = decide_offload(s.entropy_mbits, confidence, 3880, 5000)
         assert int(s.offload_reason) == int(reason)  # no impact here: MOTION never set
         assert isinstance(m, Window) == bool(reason)
         if isinstance(m, Window):
@@ -215,6 +226,14 @@ def test_spec_defaults_are_the_offload_policy_defaults() -> None:
     spec = core().spec
     assert spec.impact_threshold_milli_g == IMPACT_THRESHOLD_MILLI_G == 3000
     assert spec.motion_hold_ms == MOTION_HOLD_MS == 16000
+    config = OffloadConfig()
+    assert (spec.tau_mbits, spec.min_conf_e4) == (DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4)
+    assert (round(config.tau_bits * 1000), round(config.min_confidence * 10000)) == (
+        DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4,
+    )  # fmt: skip
+    assert (FleetSetup().tau_mbits, FleetSetup().min_conf_e4) == (
+        DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4,
+    )  # fmt: skip
 
 
 def test_a_fall_while_walking_is_offloaded_for_motion_from_the_impact_on() -> None:
@@ -267,3 +286,70 @@ def test_time_sync_does_not_move_the_motion_hold() -> None:
     assert [bool(summary_of(m).flags & motion) for m in synced.sent.values()] == [
         bool(summary_of(m).flags & motion) for m in plain.sent.values()
     ]
+
+
+# ---- the local model -------------------------------------------------------------------------
+
+
+def local_model() -> ModelSession:
+    picked = pick_wearable_model(ModelRegistry.discover(), 40)
+    if picked is None:
+        pytest.skip("no wearable model pruned 40 % is installed in gatewayd/models")
+    return ModelSession(picked.card, picked.path)
+
+
+def test_the_shipped_wearable_model_is_picked_by_pruning_int8_first() -> None:
+    registry = ModelRegistry.discover()
+    for pct in (20, 40, 60, 80):
+        picked = pick_wearable_model(registry, pct)
+        if picked is None:
+            continue
+        assert (picked.card.role, picked.card.pruning_pct) == ("wearable", pct)
+        same = [m for m in registry.for_role("wearable") if m.card.pruning_pct == pct]
+        if any(m.card.quantization == "int8-static" for m in same):
+            assert picked.card.quantization == "int8-static"
+    assert pick_wearable_model(registry, 33) is None
+    session, why = load_wearable_model(33)
+    assert session is None
+    assert why is not None
+    assert "33 %" in why
+
+
+def test_a_local_model_puts_its_group_and_probability_on_the_wire() -> None:
+    session = local_model()
+    c = WearableCore(
+        WearableSpec("C0:FF:EE:00:00:01", "w", RECORDING, boot_id=99, model_id=session.model_id),
+        keep_sent=True,
+        local_model=session,
+    )
+    info = decode_info(c.info())
+    assert info.model_id == session.model_id
+    groups = set()
+    for seq, raw in c.produce(1e9):
+        s = summary_of(decode_message(raw))
+        # Recomputed from the same wire samples: the model's group and its probability.
+        bvp, acc = c.wire_samples(seq)
+        x = model_input(bvp, acc, bvp_rate_hz=64, acc_rate_hz=32, acc_lsb_per_g=64,
+                        preprocessing=session.card.input.preprocessing)  # fmt: skip
+        g = group_prediction(predict(session, x[None]).activity_probs,
+                             session.card.outputs.activity_classes)  # fmt: skip
+        assert s.activity == int(g.group[0])
+        unknown = s.activity == int(ActivityGroup.UNKNOWN)
+        p = float(g.group_probs[0].max()) if unknown else float(g.confidence[0])
+        assert s.activity_conf_e4 == confidence_e4(p)
+        # The offload decision is the firmware's on the summary's integers.
+        conf = offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm)
+        reason = decide_offload(s.entropy_mbits, conf, c.tau_mbits, c.min_conf_e4)
+        assert int(s.offload_reason) == int(reason)
+        groups.add(s.activity)
+    assert groups <= {int(g) for g in ActivityGroup}
+
+
+def test_without_a_local_model_activity_stays_unknown_and_the_confidence_is_the_trackers() -> None:
+    c = core()
+    assert c.local_model is None
+    for _, raw in c.produce(1e9):
+        s = summary_of(decode_message(raw))
+        assert s.activity == 255
+        # The tracker's confidence in 1/10000 and its quality in 1/100 agree to the percent.
+        assert abs(s.activity_conf_e4 - 100 * s.signal_quality) <= 50

@@ -43,6 +43,7 @@ from gatewayd.signals.offload import (
     fall_impact_index,
     last_impact_index,
     motion_offload,
+    offload_confidence_e4,
 )
 
 pytestmark = [
@@ -154,9 +155,10 @@ def check_entropy_and_policy(vec: GoldenVector, decoded: Summary | Window) -> No
     )
     if vec.policy is not None:
         tau, min_conf, reason = vec.policy
-        decided = decide_offload(
-            summary.entropy_mbits, summary.activity_conf_e4, tau, min_conf, motion=motion
+        confidence = offload_confidence_e4(
+            summary.activity_conf_e4, summary.signal_quality, summary.hr_cbpm
         )
+        decided = decide_offload(summary.entropy_mbits, confidence, tau, min_conf, motion=motion)
         assert int(decided) == reason
         assert int(summary.flags) & OFFLOAD_BITS == reason
         if isinstance(decoded, Window):
@@ -197,7 +199,17 @@ def test_golden_vectors_cover_the_protocol() -> None:
     assert by_name["window_constant_mtu247"].entropy == 0.0
     assert {_seq(v.message) for v in VECTORS} >= {0, 0xFFFFFFFF}
     assert {v.message[28] for v in WINDOW_VECTORS} == {int(f) for f in SampleFormat}
-    assert {v.policy[2] for v in VECTORS if v.policy is not None} == {1, 2, 3}
+    assert {v.policy[2] for v in VECTORS if v.policy is not None} == {0, 1, 2, 3}
+    # The offload confidence is the lower of the activity's and the heart rate's quality, and
+    # the quality is left out of a window without a pulse.
+    unsure = decode_message(by_name["summary_unsure_hr_mtu247"].message)
+    no_pulse = decode_message(by_name["summary_no_pulse_mtu247"].message)
+    assert isinstance(unsure, Summary)
+    assert isinstance(no_pulse, Summary)
+    assert (unsure.activity_conf_e4, unsure.signal_quality) == (9500, 41)
+    assert by_name["summary_unsure_hr_mtu247"].policy == (4000, 5000, 2)
+    assert (no_pulse.hr_cbpm, no_pulse.signal_quality) == (0, 0)
+    assert by_name["summary_no_pulse_mtu247"].policy == (4000, 5000, 0)
     assert {v.mtu for v in VECTORS} >= {23, 185, 247, 517}
     assert any(v.message[2] & int(MessageFlags.RESENT) for v in WINDOW_VECTORS)
     assert {ok for _, ok in CONTROLS} == {True, False}

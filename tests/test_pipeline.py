@@ -80,13 +80,13 @@ def summary(seq: int = 3, *, hr_cbpm: int = 7250, flags: MessageFlags = MessageF
     )
 
 
-def window(seq: int = 4, bpm: float = 72.0) -> Window:
+def window(seq: int = 4, bpm: float = 72.0, *, hr_cbpm: int = 7250) -> Window:
     t = np.arange(512) / 64
     bvp = (1000 * np.sin(2 * np.pi * bpm / 60 * t)).astype("<i2")
     acc = np.zeros((256, 3), dtype="<i2")
     acc[:, 2] = 64  # 1 g on z
     return Window(
-        summary=summary(seq, flags=MessageFlags.OFFLOAD_ENTROPY),
+        summary=summary(seq, flags=MessageFlags.OFFLOAD_ENTROPY, hr_cbpm=hr_cbpm),
         sample_format=SampleFormat.INT16,
         bvp_rate_hz=64,
         acc_rate_hz=32,
@@ -489,10 +489,14 @@ async def test_windows_go_through_the_analyser_in_order() -> None:
 
 
 @pytest.mark.asyncio
-async def test_the_worker_batches_windows_and_falls_back_to_the_signal_estimator() -> None:
+async def test_the_worker_batches_windows_and_without_a_model_reports_the_wearables_hr() -> None:
     worker = InferenceWorker(None, InferenceConfig(max_batch=8, max_wait_ms=50))
+    # Device "a" sends its own heart rate (72.5 in the summary); "b" sends none, so the
+    # gateway's tracker estimates it from the samples (a 78 bpm sine), one state per device.
     jobs = [
-        asyncio.ensure_future(worker.analyse(device, window(seq, bpm=78.0)))
+        asyncio.ensure_future(
+            worker.analyse(device, window(seq, bpm=78.0, hr_cbpm=7250 if device == "a" else 0))
+        )
         for seq in range(3) for device in ("a", "b")
     ]  # fmt: skip
     runner = asyncio.create_task(worker.run())
@@ -506,16 +510,20 @@ async def test_the_worker_batches_windows_and_falls_back_to_the_signal_estimator
     for result in results:
         assert result is not None
         assert result.hr_source == "signal"
-    last = results[-1]
+    from_a = [r for i, r in enumerate(results) if i % 2 == 0]
+    from_b = [r for i, r in enumerate(results) if i % 2 == 1]
+    assert [r.hr_bpm for r in from_a if r is not None] == [72.5, 72.5, 72.5]
+    last = from_b[-1]
     assert last is not None
     assert last.hr_bpm is not None
     assert last.hr_bpm == pytest.approx(78.0, abs=3.0)
+    assert last.quality is not None  # the gateway's own tracker answered
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("heart_rate", ["model", "signal"])
+@pytest.mark.parametrize("heart_rate", ["model", "signal", "fused"])
 async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(
-    tmp_path: Path, heart_rate: Literal["model", "signal"]
+    tmp_path: Path, heart_rate: Literal["model", "signal", "fused"]
 ) -> None:
     await asyncio.to_thread(install_tiny_model, tmp_path, "tiny-full")
     registry = await asyncio.to_thread(ModelRegistry.discover, tmp_path)
@@ -533,11 +541,18 @@ async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(
     assert (worker.stats.windows, worker.stats.largest_batch) == (6, 4)
     for result in results:
         assert result is not None
-        # Activity always from the model; heart rate from where the config says.
-        assert (result.hr_source, result.model_id) == (heart_rate, "tiny-full")
+        assert result.result is not None
+        model_conf = result.result["model_hr_confidence"]
+        # Activity always from the model; heart rate from where the config says: "fused"
+        # takes the model's only when it is more confident than the wearable (quality 80).
+        expected = {"model": "model", "signal": "signal"}.get(
+            heart_rate, "model" if model_conf > 0.8 else "signal"
+        )
+        assert (result.hr_source, result.model_id) == (expected, "tiny-full")
+        wanted = result.result["model_hr_bpm"] if expected == "model" else 72.5
+        assert result.hr_bpm == pytest.approx(wanted, abs=0.01)  # the record rounds to 0.01
         assert result.activity in {int(g) for g in ActivityGroup}
         assert 0.0 <= result.hr_confidence <= 1.0
-        assert result.result is not None
 
 
 # --- backpressure --------------------------------------------------------------------------------

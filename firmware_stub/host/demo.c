@@ -107,7 +107,7 @@ int main(int argc, char **argv)
 
     h = gwfw_entropy_i16(bvp, 512);
     s.entropy_mbits = gwfw_entropy_mbits(h);
-    reason = gwfw_offload_reason(s.entropy_mbits, s.activity_conf_e4, TAU, MIN_CONF);
+    reason = gwfw_offload_reason(s.entropy_mbits, conf_of(&s), TAU, MIN_CONF);
     if (reason == 0u) {
         /* cannot happen with this generator (H is about 3.6 bits > 3.5) but say so if it does */
         fprintf(stderr, "demo: the policy would not offload this window (H = %.3f bits)\n", h);

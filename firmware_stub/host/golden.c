@@ -117,7 +117,7 @@ static struct window_out emit_window(FILE *f, const char *comment, const char *n
 
     out.h = wire_entropy(w);
     s->entropy_mbits = gwfw_entropy_mbits(out.h);
-    out.reason = gwfw_offload_reason(s->entropy_mbits, s->activity_conf_e4, tau, min_conf);
+    out.reason = gwfw_offload_reason(s->entropy_mbits, conf_of(s), tau, min_conf);
     k = gwfw_fall_impact(w->acc_xyz, w->n_acc, w->acc_rate_hz, w->acc_lsb_per_g, &fall);
     if (k >= 0) { /* the window starts at 0 ms of the uptime clock */
         out.reason |= gwfw_offload_motion(0u, 1, (uint64_t)k * 1000u / w->acc_rate_hz,
@@ -269,11 +269,35 @@ static void emit_summaries(FILE *f)
     s.activity = 1; /* light */
     s.activity_conf_e4 = 8000;
     s.entropy_mbits = 4321;
-    s.flags |= gwfw_offload_reason(s.entropy_mbits, s.activity_conf_e4, 4000, 5000);
+    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
     emit_summary(f, "SUMMARY carrying an offload decision whose raw window was not sent",
                  "summary_offload_not_sent_mtu247", 247, &s);
     vec_print_policy(f, 4000, 5000,
-                     gwfw_offload_reason(s.entropy_mbits, s.activity_conf_e4, 4000, 5000));
+                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
+    end(f);
+
+    /* The offload confidence is the lower of the activity's and the heart rate's (quality). */
+    s = summary_at(7);
+    s.activity = 2; /* vigorous */
+    s.activity_conf_e4 = 9500;
+    s.hr_cbpm = 14210;
+    s.signal_quality = 41;
+    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
+    emit_summary(f, "SUMMARY offloaded for its heart rate: sure of the activity, quality 41",
+                 "summary_unsure_hr_mtu247", 247, &s);
+    vec_print_policy(f, 4000, 5000,
+                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
+    end(f);
+
+    s = summary_at(8);
+    s.activity_conf_e4 = 9000;
+    s.hr_cbpm = 0;
+    s.signal_quality = 0;
+    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
+    emit_summary(f, "SUMMARY without a pulse (no HR, quality 0): not offloaded for its heart rate",
+                 "summary_no_pulse_mtu247", 247, &s);
+    vec_print_policy(f, 4000, 5000,
+                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
     end(f);
 
     memset(&inf, 0, sizeof inf);

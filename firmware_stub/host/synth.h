@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "gwfw.h"
+
 /* xorshift32 (Marsaglia 2003): tiny, deterministic on every platform. State must be non-zero. */
 uint32_t synth_xorshift32(uint32_t *state);
 /* A uniform integer in [-amp, amp]. */
@@ -20,6 +22,9 @@ void synth_bvp(int16_t *out, size_t n, double rate_hz, double a1, double a2, int
                int gaussian, uint32_t *state);
 /* Accelerometer at rest, wrist flat: (0, 0, lsb_per_g) plus uniform noise, interleaved xyz. */
 void synth_acc(int16_t *xyz, size_t n, int16_t lsb_per_g, int32_t noise_amp, uint32_t *state);
+
+/* The offload confidence of a summary: gwfw_offload_confidence_e4 of its three fields. */
+uint16_t conf_of(const struct gwfw_summary *s);
 
 /* "<key> <lowercase hex>\n" */
 void vec_print_hex(FILE *f, const char *key, const uint8_t *data, size_t len);

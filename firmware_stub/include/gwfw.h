@@ -233,10 +233,19 @@ double gwfw_entropy_i8(const int8_t *x, uint16_t n);
 /* The wire value: floor(h * 1000 + 0.5), clamped to 0..65535 (NaN -> 0). */
 uint16_t gwfw_entropy_mbits(double h_bits);
 
+/* The confidence the offload rule compares with min_conf_e4, from three summary fields: the
+ * lower of activity_conf_e4 (0..10000) and 100 * signal_quality (0..100), the quality counting
+ * only when the window has a heart rate (hr_cbpm > 0) and a quality (not GWFW_UNKNOWN): a window
+ * without a pulse is not offloaded for its heart rate. A quality above 100 counts as 100.
+ * Identical to gatewayd.signals.offload.offload_confidence_e4. */
+uint16_t gwfw_offload_confidence_e4(uint16_t activity_conf_e4, uint8_t signal_quality,
+                                    uint16_t hr_cbpm);
+
 /* Why to offload: GWFW_OFFLOAD_ENTROPY if entropy_mbits > tau_mbits, GWFW_OFFLOAD_LOW_CONFIDENCE
- * if activity_conf_e4 < min_conf_e4. Offload iff non-zero. The bits are the OFFLOAD flags. */
-uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t activity_conf_e4,
-                             uint16_t tau_mbits, uint16_t min_conf_e4);
+ * if conf_e4 < min_conf_e4, where conf_e4 is gwfw_offload_confidence_e4() of the summary.
+ * Offload iff non-zero. The bits are the OFFLOAD flags. */
+uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t conf_e4, uint16_t tau_mbits,
+                             uint16_t min_conf_e4);
 
 /* Index (0..n_acc-1) of the newest of n_acc interleaved x, y, z samples whose |a| in milli-g,
  * floor(1000 * sqrt(x*x + y*y + z*z) / acc_lsb_per_g), is at least threshold_milli_g, or -1 if

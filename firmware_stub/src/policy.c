@@ -4,15 +4,28 @@
  */
 #include "gwfw.h"
 
-uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t activity_conf_e4,
-                             uint16_t tau_mbits, uint16_t min_conf_e4)
+uint16_t gwfw_offload_confidence_e4(uint16_t activity_conf_e4, uint8_t signal_quality,
+                                    uint16_t hr_cbpm)
+{
+    uint16_t hr_conf;
+
+    /* No heart rate (no pulse in the window) or no quality: only the activity's counts. */
+    if (hr_cbpm == 0u || signal_quality == GWFW_UNKNOWN) {
+        return activity_conf_e4;
+    }
+    hr_conf = (uint16_t)((signal_quality > 100u ? 100u : signal_quality) * 100u);
+    return hr_conf < activity_conf_e4 ? hr_conf : activity_conf_e4;
+}
+
+uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t conf_e4, uint16_t tau_mbits,
+                             uint16_t min_conf_e4)
 {
     uint16_t reason = 0u;
 
     if (entropy_mbits > tau_mbits) {
         reason |= GWFW_OFFLOAD_ENTROPY;
     }
-    if (activity_conf_e4 < min_conf_e4) {
+    if (conf_e4 < min_conf_e4) {
         reason |= GWFW_OFFLOAD_LOW_CONFIDENCE;
     }
     return reason;

@@ -488,6 +488,17 @@ static void test_entropy(void)
     CHECK_EQ(gwfw_entropy_mbits(nan("")), 0);
 }
 
+static void test_offload_confidence(void)
+{
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 7250), 9000);  /* the activity is lower */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 41, 7250), 4100);  /* the heart rate is */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 0, 0), 9000);      /* no pulse: HR left out */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, GWFW_UNKNOWN, 7250), 9000); /* no quality */
+    CHECK_EQ(gwfw_offload_confidence_e4(10000, 100, 1), 10000);
+    CHECK_EQ(gwfw_offload_confidence_e4(10000, 150, 1), 10000);  /* above 100 counts as 100 */
+    CHECK_EQ(gwfw_offload_confidence_e4(0, 100, 30000), 0);
+}
+
 static void test_policy(void)
 {
     CHECK_EQ(gwfw_offload_reason(3500, 6000, 3500, 6000), 0); /* equal is not beyond */
@@ -933,6 +944,7 @@ int main(void)
     test_mark_resent();
     test_fragments();
     test_entropy();
+    test_offload_confidence();
     test_policy();
     test_motion();
     test_fall();

@@ -49,9 +49,10 @@ from gatewayd.config import Config, MqttConfig, StoreConfig
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.demo.broker import BrokerChoice, choose_broker
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
+from gatewayd.inference.analysis import answers_from_prediction, calibrated, window_input
 from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import InstalledModel, ModelRegistry
-from gatewayd.inference.session import ModelSession, decode
+from gatewayd.inference.session import ModelSession
 from gatewayd.link.events import LinkUp
 from gatewayd.link.stream import DeviceStream
 from gatewayd.pipeline import (
@@ -59,7 +60,6 @@ from gatewayd.pipeline import (
     Pipeline,
     StoreOutbox,
     WindowAnalysis,
-    analysis_from_prediction,
     observation_for_frame,
     record_for_frame,
     telemetry_for,
@@ -71,7 +71,6 @@ from gatewayd.publish.client import Publisher
 from gatewayd.publish.payloads import Telemetry
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.engine import RuleEngine
-from gatewayd.signals.filters import preprocess_window
 from gatewayd.signals.heart_rate import HrTracker
 from gatewayd.signals.windows import STEP_S, WINDOW_S
 from gatewayd.store.store import Store
@@ -365,10 +364,7 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
         for index, frag in work.feed():
             streams[index].on_fragment(frag, time.monotonic(), time.time())
     with _measure(parts, "preprocess", n):
-        inputs = [
-            preprocess_window(w.bvp, w.acc, w.bvp_rate_hz, w.acc_rate_hz)[None]
-            for _, w in work.windows
-        ]
+        inputs = [window_input(w, session.card)[None] for _, w in work.windows]
     for x in inputs[:WARMUP_RUNS]:
         session.run_logits(x)
     times: list[float] = []
@@ -388,18 +384,18 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
     model_batched = clock.cost(n)
 
     analyses = [
-        analysis_from_prediction(decode(a, h, session.card.outputs), 0, session.model_id)
-        for a, h in logits
+        answers_from_prediction(calibrated(a, h, session.card), session.card)[0] for a, h in logits
     ]
+    # The gateway's own tracker: what it costs on a window whose wearable sent no heart rate.
+    trackers: dict[str, HrTracker] = {}
+    estimates = []
+    with _measure(parts, "signal_hr", n):
+        for device_id, w in work.windows:
+            tracker = trackers.setdefault(
+                device_id, HrTracker(bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz)
+            )
+            estimates.append(tracker.update(w.bvp, w.acc))
     if config.inference.heart_rate == "signal":
-        trackers: dict[str, HrTracker] = {}
-        estimates = []
-        with _measure(parts, "signal_hr", n):
-            for device_id, w in work.windows:
-                tracker = trackers.setdefault(
-                    device_id, HrTracker(bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz)
-                )
-                estimates.append(tracker.update(w.bvp, w.acc))
         analyses = [
             replace(a, hr_bpm=e.bpm, hr_confidence=e.confidence, hr_source="signal")
             for a, e in zip(analyses, estimates, strict=True)

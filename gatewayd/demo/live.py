@@ -37,7 +37,13 @@ from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator.bluez import FakeBluez, install_bluetoothctl_shim
 from gatewayd.emulator.bus import DBUS_SYSTEM_BUS_ADDRESS, PrivateBus
-from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, run_fleet
+from gatewayd.emulator.virtual import (
+    Fleet,
+    FleetSetup,
+    build_fleet,
+    load_wearable_model,
+    run_fleet,
+)
 from gatewayd.errors import GatewayError
 from gatewayd.link.registry import DeviceRegistry
 from gatewayd.signals.windows import STEP_S, WINDOW_S
@@ -233,7 +239,10 @@ async def _run(  # noqa: PLR0915 - one story, told in order
     stop: asyncio.Event,
     out: TextIO,
 ) -> DemoResult:
-    setup = FleetSetup(devices=len(scenario.residents), speed=1.0, seed=1)
+    # The wearables run the shipped pruned model (40 %), as a fleet would; without one their
+    # activity is unknown and the gateway's model answers it on offloaded windows.
+    local_model, _ = await asyncio.to_thread(load_wearable_model, 40, options.models_dir)
+    setup = FleetSetup(devices=len(scenario.residents), speed=1.0, seed=1, local_model=local_model)
     fleet = await build_fleet(fake, recordings, setup)
     # Paired as `gatewayd pair` would, in the demo's state directory, so that `gatewayd
     # --config <state dir>/gatewayd-demo.toml devices list` (or events) works on it afterwards.

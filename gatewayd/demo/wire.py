@@ -26,7 +26,7 @@ from gatewayd.protocol.messages import MessageFlags, Summary, Window
 from gatewayd.protocol.sequencing import Delivered, Sequencer
 from gatewayd.protocol.vectors import GoldenVector, parse_vectors
 from gatewayd.signals.entropy import window_entropy_bits
-from gatewayd.signals.offload import decide_offload
+from gatewayd.signals.offload import decide_offload, offload_confidence_e4
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -135,9 +135,10 @@ def _decode(vector: GoldenVector) -> dict[str, Any]:
         agree = vector.entropy is not None and abs(h_py - vector.entropy) <= 1e-9
     if vector.policy is not None:
         tau, min_conf, c_reason = vector.policy
-        py_reason = int(
-            decide_offload(summary.entropy_mbits, summary.activity_conf_e4, tau, min_conf)
+        confidence = offload_confidence_e4(
+            summary.activity_conf_e4, summary.signal_quality, summary.hr_cbpm
         )
+        py_reason = int(decide_offload(summary.entropy_mbits, confidence, tau, min_conf))
         report["policy"] = {
             "tau_mbits": tau,
             "min_conf_e4": min_conf,

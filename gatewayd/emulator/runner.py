@@ -23,7 +23,7 @@ from gatewayd.protocol.messages import SampleFormat
 from .bluez import FakeBluez, install_bluetoothctl_shim
 from .bus import PrivateBus
 from .faults import parse_faults
-from .virtual import Fleet, FleetSetup, build_fleet, run_fleet
+from .virtual import Fleet, FleetSetup, build_fleet, load_wearable_model, run_fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,12 @@ class EmulateOptions:
     #: Stop after this many seconds (None: when interrupted).
     duration_s: float | None = None
     status_every_s: float = 5.0
+    #: The wearables' pruning level: their local model is the shipped one pruned this much.
+    pruning_pct: int = 40
+    #: Where the wearable models are (None: the installed gatewayd/models).
+    models_dir: Path | None = None
+    #: Run the wearables without a local model (activity unknown).
+    no_model: bool = False
 
 
 def load_recordings(options: EmulateOptions) -> list[Recording]:
@@ -80,6 +86,11 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
     """Run until interrupted (or ``duration_s``); return the exit code."""
     faults = parse_faults(options.faults)
     recordings = await asyncio.to_thread(load_recordings, options)  # file reads: off the loop
+    model, why_not = (
+        (None, "--no-model")
+        if options.no_model
+        else await asyncio.to_thread(load_wearable_model, options.pruning_pct, options.models_dir)
+    )
     setup = FleetSetup(
         devices=options.devices,
         adapters=options.adapters,
@@ -90,6 +101,8 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
         seed=options.seed,
         sample_format=SampleFormat.INT8 if options.int8 else SampleFormat.INT16,
         faults=faults,
+        local_model=model,
+        pruning_pct=options.pruning_pct,
     )
     with tempfile.TemporaryDirectory(prefix="gatewayd-emulator-") as tmp:
         shim_dir = Path(tmp) / "bin"
@@ -103,6 +116,7 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
                 f"adapter(s) with {options.slots} slots, at {options.speed:g}x real time, "
                 f"from {', '.join(kinds)} recordings"
                 f"{' (synthetic data)' if kinds == ['synthetic'] else ''}\n"
+                f"wearable model: {model.model_id if model else f'none ({why_not})'}\n"
                 "point a gateway at it with:\n"
                 f"  export DBUS_SYSTEM_BUS_ADDRESS='{address}'\n"
                 f'  export PATH="{shim_dir}:$PATH"   # answers bleak\'s BlueZ version probe\n'

@@ -13,6 +13,7 @@ import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -20,10 +21,14 @@ import structlog
 
 from gatewayd.datasets.recording import Recording
 from gatewayd.errors import DecodeError
+from gatewayd.inference.cards import ModelCardError
+from gatewayd.inference.registry import InstalledModel, ModelRegistry
+from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.protocol import gatt
 from gatewayd.protocol.fragments import fragment
 from gatewayd.protocol.heart_rate import HeartRateMeasurement, encode_heart_rate_measurement
 from gatewayd.protocol.messages import SampleFormat
+from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS
 
 from .bluez import FakeBluez, FakeDevice
 from .bluez_specs import (
@@ -39,7 +44,7 @@ from .bluez_specs import (
     wearable_service,
 )
 from .faults import FaultPlan
-from .wearable import WearableCore, WearableSpec
+from .wearable import SIGNAL_ONLY_MODEL_ID, WearableCore, WearableSpec
 
 log = structlog.get_logger("gatewayd.emulator")
 
@@ -272,10 +277,34 @@ class FleetSetup:
     mtu: int = 247
     seed: int = 0
     sample_format: SampleFormat = SampleFormat.INT16
-    tau_mbits: int = 4000
-    min_conf_e4: int = 6000
+    tau_mbits: int = DEFAULT_TAU_MBITS
+    min_conf_e4: int = DEFAULT_MIN_CONF_E4
     faults: FaultPlan = field(default_factory=FaultPlan)
     keep_sent: bool = False
+    #: The pruned model every wearable runs (one session for all), or None: activity unknown.
+    local_model: ModelSession | None = None
+    pruning_pct: int = 40
+
+
+def pick_wearable_model(registry: ModelRegistry, pruning_pct: int) -> InstalledModel | None:
+    """The shipped wearable model at a pruning level: int8 (what an MCU runs) before fp32."""
+    candidates = [m for m in registry.for_role("wearable") if m.card.pruning_pct == pruning_pct]
+    candidates.sort(key=lambda m: (m.card.quantization != "int8-static", m.model_id))
+    return candidates[0] if candidates else None
+
+
+def load_wearable_model(
+    pruning_pct: int = 40, models_dir: Path | None = None
+) -> tuple[ModelSession | None, str | None]:
+    """The wearable model's session, or (None, why not): a missing model is not an error."""
+    registry = ModelRegistry.discover(models_dir)
+    chosen = pick_wearable_model(registry, pruning_pct)
+    if chosen is None:
+        return None, f"no wearable model pruned {pruning_pct} % in {registry.directory}"
+    try:
+        return ModelSession(chosen.card, chosen.path), None
+    except (InferenceError, ModelCardError) as exc:
+        return None, str(exc)
 
 
 def wearable_address(index: int) -> str:
@@ -317,13 +346,15 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
             recording=recording,
             boot_id=random.Random(setup.seed * 7919 + i).getrandbits(32),
             sample_format=setup.sample_format,
+            pruning_pct=setup.pruning_pct,
             tau_mbits=setup.tau_mbits,
             min_conf_e4=setup.min_conf_e4,
             boot_unix_ms=int(setup.faults.skew_s * 1000),
             clock_drift_ms_per_s=setup.faults.drift_ms_per_s,
+            model_id=setup.local_model.model_id if setup.local_model else SIGNAL_ONLY_MODEL_ID,
         )
         virtual = VirtualWearable(
-            WearableCore(spec, keep_sent=setup.keep_sent),
+            WearableCore(spec, keep_sent=setup.keep_sent, local_model=setup.local_model),
             faults=setup.faults,
             seed=setup.seed * 1000 + i,
             flood=i < setup.faults.flood,

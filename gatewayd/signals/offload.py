@@ -27,6 +27,13 @@ from gatewayd.signals.entropy import entropy_milli_bits
 
 #: Confidence travels as u16 in units of 1/10000.
 CONFIDENCE_SCALE: Final = 10000
+#: The default policy (docs/signals.md section 5), chosen leave-one-subject-out on real
+#: recordings (docs/eval.md): entropy threshold in milli-bits (above the real windows: in effect
+#: the confidence decides) and minimum offload confidence in 1/10000.
+DEFAULT_TAU_MBITS: Final = 4050
+DEFAULT_MIN_CONF_E4: Final = 5000
+#: The summary's signal_quality (0-100) when the wearable reports none.
+UNKNOWN_QUALITY: Final = 255
 _U16_MAX: Final = 65535
 #: An impact: a sample with |a| >= 3 g, the gateway's fall rule default (rules.fall.impact_g).
 IMPACT_THRESHOLD_MILLI_G: Final = 3000
@@ -197,6 +204,24 @@ def motion_offload(
     offloaded; a window starting exactly ``hold_ms`` after the impact still is.
     """
     return fall_impact_ms is not None and window_start_ms <= fall_impact_ms + hold_ms
+
+
+def offload_confidence_e4(activity_conf_e4: int, signal_quality: int, hr_cbpm: int) -> int:
+    """The confidence the offload rule compares with min_conf_e4, from three summary fields.
+
+    The lower of the local model's group probability (``activity_conf_e4``, 0..10000) and the
+    heart-rate tracker's signal quality (0..100, times 100): a window is unsure when either
+    answer is. The quality only counts when the wearable sends a heart rate (``hr_cbpm`` > 0)
+    and reports a quality (not 255): a window with no pulse at all (no PPG, off the wrist) is
+    not offloaded for its heart rate, which the gateway could not find either.
+    """
+    _check_u16("activity_conf_e4", activity_conf_e4)
+    _check_u16("hr_cbpm", hr_cbpm)
+    if not 0 <= signal_quality <= _U8_MAX:
+        raise ValueError(f"signal_quality must fit a u8 (0..255), got {signal_quality}")
+    if hr_cbpm == 0 or signal_quality == UNKNOWN_QUALITY:
+        return activity_conf_e4
+    return min(activity_conf_e4, min(signal_quality, 100) * 100)
 
 
 def confidence_e4(confidence: float) -> int:

@@ -1,0 +1,392 @@
+"""The gateway's analysis of offloaded windows: one code path for the daemon and `gatewayd eval`.
+
+Given a batch of offloaded WINDOW messages with their device ids, the per-device state of the
+gateway's own heart-rate tracker and an optional `ModelSession`, `analyse_windows` returns one
+`WindowAnalysis` per window (what the gateway reports for it) and the trackers' new states. The
+inference worker (gatewayd/pipeline.py) only adds threads and queues around it; `gatewayd eval`
+calls it on recordings replayed through the emulated wearable, so what eval scores is what the
+gateway does.
+
+Also here, because there must be exactly one of each:
+
+- `model_input`: the only call of the model input transform, for the gateway's full model, the
+  wearable's pruned model and eval alike. It picks the transform the model card names
+  (``input.preprocessing``): v1 (`gatewayd.signals.filters.preprocess_window`, 4 x 512) or v2
+  (`gatewayd.signals.preprocess.preprocess_window`, 7 x 256);
+- `predict`: a model's answer with the card's calibration applied (temperature scaling:
+  softmax(logits / T)). `ModelSession.predict` decodes the raw logits; every caller that wants
+  probabilities that mean what they say goes through here;
+- `fuse_hr`: how the gateway's heart rate is chosen from the wearable's estimate (its tracker,
+  in the WINDOW's summary part) and the full model's (docs/eval.md has the measurements).
+
+Pure apart from running the model: no I/O, no clock, no logging (a model failure is returned
+for the caller to log).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from gatewayd.inference.cards import ACTIVITY_CLASSES, ModelCard, OutputSpec
+from gatewayd.inference.groups import group_prediction
+from gatewayd.inference.session import (
+    InferenceError,
+    ModelSession,
+    Prediction,
+    decode,
+    hr_bin_centres,
+)
+from gatewayd.protocol.messages import UNKNOWN_PERCENT, Window
+from gatewayd.signals import filters, preprocess
+from gatewayd.signals.heart_rate import HrState, estimate_hr
+
+__all__ = [
+    "HR_AGREEMENT_BPM",
+    "PREPROCESSING_V1",
+    "BatchAnalysis",
+    "HrFusion",
+    "HrMode",
+    "HrSourceName",
+    "WindowAnalysis",
+    "analyse_windows",
+    "analysis_from_prediction",
+    "answers_from_prediction",
+    "calibrated",
+    "fuse_hr",
+    "hr_mass_within",
+    "model_answers",
+    "model_input",
+    "predict",
+    "wearable_hr",
+    "window_input",
+]
+
+#: What v1 model cards name as their preprocessing (the 4 x 512 z-scored input).
+PREPROCESSING_V1: Final = "gatewayd.signals.preprocess_window"
+#: A heart rate within this many bpm of the truth counts as right: the tracker's confidence
+#: estimates that probability, and the model's HR confidence is its head's mass within it.
+HR_AGREEMENT_BPM: Final = 10.0
+
+HrSourceName = Literal["model", "signal"]
+#: How the gateway picks an offloaded window's heart rate (`InferenceConfig.heart_rate`).
+HrMode = Literal["fused", "signal", "model"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowAnalysis:
+    """What the gateway made of one offloaded window (full model, signal estimate, or both)."""
+
+    hr_bpm: float | None
+    hr_confidence: float
+    hr_source: HrSourceName
+    #: The model's activity group (`ActivityGroup` code, 255 when it is unsure which); None
+    #: when nothing here looked at the activity (no model): the wearable's stays.
+    activity: int | None = None
+    #: Probability of that group (summed over the model's classes in it), calibrated when the
+    #: card has a calibration.
+    activity_confidence: float = 0.0
+    quality: int | None = None
+    model_id: str | None = None
+    result: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HrFusion:
+    """How the heart rate of an offloaded window is chosen.
+
+    ``fused``: the wearable's estimate, unless the model's confidence exceeds the wearable's
+    (its signal quality / 100) by more than ``model_margin``; both estimate the probability of
+    being within `HR_AGREEMENT_BPM` of the truth. ``signal``: the wearable's (the gateway's own
+    tracker when the wearable sent none). ``model``: the model's whenever there is one.
+    """
+
+    mode: HrMode = "fused"
+    model_margin: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAnalysis:
+    """The answers for one batch, in order, and the gateway trackers' states after it."""
+
+    analyses: list[WindowAnalysis | None]
+    #: The gateway tracker's state of every device it ran for (others are unchanged).
+    states: dict[str, HrState] = field(default_factory=dict)
+    #: Why the model gave no answer for this batch (the caller logs it), else None.
+    model_error: str | None = None
+
+
+def model_input(
+    bvp: npt.ArrayLike,
+    acc: npt.ArrayLike,
+    *,
+    bvp_rate_hz: int,
+    acc_rate_hz: int,
+    acc_lsb_per_g: float,
+    preprocessing: str,
+) -> npt.NDArray[np.float32]:
+    """The model input of one window, by the transform a card names (the only call of either).
+
+    For v2, a window whose BVP is constant (a set without PPG, a sensor that sends none) is
+    marked as having no PPG: decided on the samples, so the wearable and the gateway agree.
+    """
+    if preprocessing == preprocess.PREPROCESSING_ID:
+        b = np.asarray(bvp)
+        return preprocess.preprocess_window(
+            b,
+            acc,
+            bvp_rate_hz,
+            acc_rate_hz,
+            acc_lsb_per_g=acc_lsb_per_g,
+            has_bvp=bool(b.size) and bool(np.ptp(b) > 0),
+        )
+    if preprocessing == PREPROCESSING_V1:
+        # v1 z-scores every channel, so the ACC's scale (acc_lsb_per_g) does not matter.
+        return filters.preprocess_window(bvp, acc, bvp_rate_hz, acc_rate_hz)
+    raise ValueError(
+        f"model input {preprocessing!r} is not one this gateway knows"
+        f" ({PREPROCESSING_V1!r}, {preprocess.PREPROCESSING_ID!r})"
+    )
+
+
+def window_input(window: Window, card: ModelCard) -> npt.NDArray[np.float32]:
+    """The model input of a WINDOW message's samples for the model ``card`` describes."""
+    return model_input(
+        window.bvp,
+        window.acc,
+        bvp_rate_hz=window.bvp_rate_hz,
+        acc_rate_hz=window.acc_rate_hz,
+        # 0 means the wearable did not say: the E4 convention the models were trained on.
+        acc_lsb_per_g=float(window.acc_lsb_per_g or 64),
+        preprocessing=card.input.preprocessing,
+    )
+
+
+def predict(session: ModelSession, x: npt.ArrayLike) -> Prediction:
+    """Run the model on preprocessed windows and decode its heads with the card's calibration."""
+    activity, hr = session.run_logits(x)
+    return calibrated(activity, hr, session.card)
+
+
+def calibrated(
+    activity_logits: npt.ArrayLike, hr_logits: npt.ArrayLike, card: ModelCard
+) -> Prediction:
+    """Decode a model's logits with its card's temperatures (softmax(logits / T)), if any."""
+    activity = np.asarray(activity_logits, dtype=np.float32)
+    hr = np.asarray(hr_logits, dtype=np.float32)
+    calibration = card.calibration
+    if calibration is not None:
+        activity = activity / np.float32(calibration.activity_temperature)
+        if calibration.hr_temperature is not None:
+            hr = hr / np.float32(calibration.hr_temperature)
+    return decode(activity, hr, card.outputs)
+
+
+def answers_from_prediction(prediction: Prediction, card: ModelCard) -> list[WindowAnalysis]:
+    """Every row of a model's (calibrated) answer as the gateway reads it."""
+    centres = hr_bin_centres(card.outputs)
+    return [
+        analysis_from_prediction(
+            prediction, row, card.model_id, card.outputs.activity_classes, centres=centres
+        )
+        for row in range(len(prediction))
+    ]
+
+
+def hr_mass_within(
+    hr_probs: npt.NDArray[np.float64],
+    centres: npt.NDArray[np.float64],
+    bpm: npt.NDArray[np.float64],
+    halfwidth_bpm: float = HR_AGREEMENT_BPM,
+) -> npt.NDArray[np.float64]:
+    """Per row, the HR head's probability within ``halfwidth_bpm`` of ``bpm``, (N,)."""
+    near = np.abs(centres[None, :] - bpm[:, None]) <= halfwidth_bpm
+    out: npt.NDArray[np.float64] = np.clip((hr_probs * near).sum(axis=1), 0.0, 1.0)
+    return out
+
+
+def analysis_from_prediction(
+    prediction: Prediction,
+    i: int,
+    model_id: str,
+    classes: Sequence[str] = ACTIVITY_CLASSES,
+    *,
+    centres: npt.NDArray[np.float64] | None = None,
+) -> WindowAnalysis:
+    """Row ``i`` of a model's batch answer, as the model alone sees the window.
+
+    The HR confidence is the head's probability within `HR_AGREEMENT_BPM` of its estimate (what
+    the tracker's confidence estimates too, so the two can be compared). ``classes`` are the
+    card's ``outputs.activity_classes``; the activity is their group
+    (`gatewayd.inference.groups`), its confidence the group's summed probability. ``centres``
+    are the HR bins' centres (default: the card format's default bins).
+    """
+    if centres is None:
+        centres = hr_bin_centres(OutputSpec())
+    confidence = float(
+        hr_mass_within(prediction.hr_probs[i : i + 1], centres, prediction.hr_bpm[i : i + 1])[0]
+    )
+    groups = group_prediction(prediction.activity_probs[i : i + 1], classes)
+    return WindowAnalysis(
+        hr_bpm=float(prediction.hr_bpm[i]),
+        hr_confidence=confidence,
+        hr_source="model",
+        activity=int(groups.group[0]),
+        activity_confidence=float(groups.confidence[0]),
+        model_id=model_id,
+        result={
+            "activity_probs": [round(float(p), 4) for p in prediction.activity_probs[i]],
+            "group_probs": [round(float(p), 4) for p in groups.group_probs[0]],
+            "hr_entropy_bits": round(float(prediction.hr_entropy_bits[i]), 4),
+            "model_hr_bpm": round(float(prediction.hr_bpm[i]), 2),
+            "model_hr_confidence": round(confidence, 4),
+        },
+    )
+
+
+def wearable_hr(window: Window) -> tuple[float | None, float]:
+    """The wearable's own heart rate of a WINDOW (from its summary part) and its confidence.
+
+    The confidence is the signal quality / 100; a wearable that reports no quality (255) is
+    taken at its word (1.0), as the rules do with a SUMMARY.
+    """
+    s = window.summary
+    if s.signal_quality == UNKNOWN_PERCENT:
+        return s.hr_bpm, 1.0
+    return s.hr_bpm, s.signal_quality / 100
+
+
+def fuse_hr(
+    wearable_bpm: float | None,
+    wearable_confidence: float,
+    model: WindowAnalysis | None,
+    fusion: HrFusion,
+) -> tuple[float | None, float, HrSourceName]:
+    """The gateway's heart rate of one offloaded window: (bpm, confidence, source)."""
+    usable = model is not None and model.hr_bpm is not None and math.isfinite(model.hr_bpm)
+    if (
+        usable
+        and model is not None
+        and (
+            fusion.mode == "model"
+            or wearable_bpm is None
+            or (
+                fusion.mode == "fused"
+                and model.hr_confidence > wearable_confidence + fusion.model_margin
+            )
+        )
+    ):
+        return model.hr_bpm, model.hr_confidence, "model"
+    return wearable_bpm, wearable_confidence if wearable_bpm is not None else 0.0, "signal"
+
+
+def _input_shape(card: ModelCard) -> tuple[int, ...]:
+    """(channels, samples) of one window as the card's input shape names it."""
+    dims = list(card.input.shape[1:])
+    if card.layout == "conv2d":
+        del dims[1]  # the Conv2d export's height-1 axis: (C, 1, L)
+    return tuple(d for d in dims if isinstance(d, int))
+
+
+def model_answers(
+    session: ModelSession, windows: Sequence[Window]
+) -> tuple[list[WindowAnalysis | None], str | None]:
+    """The model alone on each window (None where its samples cannot be used), or an error."""
+    out: list[WindowAnalysis | None] = [None] * len(windows)
+    inputs: list[npt.NDArray[np.float32]] = []
+    usable: list[int] = []
+    expected = _input_shape(session.card)
+    for i, w in enumerate(windows):
+        try:
+            x = window_input(w, session.card)
+        except ValueError:
+            continue  # a window the transform refuses (NaN, bad rates) gets no model answer
+        if x.shape != expected:
+            continue  # another window length than the model's: no answer, not a failed batch
+        inputs.append(x)
+        usable.append(i)
+    if not inputs:
+        return out, None
+    try:
+        prediction = predict(session, np.stack(inputs))
+    except (InferenceError, ValueError) as exc:
+        return out, str(exc)
+    for i, answer in zip(usable, answers_from_prediction(prediction, session.card), strict=True):
+        out[i] = answer
+    return out, None
+
+
+def analyse_windows(
+    windows: Sequence[tuple[str, Window]],
+    states: Mapping[str, HrState],
+    session: ModelSession | None,
+    fusion: HrFusion | None = None,
+    *,
+    answers: Sequence[WindowAnalysis | None] | None = None,
+) -> BatchAnalysis:
+    """Analyse a batch of offloaded windows (device id, WINDOW), in order.
+
+    The full model (when there is a session) answers the activity and its heart rate; the
+    heart rate reported is `fuse_hr` of the wearable's and the model's. The gateway runs its own
+    tracker (state per device, ``states``) only on windows whose summary carries no heart rate:
+    the wearable's tracker sees every window, the gateway's only the offloaded ones.
+    ``answers``, when given, stand for the model's (one per window; ``session`` is not run):
+    `gatewayd eval` passes a training run's out-of-fold answers this way.
+    """
+    fusion = HrFusion() if fusion is None else fusion
+    error = None
+    if answers is not None:
+        if len(answers) != len(windows):
+            raise ValueError(f"{len(answers)} answers for {len(windows)} windows")
+    elif session is not None:
+        answers, error = model_answers(session, [w for _, w in windows])
+    else:
+        answers = [None] * len(windows)
+    new_states: dict[str, HrState] = {}
+    out: list[WindowAnalysis | None] = []
+    for (device_id, w), answer in zip(windows, answers, strict=True):
+        model = answer
+        if model is not None and not (w.bvp.size and np.ptp(w.bvp) > 0):
+            # A flat BVP (no PPG, off the wrist) has no pulse: the model's HR head still
+            # answers, but with nothing to go on. Its activity stands.
+            model = replace(model, hr_bpm=None, hr_confidence=0.0)
+        bpm, confidence = wearable_hr(w)
+        quality: int | None = None
+        if bpm is None and not (model is not None and fusion.mode == "model"):
+            state = new_states.get(device_id, states.get(device_id, HrState()))
+            try:
+                estimate = estimate_hr(
+                    w.bvp, w.acc, bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz, state=state
+                )
+            except ValueError:
+                estimate = None
+            if estimate is not None:
+                new_states[device_id] = estimate.state
+                bpm, confidence, quality = estimate.bpm, estimate.confidence, estimate.quality
+        if model is None and bpm is None:
+            out.append(None)
+            continue
+        hr, hr_conf, source = fuse_hr(bpm, confidence, model, fusion)
+        if model is None:
+            out.append(WindowAnalysis(hr, hr_conf, source, quality=quality))
+            continue
+        result = dict(model.result or {})
+        result["hr_choice"] = source
+        out.append(
+            WindowAnalysis(
+                hr_bpm=hr,
+                hr_confidence=hr_conf,
+                hr_source=source,
+                activity=model.activity,
+                activity_confidence=model.activity_confidence,
+                quality=quality,
+                model_id=model.model_id,
+                result=result,
+            )
+        )
+    return BatchAnalysis(out, new_states, error)
