@@ -54,6 +54,7 @@ from gatewayd.inference.groups import class_groups
 from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.pipeline import observation_for_frame
 from gatewayd.protocol.messages import MessageFlags, Summary, Window, decode_message
+from gatewayd.rules import RuleEngine, RulesConfig
 from gatewayd.signals.acc_features import LinearActivityBaseline, acc_features_batch
 from gatewayd.signals.filters import bandpass
 from gatewayd.signals.heart_rate import HrConfig, HrState
@@ -150,6 +151,8 @@ class ReplaySetup:
     #: A training run's out-of-fold answers, in place of running the two models (their cards
     #: still give the classes and the calibration); only the windows it covers are kept.
     out_of_fold: OutOfFold | None = None
+    #: The rules the gateway's reports go through (what alerts a resident would get).
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,6 +291,9 @@ class WindowTable:
     baseline_activity: npt.NDArray[np.int64]
     #: A candidate "hard window" measure, from the wire samples (`spectral_entropy_bits`).
     spectral_entropy: npt.NDArray[np.float64]
+    #: The alerts the gateway's rules raised on what it reported, over every window of the
+    #: recording (also those a subset leaves out): (window index, alert kind).
+    alerts: tuple[tuple[int, str], ...] = ()
 
     def __len__(self) -> int:
         """Return the number of windows."""
@@ -366,8 +372,14 @@ def _gateway_path(
     messages: Sequence[Summary | Window],
     setup: ReplaySetup,
     given: Sequence[WindowAnalysis | None] | None,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """What the gateway reports per window: HR, its source (1 model, 0 signal, -1 none), group."""
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    tuple[tuple[int, str], ...],
+]:
+    """What the gateway reports per window: HR, its source (1 model, 0 signal, -1 none), group,
+    and the alerts its rules raise on those reports (window index, kind)."""
     n = len(messages)
     offloaded = [i for i, m in enumerate(messages) if isinstance(m, Window)]
     analyses: dict[int, WindowAnalysis | None] = {}
@@ -384,17 +396,20 @@ def _gateway_path(
     hr = np.full(n, np.nan)
     source = np.full(n, -1, dtype=np.int64)
     activity = np.full(n, _UNKNOWN, dtype=np.int64)
+    engine = RuleEngine(setup.rules)
+    alerts: list[tuple[int, str]] = []
     for i, message in enumerate(messages):
         obs = observation_for_frame(
             _DEVICE, message, i * STEP_S + WINDOW_S, window_id=None, analysis=analyses.get(i)
         )
+        alerts += [(i, t.kind.value) for t in engine.observe(obs) if t.state == "raised"]
         if obs.hr_bpm is not None:
             hr[i] = obs.hr_bpm
             # A summary's heart rate is the wearable's tracker, whatever the observation names.
             source[i] = 1 if isinstance(message, Window) and obs.hr_source == "model" else 0
         if obs.activity is not None:
             activity[i] = obs.activity
-    return hr, source, activity
+    return hr, source, activity, tuple(alerts)
 
 
 def _model_columns(
@@ -430,7 +445,7 @@ def replay(recording: Recording, setup: ReplaySetup) -> WindowTable:
     # Encoded and decoded exactly as on the wire (fragmentation is lossless and left out).
     messages = [decode_message(raw) for _, raw in core.produce(math.inf)]
     n = len(messages)
-    gateway_hr, gateway_source, gateway_activity = _gateway_path(messages, setup, given)
+    gateway_hr, gateway_source, gateway_activity, alerts = _gateway_path(messages, setup, given)
     summaries = [m.summary if isinstance(m, Window) else m for m in messages]
     full = [_full_window(core, i, m) for i, m in enumerate(messages)]
     every: Sequence[WindowAnalysis | None] = [None] * n
@@ -474,6 +489,7 @@ def replay(recording: Recording, setup: ReplaySetup) -> WindowTable:
         acc_motion=acc_motion(accs) if n else np.empty(0),
         baseline_activity=np.asarray(baseline, dtype=np.int64),
         spectral_entropy=np.array([spectral_entropy_bits(w.bvp) for w in full]),
+        alerts=alerts,
     )
     oof = setup.out_of_fold
     return table if oof is None else table.subset(oof.covered(recording.name, n))
@@ -729,6 +745,8 @@ class ActivityReport:
     mean_over_recordings: dict[str, dict[str, float | None]]
     model_id: str | None = None
     wearable_model_id: str | None = None
+    #: Per dataset, the alerts the gateway's rules raised on what it reported (`alert_counts`).
+    alerts: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """The documented JSON object (docs/eval.md)."""
@@ -747,8 +765,22 @@ class ActivityReport:
                 "mean_over_recordings": self.mean_over_recordings,
                 "datasets": {k: score(v) for k, v in self.datasets.items()},
                 "recordings": {k: score(v) for k, v in self.recordings.items()},
+                "alerts": self.alerts,
             }
         )
+
+
+def alert_counts(tables: Sequence[WindowTable]) -> dict[str, dict[str, object]]:
+    """Per dataset: recordings, those where the gateway raised any alert, raises per kind."""
+    out: dict[str, dict[str, object]] = {}
+    for source, group in sorted(_by_source(tables).items()):
+        kinds = Counter(kind for t in group for _, kind in t.alerts)
+        out[source] = {
+            "recordings": len(group),
+            "recordings_with_alerts": sum(1 for t in group if t.alerts),
+            "raised": dict(sorted(kinds.items())),
+        }
+    return out
 
 
 def _activity_predictions(
@@ -860,6 +892,7 @@ def score_activity(
         mean_over_recordings=mean,
         model_id=model_id,
         wearable_model_id=wearable_model_id,
+        alerts=alert_counts(tables),
     )
 
 
@@ -890,6 +923,21 @@ def format_activity(report: ActivityReport, *, recordings: bool = False) -> str:
     if recordings:
         rrows = [[k, str(s.windows), *_acc_cells(s, methods)] for k, s in report.recordings.items()]
         lines += ["", format_table(["RECORDING", "WINDOWS", *(m.upper() for m in methods)], rrows)]
+    arows = [
+        [
+            source,
+            str(a["recordings"]),
+            str(a["recordings_with_alerts"]),
+            ", ".join(f"{k} {v}" for k, v in cast(dict[str, int], a["raised"]).items()) or "none",
+        ]
+        for source, a in report.alerts.items()
+    ]
+    if arows:
+        lines += [
+            "",
+            "Alerts the gateway's rules (defaults) raised on what it reported:",
+            format_table(["", "RECORDINGS", "WITH ALERTS", "RAISED"], arows),
+        ]
     return "\n".join(lines)
 
 

@@ -274,26 +274,48 @@ def test_activity_json_and_the_wearables_accuracy_recomputed(
     assert doc["accuracy"][MAJORITY]["groups"] == pytest.approx(truth.count(top) / len(truth))
 
 
-def test_rest_vs_moving_threshold_on_phase_labels() -> None:
-    """A recording still for 60 s then shaking for 60 s, with rest/run phases to match."""
+def treadmill(pulse_hz: float = 1.2) -> Recording:
+    """Still for 60 s then shaking for 60 s, rest/run phase labels to match, a steady pulse."""
     rng = np.random.default_rng(0)
     t = np.arange(120 * 64) / 64
-    bvp = (100 * np.sin(2 * np.pi * 1.2 * t) + rng.standard_normal(t.size)).astype(np.float32)
+    bvp = (100 * np.sin(2 * np.pi * pulse_hz * t) + rng.standard_normal(t.size)).astype(np.float32)
     ta = np.arange(120 * 32) / 32
     acc = np.tile([0.0, 0.0, 64.0], (ta.size, 1))
     acc[ta >= 60] += 40 * np.sin(2 * np.pi * 2.5 * ta[ta >= 60])[:, None]
     phase = np.repeat(np.array([0, 1], dtype=np.int8), 60 * 4)
-    recording = Recording(
+    return Recording(
         name="treadmill", source="troika", subject="99", bvp=bvp, acc=acc.astype(np.float32),
-        hr_ref_bpm=np.full(57, 72.0), hr_ref_kind="ecg", labels=phase, label_names=("rest", "run"),
+        hr_ref_bpm=np.full(57, 60.0 * pulse_hz), hr_ref_kind="ecg", labels=phase,
+        label_names=("rest", "run"),
     )  # fmt: skip
-    report = score_activity([replay(recording, ReplaySetup())])
+
+
+def test_rest_vs_moving_threshold_on_phase_labels() -> None:
+    report = score_activity([replay(treadmill(), ReplaySetup())])
     # 57 windows; the one straddling the change (56-64 s, 4 s each) has no group.
     assert report.pooled.windows == 56
     assert report.pooled.accuracy[BASELINE]["rest_vs_moving"] >= 0.9  # type: ignore[operator]
     assert ACC_MOTION_THRESHOLD == 15.0
     assert "wearable" not in report.methods  # no local model: it claims no activity
     assert report.to_json()["recordings"]["treadmill"]["windows"] == 56  # type: ignore[index]
+
+
+def test_the_alerts_are_the_rules_on_what_the_gateway_reported() -> None:
+    """72 bpm throughout raises nothing; 150 bpm sitting still (group unknown without a model:
+    its limit, 130) raises a tachycardia, counted in the report per dataset."""
+    calm = replay(treadmill(1.2), ReplaySetup())
+    racing = replay(treadmill(2.5), ReplaySetup())
+    assert calm.alerts == ()
+    kinds = {kind for _, kind in racing.alerts}
+    assert "tachycardia" in kinds
+    first = min(i for i, kind in racing.alerts if kind == "tachycardia")
+    assert racing.gateway_hr[first] > 130
+    counts = score_activity([calm, racing]).to_json()["alerts"]
+    assert counts["troika"]["recordings"] == 2  # type: ignore[index]
+    assert counts["troika"]["recordings_with_alerts"] == 1  # type: ignore[index]
+    assert counts["troika"]["raised"]["tachycardia"] == sum(  # type: ignore[index]
+        kind == "tachycardia" for _, kind in racing.alerts
+    )
 
 
 # --- eval offload --------------------------------------------------------------------------------
