@@ -147,6 +147,7 @@ async def run_gateway(
     ready: Callable[[], None] | None = None,
     watchdog: Callable[[], None] | None = None,
     status: Callable[[str], None] | None = None,
+    stopping: Callable[[], None] | None = None,
     stop: asyncio.Event | None = None,
     models_dir: Path | None = None,
     handle_signals: bool | None = None,
@@ -159,7 +160,8 @@ async def run_gateway(
 
     ``ready`` is called once the store is open and the MQTT, BLE and pipeline loops run;
     ``watchdog`` every ``watchdog_interval_s`` while the pipeline makes progress (or is idle);
-    ``status`` with one human line now and then (systemd STATUS=). ``registry_devices``
+    ``status`` with one human line now and then (systemd STATUS=); ``stopping`` once, when an
+    orderly shutdown begins (systemd STOPPING=1). ``registry_devices``
     replaces the paired-device list of the state directory; ``models_dir`` the installed
     models. Signal handlers are installed when ``handle_signals`` (default: no ``stop`` given).
     ``observe`` is handed the running parts once, just before ``ready``;
@@ -177,6 +179,7 @@ async def run_gateway(
             ready=ready or (lambda: None),
             watchdog=watchdog,
             status=tell,
+            stopping=stopping or (lambda: None),
             stop=stop,
             models_dir=models_dir,
             handle_signals=handle_signals,
@@ -202,6 +205,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
     ready: Callable[[], None],
     watchdog: Callable[[], None] | None,
     status: Callable[[str], None],
+    stopping: Callable[[], None],
     stop: asyncio.Event,
     models_dir: Path | None,
     handle_signals: bool,
@@ -370,6 +374,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 await stop.wait()
 
                 # --- ordered, bounded shutdown -----------------------------------------------
+                stopping()
                 status("stopping: link")
                 log.info("stopping: link intake")
                 for task in (t_link, t_intake, t_ticker, t_governor):

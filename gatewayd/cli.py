@@ -151,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ready=lambda: notify("READY=1"),
             watchdog=(lambda: notify("WATCHDOG=1")) if interval is not None else None,
             status=lambda line: notify(f"STATUS={line}"),
+            stopping=lambda: notify("STOPPING=1"),
             models_dir=args.models_dir,
             watchdog_interval_s=interval if interval is not None else 5.0,
         )

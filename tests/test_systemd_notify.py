@@ -1,0 +1,261 @@
+"""sd_notify without systemd-python: READY=1, STATUS=, WATCHDOG=1, STOPPING=1 on a real socket.
+
+The test binds the AF_UNIX datagram socket systemd would (a path, or an abstract name) and reads
+what arrives, with the sender's credentials (SO_PASSCRED), as systemd does to check
+``NotifyAccess=main``. The end-to-end tests run the real `gatewayd run` in a subprocess against
+the emulated BlueZ and a private mosquitto (tests/test_app_durability.py's helpers), with
+``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` in its environment. No timing assertions: every wait
+is for a message, with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gatewayd.app import run_gateway
+from gatewayd.config import load_config
+from gatewayd.emulator import FakeBluez
+from gatewayd.systemd import notifier, notify_address, watchdog_interval_s
+from tests.emulator_fixtures import EmulatorEnv, needs_dbus_daemon
+from tests.mqtt_fixtures import MOSQUITTO, Broker, free_port
+from tests.test_app_durability import PROCESS_LIMIT_S, gatewayd_run, write_config_file
+
+pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
+
+#: The watchdog timeout given to the gateway: it pings every half of it (0.1 s).
+WATCHDOG_USEC = 200_000
+#: struct ucred: pid, uid, gid.
+UCRED = struct.Struct("3i")
+
+
+class NotifySocket:
+    """The receiving end of sd_notify: a bound datagram socket that knows who sent what."""
+
+    def __init__(self, address: str) -> None:
+        #: What goes into $NOTIFY_SOCKET (a path, or @name for an abstract socket).
+        self.env_value = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(address.replace("@", "\0", 1) if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        #: (sender pid, message), in arrival order.
+        self.received: list[tuple[int, str]] = []
+
+    def drain(self) -> list[tuple[int, str]]:
+        """Read every datagram waiting now (never blocks); return the new ones."""
+        new: list[tuple[int, str]] = []
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                break
+            pid = next(
+                (
+                    UCRED.unpack(cdata[: UCRED.size])[0]
+                    for level, kind, cdata in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                ),
+                -1,
+            )
+            new.append((pid, data.decode()))
+        self.received.extend(new)
+        return new
+
+    def messages(self) -> list[str]:
+        """Every message so far, in order."""
+        self.drain()
+        return [message for _pid, message in self.received]
+
+    async def wait_for(
+        self, predicate: str, count: int = 1, limit_s: float = PROCESS_LIMIT_S
+    ) -> None:
+        """Wait until ``predicate`` arrived ``count`` times; fail after ``limit_s``."""
+        deadline = time.monotonic() + limit_s
+        while self.messages().count(predicate) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{predicate!r} x{count} did not arrive; got {self.messages()}")
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def notify_socket(address: str) -> Iterator[NotifySocket]:
+    receiver = NotifySocket(address)
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def abstract_name() -> str:
+    return f"@gatewayd-test-{uuid.uuid4().hex}"
+
+
+# --- the notifier on its own ---------------------------------------------------------------------
+
+
+def test_notify_socket_values_map_to_unix_addresses() -> None:
+    assert notify_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert notify_address("@/org/freedesktop/systemd1/notify/42") == (
+        "\0/org/freedesktop/systemd1/notify/42"
+    )
+    for not_unix in ("", "@", "relative/path", "vsock:2:1234"):
+        assert notify_address(not_unix) is None, not_unix
+
+
+def test_the_watchdog_belongs_to_the_process_systemd_named() -> None:
+    env = {"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "4242"}
+    assert watchdog_interval_s(env, pid=4242) == 10.0
+    assert watchdog_interval_s(env, pid=4243) is None  # a child that inherited the variables
+    assert watchdog_interval_s({"WATCHDOG_USEC": "0"}) is None
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_a_message_reaches_a_path_or_abstract_socket_from_this_process(
+    kind: str, tmp_path: Path
+) -> None:
+    address = str(tmp_path / "notify") if kind == "path" else abstract_name()
+    with notify_socket(address) as receiver:
+        notify = notifier({"NOTIFY_SOCKET": address})
+        notify("READY=1")
+        notify("STATUS=two words\nand a line")
+        assert receiver.drain() == [
+            (os.getpid(), "READY=1"),
+            (os.getpid(), "STATUS=two words\nand a line"),
+        ]
+
+
+def test_a_vanished_socket_is_not_the_gateways_failure(tmp_path: Path) -> None:
+    address = str(tmp_path / "notify")
+    with notify_socket(address):
+        notify = notifier({"NOTIFY_SOCKET": address})
+    Path(address).unlink()
+    notify("WATCHDOG=1")  # systemd went away: the message is dropped, nothing raises
+    assert not Path(address).exists()
+
+
+# --- the gateway in this process: pings come from the event loop ---------------------------------
+
+
+@needs_dbus_daemon
+@pytest.mark.asyncio
+async def test_a_stalled_event_loop_sends_no_watchdog_ping(
+    private_bus: EmulatorEnv, tmp_path: Path
+) -> None:
+    """While the loop is blocked nothing pings; a pinger on a thread would keep systemd fooled."""
+    path = tmp_path / "gatewayd.toml"
+    await asyncio.to_thread(
+        path.write_text,
+        f'[gateway]\nid = "gw-notify"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n',
+        encoding="utf-8",
+    )
+    config = await asyncio.to_thread(load_config, path, env={})
+    stop = asyncio.Event()
+    with notify_socket(abstract_name()) as receiver:
+        notify = notifier({"NOTIFY_SOCKET": receiver.env_value})
+        task = asyncio.create_task(
+            run_gateway(
+                config,
+                registry_devices=[],
+                ready=lambda: notify("READY=1"),
+                watchdog=lambda: notify("WATCHDOG=1"),
+                status=lambda line: notify(f"STATUS={line}"),
+                stopping=lambda: notify("STOPPING=1"),
+                stop=stop,
+                models_dir=tmp_path / "no-models",
+                watchdog_interval_s=0.02,
+            )
+        )
+        try:
+            await receiver.wait_for("READY=1")
+            await receiver.wait_for("WATCHDOG=1", count=3)
+            receiver.drain()
+            time.sleep(1.0)  # noqa: ASYNC251 - the deliberate stall: nothing on this loop runs
+            assert "WATCHDOG=1" not in [m for _pid, m in receiver.drain()]
+            pings = receiver.messages().count("WATCHDOG=1")
+            await receiver.wait_for("WATCHDOG=1", count=pings + 3)  # the loop runs again
+        finally:
+            stop.set()
+            async with asyncio.timeout(30):
+                code = await task
+        assert code == 0
+        messages = receiver.messages()
+    assert messages.count("READY=1") == 1
+    assert messages.count("STOPPING=1") == 1
+    assert messages[-1] == "STATUS=stopped"
+
+
+# --- the real `gatewayd run` ---------------------------------------------------------------------
+
+
+needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+@needs_dbus_daemon
+@needs_mosquitto
+@pytest.mark.asyncio
+async def test_gatewayd_run_says_ready_pings_the_watchdog_and_says_stopping_on_sigterm(
+    kind: str,
+    private_bus: EmulatorEnv,
+    fake_bluez: FakeBluez,
+    mosquitto_broker: Broker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:00", slots=5)
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=mosquitto_broker.port)
+    address = str(tmp_path / "notify") if kind == "path" else abstract_name()
+    with notify_socket(address) as receiver:
+        # The subprocess inherits this process's environment (EmulatorEnv.environ).
+        monkeypatch.setenv("NOTIFY_SOCKET", receiver.env_value)
+        monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        async with gatewayd_run(config, private_bus) as gw:
+            await receiver.wait_for("READY=1")
+            # READY=1 comes after the store, the model, the publisher, the link and the
+            # pipeline are up: the supervisor logs "gateway running" just before it.
+            assert gw.logged("gateway running"), gw.stderr()
+            ready_at = receiver.messages().index("READY=1")
+            await receiver.wait_for("WATCHDOG=1", count=3)
+            assert await gw.terminate() == 0, gw.stderr()
+            pid = gw.process.pid
+        await receiver.wait_for("STOPPING=1")
+        messages = receiver.messages()
+        senders = {sender for sender, _message in receiver.received}
+    assert senders == {pid}, "every message comes from the main process (NotifyAccess=main)"
+    assert messages.count("READY=1") == 1
+    assert messages[0] == "STATUS=opening the event log"
+    assert messages.index("STOPPING=1") > ready_at
+    assert "WATCHDOG=1" in messages[ready_at:]
+    assert any(m.startswith("STATUS=0/0 devices connected, mqtt") for m in messages), messages
+    assert messages[-1] == "STATUS=stopped"
+
+
+@needs_dbus_daemon
+@pytest.mark.asyncio
+async def test_gatewayd_run_with_a_bad_config_exits_78_without_ready(
+    private_bus: EmulatorEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = await asyncio.to_thread(
+        write_config_file, tmp_path, port=free_port(), extra="[nonsense]\nkey = 1\n"
+    )
+    with notify_socket(str(tmp_path / "notify")) as receiver:
+        monkeypatch.setenv("NOTIFY_SOCKET", receiver.env_value)
+        async with gatewayd_run(config, private_bus) as gw:
+            assert await gw.wait() == 78
+        assert "READY=1" not in receiver.messages()
+    assert any("nonsense" in line for line in gw.lines), gw.stderr()
