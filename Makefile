@@ -27,7 +27,7 @@ WITH_TRAIN ?= 0
 TORCH_SPEC ?= torch==2.13.0
 TRAIN_STAMP := $(VENV)/.installed-train
 
-.PHONY: all demo test lint typecheck bench deps venv firmware clean distclean
+.PHONY: all demo test lint typecheck bench deps venv firmware deb clean distclean
 
 all: test
 
@@ -86,6 +86,12 @@ bench: venv
 
 demo: venv
 	$(BIN)/gatewayd demo $(DEMO_ARGS)
+
+# The Debian package (docs/install.md): build/deb/gatewayd_<version>_<arch>.deb. ARCH=arm64 builds
+# for a Raspberry Pi from any machine (binary wheels for the target); default: this machine's.
+ARCH ?=
+deb: venv
+	ARCH="$(ARCH)" PIP="$(BIN)/python -m pip" packaging/build-deb.sh
 
 clean:
 	$(MAKE) -C firmware_stub clean
