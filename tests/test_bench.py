@@ -49,7 +49,7 @@ def test_bench_prints_our_models_beside_the_paper(
         assert f"{row.size_mb:.1f}" in out
         assert f"{row.latency_ms:.1f}" in out
         assert f"{row.top1_pct:.1f}" in out
-    assert "preprocess_window" in out
+    assert "preprocessing (model_input)" in out
     # Ours at 40 %: top-1 0.81 / 0.9, and our 20/60/80 % rows are empty.
     p40 = next(line for line in out.splitlines() if line.startswith("40%"))
     assert "p40" in p40

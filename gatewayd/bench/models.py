@@ -5,7 +5,8 @@ on one thread (median of ``runs`` runs after a warm-up), throughput at a larger 
 one thread), and the held-out accuracy / MAE its card reports. The paper's Table 1 (pruning
 0/20/40/60/80 %) is printed beside ours as ratios to each side's unpruned model, so that the
 shape of the trade-off can be compared across very different hardware. The same run measures
-one window's preprocessing (`preprocess_window`) and reports the model's cost relative to it.
+one window's preprocessing (the transform the models' cards name, `model_input`) and reports
+the model's cost relative to it.
 
 Timing is measured here, never asserted in tests (DESIGN.md §10).
 """
@@ -25,10 +26,12 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from gatewayd.inference.analysis import model_input
 from gatewayd.inference.registry import InstalledModel
 from gatewayd.inference.session import ModelSession
-from gatewayd.signals import ACC_RATE_HZ, BVP_RATE_HZ, preprocess_window
-from gatewayd.signals.windows import MODEL_CHANNELS, MODEL_WINDOW_LEN, window_length
+from gatewayd.signals import ACC_RATE_HZ, BVP_RATE_HZ
+from gatewayd.signals.preprocess import PREPROCESSING_ID
+from gatewayd.signals.windows import window_length
 from gatewayd.tables import format_table
 
 __all__ = [
@@ -136,23 +139,29 @@ def median_seconds(fn: Callable[[], object], runs: int, warmup: int = WARMUP_RUN
     return statistics.median(times)
 
 
-def _random_windows(batch: int, seed: int = 0) -> npt.NDArray[np.float32]:
+def _random_windows(shape: tuple[int, int], batch: int, seed: int = 0) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch, MODEL_CHANNELS, MODEL_WINDOW_LEN)).astype(np.float32)
+    return rng.standard_normal((batch, *shape)).astype(np.float32)
 
 
-def _preprocess_ms(runs: int) -> float:
+def _preprocess_ms(runs: int, preprocessing: str) -> float:
     rng = np.random.default_rng(1)
     bvp = rng.standard_normal(window_length(BVP_RATE_HZ)) * 50.0
     acc = rng.standard_normal((window_length(ACC_RATE_HZ), 3)) * 10.0 + 64.0
-    return 1e3 * median_seconds(lambda: preprocess_window(bvp, acc), runs)
+    return 1e3 * median_seconds(
+        lambda: model_input(
+            bvp, acc, bvp_rate_hz=BVP_RATE_HZ, acc_rate_hz=ACC_RATE_HZ, acc_lsb_per_g=64.0,
+            preprocessing=preprocessing,
+        ),
+        runs,
+    )  # fmt: skip
 
 
 def bench_one(model: InstalledModel, runs: int, batch: int) -> ModelBench:
     """Measure one model on one thread (ONNX Runtime calls block: this is not for the loop)."""
     session = ModelSession(model.card, model.path, threads=1)
-    one = _random_windows(1)
-    many = _random_windows(batch)
+    one = _random_windows(session.window_shape, 1)
+    many = _random_windows(session.window_shape, batch)
     latency = median_seconds(lambda: session.run_logits(one), runs)
     batch_runs = max(3, runs // batch)
     batched = median_seconds(lambda: session.run_logits(many), batch_runs, warmup=2)
@@ -202,7 +211,10 @@ def bench_models(models: Sequence[InstalledModel], runs: int = 200, batch: int =
         raise ValueError(f"runs and batch must be >= 1, got {runs}, {batch}")
     return BenchReport(
         models=[bench_one(m, runs, batch) for m in models],
-        preprocess_ms=_preprocess_ms(runs),
+        # The transform the models name (all shipped models share one); v2 without models.
+        preprocess_ms=_preprocess_ms(
+            runs, models[0].card.input.preprocessing if models else PREPROCESSING_ID
+        ),
         runs=runs,
         environment=bench_environment(),
     )
@@ -295,7 +307,7 @@ def format_bench(report: BenchReport) -> str:
         )
     )
     lines.append(
-        f"\nOne window's preprocessing (preprocess_window): {report.preprocess_ms:.3f} ms;"
+        f"\nOne window's preprocessing (model_input): {report.preprocess_ms:.3f} ms;"
         " x PREPROC = model latency / preprocessing."
     )
     mine = ratios(report.models)

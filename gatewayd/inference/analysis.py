@@ -285,14 +285,6 @@ def fuse_hr(
     return wearable_bpm, wearable_confidence if wearable_bpm is not None else 0.0, "signal"
 
 
-def _input_shape(card: ModelCard) -> tuple[int, ...]:
-    """(channels, samples) of one window as the card's input shape names it."""
-    dims = list(card.input.shape[1:])
-    if card.layout == "conv2d":
-        del dims[1]  # the Conv2d export's height-1 axis: (C, 1, L)
-    return tuple(d for d in dims if isinstance(d, int))
-
-
 def model_answers(
     session: ModelSession, windows: Sequence[Window]
 ) -> tuple[list[WindowAnalysis | None], str | None]:
@@ -300,7 +292,7 @@ def model_answers(
     out: list[WindowAnalysis | None] = [None] * len(windows)
     inputs: list[npt.NDArray[np.float32]] = []
     usable: list[int] = []
-    expected = _input_shape(session.card)
+    expected = session.window_shape
     for i, w in enumerate(windows):
         try:
             x = window_input(w, session.card)

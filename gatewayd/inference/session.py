@@ -1,8 +1,9 @@
 """One shipped model in ONNX Runtime, and the pure maths that turns its logits into answers.
 
-`ModelSession` hides the model's input layout (Conv1d exports take (N, 4, 512), Conv2d exports
-(N, 4, 1, 512)): callers always pass preprocessed windows, float32 (N, 4, 512), from
-`gatewayd.signals.preprocess_window`. The heads are decoded in numpy by pure functions
+`ModelSession` hides the model's input layout (Conv1d exports take (N, C, L), Conv2d exports
+(N, C, 1, L)): callers always pass preprocessed windows, float32 (N, C, L), from the transform
+the card names (`gatewayd.inference.analysis.model_input`; C x L is 7 x 256 for the shipped
+models, `window_shape`). The heads are decoded in numpy by pure functions
 (`softmax`, `expected_bpm`, `entropy_bits`, `decode`) that the tests check against arrays.
 """
 
@@ -18,7 +19,6 @@ import onnxruntime as ort
 
 from gatewayd.errors import GatewayError
 from gatewayd.inference.cards import ModelCard, OutputSpec
-from gatewayd.signals.windows import MODEL_CHANNELS, MODEL_WINDOW_LEN
 
 __all__ = [
     "InferenceError",
@@ -29,6 +29,7 @@ __all__ = [
     "expected_bpm",
     "hr_bin_centres",
     "softmax",
+    "window_shape",
 ]
 
 _FLOAT32: Final = np.dtype(np.float32)
@@ -148,6 +149,7 @@ class ModelSession:
             raise InferenceError(
                 f"{path}: ONNX Runtime cannot load model {card.model_id}: {exc}"
             ) from exc
+        self.window_shape = window_shape(card)
         self._input_shape = _input_shape(card)
         inputs = [i.name for i in self._session.get_inputs()]
         outputs = {o.name for o in self._session.get_outputs()}
@@ -168,15 +170,13 @@ class ModelSession:
     def run_logits(
         self, x: npt.ArrayLike
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Run the model on (N, 4, 512) float32 windows; return (activity, hr) logits. Blocks."""
+        """Run the model on (N, C, L) float32 windows; return (activity, hr) logits. Blocks."""
         batch = np.asarray(x)
         if batch.dtype != _FLOAT32:
             raise TypeError(f"model input must be float32, got {batch.dtype}")
-        if batch.ndim != 3 or batch.shape[1:] != (MODEL_CHANNELS, MODEL_WINDOW_LEN):
-            raise ValueError(
-                f"model input must have shape (N, {MODEL_CHANNELS}, {MODEL_WINDOW_LEN}),"
-                f" got {batch.shape}"
-            )
+        if batch.ndim != 3 or batch.shape[1:] != self.window_shape:
+            c, n = self.window_shape
+            raise ValueError(f"model input must have shape (N, {c}, {n}), got {batch.shape}")
         feed = np.ascontiguousarray(batch).reshape((batch.shape[0], *self._input_shape))
         try:
             activity, hr = self._session.run(self._output_names, {self.card.input.name: feed})
@@ -185,13 +185,25 @@ class ModelSession:
         return np.asarray(activity, dtype=np.float32), np.asarray(hr, dtype=np.float32)
 
     def predict(self, x: npt.ArrayLike) -> Prediction:
-        """Run the model on (N, 4, 512) float32 windows and decode both heads. Blocks."""
+        """Run the model on (N, C, L) float32 windows and decode both heads. Blocks."""
         activity, hr = self.run_logits(x)
         return decode(activity, hr, self.card.outputs)
 
 
+def window_shape(card: ModelCard) -> tuple[int, int]:
+    """(channels, samples) of one preprocessed window, as the card's input shape names them."""
+    dims = [d for d in card.input.shape[1:] if isinstance(d, int)]
+    if card.layout == "conv2d" and len(dims) == 3:
+        del dims[1]  # the Conv2d export's height-1 axis: (C, 1, L)
+    if len(dims) != 2:
+        raise InferenceError(
+            f"model {card.model_id}: input shape {card.input.shape} is not (N, C, L) or"
+            " (N, C, 1, L)"
+        )
+    return dims[0], dims[1]
+
+
 def _input_shape(card: ModelCard) -> tuple[int, ...]:
-    """Per-window input shape for the card's layout: (4, 512) or (4, 1, 512)."""
-    if card.layout == "conv2d":
-        return (MODEL_CHANNELS, 1, MODEL_WINDOW_LEN)
-    return (MODEL_CHANNELS, MODEL_WINDOW_LEN)
+    """Per-window input shape for the card's layout: (C, L) or (C, 1, L)."""
+    c, n = window_shape(card)
+    return (c, 1, n) if card.layout == "conv2d" else (c, n)
