@@ -218,10 +218,12 @@ class InferenceConfig(_Section):
     model: NonEmptyStr = "mnv2-1d-w1.0"
     #: How the heart rate of an offloaded window is chosen (docs/eval.md): "fused" takes the
     #: wearable's own estimate (its tracker, in the window's summary) unless the full model's
-    #: confidence beats the wearable's signal quality by more than hr_model_margin; "signal"
-    #: always the wearable's; "model" always the model's.
+    #: confidence beats the wearable's signal quality by more than hr_model_margin and that
+    #: quality is below hr_signal_trusted (above 1: no ceiling); "signal" always the wearable's;
+    #: "model" always the model's.
     heart_rate: Literal["fused", "signal", "model"] = "fused"
     hr_model_margin: float = Field(default=0.0, ge=-1, le=1, allow_inf_nan=False)
+    hr_signal_trusted: float = Field(default=1.01, ge=0, le=1.01, allow_inf_nan=False)
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: int = Field(default=5, ge=0, le=1000)
     queue_size: int = Field(default=256, ge=1, le=65536)

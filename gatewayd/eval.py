@@ -1642,18 +1642,29 @@ def plot_offload_sweep(sweep: OffloadSweep, path: Path) -> None:
 
 #: Model margins swept: the model's HR is taken when its confidence beats the wearable's by more.
 FUSION_MARGINS: Final = (-1.0, -0.5, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+#: Signal-trust ceilings swept: a wearable estimate at least this confident is always kept
+#: (1.01 = never kept outright, the margin alone decides).
+FUSION_TRUSTED: Final = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)
+#: The defaults of `HrFusion` (and of [inference] hr_model_margin / hr_signal_trusted).
+_DEFAULT_FUSION: Final = (HrFusion().model_margin, HrFusion().signal_trusted)
+
+
+def _rule_name(margin: float, trusted: float) -> str:
+    return f"margin {margin:+.1f}" + ("" if trusted > 1 else f", trusted >= {trusted:.2f}")
 
 
 @dataclass(frozen=True)
 class FusionSweep:
     """The gateway's HR under each fusion rule, held out by subject (MAE over recordings)."""
 
-    #: rule -> (held-out mean MAE over recordings, per dataset) ; rules: signal, model, fused
-    #: (margin chosen on the other subjects), and fused at each fixed margin.
+    #: rule -> (held-out mean MAE over recordings, per dataset); rules: signal, model, fused
+    #: (margin and trust chosen on the other subjects), each margin without a trust ceiling,
+    #: and each trust ceiling at the default margin.
     mean_mae_bpm: dict[str, float]
     datasets: dict[str, dict[str, float]]
-    chosen_margin: float
-    fold_margins: dict[float, int]
+    #: (margin, trusted) chosen on all subjects, and how often each pair was chosen per subject.
+    chosen: tuple[float, float]
+    fold_choices: dict[tuple[float, float], int]
 
     def to_json(self) -> dict[str, object]:
         """The sweep as JSON."""
@@ -1661,54 +1672,73 @@ class FusionSweep:
             {
                 "mean_mae_bpm": self.mean_mae_bpm,
                 "datasets": self.datasets,
-                "chosen_margin": self.chosen_margin,
-                "fold_margins": {str(k): v for k, v in sorted(self.fold_margins.items())},
+                "chosen": {"margin": self.chosen[0], "trusted": self.chosen[1]},
+                "fold_choices": [
+                    {"margin": m, "trusted": t, "subjects": n}
+                    for (m, t), n in sorted(self.fold_choices.items())
+                ],
             }
         )
 
 
-def _fused(table: WindowTable, margin: float | None) -> npt.NDArray[np.float64]:
-    """The gateway's HR per window under a rule: None = model on offloaded windows."""
+def _fused(table: WindowTable, rule: tuple[float, float] | None) -> npt.NDArray[np.float64]:
+    """The gateway's HR per window under a rule (margin, trusted); None = model when offloaded."""
     wear = table.local_hr
     conf = np.where(table.signal_quality == UNKNOWN_QUALITY, 1.0, table.signal_quality / 100)
     model = table.model_hr
-    if margin is None:
+    if rule is None:
         take = ~np.isnan(model)
     else:
-        take = ~np.isnan(model) & (np.isnan(wear) | (table.model_hr_conf > conf + margin))
+        margin, trusted = rule
+        take = ~np.isnan(model) & (
+            np.isnan(wear) | ((table.model_hr_conf > conf + margin) & (conf < trusted))
+        )
     out: npt.NDArray[np.float64] = np.where(table.offloaded & take, model, wear)
     return out
 
 
 def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
-    """Compare the HR fusion rules, choosing the margin leave-one-subject-out.
+    """Compare the HR fusion rules, choosing margin and trust ceiling leave-one-subject-out.
 
     Per recording the MAE is over windows with a reference where the wearable and the model both
-    answered; the reported HR differs from the wearable's only on offloaded windows.
+    answered; the reported HR differs from the wearable's only on offloaded windows. The grid is
+    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED`; ties go to the rule
+    nearest the defaults (smallest |margin|, then no ceiling).
     """
     scored = [t for t in tables if t.has_bvp and not np.isnan(t.ref_hr).all()]
-    rules: dict[str, float | None] = {f"margin {m:+.1f}": m for m in FUSION_MARGINS}
+    grid = [(m, t) for m in FUSION_MARGINS for t in FUSION_TRUSTED]
+    per_rule: dict[tuple[float, float], dict[str, float]] = {r: {} for r in grid}
     per: dict[str, dict[str, float]] = {"signal": {}, "model": {}}
-    per.update({k: {} for k in rules})
     for t in scored:
         ok = ~np.isnan(t.ref_hr) & ~np.isnan(t.local_hr) & ~np.isnan(t.model_hr)
         per["signal"][t.name] = mae(t.local_hr[ok], t.ref_hr[ok])
         per["model"][t.name] = mae(_fused(t, None)[ok], t.ref_hr[ok])
-        for k, m in rules.items():
-            per[k][t.name] = mae(_fused(t, m)[ok], t.ref_hr[ok])
+        for r in grid:
+            per_rule[r][t.name] = mae(_fused(t, r)[ok], t.ref_hr[ok])
+
+    def best(names: Sequence[str]) -> tuple[float, float]:
+        return min(
+            grid,
+            key=lambda r: (_mean(per_rule[r][n] for n in names), abs(r[0]), -r[1]),
+        )
+
     subjects = sorted({t.subject_key for t in scored})
     fused: dict[str, float] = {}
-    margins: Counter[float] = Counter()
+    choices: Counter[tuple[float, float]] = Counter()
     for s in subjects:
-        train = [t.name for t in scored if t.subject_key != s]
-        best = min(rules, key=lambda k: (_mean(per[k][n] for n in train), abs(rules[k] or 0)))
-        margins[rules[best] or 0.0] += 1
+        pick = best([t.name for t in scored if t.subject_key != s])
+        choices[pick] += 1
         for t in scored:
             if t.subject_key == s:
-                fused[t.name] = per[best][t.name]
+                fused[t.name] = per_rule[pick][t.name]
     per["fused (held out)"] = fused
+    never = FUSION_TRUSTED[-1]
+    shown = [(m, never) for m in FUSION_MARGINS]
+    shown += [(_DEFAULT_FUSION[0], t) for t in FUSION_TRUSTED[:-1]]
+    chosen = best([t.name for t in scored])
+    for r in (*shown, chosen):
+        per[_rule_name(*r)] = per_rule[r]
     names = [t.name for t in scored]
-    chosen = min(rules, key=lambda k: (_mean(per[k][n] for n in names), abs(rules[k] or 0)))
     by_source = _by_source(scored)
     return FusionSweep(
         mean_mae_bpm={k: _mean(v[n] for n in names) for k, v in per.items()},
@@ -1716,8 +1746,8 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
             source: {k: _mean(v[t.name] for t in group) for k, v in per.items()}
             for source, group in sorted(by_source.items())
         },
-        chosen_margin=rules[chosen] or 0.0,
-        fold_margins=dict(margins),
+        chosen=chosen,
+        fold_choices=dict(choices),
     )
 
 
@@ -1729,13 +1759,13 @@ def format_fusion_sweep(sweep: FusionSweep) -> str:
         [r, _fmt(sweep.mean_mae_bpm[r]), *(_fmt(d[r]) for d in sweep.datasets.values())]
         for r in rules
     ]
-    folds = ", ".join(f"{m:+.1f} x{n}" for m, n in sorted(sweep.fold_margins.items()))
+    folds = ", ".join(f"({_rule_name(*r)}) x{n}" for r, n in sorted(sweep.fold_choices.items()))
     return "\n".join(
         [
             "Gateway HR by fusion rule, MAE bpm (mean over recordings, windows where the wearable"
-            " and the model both answered); 'fused (held out)': margin chosen on the other"
-            " subjects:",
+            " and the model both answered); 'fused (held out)': margin and trust ceiling chosen"
+            " on the other subjects:",
             format_table(head, rows),
-            f"Folds chose margins: {folds}; on all subjects: {sweep.chosen_margin:+.1f}",
+            f"Subjects' folds chose: {folds}; on all subjects: {_rule_name(*sweep.chosen)}",
         ]
     )

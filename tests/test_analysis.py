@@ -129,6 +129,8 @@ def model(bpm: float, confidence: float) -> WindowAnalysis:
         (HrFusion("fused", 0.0), (70.0, 0.3), model(90.0, 0.5), (90.0, 0.5, "model")),
         (HrFusion("fused", 0.3), (70.0, 0.3), model(90.0, 0.5), (70.0, 0.3, "signal")),
         (HrFusion("fused", -0.3), (70.0, 0.7), model(90.0, 0.5), (90.0, 0.5, "model")),
+        (HrFusion("fused", 0.0, 0.8), (70.0, 0.8), model(90.0, 0.99), (70.0, 0.8, "signal")),
+        (HrFusion("fused", 0.0, 0.8), (70.0, 0.7), model(90.0, 0.99), (90.0, 0.99, "model")),
         (HrFusion("fused", 0.0), (None, 0.0), model(90.0, 0.1), (90.0, 0.1, "model")),
         (HrFusion("signal"), (70.0, 0.1), model(90.0, 0.9), (70.0, 0.1, "signal")),
         (HrFusion("model"), (70.0, 0.9), model(90.0, 0.1), (90.0, 0.1, "model")),

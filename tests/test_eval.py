@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ from gatewayd.eval import (
     WindowTable,
     acc_motion,
     bad_windows,
+    format_fusion_sweep,
     mae,
     plan_estimators,
     replay,
     roc_auc,
     score_activity,
     score_offload,
+    sweep_fusion,
     sweep_offload,
 )
 from gatewayd.inference import ModelRegistry, ModelSession, softmax
@@ -429,6 +432,34 @@ def test_the_sweep_chooses_the_best_recall_within_the_target_and_plots(tmp_path:
     out = tmp_path / "sweep.png"
     plot_offload_sweep(sweep, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_fusion_sweep_finds_the_trust_ceiling_held_out() -> None:
+    """Wearable right when its quality >= 60, the model confident and wrong there, right below."""
+    tables = []
+    for seed, s in enumerate("abcd"):
+        t = table(s, seed)
+        n = len(t)
+        high = t.signal_quality >= 60
+        local = np.where(high, 81.0, 100.0)  # right when the wearable is sure
+        model_hr = np.where(high, 95.0, 80.0)  # wrong exactly there, right below
+        model_conf = np.where(high, 0.95, 0.7)  # and more confident than the wearable
+        tables.append(
+            replace(t, local_hr=local, gateway_hr=local, model_hr=model_hr,
+                    model_hr_conf=model_conf, offloaded=np.ones(n, dtype=bool))
+        )  # fmt: skip
+    sweep = sweep_fusion(tables)
+    means = sweep.mean_mae_bpm
+    assert means["signal"] == pytest.approx(np.mean([mae(t.local_hr, t.ref_hr) for t in tables]))
+    # A margin alone cannot separate them (0.95 beats any quality); a ceiling in (0.4, 0.6] can.
+    assert min(means[f"margin {m:+.1f}"] for m in (-0.3, 0.0, 0.3)) > 3.0
+    assert sweep.chosen[1] in (0.5, 0.6)
+    assert means["fused (held out)"] == pytest.approx(
+        np.mean([mae(np.where(t.signal_quality >= 60, 81.0, 80.0), t.ref_hr) for t in tables])
+    )
+    assert sum(sweep.fold_choices.values()) == 4  # one choice per held-out subject
+    assert "trusted" in format_fusion_sweep(sweep)
+    assert json.loads(json.dumps(sweep.to_json()))["chosen"]["trusted"] == sweep.chosen[1]
 
 
 def _synthetic_recordings() -> list[Recording]:

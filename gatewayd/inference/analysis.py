@@ -101,13 +101,16 @@ class HrFusion:
     """How the heart rate of an offloaded window is chosen.
 
     ``fused``: the wearable's estimate, unless the model's confidence exceeds the wearable's
-    (its signal quality / 100) by more than ``model_margin``; both estimate the probability of
-    being within `HR_AGREEMENT_BPM` of the truth. ``signal``: the wearable's (the gateway's own
-    tracker when the wearable sent none). ``model``: the model's whenever there is one.
+    (its signal quality / 100) by more than ``model_margin`` and the wearable's confidence is
+    below ``signal_trusted``; both estimate the probability of being within `HR_AGREEMENT_BPM`
+    of the truth. ``signal``: the wearable's (the gateway's own tracker when the wearable sent
+    none). ``model``: the model's whenever there is one.
     """
 
     mode: HrMode = "fused"
     model_margin: float = 0.0
+    #: A wearable estimate at least this confident is kept whatever the model says (> 1: never).
+    signal_trusted: float = 1.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,7 @@ def fuse_hr(
             or (
                 fusion.mode == "fused"
                 and model.hr_confidence > wearable_confidence + fusion.model_margin
+                and wearable_confidence < fusion.signal_trusted
             )
         )
     ):
