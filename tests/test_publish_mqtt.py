@@ -10,6 +10,7 @@ import contextlib
 import gc
 import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,8 @@ from gatewayd.config import MqttConfig, TlsConfig
 from gatewayd.ids import EventIdGenerator
 from gatewayd.pipeline import StoreOutbox, data_lost_event, gateway_event
 from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics
+from gatewayd.publish.cleanup import clear_retained
+from gatewayd.publish.client import read_retained
 from gatewayd.publish.payloads import Alert, GatewayAlert
 from gatewayd.store.store import Store
 from tests.mqtt_fixtures import Broker, make_password_file, make_tls_files, needs_mosquitto
@@ -53,16 +56,18 @@ class FakeOutbox:
         self._ms = 1_767_323_045_000
         self._ids = EventIdGenerator()
 
-    def append(self, device_id: str, n: int) -> OutboxItem:
+    def append(
+        self, device_id: str, n: int, kind: str = "tachycardia", state: str = "raised"
+    ) -> OutboxItem:
         self._ms += 1
         alert = Alert(
             event_id=self._ids.next(self._ms, lambda size: n.to_bytes(size, "big")),
             device_id=device_id,
             gateway_id=GW,
-            kind="tachycardia",
+            kind=kind,
             category="physiological",
             severity="warning",
-            state="raised",
+            state=state,  # type: ignore[arg-type]
             t=T0,
             evidence={"n": n},
         )
@@ -145,9 +150,32 @@ async def running(publisher: Publisher) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-def make_publisher(port: int, outbox: FakeOutbox, **mqtt: Any) -> Publisher:
+def make_publisher(
+    port: int, outbox: FakeOutbox, *, paired: Sequence[str] | None = None, **mqtt: Any
+) -> Publisher:
     config = MqttConfig.model_validate({"host": "127.0.0.1", "port": port, **mqtt})
-    return Publisher(config, GW, outbox, env={}, rescan_interval_s=1.0, backoff=lambda kind, n: 0.2)
+    return Publisher(
+        config,
+        GW,
+        outbox,
+        env={},
+        rescan_interval_s=1.0,
+        backoff=lambda kind, n: 0.2,
+        paired=paired,
+    )
+
+
+async def retained(broker: Broker, *filters: str) -> dict[str, bytes]:
+    """What the broker retains under ``filters``, as a fresh subscriber gets it."""
+    marker = f"test/marker/{uuid.uuid4()}"
+
+    async with aiomqtt.Client(broker.host, broker.port) as client, asyncio.timeout(WAIT_S):
+
+        async def publish_marker() -> bytes:
+            await client.publish(marker, b"end", qos=1)
+            return b"end"
+
+        return await read_retained(client, filters, marker=marker, publish_marker=publish_marker)
 
 
 def state(device_id: str, hr: float) -> DeviceState:
@@ -389,14 +417,164 @@ async def test_retained_state_and_discovery_republished_after_restart(
                 lambda: bool(sub.on(topics.state("w1")) and sub.on(topics.state("w2"))),
                 "retained states",
             )
-            await sub.wait(lambda: len(sub.messages) >= 3 + 11, "status, states, discovery")
             assert all(m.retain for m in sub.messages)
             assert sub.on(topics.state("w1"))[-1]["hr_bpm"] == 65
             assert sub.on(topics.status)[-1]["state"] == "online"
-            discovery = [t for t in sub.topics() if t.startswith("homeassistant/")]
+            # Discovery of w2 goes out just before its state: every config is in by now.
+            discovery = list(await retained(mosquitto_broker, "homeassistant/+/room-12/#"))
             assert "homeassistant/sensor/room-12/w1_heart_rate/config" in discovery
             assert "homeassistant/binary_sensor/room-12/w2_connected/config" in discovery
             assert "homeassistant/binary_sensor/room-12/status/config" in discovery
+
+
+# --- Home Assistant: problem sensors, the event entity, removing devices ---------------------
+
+PREFIX = "homeassistant"
+
+
+def _render(template: str, payload: bytes) -> str:
+    """A value template rendered as HA does for an MQTT entity (``value_json``: the payload)."""
+    jinja2 = pytest.importorskip("jinja2", reason="jinja2 (HA's template language) not installed")
+    return str(jinja2.Environment().from_string(template).render(value_json=json.loads(payload)))
+
+
+async def _problem_state(broker: Broker, device_id: str, kind: str) -> str:
+    """The state HA would show for a problem binary_sensor, read from retained messages only."""
+    config_topic = f"{PREFIX}/binary_sensor/{GW}/{device_id}_problem_{kind}/config"
+    configs = await retained(broker, config_topic)
+    if config_topic not in configs:
+        return "no entity"
+    config = json.loads(configs[config_topic])
+    state = await retained(broker, config["state_topic"])
+    if config["state_topic"] not in state:
+        return "unknown"
+    return _render(config["value_template"], state[config["state_topic"]])
+
+
+async def _until_problem(broker: Broker, device_id: str, kind: str, expected: str) -> None:
+    """Wait until the retained state of a problem sensor reads ``expected``."""
+    async with asyncio.timeout(WAIT_S):
+        while await _problem_state(broker, device_id, kind) != expected:  # noqa: ASYNC110 - polls the broker
+            await asyncio.sleep(0.05)
+
+
+async def test_open_alert_state_is_retained_after_raise_and_clear(
+    mosquitto_broker: Broker,
+) -> None:
+    outbox = FakeOutbox()
+    publisher = make_publisher(
+        mosquitto_broker.port, outbox, paired=["w1"], homeassistant_discovery=True
+    )
+    topics = publisher.topics
+    async with running(publisher):
+        publisher.update_state(state("w1", 70))
+        outbox.append("w1", 1, kind="fall", state="raised")
+        outbox.append("w1", 2, kind="low_battery", state="raised")
+        publisher.notify()
+        # A subscriber that comes later (HA after a restart) sees the truth, retained. The
+        # sets follow the alerts in order: once low_battery is on, fall is too.
+        await _until_problem(mosquitto_broker, "w1", "low_battery", "ON")
+        assert await _problem_state(mosquitto_broker, "w1", "fall") == "ON"
+        assert await _problem_state(mosquitto_broker, "w1", "tachycardia") == "OFF"
+        outbox.append("w1", 3, kind="fall", state="cleared")
+        publisher.notify()
+        await _until_problem(mosquitto_broker, "w1", "fall", "OFF")
+        assert await _problem_state(mosquitto_broker, "w1", "low_battery") == "ON"
+    sets = await retained(mosquitto_broker, topics.open_alerts("w1"))
+    assert json.loads(sets[topics.open_alerts("w1")])["kinds"] == ["low_battery"]
+    # A restarted gateway takes the set from the broker: the open alert is not forgotten
+    # (its first state does not publish an empty set over it).
+    again = make_publisher(
+        mosquitto_broker.port, FakeOutbox(), paired=["w1"], homeassistant_discovery=True
+    )
+    async with running(again):
+        again.update_state(state("w1", 71))
+        await until(lambda: again.stats.states_published >= 1)
+        assert await _problem_state(mosquitto_broker, "w1", "low_battery") == "ON"
+    assert again.stats.open_alerts_published >= 1  # re-published on connect, unchanged
+    assert await _problem_state(mosquitto_broker, "w1", "low_battery") == "ON"
+
+
+async def test_event_entity_receives_the_alert_kind(mosquitto_broker: Broker) -> None:
+    outbox = FakeOutbox()
+    publisher = make_publisher(mosquitto_broker.port, outbox, homeassistant_discovery=True)
+    async with running(publisher):
+        publisher.update_state(state("w1", 70))
+        await until(lambda: publisher.stats.states_published >= 1)
+        config_topic = f"{PREFIX}/event/{GW}/w1_alert/config"
+        config = json.loads((await retained(mosquitto_broker, config_topic))[config_topic])
+        # Subscribe where HA's event entity does, then raise and clear an alert.
+        async with subscribe(mosquitto_broker, config["state_topic"]) as sub:
+            raised = outbox.append("w1", 1, kind="fall", state="raised")
+            outbox.append("w1", 2, kind="fall", state="cleared")
+            publisher.notify()
+            await sub.wait(lambda: len(sub.messages) >= 2, "the raise and the clear")
+        events = [_render(config["value_template"], bytes(m.payload)) for m in sub.messages]  # type: ignore[arg-type]
+        fired = json.loads(events[0])
+        assert fired["event_type"] == "fall"
+        assert fired["event_type"] in config["event_types"]
+        assert fired["event_id"] == raised.event_id
+        assert events[1] == ""  # a clear fires nothing (HA ignores an empty rendering)
+
+
+async def test_removed_device_leaves_no_retained_config(mosquitto_broker: Broker) -> None:
+    topics = Topics("gatewayd", GW)
+    everything = (f"{PREFIX}/#", f"gatewayd/{GW}/#")
+    first = make_publisher(
+        mosquitto_broker.port, FakeOutbox(), paired=["w1", "w2"], homeassistant_discovery=True
+    )
+    async with running(first):
+        first.update_state(state("w1", 61))
+        first.update_state(state("w2", 62))
+        await until(lambda: first.stats.open_alerts_published >= 2)
+    # A config an older gatewayd published for an entity kind that no longer exists.
+    obsolete = f"{PREFIX}/sensor/{GW}/w1_last_alert/config"
+    async with aiomqtt.Client(mosquitto_broker.host, mosquitto_broker.port) as client:
+        await client.publish(
+            obsolete, b'{"device": {"identifiers": ["gatewayd_room-12_w1"]}}', qos=1, retain=True
+        )
+    before = await retained(mosquitto_broker, *everything)
+    assert any("/w2_" in t for t in before)
+    assert {topics.state("w2"), topics.open_alerts("w2"), obsolete} <= set(before)
+    # w2 was removed while the gateway was stopped: the next connect clears what it left.
+    second = make_publisher(
+        mosquitto_broker.port, FakeOutbox(), paired=["w1"], homeassistant_discovery=True
+    )
+    async with running(second):
+        pass
+    after = await retained(mosquitto_broker, *everything)
+    assert not [t for t in after if "w2" in t]
+    assert obsolete not in after
+    assert set(after) == set(before) - {t for t in before if "w2" in t} - {obsolete}
+    assert second.stats.topics_cleared == len(before) - len(after)
+    # A tool removes w1 at once (the gateway need not run), then the demo's whole-gateway
+    # clean-up: nothing of this gateway is left under the discovery prefix or its root.
+    config = MqttConfig.model_validate({"host": "127.0.0.1", "port": mosquitto_broker.port})
+    cleared = await clear_retained(config, GW, device_ids=["w1"], env={})
+    assert topics.state("w1") in cleared
+    after_w1 = await retained(mosquitto_broker, *everything)
+    assert not [t for t in after_w1 if "w1" in t]
+    assert f"{PREFIX}/binary_sensor/{GW}/status/config" in after_w1
+    await clear_retained(config, GW, env={})
+    assert await retained(mosquitto_broker, *everything) == {}
+
+
+async def test_discovery_off_clears_configs_left_from_when_it_was_on(
+    mosquitto_broker: Broker,
+) -> None:
+    on = make_publisher(mosquitto_broker.port, FakeOutbox(), homeassistant_discovery=True)
+    async with running(on):
+        on.update_state(state("w1", 61))
+        await until(lambda: on.stats.states_published >= 1)
+    assert await retained(mosquitto_broker, f"{PREFIX}/#")
+    off = make_publisher(mosquitto_broker.port, FakeOutbox())
+    async with running(off):
+        pass
+    assert await retained(mosquitto_broker, f"{PREFIX}/#") == {}
+    # The device's retained state stays: only paired-list removals clear device topics.
+    assert Topics("gatewayd", GW).state("w1") in await retained(
+        mosquitto_broker, f"gatewayd/{GW}/#"
+    )
 
 
 @pytest_asyncio.fixture

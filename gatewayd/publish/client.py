@@ -9,7 +9,14 @@ duplicates by ``event_id``.
 
 State and telemetry are best effort and live in memory: the latest `DeviceState` per device
 (re-published, retained, on every connect) and a bounded telemetry queue whose overflow is
-dropped oldest-first, counted and logged.
+dropped oldest-first, counted and logged. The alert kinds open on each device (`OpenAlerts`,
+retained) follow the alerts as they are delivered.
+
+On every connect the publisher reads back what the broker retains for this gateway (its
+discovery configs, device states and open-alert sets), then clears what should not be there:
+the topics of a device no longer paired, configs of entity kinds this version does not
+publish, every config when discovery is off (`stale_topics`). The open-alert sets it reads
+seed its own after a restart.
 
 Sessions are clean (``clean_session=True``): the outbox, not the broker or paho's in-memory
 queue, is the durable copy, and a new aiomqtt client is built per connection anyway. See
@@ -20,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, NoReturn, Protocol
@@ -36,15 +44,26 @@ from gatewayd import __version__
 from gatewayd.config import MqttConfig, TlsConfig, resolve_mqtt_password
 from gatewayd.errors import ConfigError
 from gatewayd.publish.backoff import MqttFailure, backoff_delay, classify
-from gatewayd.publish.payloads import DeviceState, Status, Telemetry
+from gatewayd.publish.payloads import DeviceState, OpenAlerts, Status, Telemetry
 from gatewayd.publish.topics import (
+    ALERT_KINDS,
     TopicError,
     Topics,
+    config_filter,
     discovery_messages,
     gateway_discovery_message,
+    stale_topics,
 )
 
-__all__ = ["OutboxItem", "OutboxSource", "Publisher", "PublisherStats", "tls_context"]
+__all__ = [
+    "OutboxItem",
+    "OutboxSource",
+    "Publisher",
+    "PublisherStats",
+    "mqtt_client",
+    "read_retained",
+    "tls_context",
+]
 
 log = structlog.get_logger("gatewayd.publish")
 
@@ -100,6 +119,9 @@ class PublisherStats:
     states_published: int = 0
     telemetry_published: int = 0
     telemetry_dropped: int = 0
+    open_alerts_published: int = 0
+    #: Retained topics emptied on connect (a removed device, an obsolete config).
+    topics_cleared: int = 0
     last_error: str | None = field(default=None)
 
 
@@ -125,6 +147,69 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
+async def read_retained(
+    client: aiomqtt.Client,
+    filters: Sequence[str],
+    *,
+    marker: str,
+    publish_marker: Callable[[], Awaitable[bytes]],
+) -> dict[str, bytes]:
+    """What the broker retains under ``filters``: topic -> payload (non-empty, retained only).
+
+    Subscribes to ``filters`` and then ``marker`` in one SUBSCRIBE, calls ``publish_marker``
+    (which publishes to ``marker`` and returns the payload it sent) and reads until that payload
+    comes back on ``marker``. A broker sends a subscription's retained messages before it
+    handles the client's next packet, and forwards one client's messages in order, so by then
+    every retained message is in. Unsubscribes before returning; bound the wait with a timeout.
+    """
+    await client.subscribe([(f, 1) for f in (*filters, marker)])
+    found: dict[str, bytes] = {}
+    try:
+        sent = await publish_marker()
+        async for message in client.messages:
+            payload = bytes(message.payload)
+            if message.topic.matches(marker) and payload == sent:
+                break
+            # Retained only: a running gateway's live messages are not what the broker keeps.
+            # Matching only: amqtt also sends retained messages of others' subscriptions.
+            if message.retain and payload and any(message.topic.matches(f) for f in filters):
+                found[message.topic.value] = payload
+    finally:
+        await client.unsubscribe([*filters, marker])
+    return found
+
+
+def mqtt_client(
+    mqtt: MqttConfig,
+    identifier: str,
+    password: SecretStr | None,
+    context: ssl.SSLContext | None,
+    *,
+    timeout_s: float,
+    will: aiomqtt.Will | None = None,
+) -> aiomqtt.Client:
+    """An aiomqtt client for [mqtt]: MQTT 3.1.1, clean session, its auth and TLS.
+
+    ``password`` from `resolve_mqtt_password`, ``context`` from `tls_context` (both read files:
+    call them in a thread); ``timeout_s`` bounds the CONNACK wait, each acknowledgement and
+    the DISCONNECT.
+    """
+    return aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        identifier=identifier,
+        username=mqtt.username,
+        password=password.get_secret_value() if password is not None else None,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        clean_session=True,
+        keepalive=mqtt.keepalive_s,
+        timeout=timeout_s,
+        will=will,
+        tls_context=context,
+        tls_insecure=True if context is not None and mqtt.tls.insecure else None,
+    )
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -141,6 +226,11 @@ class Publisher:
     clean disconnect). `notify` after appending to the outbox, `update_state` and
     `publish_telemetry` from the pipeline; none of the three blocks or raises on a broker
     outage.
+
+    ``paired`` is the ids of the devices the gateway serves (its paired list): retained topics
+    and discovery configs of any other device of this gateway are cleared on connect. None
+    (the default) clears no device, since a device not seen yet cannot be told from a removed
+    one.
     """
 
     def __init__(
@@ -157,8 +247,10 @@ class Publisher:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
+        paired: Iterable[str] | None = None,
     ) -> None:
         self._mqtt = mqtt
+        self._paired = frozenset(paired) if paired is not None else None
         self._topics = Topics(mqtt.topic_root, gateway_id)
         self._gateway_id = gateway_id
         self._outbox = outbox
@@ -180,7 +272,10 @@ class Publisher:
         self._telemetry: deque[Telemetry] = deque()
         self._telemetry_max = telemetry_queue_size
         self._dropping = False
-        self._discovered: set[str] = set()
+        #: Device id -> the (model, firmware) its discovery configs were published with.
+        self._discovered: dict[str, tuple[str | None, str | None]] = {}
+        self._open: dict[str, OpenAlerts] = {}
+        self._dirty_open: dict[str, None] = {}
         self._running = False
         self.stats = PublisherStats()
 
@@ -300,20 +395,14 @@ class Publisher:
 
     def _client(self, password: SecretStr | None, context: ssl.SSLContext | None) -> aiomqtt.Client:
         will = Status(state="offline", gateway_id=self._gateway_id, reason="connection_lost")
-        return aiomqtt.Client(
-            self._mqtt.host,
-            self._mqtt.port,
-            identifier=self._mqtt.effective_client_id(self._gateway_id),
-            username=self._mqtt.username,
-            password=password.get_secret_value() if password is not None else None,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=True,
-            keepalive=self._mqtt.keepalive_s,
+        return mqtt_client(
+            self._mqtt,
+            self._mqtt.effective_client_id(self._gateway_id),
+            password,
+            context,
             # The safety timeout of the CONNACK wait, of each PUBACK and of the DISCONNECT.
-            timeout=self._op_timeout_s,
+            timeout_s=self._op_timeout_s,
             will=aiomqtt.Will(self._topics.status, will.to_json(), qos=1, retain=True),
-            tls_context=context,
-            tls_insecure=True if context is not None and self._mqtt.tls.insecure else None,
         )
 
     async def _session(
@@ -364,7 +453,8 @@ class Publisher:
 
     async def _publish_status(
         self, client: aiomqtt.Client, state: str, reason: str, *, limit_s: float | None = None
-    ) -> None:
+    ) -> bytes:
+        """Publish status (retained, QoS 1); return the payload sent."""
         status = Status.model_validate(
             {
                 "state": state,
@@ -374,18 +464,25 @@ class Publisher:
                 "version": __version__,
             }
         )
+        payload = status.to_json()
         await client.publish(
             self._topics.status,
-            status.to_json(),
+            payload,
             qos=1,
             retain=True,
             timeout=limit_s or self._op_timeout_s,
         )
+        return payload
 
     async def _announce(self, client: aiomqtt.Client) -> None:
-        """On every (re)connect: status online, HA discovery, then every known device state."""
-        await self._publish_status(client, "online", "connected")
+        """On every (re)connect: status online, the retained-topic sweep, HA discovery, then
+        every known device state and open-alert set (published by the stream loop)."""
+        retained = await self._read_retained(client)
         self._discovered.clear()
+        if retained is not None:
+            configs, device_topics = retained
+            await self._clear_stale(client, configs, device_topics)
+            self._seed_open_alerts(device_topics)
         if self._mqtt.homeassistant_discovery:
             message = gateway_discovery_message(
                 self._topics, prefix=self._mqtt.discovery_prefix, sw_version=__version__
@@ -393,13 +490,119 @@ class Publisher:
             await client.publish(message.topic, message.payload, qos=1, retain=True)
         for device_id in list(self._states):
             self._dirty_states[device_id] = None
+        for device_id in list(self._open):
+            self._dirty_open[device_id] = None
         if self._dropping and self.stats.telemetry_dropped:
             log.info("telemetry dropped while disconnected", total=self.stats.telemetry_dropped)
         self._dropping = False
         self._stream_wake.set()
 
+    async def _read_retained(
+        self, client: aiomqtt.Client
+    ) -> tuple[dict[str, bytes], dict[str, bytes]] | None:
+        """Publish status online and return what the broker retains for this gateway.
+
+        ``(configs, device_topics)``: discovery configs under our node id, and retained device
+        topics (state, open_alerts), topic -> payload; our own status publish is the marker.
+        Returns None, after a warning, if it does not come back in time: nothing is cleared.
+        """
+        config_topics = config_filter(self._topics, self._mqtt.discovery_prefix)
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                found = await read_retained(
+                    client,
+                    [config_topics, *self._topics.retained_filters()],
+                    marker=self._topics.status,
+                    publish_marker=lambda: self._publish_status(client, "online", "connected"),
+                )
+        except TimeoutError:
+            log.warning(
+                "could not read back the retained topics of this gateway; nothing cleared",
+                timeout_s=self._op_timeout_s,
+            )
+            return None
+        configs = {t: p for t, p in found.items() if aiomqtt.Topic(t).matches(config_topics)}
+        device_topics = {t: p for t, p in found.items() if t not in configs}
+        return configs, device_topics
+
+    async def _clear_stale(
+        self, client: aiomqtt.Client, configs: dict[str, bytes], device_topics: dict[str, bytes]
+    ) -> None:
+        stale = stale_topics(
+            self._topics,
+            configs=configs,
+            device_topics=device_topics,
+            prefix=self._mqtt.discovery_prefix,
+            discovery=self._mqtt.homeassistant_discovery,
+            paired=self._paired,
+        )
+        for topic in stale:
+            await client.publish(topic, b"", qos=1, retain=True, timeout=self._op_timeout_s)
+            configs.pop(topic, None)
+            device_topics.pop(topic, None)
+        if stale:
+            self.stats.topics_cleared += len(stale)
+            log.info(
+                "cleared retained topics of removed devices or obsolete entities",
+                count=len(stale),
+                topics=stale if len(stale) <= 20 else [*stale[:20], "..."],
+            )
+
+    def _seed_open_alerts(self, device_topics: Mapping[str, bytes]) -> None:
+        """Take the broker's open-alert sets for devices this process has no set for yet."""
+        for topic, payload in device_topics.items():
+            parsed = self._topics.parse_device_topic(topic)
+            if parsed is None or parsed[1] != "open_alerts" or parsed[0] in self._open:
+                continue
+            try:
+                seeded = OpenAlerts.model_validate_json(payload)
+            except ValueError:
+                continue  # not ours to trust: the device's next state publishes a fresh set
+            if seeded.device_id == parsed[0] and seeded.gateway_id == self._gateway_id:
+                self._open[parsed[0]] = seeded
+
+    def _note_alert(self, item: OutboxItem) -> bool:
+        """Follow a delivered alert in the device's open-alert set (rule kinds only).
+
+        Returns whether the set was touched (it is then dirty).
+        """
+        if item.device_id is None or item.channel != "alerts":
+            return False
+        try:
+            body = json.loads(item.payload)
+        except ValueError:
+            return False
+        kind = body.get("kind") if isinstance(body, dict) else None
+        state = body.get("state") if isinstance(body, dict) else None
+        if kind not in ALERT_KINDS or state not in ("raised", "cleared"):
+            return False
+        current = self._open.get(item.device_id)
+        kinds = set(current.kinds) if current is not None else set()
+        if state == "raised":
+            kinds.add(kind)
+        else:
+            kinds.discard(kind)
+        self._set_open(item.device_id, kinds)
+        return True
+
+    def _set_open(self, device_id: str, kinds: Iterable[str]) -> None:
+        self._open[device_id] = OpenAlerts(
+            device_id=device_id,
+            gateway_id=self._gateway_id,
+            kinds=tuple(sorted(kinds)),
+            t=self._clock(),
+        )
+        self._dirty_open[device_id] = None
+        self._stream_wake.set()
+
     async def _discover(self, client: aiomqtt.Client, state: DeviceState) -> None:
-        if not self._mqtt.homeassistant_discovery or state.device_id in self._discovered:
+        """Publish a device's discovery configs once per connection, and again when its model
+        or firmware changes (they are in the HA device block)."""
+        device = (state.model, state.firmware)
+        if (
+            not self._mqtt.homeassistant_discovery
+            or self._discovered.get(state.device_id) == device
+        ):
             return
         for message in discovery_messages(
             self._topics,
@@ -407,9 +610,10 @@ class Publisher:
             prefix=self._mqtt.discovery_prefix,
             model=state.model,
             sw_version=state.firmware,
+            origin_version=__version__,
         ):
             await client.publish(message.topic, message.payload, qos=1, retain=True)
-        self._discovered.add(state.device_id)
+        self._discovered[state.device_id] = device
 
     async def _wait(self, event: asyncio.Event, wait_s: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -464,14 +668,22 @@ class Publisher:
                 # subscribers drop by event_id, never a loss.
                 await self._outbox.mark_published([item.event_id])
                 self.stats.alerts_published += 1
+                # The device's open-alert set follows its alert at once, from this task: a
+                # stop after the alert cannot leave the retained set behind it.
+                if self._note_alert(item):
+                    await self._publish_open_alerts(client)
             if len(items) < OUTBOX_BATCH:
                 await self._wait(self._outbox_wake, self._rescan_s)
 
     async def _stream_loop(self, client: aiomqtt.Client) -> None:
-        """Publish dirty device states (retained, QoS 1), then queued telemetry (QoS 0)."""
+        """Publish dirty device states and open-alert sets (retained, QoS 1), then queued
+        telemetry (QoS 0)."""
         while True:
             self._stream_wake.clear()
-            while self._dirty_states:
+            while self._dirty_states or self._dirty_open:
+                await self._publish_open_alerts(client)
+                if not self._dirty_states:
+                    break
                 device_id = next(iter(self._dirty_states))
                 state = self._states[device_id]
                 await self._discover(client, state)
@@ -486,7 +698,10 @@ class Publisher:
                 if self._states[device_id] is state:
                     self._dirty_states.pop(device_id, None)
                 self.stats.states_published += 1
-            while self._telemetry and not self._dirty_states:
+                if device_id not in self._open:
+                    # A device with no alert yet: its problem sensors read "off", not unknown.
+                    self._set_open(device_id, ())
+            while self._telemetry and not self._dirty_states and not self._dirty_open:
                 telemetry = self._telemetry[0]
                 await client.publish(
                     self._topics.telemetry(telemetry.device_id),
@@ -497,7 +712,23 @@ class Publisher:
                 if self._telemetry and self._telemetry[0] is telemetry:
                     self._telemetry.popleft()
                 self.stats.telemetry_published += 1
-            if self._stopping.is_set() and not self._dirty_states and not self._telemetry:
+            idle = not self._dirty_states and not self._dirty_open and not self._telemetry
+            if self._stopping.is_set() and idle:
                 return
-            if not self._dirty_states and not self._telemetry:
+            if idle:
                 await self._wait(self._stream_wake, None)
+
+    async def _publish_open_alerts(self, client: aiomqtt.Client) -> None:
+        while self._dirty_open:
+            device_id = next(iter(self._dirty_open))
+            current = self._open[device_id]
+            await client.publish(
+                self._topics.open_alerts(device_id),
+                current.to_json(),
+                qos=1,
+                retain=True,
+                timeout=self._op_timeout_s,
+            )
+            if self._open[device_id] is current:
+                self._dirty_open.pop(device_id, None)
+            self.stats.open_alerts_published += 1

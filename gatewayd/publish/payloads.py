@@ -18,12 +18,14 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
 __all__ = [
+    "DATA_LOST_KIND",
     "PAYLOAD_MODELS",
     "SCHEMA_VERSION",
     "ActivityName",
     "Alert",
     "DeviceState",
     "GatewayAlert",
+    "OpenAlerts",
     "Status",
     "Telemetry",
     "schema_markdown",
@@ -155,6 +157,29 @@ class Alert(_Payload):
     )
 
 
+#: The kind of the device event for messages the link could not recover: raised, never
+#: cleared, published on the device alert topic like the rules' alerts.
+DATA_LOST_KIND: Final = "data_lost"
+
+AlertKindName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+
+
+class OpenAlerts(_Payload):
+    """`devices/<device_id>/open_alerts` (retained): the alert kinds raised and not cleared.
+
+    Kept by the publisher from the alerts it delivers (a raise adds its kind, a clear removes
+    it), published after the alert that changed it, and again after every reconnect. What Home
+    Assistant's problem sensors read, so they show the truth after a restart of either side.
+    """
+
+    device_id: DeviceId
+    gateway_id: GatewayId
+    kinds: tuple[AlertKindName, ...] = Field(
+        description="The alert kinds raised and not yet cleared, sorted; empty when none."
+    )
+    t: UtcTime = Field(description="When this set was computed.")
+
+
 #: The longest `GatewayAlert.message`; longer texts are cut (they are in the journal in full).
 MESSAGE_MAX_CHARS: Final = 1000
 
@@ -219,6 +244,7 @@ PAYLOAD_MODELS: Final[tuple[type[_Payload], ...]] = (
     DeviceState,
     Alert,
     GatewayAlert,
+    OpenAlerts,
     Telemetry,
 )
 
