@@ -18,12 +18,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from gatewayd import cli
 from gatewayd.demo.live import DemoOptions, run_demo
 from gatewayd.demo.scenario import SCENARIO, Expectation, away_changes, check_expectations
 from gatewayd.demo.view import DemoState, Gauges, render
+from gatewayd.publish.client import read_retained
 from tests.emulator_fixtures import release_bleak_manager
 from tests.mqtt_fixtures import MOSQUITTO, Broker
 
@@ -70,6 +72,11 @@ def test_the_view_folds_mqtt_messages_and_counts_redeliveries_once() -> None:
     _message(state, "devices/r1/alerts", alert, t=5.0)
     _message(state, "devices/r1/alerts", alert, t=6.0)  # a QoS 1 redelivery
     state.on_message("gatewayd/demo/devices/r1/telemetry", b"not json", 7.0)
+    state.on_message("gatewayd/demo/devices/r1/state", b"", 7.5)  # a cleared retained topic
+    state.on_message("homeassistant/sensor/demo/r1_battery/config", b"{}", 7.5)
+    state.on_message("homeassistant/sensor/demo/r2_battery/config", b"{}", 7.5)
+    state.on_message("homeassistant/sensor/demo/r2_battery/config", b"", 7.6)
+    assert state.discovery == {"homeassistant/sensor/demo/r1_battery/config"}
 
     row = state.devices["r1"]
     assert (row.connected, row.battery_pct, row.hr_bpm, row.seqs) == (True, 80, 72.0, {0, 1, 2})
@@ -180,4 +187,21 @@ async def test_the_scripted_scenario_reaches_a_subscriber_completely_and_exactly
     assert any(a.kind == "disconnected" and a.state == "cleared" for a in result.state.alerts), (
         "resident-c came back in range"
     )
+    # Discovery is on: the viewer saw the gateway's config and 15 per resident.
+    assert result.config.mqtt.homeassistant_discovery
+    assert summary["ha_discovery_configs"] == 1 + 15 * len(SCENARIO.residents)
+    # On a broker it shares (one given, as here), the demo leaves nothing retained.
+    assert await _retained(mosquitto_broker, "homeassistant/#", "gatewayd/demo/#") == {}
     assert result.ok
+
+
+async def _retained(broker: Broker, *filters: str) -> dict[str, bytes]:
+    async with aiomqtt.Client(broker.host, broker.port) as client, asyncio.timeout(20):
+
+        async def publish_marker() -> bytes:
+            await client.publish("test/demo-marker", b"end", qos=1)
+            return b"end"
+
+        return await read_retained(
+            client, filters, marker="test/demo-marker", publish_marker=publish_marker
+        )

@@ -46,11 +46,12 @@ from gatewayd.emulator.virtual import (
 )
 from gatewayd.errors import GatewayError
 from gatewayd.link.registry import DeviceRegistry
+from gatewayd.publish.cleanup import clear_retained
 from gatewayd.signals.windows import STEP_S, WINDOW_S
 
 from .broker import BrokerChoice, choose_broker, mosquitto_sub_line
 from .scenario import DEMO_RULES, SCENARIO, Scenario, away_changes, check_expectations
-from .view import DemoState, Gauges, render
+from .view import DISCOVERY_PREFIX, DemoState, Gauges, render
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo", "write_summary"]
 
@@ -102,6 +103,7 @@ def demo_config_text(state_dir: Path, broker: BrokerChoice) -> str:
     return (
         f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{state_dir}"\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nkeepalive_s = 10\n'
+        "homeassistant_discovery = true\n"
         "[ble]\nscan_interval_s = 2.0\n"
         f"{DEMO_RULES}"
     )
@@ -154,6 +156,7 @@ async def _subscribe(
                 protocol=aiomqtt.ProtocolVersion.V311,
             ) as client:
                 await client.subscribe(f"gatewayd/{GATEWAY_ID}/#", qos=1)
+                await client.subscribe(f"{DISCOVERY_PREFIX}/+/{GATEWAY_ID}/+/config", qos=1)
                 ready.set()
                 async for message in client.messages:
                     payload = message.payload
@@ -333,7 +336,7 @@ async def _run(  # noqa: PLR0915 - one story, told in order
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if broker.kind in {"local", "given"}:
-            await _clear_retained(broker, [r.device_id for r in scenario.residents])
+            await _clear_retained(config)
     exit_code = 1 if gateway.cancelled() or gateway.exception() is not None else gateway.result()
     summary = _summary(
         scenario, state, produced=produced, config=config, broker=broker, elapsed_s=elapsed,
@@ -343,21 +346,15 @@ async def _run(  # noqa: PLR0915 - one story, told in order
     return DemoResult(summary, state, config, produced)
 
 
-async def _clear_retained(broker: BrokerChoice, device_ids: list[str]) -> None:
-    """Leave nothing retained on a broker the demo shares with others (status, device states)."""
-    root = f"gatewayd/{GATEWAY_ID}"
-    topics = [f"{root}/status", *(f"{root}/devices/{d}/state" for d in device_ids)]
+async def _clear_retained(config: Config) -> None:
+    """Leave nothing retained on a broker the demo shares with others: status, device states,
+    open-alert sets and Home Assistant configs (HA then removes the demo's devices)."""
     try:
-        async with (
-            asyncio.timeout(10),
-            aiomqtt.Client(
-                broker.host, broker.port, identifier=f"gatewayd-demo-cleanup-{os.getpid()}"
-            ) as client,
-        ):
-            for topic in topics:
-                await client.publish(topic, b"", qos=1, retain=True)
-    except (aiomqtt.MqttError, TimeoutError) as exc:
+        cleared = await clear_retained(config.mqtt, GATEWAY_ID, env={})
+    except (aiomqtt.MqttError, TimeoutError, GatewayError) as exc:
         log.warning("demo: could not clear its retained topics", error=str(exc))
+    else:
+        log.info("demo: cleared its retained topics", count=len(cleared))
 
 
 async def _until(event: asyncio.Event, task: asyncio.Task[Any], limit_s: float, what: str) -> None:
@@ -501,6 +498,7 @@ def _summary(
             for a in state.gateway_alerts
         ],
         "duplicate_deliveries": duplicates,
+        "ha_discovery_configs": len(state.discovery),
         "expectations": expectations,
         "devices": devices,
     }

@@ -13,6 +13,8 @@ from typing import Any, Final
 
 __all__ = ["AlertLine", "DemoState", "DeviceRow", "Gauges", "render"]
 
+#: The Home Assistant discovery prefix the demo's gateway publishes under (the default).
+DISCOVERY_PREFIX: Final = "homeassistant"
 _SEVERITY_MARK: Final = {"critical": "!!", "warning": "! ", "info": "  "}
 _MAX_ALERT_LINES: Final = 8
 
@@ -72,6 +74,8 @@ class DemoState:
     first_raised: dict[tuple[str, str], float] = field(default_factory=dict)
     gateway_status: str | None = None
     gateway_alerts: list[AlertLine] = field(default_factory=list)
+    #: Home Assistant discovery config topics present (retained, not emptied).
+    discovery: set[str] = field(default_factory=set)
     messages: int = 0
     malformed: int = 0
 
@@ -80,8 +84,18 @@ class DemoState:
         return self.devices.setdefault(device_id, DeviceRow(device_id))
 
     def on_message(self, topic: str, payload: bytes, t_s: float) -> None:
-        """Fold one MQTT message (topic ``gatewayd/<gw>/...``) received at demo time ``t_s``."""
+        """Fold one MQTT message received at demo time ``t_s``.
+
+        Topics: ``gatewayd/<gw>/...``, and ``homeassistant/<component>/<gw>/<id>/config``.
+        An empty payload clears a retained topic: not malformed, nothing to show.
+        """
         self.messages += 1
+        parts = topic.split("/")
+        if parts[0] == DISCOVERY_PREFIX and parts[-1] == "config":
+            (self.discovery.add if payload else self.discovery.discard)(topic)
+            return
+        if not payload:
+            return
         try:
             body = json.loads(payload)
         except ValueError:
@@ -90,7 +104,6 @@ class DemoState:
         if not isinstance(body, dict):
             self.malformed += 1
             return
-        parts = topic.split("/")
         leaf = parts[-1]
         if len(parts) == 3 and leaf == "status":
             self.gateway_status = str(body.get("state"))
