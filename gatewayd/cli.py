@@ -2,14 +2,15 @@
 
 Each subcommand is registered with ``set_defaults(func=...)``; a later milestone replaces one
 function (and its parser) at a time. Commands that are not built yet say so and exit 69
-(EX_UNAVAILABLE). Exit codes: 0 ok, 1 error, 64 usage, 69 not built, 78 configuration, 130
-interrupted.
+(EX_UNAVAILABLE). Exit codes: 0 ok, 1 error (`doctor`: a check failed), 64 usage, 69 not built,
+78 configuration, 130 interrupted (docs/running.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import os
@@ -133,17 +134,32 @@ def _not_built(command: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the gateway until SIGTERM/SIGINT (exit 0; 78 config error; 1 other failure)."""
+    """Run the gateway until SIGTERM/SIGINT (exit 0; 78 config error; 1 other failure).
+
+    An unwritable state directory is said as `gatewayd doctor` says it, and exits 1.
+    """
     # Imported here: the supervisor pulls in bleak, aiomqtt, onnxruntime and the store.
+    import structlog  # noqa: PLC0415
+
     from gatewayd.app import run_gateway  # noqa: PLC0415
+    from gatewayd.doctor import state_dir_checks  # noqa: PLC0415
     from gatewayd.systemd import notifier, watchdog_interval_s  # noqa: PLC0415
 
+    log = structlog.get_logger("gatewayd.app")
     config = load_config_from_args(args)
     # A password file that cannot be read is a configuration error: exit 78 before starting.
     resolve_mqtt_password(config.mqtt, os.environ)
     for warning in config_warnings(config):
         print(f"gatewayd: warning: {warning}", file=sys.stderr)
     notify = notifier(os.environ)
+    # The state directory as `gatewayd doctor` checks it, with its words, before anything opens.
+    for check in state_dir_checks(config):
+        if check.status == "fail":
+            log.error(check.message, check=check.name, fix=check.fix)
+            notify(f"STATUS={check.message}")
+            return EXIT_ERROR
+        if check.status == "warn":
+            log.warning(check.message, check=check.name, fix=check.fix)
     interval = watchdog_interval_s(os.environ)
     return asyncio.run(
         run_gateway(
@@ -156,6 +172,60 @@ def cmd_run(args: argparse.Namespace) -> int:
             watchdog_interval_s=interval if interval is not None else 5.0,
         )
     )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check what `gatewayd run` needs; one line per check with the fix; exit 1 if one failed."""
+    # Imported here: doctor pulls in dbus-fast, aiomqtt and (for the model) onnxruntime.
+    from gatewayd.doctor import exit_code, format_check, run_doctor  # noqa: PLC0415
+
+    # Our own messages are the checks; the libraries' logging only when something is wrong.
+    configure_logging(args.log_level or "warning", args.log_format or "auto")
+    checks = asyncio.run(
+        run_doctor(
+            Path(args.config),
+            os.environ,
+            models_dir=args.models_dir,
+            service_user=args.user,
+            timeout_s=args.timeout,
+        )
+    )
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+        return exit_code(checks)
+    for check in checks:
+        print(format_check(check))
+    failed = sum(1 for c in checks if c.status == "fail")
+    warned = sum(1 for c in checks if c.status == "warn")
+    if failed or warned:
+        print(
+            f"gatewayd doctor: {failed} failed, {warned} warning{'s' if warned != 1 else ''}"
+            f" ({len(checks)} checks)"
+        )
+    else:
+        print(f"gatewayd doctor: all {len(checks)} checks passed")
+    return exit_code(checks)
+
+
+def _add_doctor_options(doctor: argparse.ArgumentParser) -> None:
+    from gatewayd.doctor import DEFAULT_TIMEOUT_S, SERVICE_USER  # noqa: PLC0415
+
+    doctor.add_argument(
+        "--user",
+        metavar="NAME",
+        default=SERVICE_USER,
+        help=f"the user the service runs as (default: {SERVICE_USER}); as root, its D-Bus access"
+        " is checked with dbus-send run as that user",
+    )
+    doctor.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds for each D-Bus, tool and broker exchange (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as a JSON array")
+    _models_dir_option(doctor)
 
 
 #: `gatewayd events` shows this many of the newest matching events unless told otherwise.
@@ -1233,6 +1303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add("run", cmd_run, "run the gateway (under systemd: Type=notify)")
     _models_dir_option(run)
+    _add_doctor_options(
+        add("doctor", cmd_doctor, "check BlueZ, adapters, permissions, config, broker, disk, model")
+    )
     pair = add("pair", cmd_pair, "scan for wearables and heart-rate straps, and pair them")
     _add_pair_options(pair)
 

@@ -2,7 +2,8 @@
 
 Acceptance (issue): "A corrupt database file, a missing model file and an unreachable broker at
 start each give one clear message and the documented behaviour (exit code or degraded mode with
-an alert)." docs/running.md ("Degraded modes") documents each: the gateway starts anyway.
+an alert)." docs/running.md ("Degraded modes") documents each: the gateway starts anyway. An
+unwritable state directory is said in `gatewayd doctor`'s words and exits 1 (issue 10).
 
 Each test runs the real CLI in a subprocess against the emulated BlueZ (JSON logs on stderr,
 parsed), stops it with SIGTERM once it logged "gateway running", and checks its log, its exit
@@ -23,7 +24,7 @@ import pytest
 
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import running
-from tests.emulator_fixtures import EmulatorEnv
+from tests.emulator_fixtures import EmulatorEnv, run_gatewayd
 from tests.mqtt_fixtures import MOSQUITTO, Broker, free_port
 from tests.test_app_durability import (
     GatewayProcess,
@@ -176,3 +177,32 @@ async def _pending_alerts(db: Path) -> bool:
 
 async def _attempts(gw: GatewayProcess, count: int) -> bool:
     return len(gw.logged_prefix("cannot connect to the MQTT broker")) >= count
+
+
+async def test_an_unwritable_state_dir_is_said_as_doctor_says_it_and_exits_1(
+    private_bus: EmulatorEnv, tmp_path: Path
+) -> None:
+    # A regular file where the state directory's parent should be: unwritable, even for root.
+    blocker = tmp_path / "not-a-dir"
+    await asyncio.to_thread(blocker.write_text, "")
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=free_port())
+    text = await asyncio.to_thread(config.read_text)
+    state_dir = blocker / "state"
+    await asyncio.to_thread(
+        config.write_text, text.replace(str(tmp_path / "state"), str(state_dir))
+    )
+    doctor = await run_gatewayd("doctor", "--config", str(config), env=private_bus)
+    (doctor_line,) = [line for line in doctor.stdout.splitlines() if " state dir " in line]
+
+    async with gatewayd_run(config, private_bus) as gw:
+        assert await gw.wait() == 1, gw.stderr()
+
+    problems = at_least(gw, "error", "critical")
+    assert len(problems) == 1, gw.stderr()
+    message = f"{state_dir} is not writable by"
+    assert problems[0]["event"].startswith(message)
+    assert problems[0]["event"].endswith(f"{blocker} is not a directory")
+    assert problems[0]["fix"].startswith(f"sudo install -d -o gatewayd {state_dir}")
+    # The same words as `gatewayd doctor`.
+    assert f"{problems[0]['event']} — fix: {problems[0]['fix']}" in doctor_line
+    assert not gw.logged("gateway running")
