@@ -6,6 +6,11 @@ and the watchdog in one TaskGroup until the shutdown Event is set: by SIGTERM or
 handlers only set the Event; a second SIGINT forces a quick exit), by the caller's ``stop``
 Event, or by a part failing.
 
+READY=1 waits for an adapter that answers (its scanner started): until then STATUS= says which
+adapter it waits for and why, in `gatewayd doctor`'s words (gatewayd.doctor.diagnose_adapter),
+logged once per change. It waits as long as it takes; under the packaged unit systemd's
+TimeoutStartSec= ends the wait (docs/running.md).
+
 Shutdown is ordered and bounded (docs/running.md): stop link intake, drain the pipeline queue,
 flush the store, stop the publisher (status "offline"), give it a grace period, then cancel
 whatever is left with a reason.
@@ -25,6 +30,7 @@ from typing import Final
 import structlog
 
 from gatewayd.config import Config
+from gatewayd.doctor import Check, diagnose_adapter
 from gatewayd.errors import EXIT_CONFIG, ConfigError, GatewayError
 from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import ModelRegistry
@@ -133,6 +139,16 @@ def _link_settings(config: Config) -> LinkSettings:
     )
 
 
+async def _first_set(*events: asyncio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     out: list[BaseException] = []
     for exc in group.exceptions:
@@ -158,7 +174,8 @@ async def run_gateway(
 ) -> int:
     """Run the gateway until ``stop`` is set or a signal arrives; return the exit code.
 
-    ``ready`` is called once the store is open and the MQTT, BLE and pipeline loops run;
+    ``ready`` is called once the store is open, the MQTT, BLE and pipeline loops run and an
+    adapter answers (until then ``status`` says what it waits for);
     ``watchdog`` every ``watchdog_interval_s`` while the pipeline makes progress (or is idle);
     ``status`` with one human line now and then (systemd STATUS=); ``stopping`` once, when an
     orderly shutdown begins (systemd STOPPING=1). ``registry_devices``
@@ -287,14 +304,55 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 keep_raw=config.store.keep_raw_windows,
             )
             model_text = session.model_id if session is not None else "no model (degraded)"
+            # Adapters whose scanner failed last, with doctor's explanation; set once one answers.
+            adapter_problems: dict[str, Check] = {}
+            adapter_answers = asyncio.Event()
 
             def describe() -> str:
+                if not adapter_answers.is_set():
+                    waiting = [
+                        f"{a}: {adapter_problems[a].message}" if a in adapter_problems else a
+                        for a in config.ble.adapters
+                    ]
+                    return f"waiting for adapter {'; '.join(waiting)}"
                 connected = sum(1 for v in pipeline.views.values() if v.connected)
-                return (
+                line = (
                     f"{connected}/{len(devices)} devices connected, mqtt"
                     f" {'up' if publisher.connected else 'down'}, {pipeline.stats.windows}"
                     f" windows, {pipeline.stats.alerts} alerts, model {model_text}"
                 )
+                for adapter, check in adapter_problems.items():
+                    line += f"; adapter {adapter} does not answer: {check.message}"
+                return line
+
+            async def adapter_watch() -> None:
+                # Explains each scanner failure the way `gatewayd doctor` would, logged once per
+                # change of the explanation; the scanner retries on its own (backoff).
+                said: dict[str, str] = {}
+                seen = -1
+                while True:
+                    await link.adapters.wait_change(seen)
+                    seen = link.adapters.version
+                    for adapter, state in link.adapters.snapshot().items():
+                        if state.answers:
+                            adapter_problems.pop(adapter, None)
+                            if said.get(adapter, "answers") != "answers":
+                                log.info("adapter answers", adapter=adapter)
+                            said[adapter] = "answers"
+                        elif state.error is not None:
+                            check = await diagnose_adapter(adapter, state.error)
+                            adapter_problems[adapter] = check
+                            if said.get(adapter) != check.message:
+                                said[adapter] = check.message
+                                event = (
+                                    f"adapter {adapter} does not answer: {check.message}"
+                                    if adapter_answers.is_set()
+                                    else f"waiting for adapter {adapter}: {check.message}"
+                                )
+                                log.warning(event, adapter=adapter, fix=check.fix)
+                    if link.adapters.answering():
+                        adapter_answers.set()
+                    status(describe())
 
             # The event taken off the link queue but not yet accepted by the pipeline: shutdown
             # submits it again, so cancelling intake mid-submit loses nothing.
@@ -364,22 +422,29 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 t_ticker = tg.create_task(ticker(), name="ticker")
                 t_pinger = tg.create_task(pinger(), name="watchdog")
                 t_governor = tg.create_task(governor(), name="backpressure")
-                await asyncio.sleep(0)  # let every loop start before saying READY
-                log.info("gateway running", gateway_id=gateway_id, devices=len(devices),
-                         model=model_text, mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
-                         store=str(config.store.path))  # fmt: skip
+                t_adapters = tg.create_task(adapter_watch(), name="adapters")
+                await asyncio.sleep(0)  # let every loop start
                 observe(GatewayParts(pipeline, worker, publisher, link, model_text))
-                ready()
                 status(describe())
+                # READY=1 once an adapter answers; a stop request may come first.
+                await _first_set(adapter_answers, stop)
+                if not stop.is_set():
+                    log.info("gateway running", gateway_id=gateway_id, devices=len(devices),
+                             model=model_text, mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
+                             store=str(config.store.path),
+                             adapters=link.adapters.answering())  # fmt: skip
+                    ready()
+                    status(describe())
                 await stop.wait()
 
                 # --- ordered, bounded shutdown -----------------------------------------------
                 stopping()
                 status("stopping: link")
                 log.info("stopping: link intake")
-                for task in (t_link, t_intake, t_ticker, t_governor):
+                intake_tasks = (t_link, t_intake, t_ticker, t_governor, t_adapters)
+                for task in intake_tasks:
                     task.cancel("gateway stopping: link intake")
-                await asyncio.gather(t_link, t_intake, t_ticker, t_governor, return_exceptions=True)
+                await asyncio.gather(*intake_tasks, return_exceptions=True)
                 # Frames already received are processed, not dropped.
                 for event in in_hand:
                     await pipeline.submit(event)

@@ -1,8 +1,8 @@
 """gatewayd.app and gatewayd.systemd: exit codes, degraded start, signals, the watchdog rule.
 
 The gateway runs for real here (SQLite in tmp_path, the publisher against a closed port, bleak
-against the emulated BlueZ with no adapter), only without wearables or a broker: these tests are
-about the supervisor. tests/test_app_emulated.py runs the whole data path.
+against the emulated BlueZ with one adapter: READY=1 waits for it), only without wearables or a
+broker: these tests are about the supervisor. tests/test_app_emulated.py runs the whole data path.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from gatewayd import cli
 from gatewayd.app import run_gateway, should_ping_watchdog
 from gatewayd.config import Config, load_config
+from gatewayd.emulator import FakeBluez
 from gatewayd.systemd import notifier, watchdog_interval_s
 from tests.emulator_fixtures import EmulatorEnv
 from tests.mqtt_fixtures import free_port
@@ -106,8 +107,9 @@ def test_systemd_notifier_is_a_no_op_outside_systemd() -> None:
 @needs_dbus
 @pytest.mark.asyncio
 async def test_runs_degraded_without_model_or_broker_and_stops_cleanly(
-    private_bus: EmulatorEnv, tmp_path: Path
+    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
 ) -> None:
+    await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:00")
     config = await asyncio.to_thread(write_config, tmp_path)
     stop = asyncio.Event()
     notes: list[str] = []
@@ -126,8 +128,9 @@ async def test_runs_degraded_without_model_or_broker_and_stops_cleanly(
 @needs_dbus
 @pytest.mark.asyncio
 async def test_a_recovered_store_is_a_critical_event(
-    private_bus: EmulatorEnv, tmp_path: Path
+    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
 ) -> None:
+    await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:00")
     config = await asyncio.to_thread(write_config, tmp_path)
     path = config.store.path
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
@@ -155,8 +158,9 @@ async def test_an_unreadable_password_file_exits_78(tmp_path: Path) -> None:
 @needs_dbus
 @pytest.mark.asyncio
 async def test_sigterm_stops_cleanly_and_a_second_sigint_forces_exit(
-    private_bus: EmulatorEnv, tmp_path: Path
+    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
 ) -> None:
+    await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:00")
     config = await asyncio.to_thread(write_config, tmp_path)
     task = await start(config, [], handle_signals=True)
     os.kill(os.getpid(), signal.SIGTERM)

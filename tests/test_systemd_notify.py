@@ -28,7 +28,12 @@ from gatewayd.emulator import FakeBluez
 from gatewayd.systemd import notifier, notify_address, watchdog_interval_s
 from tests.emulator_fixtures import EmulatorEnv, needs_dbus_daemon
 from tests.mqtt_fixtures import MOSQUITTO, Broker, free_port
-from tests.test_app_durability import PROCESS_LIMIT_S, gatewayd_run, write_config_file
+from tests.test_app_durability import (
+    PROCESS_LIMIT_S,
+    GatewayProcess,
+    gatewayd_run,
+    write_config_file,
+)
 
 pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
 
@@ -36,6 +41,7 @@ pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
 WATCHDOG_USEC = 200_000
 #: struct ucred: pid, uid, gid.
 UCRED = struct.Struct("3i")
+ADAPTER = "00:1A:7D:DA:71:00"
 
 
 class NotifySocket:
@@ -152,9 +158,10 @@ def test_a_vanished_socket_is_not_the_gateways_failure(tmp_path: Path) -> None:
 @needs_dbus_daemon
 @pytest.mark.asyncio
 async def test_a_stalled_event_loop_sends_no_watchdog_ping(
-    private_bus: EmulatorEnv, tmp_path: Path
+    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
 ) -> None:
     """While the loop is blocked nothing pings; a pinger on a thread would keep systemd fooled."""
+    await fake_bluez.add_adapter("hci0", ADAPTER, slots=5)
     path = tmp_path / "gatewayd.toml"
     await asyncio.to_thread(
         path.write_text,
@@ -216,7 +223,7 @@ async def test_gatewayd_run_says_ready_pings_the_watchdog_and_says_stopping_on_s
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:00", slots=5)
+    await fake_bluez.add_adapter("hci0", ADAPTER, slots=5)
     config = await asyncio.to_thread(write_config_file, tmp_path, port=mosquitto_broker.port)
     address = str(tmp_path / "notify") if kind == "path" else abstract_name()
     with notify_socket(address) as receiver:
@@ -259,3 +266,85 @@ async def test_gatewayd_run_with_a_bad_config_exits_78_without_ready(
             assert await gw.wait() == 78
         assert "READY=1" not in receiver.messages()
     assert any("nonsense" in line for line in gw.lines), gw.stderr()
+
+
+@needs_dbus_daemon
+@pytest.mark.asyncio
+async def test_gatewayd_run_is_not_ready_until_an_adapter_answers_and_says_why(
+    private_bus: EmulatorEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No BlueZ, then a powered-off adapter, then a powered one: READY=1 only at the end.
+
+    Each cause is one log line in `gatewayd doctor`'s words (not bleak's errno) and the STATUS=
+    line, said again only when the cause changes, while the scanner keeps retrying.
+    """
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=free_port())
+    with notify_socket(str(tmp_path / "notify")) as receiver:
+        monkeypatch.setenv("NOTIFY_SOCKET", receiver.env_value)
+        async with gatewayd_run(config, private_bus, "--log-level", "debug") as gw:
+            no_bluez = "STATUS=waiting for adapter hci0: bluetoothd is not running: nothing owns"
+            await wait_for_prefix(receiver, no_bluez)
+            await gw.wait_until(lambda: _scanner_failures(gw, 3), PROCESS_LIMIT_S, "3 failures")
+            said = gw.logged_prefix("waiting for adapter hci0:")
+            assert len(said) == 1, "said once, however often the scanner retries"
+            assert said[0]["level"] == "warning"
+            assert said[0]["event"].startswith(
+                "waiting for adapter hci0: bluetoothd is not running: nothing owns org.bluez"
+            )
+            assert said[0]["fix"] == (
+                "sudo apt install bluez && sudo systemctl enable --now bluetooth"
+            )
+            # bleak's own error only at DEBUG (the scanner's retries), never as the message.
+            link_warnings = [
+                r for r in gw.records if r["logger"] == "gatewayd.link" and r["level"] == "warning"
+            ]
+            assert not link_warnings, link_warnings
+
+            async with FakeBluez(private_bus.address, report_interval=0.05) as fake:
+                adapter = await fake.add_adapter("hci0", ADAPTER, powered=False)
+                off = f"STATUS=waiting for adapter hci0: adapter hci0 ({ADAPTER}) is powered off"
+                await wait_for_prefix(receiver, off)
+                assert "READY=1" not in receiver.messages()
+                assert len(gw.logged_prefix("waiting for adapter hci0:")) == 2
+                await adapter.set_powered(True)
+                await receiver.wait_for("READY=1")
+                assert gw.logged("adapter answers"), gw.stderr()
+                assert gw.logged("gateway running")[0]["adapters"] == ["hci0"]
+                assert await gw.terminate() == 0, gw.stderr()
+        messages = receiver.messages()
+    assert messages.count("READY=1") == 1
+    assert messages.index("READY=1") > messages.index(
+        next(m for m in messages if m.startswith(off))
+    )
+    assert "STOPPING=1" in messages
+    assert messages[-1] == "STATUS=stopped"
+
+
+@needs_dbus_daemon
+@pytest.mark.asyncio
+async def test_gatewayd_run_stopped_while_waiting_for_an_adapter_stops_cleanly(
+    private_bus: EmulatorEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=free_port())
+    with notify_socket(str(tmp_path / "notify")) as receiver:
+        monkeypatch.setenv("NOTIFY_SOCKET", receiver.env_value)
+        async with gatewayd_run(config, private_bus) as gw:
+            await wait_for_prefix(receiver, "STATUS=waiting for adapter hci0: ")
+            assert await gw.terminate() == 0, gw.stderr()
+        messages = receiver.messages()
+    assert "READY=1" not in messages
+    assert "STOPPING=1" in messages
+    assert messages[-1] == "STATUS=stopped"
+
+
+async def wait_for_prefix(receiver: NotifySocket, prefix: str) -> None:
+    """Wait until a message starting with ``prefix`` arrived; fail after the process limit."""
+    deadline = time.monotonic() + PROCESS_LIMIT_S
+    while not any(m.startswith(prefix) for m in receiver.messages()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {prefix!r}; got {receiver.messages()}")
+        await asyncio.sleep(0.05)
+
+
+async def _scanner_failures(gw: GatewayProcess, count: int) -> bool:
+    return len(gw.logged("scanner failed")) >= count

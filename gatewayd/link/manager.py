@@ -25,7 +25,7 @@ from . import stale
 from .connection import DeviceLink, LinkSettings, SlotLease
 from .events import LinkEvent
 from .registry import PairedDevice
-from .scanner import Sighting, Sightings, scan_forever
+from .scanner import AdapterStates, Sighting, Sightings, scan_forever
 from .slots import SlotBudget
 
 log = structlog.get_logger("gatewayd.link")
@@ -98,6 +98,9 @@ class LinkManager:
         queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         self.sightings = Sightings()
+        #: Whether each adapter answers, or its scanner's last failure (gatewayd.app waits for
+        #: one before READY=1, and explains failures).
+        self.adapters = AdapterStates(adapters)
         self.pool = SlotPool(SlotBudget(dict.fromkeys(adapters, slots_per_adapter)), self.sightings)
         self.settings = settings
         self.events: asyncio.Queue[LinkEvent] = asyncio.Queue(queue_size)
@@ -122,7 +125,10 @@ class LinkManager:
                  devices=[link.device.device_id for link in self.links.values()])  # fmt: skip
         async with asyncio.TaskGroup() as tg:
             for adapter in self.pool.budget.adapters:
-                tg.create_task(scan_forever(adapter, self.sightings), name=f"scan-{adapter}")
+                tg.create_task(
+                    scan_forever(adapter, self.sightings, states=self.adapters),
+                    name=f"scan-{adapter}",
+                )
             for link in self.links.values():
                 tg.create_task(link.run(), name=f"link-{link.device.device_id}")
 

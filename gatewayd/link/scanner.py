@@ -2,14 +2,15 @@
 
 Every advertisement updates :class:`Sightings` (which adapters see which device, how well);
 connection tasks wait on it instead of polling. Unpaired devices are recorded (for
-`gatewayd pair`) and never connected.
+`gatewayd pair`) and never connected. :class:`AdapterStates` records whether each adapter
+answers (its scanner started) or why not (the last failure), for the supervisor's READY=1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -89,8 +90,68 @@ class Sightings:
         return [max(s.values(), key=lambda x: x.rssi) for s in self._by_address.values() if s]
 
 
-async def scan_forever(adapter: str, sightings: Sightings, *, restart_delay_s: float = 1.0) -> None:
-    """Keep a filtered scanner running on ``adapter``; restart it (with backoff) if it fails."""
+@dataclass(frozen=True, slots=True)
+class AdapterState:
+    """What an adapter's scanner last said: it answers (scanning), or the failure why not."""
+
+    answers: bool = False
+    #: The last failure while it does not answer; None before the first attempt ended.
+    error: BaseException | None = None
+
+
+class AdapterStates:
+    """Whether each adapter answers; waiters are woken on every change.
+
+    An adapter answers once BlueZ started discovery on it (the scanner entered); it stops
+    answering when a scanner on it fails. ``version`` counts changes, so a watcher that was busy
+    can tell whether it missed one (`wait_change`).
+    """
+
+    def __init__(self, adapters: Iterable[str]) -> None:
+        self._states = {adapter: AdapterState() for adapter in adapters}
+        self._changed = asyncio.Event()
+        self.version = 0
+
+    def up(self, adapter: str) -> None:
+        """The scanner on ``adapter`` started."""
+        self._set(adapter, AdapterState(answers=True))
+
+    def failed(self, adapter: str, error: BaseException) -> None:
+        """The scanner on ``adapter`` failed (to start, or while scanning) with ``error``."""
+        self._set(adapter, AdapterState(answers=False, error=error))
+
+    def _set(self, adapter: str, state: AdapterState) -> None:
+        self._states[adapter] = state
+        self.version += 1
+        self._changed.set()
+        self._changed.clear()
+
+    def snapshot(self) -> dict[str, AdapterState]:
+        """Every adapter's state, in the configured order."""
+        return dict(self._states)
+
+    def answering(self) -> list[str]:
+        """The adapters that answer."""
+        return [adapter for adapter, state in self._states.items() if state.answers]
+
+    async def wait_change(self, seen: int) -> None:
+        """Return once ``version`` differs from ``seen`` (at once if it already does)."""
+        while self.version == seen:
+            await self._changed.wait()
+
+
+async def scan_forever(
+    adapter: str,
+    sightings: Sightings,
+    *,
+    restart_delay_s: float = 1.0,
+    states: AdapterStates | None = None,
+) -> None:
+    """Keep a filtered scanner running on ``adapter``; restart it (with backoff) if it fails.
+
+    With ``states``, every start and failure is recorded there and failures are logged at
+    DEBUG only: whoever watches ``states`` explains them (the supervisor, gatewayd.app).
+    """
     failures = 0
     while True:
         try:
@@ -104,13 +165,17 @@ async def scan_forever(adapter: str, sightings: Sightings, *, restart_delay_s: f
                 bluez={"adapter": adapter},
             )
             async with scanner:
+                if states is not None:
+                    states.up(adapter)
                 if failures:
                     log.info("scanner restarted", adapter=adapter)
                 failures = 0
                 await asyncio.Event().wait()  # scan until cancelled
         except (BleakError, OSError, EOFError) as exc:
             failures += 1
+            if states is not None:
+                states.failed(adapter, exc)
             delay = max(restart_delay_s, backoff_delay(classify(exc), failures))
-            level = log.warning if failures == 1 else log.debug
+            level = log.warning if failures == 1 and states is None else log.debug
             level("scanner failed", adapter=adapter, error=str(exc), retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
