@@ -6,30 +6,33 @@ the standard ``logging`` module (bleak, aiomqtt, dbus-fast) go through the same 
 
 - ``console``: coloured, human lines (the default on a terminal);
 - ``json``: one JSON object per line (the default when stderr is a pipe or a file);
-- ``journald``: native journal entries with MESSAGE, PRIORITY and one ``GATEWAYD_<KEY>`` field
-  per event key (the default under systemd, when systemd-python is installed);
+- ``journald``: native journal entries, written to journald's socket in plain Python
+  (gatewayd.systemd.JournalSocket; no systemd-python): MESSAGE, PRIORITY, SYSLOG_IDENTIFIER,
+  DEVICE and EVENT_ID for the ``device`` and ``event_id`` keys, and ``GATEWAYD_<KEY>`` for every
+  other key (the default under systemd);
 - ``auto``: journald if stderr is connected to the journal ($JOURNAL_STREAM), else console on a
   terminal, else json.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, TextIO, cast
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from gatewayd.systemd import JOURNAL_SOCKET, JournalSocket, journal_field_name
+
 __all__ = [
     "FORMATS",
+    "JOURNAL_FIELDS",
     "LEVELS",
-    "JournalSend",
     "configure_logging",
     "reset_logging",
     "running_under_journald",
@@ -39,8 +42,9 @@ LEVELS: Final = ("debug", "info", "warning", "error")
 FORMATS: Final = ("auto", "console", "json", "journald")
 Format = Literal["console", "json", "journald"]
 
-#: ``systemd.journal.send``: MESSAGE positionally, every other field as a keyword.
-JournalSend = Callable[..., Any]
+#: Event keys that become journal fields of their own name, for ``journalctl DEVICE=wrist-1``
+#: and ``journalctl EVENT_ID=...``; every other key is ``GATEWAYD_<KEY>``.
+JOURNAL_FIELDS: Final = {"device": "DEVICE", "event_id": "EVENT_ID"}
 
 # syslog priorities, as journald expects them in PRIORITY.
 _PRIORITY: Final = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
@@ -68,14 +72,13 @@ def configure_logging(
     stream: TextIO | None = None,
     *,
     env: Mapping[str, str] | None = None,
-    journal_send: JournalSend | None = None,
+    journal_socket: str = JOURNAL_SOCKET,
 ) -> Format:
     """Route structlog and stdlib logging to ``stream`` (default stderr); return the format used.
 
-    ``env`` (default os.environ) supplies $JOURNAL_STREAM and $NO_COLOR. ``journal_send``
-    replaces ``systemd.journal.send`` (tests inject a fake); without it, systemd-python is
-    imported if present, and if not, journald falls back to JSON lines with one warning.
-    Calling it again replaces the previous configuration.
+    ``env`` (default os.environ) supplies $JOURNAL_STREAM and $NO_COLOR. journald entries go to
+    ``journal_socket``; when nothing listens there, journald falls back to JSON lines with one
+    warning. Calling it again replaces the previous configuration.
     """
     level = level.lower()
     if level not in LEVELS:
@@ -88,15 +91,12 @@ def configure_logging(
 
     chosen = _choose_format(fmt, stream, env)
     fallback_warning = None
-    if chosen == "journald" and journal_send is None:
-        journal_send = _import_journal_send()
-        if journal_send is None:
-            chosen = "json"
-            fallback_warning = (
-                "journald logging needs systemd-python (pip install 'gatewayd[systemd]');"
-                " writing JSON lines instead"
-            )
-    handler = _make_handler(chosen, stream, env, journal_send)
+    if chosen == "journald" and not _is_socket(journal_socket):
+        chosen = "json"
+        fallback_warning = (
+            f"journald logging: no journal socket at {journal_socket}; writing JSON lines instead"
+        )
+    handler = _make_handler(chosen, stream, env, journal_socket)
     _install(handler, logging.getLevelNamesMapping()[level.upper()])
 
     if fallback_warning is not None:
@@ -113,13 +113,12 @@ def _choose_format(fmt: str, stream: TextIO, env: Mapping[str, str]) -> Format:
 
 
 def _make_handler(
-    chosen: Format, stream: TextIO, env: Mapping[str, str], journal_send: JournalSend | None
+    chosen: Format, stream: TextIO, env: Mapping[str, str], journal_socket: str
 ) -> logging.Handler:
     handler: logging.Handler
     renderers: list[Processor]
     if chosen == "journald":
-        assert journal_send is not None
-        handler = _JournalHandler(journal_send)
+        handler = _JournalHandler(JournalSocket(journal_socket), stream)
         renderers = [_journal_fields]
     elif chosen == "console":
         handler = logging.StreamHandler(stream)
@@ -170,15 +169,8 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _import_journal_send() -> JournalSend | None:
-    # systemd-python is an optional extra (it needs libsystemd-dev to build); import it only
-    # when journald output is actually wanted.
-    try:
-        journal = importlib.import_module("systemd.journal")
-    except ImportError:
-        return None
-    send: JournalSend = journal.send
-    return send
+def _is_socket(path: str) -> bool:
+    return Path(path).is_socket()  # False when missing or unreadable
 
 
 def _formatter(renderers: list[Processor]) -> structlog.stdlib.ProcessorFormatter:
@@ -216,13 +208,12 @@ def _install(handler: logging.Handler, level: int) -> None:
 
 # --- journald ----------------------------------------------------------------------------------
 
-_FIELD_NAME_RE: Final = re.compile(r"[^A-Z0-9_]")
 # Keys that journald already records itself, or that become MESSAGE/PRIORITY.
 _NOT_FIELDS: Final = frozenset({"event", "level", "timestamp", "exception"})
 
 
 def _journal_field_name(key: str) -> str:
-    return _FIELD_PREFIX + _FIELD_NAME_RE.sub("_", key.upper())
+    return JOURNAL_FIELDS.get(key) or journal_field_name(_FIELD_PREFIX + key)
 
 
 def _journal_fields(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> str:
@@ -231,7 +222,7 @@ def _journal_fields(_logger: WrappedLogger, _name: str, event_dict: EventDict) -
     level = str(event_dict.get("level", "info"))
     extra = {k: v for k, v in event_dict.items() if k not in _NOT_FIELDS}
     # MESSAGE is what `journalctl` shows by default, so it carries the key=value pairs too;
-    # the GATEWAYD_* fields are for `journalctl GATEWAYD_DEVICE=...` and -o json.
+    # the fields are for `journalctl DEVICE=...` and -o json.
     pairs = (f"{k}={v}" for k, v in extra.items() if k != "logger")
     message = " ".join([str(event_dict.get("event", "")), *pairs])
     if "exception" in event_dict:
@@ -254,16 +245,28 @@ def _to_text(value: object) -> str:
 
 
 class _JournalHandler(logging.Handler):
-    """Sends each record to journald as one entry with structured fields."""
+    """Sends each record to journald as one entry with structured fields.
 
-    def __init__(self, send: JournalSend) -> None:
+    When journald cannot take it (restarting, gone), the entry's MESSAGE goes to ``fallback``
+    (stderr, which systemd connects to the journal too) rather than being lost.
+    """
+
+    def __init__(self, journal: JournalSocket, fallback: TextIO) -> None:
         super().__init__()
-        self._send = send
+        self._journal = journal
+        self._fallback = fallback
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = json.loads(self.format(record))
-            message = fields.pop("MESSAGE")
-            self._send(message, **fields)
+            fields: dict[str, str] = json.loads(self.format(record))
+            try:
+                self._journal.send(fields)
+            except OSError:
+                self._fallback.write(f"<{fields['PRIORITY']}>{fields['MESSAGE']}\n")
+                self._fallback.flush()
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
+
+    def close(self) -> None:
+        self._journal.close()
+        super().close()

@@ -1,31 +1,46 @@
-"""systemd notification (sd_notify) in plain Python: READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
+"""systemd without libsystemd: sd_notify (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) and journald.
 
-The protocol is one datagram per message to the AF_UNIX socket named by ``$NOTIFY_SOCKET``
+sd_notify is one datagram per message to the AF_UNIX socket named by ``$NOTIFY_SOCKET``
 (sd_notify(3), "Notes"): a path, or an abstract socket when the name starts with ``@``. That is
 all systemd-python's ``systemd.daemon.notify`` does, so no C extension (and no libsystemd-dev) is
-needed for it; systemd-python stays optional, for the journald log format only
-(docs/decisions.md, "systemd").
+needed for it.
 
 `notifier` returns a callable that sends one notification string. Under systemd
 (``$NOTIFY_SOCKET`` set) it sends; otherwise it does nothing, so the gateway runs the same in a
 terminal, in tests and under systemd. The supervisor (gatewayd.app) takes these callables as
 arguments: tests pass a list's ``append``.
+
+journald's native protocol is as small: one datagram per entry to /run/systemd/journal/socket,
+each field a ``KEY=value`` line, or, when the value holds a newline, ``KEY``, a newline, the
+value's length as a 64-bit little-endian integer, the value and a newline; an entry too big for
+a datagram goes as a sealed memfd passed with SCM_RIGHTS (systemd's "Native Journal Protocol"
+document). `journal_entry` encodes (pure), `JournalSocket` sends; gatewayd.logs uses them for
+``--log-format journald`` (docs/decisions.md, "systemd").
 """
 
 from __future__ import annotations
 
+import array
+import errno
+import fcntl
 import os
+import re
 import socket
+import struct
 from collections.abc import Callable, Mapping
 from typing import Final
 
 import structlog
 
 __all__ = [
+    "JOURNAL_SOCKET",
     "NOTIFY_SOCKET_ENV",
     "WATCHDOG_PID_ENV",
     "WATCHDOG_USEC_ENV",
+    "JournalSocket",
     "Notify",
+    "journal_entry",
+    "journal_field_name",
     "notifier",
     "notify_address",
     "watchdog_interval_s",
@@ -113,3 +128,79 @@ def watchdog_interval_s(
     except ValueError:
         return None
     return usec / 2e6 if usec > 0 else None
+
+
+# --- journald's native protocol --------------------------------------------------------------
+
+#: journald's socket for structured entries (systemd-journald.socket).
+JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
+#: A field name journald accepts: upper case, digits, '_'; not starting with '_' (those are the
+#: trusted fields journald adds itself) or a digit; at most 64 characters.
+_FIELD_NAME: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+#: What libsystemd asks for its journal socket's send buffer (journal-send.c, SNDBUF_SIZE); the
+#: kernel caps it at net.core.wmem_max. Entries bigger than the buffer go as a memfd.
+_SNDBUF: Final = 8 * 1024 * 1024
+_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+def journal_field_name(key: str) -> str:
+    """A valid journal field name for ``key``: ``event-id`` -> ``EVENT_ID``, ``2x`` -> ``X2X``."""
+    name = re.sub(r"[^A-Z0-9_]", "_", key.upper()).lstrip("_")
+    if not name or name[0].isdigit():
+        name = "X" + name
+    return name[:64]
+
+
+def journal_entry(fields: Mapping[str, str | bytes]) -> bytes:
+    """One entry in the native protocol; ValueError for a field name journald would refuse."""
+    out = bytearray()
+    for key, value in fields.items():
+        if not _FIELD_NAME.fullmatch(key):
+            raise ValueError(f"not a journal field name: {key!r}")
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        if b"\n" in data:
+            out += key.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode("ascii") + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalSocket:
+    """Sends entries to journald's native socket; blocking, as libsystemd's sd_journal_send.
+
+    One unconnected datagram socket for the process; `send` raises OSError when journald is
+    not there (the caller decides what to do with the entry).
+    """
+
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Capped at net.core.wmem_max without a word: never fails for lack of privilege.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+
+    def send(self, fields: Mapping[str, str | bytes]) -> None:
+        """Send one entry: a datagram, or a sealed memfd when it is too big for one."""
+        data = journal_entry(fields)
+        try:
+            self._sock.sendto(data, self.path)
+        except OSError as exc:
+            if exc.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                raise
+            self._send_memfd(data)
+
+    def _send_memfd(self, data: bytes) -> None:
+        fd = os.memfd_create("gatewayd-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # journald maps a sealed memfd as it is; an unsealed one it would have to copy.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            rights = array.array("i", [fd]).tobytes()
+            self._sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], 0, self.path)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close()

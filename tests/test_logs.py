@@ -1,12 +1,20 @@
-"""Logging: JSON lines, console on a terminal, journald fields, and the stdlib routed through."""
+"""Logging: JSON lines, console on a terminal, journald fields, and the stdlib routed through.
+
+journald entries go to a datagram socket the test binds, in journald's native protocol (encoded
+in plain Python by gatewayd.systemd), and are decoded here as journald would.
+"""
 
 from __future__ import annotations
 
+import array
+import fcntl
 import io
 import json
 import logging
+import os
 import re
-import sys
+import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,7 @@ import pytest
 import structlog
 
 from gatewayd.logs import configure_logging, reset_logging, running_under_journald
+from gatewayd.systemd import journal_entry, journal_field_name
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -32,14 +41,69 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-class RecordingJournal:
-    """Scripted stand-in for systemd.journal.send: keeps each entry's fields."""
+class JournalReceiver:
+    """The receiving end of journald's native socket: a datagram socket bound by the test.
 
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
+    Entries arrive as datagrams, or as a memfd passed with SCM_RIGHTS when too big for one.
+    """
 
-    def __call__(self, MESSAGE: str, **fields: Any) -> None:  # noqa: N803 - journal's field name
-        self.entries.append({"MESSAGE": MESSAGE, **fields})
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(5.0)
+        self.memfds = 0
+        self.seals: list[int] = []
+
+    def entries(self, count: int) -> list[dict[str, str]]:
+        """The next ``count`` entries, decoded; fails if they do not come."""
+        found = []
+        for _ in range(count):
+            data, ancillary, _flags, _addr = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+            for level, kind, cdata in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fd = array.array("i", cdata[:4])[0]
+                    self.memfds += 1
+                    self.seals.append(fcntl.fcntl(fd, fcntl.F_GET_SEALS))
+                    # From offset 0, as journald maps it (the sender's writes moved the offset).
+                    data = os.pread(fd, os.fstat(fd).st_size, 0)
+                    os.close(fd)
+            found.append(parse_entry(data))
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[JournalReceiver]:
+    receiver = JournalReceiver(tmp_path / "journal")
+    yield receiver
+    receiver.close()
+
+
+F_SEAL_ALL = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+def parse_entry(data: bytes) -> dict[str, str]:
+    """Decode one native-protocol entry (the reverse of journal_entry), as journald does."""
+    fields: dict[str, str] = {}
+    at = 0
+    while at < len(data):
+        newline = data.index(b"\n", at)
+        line = data[at:newline]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            at = newline + 1
+        else:
+            key = line
+            (size,) = struct.unpack_from("<Q", data, newline + 1)
+            start = newline + 1 + 8
+            value = data[start : start + size]
+            assert data[start + size : start + size + 1] == b"\n"
+            at = start + size + 1
+        fields[key.decode("ascii")] = value.decode("utf-8")
+    return fields
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -109,20 +173,23 @@ def test_console_respects_no_color() -> None:
     assert "plain" in stream.getvalue()
 
 
-def test_journald_fields_through_an_injected_send() -> None:
-    journal = RecordingJournal()
+def test_journald_fields_on_a_real_socket(journal: JournalReceiver) -> None:
     stream = io.StringIO()
-    assert configure_logging("info", "journald", stream, env={}, journal_send=journal) == "journald"
-    structlog.get_logger("gatewayd.rules").warning("alert raised", device="wrist-1", hr=182)
+    fmt = configure_logging("info", "journald", stream, env={}, journal_socket=journal.path)
+    assert fmt == "journald"
+    structlog.get_logger("gatewayd.rules").warning(
+        "alert raised", device="wrist-1", event_id="0192b7c4-a1", hr=182
+    )
     logging.getLogger("bleak").info("connected to %s", "AA:BB")
     logging.getLogger("bleak").debug("filtered out")
     assert stream.getvalue() == ""  # nothing goes to the stream
-    alert, stdlib = journal.entries
+    alert, stdlib = journal.entries(2)
     assert alert == {
-        "MESSAGE": "alert raised device=wrist-1 hr=182",
+        "MESSAGE": "alert raised device=wrist-1 event_id=0192b7c4-a1 hr=182",
         "PRIORITY": "4",
         "SYSLOG_IDENTIFIER": "gatewayd",
-        "GATEWAYD_DEVICE": "wrist-1",
+        "DEVICE": "wrist-1",
+        "EVENT_ID": "0192b7c4-a1",
         "GATEWAYD_HR": "182",
         "GATEWAYD_LOGGER": "gatewayd.rules",
     }
@@ -131,21 +198,37 @@ def test_journald_fields_through_an_injected_send() -> None:
     assert stdlib["GATEWAYD_LOGGER"] == "bleak"
 
 
-def test_journald_exception_goes_into_the_message() -> None:
-    journal = RecordingJournal()
-    configure_logging("info", "journald", env={}, journal_send=journal)
+def test_journald_exception_goes_into_the_message(journal: JournalReceiver) -> None:
+    configure_logging("info", "journald", env={}, journal_socket=journal.path)
     try:
         raise RuntimeError("boom")
     except RuntimeError:
         structlog.get_logger().exception("crashed", task="publisher")
-    (entry,) = journal.entries
+    (entry,) = journal.entries(1)
     assert entry["PRIORITY"] == "3"
+    # A value with newlines travels in the binary-safe form and comes back whole.
     assert entry["MESSAGE"].startswith("crashed task=publisher\nTraceback")
     assert "RuntimeError: boom" in entry["MESSAGE"]
     assert entry["GATEWAYD_TASK"] == "publisher"
 
 
-def test_auto_under_journald_uses_the_journal(tmp_path: Path) -> None:
+def test_an_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(journal: JournalReceiver) -> None:
+    configure_logging("info", "journald", env={}, journal_socket=journal.path)
+    # Bigger than the send buffer JournalSocket gets (net.core.wmem_max, doubled): no datagram
+    # can carry it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+        limit = probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    big = "x" * (limit + 1024)
+    structlog.get_logger().info("big", blob=big)
+    (entry,) = journal.entries(1)
+    assert len(entry["GATEWAYD_BLOB"]) == len(big)
+    assert entry["GATEWAYD_BLOB"] == big
+    assert journal.memfds == 1
+    assert journal.seals == [F_SEAL_ALL]
+
+
+def test_auto_under_journald_uses_the_journal(tmp_path: Path, journal: JournalReceiver) -> None:
     with (tmp_path / "journal-stream").open("w", encoding="utf-8") as stream:
         st = Path(stream.name).stat()
         env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
@@ -153,27 +236,58 @@ def test_auto_under_journald_uses_the_journal(tmp_path: Path) -> None:
         assert not running_under_journald(stream, {"JOURNAL_STREAM": f"{st.st_dev}:1"})
         assert not running_under_journald(stream, {"JOURNAL_STREAM": "garbage"})
         assert not running_under_journald(io.StringIO(), env)  # no file descriptor
-        journal = RecordingJournal()
-        assert (
-            configure_logging("info", "auto", stream, env=env, journal_send=journal) == "journald"
-        )
+        fmt = configure_logging("info", "auto", stream, env=env, journal_socket=journal.path)
+        assert fmt == "journald"
         structlog.get_logger().info("to the journal")
-    assert journal.entries[0]["MESSAGE"] == "to the journal"
+    assert journal.entries(1)[0]["MESSAGE"] == "to the journal"
 
 
-def test_journald_without_systemd_python_falls_back_to_json_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch,
+def test_journald_without_a_journal_socket_falls_back_to_json_with_one_warning(
+    tmp_path: Path,
 ) -> None:
-    # None in sys.modules makes `import systemd.journal` raise ImportError.
-    monkeypatch.setitem(sys.modules, "systemd", None)
-    monkeypatch.setitem(sys.modules, "systemd.journal", None)
     stream = io.StringIO()
-    assert configure_logging("info", "journald", stream, env={}) == "json"
+    missing = str(tmp_path / "no-journal")
+    assert configure_logging("info", "journald", stream, env={}, journal_socket=missing) == "json"
     structlog.get_logger().info("still logged")
     warning, event = json_lines(stream)
     assert warning["level"] == "warning"
-    assert "systemd-python" in warning["event"]
+    assert warning["event"] == (
+        f"journald logging: no journal socket at {missing}; writing JSON lines instead"
+    )
     assert event["event"] == "still logged"
+
+
+def test_an_entry_journald_cannot_take_goes_to_the_stream(tmp_path: Path) -> None:
+    receiver = JournalReceiver(tmp_path / "journal")
+    stream = io.StringIO()
+    configure_logging("info", "journald", stream, env={}, journal_socket=receiver.path)
+    receiver.close()  # journald restarting: the socket is gone
+    Path(receiver.path).unlink()
+    structlog.get_logger().warning("while journald restarts", device="wrist-1")
+    assert stream.getvalue() == "<4>while journald restarts device=wrist-1\n"
+
+
+# --- the native protocol, as pure code ---------------------------------------------------------
+
+
+def test_native_protocol_encoding() -> None:
+    assert journal_entry({"MESSAGE": "hello", "PRIORITY": "6"}) == b"MESSAGE=hello\nPRIORITY=6\n"
+    # A newline in the value: the name, a newline, the length (64-bit little-endian), the value.
+    assert journal_entry({"MESSAGE": "a\nb"}) == (b"MESSAGE\n" + struct.pack("<Q", 3) + b"a\nb\n")
+    assert journal_entry({"DEVICE": "wrist-ü"}) == "DEVICE=wrist-ü\n".encode()
+    assert (
+        journal_entry({"BLOB": b"\x00\n\xff"}) == b"BLOB\n" + struct.pack("<Q", 3) + b"\x00\n\xff\n"
+    )
+    for bad in ("_PID", "lower", "9LIVES", "", "A" * 65, "WITH SPACE"):
+        with pytest.raises(ValueError, match="not a journal field name"):
+            journal_entry({bad: "x"})
+
+
+def test_field_names_are_made_valid() -> None:
+    assert journal_field_name("event-id") == "EVENT_ID"
+    assert journal_field_name("_private") == "PRIVATE"
+    assert journal_field_name("2x") == "X2X"
+    assert journal_field_name("gateway" * 20) == ("GATEWAY" * 20)[:64]
 
 
 def test_reconfiguring_replaces_the_handler() -> None:
