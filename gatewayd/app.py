@@ -179,7 +179,8 @@ async def run_gateway(
     ``watchdog`` every ``watchdog_interval_s`` while the pipeline makes progress (or is idle);
     ``status`` with one human line now and then (systemd STATUS=); ``stopping`` once, when an
     orderly shutdown begins (systemd STOPPING=1). ``registry_devices``
-    replaces the paired-device list of the state directory; ``models_dir`` the installed
+    replaces the paired-device list of the state directory (the publisher clears the retained
+    topics of this gateway's other devices on connect); ``models_dir`` the installed
     models. Signal handlers are installed when ``handle_signals`` (default: no ``stop`` given).
     ``observe`` is handed the running parts once, just before ``ready``;
     ``backpressure_interval_s`` is how often the governor looks at the inference queue.
@@ -284,7 +285,14 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 )  # fmt: skip
             else:
                 log.info("gateway model loaded", model_id=session.model_id)
-            publisher = Publisher(config.mqtt, gateway_id, StoreOutbox(store, gateway_id))
+            # The paired list it started with: a removed device's retained topics and
+            # discovery configs are cleared on connect (docs/mqtt.md).
+            publisher = Publisher(
+                config.mqtt,
+                gateway_id,
+                StoreOutbox(store, gateway_id),
+                paired=[d.device_id for d in devices],
+            )
             settings = _link_settings(config)
             link = LinkManager(
                 config.ble.adapters,

@@ -1,9 +1,10 @@
-"""`gatewayd run` starting in trouble: a corrupt event log, a missing model, no broker.
+"""`gatewayd run` starting in trouble: a corrupt event log, a missing model, no broker, leftovers.
 
 Acceptance (issue): "A corrupt database file, a missing model file and an unreachable broker at
 start each give one clear message and the documented behaviour (exit code or degraded mode with
 an alert)." docs/running.md ("Degraded modes") documents each: the gateway starts anyway. An
-unwritable state directory is said in `gatewayd doctor`'s words and exits 1 (issue 10).
+unwritable state directory is said in `gatewayd doctor`'s words and exits 1, and a device removed
+while the gateway was stopped leaves nothing retained on the broker once it starts (issue 10).
 
 Each test runs the real CLI in a subprocess against the emulated BlueZ (JSON logs on stderr,
 parsed), stops it with SIGTERM once it logged "gateway running", and checks its log, its exit
@@ -17,13 +18,18 @@ import asyncio
 import json
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import running
+from gatewayd.link.registry import PairedDevice
+from gatewayd.publish import DeviceState, Topics
+from gatewayd.publish.topics import discovery_messages, gateway_discovery_message
 from tests.emulator_fixtures import EmulatorEnv, run_gatewayd
 from tests.mqtt_fixtures import MOSQUITTO, Broker, free_port
 from tests.test_app_durability import (
@@ -35,7 +41,8 @@ from tests.test_app_durability import (
     read_only,
     write_config_file,
 )
-from tests.test_app_emulated import SPEED, build, read_db
+from tests.test_app_emulated import GATEWAY_ID, SPEED, build, read_db
+from tests.test_publish_mqtt import retained
 
 pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
 
@@ -206,3 +213,49 @@ async def test_an_unwritable_state_dir_is_said_as_doctor_says_it_and_exits_1(
     # The same words as `gatewayd doctor`.
     assert f"{problems[0]['event']} — fix: {problems[0]['fix']}" in doctor_line
     assert not gw.logged("gateway running")
+
+
+@needs_mosquitto
+async def test_a_device_removed_while_stopped_has_its_retained_topics_cleared_at_start(
+    private_bus: EmulatorEnv, fake_bluez: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    await with_adapter(fake_bluez)
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=mosquitto_broker.port)
+    toml = await asyncio.to_thread(config.read_text)
+    await asyncio.to_thread(
+        config.write_text,
+        toml.replace("[mqtt]\n", "[mqtt]\nhomeassistant_discovery = true\n", 1),
+    )
+    topics = Topics("gatewayd", GATEWAY_ID)
+    # What an earlier run left retained for two wearables: discovery configs and states.
+    left: dict[str, bytes] = {}
+    for device_id in ("bed-kept", "bed-gone"):
+        for message in discovery_messages(topics, device_id):
+            left[message.topic] = message.payload
+        left[topics.state(device_id)] = DeviceState(
+            device_id=device_id, gateway_id=GATEWAY_ID, connected=False, t=datetime.now(UTC)
+        ).to_json()
+    async with aiomqtt.Client(mosquitto_broker.host, mosquitto_broker.port) as client:
+        for topic, payload in left.items():
+            await client.publish(topic, payload, qos=1, retain=True)
+    everything = ("homeassistant/#", f"gatewayd/{GATEWAY_ID}/#")
+    assert set(left) <= set(await retained(mosquitto_broker, *everything))
+    # bed-gone was removed from the paired list while the gateway was stopped.
+    kept = PairedDevice("bed-kept", "F0:11:22:33:44:01", "wearable", "wearable-01")
+    await asyncio.to_thread(pair, tmp_path / "state", [kept])
+
+    async with gatewayd_run(config, private_bus) as gw:
+        cleared = await gw.wait_logged(
+            "cleared retained topics of removed devices or obsolete entities"
+        )
+        await gw.wait_logged("gateway running")
+        assert await gw.terminate() == 0, gw.stderr()
+
+    gone = {t for t in left if "bed-gone" in t}
+    assert gone, "nothing of bed-gone was seeded"
+    assert set(cleared["topics"]) == gone
+    after = await retained(mosquitto_broker, *everything)
+    assert not [t for t in after if "bed-gone" in t], sorted(after)
+    # The paired device keeps its entities; the gateway announced its own.
+    assert {t for t in left if "bed-kept" in t} <= set(after)
+    assert gateway_discovery_message(topics).topic in after
