@@ -64,6 +64,8 @@ CONFIG_ENV = "GATEWAYD_CONFIG"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+#: Seconds `devices remove` gives the broker to clear the device's retained topics.
+CLEAR_TIMEOUT_S: Final = 10.0
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -1109,26 +1111,60 @@ def cmd_devices_rename(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_remove(args: argparse.Namespace) -> int:
-    """Forget a device; with --unpair also ask BlueZ to forget its bond (best effort)."""
-    device = _registry(args, load_config_from_args(args)).remove(args.device)
+    """Forget a device and clear its retained MQTT topics; with --unpair also ask BlueZ to
+    forget its bond. Both are best effort: a warning, and the device is removed all the same."""
+    config = load_config_from_args(args)
+    device = _registry(args, config).remove(args.device)
     print(f"removed {device.device_id} ({device.address}): the gateway will not connect to it")
-    if not args.unpair:
-        return EXIT_OK
+    if args.unpair:
+        _forget_bond(device.address)
+    _clear_device_topics(config, device.device_id)
+    return EXIT_OK
+
+
+def _forget_bond(address: str) -> None:
     try:
-        removed = asyncio.run(forget_bond(device.address))
+        removed = asyncio.run(forget_bond(address))
     except PairingError as exc:
         print(
-            f"gatewayd devices remove: warning: the bond with {device.address} is still in BlueZ:"
-            f" {exc}. Remove it with `bluetoothctl remove {device.address}` as a user in group"
+            f"gatewayd devices remove: warning: the bond with {address} is still in BlueZ:"
+            f" {exc}. Remove it with `bluetoothctl remove {address}` as a user in group"
             " 'bluetooth'.",
             file=sys.stderr,
         )
-        return EXIT_OK
+        return
     if removed:
-        print(f"BlueZ forgot its bond with {device.address}")
+        print(f"BlueZ forgot its bond with {address}")
     else:
-        print(f"BlueZ holds no device {device.address}: no bond to forget")
-    return EXIT_OK
+        print(f"BlueZ holds no device {address}: no bond to forget")
+
+
+def _clear_device_topics(config: Config, device_id: str) -> None:
+    """Empty the device's retained topics and discovery configs on the broker now, rather than
+    at the gateway's next start; says so only when the broker held something besides its state."""
+    import aiomqtt  # noqa: PLC0415 - only this command talks MQTT
+
+    from gatewayd.publish.cleanup import clear_retained  # noqa: PLC0415
+
+    broker = f"{config.mqtt.host}:{config.mqtt.port}"
+    try:
+        cleared = asyncio.run(
+            clear_retained(
+                config.mqtt, config.gateway.id, device_ids=[device_id], timeout_s=CLEAR_TIMEOUT_S
+            )
+        )
+    except (aiomqtt.MqttError, TimeoutError, GatewayError) as exc:
+        cause = str(exc) or f"no answer within {CLEAR_TIMEOUT_S:g} s"
+        print(
+            f"gatewayd devices remove: warning: could not clear the retained topics of"
+            f" {device_id} on the MQTT broker {broker}: {cause}. The gateway clears them at its"
+            " next start.",
+            file=sys.stderr,
+        )
+        return
+    # The device's state topic is always emptied (it marks the end of the read-back).
+    if len(cleared) > 1:
+        print(f"cleared {len(cleared)} retained topics of {device_id} on the MQTT broker {broker}")
 
 
 def _registry(args: argparse.Namespace, config: Config) -> DeviceRegistry:
