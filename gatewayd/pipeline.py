@@ -589,10 +589,10 @@ class Pipeline:
             self._update(event.device_id, connected=False)
         elif isinstance(event, MessagesLost):
             self.stats.data_lost += event.count
+            event_id = await self._append(data_lost_event(event.device_id, event.first,
+                                                          event.count, self._clock()))  # fmt: skip
             log.warning("messages lost on the link", device=event.device_id,
-                        first=event.first, count=event.count)  # fmt: skip
-            await self._append(data_lost_event(event.device_id, event.first, event.count,
-                                               self._clock()))  # fmt: skip
+                        first=event.first, count=event.count, event_id=event_id)  # fmt: skip
         elif isinstance(event, BatteryLevel):
             self._update(event.device_id, battery_pct=event.percent)
         elif isinstance(event, DeviceRestarted):
@@ -637,15 +637,19 @@ class Pipeline:
     async def _alerts(self, transitions: Sequence[AlertTransition]) -> None:
         for transition in transitions:
             self.stats.alerts += 1
+            event_id = await self._append(alert_event(transition))
+            # event_id: the id subscribers see; EVENT_ID= in the journal (gatewayd/logs.py).
             log.info("alert", device=transition.device_id, kind=transition.kind.value,
-                     state=transition.state, severity=transition.severity)  # fmt: skip
-            await self._append(alert_event(transition))
+                     state=transition.state, severity=transition.severity,
+                     event_id=event_id)  # fmt: skip
 
-    async def _append(self, event: NewEvent) -> None:
+    async def _append(self, event: NewEvent) -> str:
+        """Store a device event with its outbox row, wake the publisher; return its id."""
         assert event.device_id is not None
         # Durable first (the outbox row commits with the event), then wake the publisher.
-        await self._store.append_event(event, topic=self.topics.alerts(event.device_id))
+        event_id = await self._store.append_event(event, topic=self.topics.alerts(event.device_id))
         self._publisher.notify()
+        return event_id
 
     def _update(self, device_id: str, **changes: Any) -> None:
         old = self._views.get(device_id) or DeviceView(device_id)

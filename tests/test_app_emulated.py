@@ -27,6 +27,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import pytest_asyncio
+from structlog.testing import capture_logs
 
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.synthetic import generate_recording
@@ -241,12 +242,13 @@ async def test_alerts_and_telemetry_reach_a_subscriber_and_match_the_event_log(
     sub = asyncio.create_task(subscribe(mosquitto_broker, received, subscribed))
     try:
         await asyncio.wait_for(subscribed.wait(), 10)
-        async with gateway(config, devices) as gw, running(fleet, SPEED):
-            await wait_for(lambda: is_ready(gw), 15, "READY=1")
-            await asyncio.wait_for(_all_done(fleet), DEADLINE_S)
-            total = sum(w.core.windows_total for _, w in fleet.wearables)
-            await wait_for(lambda: _stored_and_published(config, total), 20,
-                           "every window stored and every alert published")  # fmt: skip
+        with capture_logs() as logs:
+            async with gateway(config, devices) as gw, running(fleet, SPEED):
+                await wait_for(lambda: is_ready(gw), 15, "READY=1")
+                await asyncio.wait_for(_all_done(fleet), DEADLINE_S)
+                total = sum(w.core.windows_total for _, w in fleet.wearables)
+                await wait_for(lambda: _stored_and_published(config, total), 20,
+                               "every window stored and every alert published")  # fmt: skip
         assert await gw.task == 0
     finally:
         sub.cancel()
@@ -271,6 +273,10 @@ async def test_alerts_and_telemetry_reach_a_subscriber_and_match_the_event_log(
     _, stored, pending = await asyncio.to_thread(read_db, config.store.path)
     assert pending == 0
     assert {e["id"] for e in stored} == {a["event_id"] for a in received.alerts}
+    # Each device event is logged with its id (EVENT_ID= in the journal, gatewayd/logs.py).
+    logged = [r for r in logs if r["event"] in ("alert", "messages lost on the link")]
+    assert any(r["event"] == "alert" for r in logged)
+    assert sorted(r["event_id"] for r in logged) == sorted(e["id"] for e in stored)
     # The gateway knew it had no model: a technical event in the log (not an MQTT alert).
     events = await asyncio.to_thread(_gateway_events, config.store.path)
     assert "model_missing" in events
