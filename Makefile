@@ -8,13 +8,12 @@ PYTHON    ?= python3
 VENV      ?= .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
-# No C build of a Python package: sd_notify is plain Python (gatewayd/systemd.py); gcc builds the
-# firmware stub. systemd itself is not listed: on a machine without it, installing it would pull
-# a matching libsystemd0 and upgrade it (tests that need systemd-analyze skip instead).
+# No C build of a Python package: sd_notify and journald's protocol are plain Python
+# (gatewayd/systemd.py); gcc builds the firmware stub. systemd itself is not listed: on a machine
+# without it, installing it would pull a matching libsystemd0 and upgrade it (tests that need
+# systemd-analyze skip instead).
 DEB_PKGS  := gcc make python3-venv dbus mosquitto mosquitto-clients
 # demo: amqtt, the in-process broker `gatewayd demo` falls back to when no mosquitto is at hand.
-# The systemd extra (systemd-python, for --log-format journald only) needs libsystemd-dev and a C
-# compiler; add it with EXTRAS=dev,demo,systemd if you want native journald fields in a checkout.
 EXTRAS    ?= dev,demo
 # What `make demo` runs: the scripted one-minute scenario, unattended, ending in a JSON summary
 # (exit 0 when every alert due arrived and no window was lost). DEMO_ARGS= gives the live view.

@@ -58,10 +58,6 @@ $PIP install --quiet --no-compile --only-binary=:all: --target "$site" \
 rm -rf "$site/bin" "$venv/bin/activate"* "$venv/bin/Activate.ps1"
 rm -f "$site"/gatewayd-*.dist-info/direct_url.json
 sed -i '/direct_url.json/d' "$site"/gatewayd-*.dist-info/RECORD
-# Debian's python3-systemd (Recommends) for journald's native fields, without a C build: a link
-# to its package; while python3-systemd is not installed the link dangles and gatewayd logs
-# JSON lines (gatewayd/logs.py).
-ln -s "/usr/lib/python3/dist-packages/systemd" "$site/systemd"
 # The command: a launcher that runs the venv's python next to it (not a pip script, whose
 # shebang would name the build directory).
 install -m 0755 "$here/gatewayd-launcher" "$venv/bin/gatewayd"

@@ -89,7 +89,8 @@ def test_the_control_file_names_version_architecture_and_dependencies(built: Bui
     assert f"python3 (>= {major}.{minor})" in depends
     assert f"python3 (<< {major}.{minor + 1})" in depends
     recommends = dpkg_deb("--field", str(built.deb), "Recommends")
-    assert {"bluez", "python3-systemd"} <= {r.strip() for r in recommends.split(",")}
+    # No python3-systemd: gatewayd speaks sd_notify and journald's protocol itself.
+    assert {r.strip() for r in recommends.split(",")} == {"bluez", "dbus", "systemd"}
 
 
 def test_the_package_holds_the_venv_models_unit_user_and_config(built: Built) -> None:
@@ -113,6 +114,7 @@ def test_the_package_holds_the_venv_models_unit_user_and_config(built: Built) ->
     assert models, "no shipped models in the checkout"
     for model in models:
         assert f"{site}/gatewayd/models/{model}" in paths, model
+    assert f"{site}/systemd" not in paths, "nothing imports systemd-python"
     link = built.root / "usr" / "bin" / "gatewayd"
     assert link.readlink() == Path("/opt/gatewayd/bin/gatewayd")
     unpacked = built.root / "usr" / "lib" / "systemd" / "system" / "gatewayd.service"
