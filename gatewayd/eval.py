@@ -1702,7 +1702,9 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
 
     Per recording the MAE is over windows with a reference where the wearable and the model both
     answered; the reported HR differs from the wearable's only on offloaded windows. The grid is
-    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED`; ties go to the rule
+    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED`. A rule's score on
+    the training subjects is the mean over datasets of log(the dataset's mean MAE over
+    recordings), so that each dataset weighs alike whatever its error scale; ties go to the rule
     nearest the defaults (smallest |margin|, then no ceiling).
     """
     scored = [t for t in tables if t.has_bvp and not np.isnan(t.ref_hr).all()]
@@ -1716,17 +1718,21 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
         for r in grid:
             per_rule[r][t.name] = mae(_fused(t, r)[ok], t.ref_hr[ok])
 
-    def best(names: Sequence[str]) -> tuple[float, float]:
-        return min(
-            grid,
-            key=lambda r: (_mean(per_rule[r][n] for n in names), abs(r[0]), -r[1]),
-        )
+    def best(train: Sequence[WindowTable]) -> tuple[float, float]:
+        # Each dataset weighs alike, on a log scale: a set where every estimator is 20-80 bpm
+        # off must not outvote one where 2 bpm is at stake.
+        groups = _by_source(train).values()
+
+        def objective(r: tuple[float, float]) -> float:
+            return _mean(math.log(max(_mean(per_rule[r][t.name] for t in g), 1e-3)) for g in groups)
+
+        return min(grid, key=lambda r: (objective(r), abs(r[0]), -r[1]))
 
     subjects = sorted({t.subject_key for t in scored})
     fused: dict[str, float] = {}
     choices: Counter[tuple[float, float]] = Counter()
     for s in subjects:
-        pick = best([t.name for t in scored if t.subject_key != s])
+        pick = best([t for t in scored if t.subject_key != s])
         choices[pick] += 1
         for t in scored:
             if t.subject_key == s:
@@ -1735,7 +1741,7 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
     never = FUSION_TRUSTED[-1]
     shown = [(m, never) for m in FUSION_MARGINS]
     shown += [(_DEFAULT_FUSION[0], t) for t in FUSION_TRUSTED[:-1]]
-    chosen = best([t.name for t in scored])
+    chosen = best(scored)
     for r in (*shown, chosen):
         per[_rule_name(*r)] = per_rule[r]
     names = [t.name for t in scored]
