@@ -32,8 +32,9 @@ from gatewayd.protocol import gatt
 from gatewayd.protocol.control import DeviceInfo, encode_info
 from gatewayd.protocol.messages import SampleFormat
 from tests.emulator_fixtures import EmulatorEnv, Finished, needs_dbus_daemon, run_gatewayd
+from tests.mqtt_fixtures import Broker, free_port, needs_mosquitto
 
-pytest_plugins = ["tests.emulator_fixtures"]
+pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
 
 W1 = "C0:FF:EE:00:00:01"
 W2 = "C0:FF:EE:00:00:02"
@@ -66,13 +67,28 @@ def heart_rate_service() -> ServiceSpec:
     )
 
 
-def write_config(path: Path, state_dir: Path) -> Path:
+def write_config(path: Path, state_dir: Path, *, mqtt_port: int | None = None) -> Path:
+    """A config whose broker is ``mqtt_port`` on 127.0.0.1, or a closed port (nothing listens).
+
+    Never the default 127.0.0.1:1883: `devices remove` clears retained topics there, and a
+    broker on that port is shared with whatever else runs on the machine.
+    """
+    port = free_port() if mqtt_port is None else mqtt_port
     path.write_text(
         f'[gateway]\nid = "test"\nstate_dir = "{state_dir}"\n'
         '[logging]\nlevel = "warning"\nformat = "json"\n'
         '[ble]\nadapters = ["hci0", "hci1"]\nconnect_timeout_s = 10.0\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
     )
     return path
+
+
+def no_broker_warning(device_id: str, port: int) -> str:
+    """The start of `devices remove`'s warning when nothing listens on ``port``."""
+    return (
+        f"gatewayd devices remove: warning: could not clear the retained topics of {device_id}"
+        f" on the MQTT broker 127.0.0.1:{port}: "
+    )
 
 
 @dataclass
@@ -352,8 +368,9 @@ def test_pair_argument_errors(
 
 
 def test_devices_list_rename_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # The config names another state dir: --state-dir wins.
-    config = write_config(tmp_path / "gatewayd.toml", tmp_path / "elsewhere")
+    # The config names another state dir: --state-dir wins. Nothing listens on its broker port.
+    port = free_port()
+    config = write_config(tmp_path / "gatewayd.toml", tmp_path / "elsewhere", mqtt_port=port)
     state = tmp_path / "state"
     registry = DeviceRegistry.in_state_dir(state)
     registry.add(W1, "wearable", "wearable-01", "bed-1")
@@ -399,8 +416,12 @@ def test_devices_list_rename_remove(tmp_path: Path, capsys: pytest.CaptureFixtur
         "gatewayd: error: no paired device 'nobody' (see `gatewayd devices list`)\n",
     )
 
-    code, out, _ = gatewayd("remove", "bed-2", "--state-dir", str(state))
+    code, out, err = gatewayd("remove", "bed-2", "--state-dir", str(state))
     assert (code, out) == (0, f"removed bed-2 ({W1}): the gateway will not connect to it\n")
+    # No broker: removed all the same, its retained topics are left for the gateway to clear.
+    assert err.startswith(no_broker_warning("bed-2", port))
+    assert err.endswith("The gateway clears them at its next start.\n")
+    assert err.count("\n") == 1
     assert ids(registry.load()) == {"hrm-pro-0003": STRAP}
     code, _, err = gatewayd("remove", "bed-2", "--state-dir", str(state))
     assert code == 1
@@ -413,17 +434,22 @@ def test_devices_list_rename_remove(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @needs_dbus_daemon
+@needs_mosquitto
 @pytest.mark.asyncio
 async def test_remove_unpair_makes_bluez_forget_the_bond(
-    fake_bluez: FakeBluez, private_bus: EmulatorEnv, tmp_path: Path
+    fake_bluez: FakeBluez, private_bus: EmulatorEnv, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
+    """Both best-effort steps work (the bond, the retained topics on the test's own broker):
+    nothing on stderr."""
     hci0 = await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:01")
     # Bonded earlier: bluetoothd loads it at start, so its object exists without a scan.
     bonded = await fake_bluez.add_device(
         hci0, W1, "wearable-01", [gatt.SERVICE_UUID], [wearable_service()], paired=True
     )
     state = tmp_path / "state"
-    config = write_config(tmp_path / "gatewayd.toml", state)
+    config = await asyncio.to_thread(
+        write_config, tmp_path / "gatewayd.toml", state, mqtt_port=mosquitto_broker.port
+    )
     registry = DeviceRegistry.in_state_dir(state)
     await asyncio.to_thread(registry.add, W1, "wearable", "wearable-01", "bed-1")
     # BlueZ has never seen this one:
@@ -432,7 +458,7 @@ async def test_remove_unpair_makes_bluez_forget_the_bond(
     removed = await run_gatewayd(
         "--config", str(config), "devices", "remove", "bed-1", "--unpair", env=private_bus
     )
-    assert removed.returncode == 0, removed.stderr
+    assert (removed.returncode, removed.stderr) == (0, "")
     assert removed.stdout.splitlines() == [
         f"removed bed-1 ({W1}): the gateway will not connect to it",
         f"BlueZ forgot its bond with {W1}",
@@ -444,7 +470,7 @@ async def test_remove_unpair_makes_bluez_forget_the_bond(
     unknown = await run_gatewayd(
         "--config", str(config), "devices", "remove", "bed-2", "--unpair", env=private_bus
     )
-    assert unknown.returncode == 0, unknown.stderr
+    assert (unknown.returncode, unknown.stderr) == (0, "")
     assert f"BlueZ holds no device {W2}: no bond to forget" in unknown.stdout
     assert await asyncio.to_thread(registry.load) == []
 
@@ -454,7 +480,8 @@ def test_remove_unpair_without_bluez_warns_and_still_removes(
 ) -> None:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-such-socket'}")
     state = tmp_path / "state"
-    config = write_config(tmp_path / "gatewayd.toml", state)
+    port = free_port()  # no broker either
+    config = write_config(tmp_path / "gatewayd.toml", state, mqtt_port=port)
     registry = DeviceRegistry.in_state_dir(state)
     registry.add(W1, "wearable", "wearable-01", "bed-1")
 
@@ -462,7 +489,12 @@ def test_remove_unpair_without_bluez_warns_and_still_removes(
     out, err = capsys.readouterr()
     assert code == 0
     assert out == f"removed bed-1 ({W1}): the gateway will not connect to it\n"
-    assert err.startswith(f"gatewayd devices remove: warning: the bond with {W1} is still in BlueZ")
-    assert "cannot reach BlueZ on the system D-Bus" in err
-    assert f"bluetoothctl remove {W1}" in err
+    bond, topics = err.splitlines()
+    assert bond.startswith(
+        f"gatewayd devices remove: warning: the bond with {W1} is still in BlueZ"
+    )
+    assert "cannot reach BlueZ on the system D-Bus" in bond
+    assert f"bluetoothctl remove {W1}" in bond
+    assert topics.startswith(no_broker_warning("bed-1", port))
+    assert topics.endswith("The gateway clears them at its next start.")
     assert registry.load() == []
