@@ -9,7 +9,9 @@ Event, or by a part failing.
 READY=1 waits for an adapter that answers (its scanner started): until then STATUS= says which
 adapter it waits for and why, in `gatewayd doctor`'s words (gatewayd.doctor.diagnose_adapter),
 logged once per change. It waits as long as it takes; under the packaged unit systemd's
-TimeoutStartSec= ends the wait (docs/running.md).
+TimeoutStartSec= ends the wait (docs/running.md). A broker that cannot be reached does not hold
+READY=1 back (alerts wait in the outbox): the publisher logs why, in doctor's words
+(gatewayd.doctor.broker_failure), once per change of cause, and STATUS= names it.
 
 Shutdown is ordered and bounded (docs/running.md): stop link intake, drain the pipeline queue,
 flush the store, stop the publisher (status "offline"), give it a grace period, then cancel
@@ -30,7 +32,7 @@ from typing import Final
 import structlog
 
 from gatewayd.config import Config
-from gatewayd.doctor import Check, diagnose_adapter
+from gatewayd.doctor import Check, broker_failure, diagnose_adapter
 from gatewayd.errors import EXIT_CONFIG, ConfigError, GatewayError
 from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import ModelRegistry
@@ -129,6 +131,12 @@ async def _load_model(
     except InferenceError as exc:
         return None, str(exc)
     return session, None
+
+
+def _explain_broker(config: Config, error: BaseException) -> tuple[str, str]:
+    """A failed broker connection in `gatewayd doctor`'s words: (message, fix)."""
+    check = broker_failure(config.mqtt, error)
+    return check.message, check.fix
 
 
 def _link_settings(config: Config) -> LinkSettings:
@@ -292,6 +300,7 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                 gateway_id,
                 StoreOutbox(store, gateway_id),
                 paired=[d.device_id for d in devices],
+                explain=lambda error: _explain_broker(config, error),
             )
             settings = _link_settings(config)
             link = LinkManager(
@@ -329,6 +338,8 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                     f" {'up' if publisher.connected else 'down'}, {pipeline.stats.windows}"
                     f" windows, {pipeline.stats.alerts} alerts, model {model_text}"
                 )
+                if publisher.problem is not None:
+                    line += f"; {publisher.problem}"
                 for adapter, check in adapter_problems.items():
                     line += f"; adapter {adapter} does not answer: {check.message}"
                 return line

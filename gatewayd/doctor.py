@@ -7,7 +7,8 @@ fix). The facts are gathered by thin I/O functions below them: the system D-Bus 
 connection) and the model files.
 
 `run_doctor` runs every check for `gatewayd doctor`. `gatewayd run` says the same things:
-`diagnose_adapter` explains an adapter that does not answer (instead of bleak's bare errno) and
+`diagnose_adapter` explains an adapter that does not answer (instead of bleak's bare errno),
+`broker_failure` a failed broker connection (instead of the bare errno), and
 `state_dir_checks` runs before the event log is opened.
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "ModelFacts",
     "Status",
     "UserFacts",
+    "broker_failure",
     "check_adapter",
     "check_bluez",
     "check_broker",
@@ -823,6 +825,29 @@ def _broker_kind(exc: BaseException) -> str:
     }.get(kind, "other")
 
 
+def _broker_facts(mqtt: MqttConfig, timeout_s: float) -> BrokerFacts:
+    """What a connection attempt to the configured broker is, before its outcome."""
+    scheme = "mqtts" if mqtt.tls.enabled else "mqtt"
+    return BrokerFacts(
+        f"{scheme}://{mqtt.host}:{mqtt.port}", mqtt.username, mqtt.tls.enabled, timeout_s
+    )
+
+
+def broker_failure(mqtt: MqttConfig, error: BaseException) -> Check:
+    """A failed connection attempt of the running gateway, as `gatewayd doctor` says it.
+
+    The broker check's message and fix for ``error`` (what the publisher's attempt raised)
+    instead of the bare errno; doctor's own attempt goes through the same `check_broker`.
+    """
+    text = str(error) or ("no answer in time" if isinstance(error, TimeoutError) else "")
+    facts = replace(
+        _broker_facts(mqtt, DEFAULT_TIMEOUT_S),
+        error=text or type(error).__name__,
+        kind=_broker_kind(error),
+    )
+    return check_broker(facts)
+
+
 async def probe_broker(
     config: Config, env: Mapping[str, str], *, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> BrokerFacts:
@@ -836,9 +861,7 @@ async def probe_broker(
     from gatewayd.publish.client import tls_context  # noqa: PLC0415
 
     mqtt = config.mqtt
-    scheme = "mqtts" if mqtt.tls.enabled else "mqtt"
-    facts = BrokerFacts(f"{scheme}://{mqtt.host}:{mqtt.port}", mqtt.username, mqtt.tls.enabled,
-                        timeout_s)  # fmt: skip
+    facts = _broker_facts(mqtt, timeout_s)
     try:
         password, note = await asyncio.to_thread(_password, mqtt, env)
         context = await asyncio.to_thread(tls_context, mqtt.tls) if mqtt.tls.enabled else None

@@ -43,6 +43,7 @@ from tests.test_app_durability import (
 )
 from tests.test_app_emulated import GATEWAY_ID, SPEED, build, read_db
 from tests.test_publish_mqtt import retained
+from tests.test_systemd_notify import NotifySocket, notify_socket, wait_for_prefix
 
 pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
 
@@ -142,28 +143,52 @@ async def test_a_missing_model_is_one_warning_and_degraded_mode(
 
 
 async def test_an_unreachable_broker_is_said_once_and_alerts_wait_in_the_outbox(
-    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
+    private_bus: EmulatorEnv,
+    fake_bluez: FakeBluez,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_port()  # nothing listens there
     config = await asyncio.to_thread(write_config_file, tmp_path, port=port)
     db = tmp_path / "state" / "gatewayd.db"
     fleet, devices = await build(fake_bluez, MINUTES, periodic=True)
     await asyncio.to_thread(pair, tmp_path / "state", devices)
+    doctor = await run_gatewayd("doctor", "--config", str(config), env=private_bus)
+    (doctor_line,) = [
+        line for line in doctor.stdout.splitlines() if line[6:20] == "broker".ljust(14)
+    ]
+    cause = f"cannot connect to mqtt://127.0.0.1:{port}: "
 
     # At debug level the repeated attempts are visible too: the test can tell "said once"
     # from "tried once".
-    async with gatewayd_run(config, private_bus, "--log-level", "debug") as gw:
-        await gw.wait_logged("gateway running")
-        async with running(fleet, SPEED):
-            await gw.wait_until(lambda: _pending_alerts(db), 30, "an alert in the outbox")
-            await gw.wait_until(lambda: _attempts(gw, 2), 30, "a second connection attempt")
-            assert gw.process.returncode is None, "gatewayd gave up without a broker"
-            assert await gw.terminate() == 0, gw.stderr()
+    with notify_socket(str(tmp_path / "notify")) as receiver:
+        monkeypatch.setenv("NOTIFY_SOCKET", receiver.env_value)
+        async with gatewayd_run(config, private_bus, "--log-level", "debug") as gw:
+            await gw.wait_logged("gateway running")
+            async with running(fleet, SPEED):
+                await gw.wait_until(lambda: _pending_alerts(db), 30, "an alert in the outbox")
+                await gw.wait_until(lambda: _attempts(gw, cause, 2), 30, "a second attempt")
+                # STATUS= names the cause too (the line every 10 s while running).
+                await wait_for_prefix(receiver, "STATUS=")
+                await gw.wait_until(
+                    lambda: _status_names(receiver, cause), 30, "the cause in STATUS="
+                )
+                assert gw.process.returncode is None, "gatewayd gave up without a broker"
+                assert await gw.terminate() == 0, gw.stderr()
 
-    attempts = gw.logged_prefix("cannot connect to the MQTT broker")
+    attempts = gw.logged_prefix(cause)
     assert [r["level"] for r in attempts][:2] == ["warning", "debug"]
     assert [r for r in attempts if r["level"] != "debug"] == attempts[:1], "said more than once"
     assert (attempts[0]["host"], attempts[0]["port"]) == ("127.0.0.1", port)
+    assert "Connection refused" in attempts[0]["event"]
+    # The same words as `gatewayd doctor`, with its fix, rather than the bare errno.
+    message = attempts[0]["event"].removesuffix(
+        "; alerts are kept in the outbox and sent when it is back"
+    )
+    assert attempts[0]["fix"] == (
+        "start the broker, or set [mqtt] host and port to where it listens"
+    )
+    assert doctor_line.endswith(f"{message} — fix: {attempts[0]['fix']}"), doctor_line
     assert not at_least(gw, "error", "critical"), gw.stderr()
     # The alerts written meanwhile stay in the outbox for the next start.
     _, stored, pending = await asyncio.to_thread(read_db, db)
@@ -182,8 +207,12 @@ async def _pending_alerts(db: Path) -> bool:
     return pending > 0
 
 
-async def _attempts(gw: GatewayProcess, count: int) -> bool:
-    return len(gw.logged_prefix("cannot connect to the MQTT broker")) >= count
+async def _attempts(gw: GatewayProcess, cause: str, count: int) -> bool:
+    return len(gw.logged_prefix(cause)) >= count
+
+
+async def _status_names(receiver: NotifySocket, cause: str) -> bool:
+    return any(m.startswith("STATUS=") and f"; {cause}" in m for m in receiver.messages())
 
 
 async def test_an_unwritable_state_dir_is_said_as_doctor_says_it_and_exits_1(

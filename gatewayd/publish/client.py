@@ -126,6 +126,8 @@ class PublisherStats:
 
 
 Backoff = Callable[[MqttFailure, int], float]
+#: Why a connection attempt failed, in the user's terms: (message, fix); see `Publisher`.
+Explain = Callable[[BaseException], tuple[str, str]]
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -231,6 +233,12 @@ class Publisher:
     and discovery configs of any other device of this gateway are cleared on connect. None
     (the default) clears no device, since a device not seen yet cannot be told from a removed
     one.
+
+    A failed connection attempt is logged at WARNING once per change of cause (then at DEBUG
+    while it repeats) and kept in `problem`. ``explain`` turns the attempt's error into that
+    cause and its fix (`gatewayd run` passes `gatewayd doctor`'s words,
+    gatewayd.doctor.broker_failure); without it the cause is "cannot connect to the MQTT
+    broker" and the error.
     """
 
     def __init__(
@@ -248,8 +256,12 @@ class Publisher:
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         paired: Iterable[str] | None = None,
+        explain: Explain | None = None,
     ) -> None:
         self._mqtt = mqtt
+        self._explain = explain
+        #: Why the last connection attempt failed (None while connected or not tried yet).
+        self._problem: str | None = None
         self._paired = frozenset(paired) if paired is not None else None
         self._topics = Topics(mqtt.topic_root, gateway_id)
         self._gateway_id = gateway_id
@@ -288,6 +300,11 @@ class Publisher:
     def connected(self) -> bool:
         """Whether a broker connection is up and announced (status online published)."""
         return self._connected.is_set()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the broker is not connected, when an attempt failed: the cause logged last."""
+        return None if self.connected else self._problem
 
     async def wait_connected(self) -> None:
         """Return once a connection is up and announced."""
@@ -379,15 +396,24 @@ class Publisher:
                 f" ({cause})" if cause is not None else ""
             )
             delay = self._backoff(kind, failures)
-            (log.warning if failures == 1 else log.debug)(
-                ("MQTT connection lost" if was_connected else "cannot connect to the MQTT broker")
-                + "; alerts are kept in the outbox and sent when it is back",
+            if was_connected:
+                problem, fix = "MQTT connection lost", ""
+            elif self._explain is not None:
+                problem, fix = self._explain(error)
+            else:
+                problem, fix = "cannot connect to the MQTT broker", ""
+            # Said once per change of cause; the retries of the same cause at DEBUG.
+            changed = problem != self._problem
+            self._problem = problem
+            (log.warning if changed else log.debug)(
+                f"{problem}; alerts are kept in the outbox and sent when it is back",
                 host=self._mqtt.host,
                 port=self._mqtt.port,
                 error=self.stats.last_error,
                 kind=kind.value,
                 attempt=failures,
                 retry_in_s=round(delay, 2),
+                **({"fix": fix} if fix else {}),
             )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -415,6 +441,7 @@ class Publisher:
             try:
                 await self._announce(client)
                 self._connected.set()
+                self._problem = None
                 log.info(
                     "connected to the MQTT broker",
                     host=self._mqtt.host,
