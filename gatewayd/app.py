@@ -25,16 +25,21 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 import structlog
 
 from gatewayd.config import Config
-from gatewayd.doctor import Check, broker_failure, diagnose_adapter
+from gatewayd.doctor import (
+    Check,
+    broker_failure,
+    check_model,
+    diagnose_adapter,
+    registry_facts,
+)
 from gatewayd.errors import EXIT_CONFIG, ConfigError, GatewayError
-from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import ModelRegistry
 from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.link.connection import LinkSettings
@@ -105,31 +110,23 @@ def should_ping_watchdog(previous: int, handled: int, backlog: int) -> bool:
     return handled != previous or backlog == 0
 
 
-def _chosen_model(registry: ModelRegistry, wanted: str) -> tuple[str | None, str | None]:
-    """(model id to load, problem) — the configured model, else None and why not."""
-    try:
-        return registry.get(wanted).model_id, None
-    except ModelCardError as exc:
-        errors = "; ".join(str(e) for e in registry.errors)
-        return None, str(exc) + (f" ({errors})" if errors else "")
-
-
 async def _load_model(
     config: Config, models_dir: Path | None
-) -> tuple[ModelSession | None, str | None]:
-    """The configured model in an ONNX Runtime session, or None and the problem."""
+) -> tuple[ModelSession | None, Check | None]:
+    """The configured model in an ONNX Runtime session, or None and why not, as `gatewayd
+    doctor`'s model check says it (missing, sha256 mismatch, does not load; with the fix)."""
     # Reads and hashes files, loads ONNX Runtime: blocking, so in a thread.
     registry = await asyncio.to_thread(ModelRegistry.discover, models_dir)
-    model_id, problem = _chosen_model(registry, config.inference.model)
-    if model_id is None:
-        return None, problem
-    installed = registry.get(model_id)
+    facts = await asyncio.to_thread(registry_facts, registry, config.inference.model)
+    if facts.problem is not None:
+        return None, check_model(facts)
+    installed = registry.get(config.inference.model)
     try:
         session = await asyncio.to_thread(
             ModelSession, installed.card, installed.path, config.inference.threads
         )
     except InferenceError as exc:
-        return None, str(exc)
+        return None, check_model(replace(facts, problem=str(exc)))
     return session, None
 
 
@@ -282,16 +279,17 @@ async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop i
                     topic=topics.gateway_alerts,
                 )  # fmt: skip
             session, problem = await _load_model(config, models_dir)
-            if session is None:
-                log.warning("no gateway model: degraded mode, heart rate from the signal"
-                            " estimator on offloaded windows, no gateway activity",
-                            model=config.inference.model, problem=problem)  # fmt: skip
+            if problem is not None:
+                # `gatewayd doctor`'s model line and fix (docs/running.md, "Degraded modes").
+                log.warning(problem.message, model=config.inference.model, fix=problem.fix,
+                            degraded="heart rate from the signal estimator on offloaded"
+                            " windows, no gateway activity")  # fmt: skip
                 await store.append_event(
-                    gateway_event("model_missing", "warning", problem or "no model", now,
+                    gateway_event("model_missing", "warning", problem.message, now,
                                   model=config.inference.model),
                     topic=topics.gateway_alerts,
                 )  # fmt: skip
-            else:
+            elif session is not None:
                 log.info("gateway model loaded", model_id=session.model_id)
             # The paired list it started with: a removed device's retained topics and
             # discovery configs are cleared on connect (docs/mqtt.md).

@@ -8,8 +8,9 @@ connection) and the model files.
 
 `run_doctor` runs every check for `gatewayd doctor`. `gatewayd run` says the same things:
 `diagnose_adapter` explains an adapter that does not answer (instead of bleak's bare errno),
-`broker_failure` a failed broker connection (instead of the bare errno), and
-`state_dir_checks` runs before the event log is opened.
+`broker_failure` a failed broker connection (instead of the bare errno), `check_model` on
+`registry_facts` a configured model that cannot be used, and `state_dir_checks` runs before the
+event log is opened.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -41,6 +42,9 @@ from gatewayd.config import (
     resolve_mqtt_password,
 )
 from gatewayd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gatewayd.inference.registry import ModelRegistry
 
 __all__ = [
     "BLEAK_MIN_BLUEZ",
@@ -70,6 +74,7 @@ __all__ = [
     "format_check",
     "parse_dbus_send",
     "parse_version",
+    "registry_facts",
     "run_doctor",
     "state_dir_checks",
     "system_bus_address",
@@ -500,7 +505,7 @@ def check_model(facts: ModelFacts) -> Check:
         return Check(
             name,
             "fail",
-            f"{facts.model_id}: {facts.problem}; gatewayd would run degraded (no gateway model)",
+            f"{facts.model_id}: {facts.problem}; gatewayd runs degraded (no gateway model)",
             "reinstall gatewayd (sudo apt install --reinstall gatewayd; in a checkout `git"
             " checkout gatewayd/models`), or set [inference] model to an installed one",
         )
@@ -891,21 +896,19 @@ async def probe_broker(
     return replace(facts, password_note=note)
 
 
-def model_facts(model_id: str, models_dir: Path | None) -> ModelFacts:
-    """Verify the configured model against its card and load it in ONNX Runtime. Blocking."""
-    # Imported here: onnxruntime is heavy and only this check needs it.
-    from gatewayd.inference.cards import ModelCardError, read_card, verify  # noqa: PLC0415
-    from gatewayd.inference.registry import ModelRegistry  # noqa: PLC0415
-    from gatewayd.inference.session import InferenceError, ModelSession  # noqa: PLC0415
+def registry_facts(registry: ModelRegistry, model_id: str) -> ModelFacts:
+    """The configured model among a folder's verified models, before it is loaded. Blocking.
 
-    registry = ModelRegistry.discover(models_dir)
+    Its file and sha256 when its card verified; else the problem, and when a card for it exists
+    but its file does not match (sha256, missing file), that mismatch rather than "no model".
+    """
+    from gatewayd.inference.cards import ModelCardError, read_card, verify  # noqa: PLC0415
+
     directory = registry.directory
-    problem: str | None = None
     try:
         installed = registry.get(model_id)
     except ModelCardError as exc:
         problem = str(exc)
-        # A card for the model exists but its file does not match: say that, not "no model".
         for card_file in sorted(directory.glob("*.onnx.json")):
             try:
                 card = read_card(card_file)
@@ -920,12 +923,25 @@ def model_facts(model_id: str, models_dir: Path | None) -> ModelFacts:
         others = tuple(str(e) for e in registry.errors if str(e) != problem)
         return ModelFacts(model_id, directory, problem=problem, others=others)
     others = tuple(str(e) for e in registry.errors)
+    return ModelFacts(model_id, directory, installed.path, installed.card.sha256, None, others)
+
+
+def model_facts(model_id: str, models_dir: Path | None) -> ModelFacts:
+    """Verify the configured model against its card and load it in ONNX Runtime. Blocking."""
+    # Imported here: onnxruntime is heavy and only this check needs it.
+    from gatewayd.inference.registry import ModelRegistry  # noqa: PLC0415
+    from gatewayd.inference.session import InferenceError, ModelSession  # noqa: PLC0415
+
+    registry = ModelRegistry.discover(models_dir)
+    facts = registry_facts(registry, model_id)
+    if facts.problem is not None:
+        return facts
+    installed = registry.get(model_id)
     try:
         ModelSession(installed.card, installed.path)
     except InferenceError as exc:
-        return ModelFacts(model_id, directory, installed.path, installed.card.sha256, str(exc),
-                          others)  # fmt: skip
-    return ModelFacts(model_id, directory, installed.path, installed.card.sha256, None, others)
+        return replace(facts, problem=str(exc))
+    return facts
 
 
 # --- the whole doctor, and what `gatewayd run` asks ---------------------------------------------

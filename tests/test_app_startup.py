@@ -27,6 +27,7 @@ import pytest
 
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import running
+from gatewayd.inference.registry import DEFAULT_MODELS_DIR
 from gatewayd.link.registry import PairedDevice
 from gatewayd.publish import DeviceState, Topics
 from gatewayd.publish.topics import discovery_messages, gateway_discovery_message
@@ -55,6 +56,8 @@ pytestmark = [
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
 
 MISSING_MODEL = "some-model-that-is-not-installed"
+#: The model gatewayd ships and runs by default ([inference] model).
+SHIPPED_MODEL = "mnv2-1d-w1.0"
 CORRUPT = b"this is not an SQLite database at all\n" * 200
 #: Simulated minutes of the recordings of the broker test (it stops long before their end).
 MINUTES = 4.0
@@ -136,10 +139,51 @@ async def test_a_missing_model_is_one_warning_and_degraded_mode(
     assert len(warnings) == 1, gw.stderr()
     assert warnings[0]["level"] == "warning"
     assert "degraded" in warnings[0]["event"]
+    assert warnings[0]["fix"].startswith("reinstall gatewayd")
     assert not at_least(gw, "error", "critical"), gw.stderr()
     missing = [e for e in await asyncio.to_thread(events, db) if e["kind"] == "model_missing"]
     assert [(e["severity"], e["device_id"]) for e in missing] == [("warning", None)]
     assert MISSING_MODEL in text(missing[0]["payload"]), "the event does not name the model"
+
+
+async def test_a_corrupted_model_is_said_as_doctor_says_it_and_degraded_mode(
+    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
+) -> None:
+    await with_adapter(fake_bluez)
+    # A copy of the shipped model in a models folder of its own, one byte flipped.
+    models = tmp_path / "models"
+    await asyncio.to_thread(models.mkdir)
+    for name in (f"{SHIPPED_MODEL}.onnx", f"{SHIPPED_MODEL}.onnx.json"):
+        await asyncio.to_thread(shutil.copy, DEFAULT_MODELS_DIR / name, models / name)
+    onnx = models / f"{SHIPPED_MODEL}.onnx"
+    data = bytearray(await asyncio.to_thread(onnx.read_bytes))
+    data[len(data) // 2] ^= 0xFF
+    await asyncio.to_thread(onnx.write_bytes, bytes(data))
+    extra = f'[inference]\nmodel = "{SHIPPED_MODEL}"\n'
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=free_port(), extra=extra)
+    db = tmp_path / "state" / "gatewayd.db"
+    doctor = await run_gatewayd(
+        "doctor", "--config", str(config), "--models-dir", str(models), env=private_bus
+    )
+    (doctor_line,) = [
+        line for line in doctor.stdout.splitlines() if line[6:20] == "model".ljust(14)
+    ]
+
+    async with gatewayd_run(config, private_bus, "--models-dir", str(models)) as gw:
+        started = await gw.wait_logged("gateway running")
+        assert await gw.terminate() == 0, gw.stderr()  # degraded mode: runs, stops cleanly
+
+    assert started["model"] == "no model (degraded)"
+    (said,) = [r for r in at_least(gw, "warning", "error") if str(onnx) in text(r)]
+    assert said["level"] == "warning"
+    assert said["event"].startswith(f"{SHIPPED_MODEL}: {onnx}: sha256 ")
+    assert "does not match its card" in said["event"]
+    assert said["event"].endswith("; gatewayd runs degraded (no gateway model)")
+    assert said["fix"].startswith("reinstall gatewayd")
+    # The same words as `gatewayd doctor`, with its fix.
+    assert doctor_line == f"FAIL  {'model':<14} {said['event']} — fix: {said['fix']}"
+    missing = [e for e in await asyncio.to_thread(events, db) if e["kind"] == "model_missing"]
+    assert [e["payload"]["reason"] for e in missing] == [said["event"]]
 
 
 async def test_an_unreachable_broker_is_said_once_and_alerts_wait_in_the_outbox(
