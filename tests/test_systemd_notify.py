@@ -6,19 +6,31 @@ what arrives, with the sender's credentials (SO_PASSCRED), as systemd does to ch
 the emulated BlueZ and a private mosquitto (tests/test_app_durability.py's helpers), with
 ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` in its environment. No timing assertions: every wait
 is for a message, with a generous deadline.
+
+The watchdog's promise is that a stalled event loop stops the pings. The subprocess test stalls
+the real loop from outside without a hook in gatewayd: its stderr is a one-page pipe the test
+fills and stops reading, as a log reader that stalls would (journald included), so the next log
+line blocks the event loop in write(2) while every other thread runs on. /proc/<pid>/syscall
+shows the main thread waiting there. SIGSTOP would stop every thread at once and so prove
+nothing about where the pings come from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import json
 import os
+import platform
 import socket
 import struct
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,6 +261,154 @@ async def test_gatewayd_run_says_ready_pings_the_watchdog_and_says_stopping_on_s
     assert messages.index("STOPPING=1") > ready_at
     assert "WATCHDOG=1" in messages[ready_at:]
     assert any(m.startswith("STATUS=0/0 devices connected, mqtt") for m in messages), messages
+    assert messages[-1] == "STATUS=stopped"
+
+
+#: write(2) as /proc/<pid>/syscall numbers it, per machine.
+WRITE_SYSCALL = {"x86_64": 1, "aarch64": 64, "riscv64": 64}
+#: fcntl's F_SETPIPE_SZ (Linux; in the fcntl module from Python 3.10).
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: The smallest pipe Linux makes: one page.
+PIPE_SIZE = 4096
+
+
+class StderrPipe:
+    """The gateway's stderr: a one-page pipe the test reads, or stops reading."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        os.set_blocking(self.read_fd, False)
+        self.data = bytearray()
+        self._loop = asyncio.get_running_loop()
+
+    def resume(self) -> None:
+        """Read whatever the gateway writes, as it comes."""
+        self._loop.add_reader(self.read_fd, self._read)
+
+    def pause(self) -> None:
+        """Stop reading: the gateway's next writes fill the pipe, then block."""
+        self._loop.remove_reader(self.read_fd)
+
+    def _read(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self.data += os.read(self.read_fd, 1 << 16)
+
+    def fill(self) -> None:
+        """Fill the pipe to the brim, as unread log lines would.
+
+        Through a second, non-blocking open file description of the pipe (/proc/self/fd): the
+        gateway's own stderr stays blocking, as it is under systemd.
+        """
+        fd = os.open(f"/proc/self/fd/{self.write_fd}", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records read so far."""
+        found = []
+        for line in self.data.decode(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    found.append(record)
+        return found
+
+    def close(self) -> None:
+        self.pause()
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def blocked_writing_stderr(pid: int) -> bool:
+    """Whether the main thread of ``pid`` (its event loop) waits in write(2) on fd 2."""
+    fields = Path(f"/proc/{pid}/syscall").read_text(encoding="ascii").split()
+    # "running", or the syscall number and its arguments in hex.
+    return (
+        len(fields) > 1
+        and fields[0] == str(WRITE_SYSCALL[platform.machine()])
+        and int(fields[1], 16) == 2
+    )
+
+
+async def wait_until_blocked(pid: int, receiver: NotifySocket) -> None:
+    deadline = time.monotonic() + PROCESS_LIMIT_S
+    while not await asyncio.to_thread(blocked_writing_stderr, pid):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gatewayd's event loop never blocked on stderr; {receiver.messages()}")
+        await asyncio.sleep(0.05)
+
+
+@needs_dbus_daemon
+@needs_mosquitto
+@pytest.mark.skipif(
+    platform.machine() not in WRITE_SYSCALL or not Path("/proc/self/syscall").exists(),
+    reason="reads the syscall a thread waits in from /proc/<pid>/syscall (Linux)",
+)
+@pytest.mark.asyncio
+async def test_gatewayd_run_stops_pinging_while_its_event_loop_is_blocked(
+    private_bus: EmulatorEnv,
+    fake_bluez: FakeBluez,
+    mosquitto_broker: Broker,
+    tmp_path: Path,
+) -> None:
+    """A real `gatewayd run` whose loop blocks writing a log line: no WATCHDOG=1 until it runs.
+
+    The stall: stderr is full and unread, and stopping the broker makes the publisher log
+    "MQTT connection lost" from the event loop, which then waits in write(2) on fd 2. Ten ping
+    intervals pass without a ping; once the test reads stderr again the pings resume.
+    """
+    await fake_bluez.add_adapter("hci0", ADAPTER, slots=5)
+    config = await asyncio.to_thread(write_config_file, tmp_path, port=mosquitto_broker.port)
+    stderr = StderrPipe()
+    with notify_socket(abstract_name()) as receiver:
+        env = private_bus.environ() | {
+            "NOTIFY_SOCKET": receiver.env_value,
+            "WATCHDOG_USEC": str(WATCHDOG_USEC),
+        }
+        env.pop("WATCHDOG_PID", None)
+        stderr.resume()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gatewayd", "run", "--config", str(config),
+            "--log-format", "json",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr.write_fd,
+            env=env,
+        )  # fmt: skip
+        try:
+            await receiver.wait_for("READY=1")
+            await receiver.wait_for("WATCHDOG=1", count=3)
+
+            stderr.pause()
+            await asyncio.to_thread(stderr.fill)
+            await mosquitto_broker.stop()  # the publisher logs the lost connection
+            await wait_until_blocked(process.pid, receiver)
+            receiver.drain()  # every ping sent before the loop blocked
+            await asyncio.sleep(10 * WATCHDOG_USEC / 2e6)
+            assert await asyncio.to_thread(blocked_writing_stderr, process.pid)
+            assert "WATCHDOG=1" not in [m for _pid, m in receiver.drain()]
+
+            stderr.resume()  # the loop runs again
+            pings = receiver.messages().count("WATCHDOG=1")
+            await receiver.wait_for("WATCHDOG=1", count=pings + 3)
+            process.terminate()
+            async with asyncio.timeout(PROCESS_LIMIT_S):
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            stderr.close()
+        messages = receiver.messages()
+    events = [r.get("event", "") for r in stderr.records()]
+    assert any(e.startswith("MQTT connection lost") for e in events), events
+    assert messages.count("READY=1") == 1
+    assert "STOPPING=1" in messages
     assert messages[-1] == "STATUS=stopped"
 
 
