@@ -222,7 +222,8 @@ class InferenceConfig(_Section):
     #: quality is below hr_signal_trusted (above 1: no ceiling); "signal" always the wearable's;
     #: "model" always the model's.
     heart_rate: Literal["fused", "signal", "model"] = "fused"
-    hr_model_margin: float = Field(default=0.0, ge=-1, le=1, allow_inf_nan=False)
+    #: 0.5: chosen leave-one-subject-out on real recordings (docs/accuracy.md).
+    hr_model_margin: float = Field(default=0.5, ge=-1, le=1, allow_inf_nan=False)
     hr_signal_trusted: float = Field(default=1.01, ge=0, le=1.01, allow_inf_nan=False)
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: int = Field(default=5, ge=0, le=1000)

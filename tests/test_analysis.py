@@ -89,7 +89,14 @@ def test_predict_applies_the_cards_temperatures() -> None:
     session = full_model()
     x = np.stack([window_input(w, session.card) for w in wire_windows(3)])
     activity, hr = session.run_logits(x)
-    plain = predict(session, x)
+    shipped = session.card.calibration
+    assert shipped is not None  # the shipped models carry their held-out temperatures
+    t_act, t_hr = shipped.activity_temperature, shipped.hr_temperature or 1.0
+    as_shipped = predict(session, x)
+    np.testing.assert_allclose(as_shipped.activity_probs, softmax(activity / t_act), rtol=1e-5)
+    np.testing.assert_allclose(as_shipped.hr_probs, softmax(hr / t_hr), rtol=1e-5)
+    raw = ModelSession(session.card.model_copy(update={"calibration": None}), session.path)
+    plain = predict(raw, x)
     np.testing.assert_allclose(plain.activity_probs, softmax(activity), rtol=1e-6)
     card = session.card.model_copy(
         update={

@@ -18,6 +18,7 @@ import pytest
 
 from gatewayd.activity import ActivityGroup
 from gatewayd.cli import main
+from gatewayd.config import InferenceConfig
 from gatewayd.datasets import Recording, find_recordings, load, write_synthetic_dataset
 from gatewayd.emulator.virtual import pick_wearable_model
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
@@ -141,8 +142,9 @@ def test_model_and_gateway_mae_are_recomputed_in_numpy(
             if s.hr_bpm is None or r is None:
                 continue
             # The default fusion: the model's HR on an offloaded window when it is the more
-            # confident (the wearable's confidence is its signal quality).
-            take = isinstance(m, Window) and model_conf[i] > s.signal_quality / 100
+            # confident by the default margin (the wearable's confidence is its signal quality).
+            margin = InferenceConfig().hr_model_margin
+            take = isinstance(m, Window) and model_conf[i] > s.signal_quality / 100 + margin
             gateway.append(model_hr[i] if take else s.hr_bpm)
             signal.append(s.hr_bpm)
             ref.append(r)

@@ -108,7 +108,7 @@ class HrFusion:
     """
 
     mode: HrMode = "fused"
-    model_margin: float = 0.0
+    model_margin: float = 0.5
     #: A wearable estimate at least this confident is kept whatever the model says (> 1: never).
     signal_trusted: float = 1.01
 
