@@ -269,6 +269,11 @@ def format_bench(report: BenchReport) -> str:
         "",
         "Our models:",
     ]
+    # Each model's "metrics on" text (long: datasets, folds) once, below the table.
+    notes: dict[str, int] = {}
+    for m in report.models:
+        text = m.evaluated_on + (" (synthetic data in training)" if m.synthetic_training else "")
+        notes.setdefault(text, len(notes) + 1)
     rows = [
         [
             m.model_id,
@@ -282,7 +287,12 @@ def format_bench(report: BenchReport) -> str:
             _f(None if m.activity_top1 is None else 100 * m.activity_top1, ".1f"),
             _f(m.hr_mae_bpm, ".2f"),
             f"{m.latency_ms / report.preprocess_ms:.2f}",
-            m.evaluated_on + (" (synthetic training)" if m.synthetic_training else ""),
+            "[{}]".format(
+                notes[
+                    m.evaluated_on
+                    + (" (synthetic data in training)" if m.synthetic_training else "")
+                ]
+            ),
         ]
         for m in report.models
     ]
@@ -306,6 +316,7 @@ def format_bench(report: BenchReport) -> str:
             rows,
         )
     )
+    lines.extend(f"[{n}] {text}" for text, n in notes.items())
     lines.append(
         f"\nOne window's preprocessing (model_input): {report.preprocess_ms:.3f} ms;"
         " x PREPROC = model latency / preprocessing."
