@@ -271,9 +271,9 @@ def format_bench(report: BenchReport) -> str:
     ]
     # Each model's "metrics on" text (long: datasets, folds) once, below the table.
     notes: dict[str, int] = {}
-    for m in report.models:
-        text = m.evaluated_on + (" (synthetic data in training)" if m.synthetic_training else "")
-        notes.setdefault(text, len(notes) + 1)
+    for bench in report.models:
+        synthetic = " (synthetic data in training)" if bench.synthetic_training else ""
+        notes.setdefault(bench.evaluated_on + synthetic, len(notes) + 1)
     rows = [
         [
             m.model_id,
