@@ -1645,8 +1645,6 @@ FUSION_MARGINS: Final = (-1.0, -0.5, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.5, 
 #: Signal-trust ceilings swept: a wearable estimate at least this confident is always kept
 #: (1.01 = never kept outright, the margin alone decides).
 FUSION_TRUSTED: Final = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)
-#: The defaults of `HrFusion` (and of [inference] hr_model_margin / hr_signal_trusted).
-_DEFAULT_FUSION: Final = (HrFusion().model_margin, HrFusion().signal_trusted)
 
 
 def _rule_name(margin: float, trusted: float) -> str:
@@ -1659,7 +1657,7 @@ class FusionSweep:
 
     #: rule -> (held-out mean MAE over recordings, per dataset); rules: signal, model, fused
     #: (margin and trust chosen on the other subjects), each margin without a trust ceiling,
-    #: and each trust ceiling at the default margin.
+    #: and each trust ceiling at margin 0.
     mean_mae_bpm: dict[str, float]
     datasets: dict[str, dict[str, float]]
     #: (margin, trusted) chosen on all subjects, and how often each pair was chosen per subject.
@@ -1740,7 +1738,7 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
     per["fused (held out)"] = fused
     never = FUSION_TRUSTED[-1]
     shown = [(m, never) for m in FUSION_MARGINS]
-    shown += [(_DEFAULT_FUSION[0], t) for t in FUSION_TRUSTED[:-1]]
+    shown += [(0.0, t) for t in FUSION_TRUSTED[:-1]]
     chosen = best(scored)
     for r in (*shown, chosen):
         per[_rule_name(*r)] = per_rule[r]
