@@ -509,11 +509,7 @@ def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline:
         gateway_model=gateway,
         tau_mbits=args.tau_mbits,
         min_conf_e4=args.min_conf_e4,
-        fusion=HrFusion(
-            mode=defaults.heart_rate,
-            model_margin=defaults.hr_model_margin,
-            signal_trusted=defaults.hr_signal_trusted,
-        ),
+        fusion=HrFusion.of(defaults),
         baseline=baseline,
     )
 

@@ -1687,10 +1687,12 @@ def _fused(table: WindowTable, rule: tuple[float, float] | None) -> npt.NDArray[
     if rule is None:
         take = ~np.isnan(model)
     else:
-        margin, trusted = rule
-        take = ~np.isnan(model) & (
-            np.isnan(wear) | ((table.model_hr_conf > conf + margin) & (conf < trusted))
+        fusion = HrFusion("fused", *rule)  # the gateway's own rule (fuse_hr), window by window
+        prefers = np.array(
+            [fusion.prefers_model(m, c) for m, c in zip(table.model_hr_conf, conf, strict=True)],
+            dtype=bool,
         )
+        take = ~np.isnan(model) & (np.isnan(wear) | prefers)
     out: npt.NDArray[np.float64] = np.where(table.offloaded & take, model, wear)
     return out
 

@@ -781,11 +781,7 @@ class InferenceWorker:
 
     def __init__(self, session: ModelSession | None, config: InferenceConfig) -> None:
         self.session = session
-        self.fusion = HrFusion(
-            mode=config.heart_rate,
-            model_margin=config.hr_model_margin,
-            signal_trusted=config.hr_signal_trusted,
-        )
+        self.fusion = HrFusion.of(config)
         self.max_batch = config.max_batch
         self.max_wait_s = config.max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)

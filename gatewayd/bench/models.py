@@ -270,10 +270,13 @@ def format_bench(report: BenchReport) -> str:
         "Our models:",
     ]
     # Each model's "metrics on" text (long: datasets, folds) once, below the table.
+    metrics_on = [
+        m.evaluated_on + (" (synthetic data in training)" if m.synthetic_training else "")
+        for m in report.models
+    ]
     notes: dict[str, int] = {}
-    for bench in report.models:
-        synthetic = " (synthetic data in training)" if bench.synthetic_training else ""
-        notes.setdefault(bench.evaluated_on + synthetic, len(notes) + 1)
+    for text in metrics_on:
+        notes.setdefault(text, len(notes) + 1)
     rows = [
         [
             m.model_id,
@@ -287,14 +290,9 @@ def format_bench(report: BenchReport) -> str:
             _f(None if m.activity_top1 is None else 100 * m.activity_top1, ".1f"),
             _f(m.hr_mae_bpm, ".2f"),
             f"{m.latency_ms / report.preprocess_ms:.2f}",
-            "[{}]".format(
-                notes[
-                    m.evaluated_on
-                    + (" (synthetic data in training)" if m.synthetic_training else "")
-                ]
-            ),
+            f"[{notes[text]}]",
         ]
-        for m in report.models
+        for m, text in zip(report.models, metrics_on, strict=True)
     ]
     batch = report.models[0].batch if report.models else 32
     lines.append(

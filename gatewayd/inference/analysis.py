@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gatewayd.config import InferenceConfig
 from gatewayd.inference.cards import ACTIVITY_CLASSES, ModelCard, OutputSpec
 from gatewayd.inference.groups import group_prediction
 from gatewayd.inference.session import (
@@ -96,6 +97,10 @@ class WindowAnalysis:
     result: Mapping[str, Any] | None = None
 
 
+#: The [inference] defaults: one source for the fusion's defaults (the config's).
+_INFERENCE_DEFAULTS: Final = InferenceConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class HrFusion:
     """How the heart rate of an offloaded window is chosen.
@@ -107,10 +112,22 @@ class HrFusion:
     none). ``model``: the model's whenever there is one.
     """
 
-    mode: HrMode = "fused"
-    model_margin: float = 0.5
+    mode: HrMode = _INFERENCE_DEFAULTS.heart_rate
+    model_margin: float = _INFERENCE_DEFAULTS.hr_model_margin
     #: A wearable estimate at least this confident is kept whatever the model says (> 1: never).
-    signal_trusted: float = 1.01
+    signal_trusted: float = _INFERENCE_DEFAULTS.hr_signal_trusted
+
+    @classmethod
+    def of(cls, config: InferenceConfig) -> HrFusion:
+        """The fusion an [inference] section asks for."""
+        return cls(config.heart_rate, config.hr_model_margin, config.hr_signal_trusted)
+
+    def prefers_model(self, model_confidence: float, wearable_confidence: float) -> bool:
+        """``fused``: whether the model's estimate beats the wearable's (both present)."""
+        return (
+            model_confidence > wearable_confidence + self.model_margin
+            and wearable_confidence < self.signal_trusted
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +297,7 @@ def fuse_hr(
             or wearable_bpm is None
             or (
                 fusion.mode == "fused"
-                and model.hr_confidence > wearable_confidence + fusion.model_margin
-                and wearable_confidence < fusion.signal_trusted
+                and fusion.prefers_model(model.hr_confidence, wearable_confidence)
             )
         )
     ):
