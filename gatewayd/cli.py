@@ -649,7 +649,7 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
-    """The whole pipeline per window beside the bare model (DESIGN.md §10), synthetic data."""
+    """The whole pipeline per window beside the bare model (docs/benchmarks.md), synthetic data."""
     # Imported here: benchmarking pulls in onnxruntime, the store, aiomqtt and the emulator.
     from gatewayd.bench.pipeline import (  # noqa: PLC0415
         bench_broker,

@@ -10,7 +10,7 @@ from blockbuster import blockbuster_ctx
 
 @pytest.fixture(autouse=True)
 def no_blocking_calls_in_the_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail any async test in which gatewayd code blocks the event loop (STYLE.md).
+    """Fail any async test in which gatewayd code blocks the event loop (docs/architecture.md).
 
     blockbuster patches time.sleep, file and socket I/O and friends to raise when called from
     code under gatewayd/ while an event loop runs in this thread; work that must block belongs

@@ -3,7 +3,7 @@
 Acceptance (issue): "The gateway is killed with SIGKILL mid-stream and restarted: every event it
 had written is still delivered; the store passes its integrity check."
 
-Real parts (STYLE.md): `python -m gatewayd run --config F` in a subprocess whose bleak talks to
+Real parts: `python -m gatewayd run --config F` in a subprocess whose bleak talks to
 the emulated BlueZ of this process over a private D-Bus (paired devices from the state
 directory's devices.json); the wearables run here; a private mosquitto; the SQLite event log is
 read read-only from the test. tests/test_app_startup.py reuses the process helpers below.

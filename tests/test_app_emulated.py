@@ -1,6 +1,6 @@
 """The whole gateway, in-process: emulated wearables → real bleak → run_gateway → mosquitto.
 
-Real parts everywhere (STYLE.md): the emulated BlueZ on a private D-Bus, a private mosquitto on an
+Real parts everywhere: the emulated BlueZ on a private D-Bus, a private mosquitto on an
 ephemeral port, SQLite in tmp_path, and `gatewayd.app.run_gateway` with a stop Event. No model is
 installed, so the gateway runs degraded (signal-estimator HR on offloaded windows). Thresholds
 are lowered so that the planted tachycardia raises and clears alerts within the test.

@@ -1,6 +1,6 @@
 """Backpressure end to end: a saturated inference queue throttles the wearables, then relaxes.
 
-Real parts (STYLE.md): emulated wearables on the emulated BlueZ over a private D-Bus, real
+Real parts: emulated wearables on the emulated BlueZ over a private D-Bus, real
 bleak, `gatewayd.app.run_gateway` in-process, a real ONNX Runtime session, SQLite in tmp_path
 and a private mosquitto. What is observed is the wearables' own offload policy (the
 `WearableCore` applies the gateway's SET_POLICY control writes).

@@ -1,3 +1,3 @@
-"""bench: see DESIGN.md §3 and §10. ``models``: `gatewayd bench models` (gatewayd.bench.models);
+"""bench: see docs/benchmarks.md. ``models``: `gatewayd bench models` (gatewayd.bench.models);
 ``pipeline``: `gatewayd bench pipeline`, the whole pipeline per window beside the bare model
 (gatewayd.bench.pipeline, docs/benchmarks.md)."""

@@ -8,7 +8,7 @@ shape of the trade-off can be compared across very different hardware. The same 
 one window's preprocessing (the transform the models' cards name, `model_input`) and reports
 the model's cost relative to it.
 
-Timing is measured here, never asserted in tests (DESIGN.md §10).
+Timing is measured here, never asserted in tests (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`gatewayd bench pipeline`: what one offloaded window costs end to end, beside the model alone.
 
-DESIGN.md §10: "The whole pipeline per window (decode + infer + rules + log + publish) should
-cost little more than the model itself: report the ratio." One run measures, on the same
-windows:
+The goal (docs/architecture.md, "Performance budget"): the whole pipeline per window (decode +
+infer + rules + log + publish) should cost little more than the model itself; report the ratio.
+One run measures, on the same windows:
 
 - the bare model: the configured gateway model (``inference.model``, found as `gatewayd run`
   finds it) on one preprocessed window at a time, batch 1, one thread: per-window wall time
@@ -19,7 +19,7 @@ windows:
   the rules, the store write and the telemetry publish.
 
 All data is synthetic (`gatewayd.datasets.synthetic`). Timing is measured here, never asserted
-in tests (DESIGN.md §10).
+in tests (docs/architecture.md).
 """
 
 from __future__ import annotations

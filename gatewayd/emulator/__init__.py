@@ -1,4 +1,4 @@
-"""BLE emulator: a fake BlueZ on a private D-Bus that unmodified bleak talks to (DESIGN.md §5).
+"""BLE emulator: a fake BlueZ on a private D-Bus that unmodified bleak talks to (docs/emulator.md).
 
 :class:`PrivateBus` runs the bus, :class:`FakeBluez` plays bluetoothd on it; docs/emulator.md
 explains how to point a gateway at it.

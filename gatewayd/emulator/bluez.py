@@ -1,6 +1,6 @@
 """A fake BlueZ on a private D-Bus: unmodified bleak sees adapters, devices and GATT objects.
 
-DESIGN.md §5: no test machine has a Bluetooth controller, and bleak on Linux only talks to
+Why: no test machine has a Bluetooth controller, and bleak on Linux only talks to
 bluetoothd over D-Bus. :class:`FakeBluez` owns ``org.bluez`` on a bus (usually a
 :class:`~gatewayd.emulator.bus.PrivateBus`) and exports what bluetoothd exports, named, typed and
 ordered the way bleak 3.1 reads it::

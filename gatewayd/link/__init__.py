@@ -1,1 +1,1 @@
-"""link: see DESIGN.md §3."""
+"""link: see docs/architecture.md."""

@@ -1,1 +1,1 @@
-"""models: see DESIGN.md §3."""
+"""models: see docs/models.md."""

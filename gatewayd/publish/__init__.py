@@ -1,4 +1,4 @@
-"""publish: the MQTT side (DESIGN.md §8, docs/mqtt.md).
+"""publish: the MQTT side (docs/mqtt.md).
 
 `Publisher` (client.py) runs the aiomqtt connection loop; payloads.py holds the JSON payload
 models, topics.py the topic tree and Home Assistant discovery, backoff.py the reconnect delays.

@@ -1,6 +1,6 @@
 """The JSON payloads gatewayd publishes over MQTT, as frozen pydantic models.
 
-These models are the MQTT contract (DESIGN.md §8, docs/mqtt.md). Every payload carries
+These models are the MQTT contract (docs/mqtt.md). Every payload carries
 ``schema_version``; a change that breaks subscribers bumps it. docs/mqtt.md embeds the JSON
 Schema of each model, and a test fails when the document and the models disagree
 (`schema_markdown` renders the section; ``GATEWAYD_UPDATE_DOCS=1`` makes the test rewrite it).

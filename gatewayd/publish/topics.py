@@ -1,7 +1,7 @@
 """The topic tree and Home Assistant MQTT discovery: pure functions, no I/O.
 
 ``<topic_root>/<gateway_id>/{status,alerts}`` and ``<topic_root>/<gateway_id>/devices/
-<device_id>/{state,alerts,telemetry,open_alerts}`` (DESIGN.md §8, docs/mqtt.md). Device ids are
+<device_id>/{state,alerts,telemetry,open_alerts}`` (docs/mqtt.md). Device ids are
 the stable aliases given at pairing, never MAC addresses; anything that could change the shape
 of a topic (a wildcard, a slash, a NUL, a colon from a MAC) is rejected here with `TopicError`.
 
