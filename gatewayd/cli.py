@@ -1,9 +1,9 @@
 """The `gatewayd` command: argparse, one small function per subcommand.
 
-Each subcommand is registered with ``set_defaults(func=...)``; a later milestone replaces one
-function (and its parser) at a time. Commands that are not built yet say so and exit 69
-(EX_UNAVAILABLE). Exit codes: 0 ok, 1 error (`doctor`: a check failed), 64 usage, 69 not built,
-78 configuration, 130 interrupted (docs/running.md).
+Each subcommand is registered with ``set_defaults(func=...)``. Exit codes: 0 ok, 1 error
+(`doctor`: a check failed), 64 usage, 69 unavailable (something a command needs is not there,
+e.g. no installed model, or the demo's module), 78 configuration, 130 interrupted
+(docs/running.md).
 """
 
 from __future__ import annotations

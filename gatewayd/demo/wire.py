@@ -183,7 +183,7 @@ def _sparkline(x: NDArray[np.signedinteger], width: int = 64) -> str:
 def _print_report(r: dict[str, Any], vector: GoldenVector, out: TextIO) -> None:
     w = out.write
     w("gatewayd demo: C firmware stub -> BLE notifications -> gateway decoder\n")
-    w("(the full pipeline demo, with emulated wearables, MQTT and alerts, comes later)\n\n")
+    w("(the full pipeline, with emulated wearables, MQTT and alerts: `gatewayd demo`)\n\n")
     w(
         f"sent      {r['type']} of {r['bytes']} bytes in {r['fragments']} fragments "
         f"at MTU {r['mtu']}\n"
