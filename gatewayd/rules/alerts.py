@@ -126,7 +126,9 @@ class AlertTransition:
     ``episode`` numbers the raises of this kind on this device (1, 2, ...): a clear carries
     the episode it ends. ``reason`` says why: "threshold" for a raise; for a clear, "recovered",
     "movement", "reconnected", "data", "charging", or "off_wrist" / "no_data" when a physiological
-    alert is withdrawn because its data stopped being trustworthy (not because it got better).
+    alert is withdrawn because its data stopped being trustworthy (not because it got better),
+    or "disabled" for an alert restored at a restart whose rule is now off. ``t`` and
+    ``raised_at`` are wall-clock labels (the rules time everything on the monotonic clock).
     """
 
     device_id: str

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from gatewayd.rules.alerts import AlertKind, AlertTransition
 from gatewayd.rules.config import RulesConfig
 from gatewayd.rules.evaluate import DeviceState, observe, on_link, on_tick
 from gatewayd.rules.inputs import LinkStatus, Observation, RuleInput, Tick
+from gatewayd.rules.restore import AlertRecord, RestoreResult, restore_alerts
 
 __all__ = ["RuleEngine"]
 
@@ -37,11 +38,14 @@ class RuleEngine:
         self._devices[status.device_id] = state
         return out
 
-    def tick(self, t: float) -> list[AlertTransition]:
-        """Let time-based rules fire for every known device (in device id order)."""
+    def tick(self, t: float, mono: float | None = None) -> list[AlertTransition]:
+        """Let time-based rules fire for every known device (in device id order).
+
+        ``t`` is the wall clock (labels), ``mono`` the monotonic clock (None: ``t``).
+        """
         out: list[AlertTransition] = []
         for device_id in sorted(self._devices):
-            state, transitions = on_tick(self.config, self._devices[device_id], t)
+            state, transitions = on_tick(self.config, self._devices[device_id], t, mono)
             self._devices[device_id] = state
             out.extend(transitions)
         return out
@@ -53,7 +57,23 @@ class RuleEngine:
         if isinstance(item, LinkStatus):
             return self.link(item)
         assert isinstance(item, Tick)
-        return self.tick(item.t)
+        return self.tick(item.t, item.mono)
+
+    def restore(
+        self, open_alerts: Iterable[AlertRecord], *, t: float, mono: float | None = None
+    ) -> RestoreResult:
+        """Take over the alerts open at the last shutdown (gatewayd.rules.restore).
+
+        Call it once at start, before any input: ``t`` is the wall clock now, ``mono`` the
+        monotonic clock the inputs will carry (None: ``t``). Returns what was restored, what was
+        skipped and why, and the clears of alerts whose rule is now disabled (to be written
+        like any transition).
+        """
+        states, result = restore_alerts(
+            self.config, self._devices, open_alerts, t=t, mono=t if mono is None else mono
+        )
+        self._devices = states
+        return result
 
     @property
     def devices(self) -> Mapping[str, DeviceState]:

@@ -1,9 +1,11 @@
 """Pure evaluation: (config, device state, input) -> (new device state, alert transitions).
 
 No clock and no I/O: time comes in the inputs, and never runs backwards for a device (an input
-older than the newest one seen is evaluated at the newest time). Technical rules are evaluated
-before physiological ones, so a window that turns a device off-wrist also withdraws its
-physiological alerts in the same call.
+older than the newest one seen is evaluated at the newest time). Every duration, cooldown,
+staleness and history window is measured on the inputs' monotonic ``mono``; their wall-clock
+``t`` only labels transitions and evidence (gatewayd.rules.inputs). Technical rules are
+evaluated before physiological ones, so a window that turns a device off-wrist also withdraws
+its physiological alerts in the same call.
 """
 
 from __future__ import annotations
@@ -51,15 +53,20 @@ class HrPoint:
     """A trustworthy heart-rate value kept for the abrupt-change rule."""
 
     seq: int
+    #: Monotonic time (the ``within_s`` window); ``wall`` labels it in the evidence.
     t: float
     hr_bpm: float
     #: The known activity group (`ActivityGroup` code) the value was measured in.
     activity: int
+    wall: float
 
 
 @dataclass(frozen=True, slots=True)
 class Bout:
-    """A stretch of windows of one known activity group, no hole longer than rules.hr.max_gap_s."""
+    """A stretch of windows of one known activity group, no hole longer than rules.hr.max_gap_s.
+
+    ``start`` and ``last`` are monotonic times.
+    """
 
     group: int
     start: float
@@ -76,15 +83,21 @@ class Bout:
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
-    """Everything the rules remember about one device."""
+    """Everything the rules remember about one device.
+
+    Times named ``*_t`` are monotonic (the inputs' ``mono``); ``*_wall`` are their wall-clock
+    labels, as they were when recorded.
+    """
 
     device_id: str
-    #: The newest input time seen: time never runs backwards for a device.
+    #: The newest monotonic input time seen: time never runs backwards for a device.
     last_t: float | None = None
     #: None until the first link status or observation.
     connected: bool | None = None
     link_changed_t: float | None = None
+    link_changed_wall: float | None = None
     last_obs_t: float | None = None
+    last_obs_wall: float | None = None
     last_seq: int | None = None
     hr_history: tuple[HrPoint, ...] = ()
     #: The latest bout of each known activity group (the tachycardia rule's recovery).
@@ -116,10 +129,12 @@ class DeviceState:
 class _Run:
     """Collects transitions while one input is evaluated (local to one pure call)."""
 
-    def __init__(self, config: RulesConfig, state: DeviceState, t: float) -> None:
+    def __init__(self, config: RulesConfig, state: DeviceState, t: float, wall: float) -> None:
         self.config = config
         self.state = state
+        #: Monotonic time of the input (every duration); ``wall`` labels what it produces.
         self.t = t
+        self.wall = wall
         self.out: list[AlertTransition] = []
 
     def rule(self, kind: AlertKind) -> RuleBase:
@@ -162,7 +177,7 @@ class _Run:
                 category=CATEGORY[kind],
                 severity=rule.severity,
                 state=outcome,
-                t=self.t if t is None else t,
+                t=self.wall if t is None else t,
                 episode=episode,
                 raised_at=raised_at,
                 reason=reason,
@@ -191,6 +206,7 @@ class _Run:
             level,
             self.t,
             sample,
+            wall=self.wall,
             min_duration_s=rule.min_duration_s,
             cooldown_s=rule.cooldown_s,
             max_gap_s=self.config.hr.max_gap_s if kind in HR_KINDS else _TECHNICAL_GAP_S,
@@ -228,9 +244,13 @@ class _Run:
 _TECHNICAL_GAP_S: Final = 30.0
 
 
-def _advance(state: DeviceState, t: float) -> tuple[DeviceState, float]:
-    t = t if state.last_t is None else max(t, state.last_t)
-    return replace(state, last_t=t), t
+def _advance(state: DeviceState, wall: float, mono: float) -> tuple[DeviceState, float, float]:
+    """The input's (monotonic, wall) time, never before the newest seen for the device.
+
+    A late input is evaluated at the newest monotonic time; its wall label moves by as much.
+    """
+    now = mono if state.last_t is None else max(mono, state.last_t)
+    return replace(state, last_t=now), now, wall + (now - mono)
 
 
 def _sample(
@@ -281,17 +301,18 @@ def observe(
     config: RulesConfig, state: DeviceState, obs: Observation
 ) -> tuple[DeviceState, list[AlertTransition]]:
     """Evaluate every rule on one window."""
-    state, t = _advance(state, obs.t)
+    state, t, wall = _advance(state, obs.t, obs.clock)
     if state.connected is not True:
         # Windows only arrive over a live link: data proves the connection.
-        state = replace(state, connected=True, link_changed_t=t)
-    state = replace(state, last_obs_t=t, last_seq=obs.seq)
-    run = _Run(config, state, t)
+        state = replace(state, connected=True, link_changed_t=t, link_changed_wall=wall)
+    state = replace(state, last_obs_t=t, last_obs_wall=wall, last_seq=obs.seq)
+    run = _Run(config, state, t, wall)
     for kind in (AlertKind.DEVICE_SILENT, AlertKind.DISCONNECTED):
         before = run.state.track(kind)
         if before.active:
             run.set_track(kind, clear(before, t))
-            run.emit(kind, "cleared", before, before, reason="data", samples=(_sample(obs, t, 1),))
+            data = (_sample(obs, wall, 1),)
+            run.emit(kind, "cleared", before, before, reason="data", samples=data)
     _technical(run, obs)
     if obs.off_wrist:
         run.withdraw_hr_rules("off_wrist")
@@ -302,11 +323,11 @@ def observe(
 
 
 def _technical(run: _Run, obs: Observation) -> None:
-    config, t = run.config, run.t
+    config, wall = run.config, run.wall
     run.apply(
         AlertKind.OFF_WRIST,
         Level.RAISE if obs.off_wrist else Level.CLEAR,
-        _sample(obs, t, 1.0 if obs.off_wrist else 0.0),
+        _sample(obs, wall, 1.0 if obs.off_wrist else 0.0),
         thresholds=(("min_duration_s", config.off_wrist.min_duration_s),),
         clear_reason="worn",
     )
@@ -320,7 +341,7 @@ def _technical(run: _Run, obs: Observation) -> None:
     run.apply(
         AlertKind.POOR_SIGNAL,
         quality_level,
-        None if obs.signal_quality is None else _sample(obs, t, obs.signal_quality),
+        None if obs.signal_quality is None else _sample(obs, wall, obs.signal_quality),
         thresholds=(
             ("threshold", poor.threshold),
             ("clear_above", poor.threshold + poor.hysteresis),
@@ -338,7 +359,7 @@ def _technical(run: _Run, obs: Observation) -> None:
     run.apply(
         AlertKind.LOW_BATTERY,
         battery_level,
-        None if obs.battery is None else _sample(obs, t, obs.battery),
+        None if obs.battery is None else _sample(obs, wall, obs.battery),
         thresholds=(
             ("threshold_pct", battery.threshold_pct),
             ("clear_at_pct", battery.threshold_pct + battery.hysteresis_pct),
@@ -353,7 +374,7 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
     hr = usable_hr(config, obs)
     group = config.activities.group_of(obs.activity, obs.activity_confidence)
     cls = config.activities.class_of(obs.activity, obs.activity_confidence)
-    sample = None if hr is None else _sample(obs, t, hr, cls)
+    sample = None if hr is None else _sample(obs, run.wall, hr, cls)
     stale = config.hr.stale_s
     # "activity" is the group the limits were chosen by; "unknown" when the reported one
     # (kept as reported_activity) was missing or below rules.activities.min_confidence.
@@ -481,14 +502,14 @@ def _abrupt_change(
         history = ()  # the history only ever holds one group's run
     reference = max(history, key=lambda p: abs(hr - p.hr_bpm), default=None)
     delta = 0.0 if reference is None else hr - reference.hr_bpm
-    point = HrPoint(obs.seq, t, hr, int(group))
+    point = HrPoint(obs.seq, t, hr, int(group), run.wall)
     run.state = replace(run.state, hr_history=(*history, point))
     extra: tuple[tuple[str, Scalar], ...] = ()
     if reference is not None:
         extra = (
             ("delta_bpm", round(delta, 2)),
             ("from_seq", reference.seq),
-            ("from_t", reference.t),
+            ("from_t", reference.wall),
             ("from_bpm", reference.hr_bpm),
         )
     run.apply(
@@ -509,7 +530,7 @@ def _fall(run: _Run, obs: Observation) -> None:
     rule = run.config.fall
     if not rule.enabled:
         return
-    state, events = step_fall(run.state.fall, obs, rule, run.config.max_evidence)
+    state, events = step_fall(run.state.fall, obs, rule, run.config.max_evidence, run.t)
     run.state = replace(run.state, fall=state)
     thresholds = (
         ("impact_g", rule.impact_g),
@@ -549,26 +570,26 @@ def on_link(
     config: RulesConfig, state: DeviceState, status: LinkStatus
 ) -> tuple[DeviceState, list[AlertTransition]]:
     """Record a link change, then let time-based rules look at the new time."""
-    state, t = _advance(state, status.t)
-    run = _Run(config, state, t)
+    state, t, wall = _advance(state, status.t, status.clock)
+    run = _Run(config, state, t, wall)
+    if state.connected is not status.connected:
+        run.state = replace(
+            run.state, connected=status.connected, link_changed_t=t, link_changed_wall=wall
+        )
     if status.connected:
-        if state.connected is not True:
-            run.state = replace(run.state, connected=True, link_changed_t=t)
         _clear_now(run, AlertKind.DISCONNECTED, "reconnected")
     else:
-        if state.connected is not False:
-            run.state = replace(run.state, connected=False, link_changed_t=t)
         _clear_now(run, AlertKind.DEVICE_SILENT, "disconnected")
     _time_rules(run)
     return run.state, run.out
 
 
 def on_tick(
-    config: RulesConfig, state: DeviceState, t: float
+    config: RulesConfig, state: DeviceState, t: float, mono: float | None = None
 ) -> tuple[DeviceState, list[AlertTransition]]:
-    """Let time-based rules (silence, disconnection, staleness) look at time ``t``."""
-    state, t = _advance(state, t)
-    run = _Run(config, state, t)
+    """Let time-based rules (silence, disconnection, staleness) look at wall ``t``, ``mono``."""
+    state, now, wall = _advance(state, t, t if mono is None else mono)
+    run = _Run(config, state, now, wall)
     _time_rules(run)
     return run.state, run.out
 
@@ -582,18 +603,26 @@ def _clear_now(run: _Run, kind: AlertKind, reason: str) -> None:
 
 def _time_rules(run: _Run) -> None:
     config, state, t = run.config, run.state, run.t
-    silent_since = max(
-        (x for x in (state.last_obs_t, state.link_changed_t) if x is not None), default=None
-    )
-    if state.connected is True and silent_since is not None:
+    marks = [
+        (mono, wall)
+        for mono, wall in (
+            (state.last_obs_t, state.last_obs_wall),
+            (state.link_changed_t, state.link_changed_wall),
+        )
+        if mono is not None and wall is not None
+    ]
+    if state.connected is True and marks:
         _raise_after(
             run,
             AlertKind.DEVICE_SILENT,
-            silent_since,
-            (("last_seq", state.last_seq), ("last_data_t", state.last_obs_t)),
+            max(marks),
+            (("last_seq", state.last_seq), ("last_data_t", state.last_obs_wall)),
         )
     if state.connected is False and state.link_changed_t is not None:
-        _raise_after(run, AlertKind.DISCONNECTED, state.link_changed_t, ())
+        assert state.link_changed_wall is not None
+        _raise_after(
+            run, AlertKind.DISCONNECTED, (state.link_changed_t, state.link_changed_wall), ()
+        )
     for kind in HR_KINDS:
         if run.rule(kind).enabled:
             before = run.state.track(kind)
@@ -603,17 +632,22 @@ def _time_rules(run: _Run) -> None:
 
 
 def _raise_after(
-    run: _Run, kind: AlertKind, since: float, facts: tuple[tuple[str, Scalar], ...]
+    run: _Run,
+    kind: AlertKind,
+    since: tuple[float, float],
+    facts: tuple[tuple[str, Scalar], ...],
 ) -> None:
-    """Raise a condition that has held since ``since`` once it lasted min_duration_s."""
+    """Raise a condition that has held since ``since`` (monotonic, wall) once it lasted
+    min_duration_s (on the monotonic clock)."""
     rule = run.rule(kind)
     before = run.state.track(kind)
     if not rule.enabled or before.active:
         return
-    lasted = run.t - since
+    since_mono, since_wall = since
+    lasted = run.t - since_mono
     if lasted < rule.min_duration_s or in_cooldown(before, run.t, rule.cooldown_s):
         return
-    after = raise_(replace(before, run_start=since, run_last=run.t), run.t)
+    after = raise_(replace(before, run_start=since_mono, run_last=run.t), run.t, run.wall)
     run.set_track(kind, after)
     run.emit(
         kind,
@@ -622,7 +656,7 @@ def _raise_after(
         after,
         reason="threshold",
         thresholds=(("min_duration_s", rule.min_duration_s),),
-        facts=(("since", since), ("for_s", lasted), *facts),
+        facts=(("since", since_wall), ("for_s", lasted), *facts),
     )
     # No data is coming: heart-rate alerts can no longer be vouched for.
     run.withdraw_hr_rules("no_data")

@@ -9,6 +9,27 @@ and *moving* when it is at least ``moving_min_std_g``; in between is neither (th
 idle --impact--> impact --(settle_s ignored, then min_duration_s of still blocks)--> raised
 impact --any non-still block, or a gap in ACC coverage > max_gap_s--> idle
 raised --moving block--> idle (cleared, reason "movement")
+
+The rule runs on the samples' clock (``acc_end``: the wearable's, once synced, else the
+gateway's wall clock at arrival), so that windows arriving in a burst still cover the seconds
+they measured. That clock can jump (the gateway's wall clock stepped by NTP, or the wearable
+re-synced to it at a reconnect); `bridge_clock` detects a jump against the monotonic clock and
+moves the rule's state onto the new clock, so a jump neither fakes seconds of stillness nor
+hides the samples that follow it:
+
+- backwards: a newer message (``seq`` ahead) whose samples end before the previous message's
+  did. No continuous clock does that (messages arrive in ``seq`` order).
+- forwards: the next message (``seq`` exactly one ahead: nothing lost in between) whose samples'
+  clock advanced more than ``window_s`` beyond the monotonic clock's advance. A burst of late
+  windows advances the samples' clock at most one message interval (less than a window, since
+  windows overlap) beyond the monotonic clock per message, so it is not taken for a jump.
+  A smaller forward jump goes unnoticed: it can stretch a stillness by less than a window, as
+  before. A forward step across lost messages is a hole in the data, not bridged.
+
+The jump is taken to be the samples' advance minus the monotonic advance; the state's
+sample-clock times (coverage, impact, stillness) move by it. A backward jump smaller than the
+time since the device's previous message is not seen (the samples' clock still moved forward).
+The cooldown runs on the monotonic clock, as every rule's does.
 """
 
 from __future__ import annotations
@@ -24,7 +45,15 @@ from gatewayd.rules.config import FallConfig
 from gatewayd.rules.inputs import Observation
 from gatewayd.rules.track import Outcome, TrackState, bounded, clear, in_cooldown, raise_
 
-__all__ = ["AccBlock", "FallEvent", "FallState", "acc_blocks", "acc_end", "step_fall"]
+__all__ = [
+    "AccBlock",
+    "FallEvent",
+    "FallState",
+    "acc_blocks",
+    "acc_end",
+    "bridge_clock",
+    "step_fall",
+]
 
 Phase = Literal["idle", "impact", "raised"]
 
@@ -54,6 +83,10 @@ class FallState:
     impact_g: float | None = None
     still_from: float | None = None
     still_max_std_g: float = 0.0
+    #: The previous observation's ``acc_end``, monotonic time and ``seq`` (`bridge_clock`).
+    last_acc_end: float | None = None
+    last_mono: float | None = None
+    last_seq: int | None = None
 
 
 def acc_end(obs: Observation) -> float:
@@ -135,10 +168,47 @@ class FallEvent:
     before: FallState
 
 
+def _seq_ahead(seq: int, previous: int) -> bool:
+    """True if ``seq`` is a later message than ``previous`` (RFC 1982, 32-bit)."""
+    return 0 < (seq - previous) % 2**32 < 2**31
+
+
+def bridge_clock(state: FallState, obs: Observation, mono: float) -> FallState:
+    """Follow the samples' clock across a jump (module docstring); record this observation."""
+    end = acc_end(obs)
+    prev_end, prev_mono, prev_seq = state.last_acc_end, state.last_mono, state.last_seq
+    state = replace(state, last_acc_end=end, last_mono=mono, last_seq=obs.seq)
+    if prev_end is None or prev_mono is None or prev_seq is None:
+        return state
+    advance, elapsed = end - prev_end, max(0.0, mono - prev_mono)
+    backwards = advance < 0 and _seq_ahead(obs.seq, prev_seq)
+    forwards = advance - elapsed > obs.window_s and (obs.seq - prev_seq) % 2**32 == 1
+    if not (backwards or forwards):
+        return state
+    return _shifted(state, advance - elapsed)
+
+
+def _shifted(state: FallState, jump: float) -> FallState:
+    def move(x: float | None) -> float | None:
+        return None if x is None else x + jump
+
+    return replace(
+        state,
+        covered_until=move(state.covered_until),
+        impact_t=move(state.impact_t),
+        still_from=move(state.still_from),
+    )
+
+
 def step_fall(
-    state: FallState, obs: Observation, config: FallConfig, max_evidence: int
+    state: FallState, obs: Observation, config: FallConfig, max_evidence: int, mono: float
 ) -> tuple[FallState, list[FallEvent]]:
-    """Feed one window's accelerometer data to the fall rule (off-wrist windows are skipped)."""
+    """Feed one window's accelerometer data to the fall rule (off-wrist windows are skipped).
+
+    ``mono`` is the observation's monotonic time: the cooldown runs on it, and it shows jumps
+    of the samples' clock (`bridge_clock`).
+    """
+    state = bridge_clock(state, obs, mono)
     if obs.off_wrist:
         # A device lying on a table is still, and one dropped on it sees an impact: neither is
         # a fall. The ACC is marked seen so it is not used later.
@@ -148,7 +218,7 @@ def step_fall(
     sample_of = _Sampler(obs)
     for block in blocks:
         before = state
-        state, outcome = _step_block(state, block, config, sample_of, max_evidence)
+        state, outcome = _step_block(state, block, config, sample_of, max_evidence, mono=mono)
         if outcome == "raised":
             events.append(FallEvent("raised", block.t_end, state))
         elif outcome == "cleared":
@@ -184,12 +254,20 @@ def _step_block(
     config: FallConfig,
     sample_of: _Sampler,
     max_evidence: int,
+    *,
+    mono: float,
 ) -> tuple[FallState, Outcome]:
     previous_end = state.covered_until
     state = replace(state, covered_until=block.t_end)
     if state.phase == "raised":
         if _is_moving(block, config):
-            idle = FallState(track=clear(state.track, block.t_end), covered_until=block.t_end)
+            idle = FallState(
+                track=clear(state.track, mono),
+                covered_until=block.t_end,
+                last_acc_end=state.last_acc_end,
+                last_mono=state.last_mono,
+                last_seq=state.last_seq,
+            )
             return idle, "cleared"
         return state, None
     gap = block.t_start - previous_end if previous_end is not None else 0.0
@@ -211,7 +289,7 @@ def _step_block(
         ), None
     if state.phase != "impact":
         return state, None
-    return _after_impact(state, block, config, sample_of, max_evidence)
+    return _after_impact(state, block, config, sample_of, max_evidence, mono=mono)
 
 
 def _after_impact(
@@ -220,6 +298,8 @@ def _after_impact(
     config: FallConfig,
     sample_of: _Sampler,
     max_evidence: int,
+    *,
+    mono: float,
 ) -> tuple[FallState, Outcome]:
     assert state.impact_t is not None
     if block.t_start < state.impact_t + config.settle_s:
@@ -236,7 +316,8 @@ def _after_impact(
         track=replace(state.track, samples=bounded(state.track.samples, sample, max_evidence)),
     )
     if block.t_end - still_from >= config.min_duration_s and not in_cooldown(
-        state.track, block.t_end, config.cooldown_s
+        state.track, mono, config.cooldown_s
     ):
-        return replace(state, phase="raised", track=raise_(state.track, block.t_end)), "raised"
+        track = raise_(state.track, mono, block.t_end)
+        return replace(state, phase="raised", track=track), "raised"
     return state, None

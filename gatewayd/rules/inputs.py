@@ -1,7 +1,15 @@
 """What the rules read: one `Observation` per window, link status changes, and clock ticks.
 
-Time is always passed in (seconds, the gateway's wall clock at arrival); nothing here reads a
-clock. Durations are measured between the ``t`` of the inputs themselves.
+Time is always passed in; nothing here reads a clock. Every input carries two times:
+
+- ``t``: the gateway's wall clock (Unix seconds) at arrival. It only *labels*: the ``t`` and
+  ``raised_at`` of alert transitions, evidence timestamps, the ``since`` of a silence.
+- ``mono``: a monotonic clock (seconds, any origin, e.g. ``time.monotonic()``). Every duration,
+  cooldown, staleness, history window and activity bout is measured on it, so a wall clock that
+  jumps (NTP syncing a Pi without a real-time clock) neither fires nor clears anything.
+
+``mono=None`` means "the same as ``t``" (callers that only have one clock, e.g. replays of
+recordings, where both are the recording's time).
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ HrSource = Literal["model", "signal", "strap"]
 class Observation:
     """What is known about one window of one device.
 
-    ``t`` is the end of the window. ``acc``, when present, is the window's raw accelerometer in
+    ``t`` is the end of the window (wall clock, a label); ``mono`` the same moment on the
+    monotonic clock the rules time by. ``acc``, when present, is the window's raw accelerometer in
     g, shape (n, 3), at ``acc_rate_hz``; without it, ``acc_peak_g`` and ``acc_still`` can carry
     a summary computed elsewhere (either may be None: unknown). ``acc_end`` is when the last
     accelerometer sample was taken, on the clock that timed the samples (the wearable's, once
@@ -55,15 +64,28 @@ class Observation:
     acc_peak_g: float | None = None
     acc_still: bool | None = None
     acc_end: float | None = None
+    #: Monotonic arrival time; None means ``t`` (see the module docstring).
+    mono: float | None = None
+
+    @property
+    def clock(self) -> float:
+        """The monotonic time the rules measure durations on (``mono``, else ``t``)."""
+        return self.t if self.mono is None else self.mono
 
 
 @dataclass(frozen=True, slots=True)
 class LinkStatus:
-    """The BLE link of a device came up (``connected``) or went down at ``t``."""
+    """The BLE link of a device came up (``connected``) or went down at ``t`` (``mono``)."""
 
     device_id: str
     t: float
     connected: bool
+    mono: float | None = None
+
+    @property
+    def clock(self) -> float:
+        """The monotonic time the rules measure durations on (``mono``, else ``t``)."""
+        return self.t if self.mono is None else self.mono
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +93,12 @@ class Tick:
     """Time passed: lets time-based rules (silence, disconnection, staleness) fire."""
 
     t: float
+    mono: float | None = None
+
+    @property
+    def clock(self) -> float:
+        """The monotonic time the rules measure durations on (``mono``, else ``t``)."""
+        return self.t if self.mono is None else self.mono
 
 
 RuleInput = Observation | LinkStatus | Tick

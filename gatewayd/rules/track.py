@@ -9,6 +9,9 @@ hysteresis band), CLEAR (back beyond threshold minus band) or UNKNOWN (no trustw
   has passed, the alert is raised. HOLD and CLEAR end the run; UNKNOWN neither extends nor ends it
   (durations only count between trustworthy values).
 - raised: CLEAR clears it; RAISE and HOLD keep it; UNKNOWN keeps it (see `clear_if_stale`).
+
+Every time here is monotonic (the inputs' ``mono``) except ``raised_at``, the wall-clock label
+of the raise that a clear repeats.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class TrackState:
     episode: int = 0
     run_start: float | None = None
     run_last: float | None = None
+    #: Wall-clock label of the raise (a clear carries it); not used for timing.
     raised_at: float | None = None
     cleared_at: float | None = None
     #: The latest input with a known level while raised (for staleness).
@@ -71,12 +75,13 @@ def step(
     t: float,
     sample: EvidenceSample | None,
     *,
+    wall: float,
     min_duration_s: float,
     cooldown_s: float,
     max_gap_s: float,
     max_evidence: int,
 ) -> tuple[TrackState, Outcome]:
-    """Advance one rule by one input; see the module docstring."""
+    """Advance one rule by one input at monotonic ``t`` (``wall`` labels a raise)."""
     if level is Level.UNKNOWN:
         return state, None
     if state.active:
@@ -93,13 +98,13 @@ def step(
         samples = bounded(samples, sample, max_evidence)
     state = replace(state, run_start=run_start, run_last=t, samples=samples)
     if t - run_start >= min_duration_s and not in_cooldown(state, t, cooldown_s):
-        return raise_(state, t), "raised"
+        return raise_(state, t, wall), "raised"
     return state, None
 
 
-def raise_(state: TrackState, t: float) -> TrackState:
-    """The raised state, keeping the run's evidence."""
-    return replace(state, active=True, episode=state.episode + 1, raised_at=t, last_known_t=t)
+def raise_(state: TrackState, t: float, wall: float) -> TrackState:
+    """The raised state at monotonic ``t``, labelled ``wall``, keeping the run's evidence."""
+    return replace(state, active=True, episode=state.episode + 1, raised_at=wall, last_known_t=t)
 
 
 def clear(state: TrackState, t: float) -> TrackState:
