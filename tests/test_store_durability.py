@@ -71,7 +71,7 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> N
 async def test_a_newer_file_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     async with Store.open(path) as store:
-        await store.append_event(alert(), topic="t")
+        await store.append_event(alert())
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
@@ -110,7 +110,7 @@ async def test_a_file_that_is_not_sqlite_is_moved_aside(tmp_path: Path) -> None:
         assert f"moved it to {recovery.moved_to[0]} (with its -wal/-shm)" in recovery.message
         assert "not an SQLite database" in recovery.message
         assert (await store.stats()).recovery == recovery
-        await store.append_event(alert(), topic="t")  # the fresh store works
+        await store.append_event(alert())  # the fresh store works
     assert (tmp_path / "g.db.corrupt-20251124T160000Z").read_bytes().startswith(b"this is not")
     assert integrity(path) == "ok"
 
@@ -119,7 +119,7 @@ async def test_a_corrupt_sqlite_file_is_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     async with Store.open(path) as store:
         for n in range(300):
-            await store.append_event(alert(n=n, pad="x" * 200), topic="t")
+            await store.append_event(alert(n=n, pad="x" * 200))
     size = path.stat().st_size
     assert size > 8 * 4096
     with path.open("r+b") as f:  # scribble over a few pages in the middle of the file
@@ -137,7 +137,7 @@ async def test_a_corrupt_sqlite_file_is_moved_aside(tmp_path: Path) -> None:
 async def test_a_healthy_file_is_not_touched(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     async with Store.open(path) as store:
-        await store.append_event(alert(), topic="t")
+        await store.append_event(alert())
     async with Store.open(path, options=StoreOptions(integrity_check="full")) as store:
         assert store.recovery is None
         assert len(await store.events()) == 1
@@ -146,48 +146,35 @@ async def test_a_healthy_file_is_not_touched(tmp_path: Path) -> None:
 # --- a full disk, a read-only file --------------------------------------------------------------
 
 
-async def fill(store: Store, committed: list[str]) -> None:
-    for n in range(10_000):
-        committed.append(await store.append_event(alert(n=n, pad="x" * 1000), topic="t"))
-
-
-async def test_a_full_disk_fails_the_write_clearly_and_keeps_what_was_committed(
-    tmp_path: Path,
-) -> None:
+async def test_a_full_disk_keeps_what_was_committed(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
-    # max_page_count makes SQLite answer SQLITE_FULL as a full file system would.
-    options = StoreOptions(max_page_count=40)
-    committed: list[str] = []
+    # max_page_count makes SQLite answer SQLITE_FULL as a full file system would; the store
+    # holds what it cannot write (tests/test_store_degraded.py) and, at close, gives up on it.
+    options = StoreOptions(max_page_count=40, close_timeout_s=0.2)
+    acked: list[str] = []
     async with Store.open(path, options=options) as store:
-        with pytest.raises(StoreError) as info:
-            await fill(store, committed)
-        assert "full" in str(info.value)
-        assert "free space" in str(info.value)
-        assert info.value.code == 13  # SQLITE_FULL
-        assert committed
-        # The writer is still alive: reads work, writes get an answer, none hangs.
-        assert [e.id for e in await store.events()] == committed
-        await store.flush()
-        with pytest.raises(StoreError, match="full"):
-            await store.append_event(alert(pad="x" * 1000), topic="t")
-        assert (await store.stats()).failed_items >= 2
+        while store.problem is None:
+            acked.append(await store.append_event(alert(pad="x" * 1000)))
+        assert store.problem.cause == "disk_full"
+        assert (await store.stats()).held >= 1
     assert integrity(path) == "ok"
     async with Store.open(path) as store:  # no cap: everything committed is there
-        assert [e.id for e in await store.events()] == committed
-        assert len(await store.pending_outbox(limit=10_000)) == len(committed)
+        stored = [e.event.id for e in await store.events()]
+        assert stored == acked[: len(stored)]
+        assert len(stored) >= len(acked) - 1  # at most the batch that hit the cap is lost
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 async def test_a_read_only_directory_is_reported_with_advice(tmp_path: Path) -> None:
     path = tmp_path / "ro" / "g.db"
     async with Store.open(path) as store:
-        await store.append_event(alert(), topic="t")
+        await store.append_event(alert())
     path.parent.chmod(0o500)
     path.chmod(0o400)
     try:
         with pytest.raises(StoreError, match=r"read-only|permission|cannot open"):
             async with Store.open(path) as store:
-                await store.append_event(alert(), topic="t")
+                await store.append_event(alert())
     finally:
         path.parent.chmod(0o700)
         path.chmod(0o600)
@@ -222,7 +209,7 @@ _CHILD = textwrap.dedent(
         n = 0
         while True:
             event = NewEvent("tachycardia", "warning", "firing", {"n": n}, device_id=device)
-            event_id = await store.append_event(event, topic="t/" + device)
+            event_id = await store.append_event(event)
             print(event_id, flush=True)
             n += 1
 
@@ -261,7 +248,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path) ->
     assert integrity(path) == "ok"
     async with Store.open(path) as store:
         assert store.recovery is None
-        stored = {e.id for e in await store.events()}
+        stored = {e.event.id for e in await store.events()}
         pending = {p.event_id for p in await store.pending_outbox(limit=1_000_000)}
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} acknowledged events lost"
@@ -278,17 +265,17 @@ async def test_age_retention_keeps_pending_events(tmp_path: Path) -> None:
     config = StoreConfig(path=tmp_path / "g.db", retention_days=30)
     async with Store.open(tmp_path / "g.db", config) as store:
         old = NewEvent("fall", "critical", "firing", device_id="w1", created_at=now - 40 * DAY)
-        old_published = await store.append_event(old, topic="t")
-        old_pending = await store.append_event(old, topic="t")
+        old_published = await store.append_event(old)
+        old_pending = await store.append_event(old)
         recent = dataclasses_replace(old, created_at=now - DAY)
-        recent_published = await store.append_event(recent, topic="t")
+        recent_published = await store.append_event(recent)
         await store.mark_published([old_published, recent_published])
         await store.record_window(WindowRecord("w1", now - 40 * DAY))
         await store.record_window(WindowRecord("w1", now - DAY))
 
         result = await store.run_retention(now=now)
         assert (result.events, result.windows) == (1, 1)
-        assert {e.id for e in await store.events()} == {old_pending, recent_published}
+        assert {e.event.id for e in await store.events()} == {old_pending, recent_published}
         assert [p.event_id for p in await store.pending_outbox()] == [old_pending]
         assert [w.received_at for w in await store.windows()] == [now - DAY]
 
@@ -319,14 +306,14 @@ async def test_size_retention_drops_windows_then_published_events_never_pending(
         pad = "x" * 2000
         published = [
             await store.append_event(
-                NewEvent("a", "info", "firing", {"pad": pad}, "w1", created_at=now), topic="t"
+                NewEvent("a", "info", "firing", {"pad": pad}, "w1", created_at=now)
             )
             for _ in range(300)
         ]
         await store.mark_published(published)
         pending = [
             await store.append_event(
-                NewEvent("a", "info", "firing", {"pad": pad}, "w1", created_at=now), topic="t"
+                NewEvent("a", "info", "firing", {"pad": pad}, "w1", created_at=now)
             )
             for _ in range(300)
         ]
@@ -348,7 +335,7 @@ async def test_size_retention_drops_windows_then_published_events_never_pending(
 async def test_the_schema_itself_refuses_to_delete_a_pending_event(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     async with Store.open(path) as store:
-        event_id = await store.append_event(alert(), topic="t")
+        event_id = await store.append_event(alert())
     conn = sqlite3.connect(path)
     with pytest.raises(sqlite3.IntegrityError, match="pending outbox row"):
         conn.execute("DELETE FROM events WHERE id = ?", (event_id,))

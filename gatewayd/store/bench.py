@@ -31,7 +31,7 @@ async def _run(
             for n in range(per_task):
                 event = NewEvent("bench", "info", "firing", {"n": n, "hr": 72.5}, f"w{i}")
                 t0 = time.perf_counter()
-                await store.append_event(event, topic=f"gatewayd/bench/devices/w{i}/alerts")
+                await store.append_event(event)
                 latencies.append(time.perf_counter() - t0)
 
         start = time.perf_counter()

@@ -24,7 +24,15 @@ from gatewayd.store.errors import (
 from gatewayd.store.records import StoreRecovery
 from gatewayd.store.schema import migrate, schema_version
 
-__all__ = ["OpenedFile", "connect_reader", "open_writer"]
+__all__ = [
+    "FileId",
+    "OpenedFile",
+    "clear_old_side_files",
+    "connect_reader",
+    "file_id",
+    "move_aside",
+    "open_writer",
+]
 
 log = structlog.get_logger("gatewayd.store")
 
@@ -37,6 +45,19 @@ Synchronous = Literal["NORMAL", "FULL"]
 IntegrityCheck = Literal["quick", "full", "off"]
 
 
+#: (st_dev, st_ino): which file a path names; a different one means it was replaced.
+FileId = tuple[int, int]
+
+
+def file_id(path: Path) -> FileId | None:
+    """The identity of the file at ``path``, None when there is none."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @dataclass(frozen=True, slots=True)
 class OpenedFile:
     """The writer's connection and what happened while opening it."""
@@ -45,6 +66,10 @@ class OpenedFile:
     migrated_from: int
     schema_version: int
     recovery: StoreRecovery | None
+    #: The file the connection has open (to notice it being deleted or replaced).
+    identity: FileId | None
+    #: The largest window id in the file (the store numbers windows itself).
+    max_window_id: int
 
 
 def open_writer(
@@ -64,7 +89,7 @@ def open_writer(
     recovery: StoreRecovery | None = None
     reason = _check_file(path, busy_timeout_ms, integrity_check)
     if reason is not None:
-        moved = _move_aside(path, clock())
+        moved = move_aside(path, clock(), "corrupt")
         recovery = StoreRecovery(path=path, moved_to=moved, reason=reason)
         # INFO: the caller raises the alert and logs it (once) at CRITICAL; see StoreRecovery.
         log.info("store_recovered", path=str(path), moved_to=[str(p) for p in moved], reason=reason)
@@ -76,6 +101,7 @@ def open_writer(
         _configure_writer(conn, path, synchronous, max_page_count)
         migrated_from = migrate(conn, path)
         version = schema_version(conn)
+        (max_window_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM windows").fetchone()
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error | OSError):
@@ -83,12 +109,23 @@ def open_writer(
         raise
     if migrated_from not in (0, version):
         log.info("store_migrated", path=str(path), old=migrated_from, new=version)
-    return OpenedFile(conn, migrated_from, version, recovery)
+    return OpenedFile(conn, migrated_from, version, recovery, file_id(path), int(max_window_id))
 
 
 def connect_reader(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    """A read-only connection for queries; WAL lets it read while the writer commits."""
-    conn = _connect(path, busy_timeout_ms, check_same_thread=False)
+    """A read-only connection for queries; WAL lets it read while the writer commits.
+
+    ``mode=ro``: it never creates the file, and closing it never checkpoints or deletes the
+    WAL by name (which, after the file was replaced, could be the new file's WAL).
+    """
+    conn = sqlite3.connect(
+        f"{path.absolute().as_uri()}?mode=ro",
+        uri=True,
+        timeout=busy_timeout_ms / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA query_only = ON")
     return conn
 
@@ -178,13 +215,46 @@ def _check_file(  # noqa: PLR0911 - one return per verdict reads best
     return f"{pragma} found {len(problems)} problem(s): {shown}"
 
 
-def _move_aside(path: Path, now: float) -> tuple[Path, ...]:
-    """Rename the file and its -wal/-shm to ``<name>.corrupt-<UTC time>`` (kept together)."""
+def clear_old_side_files(path: Path, now: float) -> tuple[Path, ...]:
+    """Remove the -wal/-shm a closed connection left at ``path`` for a file that is gone.
+
+    SQLite keeps them when the database file was moved or deleted under it. An empty WAL (the
+    caller checkpointed it into the old file first) and its -shm hold nothing and are removed;
+    a WAL that still has frames is moved aside to ``<name>.previous-<UTC time>-wal`` (never
+    next to another file's name, which SQLite would pair it with). Returns what was moved.
+    """
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    try:
+        empty = wal.stat().st_size == 0
+    except FileNotFoundError:
+        empty = True
+    if empty:
+        for side in (wal, shm):
+            side.unlink(missing_ok=True)
+        return ()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    moved = []
+    for side, suffix in ((wal, "-wal"), (shm, "-shm")):
+        target = path.with_name(f"{path.name}.previous-{stamp}{suffix}")
+        try:
+            side.replace(target)
+        except FileNotFoundError:
+            continue
+        moved.append(target)
+    return tuple(moved)
+
+
+def move_aside(path: Path, now: float, label: str) -> tuple[Path, ...]:
+    """Rename the file and its -wal/-shm to ``<name>.<label>-<UTC time>`` (kept together).
+
+    Nothing is deleted. Returns the new paths of what existed (the side files alone when the
+    main file is gone).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.{label}-{stamp}")
     n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+    while any(Path(f"{target}{s}").exists() for s in ("", *_SIDE_FILES)):
+        target = path.with_name(f"{path.name}.{label}-{stamp}.{n}")
         n += 1
     moved: list[Path] = []
     # The side files keep SQLite's naming (<db>-wal) so the moved set can still be opened for
@@ -197,6 +267,6 @@ def _move_aside(path: Path, now: float) -> tuple[Path, ...]:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise translate_error(exc, path, f"move the corrupt file aside to {dst}") from exc
+            raise translate_error(exc, path, f"move the {label} file aside to {dst}") from exc
         moved.append(dst)
     return tuple(moved)

@@ -9,25 +9,46 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from gatewayd.protocol.messages import Message, Window, summary_of
 
 __all__ = [
-    "DeviceRecord",
+    "GATEWAY",
+    "SEVERITIES",
+    "DeviceCursor",
+    "EventQuery",
+    "LoggedEvent",
     "NewEvent",
     "OutboxItem",
+    "ProblemCause",
     "RawSamples",
     "RetentionResult",
+    "StoreProblem",
     "StoreRecovery",
     "StoreStats",
     "StoredEvent",
     "StoredWindow",
     "WindowRecord",
+    "gateway_event",
     "window_record_from_message",
 ]
 
 WindowKind = Literal["summary", "window"]
+#: What degraded mode is about (StoreProblem.cause).
+ProblemCause = Literal["disk_full", "locked", "read_only", "cannot_open", "corrupt", "io_error"]
+#: Severities from least to most severe (rules.config.Severity); a minimum means "S or worse".
+SEVERITIES: Final = ("info", "warning", "critical")
+#: The device filter (and the DEVICE column of `gatewayd events`) for gateway-level events.
+GATEWAY: Final = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCursor:
+    """Where a device's stream resumes: its current boot and the next sequence number expected."""
+
+    boot_id: int
+    next_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +109,8 @@ class StoredWindow:
     model_id: str | None
     result: Mapping[str, Any] | None
     has_raw: bool
+    #: Fields the store could not hold as given, stored NULL: {field: "value: why"}.
+    invalid: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +144,13 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
-    """A pending publication: where to publish which event, and how often it was tried."""
+    """A pending publication: which event, and how often it was tried.
 
-    outbox_id: int
-    topic: str
+    The publisher derives the topic from the event's device. ``outbox_id`` is the row's place
+    in the outbox, None while the event is held in memory (degraded mode, not yet written).
+    """
+
+    outbox_id: int | None
     attempts: int
     event: StoredEvent
 
@@ -140,16 +166,61 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRecord:
-    """A device the gateway has seen."""
+class EventQuery:
+    """Which events to read; None / empty means no filter on that field."""
 
-    device_id: str
-    address: str | None
-    kind: str | None
-    name: str | None
-    first_seen: float
-    last_seen: float
-    last_state: Mapping[str, Any] | None
+    #: A device id, or GATEWAY for the gateway's own events (device_id NULL).
+    device: str | None = None
+    since: float | None = None
+    kinds: tuple[str, ...] = ()
+    #: The least severe severity read (one of SEVERITIES).
+    min_severity: str | None = None
+    #: The newest this many matching events (still returned oldest first).
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event with its delivery state from the outbox."""
+
+    event: StoredEvent
+    #: False only for an event without an outbox row (not written by gatewayd's Store).
+    in_outbox: bool
+    attempts: int
+    #: When the broker acknowledged it (None: pending).
+    published_at: float | None
+
+    @property
+    def published(self) -> bool:
+        """The broker acknowledged it (PUBACK)."""
+        return self.published_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreProblem:
+    """Why the store is degraded: writes are held in memory and retried (docs/store.md).
+
+    ``message`` says what is wrong and the fix; ``text`` adds what is held and lost.
+    """
+
+    cause: ProblemCause
+    #: Wall-clock Unix seconds when the store became degraded.
+    since: float
+    message: str
+    #: Operations (windows, events, outbox updates) held in memory, in order, not yet written.
+    held: int
+    #: Windows dropped because the memory bound was reached (never events).
+    dropped_windows: int
+
+    @property
+    def text(self) -> str:
+        """One line for STATUS= and the log."""
+        dropped = (
+            f"; {self.dropped_windows} windows dropped (memory bound)"
+            if self.dropped_windows
+            else ""
+        )
+        return f"{self.message}; {self.held} operations held in memory{dropped}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +283,37 @@ class StoreStats:
     backpressure_waits: int
     last_retention: RetentionResult | None
     recovery: StoreRecovery | None
+    #: Values stored NULL because SQLite cannot hold them (see WindowRecord checks).
+    invalid_values: int = 0
+    #: Operations held in memory now (degraded mode), and windows dropped since open.
+    held: int = 0
+    dropped_windows: int = 0
+    #: Times the file was found deleted or replaced and a fresh one started.
+    reopened: int = 0
+
+
+def gateway_event(
+    kind: str, severity: str, message: str, t: float, *, state: str = "raised", **facts: Any
+) -> NewEvent:
+    """A gateway-level technical event (no device), shaped as gatewayd.pipeline's.
+
+    The payload is ``{kind, category: "technical", t, reason: message, evidence: facts}``;
+    ``created_at`` is ``t``.
+    """
+    return NewEvent(
+        kind=kind,
+        severity=severity,
+        state=state,
+        payload={
+            "kind": kind,
+            "category": "technical",
+            "t": t,
+            "reason": message,
+            "evidence": dict(facts),
+        },
+        t_ms=round(t * 1000),
+        created_at=t,
+    )
 
 
 def window_record_from_message(

@@ -10,15 +10,14 @@ The reader's calls block (SQLite); they are for the command line, which has no e
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol, Self, TypeVar
 
 from gatewayd.store.errors import (
     SQLITE_CORRUPT,
@@ -27,9 +26,16 @@ from gatewayd.store.errors import (
     StoreError,
     translate_error,
 )
-from gatewayd.store.records import StoredEvent, StoredWindow
+from gatewayd.store.queries import latest_alerts, select_events, window_from_row
+from gatewayd.store.records import (
+    GATEWAY,
+    SEVERITIES,
+    EventQuery,
+    LoggedEvent,
+    StoredEvent,
+    StoredWindow,
+)
 from gatewayd.store.schema import SCHEMA_VERSION
-from gatewayd.store.store import event_from_row
 from gatewayd.tables import format_table
 
 __all__ = [
@@ -51,13 +57,10 @@ __all__ = [
     "parse_since",
 ]
 
-#: Severities from least to most severe (rules.config.Severity); --severity S means "S or worse".
-SEVERITIES: Final = ("info", "warning", "critical")
-#: What the DEVICE column says for gateway-level events (device_id NULL); `--device gateway`
-#: selects them.
-GATEWAY: Final = "gateway"
 #: Longest MESSAGE cell in the events table; --json has the whole payload.
 MESSAGE_WIDTH: Final = 60
+
+T = TypeVar("T")
 
 _BUSY_TIMEOUT_S: Final = 5.0
 _TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
@@ -101,47 +104,12 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class EventQuery:
-    """Which events to read; None / empty means no filter on that field."""
-
-    device: str | None = None
-    since: float | None = None
-    kinds: tuple[str, ...] = ()
-    #: The least severe severity shown (one of SEVERITIES).
-    min_severity: str | None = None
-    #: The newest this many events (still printed oldest first).
-    limit: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedEvent:
-    """An event with its delivery state from the outbox."""
-
-    event: StoredEvent
-    #: False only for an event without an outbox row (not written by gatewayd's Store).
-    in_outbox: bool
-    topic: str | None
-    attempts: int
-    #: When the broker acknowledged it (None: pending).
-    published_at: float | None
-
-    @property
-    def published(self) -> bool:
-        """The broker acknowledged it (PUBACK)."""
-        return self.published_at is not None
-
-
-@dataclass(frozen=True, slots=True)
 class DeviceActivity:
     """What the log knows about one device: its row, its windows, its open alerts."""
 
     device_id: str
-    address: str | None
-    kind: str | None
-    name: str | None
     first_seen: float
     last_seen: float
-    last_state: Mapping[str, Any] | None
     windows: int
     last_window: StoredWindow | None
     #: Alert kinds whose latest transition for this device is "raised", sorted.
@@ -157,9 +125,6 @@ class DeviceActivity:
         ``disconnected`` or ``device_silent`` alert says so; else a device that sent windows
         (or whose ``disconnected`` alert cleared) counts as connected as of ``last_seen``.
         """
-        connected = (self.last_state or {}).get("connected")
-        if isinstance(connected, bool):
-            return "connected" if connected else "disconnected"
         if "disconnected" in self.open_alerts:
             return "disconnected"
         if "device_silent" in self.open_alerts:
@@ -170,21 +135,6 @@ class DeviceActivity:
 
 
 # --- the read-only reader ------------------------------------------------------------------------
-
-
-_EVENTS_SQL: Final = (
-    "SELECT e.id, e.device_id, e.kind, e.severity, e.state, e.created_at, e.t_ms, e.payload,"
-    " o.id IS NOT NULL AS in_outbox, o.topic, o.attempts, o.done_at"
-    " FROM events e LEFT JOIN outbox o ON o.event_id = e.id"
-)
-# The latest transition of each (device, alert kind). Alerts carry an episode number; one-off
-# events (data_lost, gateway events) do not, and are never "open". SQLite returns the other
-# columns of the row holding max(rowid).
-_LATEST_ALERTS_SQL: Final = (
-    "SELECT device_id, kind, state, max(rowid) FROM events"
-    " WHERE device_id IS NOT NULL AND json_extract(payload, '$.episode') IS NOT NULL"
-    " GROUP BY device_id, kind"
-)
 
 
 class EventLogReader:
@@ -227,41 +177,15 @@ class EventLogReader:
         self._conn.close()
 
     def events(self, query: EventQuery) -> list[LoggedEvent]:
-        """The newest ``query.limit`` matching events, oldest first, with their outbox state."""
-        where: list[str] = []
-        params: list[Any] = []
-        if query.device is not None:
-            # `--device gateway`: the gateway's own events (and a device called that, if any).
-            where.append(
-                "(e.device_id = ? OR e.device_id IS NULL)"
-                if query.device == GATEWAY
-                else "e.device_id = ?"
-            )
-            params.append(query.device)
-        if query.since is not None:
-            where.append("e.created_at >= ?")
-            params.append(query.since)
-        if query.kinds:
-            where.append(f"e.kind IN ({', '.join('?' * len(query.kinds))})")
-            params.extend(query.kinds)
-        if query.min_severity is not None:
-            shown = SEVERITIES[SEVERITIES.index(query.min_severity) :]
-            where.append(f"e.severity IN ({', '.join('?' * len(shown))})")
-            params.extend(shown)
-        sql = _EVENTS_SQL
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        # rowid is the order of appending (the Store's order); newest first for the LIMIT.
-        sql += " ORDER BY e.rowid DESC"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
-        rows = self._query(sql, params)
-        return [_logged_event(row) for row in reversed(rows)]
+        """The newest ``query.limit`` matching events, oldest first, with their outbox state
+        (queries.select_events: the same query as `Store.events`)."""
+        return self._run(lambda conn: select_events(conn, query))
 
     def devices(self) -> list[DeviceActivity]:
         """Every device in the log, by id, with its window count, last window and open alerts."""
-        devices = self._query("SELECT * FROM devices ORDER BY device_id", [])
+        devices = self._query(
+            "SELECT device_id, first_seen, last_seen FROM devices ORDER BY device_id", []
+        )
         counts: dict[str, int] = {}
         last: dict[str, StoredWindow] = {}
         if self.schema_version >= 2:  # windows arrived in schema version 2
@@ -277,25 +201,19 @@ class EventLogReader:
                 " WHERE w.id IN (SELECT max(id) FROM windows GROUP BY device_id)",
                 [],
             ):
-                last[row["device_id"]] = _window(row)
-        open_alerts: dict[str, list[str]] = {}
-        last_link: dict[str, str] = {}
-        for row in self._query(_LATEST_ALERTS_SQL, []):
-            if row["state"] == "raised":
-                open_alerts.setdefault(row["device_id"], []).append(row["kind"])
-            if row["kind"] == "disconnected":
-                last_link[row["device_id"]] = (
-                    "disconnected" if row["state"] == "raised" else "connected"
-                )
+                last[row["device_id"]] = window_from_row(row)
+        open_alerts: dict[str | None, list[str]] = {}
+        last_link: dict[str | None, str] = {}
+        for e in self._run(latest_alerts):
+            if e.state == "raised":
+                open_alerts.setdefault(e.device_id, []).append(e.kind)
+            if e.kind == "disconnected":
+                last_link[e.device_id] = "disconnected" if e.state == "raised" else "connected"
         return [
             DeviceActivity(
                 device_id=row["device_id"],
-                address=row["address"],
-                kind=row["kind"],
-                name=row["name"],
                 first_seen=row["first_seen"],
                 last_seen=row["last_seen"],
-                last_state=json.loads(row["last_state"]) if row["last_state"] else None,
                 windows=counts.get(row["device_id"], 0),
                 last_window=last.get(row["device_id"]),
                 open_alerts=tuple(sorted(open_alerts.get(row["device_id"], ()))),
@@ -305,8 +223,11 @@ class EventLogReader:
         ]
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        return self._run(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _run(self, query: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return self._conn.execute(sql, params).fetchall()
+            return query(self._conn)
         except sqlite3.Error as exc:
             raise _read_error(exc, self.path) from exc
 
@@ -384,24 +305,6 @@ def _read_error(exc: sqlite3.Error, path: Path) -> StoreError:
     return translate_error(exc, path, "read the event log")
 
 
-def _logged_event(row: sqlite3.Row) -> LoggedEvent:
-    return LoggedEvent(
-        event=event_from_row(row),
-        in_outbox=bool(row["in_outbox"]),
-        topic=row["topic"],
-        attempts=row["attempts"] or 0,
-        published_at=row["done_at"],
-    )
-
-
-def _window(row: sqlite3.Row) -> StoredWindow:
-    fields = dict(row)
-    fields["offloaded"] = bool(fields["offloaded"])
-    fields["has_raw"] = bool(fields["has_raw"])
-    fields["result"] = json.loads(fields["result"]) if fields["result"] else None
-    return StoredWindow(**fields)
-
-
 # --- events: summary, table, JSON ----------------------------------------------------------------
 
 
@@ -451,8 +354,14 @@ def format_events(events: Sequence[LoggedEvent], tz: tzinfo | None = None) -> st
     return format_table(headers, rows, right=())
 
 
-def events_json(events: Iterable[LoggedEvent]) -> list[dict[str, Any]]:
-    """JSON-ready events, oldest first: the event, its whole payload and its delivery state."""
+def events_json(
+    events: Iterable[LoggedEvent], topic_of: Callable[[str | None], str] | None = None
+) -> list[dict[str, Any]]:
+    """JSON-ready events, oldest first: the event, its whole payload and its delivery state.
+
+    ``topic_of(device_id)`` gives the MQTT topic the publisher uses for an event (device None:
+    the gateway's alerts); without it ``topic`` is null (the log does not store topics).
+    """
     out = []
     for logged in events:
         e = logged.event
@@ -472,7 +381,7 @@ def events_json(events: Iterable[LoggedEvent]) -> list[dict[str, Any]]:
                 "t_ms": e.t_ms,
                 "published": logged.published,
                 "published_at": _iso(logged.published_at),
-                "topic": logged.topic,
+                "topic": topic_of(e.device_id) if topic_of is not None else None,
                 "attempts": logged.attempts,
                 "payload": e.payload,
             }
@@ -541,8 +450,8 @@ def format_devices(listings: Sequence[DeviceListing], now: float, tz: tzinfo | N
     for d in listings:
         p, a = d.paired, d.activity
         w = a.last_window if a is not None else None
-        address = p.address if p is not None else (a.address if a is not None else None)
-        kind = p.kind if p is not None else (a.kind if a is not None else None)
+        address = p.address if p is not None else None
+        kind = p.kind if p is not None else None
         rows.append(
             [
                 d.device_id,
@@ -582,9 +491,9 @@ def devices_json(listings: Iterable[DeviceListing]) -> list[dict[str, Any]]:
         out.append(
             {
                 "id": d.device_id,
-                "address": p.address if p is not None else (a.address if a else None),
-                "kind": p.kind if p is not None else (a.kind if a else None),
-                "name": p.name if p is not None else (a.name if a else None),
+                "address": p.address if p is not None else None,
+                "kind": p.kind if p is not None else None,
+                "name": p.name if p is not None else None,
                 "paired": p is not None,
                 "paired_at": p.paired_at if p is not None else None,
                 "log": _activity_json(a) if a is not None else None,
@@ -601,7 +510,6 @@ def _activity_json(a: DeviceActivity) -> dict[str, Any]:
         "link": a.link,
         "windows": a.windows,
         "open_alerts": list(a.open_alerts),
-        "last_state": a.last_state,
         "last_window": None
         if w is None
         else {

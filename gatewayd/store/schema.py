@@ -121,7 +121,33 @@ def _v2_windows(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: Final[Sequence[Migration]] = (_v1_event_log, _v2_windows)
+def _v3_cursors(conn: sqlite3.Connection) -> None:
+    """Only what is used, plus per-device resume cursors and a note of values not storable.
+
+    The outbox loses ``topic`` (the publisher derives it from the event's device) and
+    ``device_id`` (the event has it); devices lose ``address``/``kind``/``name``/``last_state``
+    (nothing wrote them: the paired registry has them) and gain ``boot_id``/``next_seq``.
+    ``invalid`` (JSON, on windows and events) names the fields stored NULL because SQLite could
+    not hold their value.
+    """
+    for statement in (
+        "DROP INDEX outbox_pending_device",
+        "ALTER TABLE outbox DROP COLUMN device_id",
+        "ALTER TABLE outbox DROP COLUMN topic",
+        "ALTER TABLE devices DROP COLUMN address",
+        "ALTER TABLE devices DROP COLUMN kind",
+        "ALTER TABLE devices DROP COLUMN name",
+        "ALTER TABLE devices DROP COLUMN last_state",
+        "ALTER TABLE devices ADD COLUMN boot_id INTEGER",
+        "ALTER TABLE devices ADD COLUMN next_seq INTEGER",
+        "ALTER TABLE windows ADD COLUMN invalid TEXT"
+        " CHECK (invalid IS NULL OR json_valid(invalid))",
+        "ALTER TABLE events ADD COLUMN invalid TEXT CHECK (invalid IS NULL OR json_valid(invalid))",
+    ):
+        conn.execute(statement)
+
+
+MIGRATIONS: Final[Sequence[Migration]] = (_v1_event_log, _v2_windows, _v3_cursors)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -1,52 +1,65 @@
 """The event log's async API: `Store`, an async context manager over one SQLite file.
 
-Writes go to the single writer thread (gatewayd.store.writer) and resolve once committed.
-Reads run on a small pool of reader threads, each with its own read-only connection; WAL lets
-them read while the writer commits. Nothing here blocks the event loop.
+Writes go to the single writer thread (gatewayd.store.writer) and resolve once committed -- or,
+in degraded mode, once held in memory (see `Store.problem`). Reads run on a small pool of reader
+threads, each with its own read-only connection; WAL lets them read while the writer commits.
+Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-import sqlite_utils
 import structlog
 
 from gatewayd.config import StoreConfig
 from gatewayd.ids import new_event_id
-from gatewayd.store.errors import StoreError, translate_error
+from gatewayd.store import queries
+from gatewayd.store.errors import (
+    RecordRejectedError,
+    StoreError,
+    StoreReentryError,
+    translate_error,
+)
 from gatewayd.store.open import IntegrityCheck, OpenedFile, Synchronous, connect_reader, open_writer
 from gatewayd.store.records import (
-    DeviceRecord,
+    DeviceCursor,
+    EventQuery,
+    LoggedEvent,
     NewEvent,
     OutboxItem,
     RetentionResult,
     StoredEvent,
     StoredWindow,
+    StoreProblem,
     StoreRecovery,
     StoreStats,
     WindowRecord,
+    gateway_event,
 )
 from gatewayd.store.retention import RetentionPolicy, run_retention
-from gatewayd.store.writer import Writer
+from gatewayd.store.values import Checked
+from gatewayd.store.writer import DEGRADED_KIND, Op, Writer, WriterLimits
 
-__all__ = ["Store", "StoreOptions", "event_from_row"]
+__all__ = ["Store", "StoreOptions"]
 
 log = structlog.get_logger("gatewayd.store")
 T = TypeVar("T")
 
 _MB: Final = 1024 * 1024
+_EVENT_ID_LENGTH: Final = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +73,7 @@ class StoreOptions:
     max_batch: int = 256
     #: ...and wait at most this long for more after the first (0: take only what is queued).
     max_wait_ms: float = 0.0
-    #: Bound on operations submitted but not yet committed; beyond it writers wait.
+    #: Bound on operations submitted but not yet committed (or held); beyond it writers wait.
     max_pending: int = 4096
     busy_timeout_ms: int = 5000
     #: At open: "quick" (PRAGMA quick_check), "full" (integrity_check, slower), or "off".
@@ -70,69 +83,43 @@ class StoreOptions:
     reader_threads: int = 2
     #: Hard cap on the file in pages (PRAGMA max_page_count); writes past it fail. For tests.
     max_page_count: int | None = None
+    #: Degraded mode: windows held in memory at most (beyond: dropped and counted; events are
+    #: never dropped), and the retry backoff (base, growing 1.8x to the cap).
+    max_held_windows: int = 20_000
+    retry_base_s: float = 0.25
+    retry_cap_s: float = 5.0
+    #: How often the writer checks that the file at the path is still the one it has open.
+    file_check_interval_s: float = 1.0
+    #: close(): how long to keep retrying held writes before giving up on them (logged).
+    close_timeout_s: float = 10.0
     #: Wall clock (Unix seconds), injectable for tests.
     clock: Callable[[], float] = time.time
 
 
-def _dumps(value: Mapping[str, Any] | None) -> str | None:
-    if value is None:
-        return None
-    # allow_nan=False: NaN is not JSON, and SQLite's json_valid would reject the row later.
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, sort_keys=True)
-
-
-_UPSERT_SEEN: Final = (
-    "INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?)"
-    " ON CONFLICT (device_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)"
+_UPSERT_DEVICE: Final = (
+    "INSERT INTO devices (device_id, first_seen, last_seen, boot_id, next_seq)"
+    " VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (device_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),"
+    " boot_id = coalesce(excluded.boot_id, boot_id),"
+    " next_seq = coalesce(excluded.next_seq, next_seq)"
 )
 _INSERT_DEVICE_IF_NEW: Final = (
     "INSERT OR IGNORE INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?)"
 )
-_UPSERT_DEVICE: Final = (
-    "INSERT INTO devices (device_id, address, kind, name, first_seen, last_seen, last_state)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (device_id) DO UPDATE SET"
-    " address = coalesce(excluded.address, address),"
-    " kind = coalesce(excluded.kind, kind),"
-    " name = coalesce(excluded.name, name),"
-    " last_seen = max(last_seen, excluded.last_seen),"
-    " last_state = coalesce(excluded.last_state, last_state)"
-)
 _INSERT_WINDOW: Final = (
-    "INSERT INTO windows (device_id, seq, t_ms, received_at, kind, hr_bpm, hr_source, activity,"
-    " activity_conf, entropy_bits, signal_quality, battery, offloaded, model_id, result)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO windows (id, device_id, seq, t_ms, received_at, kind, hr_bpm, hr_source,"
+    " activity, activity_conf, entropy_bits, signal_quality, battery, offloaded, model_id,"
+    " result, invalid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_RAW: Final = (
     "INSERT INTO raw_windows (window_id, received_at, sample_format, bvp_rate_hz, acc_rate_hz,"
     " acc_lsb_per_g, bvp, acc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT: Final = (
-    "INSERT INTO events (id, device_id, kind, severity, state, created_at, t_ms, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, device_id, kind, severity, state, created_at, t_ms, payload,"
+    " invalid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_OUTBOX: Final = (
-    "INSERT INTO outbox (event_id, device_id, topic, created_at) VALUES (?, ?, ?, ?)"
-)
-_EVENT_COLUMNS: Final = (
-    "e.id, e.device_id, e.kind, e.severity, e.state, e.created_at, e.t_ms, e.payload"
-)
-
-
-def event_from_row(row: Mapping[str, Any] | sqlite3.Row) -> StoredEvent:
-    """A `StoredEvent` from a row of the events table (a payload that is not an object is
-    wrapped as ``{"value": ...}``)."""
-    payload = json.loads(row["payload"])
-    return StoredEvent(
-        id=row["id"],
-        device_id=row["device_id"],
-        kind=row["kind"],
-        severity=row["severity"],
-        state=row["state"],
-        created_at=row["created_at"],
-        t_ms=row["t_ms"],
-        payload=payload if isinstance(payload, dict) else {"value": payload},
-    )
+_INSERT_OUTBOX: Final = "INSERT INTO outbox (event_id, created_at) VALUES (?, ?)"
 
 
 class Store:
@@ -155,9 +142,20 @@ class Store:
         self._reader_local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
+        self._reader_generation = 0
+        # Reads in progress; the writer waits for none before closing the readers' connections.
+        self._read_gate = threading.Condition()
+        self._active_reads = 0
+        self._readers_closing = False
         self._pending: asyncio.Semaphore | None = None
         self._backpressure_waits = 0
         self._last_retention: RetentionResult | None = None
+        self._next_window_id = 0
+        self._invalid_values = 0
+        self._warned: set[tuple[str | None, str]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._problem_version = 0
+        self._problem_changed = asyncio.Event()
 
     @classmethod
     def open(
@@ -173,13 +171,16 @@ class Store:
 
     async def __aenter__(self) -> Self:
         if self._entered:
-            raise StoreError(self.path, "this Store was already entered; create a new one")
+            raise StoreReentryError(
+                self.path, "this Store was already entered; create a new one to open it again"
+            )
         self._entered = True
         options = self.options
+        self._loop = asyncio.get_running_loop()
         self._pending = asyncio.Semaphore(options.max_pending)
 
-        def connect() -> tuple[sqlite3.Connection, OpenedFile]:
-            opened = open_writer(
+        def connect() -> OpenedFile:
+            return open_writer(
                 self.path,
                 synchronous=options.synchronous,
                 busy_timeout_ms=options.busy_timeout_ms,
@@ -187,15 +188,26 @@ class Store:
                 max_page_count=options.max_page_count,
                 clock=options.clock,
             )
-            return opened.conn, opened
 
         self._writer = Writer(
             self.path,
             connect,
-            max_batch=options.max_batch,
-            max_wait_s=options.max_wait_ms / 1000,
+            limits=WriterLimits(
+                max_batch=options.max_batch,
+                max_wait_s=options.max_wait_ms / 1000,
+                max_held_windows=options.max_held_windows,
+                retry_base_s=options.retry_base_s,
+                retry_cap_s=options.retry_cap_s,
+                busy_timeout_ms=options.busy_timeout_ms,
+                check_interval_s=options.file_check_interval_s,
+                close_timeout_s=options.close_timeout_s,
+                maintenance_interval_s=options.retention_interval_s,
+            ),
+            event_op=lambda event: self._event_op(event)(),
+            clock=options.clock,
             maintenance=self._maintain,
-            maintenance_interval_s=options.retention_interval_s,
+            on_change=self._writer_changed,
+            close_readers=self._close_readers,
         )
         try:
             opened: OpenedFile = await asyncio.wrap_future(self._writer.start())
@@ -204,6 +216,7 @@ class Store:
         except Exception as exc:
             raise translate_error(exc, self.path, "open") from exc
         self._opened = opened
+        self._next_window_id = opened.max_window_id
         self._readers = concurrent.futures.ThreadPoolExecutor(
             max_workers=options.reader_threads, thread_name_prefix="gatewayd-store-reader"
         )
@@ -213,6 +226,7 @@ class Store:
             schema_version=opened.schema_version,
             synchronous=options.synchronous,
         )
+        await self._close_stale_degraded()
         return self
 
     async def __aexit__(
@@ -224,20 +238,29 @@ class Store:
         await self.close()
 
     async def close(self) -> None:
-        """Commit what is queued, stop the writer, close every connection."""
+        """Commit what is queued (held writes: retried up to close_timeout_s), stop the writer,
+        close every connection. Bounded: returns within about close_timeout_s + busy_timeout."""
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            # shield: even if our caller is cancelled, queued writes still commit.
-            await asyncio.shield(asyncio.wrap_future(self._writer.stop()))
-            await asyncio.to_thread(self._writer.join)
+        # Readers first: then the writer's connection is the last one, and closing it
+        # checkpoints the WAL into the file and removes it.
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
             with self._reader_lock:
                 for conn in self._reader_conns:
                     conn.close()
                 self._reader_conns.clear()
+        writer = self._writer
+        if writer is not None:
+            bound = self.options.close_timeout_s + self.options.busy_timeout_ms / 1000 + 5.0
+            try:
+                # shield: even if our caller is cancelled, queued writes still commit.
+                async with asyncio.timeout(bound):
+                    await asyncio.shield(asyncio.wrap_future(writer.stop()))
+                    await asyncio.to_thread(writer.join)
+            except TimeoutError:
+                log.critical("store_close_timed_out", path=str(self.path), timeout_s=bound)
 
     @property
     def recovery(self) -> StoreRecovery | None:
@@ -249,163 +272,302 @@ class Store:
         """The schema version the file had before this open (0 for a new file)."""
         return self._opened.migrated_from if self._opened else None
 
+    # --- degraded mode -------------------------------------------------------------------------
+
+    @property
+    def problem(self) -> StoreProblem | None:
+        """Why writes are held in memory (disk full, locked, ...), or None when all is well."""
+        return self._writer.problem() if self._writer is not None else None
+
+    @property
+    def problem_version(self) -> int:
+        """Bumped each time `problem` appears, changes cause, or clears (and on a reopen)."""
+        return self._problem_version
+
+    async def wait_problem_change(self, version: int) -> int:
+        """Wait until `problem_version` differs from ``version``; return the new version."""
+        while self._problem_version == version:
+            await self._problem_changed.wait()
+        return self._problem_version
+
+    def _close_readers(self) -> None:
+        # On the writer thread, before the old file's last connection closes: no reader may
+        # keep it open (see Writer._reopen). Readers reconnect to the file at the path.
+        with self._read_gate:
+            self._readers_closing = True
+            self._read_gate.wait_for(lambda: self._active_reads == 0)
+            self._reader_generation += 1
+            with self._reader_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
+            self._readers_closing = False
+            self._read_gate.notify_all()
+
+    def _writer_changed(self) -> None:
+        # On the writer thread: the problem changed, or the file was reopened.
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                self._loop.call_soon_threadsafe(self._bump_problem_version)
+
+    def _bump_problem_version(self) -> None:
+        self._problem_version += 1
+        changed, self._problem_changed = self._problem_changed, asyncio.Event()
+        changed.set()
+
+    async def _close_stale_degraded(self) -> None:
+        """A degraded episode left open by the last run (stopped while degraded) is cleared."""
+
+        def latest(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT state FROM events WHERE device_id IS NULL AND kind = ?"
+                " ORDER BY rowid DESC LIMIT 1",
+                (DEGRADED_KIND,),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        if await self._read(latest) == "raised":
+            await self.append_event(
+                gateway_event(
+                    DEGRADED_KIND,
+                    "critical",
+                    "event log writes work again (gatewayd was stopped while they did not)",
+                    self.options.clock(),
+                    state="cleared",
+                )
+            )
+
+    async def check_file(self) -> bool:
+        """Check now that the file at the path is the one open (the writer also does so every
+        file_check_interval_s); True when it was deleted or replaced and a fresh one started."""
+        writer = self._open_writer()
+        result: bool = await asyncio.wrap_future(writer.call(writer.check_file))
+        return result
+
     # --- writes --------------------------------------------------------------------------------
 
-    async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
-        writer, pending = self._writer, self._pending
-        if writer is None or pending is None or self._closed or self._opened is None:
+    def _open_writer(self) -> Writer:
+        writer = self._writer
+        if writer is None or self._closed or self._opened is None:
             raise StoreError(self.path, "the store is not open")
+        return writer
+
+    async def _submit(self, make: Callable[[], Op]) -> Any:
+        writer, pending = self._open_writer(), self._pending
+        assert pending is not None
         if pending.locked():
             self._backpressure_waits += 1
         await pending.acquire()
         try:
-            future = asyncio.wrap_future(writer.submit(apply))
+            # Built after the wait and submitted with no await in between: ids drawn here
+            # increase in queue (so outbox) order.
+            future = asyncio.wrap_future(writer.submit(make()))
         except BaseException:
             pending.release()
             raise
         future.add_done_callback(lambda _: pending.release())
         # shield: cancelling the caller does not revoke a write that is already queued.
-        result: T = await asyncio.shield(future)
-        return result
+        return await asyncio.shield(future)
 
-    async def record_window(self, window: WindowRecord) -> int:
-        """Store one window (and its raw samples if the store keeps them); return its id."""
+    def _device(self, device_id: object, field: str = "device_id") -> str:
+        if not isinstance(device_id, str) or not device_id:
+            raise RecordRejectedError(self.path, None, field, device_id, "a device id must be text")
+        try:
+            device_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordRejectedError(
+                self.path, None, field, device_id, "not valid Unicode"
+            ) from None
+        return device_id
+
+    def _note_invalid(self, device: str | None, check: Checked) -> None:
+        if not check.problems:
+            return
+        self._invalid_values += len(check.problems)
+        fresh = [f for f in check.problems if (device, f) not in self._warned]
+        if fresh:
+            self._warned.update((device, f) for f in fresh)
+            # Once per device and field: an unset clock would otherwise log every window.
+            log.warning("store_value_invalid", device=device, invalid=check.problems,
+                        stored="as NULL, named in the row's invalid column")  # fmt: skip
+
+    async def record_window(
+        self, window: WindowRecord, *, cursor: DeviceCursor | None = None
+    ) -> int:
+        """Store one window (raw samples too if the store keeps them) and, in the same
+        transaction, the device's resume ``cursor``; return the window's id.
+
+        A value SQLite cannot hold (an int beyond 64 bits, NaN, ...) is stored as NULL and named
+        in the row's ``invalid`` column; RecordRejectedError only for an unusable device id or kind.
+        """
         w = window
-        row = (
-            w.device_id,
-            w.seq,
-            w.t_ms,
-            w.received_at,
+        device = self._device(w.device_id)
+        if w.kind not in ("summary", "window"):
+            raise RecordRejectedError(
+                self.path, device, "kind", w.kind, "must be summary or window"
+            )
+        check = Checked()
+        received_at = check.real("received_at", w.received_at)
+        if received_at is None:
+            received_at = self.options.clock()
+        boot_id = next_seq = None
+        if cursor is not None:
+            boot_id = check.integer("cursor.boot_id", cursor.boot_id)
+            next_seq = check.integer("cursor.next_seq", cursor.next_seq)
+            if boot_id is None or next_seq is None:
+                boot_id = next_seq = None
+        values = (
+            check.integer("seq", w.seq),
+            check.integer("t_ms", w.t_ms),
+            received_at,
             w.kind,
-            w.hr_bpm,
-            w.hr_source,
-            w.activity,
-            w.activity_conf,
-            w.entropy_bits,
-            w.signal_quality,
-            w.battery,
-            int(w.offloaded),
-            w.model_id,
-            _dumps(w.result),
+            check.real("hr_bpm", w.hr_bpm),
+            check.text("hr_source", w.hr_source),
+            check.text("activity", w.activity),
+            check.real("activity_conf", w.activity_conf),
+            check.real("entropy_bits", w.entropy_bits),
+            check.integer("signal_quality", w.signal_quality),
+            check.integer("battery", w.battery),
+            int(bool(w.offloaded)),
+            check.text("model_id", w.model_id),
+            check.json("result", w.result),
         )
         raw = w.raw if self.config.keep_raw_windows else None
+        raw_values = None
+        if raw is not None:
+            rates = [
+                check.integer(f"raw.{name}", getattr(raw, name))
+                for name in ("bvp_rate_hz", "acc_rate_hz", "acc_lsb_per_g")
+            ]
+            if None not in rates:
+                raw_values = (received_at, raw.sample_format, *rates, raw.bvp, raw.acc)
+        invalid = check.invalid
+        self._note_invalid(device, check)
+        device_row = (device, received_at, received_at, boot_id, next_seq)
 
-        def apply(conn: sqlite3.Connection) -> int:
-            conn.execute(_UPSERT_SEEN, (w.device_id, w.received_at, w.received_at))
-            window_id = conn.execute(_INSERT_WINDOW, row).lastrowid
-            assert window_id is not None
-            if raw is not None:
-                conn.execute(
-                    _INSERT_RAW,
-                    (
-                        window_id,
-                        w.received_at,
-                        raw.sample_format,
-                        raw.bvp_rate_hz,
-                        raw.acc_rate_hz,
-                        raw.acc_lsb_per_g,
-                        raw.bvp,
-                        raw.acc,
-                    ),
-                )
-            return window_id
+        def make() -> Op:
+            self._next_window_id += 1
+            window_id = self._next_window_id
 
-        return await self._write(apply)
+            def apply(conn: sqlite3.Connection) -> int:
+                conn.execute(_UPSERT_DEVICE, device_row)
+                conn.execute(_INSERT_WINDOW, (window_id, device, *values, invalid))
+                if raw_values is not None:
+                    conn.execute(_INSERT_RAW, (window_id, *raw_values))
+                return window_id
 
-    async def append_event(self, event: NewEvent, *, topic: str) -> str:
-        """Append an event and its outbox row (to ``topic``) in one transaction; return its id.
+            def cursor_only(conn: sqlite3.Connection) -> None:
+                conn.execute(_UPSERT_DEVICE, device_row)
 
-        When this returns, both are committed: the publisher will deliver the event at least
-        once, even after a crash. The id (UUIDv7) is drawn on the writer thread when the event
-        has none, so ids increase in outbox order.
-        """
-        if not topic:
-            raise ValueError("an outbox row needs a topic")
-        payload = _dumps(event.payload) or "{}"
-        clock = self.options.clock
-
-        def apply(conn: sqlite3.Connection) -> str:
-            created_at = event.created_at if event.created_at is not None else clock()
-            event_id = event.id or new_event_id(int(created_at * 1000))
-            if event.device_id is not None:
-                conn.execute(_INSERT_DEVICE_IF_NEW, (event.device_id, created_at, created_at))
-            conn.execute(
-                _INSERT_EVENT,
-                (
-                    event_id,
-                    event.device_id,
-                    event.kind,
-                    event.severity,
-                    event.state,
-                    created_at,
-                    event.t_ms,
-                    payload,
-                ),
+            return Op(
+                apply,
+                "window",
+                held_value=window_id,
+                device_id=device,
+                cursor_only=cursor_only if boot_id is not None else None,
             )
-            conn.execute(_INSERT_OUTBOX, (event_id, event.device_id, topic, created_at))
-            return event_id
 
-        return await self._write(apply)
+        result: int = await self._submit(make)
+        return result
 
-    async def upsert_device(
-        self,
-        device_id: str,
-        *,
-        address: str | None = None,
-        kind: str | None = None,
-        name: str | None = None,
-        state: Mapping[str, Any] | None = None,
-        seen_at: float | None = None,
-    ) -> None:
-        """Create or update a device; fields left None keep their stored value."""
-        state_json = _dumps(state)
+    def _event_op(self, event: NewEvent) -> Callable[[], Op]:
+        """Check ``event`` now; the returned function draws its id and builds its Op."""
+        device = None if event.device_id is None else self._device(event.device_id)
+        check = Checked()
+        texts = {}
+        for name in ("kind", "severity", "state"):
+            value = check.text(name, getattr(event, name))
+            if not value:
+                raise RecordRejectedError(self.path, device, name, getattr(event, name), "required")
+            texts[name] = value
+        if event.id is not None and (
+            not isinstance(event.id, str) or len(event.id) != _EVENT_ID_LENGTH
+        ):
+            raise RecordRejectedError(self.path, device, "id", event.id, "not a UUID string")
+        t_ms = check.integer("t_ms", event.t_ms)
+        created = None if event.created_at is None else check.real("created_at", event.created_at)
+        payload = check.json("payload", event.payload) or "{}"
+        invalid = check.invalid
+        self._note_invalid(device, check)
         clock = self.options.clock
 
-        def apply(conn: sqlite3.Connection) -> None:
-            at = seen_at if seen_at is not None else clock()
-            conn.execute(_UPSERT_DEVICE, (device_id, address, kind, name, at, at, state_json))
+        def make() -> Op:
+            created_at = created if created is not None else clock()
+            event_id = event.id or new_event_id(int(created_at * 1000))
+            stored = StoredEvent(
+                event_id, device, texts["kind"], texts["severity"], texts["state"], created_at,
+                t_ms, json.loads(payload),
+            )  # fmt: skip
 
-        await self._write(apply)
+            def apply(conn: sqlite3.Connection) -> str:
+                if device is not None:
+                    conn.execute(_INSERT_DEVICE_IF_NEW, (device, created_at, created_at))
+                conn.execute(
+                    _INSERT_EVENT,
+                    (event_id, device, texts["kind"], texts["severity"], texts["state"],
+                     created_at, t_ms, payload, invalid),
+                )  # fmt: skip
+                conn.execute(_INSERT_OUTBOX, (event_id, created_at))
+                return event_id
+
+            return Op(apply, "event", held_value=event_id, device_id=device, event=stored)
+
+        return make
+
+    async def append_event(self, event: NewEvent) -> str:
+        """Append an event and its outbox row in one transaction; return its id.
+
+        When this returns, both are committed (or, in degraded mode, held in memory and shown by
+        `pending_outbox`): the publisher delivers the event at least once. The id (UUIDv7) is
+        drawn when the event has none, in queue order, so ids increase in outbox order.
+        """
+        result: str = await self._submit(self._event_op(event))
+        return result
 
     async def mark_published(self, event_ids: Iterable[str], *, at: float | None = None) -> int:
-        """Mark outbox rows done (after the broker's PUBACK); return how many changed."""
-        ids = [(i,) for i in event_ids]
+        """Mark outbox rows done (after the broker's PUBACK); return how many changed (while
+        held in memory: how many were given)."""
+        ids = tuple(event_ids)
         clock = self.options.clock
 
-        def apply(conn: sqlite3.Connection) -> int:
+        def make() -> Op:
             done_at = at if at is not None else clock()
-            changed = 0
-            for (event_id,) in ids:
-                changed += conn.execute(
-                    "UPDATE outbox SET done_at = ? WHERE event_id = ? AND done_at IS NULL",
-                    (done_at, event_id),
-                ).rowcount
-            return changed
 
-        return await self._write(apply)
+            def apply(conn: sqlite3.Connection) -> int:
+                changed = 0
+                for event_id in ids:
+                    changed += conn.execute(
+                        "UPDATE outbox SET done_at = ? WHERE event_id = ? AND done_at IS NULL",
+                        (done_at, event_id),
+                    ).rowcount
+                return changed
+
+            return Op(apply, "outbox", held_value=len(ids), done=ids)
+
+        result: int = await self._submit(make)
+        return result
 
     async def record_attempts(self, event_ids: Iterable[str]) -> None:
         """Count one publish attempt for each event (for stats and back-off)."""
-        ids = [(i,) for i in event_ids]
+        ids = tuple(event_ids)
 
         def apply(conn: sqlite3.Connection) -> None:
-            conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE event_id = ?", ids)
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE event_id = ?", [(i,) for i in ids]
+            )
 
-        await self._write(apply)
+        await self._submit(lambda: Op(apply, "outbox", held_value=None, tried=ids))
 
     async def flush(self) -> None:
-        """Return once everything submitted before this call is committed."""
-        await self._write(lambda conn: None)
+        """Return once everything submitted before this call is committed (or held)."""
+        await self._submit(lambda: Op(lambda conn: None, "flush", held_value=None))
 
     async def run_retention(self, now: float | None = None) -> RetentionResult:
-        """Apply retention now (the writer also runs it every retention_interval_s)."""
-        clock = self.options.clock
-
-        def apply(conn: sqlite3.Connection) -> RetentionResult:
-            return run_retention(conn, self._policy(), now if now is not None else clock())
-
-        result = await self._write(apply)
-        self._note_retention(result)
+        """Apply retention now (the writer also runs it every retention_interval_s);
+        StoreError while degraded."""
+        writer = self._open_writer()
+        future = writer.call(lambda: writer.run_on_connection(lambda c: self._retain(c, now)))
+        result: RetentionResult = await asyncio.wrap_future(future)
         return result
 
     def _policy(self) -> RetentionPolicy:
@@ -418,15 +580,26 @@ class Store:
         )
 
     def _maintain(self, conn: sqlite3.Connection) -> None:
+        self._retain(conn, None)
+
+    def _retain(self, conn: sqlite3.Connection, now: float | None) -> RetentionResult:
         # On the writer thread, between batches, in its own transaction.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result = run_retention(conn, self._policy(), self.options.clock())
+            result = run_retention(
+                conn, self._policy(), now if now is not None else self.options.clock()
+            )
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if result.freed_pages:
+            # The file shrinks when the WAL is copied back into it: do it now, not at the next
+            # automatic checkpoint (which may be 1000 pages away).
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self._note_retention(result)
+        return result
 
     def _note_retention(self, result: RetentionResult) -> None:
         self._last_retention = result
@@ -449,144 +622,94 @@ class Store:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def _reader(self) -> sqlite_utils.Database:
-        db: sqlite_utils.Database | None = getattr(self._reader_local, "db", None)
-        if db is None:
+    def _reader(self) -> sqlite3.Connection:
+        local = self._reader_local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.generation != self._reader_generation:
+            conn = None  # the file was reopened and this connection closed: read the new one
+        if conn is None:
+            generation = self._reader_generation
             conn = connect_reader(self.path, self.options.busy_timeout_ms)
             with self._reader_lock:
                 self._reader_conns.append(conn)
-            db = sqlite_utils.Database(conn)
-            self._reader_local.db = db
-        return db
+            local.conn, local.generation = conn, generation
+        return conn
 
-    async def _read(self, query: Callable[[sqlite_utils.Database], T]) -> T:
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         if self._readers is None or self._closed:
             raise StoreError(self.path, "the store is not open")
 
         def run() -> T:
+            with self._read_gate:
+                self._read_gate.wait_for(lambda: not self._readers_closing)
+                self._active_reads += 1
             try:
                 return query(self._reader())
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, "read") from exc
+            finally:
+                with self._read_gate:
+                    self._active_reads -= 1
+                    self._read_gate.notify_all()
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
-    async def pending_outbox(
-        self, limit: int = 100, *, device_id: str | None = None, after: int | None = None
-    ) -> list[OutboxItem]:
-        """Outbox rows not yet published, oldest first (so in creation order per device).
-
-        ``after``: only rows with ``outbox_id`` greater than this (a publisher's cursor over
-        what it already has in flight).
-        """
-        where = ["o.done_at IS NULL"]
-        params: list[Any] = []
-        if device_id is not None:
-            where.append("o.device_id = ?")
-            params.append(device_id)
-        if after is not None:
-            where.append("o.id > ?")
-            params.append(after)
-        # CROSS JOIN keeps outbox as the outer loop, walking the partial index of pending rows
-        # in order, instead of scanning every event and sorting.
-        sql = (
-            f"SELECT o.id AS outbox_id, o.topic, o.attempts, {_EVENT_COLUMNS}"  # noqa: S608
-            f" FROM outbox o CROSS JOIN events e ON e.id = o.event_id WHERE {' AND '.join(where)}"
-            " ORDER BY o.id LIMIT ?"
+    async def pending_outbox(self, limit: int = 100) -> list[OutboxItem]:
+        """Events not yet published, oldest first (so in creation order per device): the file's,
+        then those held in memory (degraded mode), with the marks and attempts held applied."""
+        writer = self._open_writer()
+        # The held state first, then the file: an op written in between shows twice (and is
+        # dropped by id), never not at all.
+        held, done, tried = writer.held_outbox()
+        try:
+            rows = await self._read(lambda c: queries.select_pending(c, limit + len(done)))
+        except StoreError as exc:
+            if writer.problem() is None:
+                raise
+            log.warning("store_outbox_read_failed", path=str(self.path), error=str(exc))
+            rows = []
+        out: list[OutboxItem] = []
+        seen: set[str] = set()
+        for item in rows:
+            event_id = item.event.id
+            seen.add(event_id)
+            if event_id not in done:
+                out.append(replace(item, attempts=item.attempts + tried[event_id]))
+        out.extend(
+            OutboxItem(outbox_id=None, attempts=tried[e.id], event=e)
+            for e in held
+            if e.id not in done and e.id not in seen
         )
-        params.append(limit)
+        return out[:limit]
 
-        def query(db: sqlite_utils.Database) -> list[OutboxItem]:
-            return [
-                OutboxItem(
-                    outbox_id=row["outbox_id"],
-                    topic=row["topic"],
-                    attempts=row["attempts"],
-                    event=event_from_row(row),
-                )
-                for row in db.query(sql, params)
-            ]
+    async def events(self, query: EventQuery | None = None) -> list[LoggedEvent]:
+        """Events as `gatewayd events` reads them (the same query): the newest ``query.limit``
+        matching, oldest first, with their delivery state. Held events show once written."""
+        q = query if query is not None else EventQuery()
+        return await self._read(lambda c: queries.select_events(c, q))
 
-        return await self._read(query)
+    async def open_events(self) -> list[StoredEvent]:
+        """Per (device, alert kind), the latest event if its state is "raised": the alerts open
+        when the gateway last stopped, for the rule engine to restore. Oldest first."""
+        return await self._read(queries.open_events)
 
-    async def events(
-        self,
-        device: str | None = None,
-        since: float | None = None,
-        kind: str | None = None,
-        limit: int | None = None,
-        *,
-        newest_first: bool = False,
-    ) -> list[StoredEvent]:
-        """Events, filtered, in creation order (or newest first)."""
-        where, params = ["1"], list[Any]()
-        if device is not None:
-            where.append("e.device_id = ?")
-            params.append(device)
-        if since is not None:
-            where.append("e.created_at >= ?")
-            params.append(since)
-        if kind is not None:
-            where.append("e.kind = ?")
-            params.append(kind)
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE {' AND '.join(where)}"  # noqa: S608
-            f" ORDER BY e.rowid {'DESC' if newest_first else 'ASC'}"
-        )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return await self._read(lambda db: [event_from_row(row) for row in db.query(sql, params)])
+    async def cursors(self) -> dict[str, DeviceCursor]:
+        """Every device's resume cursor (as last written with `record_window`)."""
+        return await self._read(queries.select_cursors)
 
     async def windows(
         self, device: str | None = None, since: float | None = None, limit: int | None = None
     ) -> list[StoredWindow]:
         """Windows, filtered, oldest first."""
-        where, params = ["1"], list[Any]()
-        if device is not None:
-            where.append("w.device_id = ?")
-            params.append(device)
-        if since is not None:
-            where.append("w.received_at >= ?")
-            params.append(since)
-        sql = (
-            "SELECT w.*, r.window_id IS NOT NULL AS has_raw FROM windows w"  # noqa: S608
-            f" LEFT JOIN raw_windows r ON r.window_id = w.id WHERE {' AND '.join(where)}"
-            " ORDER BY w.id"
-        )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-
-        def query(db: sqlite_utils.Database) -> list[StoredWindow]:
-            out = []
-            for row in db.query(sql, params):
-                row["offloaded"] = bool(row["offloaded"])
-                row["has_raw"] = bool(row["has_raw"])
-                row["result"] = json.loads(row["result"]) if row["result"] else None
-                out.append(StoredWindow(**row))
-            return out
-
-        return await self._read(query)
-
-    async def devices(self) -> list[DeviceRecord]:
-        """Every device seen, by id."""
-
-        def query(db: sqlite_utils.Database) -> list[DeviceRecord]:
-            out = []
-            for row in db.query("SELECT * FROM devices ORDER BY device_id"):
-                row["last_state"] = json.loads(row["last_state"]) if row["last_state"] else None
-                out.append(DeviceRecord(**row))
-            return out
-
-        return await self._read(query)
+        return await self._read(lambda c: queries.select_windows(c, device, since, limit))
 
     async def stats(self) -> StoreStats:
         """Counts, sizes and writer counters."""
-        assert self._writer is not None
+        writer = self._open_writer()
         assert self._opened is not None
-        counters = self._writer.counters
+        counters = writer.counters
         opened = self._opened
+        problem = writer.problem()
 
         def size(suffix: str) -> int:
             try:
@@ -594,7 +717,7 @@ class Store:
             except FileNotFoundError:
                 return 0
 
-        def query(db: sqlite_utils.Database) -> StoreStats:
+        def query(db: sqlite3.Connection) -> StoreStats:
             def one(sql: str) -> Any:
                 row = db.execute(sql).fetchone()
                 return None if row is None else row[0]
@@ -622,6 +745,10 @@ class Store:
                 backpressure_waits=self._backpressure_waits,
                 last_retention=self._last_retention,
                 recovery=opened.recovery,
+                invalid_values=self._invalid_values,
+                held=problem.held if problem is not None else 0,
+                dropped_windows=counters.dropped_windows,
+                reopened=counters.reopened,
             )
 
         return await self._read(query)
