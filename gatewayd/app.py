@@ -1,74 +1,61 @@
-"""The supervisor: every long-running part of the gateway in one TaskGroup, stopped in order.
+"""The gateway assembled: `build_gateway` enters every part in order, `run_gateway` runs it.
 
-`run_gateway` opens the store, discovers the model (none installed is a degraded mode, not a
-failure), and runs the publisher, the link, the inference worker, the pipeline, the rules ticker
-and the watchdog in one TaskGroup until the shutdown Event is set: by SIGTERM or SIGINT (the
-handlers only set the Event; a second SIGINT forces a quick exit), by the caller's ``stop``
-Event, or by a part failing.
+`build_gateway` is one AsyncExitStack: the store, the model, the publisher, the inference
+worker, the pipeline, then the link and the loops that join them (intake from the link, the
+rules' clock, the backpressure governor). Leaving it runs the stack in reverse, which is the
+shutdown order (docs/running.md): link intake stops, the link disconnects, what was received is
+processed, the worker stops, the publisher delivers what it can within its grace period and
+says "offline", the event log is flushed and closed. Every step is bounded
+(`ShutdownTimeouts`). `gatewayd run`, `gatewayd demo` and `gatewayd bench pipeline` all build
+the gateway here (the bench without a link: it feeds the pipeline itself).
 
-READY=1 waits for an adapter that answers (its scanner started): until then STATUS= says which
-adapter it waits for and why, in `gatewayd doctor`'s words (gatewayd.doctor.diagnose_adapter),
-logged once per change. It waits as long as it takes; under the packaged unit systemd's
-TimeoutStartSec= ends the wait (docs/running.md). A broker that cannot be reached does not hold
-READY=1 back (alerts wait in the outbox): the publisher logs why, in doctor's words
-(gatewayd.doctor.broker_failure), once per change of cause, and STATUS= names it.
-
-Shutdown is ordered and bounded (docs/running.md): stop link intake, drain the pipeline queue,
-flush the store, stop the publisher (status "offline"), give it a grace period, then cancel
-whatever is left with a reason.
+`run_gateway` adds what only a service needs: READY=1 once an adapter answers (until then
+STATUS= says which adapter it waits for and why, in `gatewayd doctor`'s words), STATUS= lines,
+the watchdog (pinged only while the pipeline makes progress), and the stop. It runs until its
+``stop`` Event is set or a part fails; signal handling is the caller's (gatewayd/cli). A broker
+that cannot be reached does not hold READY=1 back (alerts wait in the outbox): the publisher
+logs why, in doctor's words, once per change of cause, and STATUS= names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
 from gatewayd.config import Config
-from gatewayd.doctor import (
-    Check,
-    broker_failure,
-    check_model,
-    diagnose_adapter,
-    registry_facts,
-)
+from gatewayd.doctor import Check, broker_failure, check_model, diagnose_adapter, registry_facts
 from gatewayd.errors import EXIT_CONFIG, ConfigError, GatewayError
+from gatewayd.inference.backpressure import Governor
 from gatewayd.inference.registry import ModelRegistry
 from gatewayd.inference.session import InferenceError, ModelSession
+from gatewayd.inference.worker import InferenceWorker
+from gatewayd.lifecycle import raised_at, start_task, stop_task
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import LinkEvent
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
-from gatewayd.pipeline import (
-    BackpressureConfig,
-    BackpressureState,
-    InferenceWorker,
-    Pipeline,
-    StoreOutbox,
-    Tick,
-    gateway_event,
-    plan_backpressure,
-    throttled_policy,
-)
+from gatewayd.mapping import alert_event, gateway_event
+from gatewayd.pipeline import Pipeline
 from gatewayd.protocol.control import SetPolicy
 from gatewayd.publish.client import Publisher
+from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.engine import RuleEngine
 from gatewayd.store.store import Store
 
 __all__ = [
     "EXIT_ERROR",
-    "EXIT_INTERRUPTED",
     "EXIT_OK",
-    "GatewayParts",
+    "Gateway",
     "ShutdownTimeouts",
+    "build_gateway",
     "run_gateway",
     "should_ping_watchdog",
 ]
@@ -77,7 +64,6 @@ log = structlog.get_logger("gatewayd.app")
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
-EXIT_INTERRUPTED: Final = 130
 TICK_S: Final = 1.0
 STATUS_INTERVAL_S: Final = 10.0
 DEFAULT_WATCHDOG_INTERVAL_S: Final = 5.0
@@ -87,22 +73,51 @@ BACKPRESSURE_INTERVAL_S: Final = 2.0
 
 @dataclass(frozen=True, slots=True)
 class ShutdownTimeouts:
-    """Bounds of each shutdown step, seconds."""
+    """Bounds of each shutdown step, seconds (docs/running.md)."""
 
+    #: Stop the link: cancel every connection and disconnect (a hung bluetoothd is abandoned).
+    link_s: float = 8.0
+    #: Process what was received.
     drain_s: float = 10.0
+    #: Deliver what the outbox holds and say "offline" (the publisher's grace period).
     publisher_s: float = 10.0
-    cancel_s: float = 5.0
+    #: Flush and close the event log, and anything left.
+    store_s: float = 5.0
+
+    @property
+    def total_s(self) -> float:
+        """The longest an orderly shutdown can take."""
+        return self.link_s + self.drain_s + self.publisher_s + self.store_s
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayParts:
-    """The running parts, for an observer such as the demo's live view (read them, don't drive)."""
+@dataclass(slots=True)
+class Gateway:
+    """The running parts, for `run_gateway`, the demo's live view and the bench (read them;
+    the pipeline is the one to feed when there is no link)."""
 
-    pipeline: Pipeline
-    worker: InferenceWorker
+    config: Config
+    topics: Topics
+    store: Store
     publisher: Publisher
-    link: LinkManager
+    worker: InferenceWorker
+    pipeline: Pipeline
+    link: LinkManager | None
+    #: The model's id, or "no model (degraded)".
     model: str
+    devices: tuple[PairedDevice, ...]
+    #: Tasks whose end means the gateway cannot go on (a part failed).
+    watched: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def failure(self) -> BaseException:
+        """Wait until a watched part ends, and return why (its exception, or that it ended)."""
+        tasks = [t for t in self.watched if t is not None]
+        if not tasks:
+            await asyncio.Event().wait()
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        task = next(iter(done))
+        if task.cancelled():
+            return GatewayError(f"{task.get_name()} was cancelled")
+        return task.exception() or GatewayError(f"{task.get_name()} stopped")
 
 
 def should_ping_watchdog(previous: int, handled: int, backlog: int) -> bool:
@@ -144,371 +159,418 @@ def _link_settings(config: Config) -> LinkSettings:
     )
 
 
-async def _first_set(*events: asyncio.Event) -> None:
-    """Return as soon as one of ``events`` is set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+async def _note_startup_facts(
+    store: Store,
+    session: ModelSession | None,
+    problem: Check | None,
+    config: Config,
+) -> None:
+    """Gateway-level technical events for what the user must know: a recovered log, no model."""
+    now = time.time()
+    if store.recovery is not None:
+        log.critical("event log recovered", message=store.recovery.message)
+        await store.append_event(
+            gateway_event("store_recovered", "critical", store.recovery.message, now,
+                          moved_to=[str(p) for p in store.recovery.moved_to])
+        )  # fmt: skip
+    if problem is not None:
+        # `gatewayd doctor`'s model line and fix (docs/running.md, "Degraded modes").
+        log.warning(problem.message, model=config.inference.model, fix=problem.fix,
+                    degraded="heart rate from the signal estimator on offloaded windows,"
+                    " no gateway activity")  # fmt: skip
+        await store.append_event(
+            gateway_event("model_missing", "warning", problem.message, now,
+                          model=config.inference.model)
+        )  # fmt: skip
+    elif session is not None:
+        log.info("gateway model loaded", model_id=session.model_id)
+
+
+async def _restored_engine(store: Store, config: Config) -> RuleEngine:
+    """The rule engine, holding the alerts that were open when the gateway last stopped.
+
+    A condition that still holds is not raised a second time, and its clear names the episode
+    raised before the restart (docs/rules.md, "Restart").
+    """
+    engine = RuleEngine(config.rules)
+    result = engine.restore(await store.open_events(), t=time.time(), mono=time.monotonic())
+    for skipped in result.skipped:
+        log.warning("open alert not restored", reason=skipped.reason,
+                    device=skipped.alert.device_id, kind=skipped.alert.kind)  # fmt: skip
+    for transition in result.transitions:
+        await store.append_event(alert_event(transition))
+    if result.restored:
+        log.info("open alerts restored", count=len(result.restored),
+                 alerts=[f"{r.device_id}/{r.kind.value}#{r.episode}"
+                         for r in result.restored])  # fmt: skip
+    return engine
+
+
+@contextlib.asynccontextmanager
+async def _running_link(link: LinkManager, timeout_s: float) -> AsyncIterator[asyncio.Task[None]]:
+    task = start_task(link.run(), "link")
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        yield task
     finally:
-        for waiter in waiters:
-            waiter.cancel()
+        await stop_task(task, "gateway stopping: link", timeout_s)
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+@contextlib.asynccontextmanager
+async def build_gateway(
+    config: Config,
+    *,
+    devices: Sequence[PairedDevice] | None = None,
+    models_dir: Path | None = None,
+    with_link: bool = True,
+    timeouts: ShutdownTimeouts | None = None,
+    backpressure_interval_s: float = BACKPRESSURE_INTERVAL_S,
+    telemetry_queue_size: int | None = None,
+    tick_s: float = TICK_S,
+) -> AsyncIterator[Gateway]:
+    """Enter every part of the gateway in order; leave them in reverse, each bounded.
+
+    ``devices`` replaces the paired-device list of the state directory; ``with_link=False``
+    builds everything but the link (the caller feeds ``gateway.pipeline``), and no rules clock.
+    Raises ConfigError (unreadable password or TLS files) before anything runs.
+    """
+    timeouts = timeouts or ShutdownTimeouts()
+    gateway_id = config.gateway.id
+    topics = Topics(config.mqtt.topic_root, gateway_id)
+    if devices is None:
+        registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+        # A small JSON file, but a file read all the same: off the loop.
+        devices = await asyncio.to_thread(registry.load)
+    paired = tuple(devices)
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store.open(config.store.path, config.store))
+        session, problem = await _load_model(config, models_dir)
+        await _note_startup_facts(store, session, problem, config)
+        extra: dict[str, Any] = {}
+        if telemetry_queue_size is not None:
+            extra["telemetry_queue_size"] = telemetry_queue_size
+        publisher = await stack.enter_async_context(
+            Publisher(
+                config.mqtt,
+                gateway_id,
+                StoreOutbox(store, gateway_id),
+                # The paired list it started with: a removed device's retained topics and
+                # discovery configs are cleared on connect (docs/mqtt.md).
+                paired=[d.device_id for d in paired],
+                explain=lambda error: _explain_broker(config, error),
+                stop_grace_s=timeouts.publisher_s,
+                **extra,
+            )
+        )
+        engine = await _restored_engine(store, config)
+        worker = await stack.enter_async_context(InferenceWorker(session, config.inference))
+        pipeline = await stack.enter_async_context(
+            Pipeline(
+                gateway_id=gateway_id,
+                topics=topics,
+                engine=engine,
+                store=store,
+                publisher=publisher,
+                analyse=worker.analyse,
+                keep_raw=config.store.keep_raw_windows,
+                drain_timeout_s=timeouts.drain_s,
+            )
+        )
+        gateway = Gateway(
+            config=config,
+            topics=topics,
+            store=store,
+            publisher=publisher,
+            worker=worker,
+            pipeline=pipeline,
+            link=None,
+            model=session.model_id if session is not None else "no model (degraded)",
+            devices=paired,
+        )
+        gateway.watched += [t for t in (publisher.task, worker.task, pipeline.task) if t]
+        if with_link:
+            await _start_link(gateway, stack, timeouts, backpressure_interval_s, tick_s)
+        yield gateway
+        log.info("gateway stopping", windows=pipeline.stats.windows,
+                 alerts=pipeline.stats.alerts)  # fmt: skip
+
+
+async def _start_link(
+    gateway: Gateway,
+    stack: contextlib.AsyncExitStack,
+    timeouts: ShutdownTimeouts,
+    backpressure_interval_s: float,
+    tick_s: float,
+) -> None:
+    """The link, and the loops that join it to the pipeline, entered on ``stack``."""
+    config, pipeline = gateway.config, gateway.pipeline
+    settings = _link_settings(config)
+    link = LinkManager(
+        config.ble.adapters,
+        config.ble.slots_per_adapter,
+        gateway.devices,
+        settings,
+        queue_size=config.inference.queue_size * 16,
+    )
+    gateway.link = link
+    # The event taken off the link queue but not yet accepted by the pipeline: shutdown
+    # submits it again, so cancelling intake mid-submit loses nothing.
+    in_hand: list[LinkEvent] = []
+
+    async def flush_link_events() -> None:
+        # Runs once the link has stopped: what it received (and its LinkDowns) is processed.
+        for event in in_hand:
+            await pipeline.submit(event)
+        while not link.events.empty():
+            await pipeline.submit(link.events.get_nowait())
+
+    stack.push_async_callback(flush_link_events)
+    link_task = await stack.enter_async_context(_running_link(link, timeouts.link_s))
+
+    async def intake() -> None:
+        while True:
+            in_hand.append(await link.events.get())
+            await pipeline.submit(in_hand[0])
+            in_hand.clear()
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(tick_s)
+            await pipeline.submit(pipeline.now())
+
+    governor = Governor(
+        capacity=config.inference.queue_size,
+        base=SetPolicy(settings.tau_mbits, settings.min_conf_e4),
+        backlog=lambda: gateway.worker.backlog,
+        offloaded=lambda: pipeline.stats.offloaded_by_device,
+        set_policy=link.set_policy,
+        interval_s=backpressure_interval_s,
+    )
+    loops = [
+        start_task(intake(), "intake"),
+        start_task(ticker(), "ticker"),
+        start_task(governor.run(), "backpressure"),
+    ]
+
+    async def stop_loops() -> None:
+        for task in loops:
+            await stop_task(task, "gateway stopping: link intake", 1.0)
+
+    stack.push_async_callback(stop_loops)
+    gateway.watched += [link_task, *loops]
 
 
 async def run_gateway(
     config: Config,
     *,
+    stop: asyncio.Event,
     registry_devices: Sequence[PairedDevice] | None = None,
     ready: Callable[[], None] | None = None,
     watchdog: Callable[[], None] | None = None,
     status: Callable[[str], None] | None = None,
     stopping: Callable[[], None] | None = None,
-    stop: asyncio.Event | None = None,
     models_dir: Path | None = None,
-    handle_signals: bool | None = None,
     watchdog_interval_s: float = DEFAULT_WATCHDOG_INTERVAL_S,
     backpressure_interval_s: float = BACKPRESSURE_INTERVAL_S,
     timeouts: ShutdownTimeouts | None = None,
-    observe: Callable[[GatewayParts], None] | None = None,
+    observe: Callable[[Gateway], None] | None = None,
 ) -> int:
-    """Run the gateway until ``stop`` is set or a signal arrives; return the exit code.
+    """Run the gateway until ``stop`` is set or a part fails; return the exit code.
 
     ``ready`` is called once the store is open, the MQTT, BLE and pipeline loops run and an
-    adapter answers (until then ``status`` says what it waits for);
-    ``watchdog`` every ``watchdog_interval_s`` while the pipeline makes progress (or is idle);
-    ``status`` with one human line now and then (systemd STATUS=); ``stopping`` once, when an
-    orderly shutdown begins (systemd STOPPING=1). ``registry_devices``
-    replaces the paired-device list of the state directory (the publisher clears the retained
-    topics of this gateway's other devices on connect); ``models_dir`` the installed
-    models. Signal handlers are installed when ``handle_signals`` (default: no ``stop`` given).
-    ``observe`` is handed the running parts once, just before ``ready``;
-    ``backpressure_interval_s`` is how often the governor looks at the inference queue.
-    Exit codes: 0 normal stop, 78 configuration error, 130 forced by a second SIGINT, 1 other.
+    adapter answers (until then ``status`` says what it waits for); ``watchdog`` every
+    ``watchdog_interval_s`` while the pipeline makes progress (or is idle); ``status`` with one
+    human line now and then (systemd STATUS=); ``stopping`` once, when an orderly shutdown
+    begins (systemd STOPPING=1). ``registry_devices`` replaces the paired-device list of the
+    state directory; ``models_dir`` the installed models. ``observe`` is handed the running
+    gateway once, just before ``ready``.
+    Exit codes: 0 normal stop, 78 configuration error, 1 other.
     """
-    if handle_signals is None:
-        handle_signals = stop is None
-    stop = stop if stop is not None else asyncio.Event()
     tell = status or (lambda _line: None)
+    failure: BaseException | None = None
     try:
-        return await _run(
+        tell("opening the event log")
+        async with build_gateway(
             config,
-            registry_devices=registry_devices,
-            ready=ready or (lambda: None),
-            watchdog=watchdog,
-            status=tell,
-            stopping=stopping or (lambda: None),
-            stop=stop,
+            devices=registry_devices,
             models_dir=models_dir,
-            handle_signals=handle_signals,
-            watchdog_interval_s=watchdog_interval_s,
+            timeouts=timeouts,
             backpressure_interval_s=backpressure_interval_s,
-            timeouts=timeouts or ShutdownTimeouts(),
-            observe=observe or (lambda _parts: None),
-        )
-    except ConfigError as exc:
-        log.error("configuration error", error=str(exc))  # noqa: TRY400 - advice, no traceback
-        tell(f"configuration error: {exc}")
+        ) as gateway:
+            service = _Service(gateway, status=tell, watchdog=watchdog)
+            failure = await service.serve(
+                stop, ready or (lambda: None), watchdog_interval_s, observe or (lambda _g: None)
+            )
+            (stopping or (lambda: None))()
+            tell("stopping")
+            log.info("stopping: link, pipeline, publisher, event log, in that order")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an exit code, said once
+        failure = exc
+    return _exit_code(failure, tell)
+
+
+def _exit_code(failure: BaseException | None, tell: Callable[[str], None]) -> int:
+    """The exit code for how the gateway ended, said in the log and in STATUS=."""
+    if failure is None:
+        log.info("gateway stopped")
+        tell("stopped")
+        return EXIT_OK
+    if isinstance(failure, ConfigError):
+        log.error("configuration error", error=str(failure))
+        tell(f"configuration error: {failure}")
         return EXIT_CONFIG
-    except GatewayError as exc:
-        log.error("gateway failed", error=str(exc))  # noqa: TRY400 - advice, no traceback
-        tell(f"failed: {exc}")
+    if isinstance(failure, GatewayError):
+        log.error("gateway failed", error=str(failure))
+        tell(f"failed: {failure}")
         return EXIT_ERROR
+    log.error("a gateway part failed", error=repr(failure), where=raised_at(failure))
+    tell(f"failed: {failure!r}")
+    return EXIT_ERROR
 
 
-async def _run(  # noqa: PLR0912, PLR0915 - one story: open, start, wait, stop in order
-    config: Config,
-    *,
-    registry_devices: Sequence[PairedDevice] | None,
-    ready: Callable[[], None],
-    watchdog: Callable[[], None] | None,
-    status: Callable[[str], None],
-    stopping: Callable[[], None],
-    stop: asyncio.Event,
-    models_dir: Path | None,
-    handle_signals: bool,
-    watchdog_interval_s: float,
-    backpressure_interval_s: float,
-    timeouts: ShutdownTimeouts,
-    observe: Callable[[GatewayParts], None],
-) -> int:
-    gateway_id = config.gateway.id
-    topics = Topics(config.mqtt.topic_root, gateway_id)
-    if registry_devices is None:
-        registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
-        # A small JSON file, but a file read all the same: off the loop.
-        registry_devices = await asyncio.to_thread(registry.load)
-    devices = list(registry_devices)
-    if not devices:
-        log.warning("no paired devices: nothing will connect (pair with `gatewayd pair`)")
-    status("opening the event log")
-    forced = False
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
+class _Service:
+    """What only a service adds: READY=1 once an adapter answers, STATUS=, the watchdog."""
 
-    def on_signal(signum: int) -> None:
-        nonlocal forced
-        if stop.is_set() and signum == signal.SIGINT and not forced:
-            forced = True
-            log.warning("second SIGINT: forcing exit")
-            if main is not None:
-                main.cancel("forced exit (second SIGINT)")
-            return
-        log.info("shutdown requested", signal=signal.Signals(signum).name)
-        stop.set()
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        status: Callable[[str], None],
+        watchdog: Callable[[], None] | None,
+    ) -> None:
+        assert gateway.link is not None
+        self.gateway = gateway
+        self.link = gateway.link
+        self.status = status
+        self.watchdog = watchdog
+        #: Adapters whose scanner failed last, with doctor's explanation.
+        self.adapter_problems: dict[str, Check] = {}
+        #: Set once an adapter answers.
+        self.adapter_answers = asyncio.Event()
 
-    if handle_signals:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, on_signal, signum)
-                installed.append(signum)
-    try:
-        async with Store.open(config.store.path, config.store) as store:
-            now = time.time()
-            if store.recovery is not None:
-                log.critical("event log recovered", message=store.recovery.message)
-                await store.append_event(
-                    gateway_event("store_recovered", "critical", store.recovery.message, now,
-                                  moved_to=[str(p) for p in store.recovery.moved_to]),
-                    topic=topics.gateway_alerts,
-                )  # fmt: skip
-            session, problem = await _load_model(config, models_dir)
-            if problem is not None:
-                # `gatewayd doctor`'s model line and fix (docs/running.md, "Degraded modes").
-                log.warning(problem.message, model=config.inference.model, fix=problem.fix,
-                            degraded="heart rate from the signal estimator on offloaded"
-                            " windows, no gateway activity")  # fmt: skip
-                await store.append_event(
-                    gateway_event("model_missing", "warning", problem.message, now,
-                                  model=config.inference.model),
-                    topic=topics.gateway_alerts,
-                )  # fmt: skip
-            elif session is not None:
-                log.info("gateway model loaded", model_id=session.model_id)
-            # The paired list it started with: a removed device's retained topics and
-            # discovery configs are cleared on connect (docs/mqtt.md).
-            publisher = Publisher(
-                config.mqtt,
-                gateway_id,
-                StoreOutbox(store, gateway_id),
-                paired=[d.device_id for d in devices],
-                explain=lambda error: _explain_broker(config, error),
-            )
-            settings = _link_settings(config)
-            link = LinkManager(
-                config.ble.adapters,
-                config.ble.slots_per_adapter,
-                devices,
-                settings,
-                queue_size=config.inference.queue_size * 16,
-            )
-            worker = InferenceWorker(session, config.inference)
-            pipeline = Pipeline(
-                gateway_id=gateway_id,
-                topics=topics,
-                engine=RuleEngine(config.rules),
-                store=store,
-                publisher=publisher,
-                analyse=worker.analyse,
-                keep_raw=config.store.keep_raw_windows,
-            )
-            model_text = session.model_id if session is not None else "no model (degraded)"
-            # Adapters whose scanner failed last, with doctor's explanation; set once one answers.
-            adapter_problems: dict[str, Check] = {}
-            adapter_answers = asyncio.Event()
+    def describe(self) -> str:
+        """The STATUS= line now."""
+        gateway, config = self.gateway, self.gateway.config
+        pipeline, publisher = gateway.pipeline, gateway.publisher
+        if not self.adapter_answers.is_set():
+            waiting = [
+                f"{a}: {self.adapter_problems[a].message}" if a in self.adapter_problems else a
+                for a in config.ble.adapters
+            ]
+            return f"waiting for adapter {'; '.join(waiting)}"
+        connected = sum(1 for v in pipeline.views.values() if v.connected)
+        line = (
+            f"{connected}/{len(gateway.devices)} devices connected, mqtt"
+            f" {'up' if publisher.connected else 'down'}, {pipeline.stats.windows}"
+            f" windows, {pipeline.stats.alerts} alerts, model {gateway.model}"
+        )
+        if publisher.problem is not None:
+            line += f"; {publisher.problem}"
+        if (problem := gateway.store.problem) is not None:
+            line += f"; event log: {problem.text}"
+        for adapter, check in self.adapter_problems.items():
+            line += f"; adapter {adapter} does not answer: {check.message}"
+        return line
 
-            def describe() -> str:
-                if not adapter_answers.is_set():
-                    waiting = [
-                        f"{a}: {adapter_problems[a].message}" if a in adapter_problems else a
-                        for a in config.ble.adapters
-                    ]
-                    return f"waiting for adapter {'; '.join(waiting)}"
-                connected = sum(1 for v in pipeline.views.values() if v.connected)
-                line = (
-                    f"{connected}/{len(devices)} devices connected, mqtt"
-                    f" {'up' if publisher.connected else 'down'}, {pipeline.stats.windows}"
-                    f" windows, {pipeline.stats.alerts} alerts, model {model_text}"
-                )
-                if publisher.problem is not None:
-                    line += f"; {publisher.problem}"
-                for adapter, check in adapter_problems.items():
-                    line += f"; adapter {adapter} does not answer: {check.message}"
-                return line
-
-            async def adapter_watch() -> None:
-                # Explains each scanner failure the way `gatewayd doctor` would, logged once per
-                # change of the explanation; the scanner retries on its own (backoff).
-                said: dict[str, str] = {}
-                seen = -1
-                while True:
-                    await link.adapters.wait_change(seen)
-                    seen = link.adapters.version
-                    for adapter, state in link.adapters.snapshot().items():
-                        if state.answers:
-                            adapter_problems.pop(adapter, None)
-                            if said.get(adapter, "answers") != "answers":
-                                log.info("adapter answers", adapter=adapter)
-                            said[adapter] = "answers"
-                        elif state.error is not None:
-                            check = await diagnose_adapter(adapter, state.error)
-                            adapter_problems[adapter] = check
-                            if said.get(adapter) != check.message:
-                                said[adapter] = check.message
-                                event = (
-                                    f"adapter {adapter} does not answer: {check.message}"
-                                    if adapter_answers.is_set()
-                                    else f"waiting for adapter {adapter}: {check.message}"
-                                )
-                                log.warning(event, adapter=adapter, fix=check.fix)
-                    if link.adapters.answering():
-                        adapter_answers.set()
-                    status(describe())
-
-            # The event taken off the link queue but not yet accepted by the pipeline: shutdown
-            # submits it again, so cancelling intake mid-submit loses nothing.
-            in_hand: list[LinkEvent] = []
-
-            async def intake() -> None:
-                while True:
-                    in_hand.append(await link.events.get())
-                    await pipeline.submit(in_hand[0])
-                    in_hand.clear()
-
-            async def ticker() -> None:
-                while True:
-                    await asyncio.sleep(TICK_S)
-                    await pipeline.submit(Tick(time.time()))
-
-            async def pinger() -> None:
-                previous = -1
-                last_status = 0.0
-                while True:
-                    await asyncio.sleep(watchdog_interval_s)
-                    handled = pipeline.stats.handled
-                    if watchdog is not None and should_ping_watchdog(
-                        previous, handled, pipeline.backlog
-                    ):
-                        watchdog()
-                    elif watchdog is not None:
-                        log.warning("pipeline stalled: watchdog not pinged",
-                                    backlog=pipeline.backlog)  # fmt: skip
-                    previous = handled
-                    if time.monotonic() - last_status >= STATUS_INTERVAL_S:
-                        last_status = time.monotonic()
-                        status(describe())
-
-            pressure = BackpressureConfig()
-
-            async def governor() -> None:
-                state = BackpressureState()
-                last: dict[str, int] = {}
-                while True:
-                    await asyncio.sleep(backpressure_interval_s)
-                    counts = dict(pipeline.stats.offloaded_by_device)
-                    delta = {d: n - last.get(d, 0) for d, n in counts.items()}
-                    last = counts
-                    state, changes = plan_backpressure(
-                        state,
-                        pressure,
-                        backlog=worker.backlog,
-                        capacity=config.inference.queue_size,
-                        offloads=delta,
-                    )
-                    for device_id, level in changes.items():
-                        tau, conf = throttled_policy(
-                            settings.tau_mbits, settings.min_conf_e4, level, pressure
+    async def watch_adapters(self) -> None:
+        """Explain each scanner failure the way `gatewayd doctor` would, logged once per change
+        of the explanation; the scanner retries on its own (backoff)."""
+        adapters = self.link.adapters
+        said: dict[str, str] = {}
+        seen = -1
+        while True:
+            await adapters.wait_change(seen)
+            seen = adapters.version
+            for adapter, state in adapters.snapshot().items():
+                if state.answers:
+                    self.adapter_problems.pop(adapter, None)
+                    if said.get(adapter, "answers") != "answers":
+                        log.info("adapter answers", adapter=adapter)
+                    said[adapter] = "answers"
+                elif state.error is not None:
+                    check = await diagnose_adapter(adapter, state.error)
+                    self.adapter_problems[adapter] = check
+                    if said.get(adapter) != check.message:
+                        said[adapter] = check.message
+                        event = (
+                            f"adapter {adapter} does not answer: {check.message}"
+                            if self.adapter_answers.is_set()
+                            else f"waiting for adapter {adapter}: {check.message}"
                         )
-                        link.set_policy(device_id, SetPolicy(tau, conf))
-                        log.info("backpressure: offload policy changed", device=device_id,
-                                 level=level, tau_mbits=tau, min_conf_e4=conf,
-                                 inference_backlog=worker.backlog)  # fmt: skip
+                        log.warning(event, adapter=adapter, fix=check.fix)
+            if adapters.answering():
+                self.adapter_answers.set()
+            self.status(self.describe())
 
-            async with asyncio.TaskGroup() as tg:
-                t_publisher = tg.create_task(publisher.run(), name="publisher")
-                t_pipeline = tg.create_task(pipeline.run(), name="pipeline")
-                t_worker = tg.create_task(worker.run(), name="inference")
-                t_link = tg.create_task(link.run(), name="link")
-                t_intake = tg.create_task(intake(), name="intake")
-                t_ticker = tg.create_task(ticker(), name="ticker")
-                t_pinger = tg.create_task(pinger(), name="watchdog")
-                t_governor = tg.create_task(governor(), name="backpressure")
-                t_adapters = tg.create_task(adapter_watch(), name="adapters")
-                await asyncio.sleep(0)  # let every loop start
-                observe(GatewayParts(pipeline, worker, publisher, link, model_text))
-                status(describe())
-                # READY=1 once an adapter answers; a stop request may come first.
-                await _first_set(adapter_answers, stop)
-                if not stop.is_set():
-                    log.info("gateway running", gateway_id=gateway_id, devices=len(devices),
-                             model=model_text, mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
-                             store=str(config.store.path),
-                             adapters=link.adapters.answering())  # fmt: skip
-                    ready()
-                    status(describe())
-                await stop.wait()
+    async def watch_store(self) -> None:
+        """Say at once when the event log holds writes in memory, and when it is well again.
 
-                # --- ordered, bounded shutdown -----------------------------------------------
-                stopping()
-                status("stopping: link")
-                log.info("stopping: link intake")
-                intake_tasks = (t_link, t_intake, t_ticker, t_governor, t_adapters)
-                for task in intake_tasks:
-                    task.cancel("gateway stopping: link intake")
-                await asyncio.gather(*intake_tasks, return_exceptions=True)
-                # Frames already received are processed, not dropped.
-                for event in in_hand:
-                    await pipeline.submit(event)
-                while not link.events.empty():
-                    await pipeline.submit(link.events.get_nowait())
-                status("stopping: draining the pipeline")
-                try:
-                    async with asyncio.timeout(timeouts.drain_s):
-                        await pipeline.drain()
-                except TimeoutError:
-                    log.warning("pipeline not drained in time", backlog=pipeline.backlog,
-                                timeout_s=timeouts.drain_s)  # fmt: skip
-                t_pipeline.cancel("gateway stopping")
-                t_worker.cancel("gateway stopping")
-                status("stopping: flushing the event log")
-                await store.flush()
-                status("stopping: MQTT")
-                publisher.stop()
-                try:
-                    async with asyncio.timeout(timeouts.publisher_s):
-                        await asyncio.shield(t_publisher)
-                except TimeoutError:
-                    log.warning("publisher did not stop in time; cancelling",
-                                timeout_s=timeouts.publisher_s)  # fmt: skip
-                for task in (t_publisher, t_pinger):
-                    task.cancel("gateway stopping: grace period over")
-            log.info("gateway stopped", windows=pipeline.stats.windows,
-                     alerts=pipeline.stats.alerts)  # fmt: skip
-            status("stopped")
-    except asyncio.CancelledError:
-        if forced:
-            if main is not None:
-                main.uncancel()
-            log.warning("forced exit")
-            return EXIT_INTERRUPTED
-        raise
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        config_errors = [e for e in leaves if isinstance(e, ConfigError)]
-        if config_errors:
-            raise config_errors[0] from group
-        gateway_errors = [e for e in leaves if isinstance(e, GatewayError)]
-        if gateway_errors and len(gateway_errors) == len(leaves):
-            raise gateway_errors[0] from group
-        log.exception("a gateway task failed", errors=[repr(e) for e in leaves])
-        return EXIT_ERROR
-    finally:
-        for handled in installed:
-            loop.remove_signal_handler(handled)
-    return EXIT_OK
+        The store itself writes the event_log_degraded alert and its clear (docs/store.md).
+        """
+        store = self.gateway.store
+        version = store.problem_version
+        while True:
+            version = await store.wait_problem_change(version)
+            if (problem := store.problem) is not None:
+                log.error("event log degraded", problem=problem.text)
+            else:
+                log.info("event log writes again")
+            self.status(self.describe())
+
+    async def ping(self, interval_s: float) -> None:
+        """WATCHDOG=1 every ``interval_s`` while the pipeline makes progress; STATUS= now and
+        then."""
+        pipeline = self.gateway.pipeline
+        previous = -1
+        last_status = 0.0
+        while True:
+            await asyncio.sleep(interval_s)
+            handled = pipeline.stats.handled
+            if self.watchdog is not None and should_ping_watchdog(
+                previous, handled, pipeline.backlog
+            ):
+                self.watchdog()
+            elif self.watchdog is not None:
+                log.warning("pipeline stalled: watchdog not pinged", backlog=pipeline.backlog)
+            previous = handled
+            if time.monotonic() - last_status >= STATUS_INTERVAL_S:
+                last_status = time.monotonic()
+                self.status(self.describe())
+
+    async def serve(
+        self,
+        stop: asyncio.Event,
+        ready: Callable[[], None],
+        watchdog_interval_s: float,
+        observe: Callable[[Gateway], None],
+    ) -> BaseException | None:
+        """READY=1 once an adapter answers, then run until ``stop`` or a part fails; return
+        the failure, if one ended it."""
+        gateway, config = self.gateway, self.gateway.config
+        helpers = [
+            start_task(self.watch_adapters(), "adapters"),
+            start_task(self.ping(watchdog_interval_s), "watchdog"),
+            start_task(self.watch_store(), "store-watch"),
+        ]
+        failed = asyncio.ensure_future(gateway.failure())
+        stopped = asyncio.ensure_future(stop.wait())
+        answered = asyncio.ensure_future(self.adapter_answers.wait())
+        try:
+            observe(gateway)
+            self.status(self.describe())
+            # READY=1 once an adapter answers; a stop request or a failure may come first.
+            await asyncio.wait({failed, stopped, answered}, return_when=asyncio.FIRST_COMPLETED)
+            if answered.done() and not stopped.done() and not failed.done():
+                log.info("gateway running", gateway_id=config.gateway.id,
+                         devices=len(gateway.devices), model=gateway.model,
+                         mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
+                         store=str(config.store.path),
+                         adapters=self.link.adapters.answering())  # fmt: skip
+                ready()
+                self.status(self.describe())
+                await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            return failed.result() if failed.done() else None
+        finally:
+            for waiter in (failed, stopped, answered):
+                waiter.cancel()
+            for task in helpers:
+                await stop_task(task, "gateway stopping", 1.0)

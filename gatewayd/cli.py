@@ -28,7 +28,6 @@ from gatewayd.config import (
     Config,
     config_warnings,
     load_config,
-    resolve_mqtt_password,
 )
 from gatewayd.errors import (
     EXIT_CONFIG,
@@ -90,9 +89,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file (and the secrets it names); print a one-line summary."""
     path = Path(args.path if args.path is not None else args.config)
     config = load_config(path, os.environ)
-    # A password file that cannot be read is a configuration error too: find it now,
-    # not on the first broker connection.
-    resolve_mqtt_password(config.mqtt, os.environ)
+    # The password and TLS files, loaded as `gatewayd run` loads them before it is ready: what
+    # run would refuse (exit 78), check-config refuses too.
+    from gatewayd.publish.client import load_credentials  # noqa: PLC0415 - pulls in aiomqtt
+
+    load_credentials(config.mqtt, os.environ)
     for warning in config_warnings(config):
         print(f"gatewayd: warning: {warning}", file=sys.stderr)
     adapters = len(config.ble.adapters)
@@ -145,12 +146,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from gatewayd.app import run_gateway  # noqa: PLC0415
     from gatewayd.doctor import state_dir_checks  # noqa: PLC0415
+    from gatewayd.runner import run_until_signalled  # noqa: PLC0415
     from gatewayd.systemd import notifier, watchdog_interval_s  # noqa: PLC0415
 
     log = structlog.get_logger("gatewayd.app")
     config = load_config_from_args(args)
-    # A password file that cannot be read is a configuration error: exit 78 before starting.
-    resolve_mqtt_password(config.mqtt, os.environ)
     for warning in config_warnings(config):
         print(f"gatewayd: warning: {warning}", file=sys.stderr)
     notify = notifier(os.environ)
@@ -163,9 +163,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if check.status == "warn":
             log.warning(check.message, check=check.name, fix=check.fix)
     interval = watchdog_interval_s(os.environ)
-    return asyncio.run(
-        run_gateway(
+    # Signals are handled here: the first SIGTERM/SIGINT sets `stop`, a second SIGINT forces.
+    return run_until_signalled(
+        lambda stop: run_gateway(
             config,
+            stop=stop,
             ready=lambda: notify("READY=1"),
             watchdog=(lambda: notify("WATCHDOG=1")) if interval is not None else None,
             status=lambda line: notify(f"STATUS={line}"),
@@ -236,7 +238,7 @@ DEFAULT_EVENT_LIMIT = 100
 
 def cmd_events(args: argparse.Namespace) -> int:
     """Print the event log, read-only; exit 69 when there is none yet (docs/store.md)."""
-    # Imported here: the store pulls in sqlite-utils and structlog, which most commands skip.
+    # Imported here: the store pulls in structlog and its threads, which most commands skip.
     from gatewayd.store.report import (  # noqa: PLC0415
         EventLogMissingError,
         EventLogReader,
@@ -263,7 +265,11 @@ def cmd_events(args: argparse.Namespace) -> int:
     if more:
         events = events[1:]  # oldest first: drop the extra, oldest one
     if args.json:
-        print(json.dumps(events_json(events), indent=2))
+        from gatewayd.publish.topics import Topics  # noqa: PLC0415
+
+        topics = Topics(config.mqtt.topic_root, config.gateway.id)
+        topic_of = lambda d: topics.gateway_alerts if d is None else topics.alerts(d)  # noqa: E731
+        print(json.dumps(events_json(events, topic_of=topic_of), indent=2))
     elif not events:
         filtered = any((args.device, args.since is not None, args.kind, args.severity))
         print(

@@ -184,10 +184,7 @@ class BleConfig(_Section):
 
     adapters: Annotated[tuple[str, ...], Field(strict=False, min_length=1)] = ("hci0",)
     slots_per_adapter: int = Field(default=5, ge=1, le=20)
-    scan_interval_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     connect_timeout_s: float = Field(default=20.0, gt=0, le=120, allow_inf_nan=False)
-    mtu_request: int = Field(default=247, ge=23, le=517)
-    allowlist_only: bool = True
 
     @field_validator("adapters")
     @classmethod
@@ -591,8 +588,21 @@ def _describe_error(error: ErrorDetails) -> str:
     return f"{key}: expected {expected}, got {got}"
 
 
+#: Keys earlier versions accepted and never honoured, and why they are gone.
+REMOVED_KEYS: Final[dict[str, str]] = {
+    "ble.scan_interval_s": "BlueZ scans continuously while the gateway waits for a wearable;"
+    " there is no interval to set",
+    "ble.mtu_request": "BlueZ negotiates the largest MTU both sides support by itself; a"
+    " client cannot ask for one",
+    "ble.allowlist_only": "the gateway only ever connects to devices paired with `gatewayd"
+    " pair` (docs/pairing.md)",
+}
+
+
 def _describe_unknown_key(loc: tuple[int | str, ...], value: Any) -> str:
     key = _dotted(loc)
+    if key in REMOVED_KEYS:
+        return f"'{key}' was removed: {REMOVED_KEYS[key]}; delete the line"
     name = loc[-1]
     is_section = isinstance(value, dict)
     what = f"unknown section [{key}]" if is_section else f"unknown key '{key}'"

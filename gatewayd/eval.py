@@ -52,7 +52,7 @@ from gatewayd.inference.analysis import (
 from gatewayd.inference.cards import ModelCard
 from gatewayd.inference.groups import class_groups
 from gatewayd.inference.session import InferenceError, ModelSession
-from gatewayd.pipeline import observation_for_frame
+from gatewayd.mapping import observation_for_frame
 from gatewayd.protocol.messages import MessageFlags, Summary, Window, decode_message
 from gatewayd.rules import RuleEngine, RulesConfig
 from gatewayd.signals.acc_features import LinearActivityBaseline, acc_features_batch

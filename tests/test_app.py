@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from gatewayd import cli
 from gatewayd.app import run_gateway, should_ping_watchdog
 from gatewayd.config import Config, load_config
 from gatewayd.emulator import FakeBluez
+from gatewayd.runner import EXIT_INTERRUPTED, run_until_signalled
 from gatewayd.systemd import notifier, watchdog_interval_s
 from tests.emulator_fixtures import EmulatorEnv
 from tests.mqtt_fixtures import free_port
@@ -155,24 +157,78 @@ async def test_an_unreadable_password_file_exits_78(tmp_path: Path) -> None:
     assert any(n.startswith("STATUS=configuration error") for n in notes)
 
 
-@needs_dbus
+@pytest.mark.parametrize("ca", ["missing", "garbage"])
 @pytest.mark.asyncio
-async def test_sigterm_stops_cleanly_and_a_second_sigint_forces_exit(
-    private_bus: EmulatorEnv, fake_bluez: FakeBluez, tmp_path: Path
+async def test_a_bad_tls_ca_file_fails_check_config_and_run_before_ready(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ca: str
 ) -> None:
-    await fake_bluez.add_adapter("hci0", "00:1A:7D:DA:71:00")
-    config = await asyncio.to_thread(write_config, tmp_path)
-    task = await start(config, [], handle_signals=True)
-    os.kill(os.getpid(), signal.SIGTERM)
-    async with asyncio.timeout(30):
-        assert await task == 0
-
-    # A publisher that never lets go: the second SIGINT must not wait for the grace period.
+    ca_file = tmp_path / "ca.pem"
+    if ca == "garbage":
+        await asyncio.to_thread(ca_file.write_text, "-----BEGIN CERTIFICATE-----\nnot base64\n")
+    extra = f'[mqtt.tls]\nenabled = true\nca_file = "{ca_file}"\n'
+    config = await asyncio.to_thread(write_config, tmp_path, extra)
+    path = str(tmp_path / "gatewayd.toml")
+    assert await asyncio.to_thread(cli.main, ["check-config", path]) == 78
+    assert "mqtt.tls" in capsys.readouterr().err
     notes: list[str] = []
-    task = await start(config, notes, handle_signals=True)
-    os.kill(os.getpid(), signal.SIGINT)
-    await wait_until(lambda: task.done() or any(n.startswith("STATUS=stopping") for n in notes))
-    if not task.done():
-        os.kill(os.getpid(), signal.SIGINT)
+    task = await start(config, notes, stop=asyncio.Event())
     async with asyncio.timeout(30):
-        assert await task in (0, 130)  # 0 if the orderly stop finished before the second
+        assert await task == 78
+    assert "READY=1" not in notes
+    assert any(n.startswith("STATUS=configuration error") and "mqtt.tls" in n for n in notes)
+
+
+def _signal_later(*signums: signal.Signals, after_s: float = 0.3) -> threading.Thread:
+    """Send this process ``signums``, one every ``after_s``, from a thread."""
+
+    def send() -> None:
+        for signum in signums:
+            time.sleep(after_s)
+            os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_sets_stop_and_the_exit_code_is_the_gateways() -> None:
+    async def main(stop: asyncio.Event) -> int:
+        await stop.wait()
+        return 0
+
+    _signal_later(signal.SIGTERM)
+    assert run_until_signalled(main) == 0
+
+
+def test_a_second_sigint_forces_exit_130_while_shutdown_hangs() -> None:
+    reached: list[str] = []
+
+    async def main(stop: asyncio.Event) -> int:
+        await stop.wait()
+        reached.append("stopping")
+        await asyncio.Event().wait()  # a shutdown that never ends
+        return 0
+
+    _signal_later(signal.SIGINT, signal.SIGINT)
+    assert run_until_signalled(main) == EXIT_INTERRUPTED
+    assert reached == ["stopping"]
+
+
+def test_tasks_that_ignore_cancellation_are_abandoned_not_waited_for() -> None:
+    abandoned: list[str] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                abandoned.append("ignored a cancel")  # a call into a hung daemon, say
+
+    async def main(stop: asyncio.Event) -> int:
+        asyncio.create_task(stubborn(), name="stubborn")  # noqa: RUF006 - left behind on purpose
+        await stop.wait()
+        return 0
+
+    _signal_later(signal.SIGTERM)
+    assert run_until_signalled(main, leftover_s=0.2) == 0
+    assert abandoned  # it was asked, ignored it, and the runner returned all the same

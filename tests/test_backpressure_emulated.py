@@ -38,8 +38,8 @@ from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.inference import read_card, sha256_of, write_card
+from gatewayd.inference.backpressure import BackpressureConfig, throttled_policy
 from gatewayd.link.registry import PairedDevice
-from gatewayd.pipeline import BackpressureConfig, throttled_policy
 from tests.emulator_fixtures import release_bleak_manager
 from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker

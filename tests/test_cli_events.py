@@ -23,7 +23,7 @@ from gatewayd import cli
 from gatewayd.errors import EXIT_UNAVAILABLE
 from gatewayd.link.registry import DeviceRegistry
 from gatewayd.logs import reset_logging
-from gatewayd.pipeline import gateway_event
+from gatewayd.mapping import gateway_event
 from gatewayd.store import NewEvent, Store, StoredEvent, WindowRecord, report
 from gatewayd.store.report import event_message, parse_since
 
@@ -77,19 +77,16 @@ async def build_store(path: Path) -> dict[str, str]:
     """bed-1: five windows, tachycardia raised (published), a fall raised and cleared, lost data.
     old-strap (not paired): one window two hours ago, disconnected raised. One gateway event."""
     ids: dict[str, str] = {}
-    topic = "gatewayd/room-12/devices/{}/alerts"
     async with Store.open(path) as store:
         await store.record_window(WindowRecord("old-strap", NOW - 7300, seq=1, hr_bpm=64.0))
         ids["disconnected"] = await store.append_event(
             alert("disconnected", "raised", "old-strap", NOW - 7200, since=NOW - 7230, for_s=30),
-            topic=topic.format("old-strap"),
         )
         missing = gateway_event(
             "model_missing", "warning", "no model installed", NOW - 900, model="m"
         )
         ids["model_missing"] = await store.append_event(
             dataclasses.replace(missing, created_at=NOW - 900),
-            topic="gatewayd/room-12/gateway/alerts",
         )
         for i in range(5):
             await store.record_window(
@@ -106,15 +103,12 @@ async def build_store(path: Path) -> dict[str, str]:
         windows = [{"seq": i, "t": NOW - 600 + i * 8, "value": 150 + i} for i in range(5)]
         ids["tachycardia"] = await store.append_event(
             alert("tachycardia", "raised", "bed-1", NOW - 560, windows=windows, min=150, max=154),
-            topic=topic.format("bed-1"),
         )
         ids["fall"] = await store.append_event(
             alert("fall", "raised", "bed-1", NOW - 300, severity="critical", impact_g=3.1),
-            topic=topic.format("bed-1"),
         )
         ids["fall_cleared"] = await store.append_event(
             alert("fall", "cleared", "bed-1", NOW - 240, severity="critical"),
-            topic=topic.format("bed-1"),
         )
         ids["data_lost"] = await store.append_event(
             NewEvent(
@@ -129,7 +123,6 @@ async def build_store(path: Path) -> dict[str, str]:
                 device_id="bed-1",
                 created_at=NOW - 120,
             ),
-            topic=topic.format("bed-1"),
         )
         await store.mark_published([ids["tachycardia"]], at=NOW - 559)
     return ids
@@ -577,9 +570,7 @@ async def test_events_reads_while_the_gateway_has_the_log_open(
 ) -> None:
     config = write_config(tmp_path)
     async with Store.open(db_path(tmp_path)) as store:
-        event_id = await store.append_event(
-            alert("low_battery", "raised", "bed-1", NOW), topic="gatewayd/room-12/x"
-        )
+        event_id = await store.append_event(alert("low_battery", "raised", "bed-1", NOW))
         # The command blocks (sqlite3, print): it runs in a thread, as in its own process.
         capsys.readouterr()
         code = await asyncio.to_thread(cli.main, ["--config", str(config), "events", "--json"])
@@ -587,7 +578,7 @@ async def test_events_reads_while_the_gateway_has_the_log_open(
         assert code == 0
         assert [e["id"] for e in json.loads(out)] == [event_id]
         # The daemon keeps writing while and after the reader has been there.
-        assert await store.append_event(alert("fall", "raised", "bed-1", NOW), topic="t")
+        assert await store.append_event(alert("fall", "raised", "bed-1", NOW))
         assert await store.mark_published([event_id]) == 1
         code = await asyncio.to_thread(cli.main, ["--config", str(config), "events", "--json"])
         out, _ = capsys.readouterr()

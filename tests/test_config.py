@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from gatewayd.config import (
+    REMOVED_KEYS,
     Config,
     MqttConfig,
     config_warnings,
@@ -52,7 +53,6 @@ def test_empty_file_gives_the_embedded_defaults(tmp_path: Path) -> None:
     assert config.mqtt.qos_alerts == 1
     assert config.ble.adapters == ("hci0",)
     assert config.ble.slots_per_adapter == 5
-    assert config.ble.mtu_request == 247
     assert config.offload.tau_bits == 4.05
     assert config.inference.model == "mnv2-1d-w1.0"
     assert config.inference.heart_rate == "fused"
@@ -174,8 +174,8 @@ def test_effective_client_id() -> None:
             'inference.max_batch: expected an integer between 1 and 256, got "16" (a string)',
         ),
         (
-            "[ble]\nscan_interval_s = 0\n",
-            "ble.scan_interval_s: expected a number greater than 0 and at most 3600, got 0",
+            "[ble]\nconnect_timeout_s = 0\n",
+            "ble.connect_timeout_s: expected a number greater than 0 and at most 120, got 0",
         ),
         (
             "[offload]\nmin_confidence = 1.5\n",
@@ -183,8 +183,8 @@ def test_effective_client_id() -> None:
         ),
         ("[offload]\ntau_bits = nan\n", "offload.tau_bits: expected a number between 0 and 16"),
         (
-            "[ble]\nallowlist_only = 1\n",
-            "ble.allowlist_only: expected true or false, got 1 (an integer)",
+            "[mqtt]\nhomeassistant_discovery = 1\n",
+            "mqtt.homeassistant_discovery: expected true or false, got 1 (an integer)",
         ),
         (
             '[logging]\nlevel = "verbose"\n',
@@ -264,11 +264,11 @@ def test_the_old_activity_lists_fail_saying_what_replaced_them(tmp_path: Path) -
 
 
 def test_several_problems_are_listed_one_per_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "[mqtt]\nport = 70000\nhots = 1\n[ble]\nmtu_request = 10\n")
+    path = write(tmp_path, "[mqtt]\nport = 70000\nhots = 1\n[ble]\nslots_per_adapter = 30\n")
     message = error_for(path)
     assert message.splitlines() == [
         f"{path}: 3 problems:",
-        "  - ble.mtu_request: expected an integer between 23 and 517, got 10",
+        "  - ble.slots_per_adapter: expected an integer between 1 and 20, got 30",
         "  - mqtt.port: expected an integer between 1 and 65535, got 70000",
         "  - unknown key 'mqtt.hots' (did you mean 'mqtt.host'?)",
     ]
@@ -493,3 +493,15 @@ def test_commented_example_values_are_valid() -> None:
         if key == "mqtt.tls.key_file":
             target["cert_file"] = "client.pem"
         Config.model_validate(data, context={"env": {}})
+
+
+@pytest.mark.parametrize(
+    "key", ["scan_interval_s = 10.0", "mtu_request = 247", "allowlist_only = true"]
+)
+def test_keys_that_never_did_anything_are_refused_with_the_reason(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f"[ble]\n{key}\n")
+    name = key.split(" ", maxsplit=1)[0]
+    message = error_for(path)
+    assert f"'ble.{name}' was removed: " in message
+    assert REMOVED_KEYS[f"ble.{name}"] in message
+    assert "delete the line" in message

@@ -17,7 +17,15 @@ from gatewayd.activity import ActivityGroup
 from gatewayd.config import InferenceConfig
 from gatewayd.ids import new_event_id
 from gatewayd.inference import ModelRegistry, ModelSession, decode
+from gatewayd.inference.analysis import WindowAnalysis, analysis_from_prediction
+from gatewayd.inference.backpressure import (
+    BackpressureConfig,
+    BackpressureState,
+    plan_backpressure,
+    throttled_policy,
+)
 from gatewayd.inference.cards import ACTIVITY_CLASSES, OutputSpec
+from gatewayd.inference.worker import InferenceWorker
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
     BatteryLevel,
@@ -29,31 +37,21 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import PairedDevice
-from gatewayd.pipeline import (
-    BackpressureConfig,
-    BackpressureState,
-    InferenceWorker,
-    Pipeline,
-    StoreOutbox,
-    Tick,
-    WindowAnalysis,
+from gatewayd.mapping import (
     alert_event,
-    alert_payload,
-    analysis_from_prediction,
     data_lost_event,
-    gateway_alert_payload,
     gateway_event,
     observation_for_frame,
     observation_for_strap,
-    plan_backpressure,
     record_for_frame,
-    telemetry_for,
-    throttled_policy,
     window_time,
 )
+from gatewayd.pipeline import Pipeline, Tick
 from gatewayd.protocol.control import SetPolicy
 from gatewayd.protocol.heart_rate import HeartRateMeasurement
 from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Window
+from gatewayd.publish.build import alert_payload, gateway_alert_payload, telemetry_for
+from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.payloads import MESSAGE_MAX_CHARS, DeviceState, GatewayAlert, Telemetry
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.config import RulesConfig
@@ -378,8 +376,8 @@ class FakeStore:
         self.calls.log.append(("window", window.seq))
         return len(self.windows)
 
-    async def append_event(self, event: NewEvent, *, topic: str) -> str:
-        self.calls.log.append(("event", (event.kind, event.state, topic)))
+    async def append_event(self, event: NewEvent) -> str:
+        self.calls.log.append(("event", (event.kind, event.state, event.device_id)))
         return new_event_id()
 
 
@@ -406,6 +404,7 @@ def make_pipeline(analyse: Any = None) -> tuple[Pipeline, Calls, FakeStore, Fake
     pipeline = Pipeline(
         gateway_id="gw", topics=Topics("gatewayd", "gw"), engine=tachycardia_engine(),
         store=store, publisher=publisher, analyse=analyse, clock=lambda: T0,
+        monotonic=lambda: T0,
     )  # fmt: skip
     return pipeline, calls, store, publisher
 
@@ -428,7 +427,7 @@ async def test_an_alert_is_in_the_log_before_the_publisher_is_notified() -> None
     ])  # fmt: skip
     kinds = [entry for entry in calls.log if entry[0] != "window"]
     assert kinds == [
-        ("event", ("tachycardia", "raised", "gatewayd/gw/devices/w1/alerts")),
+        ("event", ("tachycardia", "raised", "w1")),
         ("notify", None),
     ]
     assert calls.log[0] == ("window", 1)  # the window first: its id is the evidence
@@ -460,7 +459,7 @@ async def test_lost_messages_link_down_and_battery_are_never_silent() -> None:
         BatteryLevel("w1", 12),
         LinkDown("w1", "link lost"),
     ])  # fmt: skip
-    assert ("event", ("data_lost", "raised", "gatewayd/gw/devices/w1/alerts")) in calls.log
+    assert ("event", ("data_lost", "raised", "w1")) in calls.log
     assert pipeline.stats.data_lost == 2
     assert publisher.states[-1].battery_pct == 12
     assert publisher.states[-1].connected is False
@@ -613,3 +612,69 @@ async def test_a_policy_set_from_outside_the_link_is_kept_for_reconnects() -> No
     assert manager.set_policy("w1", SetPolicy(5000, 4000))
     assert link.policy == SetPolicy(5000, 4000)
     assert not manager.set_policy("nobody", SetPolicy(5000, 4000))
+
+
+def _steady_stream(
+    wall_jump_s: float, silence_s: float
+) -> tuple[list[Any], list[float], list[float]]:
+    """Ten minutes of one resting wearable (a window every 8 s, a tick every second), with the
+    wall clock stepped by ``wall_jump_s`` after five minutes (NTP on a Pi without an RTC) and
+    ``silence_s`` of real silence there. Returns the events and, per event, the wall and
+    monotonic clocks the pipeline reads while processing it."""
+    events: list[Any] = [LinkUp("w1", "hci0", None, 247)]
+    walls, monos = [T0], [0.0]
+    seq = 0
+    for second in range(600):
+        mono = float(second) + (silence_s if second >= 300 else 0.0)
+        wall = T0 + mono + (wall_jump_s if second >= 300 else 0.0)
+        if second % 8 == 0 and not (300 <= second < 300 + silence_s):
+            flags = MessageFlags.NONE
+            events.append(FrameReceived("w1", summary(seq, activity=0, flags=flags), wall))
+            walls.append(wall)
+            monos.append(mono)
+            seq += 1
+        events.append(Tick(wall, mono))
+        walls.append(wall)
+        monos.append(mono)
+    return events, walls, monos
+
+
+async def _alerts_for(wall_jump_s: float, silence_s: float) -> list[Any]:
+    events, walls, monos = _steady_stream(wall_jump_s, silence_s)
+    at = iter(range(10**9))
+    index = [0]
+
+    def wall() -> float:
+        return walls[min(index[0], len(walls) - 1)]
+
+    def mono() -> float:
+        return monos[min(index[0], len(monos) - 1)]
+
+    calls = Calls()
+    pipeline = Pipeline(
+        gateway_id="gw", topics=Topics("gatewayd", "gw"), engine=RuleEngine(RulesConfig()),
+        store=FakeStore(calls), publisher=FakePublisher(calls), clock=wall, monotonic=mono,
+    )  # fmt: skip
+    runner = asyncio.create_task(pipeline.run())
+    for n, event in enumerate(events, start=1):
+        index[0] = next(at)
+        await pipeline.submit(event)
+        # Each event is processed with the clocks of its own moment before the next comes.
+        while pipeline.stats.handled < n:  # noqa: ASYNC110 - no event for "handled n"
+            await asyncio.sleep(0)
+    await pipeline.drain()
+    await runner
+    return [entry[1] for entry in calls.log if entry[0] == "event"]
+
+
+@pytest.mark.asyncio
+async def test_a_two_hour_ntp_jump_fires_nothing() -> None:
+    assert await _alerts_for(wall_jump_s=2 * 3600, silence_s=0) == []
+    assert await _alerts_for(wall_jump_s=-2 * 3600, silence_s=0) == []
+
+
+@pytest.mark.asyncio
+async def test_real_silence_of_the_same_length_on_the_monotonic_clock_does_fire() -> None:
+    # The control: the rules are not simply asleep. Two hours without a window is silence.
+    alerts = await _alerts_for(wall_jump_s=0, silence_s=2 * 3600)
+    assert ("device_silent", "raised", "w1") in alerts

@@ -22,10 +22,11 @@ import pytest_asyncio
 
 from gatewayd.config import MqttConfig, TlsConfig
 from gatewayd.ids import EventIdGenerator
-from gatewayd.pipeline import StoreOutbox, data_lost_event, gateway_event
+from gatewayd.mapping import data_lost_event, gateway_event
 from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics
 from gatewayd.publish.cleanup import clear_retained
 from gatewayd.publish.client import read_retained
+from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.payloads import Alert, GatewayAlert
 from gatewayd.store.store import Store
 from tests.mqtt_fixtures import Broker, make_password_file, make_tls_files, needs_mosquitto
@@ -298,20 +299,17 @@ async def test_a_gateway_event_is_published_once_on_the_gateway_alert_topic(
         config = MqttConfig.model_validate({"host": "127.0.0.1", "port": mosquitto_broker.port})
         publisher = Publisher(config, GW, StoreOutbox(store, GW), env={}, rescan_interval_s=0.2)
         async with subscribe(mosquitto_broker, f"gatewayd/{GW}/#") as sub:
-            # The topic stored with the row is not the one published to: the publisher derives
-            # it from the event (no device: <base>/alerts).
+            # The log stores no topic: the publisher derives it from the event (no device:
+            # <base>/alerts).
             gateway_id = await store.append_event(
                 gateway_event("model_missing", "warning", "no model installed", T0.timestamp(),
                               model="mnv2-1d-w1.0"),
-                topic=f"{topics.base}/gateway/alerts",
             )  # fmt: skip
             async with running(publisher):
                 await sub.wait(lambda: bool(sub.on(topics.gateway_alerts)), "the gateway alert")
                 # Outbox order: once a later device alert arrives, a duplicate of the gateway
                 # alert (had there been one) would have arrived before it.
-                device_id = await store.append_event(
-                    data_lost_event("w1", 1, 2, T0.timestamp()), topic=topics.alerts("w1")
-                )
+                device_id = await store.append_event(data_lost_event("w1", 1, 2, T0.timestamp()))
                 publisher.notify()
                 await sub.wait(lambda: bool(sub.on(topics.alerts("w1"))), "the device alert")
                 # The broker forwards before it acknowledges: rows are marked a moment later.

@@ -81,7 +81,7 @@ def test_the_unit_says_what_the_code_expects() -> None:
     assert str(EXIT_CONFIG) in unit["RestartPreventExitStatus"][0].split()
     assert seconds(unit["WatchdogSec"][0]) > 0
     stop = ShutdownTimeouts()
-    assert seconds(unit["TimeoutStopSec"][0]) > stop.drain_s + stop.publisher_s + stop.cancel_s
+    assert seconds(unit["TimeoutStopSec"][0]) > stop.total_s
     assert unit["User"] == ["gatewayd"]
     assert "bluetooth" in unit["SupplementaryGroups"][0].split()
     assert unit["StateDirectory"] == [DEFAULT_STATE_DIR.name]

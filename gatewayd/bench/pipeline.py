@@ -44,32 +44,30 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from gatewayd.app import build_gateway
 from gatewayd.bench.models import bench_environment
 from gatewayd.config import Config, MqttConfig, StoreConfig
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.demo.broker import BrokerChoice, choose_broker
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
-from gatewayd.inference.analysis import answers_from_prediction, calibrated, window_input
+from gatewayd.inference.analysis import (
+    WindowAnalysis,
+    answers_from_prediction,
+    calibrated,
+    window_input,
+)
 from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import InstalledModel, ModelRegistry
 from gatewayd.inference.session import ModelSession
 from gatewayd.link.events import LinkUp
 from gatewayd.link.stream import DeviceStream
-from gatewayd.pipeline import (
-    InferenceWorker,
-    Pipeline,
-    StoreOutbox,
-    WindowAnalysis,
-    observation_for_frame,
-    record_for_frame,
-    telemetry_for,
-)
+from gatewayd.mapping import observation_for_frame, record_for_frame
 from gatewayd.protocol.control import DeviceInfo, decode_info
 from gatewayd.protocol.fragments import fragment
 from gatewayd.protocol.messages import Message, Window, decode_message
+from gatewayd.publish.build import telemetry_for
 from gatewayd.publish.client import Publisher
 from gatewayd.publish.payloads import Telemetry
-from gatewayd.publish.topics import Topics
 from gatewayd.rules.engine import RuleEngine
 from gatewayd.signals.heart_rate import HrTracker
 from gatewayd.signals.windows import STEP_S, WINDOW_S
@@ -97,6 +95,9 @@ PUBLISH_TIMEOUT_S: Final = 120.0
 #: How often completion (everything published) is checked: the publisher has no event for it.
 _POLL_S: Final = 0.01
 TOPIC_ROOT: Final = "gatewayd-bench"
+#: The ATT MTU the fragments are cut to: BLE 4.2+ data length, as BlueZ negotiates with a
+#: modern wearable.
+BENCH_MTU: Final = 247
 GATEWAY_ID: Final = "bench"
 DATA_NOTE: Final = (
     "synthetic data (gatewayd.datasets.synthetic, a model of PPG and motion, not a measurement)"
@@ -460,68 +461,60 @@ def _mqtt(host: str, port: int, client_id: str) -> MqttConfig:
 
 
 async def _run_pipeline(
-    work: Workload, session: ModelSession, config: Config, broker: tuple[str, int], directory: Path
+    work: Workload, config: Config, broker: tuple[str, int], directory: Path
 ) -> tuple[Cost, dict[str, int], dict[str, Cost]]:
-    """The whole pipeline over every window, until each is stored and its telemetry published."""
+    """The whole pipeline over every window, until each is stored and its telemetry published.
+
+    The gateway is built as `gatewayd run` builds it (gatewayd.app.build_gateway), without the
+    link: the windows' fragments go through the link's decode path here and into its pipeline.
+    """
     host, port = broker
     n = len(work.windows)
-    topics = Topics(TOPIC_ROOT, GATEWAY_ID)
-    store_config = config.store.model_copy(update={"path": directory / "pipeline.db"})
-    async with Store.open(store_config.path, store_config) as store:
-        # A flood is not real time: with the default bound (1024) the publisher can fall
-        # behind and drop telemetry, which would then not be measured. A queue as long as the
-        # run keeps every window's publish in the figures (drops are still counted).
-        publisher = Publisher(
-            _mqtt(host, port, f"gatewayd-bench-{os.getpid()}"),
-            GATEWAY_ID,
-            StoreOutbox(store, GATEWAY_ID),
-            telemetry_queue_size=n + 1,
-        )
-        worker = InferenceWorker(session, config.inference)
-        pipeline = Pipeline(
-            gateway_id=GATEWAY_ID,
-            topics=topics,
-            engine=RuleEngine(config.rules),
-            store=store,
-            publisher=publisher,
-            analyse=worker.analyse,
-            keep_raw=store_config.keep_raw_windows,
-        )
+    config = config.model_copy(
+        update={
+            "gateway": config.gateway.model_copy(update={"id": GATEWAY_ID}),
+            "mqtt": _mqtt(host, port, f"gatewayd-bench-{os.getpid()}"),
+            "store": config.store.model_copy(update={"path": directory / "pipeline.db"}),
+            "inference": config.inference.model_copy(update={"model": work.model.model_id}),
+        }
+    )
+    # A flood is not real time: with the default bound (1024) the publisher can fall behind
+    # and drop telemetry, which would then not be measured. A queue as long as the run keeps
+    # every window's publish in the figures (drops are still counted).
+    async with build_gateway(
+        config,
+        devices=[],
+        models_dir=work.model.path.parent,
+        with_link=False,
+        telemetry_queue_size=n + 1,
+    ) as gateway:
+        pipeline, publisher, worker = gateway.pipeline, gateway.publisher, gateway.worker
         streams = [DeviceStream(d.device_id) for d in work.devices]
-        async with asyncio.TaskGroup() as tg:
-            t_publisher = tg.create_task(publisher.run(), name="publisher")
-            t_worker = tg.create_task(worker.run(), name="inference")
-            t_pipeline = tg.create_task(pipeline.run(), name="pipeline")
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await publisher.wait_connected()
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await publisher.wait_connected()
 
-            threads_before = await asyncio.to_thread(_thread_cpu_s)
-            clock = _Clock()
-            now = time.monotonic()
-            for stream, device in zip(streams, work.devices, strict=True):
-                stream.on_info(device.info, now)
-                await pipeline.submit(LinkUp(device.device_id, "bench", device.info, work.mtu))
-            for index, frag in work.feed():
-                for event in streams[index].on_fragment(frag, time.monotonic(), time.time()):
-                    await pipeline.submit(event)
-            await pipeline.drain()
-            stats = publisher.stats
-            await _until(
-                lambda: (
-                    stats.telemetry_published + stats.telemetry_dropped >= n
-                    and stats.alerts_published >= pipeline.stats.alerts
-                ),
-                PUBLISH_TIMEOUT_S,
-                "telemetry and alerts not all published",
-            )
-            cost = clock.cost(n)
-            threads_after = await asyncio.to_thread(_thread_cpu_s)
-
-            publisher.stop()
-            await t_publisher
-            t_worker.cancel("bench over")
-            t_pipeline.cancel("bench over")
-        stored = await store.stats()
+        threads_before = await asyncio.to_thread(_thread_cpu_s)
+        clock = _Clock()
+        now = time.monotonic()
+        for stream, device in zip(streams, work.devices, strict=True):
+            stream.on_info(device.info, now)
+            await pipeline.submit(LinkUp(device.device_id, "bench", device.info, work.mtu))
+        for index, frag in work.feed():
+            for event in streams[index].on_fragment(frag, time.monotonic(), time.time()):
+                await pipeline.submit(event)
+        await pipeline.drain()
+        stats = publisher.stats
+        await _until(
+            lambda: (
+                stats.telemetry_published + stats.telemetry_dropped >= n
+                and stats.alerts_published >= pipeline.stats.alerts
+            ),
+            PUBLISH_TIMEOUT_S,
+            "telemetry and alerts not all published",
+        )
+        cost = clock.cost(n)
+        threads_after = await asyncio.to_thread(_thread_cpu_s)
+        stored = await gateway.store.stats()
     counts = {
         "windows_decoded": sum(s.stats.delivered for s in streams),
         "windows_offloaded": pipeline.stats.offloaded,
@@ -592,8 +585,7 @@ async def _publish_alone(
         _NoOutbox(),
         telemetry_queue_size=len(telemetry) + 1,
     )
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(publisher.run(), name="publisher-alone")
+    async with publisher:
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             await publisher.wait_connected()
         clock = _Clock()
@@ -604,10 +596,7 @@ async def _publish_alone(
             PUBLISH_TIMEOUT_S,
             "telemetry (publish alone) not all published",
         )
-        cost = clock.cost(len(telemetry))
-        publisher.stop()
-        await task
-    return cost
+        return clock.cost(len(telemetry))
 
 
 def bench_broker(
@@ -645,13 +634,10 @@ async def bench_pipeline(
     ``host``/``port`` is a running MQTT broker (``broker`` says which, for the report).
     """
     say = progress or (lambda _text: None)
-    mtu = config.ble.mtu_request
+    mtu = BENCH_MTU
     say(f"encoding {windows} synthetic windows for {devices} devices")
     # Generating, encoding and loading ONNX Runtime block for a while: in a thread.
     work = await asyncio.to_thread(prepare_workload, windows, devices, model, mtu=mtu, seed=seed)
-    session = await asyncio.to_thread(
-        ModelSession, model.card, model.path, config.inference.threads
-    )
     bare_session = await asyncio.to_thread(ModelSession, model.card, model.path, 1)
     say("measuring the model and each part alone")
     sync = await asyncio.to_thread(_measure_sync_parts, work, bare_session, config)
@@ -659,9 +645,7 @@ async def bench_pipeline(
     directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gatewayd-bench-"))
     try:
         say("running the whole pipeline")
-        pipeline, counts, threads = await _run_pipeline(
-            work, session, config, (host, port), directory
-        )
+        pipeline, counts, threads = await _run_pipeline(work, config, (host, port), directory)
         say("measuring the store and the publisher alone")
         parts = dict(sync.parts)
         parts["store"] = await _store_alone(work, sync.analyses, config, directory)

@@ -31,7 +31,7 @@ from typing import Any, Final, TextIO
 import aiomqtt
 import structlog
 
-from gatewayd.app import GatewayParts, run_gateway
+from gatewayd.app import Gateway, run_gateway
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording
@@ -104,7 +104,6 @@ def demo_config_text(state_dir: Path, broker: BrokerChoice) -> str:
         f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{state_dir}"\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nkeepalive_s = 10\n'
         "homeassistant_discovery = true\n"
-        "[ble]\nscan_interval_s = 2.0\n"
         f"{DEMO_RULES}"
     )
 
@@ -263,7 +262,7 @@ async def _run(  # noqa: PLR0915 - one story, told in order
         return loop.time() - t0
 
     state = DemoState()
-    parts: list[GatewayParts] = []
+    parts: list[Gateway] = []
     ready = asyncio.Event()
     gateway_stop = asyncio.Event()
     gateway = asyncio.create_task(
@@ -273,7 +272,6 @@ async def _run(  # noqa: PLR0915 - one story, told in order
             ready=ready.set,
             stop=gateway_stop,
             models_dir=options.models_dir,
-            handle_signals=False,
             observe=parts.append,
         ),
         name="gateway",
@@ -387,7 +385,7 @@ async def _settle(state: DemoState, quiet_s: float = 1.0, limit_s: float = 10.0)
         await asyncio.sleep(quiet_s)
 
 
-def _gauges(parts: list[GatewayParts], config: Config) -> Gauges:
+def _gauges(parts: list[Gateway], config: Config) -> Gauges:
     if not parts:
         return Gauges(inference_capacity=config.inference.queue_size)
     p = parts[0]

@@ -18,6 +18,10 @@ the topics of a device no longer paired, configs of entity kinds this version do
 publish, every config when discovery is off (`stale_topics`). The open-alert sets it reads
 seed its own after a restart.
 
+``async with Publisher(...) as publisher`` reads the password and TLS files (a ConfigError
+there is raised at once, before the gateway says it is ready) and runs the connection loop;
+leaving publishes status offline within the grace period and stops.
+
 Sessions are clean (``clean_session=True``): the outbox, not the broker or paho's in-memory
 queue, is the durable copy, and a new aiomqtt client is built per connection anyway. See
 docs/mqtt.md for the whole contract.
@@ -34,7 +38,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, NoReturn, Protocol
+from types import TracebackType
+from typing import Final, NoReturn, Protocol, Self
 
 import aiomqtt
 import structlog
@@ -43,6 +48,7 @@ from pydantic import SecretStr
 from gatewayd import __version__
 from gatewayd.config import MqttConfig, TlsConfig, resolve_mqtt_password
 from gatewayd.errors import ConfigError
+from gatewayd.lifecycle import EnterOnce, start_task, stop_task
 from gatewayd.publish.backoff import MqttFailure, backoff_delay, classify
 from gatewayd.publish.payloads import DeviceState, OpenAlerts, Status, Telemetry
 from gatewayd.publish.topics import (
@@ -60,6 +66,7 @@ __all__ = [
     "OutboxSource",
     "Publisher",
     "PublisherStats",
+    "load_credentials",
     "mqtt_client",
     "read_retained",
     "tls_context",
@@ -147,6 +154,18 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def load_credentials(
+    mqtt: MqttConfig, env: Mapping[str, str] | None = None
+) -> tuple[SecretStr | None, ssl.SSLContext | None]:
+    """The broker password and TLS context [mqtt] names; ConfigError if a file cannot be used.
+
+    What `gatewayd check-config` checks and what the publisher loads before the gateway is
+    ready: the same function, so the two cannot disagree. Reads files (call it off the loop).
+    """
+    password = resolve_mqtt_password(mqtt, env)
+    return password, tls_context(mqtt.tls) if mqtt.tls.enabled else None
 
 
 async def read_retained(
@@ -288,7 +307,8 @@ class Publisher:
         self._discovered: dict[str, tuple[str | None, str | None]] = {}
         self._open: dict[str, OpenAlerts] = {}
         self._dirty_open: dict[str, None] = {}
-        self._running = False
+        self._enter = EnterOnce("Publisher")
+        self.task: asyncio.Task[None] | None = None
         self.stats = PublisherStats()
 
     @property
@@ -350,25 +370,47 @@ class Publisher:
 
     # --- the connection loop ------------------------------------------------------------------
 
+    async def __aenter__(self) -> Self:
+        self._enter()
+        credentials = await self._credentials()
+        self.task = start_task(self._run(*credentials), "publisher")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Publish status offline and stop: bounded by the grace period plus the op timeout."""
+        self.stop()
+        task = self.task
+        if task is None or task.done():
+            return
+        await asyncio.wait({task}, timeout=self._stop_grace_s + self._op_timeout_s)
+        if not task.done():
+            log.warning("publisher did not stop in time; cancelling",
+                        timeout_s=self._stop_grace_s + self._op_timeout_s)  # fmt: skip
+        await stop_task(task, "publisher stopping: grace period over", 1.0)
+
+    async def _credentials(self) -> tuple[SecretStr | None, ssl.SSLContext | None]:
+        """The password and TLS context; ConfigError if their files cannot be read."""
+        # Reads files (blocking): keep it off the event loop.
+        return await asyncio.to_thread(load_credentials, self._mqtt, self._env)
+
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff until `stop`; raises only ConfigError.
 
-        Raises ConfigError if the password or TLS files cannot be read.
+        Raises ConfigError if the password or TLS files cannot be read. The same loop as
+        ``async with`` runs, for a caller that owns the task.
         """
-        if self._running:
-            raise RuntimeError("Publisher.run is already running")
-        self._running = True
+        self._enter()
+        await self._run(*await self._credentials())
+
+    async def _run(self, password: SecretStr | None, context: ssl.SSLContext | None) -> None:
         try:
-            # Both read files (blocking): keep them off the event loop.
-            password = await asyncio.to_thread(resolve_mqtt_password, self._mqtt, self._env)
-            context = (
-                await asyncio.to_thread(tls_context, self._mqtt.tls)
-                if self._mqtt.tls.enabled
-                else None
-            )
             await self._loop(password, context)
         finally:
-            self._running = False
             self._connected.clear()
 
     async def _loop(self, password: SecretStr | None, context: ssl.SSLContext | None) -> None:

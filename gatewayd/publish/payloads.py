@@ -19,6 +19,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
     "DATA_LOST_KIND",
+    "DEVICE_EVENT_KINDS",
     "PAYLOAD_MODELS",
     "SCHEMA_VERSION",
     "ActivityName",
@@ -160,6 +161,17 @@ class Alert(_Payload):
 #: The kind of the device event for messages the link could not recover: raised, never
 #: cleared, published on the device alert topic like the rules' alerts.
 DATA_LOST_KIND: Final = "data_lost"
+#: Device technical events that are raised once and never cleared, beside the rules' alerts on
+#: the device alert topic: messages lost; input the gateway could not fully process
+#: (``device_fault``); a device that failed authentication or changed identity
+#: (``device_untrusted``); a sequence number that jumped further than the device could have
+#: counted (``sequence_jump``).
+DEVICE_EVENT_KINDS: Final[tuple[str, ...]] = (
+    DATA_LOST_KIND,
+    "device_fault",
+    "device_untrusted",
+    "sequence_jump",
+)
 
 AlertKindName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 from gatewayd.errors import GatewayError
-from gatewayd.publish.payloads import DATA_LOST_KIND, ActivityName
+from gatewayd.publish.payloads import DEVICE_EVENT_KINDS, ActivityName
 from gatewayd.rules.alerts import CATEGORY, AlertKind
 
 __all__ = [
@@ -45,9 +45,9 @@ __all__ = [
 ACTIVITY_OPTIONS: Final[tuple[str, ...]] = get_args(ActivityName)
 #: Every kind of alert the rules raise and clear: one problem binary_sensor each.
 ALERT_KINDS: Final[tuple[str, ...]] = tuple(kind.value for kind in AlertKind)
-#: The event entity's event types: every alert kind, and the one-off ``data_lost`` that shares
-#: the device alert topic (raised, never cleared).
-EVENT_TYPES: Final[tuple[str, ...]] = (*ALERT_KINDS, DATA_LOST_KIND)
+#: The event entity's event types: every alert kind, and the one-off technical events that share
+#: the device alert topic (raised, never cleared: payloads.DEVICE_EVENT_KINDS).
+EVENT_TYPES: Final[tuple[str, ...]] = (*ALERT_KINDS, *DEVICE_EVENT_KINDS)
 
 Channel = Literal["state", "alerts", "telemetry", "open_alerts"]
 DEVICE_CHANNELS: Final[frozenset[str]] = frozenset(get_args(Channel))
