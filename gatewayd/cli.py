@@ -909,7 +909,11 @@ async def _pair(
     for candidate in chosen:
         try:
             result = await pair_device(
-                candidate, registry, args.alias, connect_timeout_s=connect_timeout_s
+                candidate,
+                registry,
+                args.alias,
+                connect_timeout_s=connect_timeout_s,
+                allow_unbonded=args.allow_unbonded,
             )
         except (PairingError, RegistryError) as exc:
             failed.append((candidate.address, candidate.name, str(exc)))
@@ -941,7 +945,8 @@ def _choose(
 ) -> tuple[list[Candidate], list[tuple[str, str, str]]]:
     """The candidates to pair, and (address, name, why) for asked-for devices not found."""
     if args.all:
-        chosen = [c for c in candidates if c.address not in known]
+        # Pairing again is how an untrusted device is trusted again (docs/pairing.md).
+        chosen = [c for c in candidates if c.address not in known or known[c.address].untrusted]
         if not chosen and candidates and not args.json:
             print("Nothing to pair: every device found is paired already.")
         return chosen, []
@@ -1063,12 +1068,39 @@ def _device_json(device: PairedDevice) -> dict[str, Any]:
         "kind": device.kind,
         "name": device.name,
         "paired_at": device.paired_at,
+        **_trust_json(device),
     }
+
+
+def _trust_json(device: PairedDevice) -> dict[str, Any]:
+    """How far the gateway trusts a paired device (docs/pairing.md)."""
+    return {
+        "allow_unbonded": device.allow_unbonded,
+        "trusted": not device.untrusted,
+        "untrusted_reason": device.untrusted or None,
+    }
+
+
+def _trust_notes(devices: Sequence[PairedDevice]) -> list[str]:
+    """One line per device that is accepted unbonded or no longer trusted."""
+    notes = []
+    for d in devices:
+        if d.untrusted:
+            notes.append(
+                f"{d.device_id}: NOT TRUSTED ({d.untrusted}); no data is taken from it until it"
+                f" is paired again: gatewayd pair --address {d.address}"
+            )
+        elif d.allow_unbonded:
+            notes.append(
+                f"{d.device_id}: accepted without a bond (--allow-unbonded): its link is not"
+                " encrypted and its address is all that identifies it"
+            )
+    return notes
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
     """List the paired devices (the allowlist), with what the event log knows when it exists."""
-    # Imported here: the store pulls in sqlite-utils and structlog, which most commands skip.
+    # Imported here: the store pulls in structlog and its threads, which most commands skip.
     from gatewayd.store.report import (  # noqa: PLC0415
         EventLogMissingError,
         EventLogReader,
@@ -1093,15 +1125,26 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         )
         activity, code = None, EXIT_ERROR
     listings = merge_devices(devices, activity or [])
+    by_id = {d.device_id: d for d in devices}
     if args.json:
-        print(json.dumps(devices_json(listings), indent=2))
-    elif not listings:
+        doc = devices_json(listings)
+        for entry in doc:
+            paired = by_id.get(entry["id"])
+            entry.update(_trust_json(paired) if paired is not None else {
+                "allow_unbonded": None, "trusted": None, "untrusted_reason": None,
+            })  # fmt: skip
+        print(json.dumps(doc, indent=2))
+        return code
+    if not listings:
         print("No paired devices; pair one with `gatewayd pair`.")
     elif activity is None:
         rows = [[d.device_id, d.address, d.kind, d.name or "-", d.paired_at] for d in devices]
         print(format_table(["ID", "ADDRESS", "KIND", "NAME", "PAIRED AT"], rows, right=()))
     else:
         print(format_devices(listings, time.time()))
+    notes = _trust_notes(devices)
+    if notes:
+        print("\n" + "\n".join(notes))
     return code
 
 
@@ -1312,6 +1355,12 @@ def _add_pair_options(pair: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="scan and pair through this adapter (repeatable; default: [ble] adapters)",
+    )
+    pair.add_argument(
+        "--allow-unbonded",
+        action="store_true",
+        help="accept a heart-rate strap that cannot bond: connect without a bond and remember"
+        " that you allowed it (its link is not encrypted; see docs/pairing.md)",
     )
     pair.add_argument("--json", action="store_true", help="print the result as JSON")
     _state_dir_option(pair)

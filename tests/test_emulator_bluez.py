@@ -250,6 +250,7 @@ async def test_two_scans_from_one_process_collide_like_bluez(
 async def test_connect_read_write_and_1000_notifications_in_order(
     fake: FakeBluez, wearable: FakeDevice
 ) -> None:
+    await wearable.load_bond()  # its characteristics need a link encrypted with a bond
     peripheral = peripheral_of(wearable)
     received: list[bytes] = []
     all_in = asyncio.Event()
@@ -348,6 +349,8 @@ async def test_without_the_battery_plugin_the_battery_service_is_plain_gatt(
 async def test_gatt_errors_reach_bleak_as_bluez_reports_them(
     fake: FakeBluez, wearable: FakeDevice
 ) -> None:
+    await wearable.load_bond()  # its characteristics need a link encrypted with a bond
+
     class Refusing(StaticPeripheral):
         def on_write(self, char_uuid: str, data: bytes) -> None:
             raise GattError(ATT_ERROR_WRITE_NOT_PERMITTED)
@@ -400,6 +403,7 @@ async def test_failed_pairing_leaves_the_link_up(fake: FakeBluez, wearable: Fake
 async def test_drop_link_fires_disconnected_callback_and_reconnect_works(
     fake: FakeBluez, wearable: FakeDevice
 ) -> None:
+    await wearable.load_bond()  # its characteristics need a link encrypted with a bond
     peripheral = peripheral_of(wearable)
     lost = asyncio.Event()
     device = await find(WEARABLE)
@@ -530,6 +534,7 @@ async def test_second_adapter_is_used_with_bleaks_adapter_argument(
         [gatt.SERVICE_UUID],
         [wearable_service()],
         peripheral=wearable_peripheral(),
+        paired=True,
     )
     found = await BleakScanner.discover(timeout=0.3, bluez={"adapter": "hci1"})
     assert {d.address for d in found} == {on_hci1.address}
@@ -739,6 +744,7 @@ async def test_sustained_notification_throughput(
     suite runs). "separate-process": bleak runs in its own process, as the gateway does.
     dbus-daemon is a third process either way.
     """
+    await wearable.load_bond()  # its characteristics need a link encrypted with a bond
     payload = bytes(range(244))
     if layout == "same-loop":
         elapsed = await _throughput_same_loop(wearable, payload)

@@ -16,16 +16,30 @@ from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
 from gatewayd.backoff import MAX_DELAY_S
 from gatewayd.link.backoff import FailureKind, backoff_delay, classify
-from gatewayd.link.events import DeviceRestarted, FrameReceived, MessagesLost
+from gatewayd.link.connection import bond_rejected
+from gatewayd.link.events import (
+    BatteryLevel,
+    DeviceRestarted,
+    DeviceUntrusted,
+    FrameReceived,
+    HeartRateReceived,
+    LinkDown,
+    LinkUp,
+    MessagesLost,
+    ResumePoint,
+    SequenceJump,
+)
 from gatewayd.link.manager import SlotPool
+from gatewayd.link.queue import EventQueue
 from gatewayd.link.registry import DeviceRegistry, RegistryError, default_alias
 from gatewayd.link.scanner import Sightings
 from gatewayd.link.slots import SlotBudget
 from gatewayd.link.stale import NO_RSSI, bluez_links, stale_sightings
-from gatewayd.link.stream import DeviceStream
+from gatewayd.link.stream import DeviceStream, hardware_profile
 from gatewayd.protocol.control import DeviceInfo, Resend
 from gatewayd.protocol.fragments import fragment
 from gatewayd.protocol.gatt import HEART_RATE_SERVICE_UUID, SERVICE_UUID
+from gatewayd.protocol.heart_rate import HeartRateMeasurement
 from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, encode_message
 
 # ---- backoff ------------------------------------------------------------------------------------
@@ -377,3 +391,160 @@ def test_stream_tail_loss_is_found_through_next_seq() -> None:
     assert s.resend_requests(1.0) == [Resend(2, 1)]
     events = [e for f in frags(2, flags=MessageFlags.RESENT) for e in s.on_fragment(f, 1.5, 0.0)]
     assert [e.message.seq for e in events if isinstance(e, FrameReceived)] == [2]
+
+
+# ---- resume, jumps and identity -------------------------------------------------------------
+
+
+def info_at(next_seq: int, boot_id: int = 0xABCD, acc_lsb: int = 64) -> DeviceInfo:
+    return DeviceInfo(
+        1, 0, 0, boot_id, 0, 64, 32, SampleFormat.INT16, acc_lsb, 4000, 6000, next_seq, "m"
+    )
+
+
+def test_stream_resumes_where_the_last_run_stopped_and_asks_the_ring() -> None:
+    # The last run delivered up to 99; the wearable made 400 more while the gateway was down.
+    s = DeviceStream("w1", resume=ResumePoint(0xABCD, 100, heard_at=1000.0))
+    events = s.on_info(info_at(500), now=0.0, wall=1000.0 + 900)  # 15 min: 900 plausible
+    # Beyond the largest RESEND nothing can come back: lost at once; the newest 256 are asked.
+    assert events == [MessagesLost("w1", 100, 144, "resume")]
+    assert s.resend_requests(0.0) == [Resend(244, 256)]
+    out = [e for seq in range(436, 500) for f in frags(seq, flags=MessageFlags.RESENT)
+           for e in s.on_fragment(f, 0.5, 2000.0)]  # fmt: skip
+    # The ring held only the newest 64: the rest of the gap is given up after the timeout.
+    out += s.tick(now=6.0, wall=2001.0)
+    lost = [e for e in out if isinstance(e, MessagesLost)]
+    assert lost == [MessagesLost("w1", 244, 192)]
+    frames = [e for e in out if isinstance(e, FrameReceived)]
+    assert [f.message.seq for f in frames] == list(range(436, 500))
+    assert {f.boot_id for f in frames} == {0xABCD}
+    assert s.stats.lost + s.stats.delivered == 400
+
+
+def test_stream_resume_with_an_implausible_next_seq_is_a_jump() -> None:
+    s = DeviceStream("w1", resume=ResumePoint(0xABCD, 100, heard_at=1000.0), jump_slack=256)
+    events = s.on_info(info_at(2_000_000_000), now=0.0, wall=1010.0)
+    assert events == [SequenceJump("w1", 100, 2_000_000_000, 10 + 256)]
+    assert s.stats.lost == 0
+    assert s.resend_requests(0.0) == []
+    assert s.expected_seq == 2_000_000_000
+
+
+def test_stream_resume_of_another_boot_is_a_restart() -> None:
+    s = DeviceStream("w1", resume=ResumePoint(0x1111, 100, heard_at=1000.0))
+    assert s.on_info(info_at(7), now=0.0, wall=1100.0) == [DeviceRestarted("w1", None)]
+    assert s.expected_seq == 7
+
+
+def test_a_changed_hardware_profile_is_untrusted_and_nothing_is_delivered() -> None:
+    s = DeviceStream("w1", profile=hardware_profile(info_at(0)))
+    assert s.on_info(info_at(0), 0.0) == []
+    [event] = s.on_info(info_at(0, acc_lsb=4096), 1.0)
+    assert isinstance(event, DeviceUntrusted)
+    assert event.reason == "identity_changed"
+    assert "bvp64-acc32-lsb4096-int16" in event.detail
+    assert [e for f in frags(0) for e in s.on_fragment(f, 1.0, 0.0)] == []
+    assert s.on_info(info_at(0), 2.0) == [event]  # it stays untrusted
+
+
+def test_a_new_boot_id_whose_numbering_goes_on_is_untrusted() -> None:
+    s = DeviceStream("w1", jump_slack=100)
+    s.on_info(info_at(5000), 0.0)
+    for f in frags(5000):
+        s.on_fragment(f, 10.0, 0.0)
+    # 20 s later a "rebooted" device that is already at 5001: it did not restart its numbering
+    [event] = s.on_info(info_at(5001, boot_id=0x9999), 30.0)
+    assert isinstance(event, DeviceUntrusted)
+    assert event.reason == "identity_changed"
+    # a real reboot restarts at 0: 15 messages since is plausible
+    t = DeviceStream("w1", jump_slack=100)
+    t.on_info(info_at(5000), 0.0)
+    assert t.on_info(info_at(15, boot_id=0x9999), 30.0) == [DeviceRestarted("w1", None)]
+
+
+def test_bond_rejected_knows_bluezs_ways_of_saying_the_keys_do_not_match() -> None:
+    assert bond_rejected(BleakDBusError("org.bluez.Error.Failed", ["le-connection-key-missing"]))
+    assert bond_rejected(BleakDBusError("org.bluez.Error.AuthenticationFailed", []))
+    assert bond_rejected(BleakDBusError("org.bluez.Error.NotPermitted", ["Not paired"]))
+    assert not bond_rejected(BleakDBusError("org.bluez.Error.NotPermitted", ["Read not permitted"]))
+    assert not bond_rejected(
+        BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-local"])
+    )
+    assert not bond_rejected(TimeoutError())
+
+
+# ---- the event queue ------------------------------------------------------------------------
+
+
+def frame(seq: int, device: str = "w1") -> FrameReceived:
+    return FrameReceived(device, summary(seq), 0.0, 1)
+
+
+def test_a_stalled_consumer_loses_frames_counted_but_never_a_state_event() -> None:
+    q = EventQueue(max_frames=3)
+    up = LinkUp("w1", "hci0", None, 247)
+    assert q.put(up)
+    assert [q.put(frame(i)) for i in range(6)] == [True, True, True, False, False, False]
+    assert q.put(frame(0, "w2")) is False
+    down = LinkDown("w1", "link lost")
+    assert q.put(down)  # a full queue never refuses a state event
+    assert q.put(MessagesLost("w1", 9, 1))
+    assert q.put(DeviceUntrusted("w3", "bond_rejected", "x"))
+    assert q.put(SequenceJump("w1", 10, 99_999, 300))
+    for level in (90, 89, 88):  # a battery level still waiting is updated, not queued again
+        assert q.put(BatteryLevel("w1", level))
+    assert q.put(frame(6)) is False  # still full: a new run of drops after the LinkDown
+    hr = HeartRateReceived("s1", HeartRateMeasurement(70, True, None, ()), 0.0)
+    assert q.put(hr) is False
+    assert q.put(hr) is False
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    assert out == [
+        up,
+        frame(0), frame(1), frame(2),
+        MessagesLost("w1", 3, 3, "queue_full"),
+        MessagesLost("w2", 0, 1, "queue_full"),
+        down,
+        MessagesLost("w1", 9, 1),
+        DeviceUntrusted("w3", "bond_rejected", "x"),
+        SequenceJump("w1", 10, 99_999, 300),
+        BatteryLevel("w1", 88),
+        MessagesLost("w1", 6, 1, "queue_full"),
+        MessagesLost("s1", -1, 2, "queue_full"),
+    ]  # fmt: skip
+    assert q.dropped == {"w1": 4, "w2": 1, "s1": 2}
+    # drained: frames fit again, and every dropped frame became a reported loss
+    assert q.put(frame(7))
+    lost = sum(e.count for e in out if isinstance(e, MessagesLost) and e.cause == "queue_full")
+    assert lost == sum(q.dropped.values())
+
+
+@pytest.mark.asyncio
+async def test_event_queue_get_waits_for_an_event() -> None:
+    q = EventQueue(max_frames=1)
+    getter = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    q.put(LinkDown("w1", "x"))
+    assert await getter == LinkDown("w1", "x")
+    with pytest.raises(asyncio.QueueEmpty):
+        q.get_nowait()
+
+
+def test_registry_reads_an_older_file_and_records_trust(tmp_path: Path) -> None:
+    path = tmp_path / "devices.json"
+    old = {"device_id": "w1", "address": "C0:FF:EE:00:00:01", "kind": "wearable", "name": "x",
+           "paired_at": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    path.write_text(json.dumps({"version": 1, "devices": [old]}))
+    registry = DeviceRegistry(path)
+    [device] = registry.load()
+    assert (device.allow_unbonded, device.profile, device.untrusted) == (False, "", "")
+    registry.mark_untrusted("w1", "hardware profile changed")
+    assert registry.get("w1").untrusted == "hardware profile changed"
+    again = registry.add("C0:FF:EE:00:00:01", "wearable", "x", profile="bvp64-acc32-lsb64-int16")
+    assert (again.device_id, again.untrusted, again.profile) == (
+        "w1", "", "bvp64-acc32-lsb64-int16",
+    )  # fmt: skip
+    strap = registry.add("C0:FF:EE:01:00:01", "heart_rate", "HRM", allow_unbonded=True)
+    assert DeviceRegistry(path).get(strap.device_id).allow_unbonded

@@ -339,6 +339,61 @@ async def test_a_wearable_that_does_not_speak_our_protocol_is_refused(world: Wor
         assert not world.devices[address].exported
 
 
+@needs_dbus_daemon
+@pytest.mark.asyncio
+async def test_a_strap_that_cannot_bond_is_paired_only_when_allowed_unbonded(
+    world: World,
+) -> None:
+    basic = "C0:FF:EE:00:00:20"
+    world.devices[basic] = await world.fake.add_device(
+        world.fake.adapters["hci1"], basic, "HR basic", [gatt.HEART_RATE_SERVICE_UUID],
+        [heart_rate_service()], bondable=False,
+    )  # fmt: skip
+    refused = await world.pair("--address", basic)
+    assert refused.returncode == 1
+    assert "org.bluez.Error.AuthenticationFailed" in refused.stderr
+    assert "--allow-unbonded" in refused.stderr  # the way out is named
+    assert (await world.registry()) == []
+    allowed = await world.pair("--address", basic, "--alias", "hr-basic", "--allow-unbonded",
+                               "--json")  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    [entry] = json.loads(allowed.stdout)["paired"]
+    assert (entry["id"], entry["allow_unbonded"], entry["trusted"]) == ("hr-basic", True, True)
+    [device] = await world.registry()
+    assert device.allow_unbonded
+    assert not world.devices[basic].paired  # no bond was made or needed
+    listed = await world.gatewayd("devices", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [shown] = json.loads(listed.stdout)
+    assert (shown["id"], shown["allow_unbonded"], shown["trusted"]) == ("hr-basic", True, True)
+    text = await world.gatewayd("devices", "list")
+    assert "hr-basic: accepted without a bond (--allow-unbonded)" in text.stdout
+    # a wearable is never accepted unbonded: its data needs the encrypted link
+    wearable = await world.pair("--address", W1, "--allow-unbonded")
+    assert wearable.returncode == 1
+    assert "--allow-unbonded is for heart-rate straps" in wearable.stderr
+
+
+@needs_dbus_daemon
+@pytest.mark.asyncio
+async def test_pairing_records_the_hardware_profile_and_trusts_an_untrusted_device_again(
+    world: World,
+) -> None:
+    result = await world.pair("--address", W1, "--alias", "w1")
+    assert result.returncode == 0, result.stderr
+    [device] = await world.registry()
+    assert device.profile == "bvp64-acc32-lsb64-int16"
+    registry = DeviceRegistry.in_state_dir(world.state_dir)
+    await asyncio.to_thread(registry.mark_untrusted, "w1", "hardware profile changed")
+    text = await world.gatewayd("devices", "list")
+    assert "w1: NOT TRUSTED (hardware profile changed)" in text.stdout
+    assert f"gatewayd pair --address {W1}" in text.stdout
+    again = await world.pair("--all")  # the untrusted one is paired again with the rest
+    assert again.returncode == 0, again.stderr
+    by_address = {d.address: d for d in await world.registry()}
+    assert (by_address[W1].device_id, by_address[W1].untrusted) == ("w1", "")
+
+
 # --- pair: argument errors (no radio involved) -------------------------------------------------
 
 

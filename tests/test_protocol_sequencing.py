@@ -10,9 +10,11 @@ from gatewayd.protocol.sequencing import (
     Delivered,
     Duplicate,
     Gap,
+    Jump,
     Restart,
     SequenceEvent,
     Sequencer,
+    plausible_advance,
     seq_distance,
 )
 
@@ -148,3 +150,48 @@ def test_announce_beyond_held_messages() -> None:
         q.push(s(n), 0.0)
     assert q.missing() == []
     assert q.expected == 5
+
+
+def test_one_number_far_ahead_is_a_jump_not_billions_lost() -> None:
+    q = Sequencer(max_rate_hz=1.0, jump_slack=100)
+    assert delivered(q.push(s(0), 0.0)) == [0]
+    events = q.push(s(1000), 1.0)  # 1 s after: at most 1 + 100 messages can be missing
+    assert events == [Jump(1, 1000, 101), Delivered(s(1000))]
+    assert not any(isinstance(e, Gap) for e in events)
+    assert q.expected == 1001
+    assert delivered(q.push(s(1001), 1.5)) == [1001]  # resynced: numbering goes on from there
+    # the case that was measured: 2**31 - 1000 ahead reports no loss at all
+    far = (1001 + 2**31 - 1000) % 2**32
+    assert [type(e) for e in q.push(s(far), 2.0)] == [Jump, Delivered]
+    assert [e for e in q.expire(1000.0) if isinstance(e, Gap)] == []
+
+
+def test_the_jump_bound_grows_with_the_time_since_the_device_was_heard() -> None:
+    assert plausible_advance(0.0, 1.0, 64) == 64
+    assert plausible_advance(3600.0, 0.5, 64) == 1800 + 64
+    assert plausible_advance(-5.0, 1.0, 0) == 0
+    q = Sequencer(max_rate_hz=0.5, jump_slack=10, gap_timeout_s=5.0)
+    q.push(s(0), 0.0)
+    # an hour without hearing from it: 1000 missing messages are plausible, a real gap
+    events = q.push(s(1001), 3600.0)
+    assert events == []
+    assert q.missing() == [(1, 1000)]
+    assert q.expire(3605.0)[0] == Gap(1, 1000)
+
+
+def test_held_messages_are_delivered_before_a_jump_resyncs() -> None:
+    q = Sequencer(max_rate_hz=1.0, jump_slack=50)
+    q.push(s(0), 0.0)
+    assert q.push(s(3), 0.0) == []  # held behind the gap 1..2
+    events = q.push(s(10_000), 0.5)
+    assert events == [Gap(1, 2), Delivered(s(3)), Jump(4, 10_000, 51), Delivered(s(10_000))]
+
+
+def test_an_implausible_announce_is_a_jump_too() -> None:
+    q = Sequencer(max_rate_hz=1.0, jump_slack=10)
+    q.announce(5, 0.0)
+    assert q.announce(2**31, 1.0) == [Jump(5, 2**31, 11)]
+    assert q.expected == 2**31
+    assert q.missing() == []
+    assert q.announce(2**31 + 5, 2.0) == []  # plausible: 5 missing, asked for
+    assert q.missing() == [(2**31, 5)]

@@ -162,12 +162,26 @@ _ENCRYPTED_FLAGS: Final = frozenset(
     {
         "encrypt-read",
         "encrypt-write",
+        "encrypt-notify",
+        "encrypt-indicate",
         "encrypt-authenticated-read",
         "encrypt-authenticated-write",
+        "encrypt-authenticated-notify",
+        "encrypt-authenticated-indicate",
         "secure-read",
         "secure-write",
+        "secure-notify",
+        "secure-indicate",
     }
 )
+_NOTIFY_FLAGS: Final = frozenset(
+    {"notify", "indicate"} | {f for f in _ENCRYPTED_FLAGS if f.endswith(("notify", "indicate"))}
+)
+#: bluetoothd's Connect error when the LE link could not be encrypted because the peer has not the
+#: bond's keys (ERR_LE_CONN_KEY_MISSING, bluez src/error.h): the kernel's encryption change fails
+#: with "PIN or Key Missing", it disconnects with Authentication Failure, the ATT socket's connect
+#: fails with EACCES.
+KEY_MISSING: Final = "le-connection-key-missing"
 
 
 def install_bluetoothctl_shim(directory: Path, version: str = BLUEZ_VERSION) -> Path:
@@ -226,7 +240,7 @@ class GattAttribute:
     @property
     def notifies(self) -> bool:
         """Whether this characteristic can notify or indicate."""
-        return "notify" in self.flags or "indicate" in self.flags
+        return bool(_NOTIFY_FLAGS.intersection(self.flags))
 
 
 @dataclass
@@ -337,6 +351,10 @@ class FakeBluez:
         self._exported: dict[str, int] = {}
         self._entered = False
         self._closed = False
+        #: Fault: bluetoothd stopped answering method calls (see :meth:`hang`).
+        self.hung = False
+        #: Method calls received (and never answered) while hung.
+        self.unanswered = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -404,6 +422,14 @@ class FakeBluez:
 
     # -- Python API ------------------------------------------------------------------------
 
+    def hang(self, hung: bool = True) -> None:
+        """Fault: bluetoothd stops answering D-Bus method calls (or answers again, ``False``).
+
+        Calls received while hung get no reply ever (a deadlocked or stopped bluetoothd: the
+        caller's only way out is its own timeout); signals already queued still go out.
+        """
+        self.hung = hung
+
     @property
     def adapters(self) -> Mapping[str, FakeAdapter]:
         """Adapters by name (``hci0``…)."""
@@ -463,12 +489,20 @@ class FakeBluez:
         service_data: Mapping[str, bytes] | None = None,
         connect_delay: float = 0.0,
         paired: bool = False,
+        holds_keys: bool | None = None,
+        bondable: bool = True,
     ) -> FakeDevice:
         """Put an advertising peripheral in range of ``adapter``.
 
         It appears on D-Bus when a client discovers it (InterfacesAdded while scanning), or at
         once when ``paired`` (bluetoothd loads bonded devices at start). ``mtu`` is the ATT MTU
         the link negotiates; notifications carry at most ``mtu - 3`` bytes.
+
+        ``holds_keys``: whether the peripheral has the keys of BlueZ's bond with this address
+        (default: ``paired``). ``paired=True, holds_keys=False`` is an IMPOSTOR: a device that
+        advertises a bonded device's address without its keys; BlueZ then fails every connection
+        with ``le-connection-key-missing``. ``bondable=False``: the device cannot bond (a basic
+        heart-rate strap): Pair fails with AuthenticationFailed.
         """
         self._check_running()
         found = self._adapter(adapter)
@@ -493,6 +527,8 @@ class FakeBluez:
             service_data={normalize_uuid(k): bytes(v) for k, v in (service_data or {}).items()},
             connect_delay=connect_delay,
         )
+        device.bondable = bondable
+        device.holds_keys = paired if holds_keys is None else holds_keys
         found.devices[normalized] = device
         if paired:
             device.paired = device.bonded = device.trusted = True
@@ -590,9 +626,12 @@ class FakeBluez:
         except KeyError:
             raise ValueError(f"no adapter {name}") from None
 
-    def _on_message(self, message: Message) -> Message | None:
+    def _on_message(self, message: Message) -> Message | bool | None:
         # dbus-fast runs this before dispatching each message, in the same context as the
         # dispatch: CALLER then names the client for the method (and its task, if a coroutine).
+        if message.message_type is MessageType.METHOD_CALL and self.hung:
+            self.unanswered += 1
+            return True  # handled: no reply, no dispatch
         if message.message_type is MessageType.METHOD_CALL:
             sender = message.sender or ""
             path = message.path or ""
@@ -837,6 +876,13 @@ class FakeDevice:
         self.bonded = False
         self.trusted = False
         self.blocked = False
+        #: The peripheral side holds the keys of BlueZ's bond (False: an impostor, or a device
+        #: whose bond was cleared); ``paired``/``bonded`` are BlueZ's side.
+        self.holds_keys = False
+        #: Whether the peripheral can bond at all.
+        self.bondable = True
+        #: Whether the current link is encrypted with the bond's keys.
+        self.encrypted = False
         self.services_resolved = False
         self.in_range = True
         self.link_state: LinkState = "idle"
@@ -949,6 +995,19 @@ class FakeDevice:
             await self._teardown(reason)
         elif self.link_state == "disconnecting":
             await self._idle.wait()
+
+    async def load_bond(self) -> None:
+        """Both sides hold a bond, as after an earlier pairing (bluetoothd loaded it at start)."""
+        self.paired = self.bonded = self.trusted = self.holds_keys = True
+        self.cancel_expiry()
+        if not self.exported:
+            await self.ensure_exported()
+            return
+        await self.fake.changed(
+            self.path,
+            DEVICE_INTERFACE,
+            {n: Variant("b", True) for n in ("Paired", "Bonded", "Trusted")},
+        )
 
     async def set_in_range(self, in_range: bool) -> None:
         """Fault: the device walks out of range (or comes back).
@@ -1120,6 +1179,10 @@ class FakeDevice:
                 raise _error(BluezError.FAILED, HOST_DOWN)
         if self.adapter.busy_slots >= self.adapter.slots:
             raise _error(BluezError.FAILED, CONNECTION_LIMIT)
+        if self.paired and not self.holds_keys:
+            # bluetoothd connects a bonded device at security level medium: the link is
+            # encrypted with the bond's keys at once, which a peer without them cannot do.
+            raise _error(BluezError.FAILED, KEY_MISSING)
         return True
 
     def _state(self) -> LinkState:
@@ -1147,6 +1210,7 @@ class FakeDevice:
             await self.fake.flow.acquire()
             self._check_attempt(generation)
             self.link_state = "connected"
+            self.encrypted = self.paired and self.holds_keys
             self.fake.send(
                 properties_changed(self.path, DEVICE_INTERFACE, {"Connected": Variant("b", True)})
             )
@@ -1300,6 +1364,7 @@ class FakeDevice:
 
     def _end(self) -> None:
         self.link_state = "idle"
+        self.encrypted = False
         self._idle.set()
 
     async def _withdraw_attribute(self, attribute: GattAttribute) -> None:
@@ -1327,8 +1392,13 @@ class FakeDevice:
                 raise _error(BluezError.AUTHENTICATION_CANCELED)
             if not self.connected:
                 raise _error(BluezError.FAILED, ABORT_BY_REMOTE)
+            if not self.bondable:
+                # SMP "Pairing Not Supported" from the peer.
+                raise _error(BluezError.AUTHENTICATION_FAILED)
             await self.fake.flow.acquire()
             self.paired = self.bonded = True
+            # Just Works: both sides now hold the new keys, and the link is encrypted with them.
+            self.holds_keys = self.encrypted = True
             self.cancel_expiry()
             self.fake.send(
                 properties_changed(
@@ -1427,9 +1497,21 @@ class FakeDevice:
             raise _error(BluezError.NOT_CONNECTED)
 
     def _check_security(self, flags: tuple[str, ...], operation: str) -> None:
+        """An access that needs encryption on a link not encrypted with the bond's keys.
+
+        The peripheral answers Insufficient Authentication; bluetoothd relays it as
+        ``org.bluez.Error.NotPermitted: Not paired`` (create_gatt_dbus_error in bluez
+        src/gatt-client.c). A real bluetoothd first tries to raise the link's security, which
+        pairs an unbonded device (Just Works); the emulator does not pair behind the client's
+        back, so the gateway must not rely on it (it checks Paired before any access).
+        """
         secured = {f for f in flags if f in _ENCRYPTED_FLAGS and f.endswith(operation)}
-        plain = operation in flags
-        if secured and not plain and not self.paired:
+        if operation == "notify":
+            secured |= {f for f in flags if f in _ENCRYPTED_FLAGS and f.endswith("indicate")}
+            plain = False
+        else:
+            plain = operation in flags
+        if secured and not plain and not self.encrypted:
             raise DBusError(*gatt_error_reply(ATT_ERROR_INSUFFICIENT_AUTHENTICATION))
 
     async def handle_start_notify(self, attribute: GattAttribute, sender: str) -> None:
@@ -1439,6 +1521,7 @@ class FakeDevice:
         self._check_linked()
         if not attribute.notifies:
             raise _error(BluezError.NOT_SUPPORTED)
+        self._check_security(attribute.flags, "notify")
         if sender in attribute.sessions:
             return
         first = not attribute.sessions
@@ -1482,7 +1565,7 @@ class FakeDevice:
         self, attribute: GattAttribute, *, enabled: bool, raising: bool = False
     ) -> None:
         if attribute.cccd is not None:
-            notify = "notify" in attribute.flags
+            notify = any(f.endswith("notify") for f in attribute.flags)
             attribute.cccd.value = (b"\x01\x00" if notify else b"\x02\x00") if enabled else b"\0\0"
         try:
             self.peripheral.on_notify_changed(attribute.uuid, enabled)

@@ -241,8 +241,8 @@ class CharSpec:
 
     @property
     def notifies(self) -> bool:
-        """Whether it can notify or indicate (and so has a CCCD)."""
-        return "notify" in self.flags or "indicate" in self.flags
+        """Whether it can notify or indicate (and so has a CCCD); encrypt-notify implies notify."""
+        return any(f.endswith(("notify", "indicate")) for f in self.flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,13 +337,21 @@ def battery_service(flags: Iterable[str] = ("read", "notify")) -> ServiceSpec:
     )
 
 
-def wearable_service() -> ServiceSpec:
-    """The gatewayd wearable service of docs/protocol.md §1: data, control and info."""
+def wearable_service(*, encrypted: bool = True) -> ServiceSpec:
+    """The gatewayd wearable service of docs/protocol.md §1: data, control and info.
+
+    Every access needs a link encrypted with the bond's keys (docs/pairing.md); ``encrypted``
+    False gives the open variant of older firmware.
+    """
+    if not encrypted:
+        flags: tuple[tuple[str, ...], ...] = (("notify",), ("write",), ("read",))
+    else:
+        flags = (("notify", "encrypt-notify"), ("encrypt-write",), ("encrypt-read",))
     return ServiceSpec(
         gatt.SERVICE_UUID,
         (
-            CharSpec(gatt.DATA_CHAR_UUID, ("notify",)),
-            CharSpec(gatt.CONTROL_CHAR_UUID, ("write",)),
-            CharSpec(gatt.INFO_CHAR_UUID, ("read",)),
+            CharSpec(gatt.DATA_CHAR_UUID, flags[0]),
+            CharSpec(gatt.CONTROL_CHAR_UUID, flags[1]),
+            CharSpec(gatt.INFO_CHAR_UUID, flags[2]),
         ),
     )

@@ -103,6 +103,8 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
         faults=faults,
         local_model=model,
         pruning_pct=options.pruning_pct,
+        # `gatewayd pair` bonds with them, as with real devices.
+        bonded=False,
     )
     with tempfile.TemporaryDirectory(prefix="gatewayd-emulator-") as tmp:
         shim_dir = Path(tmp) / "bin"

@@ -284,6 +284,9 @@ class FleetSetup:
     #: The pruned model every wearable runs (one session for all), or None: activity unknown.
     local_model: ModelSession | None = None
     pruning_pct: int = 40
+    #: BlueZ already holds a bond with every wearable and strap (as after `gatewayd pair` in an
+    #: earlier run: bluetoothd loads bonds at start). False: they wait to be paired.
+    bonded: bool = True
 
 
 def pick_wearable_model(registry: ModelRegistry, pruning_pct: int) -> InstalledModel | None:
@@ -362,7 +365,7 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
         device = await fake.add_device(
             adapters[i % len(adapters)], spec.address, spec.name, [gatt.SERVICE_UUID],
             [wearable_service(), battery_service()], peripheral=virtual, mtu=setup.mtu,
-            rssi=-55 - (i % 20),
+            rssi=-55 - (i % 20), paired=setup.bonded,
         )  # fmt: skip
         wearables.append((device, virtual))
     straps = []
@@ -371,7 +374,7 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
         device = await fake.add_device(
             adapters[i % len(adapters)], strap_address(i + 1), f"HR strap {i + 1}",
             [gatt.HEART_RATE_SERVICE_UUID], [heart_rate_service(), battery_service()],
-            peripheral=strap, mtu=setup.mtu,
+            peripheral=strap, mtu=setup.mtu, paired=setup.bonded,
         )  # fmt: skip
         straps.append((device, strap))
     decoy = None

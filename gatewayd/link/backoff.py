@@ -32,6 +32,8 @@ class FailureKind(Enum):
     PROTOCOL = "protocol"
     #: A connection that worked and then ended (link loss, device turned off).
     DISCONNECTED = "disconnected"
+    #: The device at the address is not the bonded one (or not bonded): DeviceUntrusted.
+    UNTRUSTED = "untrusted"
     OTHER = "other"
 
 
@@ -43,6 +45,7 @@ BASE_DELAY_S: Final[dict[FailureKind, float]] = {
     FailureKind.TIMEOUT: 1.0,
     FailureKind.PROTOCOL: 5.0,
     FailureKind.DISCONNECTED: 0.1,
+    FailureKind.UNTRUSTED: 30.0,
     FailureKind.OTHER: 1.0,
 }
 

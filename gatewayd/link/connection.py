@@ -4,6 +4,12 @@ The protocol work is in :class:`gatewayd.link.stream.DeviceStream` (pure); this 
 thin bleak-facing shell around it: it owns the BleakClient, feeds notifications in, writes the
 control commands out (one at a time: BlueZ rejects overlapping GATT operations), and forwards
 events through ``emit``.
+
+Trust (docs/pairing.md): before touching any characteristic the link checks that BlueZ holds a
+bond with the device (Device1.Paired; BlueZ then encrypts the link with the bond's keys at
+connect, and a device without them cannot complete the connection). Otherwise, or when BlueZ
+fails the connection or an encrypted access for want of the keys, or when the device's identity
+changes (stream.py), it emits :class:`DeviceUntrusted` instead of streaming and backs off.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import Final
 
 import structlog
 from bleak import BleakClient
+from bleak.backends.bluezdbus.manager import get_global_bluez_manager
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.exc import BleakError
+from bleak.exc import BleakDBusError, BleakError
 
 from gatewayd.errors import DecodeError
 from gatewayd.protocol.control import (
@@ -40,7 +47,15 @@ from gatewayd.protocol.gatt import (
 from gatewayd.protocol.heart_rate import parse_heart_rate_measurement
 
 from .backoff import FailureKind, backoff_delay, classify
-from .events import BatteryLevel, HeartRateReceived, LinkDown, LinkEvent, LinkUp
+from .events import (
+    BatteryLevel,
+    DeviceUntrusted,
+    HeartRateReceived,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    ResumePoint,
+)
 from .registry import PairedDevice
 from .scanner import Sighting
 from .stream import DeviceStream
@@ -53,6 +68,42 @@ CONTROL_QUEUE: Final = 64
 INFO_POLL_INTERVAL_S: Final = 1.0
 #: A queued "read the info characteristic" among the control writes (GATT operations go one by one).
 READ_INFO: Final = None
+#: How long one disconnect may take before it is abandoned (seconds).
+DISCONNECT_TIMEOUT_S: Final = 5.0
+#: bluetoothd's error text when the LE link could not be encrypted because the peer lacks the
+#: bond's keys (ERR_LE_CONN_KEY_MISSING in bluez src/error.h; br-connection-key-missing for
+#: BR/EDR).
+KEY_MISSING: Final = "connection-key-missing"
+_AUTH_ERRORS: Final = frozenset(
+    {"org.bluez.Error.AuthenticationFailed", "org.bluez.Error.AuthenticationRejected"}
+)
+
+
+async def bluez_paired(device: object) -> bool:
+    """Whether BlueZ holds a bond with the device of a sighting (Device1.Paired).
+
+    Read from bleak's mirror of BlueZ's objects (its manager), by the device's object path; a
+    device BlueZ does not know is not paired.
+    """
+    details = getattr(device, "details", None)
+    path = details.get("path") if isinstance(details, dict) else None
+    if not isinstance(path, str):
+        return False
+    manager = await get_global_bluez_manager()
+    return bool(manager.is_paired(path))
+
+
+def bond_rejected(exc: BaseException) -> bool:
+    """Whether BlueZ failed a connection or an access because the link is not encrypted with the
+    bond's keys: ``le-connection-key-missing``, AuthenticationFailed/Rejected, or an ATT
+    Insufficient Authentication/Encryption it relays as ``NotPermitted: Not paired``.
+    """
+    if not isinstance(exc, BleakDBusError):
+        return False
+    details = exc.dbus_error_details or ""
+    if exc.dbus_error in _AUTH_ERRORS or KEY_MISSING in details:
+        return True
+    return exc.dbus_error == "org.bluez.Error.NotPermitted" and "Not paired" in details
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +134,14 @@ class _SetupError(Exception):
     """The device connected but its setup failed in a way that is its fault (bad info etc.)."""
 
 
+class _UntrustedError(Exception):
+    """The device is not the bonded one (or not bonded): no data from it."""
+
+    def __init__(self, event: DeviceUntrusted) -> None:
+        super().__init__(event.detail)
+        self.event = event
+
+
 class DeviceLink:
     """Keeps one paired device connected for as long as the gateway runs."""
 
@@ -93,17 +152,31 @@ class DeviceLink:
         acquire: Callable[[str], Awaitable[SlotLease]],
         emit: Callable[[LinkEvent], None],
         settings: LinkSettings,
+        resume: ResumePoint | None = None,
+        on_untrusted: Callable[[DeviceUntrusted], Awaitable[None]] | None = None,
+        is_paired: Callable[[object], Awaitable[bool]] = bluez_paired,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """``resume``: where a previous run stopped. ``on_untrusted``: called (awaited) once when
+        the device's identity changed, to record it (the registry); the link then stops.
+        """
         self.device = device
         self.settings = settings
         self.stream = DeviceStream(
             device.device_id,
             gap_timeout_s=settings.gap_timeout_s,
             resend_interval_s=settings.resend_interval_s,
+            resume=resume,
+            profile=device.profile or None,
         )
+        #: The last DeviceUntrusted emitted while no trusted connection followed it.
+        self.untrusted: DeviceUntrusted | None = None
+        self._on_untrusted = on_untrusted
+        self._is_paired = is_paired
         self.connected = False
+        #: In the final disconnect of a session (LinkManager counts those it had to abandon).
+        self.disconnecting = False
         self.connections = 0
         self._acquire = acquire
         self._emit = emit
@@ -118,7 +191,15 @@ class DeviceLink:
         self.policy = SetPolicy(settings.tau_mbits, settings.min_conf_e4)
 
     async def run(self) -> None:
-        """Connect, stream until the link drops, back off, and again; until cancelled."""
+        """Connect, stream until the link drops, back off, and again; until cancelled.
+
+        Returns only when the device's identity changed (it is untrusted until paired again).
+        """
+        if self.device.untrusted:
+            self._distrust(
+                DeviceUntrusted(self.device.device_id, "identity_changed", self.device.untrusted)
+            )
+            return
         failures = 0
         kind = FailureKind.OTHER
         while True:
@@ -132,6 +213,10 @@ class DeviceLink:
             if kind is FailureKind.DISCONNECTED:
                 failures = 1  # it worked: reconnect promptly, the next failure warns again
                 continue
+            if kind is FailureKind.UNTRUSTED and self.stream.untrusted is not None:
+                if self._on_untrusted is not None:
+                    await self._on_untrusted(self.stream.untrusted)
+                return
             # The first failure of a streak is a WARNING, repeats are DEBUG.
             (self._log.warning if failures <= 1 else self._log.debug)(
                 "connection attempt failed",
@@ -141,6 +226,15 @@ class DeviceLink:
                 attempt=failures,
             )
             failures += 1
+
+    def _distrust(self, event: DeviceUntrusted) -> None:
+        """Emit ``event`` unless the same verdict was emitted since the last trusted link."""
+        if self.untrusted is not None and self.untrusted.reason == event.reason:
+            return
+        self.untrusted = event
+        self._emit(event)
+        self._log.warning("device not trusted; no data from it", reason=event.reason,
+                          detail=event.detail)  # fmt: skip
 
     async def _session(self, sighting: Sighting) -> tuple[FailureKind, str]:
         disconnected = asyncio.Event()
@@ -152,14 +246,19 @@ class DeviceLink:
         try:
             # A safety timeout around the whole setup: a stalled D-Bus call must not hang us.
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                await client.connect()
+                await self._connect_trusted(client, sighting)
                 info = await self._setup(client)
+        except _UntrustedError as exc:
+            self._distrust(exc.event)
+            await self._disconnect_quietly(client)
+            return FailureKind.UNTRUSTED, str(exc)
         except (BleakError, TimeoutError, EOFError, OSError, _SetupError) as exc:
             kind = FailureKind.PROTOCOL if isinstance(exc, _SetupError) else classify(exc)
             await self._disconnect_quietly(client)
             return kind, str(exc) or type(exc).__name__
         self.connected = True
         self.connections += 1
+        self.untrusted = None
         mtu = _negotiated_mtu(client)
         self._emit(LinkUp(self.device.device_id, sighting.adapter, info, mtu))
         self._log.info("connected", adapter=sighting.adapter, mtu=mtu)
@@ -169,10 +268,33 @@ class DeviceLink:
         finally:
             self.connected = False
             self.stream.on_disconnected()
-            await self._disconnect_quietly(client)
+            # Said before the disconnect: a hung bluetoothd must not keep it "connected".
             self._emit(LinkDown(self.device.device_id, reason))
             self._log.info("disconnected", reason=reason)
+            await self._disconnect_quietly(client)
         return FailureKind.DISCONNECTED, reason
+
+    async def _connect_trusted(self, client: BleakClient, sighting: Sighting) -> None:
+        """Connect; _UntrustedError unless BlueZ holds a bond (or the device may do without)."""
+        device_id = self.device.device_id
+        try:
+            await client.connect()
+        except BleakDBusError as exc:
+            if bond_rejected(exc):
+                raise _UntrustedError(
+                    DeviceUntrusted(device_id, "bond_rejected", _bond_rejected_detail(exc))
+                ) from exc
+            raise
+        if self.device.allow_unbonded or await self._is_paired(sighting.device):
+            return
+        raise _UntrustedError(
+            DeviceUntrusted(
+                device_id,
+                "not_bonded",
+                "BlueZ holds no bond with this address; pair it with `gatewayd pair` (a strap"
+                " that cannot bond: `gatewayd pair --allow-unbonded`)",
+            )
+        )
 
     async def _stream(self, client: BleakClient, disconnected: asyncio.Event) -> str:
         """Run the control writer and the ticker until the link drops; say why it ended."""
@@ -198,6 +320,8 @@ class DeviceLink:
             await self._setup_battery(client)
             return None
         info = await self._read_info(client)
+        if self.stream.untrusted is not None:
+            raise _UntrustedError(self.stream.untrusted)
         if info is None:
             raise _SetupError(f"info characteristic: {self.stream.last_error}")
         # The queue of an earlier connection is stale: setup commands go first, then resends.
@@ -224,14 +348,23 @@ class DeviceLink:
 
     async def _read_info(self, client: BleakClient) -> DeviceInfo | None:
         """Read and apply the info characteristic; None (and counted) if it is malformed."""
-        raw = await client.read_gatt_char(INFO_CHAR_UUID)
+        try:
+            raw = await client.read_gatt_char(INFO_CHAR_UUID)
+        except BleakDBusError as exc:
+            if bond_rejected(exc):
+                raise _UntrustedError(
+                    DeviceUntrusted(
+                        self.device.device_id, "bond_rejected", _bond_rejected_detail(exc)
+                    )
+                ) from exc
+            raise
         try:
             info = decode_info(raw)
         except DecodeError as exc:
             self.stream.stats.rejected[exc.reason] += 1
             self.stream.last_error = exc
             return None
-        for event in self.stream.on_info(info, self._clock()):
+        for event in self.stream.on_info(info, self._clock(), self._wall()):
             self._emit(event)
         return info
 
@@ -312,9 +445,21 @@ class DeviceLink:
             self._queue_resends(now)
 
     async def _disconnect_quietly(self, client: BleakClient) -> None:
-        with contextlib.suppress(BleakError, TimeoutError, EOFError, OSError):
-            async with asyncio.timeout(5.0):
-                await client.disconnect()
+        self.disconnecting = True
+        try:
+            with contextlib.suppress(BleakError, TimeoutError, EOFError, OSError):
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await client.disconnect()
+        finally:
+            self.disconnecting = False
+
+
+def _bond_rejected_detail(exc: BleakDBusError) -> str:
+    return (
+        f"BlueZ could not use the bond's keys with the device at this address"
+        f" ({exc.dbus_error}: {exc.dbus_error_details or ''}): an impostor, or the wearable lost"
+        " its bond (then pair it again)"
+    )
 
 
 def _negotiated_mtu(client: BleakClient) -> int:

@@ -1,7 +1,13 @@
 """The link layer as one unit: scanners per adapter, a slot pool, one task per paired device.
 
-Frames and link events come out of one bounded queue, in order per device. The queue is sized
-for bursts; if the consumer stalls and it fills, what is dropped is counted and logged.
+Frames and link events come out of one queue (queue.py), in order per device. Frames are
+bounded; if the consumer stalls, the frames that do not fit are counted per device and reported
+as a MessagesLost; events that carry state are never dropped.
+
+:class:`LinkManager` is an async context manager: entering starts the scanners and the device
+tasks, leaving cancels them and disconnects every device within one overall bound
+(``close_timeout_s``), even when bluetoothd stops answering; :attr:`LinkManager.closed` says how
+many disconnects had to be abandoned. ``run()`` enters it and waits (until cancelled).
 
 A device is connected when an adapter with a free slot sees it advertise, or at once when BlueZ
 still holds a link to it from a previous run (stale.py): a connected device never advertises.
@@ -13,8 +19,10 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Final, TypeAlias
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, TypeAlias
 
 import structlog
 from bleak.backends.device import BLEDevice
@@ -23,14 +31,17 @@ from gatewayd.protocol.control import SetPolicy
 
 from . import stale
 from .connection import DeviceLink, LinkSettings, SlotLease
-from .events import LinkEvent
-from .registry import PairedDevice
+from .events import DeviceUntrusted, LinkEvent, ResumePoint
+from .queue import EventQueue
+from .registry import DeviceRegistry, PairedDevice, RegistryError
 from .scanner import AdapterStates, Sighting, Sightings, scan_forever
 from .slots import SlotBudget
 
 log = structlog.get_logger("gatewayd.link")
 
 DEFAULT_QUEUE_SIZE: Final = 4096
+#: The most leaving a LinkManager may take: cancelling every task and disconnecting every device.
+DEFAULT_CLOSE_TIMEOUT_S: Final = 10.0
 #: While a device is not seen, ask BlueZ this often whether it holds a link to it (seconds).
 LINK_CHECK_INTERVAL_S: Final = 5.0
 
@@ -85,8 +96,20 @@ class SlotPool:
         self.sightings.notify()  # someone may be waiting for this slot
 
 
+@dataclass(frozen=True, slots=True)
+class CloseOutcome:
+    """How leaving a :class:`LinkManager` went."""
+
+    #: Device tasks stopped.
+    devices: int
+    #: Devices whose disconnect did not finish within the bound (bluetoothd did not answer).
+    disconnects_abandoned: int
+    #: Tasks (scanners, devices) still running when the bound was reached, left behind.
+    tasks_abandoned: int
+
+
 class LinkManager:
-    """Runs the BLE side of the gateway until cancelled."""
+    """Runs the BLE side of the gateway: ``async with LinkManager(...) as link`` (or ``run()``)."""
 
     def __init__(
         self,
@@ -96,41 +119,136 @@ class LinkManager:
         settings: LinkSettings,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        resume: Mapping[str, ResumePoint] | None = None,
+        registry: DeviceRegistry | None = None,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
     ) -> None:
+        """``resume``: resume points by device id. ``registry``: where a device whose identity
+        changed is recorded as untrusted (it stays so across restarts until paired again).
+        """
         self.sightings = Sightings()
         #: Whether each adapter answers, or its scanner's last failure (gatewayd.app waits for
         #: one before READY=1, and explains failures).
         self.adapters = AdapterStates(adapters)
         self.pool = SlotPool(SlotBudget(dict.fromkeys(adapters, slots_per_adapter)), self.sightings)
         self.settings = settings
-        self.events: asyncio.Queue[LinkEvent] = asyncio.Queue(queue_size)
-        self.dropped = 0
+        self.close_timeout_s = close_timeout_s
+        self.events = EventQueue(queue_size)
+        self._registry = registry
+        resume = resume or {}
         self.links = {
-            d.address: DeviceLink(d, acquire=self.pool.acquire, emit=self._emit, settings=settings)
+            d.address: DeviceLink(
+                d,
+                acquire=self.pool.acquire,
+                emit=self._emit,
+                settings=settings,
+                resume=resume.get(d.device_id),
+                on_untrusted=self._record_untrusted,
+            )
             for d in devices
         }
+        #: Set when the manager has been left.
+        self.closed: CloseOutcome | None = None
+        self._entered = False
+        self._scanners: list[asyncio.Task[None]] = []
+        self._devices: list[asyncio.Task[None]] = []
+        self._failed: asyncio.Future[None] | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because the consumer did not keep up (each reported as lost)."""
+        return sum(self.events.dropped.values())
 
     def _emit(self, event: LinkEvent) -> None:
-        if self.events.full():
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("link event queue full: the pipeline is not keeping up",
-                          dropped=self.dropped, event=type(event).__name__)  # fmt: skip
+        if not self.events.put(event):
+            dropped = self.events.dropped[event.device_id]
+            if dropped == 1 or dropped % 1000 == 0:
+                log.error("link event queue full: the pipeline is not keeping up; frames are"
+                          " dropped and reported lost", device=event.device_id,
+                          dropped=dropped)  # fmt: skip
+
+    async def _record_untrusted(self, event: DeviceUntrusted) -> None:
+        if self._registry is None:
             return
-        self.events.put_nowait(event)
+        try:
+            await asyncio.to_thread(self._registry.mark_untrusted, event.device_id, event.detail)
+        except RegistryError as exc:
+            log.warning("cannot record an untrusted device", device=event.device_id,
+                        error=str(exc))  # fmt: skip
+
+    async def __aenter__(self) -> LinkManager:
+        if self._entered:
+            raise RuntimeError("a LinkManager can be entered only once; create a new one")
+        self._entered = True
+        self._failed = asyncio.get_running_loop().create_future()
+        log.info("link starting", adapters=list(self.pool.budget.adapters),
+                 devices=[link.device.device_id for link in self.links.values()])  # fmt: skip
+        for adapter in self.pool.budget.adapters:
+            self._scanners.append(
+                self._start(
+                    scan_forever(adapter, self.sightings, states=self.adapters), f"scan-{adapter}"
+                )
+            )
+        for link in self.links.values():
+            self._devices.append(self._start(link.run(), f"link-{link.device.device_id}"))
+        return self
+
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("link task failed", task=task.get_name(), error=repr(exc))
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_exception(exc)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.closed = await self._close()
+
+    async def _close(self) -> CloseOutcome:
+        """Cancel everything; wait at most ``close_timeout_s`` in all, abandoning what hangs."""
+        tasks = [*self._devices, *self._scanners]
+        for task in tasks:
+            task.cancel()
+        grace = min(1.0, self.close_timeout_s / 5)
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.close_timeout_s - grace)
+        hung = [link for link in self.links.values() if link.disconnecting]
+        if pending:
+            for task in pending:
+                task.cancel()  # again: interrupts a disconnect bluetoothd does not answer
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        outcome = CloseOutcome(len(self._devices), len(hung), len(pending))
+        if hung or pending:
+            log.warning("link stopped without waiting for bluetoothd",
+                        disconnects_abandoned=len(hung), tasks_abandoned=len(pending),
+                        devices=[link.device.device_id for link in hung])  # fmt: skip
+        if self._failed is not None and not self._failed.done():
+            self._failed.cancel()
+        return outcome
+
+    async def wait(self) -> None:
+        """Return never (until cancelled); raise what a link task failed with (a bug)."""
+        if self._failed is None:
+            raise RuntimeError("enter the LinkManager first (async with)")
+        await asyncio.shield(self._failed)
 
     async def run(self) -> None:
         """Scan on every adapter and keep every paired device connected, until cancelled."""
-        log.info("link starting", adapters=list(self.pool.budget.adapters),
-                 devices=[link.device.device_id for link in self.links.values()])  # fmt: skip
-        async with asyncio.TaskGroup() as tg:
-            for adapter in self.pool.budget.adapters:
-                tg.create_task(
-                    scan_forever(adapter, self.sightings, states=self.adapters),
-                    name=f"scan-{adapter}",
-                )
-            for link in self.links.values():
-                tg.create_task(link.run(), name=f"link-{link.device.device_id}")
+        if self._entered:
+            await self.wait()
+            return
+        async with self:
+            await self.wait()
 
     def set_policy(self, device_id: str, policy: SetPolicy) -> bool:
         """Change one device's offload policy (backpressure); False if unknown or not queued."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -43,6 +44,7 @@ from .registry import (
     check_alias,
 )
 from .scanner import SCAN_SERVICE_UUIDS, Sightings
+from .stream import hardware_profile
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -73,7 +75,8 @@ _ADVICE: Final[Mapping[str, str]] = {
     "org.bluez.Error.AuthenticationFailed": (
         "the device rejected pairing; it may still hold a bond with another gateway or an old one"
         " with this one: clear the bonds on the device (or see JustWorksRepairing in"
-        " docs/pairing.md) and pair again"
+        " docs/pairing.md) and pair again; a heart-rate strap that cannot bond at all can be"
+        " accepted unbonded with --allow-unbonded"
     ),
     "org.bluez.Error.AuthenticationRejected": "the device refused to pair; put it in pairing mode",
     "org.bluez.Error.AuthenticationCanceled": "pairing was cancelled (by the device or an agent)",
@@ -209,10 +212,14 @@ async def pair_device(
     alias: str | None = None,
     *,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    allow_unbonded: bool = False,
 ) -> PairingResult:
     """Bond with ``candidate``, check it speaks our protocol, and add it to ``registry``.
 
     ``alias`` becomes its device id (default: the id it already has, else default_alias).
+    ``allow_unbonded``: for a heart-rate strap that cannot bond: connect without bonding and
+    record that the user accepts it unbonded (a wearable always needs its bond: its
+    characteristics need an encrypted link). A wearable's hardware profile is recorded.
     Raises PairingError naming the device and the reason. A bond this call created is removed
     again when the device fails or is refused, so nothing half-paired is left trusted in BlueZ.
     """
@@ -228,8 +235,16 @@ async def pair_device(
                 f"{candidate.label}: device id {alias!r} is already used by {clash.address};"
                 " choose another --alias or `gatewayd devices rename` that one first"
             )
+    if allow_unbonded and candidate.kind != "heart_rate":
+        raise PairingError(
+            f"{candidate.label}: --allow-unbonded is for heart-rate straps that cannot bond; a"
+            " wearable's data needs the encrypted link of a bond"
+        )
+    bond = not allow_unbonded
     try:
-        address, info = await _bond_with_rescan(candidate, candidate.device, connect_timeout_s)
+        address, info = await _bond_with_rescan(
+            candidate, candidate.device, connect_timeout_s, bond=bond
+        )
     except _RefusedError as exc:
         if not candidate.bonded:
             await _forget_quietly(candidate)
@@ -243,8 +258,12 @@ async def pair_device(
         raise PairingError(f"{candidate.label}: pairing failed: {why}") from exc
     try:
         device = await asyncio.to_thread(
-            registry.add, address, candidate.kind, candidate.name, alias
-        )
+            functools.partial(
+                registry.add, address, candidate.kind, candidate.name, alias,
+                allow_unbonded=allow_unbonded,
+                profile=hardware_profile(info) if info is not None else "",
+            )
+        )  # fmt: skip
     except RegistryError as exc:
         raise PairingError(f"{candidate.label}: paired, but not saved: {exc}") from exc
     log.info("paired", device=device.device_id, address=device.address, kind=device.kind)
@@ -252,7 +271,7 @@ async def pair_device(
 
 
 async def _bond_with_rescan(
-    candidate: Candidate, ble_device: BLEDevice, timeout_s: float
+    candidate: Candidate, ble_device: BLEDevice, timeout_s: float, *, bond: bool = True
 ) -> tuple[str, DeviceInfo | None]:
     """_bond_and_verify, scanning once more for the device if BlueZ has forgotten it.
 
@@ -260,7 +279,7 @@ async def _bond_with_rescan(
     when pairing several in a row the later ones may be gone; they are still advertising.
     """
     try:
-        return await _bond_and_verify(ble_device, candidate.kind, timeout_s)
+        return await _bond_and_verify(ble_device, candidate.kind, timeout_s, bond=bond)
     except BleakError as exc:
         if not _forgotten(exc):
             raise
@@ -273,14 +292,17 @@ async def _bond_with_rescan(
     )
     if found is None:
         raise BleakDeviceNotFoundError(candidate.address, "not seen again")
-    return await _bond_and_verify(found, candidate.kind, timeout_s)
+    return await _bond_and_verify(found, candidate.kind, timeout_s, bond=bond)
 
 
 async def _bond_and_verify(
-    ble_device: BLEDevice, kind: DeviceKind, timeout_s: float
+    ble_device: BLEDevice, kind: DeviceKind, timeout_s: float, *, bond: bool = True
 ) -> tuple[str, DeviceInfo | None]:
-    """Pair (bleak: Trusted, then Pair), verify, disconnect; the address BlueZ reports after it."""
-    client = BleakClient(ble_device, pair=True, timeout=timeout_s)
+    """Pair (bleak: Trusted, then Pair), verify, disconnect; the address BlueZ reports after it.
+
+    Without ``bond`` it only connects (a strap the user accepts unbonded).
+    """
+    client = BleakClient(ble_device, pair=bond, timeout=timeout_s)
     # One safety timeout around the whole exchange, disconnect included.
     async with asyncio.timeout(timeout_s):
         await client.connect()

@@ -3,7 +3,7 @@
 Only devices in this list are ever connected. Device ids are stable aliases chosen at pairing
 (never MAC addresses), so MQTT topics and the event log survive a wearable being replaced.
 The file is rewritten atomically (temporary file, fsync, rename), so a crash leaves either the
-old list or the new one.
+old list or the new one. Fields added later have defaults, so older files still load.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ class PairedDevice:
     kind: DeviceKind
     name: str = ""
     paired_at: str = ""
+    #: Accept it without a BlueZ bond (a heart-rate strap that cannot bond): the user opted in.
+    allow_unbonded: bool = False
+    #: The wearable's hardware profile when it was paired (gatewayd.link.stream.hardware_profile).
+    profile: str = ""
+    #: Why the gateway stopped trusting it (empty: trusted); pairing it again clears this.
+    untrusted: str = ""
 
 
 def check_alias(alias: str) -> str:
@@ -110,9 +116,19 @@ class DeviceRegistry:
         raise RegistryError(f"no paired device {device_id!r} (see `gatewayd devices list`)")
 
     def add(
-        self, address: str, kind: DeviceKind, name: str = "", alias: str | None = None
+        self,
+        address: str,
+        kind: DeviceKind,
+        name: str = "",
+        alias: str | None = None,
+        *,
+        allow_unbonded: bool = False,
+        profile: str = "",
     ) -> PairedDevice:
-        """Pair a device; pairing a known address again keeps its id unless an alias is given."""
+        """Pair a device; pairing a known address again keeps its id unless an alias is given.
+
+        Pairing again also trusts it again (clears ``untrusted``) and records ``profile``.
+        """
         addr = normalise_address(address)
         devices = self.load()
         existing = next((d for d in devices if d.address == addr), None)
@@ -123,7 +139,9 @@ class DeviceRegistry:
         if clash is not None:
             raise RegistryError(f"device id {device_id!r} is already used by {clash.address}")
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        device = PairedDevice(device_id, addr, kind, name, now)
+        device = PairedDevice(
+            device_id, addr, kind, name, now, allow_unbonded=allow_unbonded, profile=profile
+        )
         self._save([d for d in devices if d.address != addr] + [device])
         return device
 
@@ -135,6 +153,14 @@ class DeviceRegistry:
             raise RegistryError(f"device id {new_id!r} is already used")
         old = self.get(device_id)
         new = replace(old, device_id=new_id)
+        self._save([new if d.device_id == device_id else d for d in devices])
+        return new
+
+    def mark_untrusted(self, device_id: str, why: str) -> PairedDevice:
+        """Record that the gateway no longer trusts the device (until it is paired again)."""
+        devices = self.load()
+        old = self.get(device_id)
+        new = replace(old, untrusted=why or "untrusted")
         self._save([new if d.device_id == device_id else d for d in devices])
         return new
 

@@ -15,16 +15,44 @@ from gatewayd.errors import DecodeError
 from gatewayd.protocol.control import MAX_RESEND, DeviceInfo, Resend
 from gatewayd.protocol.fragments import FrameDecoder, Reassembler
 from gatewayd.protocol.sequencing import (
+    DEFAULT_JUMP_SLACK,
+    DEFAULT_MAX_RATE_HZ,
     SEQ_MODULUS,
     Delivered,
     Duplicate,
     Gap,
+    Jump,
     Restart,
     SequenceEvent,
     Sequencer,
+    plausible_advance,
+    seq_distance,
 )
 
-from .events import DeviceRestarted, FrameReceived, LinkEvent, MessagesLost
+from .events import (
+    DeviceRestarted,
+    DeviceUntrusted,
+    FrameReceived,
+    LinkEvent,
+    MessagesLost,
+    ResumePoint,
+    SequenceJump,
+)
+
+#: How long ago a resume point without ``heard_at`` is assumed to have been written (seconds).
+UNKNOWN_RESUME_AGE_S = 86_400.0
+
+
+def hardware_profile(info: DeviceInfo) -> str:
+    """What identifies a wearable's hardware model: its sensors' rates, scale and sample format.
+
+    Firmware version, model id (the local ML model), policy and pruning may change legitimately
+    (an update, backpressure); the sensors do not.
+    """
+    return (
+        f"bvp{info.bvp_rate_hz}-acc{info.acc_rate_hz}-lsb{info.acc_lsb_per_g}"
+        f"-{info.sample_format.name.lower()}"
+    )
 
 
 @dataclass
@@ -35,6 +63,7 @@ class StreamStats:
     duplicates: int = 0
     lost: int = 0
     resend_requests: int = 0
+    jumps: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -56,13 +85,31 @@ class DeviceStream:
         gap_timeout_s: float = 5.0,
         resend_interval_s: float = 1.0,
         fragment_timeout_s: float = 5.0,
+        resume: ResumePoint | None = None,
+        profile: str | None = None,
+        max_rate_hz: float = DEFAULT_MAX_RATE_HZ,
+        jump_slack: int = DEFAULT_JUMP_SLACK,
     ) -> None:
+        """``resume``: where a previous run stopped (asked from the ring at the first info).
+
+        ``profile``: the :func:`hardware_profile` recorded at pairing; without one the first info
+        seen sets it.
+        """
         self.device_id = device_id
         self.resend_interval_s = resend_interval_s
         self.stats = StreamStats()
+        self.resume = resume
+        self.profile = profile
+        #: Set (and kept) when the device is not the one that was paired: nothing more is
+        #: delivered from it by this stream.
+        self.untrusted: DeviceUntrusted | None = None
         self._fragment_timeout_s = fragment_timeout_s
         self._decoder = FrameDecoder(Reassembler(timeout_s=fragment_timeout_s))
-        self._sequencer = Sequencer(gap_timeout_s=gap_timeout_s)
+        self._sequencer = Sequencer(
+            gap_timeout_s=gap_timeout_s, max_rate_hz=max_rate_hz, jump_slack=jump_slack
+        )
+        self._max_rate_hz = max_rate_hz
+        self._jump_slack = jump_slack
         self._boot_id: int | None = None
         self._requests: dict[int, _Request] = {}
         self.last_error: DecodeError | None = None
@@ -80,22 +127,93 @@ class DeviceStream:
         """The reassembler and decoder (for their counters)."""
         return self._decoder
 
-    def on_info(self, info: DeviceInfo, now: float) -> list[LinkEvent]:
-        """The info characteristic, read at connect or on request.
+    @property
+    def boot_id(self) -> int | None:
+        """The boot id of the numbering being delivered, once known."""
+        return self._boot_id
 
-        A changed boot id means the numbering starts again; ``next_seq`` shows what exists.
+    def on_info(self, info: DeviceInfo, now: float, wall: float | None = None) -> list[LinkEvent]:
+        """The info characteristic, read at connect or on request (``wall``: Unix seconds).
+
+        A changed boot id means the numbering starts again; ``next_seq`` shows what exists. It is
+        unexpected, and the device untrusted, when the hardware profile differs from the paired
+        one, or when the boot id changed but ``next_seq`` is beyond what a device that restarted
+        its numbering at 0 could have produced since it was last heard from. At the first info
+        a resume point of the same boot opens the gap since it, to be asked from the ring.
         """
         self.wants_info = False
+        if self.untrusted is not None:
+            return [self.untrusted]
+        profile = hardware_profile(info)
+        if self.profile is None:
+            self.profile = profile
+        elif profile != self.profile:
+            return self._distrust(
+                f"hardware profile {profile} is not the paired device's {self.profile}"
+            )
         events: list[LinkEvent] = []
-        if self._boot_id is not None and info.boot_id != self._boot_id:
+        if self._boot_id is None:
+            events.extend(self._start(info, now, wall))
+        elif info.boot_id != self._boot_id:
+            bound = self._sequencer.bound(now)
+            if bound is not None and info.next_seq > bound:
+                return self._distrust(
+                    f"boot id changed ({self._boot_id:#x} -> {info.boot_id:#x}) but next_seq "
+                    f"{info.next_seq} continues instead of restarting (at most {bound} possible)"
+                )
             self._sequencer.reset()
             self._requests.clear()
             events.append(DeviceRestarted(self.device_id, None))
+            self._sequencer.announce(info.next_seq, now)
+        else:
+            announced = self._sequencer.announce(info.next_seq, now)
+            events.extend(self._translate(announced, now if wall is None else wall))
         self._boot_id = info.boot_id
-        self._sequencer.announce(info.next_seq, now)
         # A request sent just before a link drop was probably lost with it: ask again at once.
         for req in self._requests.values():
             req.last_sent = float("-inf")
+        return events
+
+    def _distrust(self, detail: str) -> list[LinkEvent]:
+        self.untrusted = DeviceUntrusted(self.device_id, "identity_changed", detail)
+        return [self.untrusted]
+
+    def _start(self, info: DeviceInfo, now: float, wall: float | None) -> list[LinkEvent]:
+        """The first info of this stream: start fresh, or where ``resume`` says."""
+        resume = self.resume
+        if resume is None:
+            self._sequencer.announce(info.next_seq, now)
+            return []
+        age = UNKNOWN_RESUME_AGE_S
+        if resume.heard_at is not None and wall is not None:
+            age = max(0.0, wall - resume.heard_at)
+        heard_at = now - age
+        bound = plausible_advance(age, self._max_rate_hz, self._jump_slack)
+        if resume.boot_id != info.boot_id:
+            if info.next_seq > bound:
+                return self._distrust(
+                    f"boot id changed ({resume.boot_id:#x} -> {info.boot_id:#x}) while the gateway"
+                    f" was down but next_seq {info.next_seq} is more than {bound} messages"
+                )
+            self._sequencer.announce(info.next_seq, now)
+            return [DeviceRestarted(self.device_id, None)]
+        d = seq_distance(resume.next_seq, info.next_seq)
+        if d > bound:
+            self.stats.jumps += 1
+            self._sequencer.start_at(info.next_seq, now)
+            return [SequenceJump(self.device_id, resume.next_seq, info.next_seq, bound)]
+        events: list[LinkEvent] = []
+        first = resume.next_seq
+        if d > MAX_RESEND:
+            # Older than the largest RESEND: no wearable ring holds it any more.
+            lost = d - MAX_RESEND
+            self.stats.lost += lost
+            events.append(MessagesLost(self.device_id, first, lost, "resume"))
+            first = (first + lost) % SEQ_MODULUS
+        if d <= 0:
+            first = info.next_seq
+        self._sequencer.start_at(first, heard_at)
+        self._sequencer.announce(info.next_seq, now)
         return events
 
     def on_disconnected(self) -> None:
@@ -111,7 +229,7 @@ class DeviceStream:
             self.last_error = exc
             self.wants_info = True
             return []
-        if message is None:
+        if message is None or self.untrusted is not None:
             return []
         return self._translate(self._sequencer.push(message, now), wall)
 
@@ -151,7 +269,7 @@ class DeviceStream:
             match e:
                 case Delivered(message):
                     self.stats.delivered += 1
-                    out.append(FrameReceived(self.device_id, message, wall))
+                    out.append(FrameReceived(self.device_id, message, wall, self._boot_id))
                 case Gap(first, count):
                     self.stats.lost += count
                     out.append(MessagesLost(self.device_id, first, count))
@@ -160,4 +278,8 @@ class DeviceStream:
                 case Restart(_, seq):
                     self._requests.clear()
                     out.append(DeviceRestarted(self.device_id, seq))
+                case Jump(expected, seq, bound):
+                    self._requests.clear()
+                    self.stats.jumps += 1
+                    out.append(SequenceJump(self.device_id, expected, seq, bound))
         return out

@@ -1,0 +1,245 @@
+"""The link against impostors, unbonded devices, gateway restarts, a stalled consumer and a hung
+bluetoothd: real bleak, the emulated BlueZ and virtual wearables (docs/pairing.md, protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gatewayd.datasets.recording import Recording
+from gatewayd.datasets.synthetic import generate_recording
+from gatewayd.emulator import FakeBluez
+from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
+from gatewayd.link.connection import LinkSettings
+from gatewayd.link.events import (
+    DeviceUntrusted,
+    FrameReceived,
+    HeartRateReceived,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    MessagesLost,
+    ResumePoint,
+)
+from gatewayd.link.manager import LinkManager
+from gatewayd.link.registry import DeviceRegistry, PairedDevice
+from tests.emulator_fixtures import release_bleak_manager
+
+pytest_plugins = ["tests.emulator_fixtures"]
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed"),
+    pytest.mark.asyncio,
+]
+
+#: Safety net only: every wait below ends on an event, this bounds a broken one.
+LIMIT_S = 60.0
+
+
+@pytest_asyncio.fixture
+async def fake(fake_bluez: FakeBluez) -> AsyncIterator[FakeBluez]:
+    yield fake_bluez
+    fake_bluez.hang(False)
+    await release_bleak_manager()
+
+
+def synthetic(subject: int, minutes: float) -> Recording:
+    return generate_recording(subject, minutes, seed=subject)
+
+
+def paired(
+    fleet: Fleet, tmp_path: Path, allow_unbonded: frozenset[str] = frozenset()
+) -> list[PairedDevice]:
+    """Every wearable and strap of the fleet in the allowlist (registry only, no BlueZ pairing)."""
+    registry = DeviceRegistry.in_state_dir(tmp_path)
+    for i, (device, _) in enumerate(fleet.wearables):
+        registry.add(device.address, "wearable", device.name or "", f"w{i}")
+    for i, (device, _) in enumerate(fleet.straps):
+        alias = f"s{i}"
+        registry.add(device.address, "heart_rate", device.name or "", alias,
+                     allow_unbonded=alias in allow_unbonded)  # fmt: skip
+    return registry.load()
+
+
+async def collect_until(
+    manager: LinkManager, done: Callable[[list[LinkEvent]], bool]
+) -> list[LinkEvent]:
+    """Events from an entered manager until ``done(events)``."""
+    events: list[LinkEvent] = []
+    async with asyncio.timeout(LIMIT_S):
+        while not done(events):
+            events.append(await manager.events.get())
+    return events
+
+
+def frames_of(events: list[LinkEvent], device_id: str) -> list[FrameReceived]:
+    return [e for e in events if isinstance(e, FrameReceived) and e.device_id == device_id]
+
+
+async def test_an_impostor_at_a_bonded_address_gets_no_frame_through(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    fleet = await build_fleet(fake, [synthetic(1, 1.0)], FleetSetup(devices=2, speed=20.0))
+    real, _ = fleet.wearables[0]
+    impostor_device, impostor = fleet.wearables[1]
+    # BlueZ holds the victim's bond; the device now advertising that address lacks its keys.
+    impostor_device.holds_keys = False
+    devices = await asyncio.to_thread(paired, fleet, tmp_path)
+    async with running(fleet, 20.0), LinkManager(["hci0"], 5, devices, LinkSettings()) as link:
+        events = await collect_until(
+            link,
+            lambda ev: (
+                len(frames_of(ev, "w0")) >= 10 and any(isinstance(e, DeviceUntrusted) for e in ev)
+            ),
+        )
+    untrusted = [e for e in events if isinstance(e, DeviceUntrusted)]
+    assert [(e.device_id, e.reason) for e in untrusted] == [("w1", "bond_rejected")]
+    assert "le-connection-key-missing" in untrusted[0].detail
+    assert frames_of(events, "w1") == []
+    assert not [e for e in events if isinstance(e, LinkUp) and e.device_id == "w1"]
+    assert impostor.messages_sent == 0
+    assert not impostor_device.connected
+    assert real.encrypted is False  # the link is gone now; it was encrypted while up
+    assert link.closed is not None
+    assert link.closed.disconnects_abandoned == 0
+
+
+async def test_unbonded_devices_are_refused_unless_the_user_allowed_that_one(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    setup = FleetSetup(devices=1, heart_rate_straps=2, speed=20.0, bonded=False)
+    fleet = await build_fleet(fake, [synthetic(2, 1.0)], setup)
+    devices = await asyncio.to_thread(paired, fleet, tmp_path, frozenset({"s1"}))
+    async with running(fleet, 20.0), LinkManager(["hci0"], 5, devices, LinkSettings()) as link:
+        events = await collect_until(
+            link,
+            lambda ev: (
+                sum(isinstance(e, HeartRateReceived) for e in ev) >= 3
+                and sum(isinstance(e, DeviceUntrusted) for e in ev) >= 2
+            ),
+        )
+    untrusted = {(e.device_id, e.reason) for e in events if isinstance(e, DeviceUntrusted)}
+    assert untrusted == {("w0", "not_bonded"), ("s0", "not_bonded")}
+    assert {e.device_id for e in events if isinstance(e, HeartRateReceived)} == {"s1"}
+    assert frames_of(events, "w0") == []
+    assert fleet.wearables[0][1].messages_sent == 0
+    # the wearable's encrypted characteristics were never touched: nothing to pair behind our back
+    wearable = fleet.wearables[0][0]
+    touched = [c for c in fake.call_log if c.path.startswith(wearable.path + "/")]
+    assert touched == []
+
+
+async def test_a_restarted_gateway_resumes_from_the_ring_and_reports_the_rest_lost(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    speed = 40.0
+    setup = FleetSetup(devices=1, speed=speed, keep_sent=True, decoy=False)
+    fleet = await build_fleet(fake, [synthetic(3, 4.0)], setup)
+    _, wearable = fleet.wearables[0]
+    core = wearable.core
+    devices = await asyncio.to_thread(paired, fleet, tmp_path)
+    delivered: list[FrameReceived] = []
+    lost = 0
+    async with running(fleet, speed):
+        async with LinkManager(["hci0"], 5, devices, LinkSettings()) as first:
+            events = await collect_until(first, lambda ev: len(frames_of(ev, "w0")) >= 15)
+        delivered += frames_of(events, "w0")
+        # What arrived after the 15th frame but before the stop is in the queue: the pipeline
+        # drains it at shutdown (gatewayd.app), so does this test.
+        while not first.events.empty():
+            event = first.events.get_nowait()
+            if isinstance(event, FrameReceived):
+                delivered.append(event)
+        last = delivered[-1]
+        assert last.boot_id == core.spec.boot_id
+        resume = ResumePoint(last.boot_id, last.message.seq + 1, last.received_at)
+        # The gateway is down while the wearable goes on: more than its ring (64) holds.
+        async with asyncio.timeout(LIMIT_S):
+            while core.produced < resume.next_seq + 100:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.05)
+        resent_before = core.counters.resent
+        second = LinkManager(["hci0"], 5, devices, LinkSettings(), resume={"w0": resume})
+        async with second:
+            events = await collect_until(
+                second,
+                lambda ev: (
+                    core.finished
+                    and len(frames_of(ev, "w0"))
+                    + sum(e.count for e in ev if isinstance(e, MessagesLost))
+                    >= core.windows_total - resume.next_seq
+                ),
+            )
+        delivered += frames_of(events, "w0")
+        lost = sum(e.count for e in events if isinstance(e, MessagesLost))
+    seqs = [f.message.seq for f in delivered]
+    assert seqs == sorted(set(seqs)), "exactly once, in order"
+    assert core.produced == core.windows_total
+    assert len(delivered) + lost == core.produced, "every message delivered or reported lost"
+    assert lost >= 100 - core.spec.ring_slots, "what the ring no longer held is reported"
+    assert core.counters.resent - resent_before >= 50, "the missed range came from the ring"
+    sent = core.sent
+    assert sent is not None
+    for f in delivered:  # what came back is what was sent, not something else
+        assert f.message.seq in sent
+        assert type(f.message) is type(sent[f.message.seq])
+
+
+async def test_a_stalled_consumer_loses_frames_but_says_so_and_keeps_every_state_event(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    speed = 60.0
+    fleet = await build_fleet(fake, [synthetic(4, 2.0)], FleetSetup(devices=1, speed=speed))
+    _, wearable = fleet.wearables[0]
+    devices = await asyncio.to_thread(paired, fleet, tmp_path)
+    async with (
+        running(fleet, speed),
+        LinkManager(["hci0"], 5, devices, LinkSettings(), queue_size=5) as link,
+    ):
+        # Nobody reads while the wearable sends everything.
+        async with asyncio.timeout(LIMIT_S):
+            await wearable.done.wait()
+            stats = link.links[fleet.wearables[0][0].address].stream.stats
+            while stats.delivered < wearable.core.windows_total:  # noqa: ASYNC110 - a counter
+                await asyncio.sleep(0.05)
+    events: list[LinkEvent] = []
+    while not link.events.empty():
+        events.append(link.events.get_nowait())
+    frames = frames_of(events, "w0")
+    losses = [e for e in events if isinstance(e, MessagesLost)]
+    assert len(frames) == 5
+    assert link.dropped > 0
+    assert sum(e.count for e in losses if e.cause == "queue_full") == link.dropped
+    assert len(frames) + sum(e.count for e in losses) == wearable.core.windows_total
+    # the state events came through although frames did not
+    assert [type(e) for e in events if isinstance(e, LinkUp | LinkDown)] == [LinkUp, LinkDown]
+
+
+async def test_leaving_the_link_with_bluetoothd_hung_abandons_the_disconnect_within_the_bound(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    fleet = await build_fleet(fake, [synthetic(5, 2.0)], FleetSetup(devices=1, speed=10.0))
+    device, _ = fleet.wearables[0]
+    devices = await asyncio.to_thread(paired, fleet, tmp_path)
+    link = LinkManager(["hci0"], 5, devices, LinkSettings(), close_timeout_s=2.0)
+    async with running(fleet, 10.0):
+        async with link:
+            await collect_until(link, lambda ev: len(frames_of(ev, "w0")) >= 2)
+            fake.hang()  # bluetoothd answers no method call from now on
+        with pytest.raises(RuntimeError, match="only once"):
+            await link.__aenter__()
+    assert fake.unanswered >= 1, "the disconnect was sent and never answered"
+    assert link.closed is not None
+    assert link.closed.devices == 1
+    assert link.closed.disconnects_abandoned == 1
+    left = []
+    while not link.events.empty():
+        left.append(link.events.get_nowait())
+    assert LinkDown("w0", "gateway stopping") in left, "never left 'connected' forever"
+    fake.hang(False)
+    assert device.connected  # bluetoothd never got to drop it: the next run takes it over
