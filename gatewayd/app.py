@@ -48,7 +48,7 @@ from gatewayd.publish.client import Publisher
 from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.engine import RuleEngine
-from gatewayd.store.store import Store
+from gatewayd.store.store import Store, StoreOptions
 
 __all__ = [
     "EXIT_ERROR",
@@ -76,18 +76,20 @@ class ShutdownTimeouts:
     """Bounds of each shutdown step, seconds (docs/running.md)."""
 
     #: Stop the link: cancel every connection and disconnect (a hung bluetoothd is abandoned).
-    link_s: float = 8.0
+    link_s: float = 6.0
     #: Process what was received.
     drain_s: float = 10.0
-    #: Deliver what the outbox holds and say "offline" (the publisher's grace period).
+    #: Deliver what the outbox holds (the publisher's grace period; then 2 s for "offline").
     publisher_s: float = 10.0
-    #: Flush and close the event log, and anything left.
+    #: Stop the inference worker (the batch in its thread).
+    worker_s: float = 5.0
+    #: Flush and close the event log (writes still held in memory then are logged as lost).
     store_s: float = 5.0
 
     @property
     def total_s(self) -> float:
         """The longest an orderly shutdown can take."""
-        return self.link_s + self.drain_s + self.publisher_s + self.store_s
+        return self.link_s + self.drain_s + self.worker_s + self.publisher_s + 2 + self.store_s
 
 
 @dataclass(slots=True)
@@ -242,7 +244,11 @@ async def build_gateway(
         devices = await asyncio.to_thread(registry.load)
     paired = tuple(devices)
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(Store.open(config.store.path, config.store))
+        store = await stack.enter_async_context(
+            Store.open(
+                config.store.path, config.store, StoreOptions(close_timeout_s=timeouts.store_s)
+            )
+        )
         session, problem = await _load_model(config, models_dir)
         await _note_startup_facts(store, session, problem, config)
         extra: dict[str, Any] = {}

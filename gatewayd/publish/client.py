@@ -82,6 +82,8 @@ OPERATION_TIMEOUT_S: Final = 10.0
 TELEMETRY_QUEUE_SIZE: Final = 1024
 #: Default bound on the time a graceful stop spends finishing in-flight work.
 STOP_GRACE_S: Final = 5.0
+#: Leaving the publisher waits this long after the grace period for status "offline".
+STATUS_GRACE_S: Final = 2.0
 OUTBOX_BATCH: Final = 100
 
 
@@ -387,10 +389,11 @@ class Publisher:
         task = self.task
         if task is None or task.done():
             return
-        await asyncio.wait({task}, timeout=self._stop_grace_s + self._op_timeout_s)
+        # The grace period for the loops, then a little for status "offline".
+        bound = self._stop_grace_s + min(self._op_timeout_s, STATUS_GRACE_S)
+        await asyncio.wait({task}, timeout=bound)
         if not task.done():
-            log.warning("publisher did not stop in time; cancelling",
-                        timeout_s=self._stop_grace_s + self._op_timeout_s)  # fmt: skip
+            log.warning("publisher did not stop in time; cancelling", timeout_s=bound)
         await stop_task(task, "publisher stopping: grace period over", 1.0)
 
     async def _credentials(self) -> tuple[SecretStr | None, ssl.SSLContext | None]:
