@@ -156,9 +156,11 @@ def test_fault_spec_parsing() -> None:
                         "skew=-1500ms, drift=2, flood=1, flood_rate=50")  # fmt: skip
     assert plan == FaultPlan(5.0, 0.01, 0.002, 0.01, 2, -1.5, 2.0, 1, 50.0)
     assert parse_faults("") == FaultPlan()
+    assert parse_faults("impostor=2,hang=1m") == FaultPlan(impostor=2, hang_after_s=60.0)
     for bad, match in [("drop=soon", "duration"), ("corrupt=2", "between 0 and 1"),
                        ("bogus=1", "unknown fault"), ("corrupt", "name=value"),
-                       ("connect_fail=x", "whole number")]:  # fmt: skip
+                       ("connect_fail=x", "whole number"), ("impostor=yes", "whole number"),
+                       ("hang=later", "duration")]:  # fmt: skip
         with pytest.raises(EmulatorError, match=match):
             parse_faults(bad)
 

@@ -15,6 +15,7 @@ import pytest_asyncio
 from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
+from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
@@ -108,6 +109,26 @@ async def test_an_impostor_at_a_bonded_address_gets_no_frame_through(
     assert real.encrypted is False  # the link is gone now; it was encrypted while up
     assert link.closed is not None
     assert link.closed.disconnects_abandoned == 0
+
+
+async def test_the_impostor_fault_of_gatewayd_emulate_is_refused_as_one(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    faults = FaultPlan(impostor=1)
+    setup = FleetSetup(devices=2, speed=20.0, bonded=False, faults=faults, decoy=False)
+    fleet = await build_fleet(fake, [synthetic(6, 1.0)], setup)
+    impostor_device, impostor = fleet.wearables[0]
+    assert (impostor_device.paired, impostor_device.holds_keys) == (True, False)
+    assert not fleet.wearables[1][0].paired  # the others wait for `gatewayd pair`
+    devices = await asyncio.to_thread(paired, fleet, tmp_path)
+    async with running(fleet, 20.0), LinkManager(["hci0"], 5, devices, LinkSettings()) as link:
+        events = await collect_until(
+            link, lambda ev: sum(isinstance(e, DeviceUntrusted) for e in ev) >= 2
+        )
+    untrusted = {(e.device_id, e.reason) for e in events if isinstance(e, DeviceUntrusted)}
+    assert untrusted == {("w0", "bond_rejected"), ("w1", "not_bonded")}
+    assert not [e for e in events if isinstance(e, FrameReceived)]
+    assert impostor.messages_sent == 0
 
 
 async def test_unbonded_devices_are_refused_unless_the_user_allowed_that_one(

@@ -1,7 +1,8 @@
 """Fault plans for the emulator: what `--faults` asks for, parsed once into a frozen value (pure).
 
 Grammar: comma-separated ``name=value`` items, e.g.
-``drop=5s,corrupt=0.01,truncate=0.002,duplicate=0.01,connect_fail=2,skew=1500ms,drift=2,flood=1``.
+``drop=5s,corrupt=0.01,truncate=0.002,duplicate=0.01,connect_fail=2,skew=1500ms,drift=2,flood=1,
+impostor=1,hang=60s``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class FaultPlan:
     flood: int = 0
     #: Junk fragments per second from a flooding device.
     flood_rate: float = 200.0
+    #: Number of devices (the first wearables) that are impostors: BlueZ holds a bond with their
+    #: address (from an earlier pairing) but the device advertising it lacks the bond's keys.
+    impostor: int = 0
+    #: bluetoothd stops answering D-Bus method calls this many (real) seconds after the start;
+    #: 0 = never.
+    hang_after_s: float = 0.0
 
     def mangle(self, fragment: bytes, rng: random.Random) -> list[bytes]:
         """What goes on the air for one fragment: possibly corrupted, truncated or doubled."""
@@ -82,7 +89,12 @@ def parse_faults(spec: str) -> FaultPlan:
     """Parse a `--faults` string; EmulatorError names the item that is wrong."""
     values: dict[str, float | int] = {}
     known = {f.name for f in fields(FaultPlan)}
-    aliases = {"drop": "drop_every_s", "skew": "skew_s", "drift": "drift_ms_per_s"}
+    aliases = {
+        "drop": "drop_every_s",
+        "skew": "skew_s",
+        "drift": "drift_ms_per_s",
+        "hang": "hang_after_s",
+    }
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, text = item.partition("=")
         if not sep:
@@ -91,13 +103,13 @@ def parse_faults(spec: str) -> FaultPlan:
         if key not in known:
             raise EmulatorError(
                 f"--faults {name}: unknown fault; known: drop, corrupt, truncate, duplicate, "
-                "connect_fail, skew, drift, flood, flood_rate"
+                "connect_fail, skew, drift, flood, flood_rate, impostor, hang"
             )
-        if key in {"drop_every_s", "skew_s"}:
+        if key in {"drop_every_s", "skew_s", "hang_after_s"}:
             values[key] = _duration(name, text)
         elif key in {"corrupt", "truncate", "duplicate"}:
             values[key] = _probability(name, text)
-        elif key in {"connect_fail", "flood"}:
+        elif key in {"connect_fail", "flood", "impostor"}:
             values[key] = _count(name, text)
         else:
             try:

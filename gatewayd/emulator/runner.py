@@ -125,6 +125,8 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
             )
             out.flush()
             runner = asyncio.create_task(run_fleet(fleet, options.speed))
+            if faults.hang_after_s > 0:
+                asyncio.get_running_loop().call_later(faults.hang_after_s, fake.hang)
             try:
                 async with asyncio.timeout(options.duration_s):
                     while not runner.done():

@@ -343,6 +343,7 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
     wearables = []
     for i in range(setup.devices):
         recording = recordings[i % len(recordings)]
+        impostor = i < setup.faults.impostor
         spec = WearableSpec(
             address=wearable_address(i + 1),
             name=f"gw-wearable-{i + 1:02d}",
@@ -365,7 +366,8 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
         device = await fake.add_device(
             adapters[i % len(adapters)], spec.address, spec.name, [gatt.SERVICE_UUID],
             [wearable_service(), battery_service()], peripheral=virtual, mtu=setup.mtu,
-            rssi=-55 - (i % 20), paired=setup.bonded,
+            rssi=-55 - (i % 20), paired=setup.bonded or impostor,
+            holds_keys=False if impostor else None,
         )  # fmt: skip
         wearables.append((device, virtual))
     straps = []
