@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
+from gatewayd.protocol.messages import SampleFormat
 from tests.emulator_fixtures import release_bleak_manager
 
 pytest_plugins = ["tests.emulator_fixtures"]
@@ -154,6 +156,45 @@ async def test_unbonded_devices_are_refused_unless_the_user_allowed_that_one(
     wearable = fleet.wearables[0][0]
     touched = [c for c in fake.call_log if c.path.startswith(wearable.path + "/")]
     assert touched == []
+
+
+async def test_a_wearable_whose_hardware_changes_is_untrusted_until_paired_again(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    # Corrupted fragments make the link read the info characteristic again while streaming.
+    setup = FleetSetup(devices=1, speed=20.0, faults=FaultPlan(corrupt=0.05), decoy=False)
+    fleet = await build_fleet(fake, [synthetic(7, 2.0)], setup)
+    device, wearable = fleet.wearables[0]
+    registry = DeviceRegistry.in_state_dir(tmp_path)
+    await asyncio.to_thread(
+        registry.add, device.address, "wearable", "w", "w0", profile="bvp64-acc32-lsb64-int16"
+    )
+    devices = await asyncio.to_thread(registry.load)
+    async with running(fleet, 20.0):
+        link = LinkManager(["hci0"], 5, devices, LinkSettings(), registry=registry)
+        async with link:
+            await collect_until(link, lambda ev: len(frames_of(ev, "w0")) >= 3)
+            # Same address, same bond, other sensors: not the wearable that was paired.
+            wearable.core.spec = replace(wearable.core.spec, sample_format=SampleFormat.INT8)
+            events = await collect_until(
+                link, lambda ev: any(isinstance(e, DeviceUntrusted) for e in ev)
+            )
+            async with asyncio.timeout(LIMIT_S):
+                while device.connected:  # noqa: ASYNC110 - emulator state, no event
+                    await asyncio.sleep(0.02)
+        [untrusted] = [e for e in events if isinstance(e, DeviceUntrusted)]
+        assert untrusted.reason == "identity_changed"
+        assert "bvp64-acc32-lsb64-int8" in untrusted.detail
+        [stored] = await asyncio.to_thread(registry.load)
+        assert "bvp64-acc32-lsb64-int8" in stored.untrusted
+        # A restarted gateway does not connect to it at all, and says why at once.
+        connects = sum(1 for c in fake.call_log if c.member == "Connect")
+        async with LinkManager(["hci0"], 5, [stored], LinkSettings()) as again:
+            [event] = await collect_until(again, lambda ev: len(ev) >= 1)
+            await asyncio.sleep(0.5)  # time it would have had to connect
+        assert event == DeviceUntrusted("w0", "identity_changed", stored.untrusted)
+        assert sum(1 for c in fake.call_log if c.member == "Connect") == connects
+        assert again.events.empty()
 
 
 async def test_a_restarted_gateway_resumes_from_the_ring_and_reports_the_rest_lost(

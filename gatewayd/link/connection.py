@@ -272,6 +272,8 @@ class DeviceLink:
             self._emit(LinkDown(self.device.device_id, reason))
             self._log.info("disconnected", reason=reason)
             await self._disconnect_quietly(client)
+        if self.stream.untrusted is not None:
+            return FailureKind.UNTRUSTED, reason
         return FailureKind.DISCONNECTED, reason
 
     async def _connect_trusted(self, client: BleakClient, sighting: Sighting) -> None:
@@ -309,6 +311,9 @@ class DeviceLink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if writer in done and (exc := writer.exception()) is not None:
+            if isinstance(exc, _UntrustedError):  # an info read while streaming
+                self._distrust(exc.event)
+                return f"device not trusted: {exc.event.reason}"
             if not isinstance(exc, BleakError | EOFError | OSError | TimeoutError):
                 raise exc
             return f"control write failed: {exc}"
@@ -320,8 +325,6 @@ class DeviceLink:
             await self._setup_battery(client)
             return None
         info = await self._read_info(client)
-        if self.stream.untrusted is not None:
-            raise _UntrustedError(self.stream.untrusted)
         if info is None:
             raise _SetupError(f"info characteristic: {self.stream.last_error}")
         # The queue of an earlier connection is stale: setup commands go first, then resends.
@@ -365,6 +368,8 @@ class DeviceLink:
             self.stream.last_error = exc
             return None
         for event in self.stream.on_info(info, self._clock(), self._wall()):
+            if isinstance(event, DeviceUntrusted):
+                raise _UntrustedError(event)
             self._emit(event)
         return info
 
