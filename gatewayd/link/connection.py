@@ -45,6 +45,7 @@ from gatewayd.protocol.gatt import (
     INFO_CHAR_UUID,
 )
 from gatewayd.protocol.heart_rate import parse_heart_rate_measurement
+from gatewayd.protocol.sequencing import DEFAULT_MAX_RATE_HZ
 
 from .backoff import FailureKind, backoff_delay, classify
 from .events import (
@@ -115,6 +116,9 @@ class LinkSettings:
     min_conf_e4: int = 6000
     gap_timeout_s: float = 5.0
     resend_interval_s: float = 1.0
+    #: The most messages a second a wearable may produce: bounds plausible sequence jumps
+    #: (docs/protocol.md §4). An emulator running N times real time needs N times this.
+    max_message_rate_hz: float = DEFAULT_MAX_RATE_HZ
 
 
 class SlotLease:
@@ -169,6 +173,7 @@ class DeviceLink:
             resend_interval_s=settings.resend_interval_s,
             resume=resume,
             profile=device.profile or None,
+            max_rate_hz=settings.max_message_rate_hz,
         )
         #: The last DeviceUntrusted emitted while no trusted connection followed it.
         self.untrusted: DeviceUntrusted | None = None
