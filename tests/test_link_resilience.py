@@ -18,6 +18,7 @@ from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
+from gatewayd.lifecycle import ReentryError
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
     DeviceUntrusted,
@@ -293,7 +294,7 @@ async def test_leaving_the_link_with_bluetoothd_hung_abandons_the_disconnect_wit
         async with link:
             await collect_until(link, lambda ev: len(frames_of(ev, "w0")) >= 2)
             fake.hang()  # bluetoothd answers no method call from now on
-        with pytest.raises(RuntimeError, match="only once"):
+        with pytest.raises(ReentryError, match="runs once"):
             await link.__aenter__()
     assert fake.unanswered >= 1, "the disconnect was sent and never answered"
     assert link.closed is not None

@@ -27,6 +27,7 @@ from typing import Any, Final, TypeAlias
 import structlog
 from bleak.backends.device import BLEDevice
 
+from gatewayd.lifecycle import EnterOnce
 from gatewayd.protocol.control import SetPolicy
 
 from . import stale
@@ -149,6 +150,7 @@ class LinkManager:
         }
         #: Set when the manager has been left.
         self.closed: CloseOutcome | None = None
+        self._enter_once = EnterOnce("a LinkManager")
         self._entered = False
         self._scanners: list[asyncio.Task[None]] = []
         self._devices: list[asyncio.Task[None]] = []
@@ -177,8 +179,7 @@ class LinkManager:
                         error=str(exc))  # fmt: skip
 
     async def __aenter__(self) -> LinkManager:
-        if self._entered:
-            raise RuntimeError("a LinkManager can be entered only once; create a new one")
+        self._enter_once()  # ReentryError the second time
         self._entered = True
         self._failed = asyncio.get_running_loop().create_future()
         log.info("link starting", adapters=list(self.pool.budget.adapters),
