@@ -166,7 +166,8 @@ def read_db(path: Path) -> tuple[int, list[dict[str, Any]], int]:
             )
         ]
         pending = conn.execute(
-            "SELECT count(*) FROM outbox WHERE done_at IS NULL AND device_id IS NOT NULL"
+            "SELECT count(*) FROM outbox o JOIN events e ON e.id = o.event_id"
+            " WHERE o.done_at IS NULL AND e.device_id IS NOT NULL"
         ).fetchone()[0]
         return windows, events, pending
     finally:

@@ -21,7 +21,7 @@ from gatewayd.ids import EventIdGenerator
 from gatewayd.publish import Publisher, TopicError, Topics
 from gatewayd.publish.backoff import MAX_DELAY_S, MqttFailure, backoff_delay, classify
 from gatewayd.publish.payloads import (
-    DATA_LOST_KIND,
+    DEVICE_EVENT_KINDS,
     ActivityName,
     Alert,
     DeviceState,
@@ -356,7 +356,7 @@ def _alert(kind: str, state: str) -> Alert:
         device_id="w1",
         gateway_id="room-12",
         kind=kind,
-        category="technical" if kind == DATA_LOST_KIND else CATEGORY[AlertKind(kind)],
+        category="technical" if kind in DEVICE_EVENT_KINDS else CATEGORY[AlertKind(kind)],
         severity="critical",
         state=state,  # type: ignore[arg-type]
         t=T0,
@@ -368,8 +368,10 @@ def test_home_assistant_event_entity_fires_on_raised_alerts_of_every_kind() -> N
     event = _configs(discovery_messages(topics, "w1"))[
         "homeassistant/event/room-12/w1_alert/config"
     ]
-    # The event types come from the rules' own list, plus the one-off data_lost.
-    assert event["event_types"] == [k.value for k in AlertKind] + ["data_lost"]
+    # The event types come from the rules' own list, plus the one-off technical events.
+    assert event["event_types"] == [k.value for k in AlertKind] + [
+        "data_lost", "device_fault", "device_untrusted", "sequence_jump"
+    ]  # fmt: skip
     assert event["state_topic"] == topics.alerts("w1")
     template = _jinja().from_string(event["value_template"])
     for kind in event["event_types"]:
@@ -380,7 +382,7 @@ def test_home_assistant_event_entity_fires_on_raised_alerts_of_every_kind() -> N
         assert fired == {
             "event_type": kind,
             "severity": "critical",
-            "category": "technical" if kind == DATA_LOST_KIND else CATEGORY[AlertKind(kind)],
+            "category": "technical" if kind in DEVICE_EVENT_KINDS else CATEGORY[AlertKind(kind)],
             "event_id": EVENT,
             "t": "2026-01-02T03:04:05.678Z",
         }
