@@ -38,7 +38,7 @@ from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.inference.worker import InferenceWorker
 from gatewayd.lifecycle import raised_at, start_task, stop_task
 from gatewayd.link.connection import LinkSettings
-from gatewayd.link.events import LinkEvent
+from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
 from gatewayd.mapping import alert_event, gateway_event
@@ -107,6 +107,9 @@ class Gateway:
     #: The model's id, or "no model (degraded)".
     model: str
     devices: tuple[PairedDevice, ...]
+    #: The paired-device list the devices came from (None: given by the caller); the link
+    #: records a device whose identity changed there, as untrusted.
+    registry: DeviceRegistry | None = None
     #: Tasks whose end means the gateway cannot go on (a part failed).
     watched: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -209,15 +212,6 @@ async def _restored_engine(store: Store, config: Config) -> RuleEngine:
 
 
 @contextlib.asynccontextmanager
-async def _running_link(link: LinkManager, timeout_s: float) -> AsyncIterator[asyncio.Task[None]]:
-    task = start_task(link.run(), "link")
-    try:
-        yield task
-    finally:
-        await stop_task(task, "gateway stopping: link", timeout_s)
-
-
-@contextlib.asynccontextmanager
 async def build_gateway(
     config: Config,
     *,
@@ -238,6 +232,7 @@ async def build_gateway(
     timeouts = timeouts or ShutdownTimeouts()
     gateway_id = config.gateway.id
     topics = Topics(config.mqtt.topic_root, gateway_id)
+    registry: DeviceRegistry | None = None
     if devices is None:
         registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
         # A small JSON file, but a file read all the same: off the loop.
@@ -291,6 +286,7 @@ async def build_gateway(
             link=None,
             model=session.model_id if session is not None else "no model (degraded)",
             devices=paired,
+            registry=registry,
         )
         gateway.watched += [t for t in (publisher.task, worker.task, pipeline.task) if t]
         if with_link:
@@ -310,12 +306,18 @@ async def _start_link(
     """The link, and the loops that join it to the pipeline, entered on ``stack``."""
     config, pipeline = gateway.config, gateway.pipeline
     settings = _link_settings(config)
+    # Where each device's stream stopped: a restarted gateway asks the wearables' rings for what
+    # it missed, and records the rest as lost (docs/protocol.md).
+    cursors = await gateway.store.cursors()
     link = LinkManager(
         config.ble.adapters,
         config.ble.slots_per_adapter,
         gateway.devices,
         settings,
         queue_size=config.inference.queue_size * 16,
+        resume={d: ResumePoint(c.boot_id, c.next_seq, c.heard_at) for d, c in cursors.items()},
+        registry=gateway.registry,
+        close_timeout_s=max(1.0, timeouts.link_s - 1.0),
     )
     gateway.link = link
     # The event taken off the link queue but not yet accepted by the pipeline: shutdown
@@ -330,7 +332,8 @@ async def _start_link(
             await pipeline.submit(link.events.get_nowait())
 
     stack.push_async_callback(flush_link_events)
-    link_task = await stack.enter_async_context(_running_link(link, timeouts.link_s))
+    await stack.enter_async_context(link)
+    link_task = start_task(link.wait(), "link")
 
     async def intake() -> None:
         while True:
@@ -358,7 +361,7 @@ async def _start_link(
     ]
 
     async def stop_loops() -> None:
-        for task in loops:
+        for task in (*loops, link_task):
             await stop_task(task, "gateway stopping: link intake", 1.0)
 
     stack.push_async_callback(stop_loops)

@@ -365,11 +365,18 @@ def default_config(env: Mapping[str, str] | None = None) -> Config:
     return _validate({}, source=None, env=os.environ if env is None else env)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> Config:
     """Read and validate one TOML config file; raise ConfigError with one human message.
 
     ``env`` supplies $STATE_DIRECTORY (default: os.environ, read here at the edge and nowhere
     deeper). Relative paths in the file are resolved against the file's directory.
+    ``state_dir`` (the command line's --state-dir) replaces ``gateway.state_dir``; the event
+    log moves with it unless the file sets ``store.path`` itself.
     """
     source = Path(path)
     try:
@@ -403,6 +410,10 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, _describe_toml_error(exc)) from None
+    if state_dir is not None:
+        gateway = data.get("gateway")
+        data["gateway"] = {**(gateway if isinstance(gateway, dict) else {}),
+                           "state_dir": str(Path(state_dir).absolute())}  # fmt: skip
     return _validate(data, source=source, env=os.environ if env is None else env)
 
 

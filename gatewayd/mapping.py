@@ -37,7 +37,9 @@ __all__ = [
     "observation_for_frame",
     "observation_for_strap",
     "record_for_frame",
+    "sequence_jump_event",
     "summary_hr_confidence",
+    "untrusted_event",
     "window_time",
 ]
 
@@ -208,40 +210,59 @@ def alert_event(transition: AlertTransition) -> NewEvent:
     )
 
 
-def data_lost_event(device_id: str, first: int, count: int, t: float) -> NewEvent:
-    """A technical event for messages the link could not recover: loss is never silent."""
+def _device_event(
+    device_id: str, kind: str, severity: str, reason: str, t: float, **evidence: Any
+) -> NewEvent:
+    """A one-off technical event about a device: raised, never cleared (docs/mqtt.md)."""
     return NewEvent(
-        kind="data_lost",
-        severity="warning",
+        kind=kind,
+        severity=severity,
         state="raised",
         payload={
             "device_id": device_id,
-            "kind": "data_lost",
+            "kind": kind,
             "category": "technical",
             "t": t,
-            "reason": "messages_lost",
-            "evidence": {"first": first, "count": count},
+            "reason": reason,
+            "evidence": evidence,
         },
         device_id=device_id,
         t_ms=round(t * 1000),
     )
+
+
+def data_lost_event(
+    device_id: str, first: int, count: int, t: float, cause: str = "gap"
+) -> NewEvent:
+    """A technical event for messages the link could not recover: loss is never silent.
+
+    ``cause``: "gap" (never received, resends gave up), "resume" (produced while the gateway was
+    down and no longer in the wearable's ring), "queue_full" (received, not kept up with).
+    """
+    return _device_event(device_id, "data_lost", "warning", "messages_lost", t,
+                         first=first, count=count, cause=cause)  # fmt: skip
+
+
+def sequence_jump_event(device_id: str, expected: int, got: int, bound: int, t: float) -> NewEvent:
+    """A sequence number further ahead than the device could have counted: ordering resumed
+    there, and nothing is declared lost (a wearable's counter fault, not missing data)."""
+    return _device_event(
+        device_id, "sequence_jump", "warning",
+        f"sequence number jumped from {expected} to {got}, further than the {bound} messages the"
+        " device could have produced since it was last heard from; ordering resumed at the new"
+        " number and the skipped numbers are not counted as lost",
+        t, expected=expected, got=got, bound=bound,
+    )  # fmt: skip
+
+
+def untrusted_event(device_id: str, reason: str, detail: str, t: float) -> NewEvent:
+    """The device at a paired address failed authentication or changed identity: none of its
+    data is taken (docs/pairing.md). Critical when something may be impersonating it."""
+    severity = "warning" if reason == "not_bonded" else "critical"
+    return _device_event(device_id, "device_untrusted", severity, detail, t, untrusted=reason)
 
 
 def device_fault_event(device_id: str, fault: str, message: str, t: float) -> NewEvent:
     """A technical event for a device whose input could not be fully processed (``fault``: a
     short kind, such as "clock" or "store"); ``message`` says what and what was done instead."""
-    return NewEvent(
-        kind="device_fault",
-        severity="warning",
-        state="raised",
-        payload={
-            "device_id": device_id,
-            "kind": "device_fault",
-            "category": "technical",
-            "t": t,
-            "reason": message,
-            "evidence": {"fault": fault},
-        },
-        device_id=device_id,
-        t_ms=round(t * 1000),
-    )
+    return _device_event(device_id, "device_fault", "warning", message, t, fault=fault)

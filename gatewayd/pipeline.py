@@ -39,12 +39,14 @@ from gatewayd.lifecycle import BackgroundPart, raised_at
 from gatewayd.link.events import (
     BatteryLevel,
     DeviceRestarted,
+    DeviceUntrusted,
     FrameReceived,
     HeartRateReceived,
     LinkDown,
     LinkEvent,
     LinkUp,
     MessagesLost,
+    SequenceJump,
 )
 from gatewayd.mapping import (
     alert_event,
@@ -54,8 +56,11 @@ from gatewayd.mapping import (
     observation_for_frame,
     observation_for_strap,
     record_for_frame,
+    sequence_jump_event,
+    untrusted_event,
 )
 from gatewayd.protocol.messages import Window, summary_of
+from gatewayd.protocol.sequencing import SEQ_MODULUS
 from gatewayd.publish.build import (
     DeviceView,
     activity_confidence,
@@ -69,7 +74,7 @@ from gatewayd.rules.alerts import AlertTransition
 from gatewayd.rules.engine import RuleEngine
 from gatewayd.rules.inputs import LinkStatus
 from gatewayd.store.errors import StoreError
-from gatewayd.store.records import NewEvent, WindowRecord
+from gatewayd.store.records import DeviceCursor, NewEvent, WindowRecord
 
 __all__ = [
     "Analyse",
@@ -91,8 +96,10 @@ DEFAULT_DRAIN_TIMEOUT_S: Final = 10.0
 class EventSink(Protocol):
     """The parts of `gatewayd.store.Store` the pipeline writes to."""
 
-    async def record_window(self, window: WindowRecord) -> int:
-        """Store one window; return its id."""
+    async def record_window(
+        self, window: WindowRecord, *, cursor: DeviceCursor | None = None
+    ) -> int:
+        """Store one window (and where its device's stream resumes); return its id."""
         ...
 
     async def append_event(self, event: NewEvent) -> str:
@@ -255,7 +262,7 @@ class Pipeline(BackgroundPart):
         """Count and log a fault, and report it once per device and kind as a technical event."""
         self.stats.errors += 1
         device_id = getattr(event, "device_id", None)
-        log.error("event not processed", device=device_id, event=type(event).__name__,
+        log.error("event not processed", device=device_id, event_type=type(event).__name__,
                   error=f"{type(exc).__name__}: {exc}", where=raised_at(exc))  # fmt: skip
         if device_id is not None:
             await self._report(device_id, type(exc).__name__, f"{type(event).__name__} not"
@@ -296,16 +303,33 @@ class Pipeline(BackgroundPart):
         elif isinstance(event, LinkDown):
             await self._alerts(self.engine.link(self._link_status(event.device_id, False)))
             self._update(event.device_id, connected=False)
-        elif isinstance(event, MessagesLost):
-            self.stats.data_lost += event.count
-            event_id = await self._append(data_lost_event(event.device_id, event.first,
-                                                          event.count, self._clock()))  # fmt: skip
-            log.warning("messages lost on the link", device=event.device_id,
-                        first=event.first, count=event.count, event_id=event_id)  # fmt: skip
+        elif isinstance(event, MessagesLost | SequenceJump | DeviceUntrusted):
+            await self._technical(event)
         elif isinstance(event, BatteryLevel):
             self._update(event.device_id, battery_pct=event.percent)
         elif isinstance(event, DeviceRestarted):
             log.info("device restarted", device=event.device_id, seq=event.seq)
+
+    async def _technical(self, event: MessagesLost | SequenceJump | DeviceUntrusted) -> None:
+        """A loss, a sequence jump or an untrusted device: a technical event, never silent."""
+        now, device = self._clock(), event.device_id
+        if isinstance(event, MessagesLost):
+            self.stats.data_lost += event.count
+            event_id = await self._append(
+                data_lost_event(device, event.first, event.count, now, event.cause)
+            )
+            log.warning("messages lost on the link", device=device, first=event.first,
+                        count=event.count, cause=event.cause, event_id=event_id)  # fmt: skip
+        elif isinstance(event, SequenceJump):
+            event_id = await self._append(
+                sequence_jump_event(device, event.expected, event.got, event.bound, now)
+            )
+            log.warning("implausible sequence jump", device=device, expected=event.expected,
+                        got=event.got, bound=event.bound, event_id=event_id)  # fmt: skip
+        else:
+            event_id = await self._append(untrusted_event(device, event.reason, event.detail, now))
+            log.error("device not trusted: its data is not taken", device=device,
+                      reason=event.reason, detail=event.detail, event_id=event_id)  # fmt: skip
 
     async def _frame(self, event: FrameReceived, analysis: WindowAnalysis | None) -> None:
         message = event.message
@@ -321,9 +345,14 @@ class Pipeline(BackgroundPart):
         record = record_for_frame(
             event.device_id, message, event.received_at, analysis, keep_raw=self._keep_raw
         )
+        cursor = (
+            None
+            if event.boot_id is None
+            else DeviceCursor(event.boot_id, (s.seq + 1) % SEQ_MODULUS, event.received_at)
+        )
         window_id: str | None = None
         try:
-            window_id = str(await self._store.record_window(record))
+            window_id = str(await self._store.record_window(record, cursor=cursor))
         except StoreError as exc:
             # The window still reaches the rules and MQTT: an alert must not wait on the log.
             self.stats.windows_not_stored += 1

@@ -244,6 +244,35 @@ def test_load_config_from_args_applies_the_log_overrides(tmp_path: Path) -> None
         reset_logging()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--state-dir", "{d}", "run"],
+        ["run", "--state-dir", "{d}"],
+        ["events", "--state-dir", "{d}"],
+        ["doctor", "--state-dir", "{d}"],
+        ["pair", "--state-dir", "{d}"],
+        ["devices", "--state-dir", "{d}", "list"],
+        ["devices", "list", "--state-dir", "{d}"],
+    ],
+)
+def test_state_dir_is_one_global_option_that_moves_the_event_log_too(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f'[gateway]\nstate_dir = "{tmp_path / "from-file"}"\n', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    args = cli.build_parser().parse_args(
+        ["--config", str(path), *(a.format(d=elsewhere) for a in argv)]
+    )
+    try:
+        config = cli.load_config_from_args(args, env={})
+    finally:
+        reset_logging()
+    assert config.gateway.state_dir == elsewhere
+    assert config.store.path == elsewhere / "gatewayd.db"
+
+
 # --- demo: provided by gatewayd.demo, imported lazily -------------------------------------------
 
 
@@ -290,16 +319,6 @@ def test_demo_bad_argument_is_a_usage_error(
     code, _, err = run_main(["demo", "--seed", "many"], capsys)
     assert code == 64
     assert "gatewayd demo: error:" in err
-
-
-def test_demo_without_the_module_is_not_built(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # None in sys.modules makes `import gatewayd.demo` fail as if the module did not exist.
-    monkeypatch.setitem(sys.modules, "gatewayd.demo", None)
-    code, _, err = run_main(["demo", "--seed", "3"], capsys)
-    assert code == 69
-    assert err.startswith("gatewayd demo: not built yet — arrives with")
 
 
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:

@@ -56,7 +56,7 @@ from gatewayd.publish.payloads import MESSAGE_MAX_CHARS, DeviceState, GatewayAle
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.config import RulesConfig
 from gatewayd.rules.engine import RuleEngine
-from gatewayd.store.records import NewEvent, StoredEvent, WindowRecord
+from gatewayd.store.records import DeviceCursor, NewEvent, StoredEvent, WindowRecord
 from tests.test_inference import install_tiny_model
 
 T0 = 1_700_000_000.0
@@ -234,7 +234,9 @@ def test_data_lost_is_a_technical_event_with_first_and_count() -> None:
         "data_lost", "warning", "raised", "w1",
     )  # fmt: skip
     assert event.payload["category"] == "technical"
-    assert event.payload["evidence"] == {"first": 10, "count": 3}
+    assert event.payload["evidence"] == {"first": 10, "count": 3, "cause": "gap"}
+    resumed = data_lost_event("w1", 10, 3, T0, cause="resume")
+    assert resumed.payload["evidence"]["cause"] == "resume"
 
 
 def stored(event: NewEvent, event_id: str | None = None) -> StoredEvent:
@@ -371,7 +373,11 @@ class FakeStore:
         self.calls = calls
         self.windows: list[WindowRecord] = []
 
-    async def record_window(self, window: WindowRecord) -> int:
+    async def record_window(
+        self, window: WindowRecord, *, cursor: DeviceCursor | None = None
+    ) -> int:
+        if window.device_id == "buggy":
+            raise RuntimeError("a bug in the store, seen by one device's windows")
         self.windows.append(window)
         self.calls.log.append(("window", window.seq))
         return len(self.windows)
@@ -678,3 +684,20 @@ async def test_real_silence_of_the_same_length_on_the_monotonic_clock_does_fire(
     # The control: the rules are not simply asleep. Two hours without a window is silence.
     alerts = await _alerts_for(wall_jump_s=0, silence_s=2 * 3600)
     assert ("device_silent", "raised", "w1") in alerts
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_is_one_devices_fault_and_every_other_device_goes_on() -> None:
+    pipeline, calls, store, publisher = make_pipeline()
+    await feed(pipeline, [
+        FrameReceived("buggy", summary(1), T0),
+        FrameReceived("w1", summary(1), T0),
+        FrameReceived("buggy", summary(2), T0 + 8),
+        FrameReceived("w1", summary(2), T0 + 8),
+    ])  # fmt: skip
+    assert [w.seq for w in store.windows if w.device_id == "w1"] == [1, 2]
+    assert [t.seq for t in publisher.telemetry if t.device_id == "w1"] == [1, 2]
+    faults = [entry[1] for entry in calls.log if entry[0] == "event"]
+    assert faults == [("device_fault", "raised", "buggy")]  # once per device and kind
+    assert pipeline.stats.errors == 2
+    assert pipeline.stats.handled == 4

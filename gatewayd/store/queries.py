@@ -179,9 +179,9 @@ def select_windows(
 def select_cursors(conn: sqlite3.Connection) -> dict[str, DeviceCursor]:
     """Every device's resume cursor (devices without one are left out)."""
     return {
-        row["device_id"]: DeviceCursor(row["boot_id"], row["next_seq"])
+        row["device_id"]: DeviceCursor(row["boot_id"], row["next_seq"], row["last_seen"])
         for row in conn.execute(
-            "SELECT device_id, boot_id, next_seq FROM devices"
+            "SELECT device_id, boot_id, next_seq, last_seen FROM devices"
             " WHERE boot_id IS NOT NULL AND next_seq IS NOT NULL ORDER BY device_id"
         )
     }

@@ -45,10 +45,12 @@ GATEWAY: Final = "gateway"
 
 @dataclass(frozen=True, slots=True)
 class DeviceCursor:
-    """Where a device's stream resumes: its current boot and the next sequence number expected."""
+    """Where a device's stream resumes: its current boot and the next sequence number expected,
+    and when the device was last heard from (Unix seconds; None when not known)."""
 
     boot_id: int
     next_seq: int
+    heard_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,473 @@
+"""`gatewayd eval` and `gatewayd bench`: judge and time the models and the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from gatewayd.cli.common import (
+    CONFIG_ENV,
+    EXIT_ERROR,
+    EXIT_OK,
+    global_options,
+    models_dir_option,
+    positive_int,
+    usage_error,
+)
+from gatewayd.config import (
+    DEFAULT_CONFIG_PATH,
+    load_config,
+)
+from gatewayd.errors import (
+    EXIT_UNAVAILABLE,
+    GatewayError,
+)
+from gatewayd.logs import configure_logging
+
+
+def _eval_models(args: argparse.Namespace, *, want_model: bool) -> tuple[Any, Any, Any, str]:
+    """(gateway model, wearable model, baseline, note) for `gatewayd eval`, from --models-dir.
+
+    The gateway model: --model, else the daemon's default (`[inference] model`) when installed,
+    else the least pruned gateway model. The wearable model: --wearable-model (``none`` for none),
+    else the shipped one at --wearable-pruning (int8 first, as the emulator picks it).
+    """
+    from gatewayd.config import InferenceConfig  # noqa: PLC0415
+    from gatewayd.emulator.virtual import pick_wearable_model  # noqa: PLC0415
+    from gatewayd.inference import InstalledModel, ModelRegistry, ModelSession  # noqa: PLC0415
+    from gatewayd.signals.acc_features import LinearActivityBaseline  # noqa: PLC0415
+
+    registry = ModelRegistry.discover(args.models_dir)
+    for error in registry.errors:
+        print(f"gatewayd eval: warning: {error}", file=sys.stderr)
+    gateway = None
+    if want_model:
+        chosen: InstalledModel | None
+        if args.model is not None:
+            chosen = registry.get(args.model)
+        else:
+            default = InferenceConfig().model
+            ids = {m.model_id for m in registry.all()}
+            gateway_models = registry.for_role("gateway")
+            chosen = (
+                registry.get(default)
+                if default in ids
+                else (gateway_models[0] if gateway_models else None)
+            )
+        if chosen is not None:
+            gateway = ModelSession(chosen.card, chosen.path)
+    wearable = None
+    if args.wearable_model != "none":
+        picked = (
+            registry.get(args.wearable_model)
+            if args.wearable_model is not None
+            else pick_wearable_model(registry, args.wearable_pruning)
+        )
+        if picked is not None:
+            wearable = ModelSession(picked.card, picked.path)
+    baseline = None
+    baseline_file = registry.directory / "activity-baseline.json"
+    if baseline_file.is_file():
+        try:
+            baseline = LinearActivityBaseline.from_dict(
+                json.loads(baseline_file.read_text(encoding="utf-8"))
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"gatewayd eval: warning: {baseline_file}: {exc}", file=sys.stderr)
+    return gateway, wearable, baseline, str(registry.directory)
+
+
+def _eval_tables(args: argparse.Namespace, setup: Any) -> list[Any] | None:
+    """Replay every recording under the paths; None (after saying why) when there is none."""
+    from gatewayd.datasets import FORMATS, find_recordings, load  # noqa: PLC0415
+    from gatewayd.eval import replay  # noqa: PLC0415
+
+    sources = [source for path in args.paths for source in find_recordings(path)]
+    if not sources:
+        print(
+            f"gatewayd eval: error: no recordings found under {', '.join(map(str, args.paths))}"
+            f" (recognised: {FORMATS}; see docs/datasets.md)",
+            file=sys.stderr,
+        )
+        return None
+    tables = []
+    progress = sys.stderr.isatty()
+    for k, source in enumerate(sources, 1):
+        if progress:
+            print(f"\rgatewayd eval: {k}/{len(sources)} recordings", end="", file=sys.stderr)
+        tables.append(replay(load(source), setup))
+    if progress:
+        print(file=sys.stderr)
+    return tables
+
+
+def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline: Any) -> Any:
+    import numpy as np  # noqa: PLC0415
+
+    from gatewayd.config import InferenceConfig  # noqa: PLC0415
+    from gatewayd.eval import OutOfFold, ReplaySetup  # noqa: PLC0415
+    from gatewayd.inference.analysis import HrFusion  # noqa: PLC0415
+
+    defaults = InferenceConfig()
+    oof = None
+    if args.oof is not None:
+        try:
+            with np.load(args.oof, allow_pickle=False) as arrays:
+                oof = OutOfFold.from_arrays({k: arrays[k] for k in arrays.files})
+        except (OSError, ValueError) as exc:
+            raise GatewayError(f"{args.oof}: not out-of-fold outputs: {exc}") from exc
+    return ReplaySetup(
+        out_of_fold=oof,
+        wearable_model=wearable,
+        gateway_model=gateway,
+        tau_mbits=args.tau_mbits,
+        min_conf_e4=args.min_conf_e4,
+        fusion=HrFusion.of(defaults),
+        baseline=baseline,
+    )
+
+
+def _eval_ids(args: argparse.Namespace, gateway: Any, wearable: Any) -> dict[str, str | None]:
+    """The model ids a report names; with --oof, marked as the fold models' answers."""
+    mark = f" (out-of-fold: {args.oof})" if args.oof is not None else ""
+    return {
+        "model_id": None if gateway is None else gateway.model_id + mark,
+        "wearable_model_id": None if wearable is None else wearable.model_id + mark,
+    }
+
+
+def cmd_eval_hr(args: argparse.Namespace) -> int:
+    """Heart-rate MAE of the wearable, the full model and the gateway; exit 69 if no model."""
+    # Imported here: evaluation pulls in onnxruntime, the emulator and every dataset reader.
+    from gatewayd.eval import (  # noqa: PLC0415
+        format_fusion_sweep,
+        format_hr,
+        plan_estimators,
+        score_hr,
+        sweep_fusion,
+    )
+
+    gateway, wearable, _, where = _eval_models(args, want_model=args.estimator != "signal")
+    if gateway is None and args.estimator != "signal" and (args.estimator or not args.json):
+        print(
+            f"gatewayd eval: {'error' if args.estimator else 'note'}: no model is installed"
+            f" in {where}, so the model estimator cannot run (models ship with"
+            " training/, see docs/models.md; --models-dir looks elsewhere)",
+            file=sys.stderr,
+        )
+    estimators, missing_model = plan_estimators(args.estimator, have_model=gateway is not None)
+    if not estimators:
+        return EXIT_UNAVAILABLE
+    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, None))
+    if tables is None:
+        return EXIT_ERROR
+    report = score_hr(
+        tables,
+        estimators,
+        **_eval_ids(args, gateway, wearable),
+    )
+    fusion = sweep_fusion(tables) if args.sweep and gateway is not None else None
+    if args.json:
+        doc = report.to_json()
+        if fusion is not None:
+            doc["fusion_sweep"] = fusion.to_json()
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_hr(report))
+        if fusion is not None:
+            print("\n" + format_fusion_sweep(fusion))
+    if missing_model:
+        # Asked for both, got one: the numbers are printed, and the exit status says so.
+        print("gatewayd eval: error: only the signal estimator ran (no model)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def cmd_eval_activity(args: argparse.Namespace) -> int:
+    """Activity accuracy of the full model, the wearable's, the gateway's and the baselines."""
+    from gatewayd.eval import format_activity, score_activity  # noqa: PLC0415
+
+    gateway, wearable, baseline, _ = _eval_models(args, want_model=True)
+    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, baseline))
+    if tables is None:
+        return EXIT_ERROR
+    report = score_activity(
+        tables,
+        **_eval_ids(args, gateway, wearable),
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_activity(report, recordings=args.recordings))
+    return EXIT_OK
+
+
+def cmd_eval_offload(args: argparse.Namespace) -> int:
+    """Offload ratio and bad-window recall of the wearable's policy; --sweep for the curve."""
+    from gatewayd.eval import (  # noqa: PLC0415
+        format_offload,
+        plot_offload_sweep,
+        score_offload,
+        sweep_offload,
+    )
+
+    gateway, wearable, _, _ = _eval_models(args, want_model=True)
+    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, None))
+    if tables is None:
+        return EXIT_ERROR
+    sweep = sweep_offload(tables, target_ratio=args.target_ratio) if args.sweep else None
+    report = score_offload(
+        tables,
+        tau_mbits=args.tau_mbits,
+        min_conf_e4=args.min_conf_e4,
+        **_eval_ids(args, gateway, wearable),
+        sweep=sweep,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_offload(report, recordings=args.recordings))
+    if sweep is not None and args.png is not None:
+        try:
+            plot_offload_sweep(sweep, args.png)
+        except ImportError:
+            print("gatewayd eval: error: --png needs matplotlib (the train extra)", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(f"gatewayd eval: wrote {args.png}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    """Size, cost, latency and accuracy of every shipped model beside the paper's Table 1."""
+    # Imported here: benchmarking pulls in onnxruntime.
+    from gatewayd.bench.models import bench_models, format_bench  # noqa: PLC0415
+    from gatewayd.inference import ModelRegistry  # noqa: PLC0415
+
+    registry = ModelRegistry.discover(args.models_dir)
+    for error in registry.errors:
+        print(f"gatewayd bench: warning: {error}", file=sys.stderr)
+    if not registry.all():
+        print(
+            f"gatewayd bench models: no models installed in {registry.directory}: nothing to"
+            " measure (models ship with training/, see docs/models.md)",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    report = bench_models(registry.all(), runs=args.runs, batch=args.batch)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_bench(report))
+    return EXIT_OK
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    """The whole pipeline per window beside the bare model (docs/benchmarks.md), synthetic data."""
+    # Imported here: benchmarking pulls in onnxruntime, the store, aiomqtt and the emulator.
+    from gatewayd.bench.pipeline import (  # noqa: PLC0415
+        bench_broker,
+        bench_pipeline,
+        find_model,
+        format_pipeline_bench,
+    )
+    from gatewayd.config import default_config  # noqa: PLC0415
+
+    # The config file when there is one (its inference, rules and store settings), else the
+    # embedded defaults; never its [mqtt]: the benchmark publishes to --mqtt-host or a broker
+    # of its own, not to the production broker.
+    explicit = args.config != str(DEFAULT_CONFIG_PATH) or os.environ.get(CONFIG_ENV)
+    config = (
+        load_config(args.config, os.environ)
+        if explicit or Path(args.config).is_file()
+        else default_config()
+    )
+    # Errors only unless asked: a flood fills the inference queue on purpose, and its
+    # warnings (and an INFO line per alert) would bury the report.
+    configure_logging(args.log_level or "error", args.log_format or config.logging.format)
+    if args.devices > args.windows:
+        return usage_error(
+            "bench pipeline", f"--devices {args.devices} exceeds --windows {args.windows}"
+        )
+    if args.max_batch is not None:
+        inference = config.inference.model_copy(update={"max_batch": args.max_batch})
+        config = config.model_copy(update={"inference": inference})
+    model, problem = find_model(config, args.models_dir)
+    if model is None:
+        print(
+            f"gatewayd bench pipeline: no gateway model to measure: {problem} (models ship with"
+            " training/, see docs/models.md)",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+
+    def progress(text: str) -> None:
+        if not args.json:
+            print(f"gatewayd bench pipeline: {text}", file=sys.stderr)
+
+    async def run() -> Any:
+        async with bench_broker(args.mqtt_host, args.mqtt_port) as broker:
+            progress(broker.note)
+            return await bench_pipeline(
+                config,
+                model,
+                windows=args.windows,
+                devices=args.devices,
+                host=broker.host,
+                port=broker.port,
+                broker=f"{broker.kind} {broker.host}:{broker.port}",
+                progress=progress,
+            )
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_pipeline_bench(report))
+    return EXIT_OK
+
+
+def _eval_common(p: argparse.ArgumentParser) -> None:
+    from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS  # noqa: PLC0415
+
+    global_options(p, suppress=True)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="recordings or folders")
+    p.add_argument("--model", metavar="ID", help="gateway model id (default: [inference] model)")
+    p.add_argument(
+        "--wearable-model",
+        metavar="ID",
+        help="the wearable's model id, or 'none' (default: the shipped one at --wearable-pruning)",
+    )
+    p.add_argument(
+        "--wearable-pruning",
+        type=int,
+        default=40,
+        metavar="PCT",
+        help="pruning level of the wearable's model (40, as the emulated wearable)",
+    )
+    p.add_argument(
+        "--tau-mbits",
+        type=int,
+        default=DEFAULT_TAU_MBITS,
+        help=f"the wearables' entropy threshold (default {DEFAULT_TAU_MBITS})",
+    )
+    p.add_argument(
+        "--min-conf-e4",
+        type=int,
+        default=DEFAULT_MIN_CONF_E4,
+        help=f"the wearables' minimum confidence, 1/10000 (default {DEFAULT_MIN_CONF_E4})",
+    )
+    models_dir_option(p)
+    p.add_argument(
+        "--oof",
+        type=Path,
+        metavar="FILE",
+        help="a training run's out-of-fold outputs (oof.npz): score the models' cards with the"
+        " answers of fold models that never saw the subject, on the windows it covers",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object (docs/eval.md)")
+
+
+def add_eval_parser(evaluate: argparse.ArgumentParser) -> None:
+    what = evaluate.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    hr = what.add_parser(
+        "hr",
+        help="heart-rate MAE per recording: the wearable, the full model, the gateway",
+        description="Replays each recording through the emulated wearable and the gateway's"
+        " per-window path (docs/eval.md) and reports the heart-rate MAE against the reference"
+        " of the wearable's tracker (signal), the full model on every window (model) and what"
+        " the gateway reports (gateway), on the same windows. Exit 69 when a model is asked for"
+        " and none is installed (with `both`, after printing the signal results).",
+    )
+    _eval_common(hr)
+    hr.set_defaults(func=cmd_eval_hr)
+    hr.add_argument(
+        "--estimator",
+        choices=("signal", "model", "both"),
+        default=None,
+        help="what to evaluate (default: all three if a model is installed, else signal and"
+        " gateway)",
+    )
+    hr.add_argument(
+        "--sweep", action="store_true", help="also compare the HR fusion rules, held out"
+    )
+    activity = what.add_parser(
+        "activity",
+        help="activity accuracy: full model, wearable, gateway and baselines",
+        description="Group (rest/light/vigorous) and rest-vs-moving accuracy on windows with a"
+        " known activity group, for the full model, the wearable's pruned model, what the"
+        " gateway reports, the majority, the ACC threshold and the shipped feature baseline.",
+    )
+    _eval_common(activity)
+    activity.set_defaults(func=cmd_eval_activity)
+    activity.add_argument("--recordings", action="store_true", help="also one row per recording")
+    offload = what.add_parser(
+        "offload",
+        help="offload ratio and bad-window recall of the wearable's policy",
+        description="The share of windows the wearable offloads and the share of bad local"
+        " windows (its HR > 10 bpm off, or its group wrong) it offloads; --sweep gives the"
+        " trade-off curve and the policy chosen leave-one-subject-out.",
+    )
+    _eval_common(offload)
+    offload.set_defaults(func=cmd_eval_offload)
+    offload.add_argument("--recordings", action="store_true", help="also one row per recording")
+    offload.add_argument("--sweep", action="store_true", help="sweep tau and the confidence")
+    offload.add_argument(
+        "--target-ratio",
+        type=float,
+        default=0.35,
+        help="offload ratio the sweep must stay under (0.35)",
+    )
+    offload.add_argument("--png", type=Path, metavar="FILE", help="with --sweep: write the curves")
+
+
+def add_bench_parser(bench: argparse.ArgumentParser) -> None:
+    what = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    models = what.add_parser(
+        "models",
+        help="size, MACs, latency and accuracy of the shipped models beside the paper",
+        description="Size, params, MACs, ONNX Runtime latency (batch 1, one thread) and"
+        " throughput of every shipped model, its card's held-out accuracy, and the paper's"
+        " Table 1, as ratios to each side's unpruned model. Exit 69 with no models.",
+    )
+    global_options(models, suppress=True)
+    models.set_defaults(func=cmd_bench_models)
+    models.add_argument(
+        "--runs", type=positive_int, default=200, help="timed runs per measurement (200)"
+    )
+    models.add_argument(
+        "--batch", type=positive_int, default=32, help="batch size for throughput (32)"
+    )
+    models_dir_option(models)
+    models.add_argument("--json", action="store_true", help="print one JSON object")
+    pipeline = what.add_parser(
+        "pipeline",
+        help="the whole pipeline per window (decode to publish) beside the bare model",
+        description="Per-window wall and CPU time of the whole pipeline (decode, inference,"
+        " rules, SQLite log, MQTT publish) on synthetic offloaded windows, of the configured"
+        " model alone (batch 1, one thread) and of each part alone, in one run; prints the"
+        " ratio pipeline / model. Publishes to --mqtt-host, else a private mosquitto, else an"
+        " in-process broker. Exit 69 with no model.",
+    )
+    global_options(pipeline, suppress=True)
+    pipeline.set_defaults(func=cmd_bench_pipeline)
+    pipeline.add_argument(
+        "--windows", type=positive_int, default=2000, help="offloaded windows in all (2000)"
+    )
+    pipeline.add_argument(
+        "--devices", type=positive_int, default=8, help="emulated wearables sharing them (8)"
+    )
+    pipeline.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
+    pipeline.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")
+    pipeline.add_argument(
+        "--max-batch",
+        type=positive_int,
+        metavar="B",
+        help="override [inference] max_batch for the pipeline (default: the config's)",
+    )
+    models_dir_option(pipeline)
+    pipeline.add_argument("--json", action="store_true", help="print one JSON object")
