@@ -55,6 +55,8 @@ EMULATOR = "gatewayd/emulator/bluez.py"
 DBUS_SURFACE = "gatewayd/emulator/bluez_dbus.py"
 DEVICE = "/org/bluez/hci0/dev_C0_FF_EE_00_00_01"
 WEARABLE = "C0:FF:EE:00:00:01"
+#: A second wearable, not bonded yet (what `gatewayd pair` meets).
+UNBONDED = "C0:FF:EE:00:00:42"
 
 
 def _major_minor(distribution: str) -> str:
@@ -335,6 +337,15 @@ async def fake(
             [gatt.SERVICE_UUID],
             [wearable_service()],
             peripheral=StaticPeripheral({gatt.INFO_CHAR_UUID: b"info"}),
+            paired=True,  # the wearable's characteristics need an encrypted (bonded) link
+        )
+        await emulator.add_device(
+            hci0,
+            UNBONDED,
+            "wearable-02",
+            [gatt.SERVICE_UUID],
+            [wearable_service()],
+            peripheral=StaticPeripheral({gatt.INFO_CHAR_UUID: b"info"}),
         )
         try:
             yield emulator
@@ -342,21 +353,21 @@ async def fake(
             await release_bleak_manager()
 
 
-def _members(fake: FakeBluez) -> list[str]:
+def _members(fake: FakeBluez, device: str | None = None) -> list[str]:
     return [
         f"{call.interface.rsplit('.', 1)[-1]}.{call.member}"
         for call in fake.call_log
-        if call.path.startswith(DEVICE)
+        if call.path.startswith(device or DEVICE)
     ]
 
 
 @pytest.mark.asyncio
 async def test_bleak_pair_true_sets_trusted_then_pairs_without_connect(fake: FakeBluez) -> None:
-    device = await BleakScanner.find_device_by_address(WEARABLE, timeout=5)
+    device = await BleakScanner.find_device_by_address(UNBONDED, timeout=5)
     assert device is not None
     async with BleakClient(device, pair=True):
         pass
-    members = _members(fake)
+    members = _members(fake, "/org/bluez/hci0/dev_" + UNBONDED.replace(":", "_"))
     assert members[:2] == ["Properties.Set", "Device1.Pair"], (
         f"bleak's connect(pair=True) now calls {members[:2]}; the emulator's Pair connects "
         f"and leaves the link up because bleak skips Connect after Pair ({EMULATOR})"
@@ -379,6 +390,17 @@ async def test_bleak_connects_reads_and_subscribes_with_these_calls(fake: FakeBl
     ], f"bleak's calls on a device changed: {_members(fake)}"
     # GetManagedObjects is how the emulator finds the connection to pace (bluez_flow.py).
     assert any(call.member == "GetManagedObjects" for call in fake.call_log)
+
+
+def test_bleak_answers_whether_bluez_holds_a_bond_as_the_link_asks() -> None:
+    # gatewayd.link.connection.bluez_paired checks the bond before touching a characteristic:
+    # bleak's manager by event loop, is_paired(path) read from Device1.Paired.
+    assert inspect.iscoroutinefunction(bluez_manager.get_global_bluez_manager)
+    source = inspect.getsource(bluez_manager.BlueZManager.is_paired)
+    assert '"Paired"' in source, (
+        "bleak's BlueZManager.is_paired no longer reads Device1.Paired; gatewayd's bond check"
+        " (gatewayd/link/connection.py) must follow"
+    )
 
 
 def test_bleak_reads_these_device1_properties() -> None:
