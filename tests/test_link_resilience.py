@@ -32,8 +32,11 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
-from gatewayd.protocol.messages import SampleFormat
+from gatewayd.link.stream import DeviceStream
+from gatewayd.protocol.control import Resend
+from gatewayd.protocol.messages import MessageFlags, SampleFormat
 from tests.emulator_fixtures import release_bleak_manager
+from tests.test_link_pure import frags, info_at
 
 pytest_plugins = ["tests.emulator_fixtures"]
 
@@ -306,3 +309,24 @@ async def test_leaving_the_link_with_bluetoothd_hung_abandons_the_disconnect_wit
     assert LinkDown("w0", "gateway stopping") in left, "never left 'connected' forever"
     fake.hang(False)
     assert device.connected  # bluetoothd never got to drop it: the next run takes it over
+
+
+async def test_an_answer_arriving_message_by_message_is_not_asked_for_again() -> None:
+    # Pure: the resume gap of 256 is asked once; the ring's answer comes oldest first, and every
+    # message of it moves the start of what is still missing. Asking anew for each remainder
+    # (as the link did) made the wearable queue the same messages over and over, until it
+    # refused a RESEND (ATT Unlikely Error) and the session ended.
+    s = DeviceStream("w1", resume=ResumePoint(0xABCD, 100, heard_at=1000.0))
+    s.on_info(info_at(356), now=0.0, wall=1100.0)
+    asked = s.resend_requests(0.0)
+    assert asked == [Resend(100, 256)]
+    # Live ones, then what the ring holds of the range (its newest 64 are 296..359).
+    for seq in [*range(356, 360), *range(296, 356)]:
+        for f in frags(seq, flags=MessageFlags.RESENT if seq < 356 else MessageFlags.NONE):
+            s.on_fragment(f, 0.1, 1100.1)
+        asked += s.resend_requests(0.1)
+    assert asked == [Resend(100, 256)], "asked again while the answer was arriving"
+    # Once the interval has passed, what is still missing is asked again, once.
+    assert s.resend_requests(1.2) == [Resend(100, 196)]
+    assert s.resend_requests(1.3) == []
+    assert s.stats.resend_requests == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,6 @@ from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS
 from .bluez import FakeBluez, FakeDevice
 from .bluez_specs import (
     ATT_ERROR_READ_NOT_PERMITTED,
-    ATT_ERROR_UNLIKELY,
     ATT_ERROR_WRITE_NOT_PERMITTED,
     CharSpec,
     DisconnectReason,
@@ -53,7 +53,6 @@ log = structlog.get_logger("gatewayd.emulator")
 ATT_ERROR_VALUE_NOT_ALLOWED: Final = 0x13
 ENVIRONMENTAL_SENSING_UUID: Final = "0000181a-0000-1000-8000-00805f9b34fb"
 TEMPERATURE_CHAR_UUID: Final = "00002a6e-0000-1000-8000-00805f9b34fb"
-_OUTBOX: Final = 512
 
 
 def heart_rate_service() -> ServiceSpec:
@@ -104,8 +103,15 @@ class VirtualWearable:
         self.messages_sent = 0
         self._rng = random.Random(seed)
         self._clock: SimClock | None = None
-        self._outbox: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(_OUTBOX)
+        #: Resends waiting to go, by seq, oldest asked first. As a firmware marks ring slots to
+        #: resend, a seq asked again while it waits is not queued twice, and no more wait than
+        #: the ring has slots: a RESEND is never refused for want of room.
+        self._pending: OrderedDict[int, bytes] = OrderedDict()
+        self._pending_added = asyncio.Event()
         self._last_battery = -1
+        #: ``next_seq`` at each info read: the first is where a gateway's numbering began (what
+        #: the wearable produced before that was never owed to it, docs/protocol.md §4).
+        self.info_next_seqs: list[int] = []
 
     # ---- Peripheral -------------------------------------------------------------------------
 
@@ -118,6 +124,7 @@ class VirtualWearable:
     def on_read(self, char_uuid: str) -> bytes:
         """Info and battery level."""
         if char_uuid == gatt.INFO_CHAR_UUID:
+            self.info_next_seqs.append(self.core.produced)
             return self.core.info()
         if char_uuid == gatt.BATTERY_LEVEL_CHAR_UUID:
             return bytes([self.core.battery_pct(self._sim_now())])
@@ -131,11 +138,12 @@ class VirtualWearable:
             answer = self.core.handle_control(data, self._sim_now())
         except DecodeError as exc:
             raise GattError(ATT_ERROR_VALUE_NOT_ALLOWED, str(exc)) from exc
-        for item in answer:
-            try:
-                self._outbox.put_nowait(item)
-            except asyncio.QueueFull:
-                raise GattError(ATT_ERROR_UNLIKELY, "resend queue full") from None
+        for seq, raw in answer:
+            self._pending.setdefault(seq, raw)
+        while len(self._pending) > self.core.spec.ring_slots:
+            self._pending.popitem(last=False)
+        if answer:
+            self._pending_added.set()
 
     def on_notify_changed(self, char_uuid: str, enabled: bool) -> None:
         """Nothing to do: sending checks whether anyone listens."""
@@ -170,8 +178,11 @@ class VirtualWearable:
 
     async def _resender(self) -> None:
         while True:
-            seq, raw = await self._outbox.get()
-            await self._send(seq, raw)
+            await self._pending_added.wait()
+            self._pending_added.clear()
+            while self._pending:
+                seq, raw = self._pending.popitem(last=False)
+                await self._send(seq, raw)
 
     async def _send(self, seq: int, raw: bytes) -> None:
         device = self.device

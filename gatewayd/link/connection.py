@@ -26,7 +26,12 @@ import structlog
 from bleak import BleakClient
 from bleak.backends.bluezdbus.manager import get_global_bluez_manager
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.exc import BleakDBusError, BleakError
+from bleak.exc import (
+    BleakDBusError,
+    BleakError,
+    BleakGATTProtocolError,
+    BleakGATTProtocolErrorCode,
+)
 
 from gatewayd.errors import DecodeError
 from gatewayd.protocol.control import (
@@ -75,6 +80,17 @@ DISCONNECT_TIMEOUT_S: Final = 5.0
 #: bond's keys (ERR_LE_CONN_KEY_MISSING in bluez src/error.h; br-connection-key-missing for
 #: BR/EDR).
 KEY_MISSING: Final = "connection-key-missing"
+#: ATT errors on a control write that are about the link's security, not the command: the
+#: session ends (the next connect checks the bond again). Any other ATT error rejects the one
+#: command, which is logged and skipped (docs/protocol.md §6.1).
+_SECURITY_ATT_ERRORS: Final = frozenset(
+    {
+        BleakGATTProtocolErrorCode.INSUFFICIENT_AUTHENTICATION,
+        BleakGATTProtocolErrorCode.INSUFFICIENT_AUTHORIZATION,
+        BleakGATTProtocolErrorCode.INSUFFICIENT_ENCRYPTION,
+        BleakGATTProtocolErrorCode.INSUFFICIENT_ENCRYPTION_KEY_SIZE,
+    }
+)
 _AUTH_ERRORS: Final = frozenset(
     {"org.bluez.Error.AuthenticationFailed", "org.bluez.Error.AuthenticationRejected"}
 )
@@ -443,8 +459,17 @@ class DeviceLink:
             cmd = await self._control.get()
             if cmd is READ_INFO:
                 await self._read_info(client)
-            else:
+                continue
+            try:
                 await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
+            except BleakGATTProtocolError as exc:
+                if _att_code(exc) in _SECURITY_ATT_ERRORS:
+                    raise
+                # The wearable refused this command; the link is fine. A refused RESEND is
+                # asked again while its gap is open, a refused policy at the next connect.
+                self.stream.stats.rejected_commands += 1
+                self._log.warning("control command rejected by the device",
+                                  command=repr(cmd), error=str(exc))  # fmt: skip
 
     async def _tick(self) -> None:
         while True:
@@ -462,6 +487,14 @@ class DeviceLink:
                     await client.disconnect()
         finally:
             self.disconnecting = False
+
+
+def _att_code(exc: BleakGATTProtocolError) -> int | None:
+    """The ATT error code of ``exc`` (None if bleak gave an unknown one)."""
+    try:
+        return int(exc.code)
+    except ValueError:
+        return None
 
 
 def _bond_rejected_detail(exc: BleakDBusError) -> str:

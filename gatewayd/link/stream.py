@@ -63,16 +63,24 @@ class StreamStats:
     duplicates: int = 0
     lost: int = 0
     resend_requests: int = 0
+    #: Control writes the device answered with an ATT error (docs/protocol.md §6.1).
+    rejected_commands: int = 0
     jumps: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass
-class _Request:
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A RESEND sent at ``sent_at``: seqs ``first`` .. ``first + count - 1``."""
+
     first: int
     count: int
-    last_sent: float
-    tries: int
+    sent_at: float
+
+    def covers(self, first: int, count: int) -> bool:
+        """Whether ``first`` .. ``first + count - 1`` lies within this request."""
+        start = seq_distance(self.first, first)
+        return start >= 0 and start + count <= self.count
 
 
 class DeviceStream:
@@ -111,7 +119,8 @@ class DeviceStream:
         self._max_rate_hz = max_rate_hz
         self._jump_slack = jump_slack
         self._boot_id: int | None = None
-        self._requests: dict[int, _Request] = {}
+        #: RESENDs sent within the last interval: a gap inside one of them is being answered.
+        self._asked: list[_Asked] = []
         self.last_error: DecodeError | None = None
         #: Set on malformed input: the link should read the info characteristic, whose
         #: ``next_seq`` reveals a message lost at the end of the stream.
@@ -162,7 +171,7 @@ class DeviceStream:
                     f"{info.next_seq} continues instead of restarting (at most {bound} possible)"
                 )
             self._sequencer.reset()
-            self._requests.clear()
+            self._asked.clear()
             events.append(DeviceRestarted(self.device_id, None))
             self._sequencer.announce(info.next_seq, now)
         else:
@@ -170,8 +179,7 @@ class DeviceStream:
             events.extend(self._translate(announced, now if wall is None else wall))
         self._boot_id = info.boot_id
         # A request sent just before a link drop was probably lost with it: ask again at once.
-        for req in self._requests.values():
-            req.last_sent = float("-inf")
+        self._asked.clear()
         return events
 
     def _distrust(self, detail: str) -> list[LinkEvent]:
@@ -241,24 +249,21 @@ class DeviceStream:
     def resend_requests(self, now: float) -> list[Resend]:
         """RESEND commands to send now: new gaps at once, open ones again every interval.
 
-        Asking stops when the sequencer gives the gap up (its timeout) or it is filled.
+        A gap that lies within a range asked for less than an interval ago is not asked again:
+        its answer is on the way. (A resent answer arrives oldest first, so each message of it
+        moves the start of what is still missing; asking anew for every such remainder made the
+        wearable queue the same messages over and over.) Asking stops when the sequencer gives
+        the gap up (its timeout) or it is filled.
         """
+        self._asked = [a for a in self._asked if now - a.sent_at < self.resend_interval_s]
         out: list[Resend] = []
-        open_gaps = self._sequencer.missing()
-        still_open = {first for first, _ in open_gaps}
-        self._requests = {k: v for k, v in self._requests.items() if k in still_open}
-        for first, count in open_gaps:
-            req = self._requests.get(first)
-            if req is None or req.count != count:
-                req = _Request(first, count, last_sent=float("-inf"), tries=0)
-                self._requests[first] = req
-            if now - req.last_sent < self.resend_interval_s:
-                continue
-            req.tries += 1
-            req.last_sent = now
+        for first, count in self._sequencer.missing():
             # The wearable keeps a bounded ring: ask for the newest MAX_RESEND of a long gap.
             ask = min(count, MAX_RESEND)
             start = (first + count - ask) % SEQ_MODULUS
+            if any(a.covers(start, ask) for a in self._asked):
+                continue
+            self._asked.append(_Asked(start, ask, now))
             out.append(Resend(start, ask))
             self.stats.resend_requests += 1
         return out
@@ -276,10 +281,10 @@ class DeviceStream:
                 case Duplicate():
                     self.stats.duplicates += 1
                 case Restart(_, seq):
-                    self._requests.clear()
+                    self._asked.clear()
                     out.append(DeviceRestarted(self.device_id, seq))
                 case Jump(expected, seq, bound):
-                    self._requests.clear()
+                    self._asked.clear()
                     self.stats.jumps += 1
                     out.append(SequenceJump(self.device_id, expected, seq, bound))
         return out
