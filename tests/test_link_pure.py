@@ -290,9 +290,13 @@ def test_stream_counts_malformed_input_and_keeps_going() -> None:
     good = frags(0, mtu=247)
     assert s.on_fragment(b"\x00\x01", 0.0, 0.0) == []
     assert s.on_fragment(good[0][:-1] + b"\xff", 0.0, 0.0) == []
-    assert s.last_error is not None
     assert s.stats.rejected == {"too_short": 1, "bad_crc": 1}
     assert s.wants_info
+    # The last error is handed out once, as a value, with the running count of its kind.
+    rejected = s.take_error()
+    assert rejected is not None
+    assert (rejected[0].reason, rejected[1]) == ("bad_crc", 1)
+    assert s.take_error() is None
     # a damaged copy does not poison a later good one (its tag is not marked complete)
     assert [type(e) for e in s.on_fragment(good[0], 0.0, 0.0)] == [FrameReceived]
 

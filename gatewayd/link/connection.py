@@ -347,7 +347,8 @@ class DeviceLink:
             return None
         info = await self._read_info(client)
         if info is None:
-            raise _SetupError(f"info characteristic: {self.stream.last_error}")
+            rejected = self.stream.take_error()
+            raise _SetupError(f"info characteristic: {rejected[0] if rejected else 'malformed'}")
         # The queue of an earlier connection is stale: setup commands go first, then resends.
         self._drain_control()
         for cmd in (
@@ -385,8 +386,7 @@ class DeviceLink:
         try:
             info = decode_info(raw)
         except DecodeError as exc:
-            self.stream.stats.rejected[exc.reason] += 1
-            self.stream.last_error = exc
+            self.stream.reject(exc)
             return None
         for event in self.stream.on_info(info, self._clock(), self._wall()):
             if isinstance(event, DeviceUntrusted):
@@ -398,15 +398,14 @@ class DeviceLink:
         now = self._clock()
         for event in self.stream.on_fragment(data, now, self._wall()):
             self._emit(event)
-        err = self.stream.last_error
-        if err is not None:
-            self.stream.last_error = None
+        rejected = self.stream.take_error()
+        if rejected is not None:
+            err, total = rejected
             # First of each kind at WARNING, repeats at DEBUG; the counters keep the total.
             first = err.reason not in self._rejected_logged
             self._rejected_logged.add(err.reason)
             (self._log.warning if first else self._log.debug)(
-                "malformed input from device", reason=err.reason, detail=err.detail,
-                total=self.stream.stats.rejected[err.reason],
+                "malformed input from device", reason=err.reason, detail=err.detail, total=total,
             )  # fmt: skip
         self._queue_resends(now)
 
@@ -414,7 +413,8 @@ class DeviceLink:
         try:
             m = parse_heart_rate_measurement(data)
         except DecodeError as exc:
-            self.stream.stats.rejected[exc.reason] += 1
+            self.stream.reject(exc)
+            self.stream.take_error()  # logged here, at DEBUG: straps send noise
             self._log.debug("malformed heart rate measurement", reason=exc.reason)
             return
         self._emit(HeartRateReceived(self.device.device_id, m, self._wall()))
@@ -467,7 +467,7 @@ class DeviceLink:
                     raise
                 # The wearable refused this command; the link is fine. A refused RESEND is
                 # asked again while its gap is open, a refused policy at the next connect.
-                self.stream.stats.rejected_commands += 1
+                self.stream.command_rejected()
                 self._log.warning("control command rejected by the device",
                                   command=repr(cmd), error=str(exc))  # fmt: skip
 

@@ -121,10 +121,30 @@ class DeviceStream:
         self._boot_id: int | None = None
         #: RESENDs sent within the last interval: a gap inside one of them is being answered.
         self._asked: list[_Asked] = []
-        self.last_error: DecodeError | None = None
-        #: Set on malformed input: the link should read the info characteristic, whose
-        #: ``next_seq`` reveals a message lost at the end of the stream.
-        self.wants_info = False
+        self._last_error: DecodeError | None = None
+        self._wants_info = False
+
+    @property
+    def wants_info(self) -> bool:
+        """Malformed input was seen: the link should read the info characteristic, whose
+        ``next_seq`` reveals a message lost at the end of the stream."""
+        return self._wants_info
+
+    def reject(self, error: DecodeError) -> int:
+        """Count malformed input the link decoded itself (info, a strap's measurement); return
+        how many of this kind so far."""
+        self.stats.rejected[error.reason] += 1
+        self._last_error = error
+        return self.stats.rejected[error.reason]
+
+    def take_error(self) -> tuple[DecodeError, int] | None:
+        """The last malformed input not yet reported, with the running count of its kind, once."""
+        error, self._last_error = self._last_error, None
+        return None if error is None else (error, self.stats.rejected[error.reason])
+
+    def command_rejected(self) -> None:
+        """The device refused a control command (the link goes on; docs/protocol.md §6.1)."""
+        self.stats.rejected_commands += 1
 
     @property
     def expected_seq(self) -> int | None:
@@ -150,7 +170,7 @@ class DeviceStream:
         its numbering at 0 could have produced since it was last heard from. At the first info
         a resume point of the same boot opens the gap since it, to be asked from the ring.
         """
-        self.wants_info = False
+        self._wants_info = False
         if self.untrusted is not None:
             return [self.untrusted]
         profile = hardware_profile(info)
@@ -229,13 +249,12 @@ class DeviceStream:
         self._decoder = FrameDecoder(Reassembler(timeout_s=self._fragment_timeout_s))
 
     def on_fragment(self, data: bytes | bytearray, now: float, wall: float) -> list[LinkEvent]:
-        """One notification. Malformed input is counted (``last_error`` says why), never raised."""
+        """One notification. Malformed input is counted (`take_error` says why), never raised."""
         try:
             message = self._decoder.feed(data, now)
         except DecodeError as exc:
-            self.stats.rejected[exc.reason] += 1
-            self.last_error = exc
-            self.wants_info = True
+            self.reject(exc)
+            self._wants_info = True
             return []
         if message is None or self.untrusted is not None:
             return []
