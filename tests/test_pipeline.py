@@ -29,11 +29,13 @@ from gatewayd.inference.worker import InferenceWorker
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
     BatteryLevel,
+    DeviceUntrusted,
     FrameReceived,
     HeartRateReceived,
     LinkDown,
     LinkUp,
     MessagesLost,
+    SequenceJump,
 )
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import PairedDevice
@@ -44,6 +46,8 @@ from gatewayd.mapping import (
     observation_for_frame,
     observation_for_strap,
     record_for_frame,
+    sequence_jump_event,
+    untrusted_event,
     window_time,
 )
 from gatewayd.pipeline import Pipeline, Tick
@@ -701,3 +705,31 @@ async def test_an_unexpected_error_is_one_devices_fault_and_every_other_device_g
     assert faults == [("device_fault", "raised", "buggy")]  # once per device and kind
     assert pipeline.stats.errors == 2
     assert pipeline.stats.handled == 4
+
+
+@pytest.mark.asyncio
+async def test_a_sequence_jump_and_an_untrusted_device_are_technical_events_not_losses() -> None:
+    pipeline, calls, store, _ = make_pipeline()
+    await feed(pipeline, [
+        SequenceJump("w1", 12, 2_147_483_000, 1_100),
+        DeviceUntrusted("w2", "bond_rejected", "le-connection-key-missing"),
+        DeviceUntrusted("w3", "not_bonded", "no bond with C0:FF:EE:00:00:03"),
+    ])  # fmt: skip
+    events = [entry[1] for entry in calls.log if entry[0] == "event"]
+    assert events == [
+        ("sequence_jump", "raised", "w1"),
+        ("device_untrusted", "raised", "w2"),
+        ("device_untrusted", "raised", "w3"),
+    ]
+    assert pipeline.stats.data_lost == 0  # not two billion lost messages
+    assert store.windows == []
+
+
+def test_an_untrusted_device_is_critical_when_something_may_impersonate_it() -> None:
+    impostor = untrusted_event("w2", "bond_rejected", "key missing", T0)
+    unbonded = untrusted_event("w3", "not_bonded", "no bond", T0)
+    assert (impostor.severity, unbonded.severity) == ("critical", "warning")
+    assert impostor.payload["evidence"] == {"untrusted": "bond_rejected"}
+    jump = sequence_jump_event("w1", 12, 2_147_483_000, 1_100, T0)
+    assert jump.payload["evidence"] == {"expected": 12, "got": 2_147_483_000, "bound": 1_100}
+    assert "not counted as lost" in jump.payload["reason"]
