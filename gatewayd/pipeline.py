@@ -102,8 +102,8 @@ class EventSink(Protocol):
         """Store one window (and where its device's stream resumes); return its id."""
         ...
 
-    async def append_event(self, event: NewEvent) -> str:
-        """Store one event and its outbox row; return the event id."""
+    async def append_event(self, event: NewEvent, *, cursor: DeviceCursor | None = None) -> str:
+        """Store one event and its outbox row (and where its device resumes); return its id."""
         ...
 
 
@@ -195,6 +195,9 @@ class Pipeline(BackgroundPart):
         self._drained = asyncio.Event()
         #: (device, kind of fault) already reported as a technical event in this run.
         self._reported: set[tuple[str, str]] = set()
+        #: Each device's current boot id, and the resume point last written (boot, next seq).
+        self._boots: dict[str, int] = {}
+        self._resume_at: dict[str, tuple[int, int]] = {}
         self.stats = PipelineStats()
 
     async def _wind_down(self) -> None:
@@ -296,6 +299,8 @@ class Pipeline(BackgroundPart):
             await self._alerts(self.engine.observe(obs))
             self._update(event.device_id, last_seen=event.received_at, hr_bpm=obs.hr_bpm)
         elif isinstance(event, LinkUp):
+            if event.info is not None:
+                self._boots[event.device_id] = event.info.boot_id
             await self._alerts(self.engine.link(self._link_status(event.device_id, True)))
             firmware = event.info.firmware_version if event.info is not None else None
             model_id = event.info.model_id if event.info is not None else None
@@ -315,8 +320,11 @@ class Pipeline(BackgroundPart):
         now, device = self._clock(), event.device_id
         if isinstance(event, MessagesLost):
             self.stats.data_lost += event.count
+            # The range is given up: a restart must not ask for it (nor report it) again.
+            cursor = self._cursor(device, (event.first + event.count) % SEQ_MODULUS, now)
             event_id = await self._append(
-                data_lost_event(device, event.first, event.count, now, event.cause)
+                data_lost_event(device, event.first, event.count, now, event.cause),
+                cursor=None if event.first < 0 else cursor,
             )
             log.warning("messages lost on the link", device=device, first=event.first,
                         count=event.count, cause=event.cause, event_id=event_id)  # fmt: skip
@@ -345,11 +353,9 @@ class Pipeline(BackgroundPart):
         record = record_for_frame(
             event.device_id, message, event.received_at, analysis, keep_raw=self._keep_raw
         )
-        cursor = (
-            None
-            if event.boot_id is None
-            else DeviceCursor(event.boot_id, (s.seq + 1) % SEQ_MODULUS, event.received_at)
-        )
+        if event.boot_id is not None:
+            self._boots[event.device_id] = event.boot_id
+        cursor = self._cursor(event.device_id, (s.seq + 1) % SEQ_MODULUS, event.received_at)
         window_id: str | None = None
         try:
             window_id = str(await self._store.record_window(record, cursor=cursor))
@@ -395,13 +401,30 @@ class Pipeline(BackgroundPart):
                      state=transition.state, severity=transition.severity,
                      event_id=event_id)  # fmt: skip
 
-    async def _append(self, event: NewEvent) -> str:
+    async def _append(self, event: NewEvent, cursor: DeviceCursor | None = None) -> str:
         """Store a device event with its outbox row, wake the publisher; return its id."""
         assert event.device_id is not None
         # Durable first (the outbox row commits with the event), then wake the publisher.
-        event_id = await self._store.append_event(event)
+        event_id = await self._store.append_event(event, cursor=cursor)
         self._publisher.notify()
         return event_id
+
+    def _cursor(self, device_id: str, next_seq: int, t: float) -> DeviceCursor | None:
+        """Where ``device_id`` resumes after ``next_seq - 1``, if that moves its cursor forward.
+
+        Never backwards: a loss reported late (frames dropped on a full queue) must not make a
+        restart ask again for windows already stored.
+        """
+        boot = self._boots.get(device_id)
+        if boot is None:
+            return None
+        last = self._resume_at.get(device_id)
+        if last is not None and last[0] == boot:
+            ahead = (next_seq - last[1]) % SEQ_MODULUS
+            if ahead == 0 or ahead >= SEQ_MODULUS // 2:
+                return None
+        self._resume_at[device_id] = (boot, next_seq)
+        return DeviceCursor(boot, next_seq, t)
 
     def _link_status(self, device_id: str, connected: bool) -> LinkStatus:
         return LinkStatus(device_id, self._clock(), connected, mono=self._monotonic())

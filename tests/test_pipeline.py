@@ -376,17 +376,20 @@ class FakeStore:
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
         self.windows: list[WindowRecord] = []
+        self.cursors: list[tuple[str, DeviceCursor | None]] = []
 
     async def record_window(
         self, window: WindowRecord, *, cursor: DeviceCursor | None = None
     ) -> int:
+        self.cursors.append(("window", cursor))
         if window.device_id == "buggy":
             raise RuntimeError("a bug in the store, seen by one device's windows")
         self.windows.append(window)
         self.calls.log.append(("window", window.seq))
         return len(self.windows)
 
-    async def append_event(self, event: NewEvent) -> str:
+    async def append_event(self, event: NewEvent, *, cursor: DeviceCursor | None = None) -> str:
+        self.cursors.append((event.kind, cursor))
         self.calls.log.append(("event", (event.kind, event.state, event.device_id)))
         return new_event_id()
 
@@ -733,3 +736,21 @@ def test_an_untrusted_device_is_critical_when_something_may_impersonate_it() -> 
     jump = sequence_jump_event("w1", 12, 2_147_483_000, 1_100, T0)
     assert jump.payload["evidence"] == {"expected": 12, "got": 2_147_483_000, "bound": 1_100}
     assert "not counted as lost" in jump.payload["reason"]
+
+
+@pytest.mark.asyncio
+async def test_a_loss_moves_the_resume_point_forward_and_never_back() -> None:
+    pipeline, _, store, _ = make_pipeline()
+    await feed(pipeline, [
+        FrameReceived("w1", summary(1), T0, boot_id=7),
+        MessagesLost("w1", 2, 3),  # 2..4 given up: a restart must not ask for them again
+        FrameReceived("w1", summary(5), T0 + 8, boot_id=7),
+        MessagesLost("w1", 3, 1, cause="queue_full"),  # reported late: behind the cursor
+    ])  # fmt: skip
+    points = [(kind, None if c is None else (c.boot_id, c.next_seq)) for kind, c in store.cursors]
+    assert points == [
+        ("window", (7, 2)),
+        ("data_lost", (7, 5)),
+        ("window", (7, 6)),
+        ("data_lost", None),
+    ]

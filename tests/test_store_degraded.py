@@ -110,9 +110,17 @@ async def test_cursors_are_written_with_the_window_and_open_events_are_the_raise
         silent = await store.append_event(episode("device_silent", "raised", "w2"))
         await store.append_event(alert("w2"))  # no episode: a one-off, never open
     async with Store.open(path) as store:
+        # A loss moves the cursor with its event, in the same transaction.
+        await store.append_event(
+            NewEvent("data_lost", "warning", "raised", {}, device_id="w3", created_at=5.0),
+            cursor=DeviceCursor(4, 40),
+        )
+        assert (await store.cursors())["w3"] == DeviceCursor(4, 40, heard_at=5.0)
+    async with Store.open(path) as store:
         assert await store.cursors() == {
             "w1": DeviceCursor(7, 10, heard_at=2.0),
             "w2": DeviceCursor(2, 0, heard_at=3.0),
+            "w3": DeviceCursor(4, 40, heard_at=5.0),
         }
         assert [e.id for e in await store.open_events()] == [fall, silent]
 

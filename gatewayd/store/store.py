@@ -470,10 +470,14 @@ class Store:
         result: int = await self._submit(make)
         return result
 
-    def _event_op(self, event: NewEvent) -> Callable[[], Op]:
+    def _event_op(self, event: NewEvent, cursor: DeviceCursor | None = None) -> Callable[[], Op]:
         """Check ``event`` now; the returned function draws its id and builds its Op."""
         device = None if event.device_id is None else self._device(event.device_id)
         check = Checked()
+        boot_id = next_seq = None
+        if cursor is not None and device is not None:
+            boot_id = check.integer("cursor.boot_id", cursor.boot_id)
+            next_seq = check.integer("cursor.next_seq", cursor.next_seq)
         texts = {}
         for name in ("kind", "severity", "state"):
             value = check.text(name, getattr(event, name))
@@ -502,6 +506,10 @@ class Store:
             def apply(conn: sqlite3.Connection) -> str:
                 if device is not None:
                     conn.execute(_INSERT_DEVICE_IF_NEW, (device, created_at, created_at))
+                if boot_id is not None and next_seq is not None:
+                    conn.execute(
+                        _UPSERT_DEVICE, (device, created_at, created_at, boot_id, next_seq)
+                    )
                 conn.execute(
                     _INSERT_EVENT,
                     (event_id, device, texts["kind"], texts["severity"], texts["state"],
@@ -514,14 +522,17 @@ class Store:
 
         return make
 
-    async def append_event(self, event: NewEvent) -> str:
+    async def append_event(self, event: NewEvent, *, cursor: DeviceCursor | None = None) -> str:
         """Append an event and its outbox row in one transaction; return its id.
+
+        ``cursor``: the device's resume point moves with the event (a loss: its range is given up
+        and not asked for again after a restart).
 
         When this returns, both are committed (or, in degraded mode, held in memory and shown by
         `pending_outbox`): the publisher delivers the event at least once. The id (UUIDv7) is
         drawn when the event has none, in queue order, so ids increase in outbox order.
         """
-        result: str = await self._submit(self._event_op(event))
+        result: str = await self._submit(self._event_op(event, cursor))
         return result
 
     async def mark_published(self, event_ids: Iterable[str], *, at: float | None = None) -> int:
