@@ -40,7 +40,7 @@ def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) ->
     code, out, err = run_main(["check-config", str(EXAMPLE)], capsys)
     assert (code, err) == (0, "")
     assert out.startswith(f"ok: {EXAMPLE} (gateway id ")
-    assert out.endswith(", mqtt localhost:1883, 1 adapter)\n")
+    assert out.endswith(", mqtt localhost:1883, 1 adapter, 0 paired)\n")
 
 
 def test_check_config_as_a_real_process() -> None:
@@ -70,7 +70,18 @@ def test_check_config_summary_counts_adapters_and_names_the_broker(
     )
     code, out, _ = run_main(["check-config", str(path)], capsys)
     assert code == 0
-    assert out == f"ok: {path} (gateway id room-12, mqtt broker.lan:8883, 2 adapters)\n"
+    assert out == f"ok: {path} (gateway id room-12, mqtt broker.lan:8883, 2 adapters, 0 paired)\n"
+
+
+def test_check_config_fails_on_a_paired_device_list_run_could_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n', encoding="utf-8")
+    (tmp_path / "devices.json").write_text("{not json", encoding="utf-8")
+    code, _, err = run_main(["check-config", str(path)], capsys)
+    assert code == 1
+    assert "not a paired-device list" in err
 
 
 @pytest.mark.parametrize(

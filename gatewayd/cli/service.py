@@ -22,6 +22,7 @@ from gatewayd.config import (
     config_warnings,
     load_config,
 )
+from gatewayd.link.registry import DeviceRegistry, RegistryError
 from gatewayd.logs import configure_logging
 
 
@@ -34,13 +35,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gatewayd.publish.client import load_credentials  # noqa: PLC0415 - pulls in aiomqtt
 
     load_credentials(config.mqtt, os.environ)
+    # The paired-device list run reads at start (an absent file is none paired yet). One this
+    # user may not read is said, not failed: check-config is often run by another user.
+    try:
+        paired = len(DeviceRegistry.in_state_dir(config.gateway.state_dir).load())
+    except RegistryError as exc:
+        if not isinstance(exc.__cause__, PermissionError):
+            raise
+        print(f"gatewayd: warning: {exc}", file=sys.stderr)
+        paired = 0
     for warning in config_warnings(config):
         print(f"gatewayd: warning: {warning}", file=sys.stderr)
     adapters = len(config.ble.adapters)
     print(
         f"ok: {path.absolute()} (gateway id {config.gateway.id},"
         f" mqtt {config.mqtt.host}:{config.mqtt.port},"
-        f" {adapters} adapter{'s' if adapters != 1 else ''})"
+        f" {adapters} adapter{'s' if adapters != 1 else ''}, {paired} paired)"
     )
     return EXIT_OK
 
