@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +22,7 @@ from gatewayd.app import Gateway, build_gateway
 from gatewayd.config import Config, load_config
 from gatewayd.link.events import FrameReceived, LinkUp
 from gatewayd.protocol.messages import MessageFlags, Summary
+from tests import disk
 from tests.mqtt_fixtures import Broker
 
 pytest_plugins = ["tests.mqtt_fixtures"]
@@ -158,31 +157,8 @@ async def test_a_ten_second_write_lock_held_elsewhere_delays_nothing_and_loses_n
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "state"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the store's own tests cover RLIMIT_FSIZE)")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with disk.small_tmpfs(tmp_path / "state", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def take_every_free_block(filler: Path) -> None:
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.asyncio
@@ -193,7 +169,7 @@ async def test_a_full_disk_keeps_alerts_flowing_and_the_log_catches_up_when_spac
     filler = small_tmpfs / "filler"
     async with running(config, mosquitto_broker) as (gateway, alerts):
         await feed(gateway, range(5))
-        await asyncio.to_thread(take_every_free_block, filler)
+        await asyncio.to_thread(disk.take_every_free_block, filler)
         seq = 5
         while gateway.store.problem is None:  # the disk fills: the next writes fail
             await feed(gateway, range(seq, seq + 10))

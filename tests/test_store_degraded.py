@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from gatewayd.store import (
     StoreOptions,
     WindowRecord,
 )
+from tests import disk
 
 pytestmark = pytest.mark.asyncio
 
@@ -244,33 +243,8 @@ async def test_a_file_size_limit_degrades_then_everything_held_is_written(tmp_pa
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with disk.small_tmpfs(tmp_path / "mnt", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-
-
-def take_every_free_block(filler: Path) -> None:
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 async def test_a_full_tmpfs_degrades_and_writes_resume_once_space_is_freed(
@@ -280,7 +254,7 @@ async def test_a_full_tmpfs_degrades_and_writes_resume_once_space_is_freed(
     filler = small_tmpfs / "filler"
     async with Store.open(path, options=FAST) as store:
         first = await store.append_event(alert())
-        await asyncio.to_thread(take_every_free_block, filler)
+        await asyncio.to_thread(disk.take_every_free_block, filler)
         acked = [first]
         while store.problem is None:
             acked.append(await store.append_event(alert(pad="y" * 2000)))
