@@ -310,7 +310,15 @@ async def _pending_device_events(db: Path) -> bool:
 
 
 def _windows(db: Path) -> int:
-    return read_db(db)[0] if db.exists() else 0
+    """Windows stored so far; 0 while the gateway has yet to create the file or its schema."""
+    if not db.exists():
+        return 0
+    try:
+        return read_db(db)[0]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
 
 
 async def _more_windows(db: Path, before: int) -> bool:
