@@ -14,7 +14,8 @@ STAMP     := $(VENV)/.installed
 # systemd-analyze skip instead).
 DEB_PKGS  := gcc make python3-venv dbus mosquitto mosquitto-clients
 # demo: amqtt, the in-process broker `gatewayd demo` falls back to when no mosquitto is at hand.
-EXTRAS    ?= dev,demo
+# bench: matplotlib, for the plots `gatewayd bench` draws (its smoke tests run in make test).
+EXTRAS    ?= dev,demo,bench
 # What `make demo` runs: the scripted one-minute scenario, unattended, ending in a JSON summary
 # (exit 0 when every alert due arrived and no window was lost). DEMO_ARGS= gives the live view.
 DEMO_ARGS ?= --headless --duration 60
