@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,7 +26,7 @@ from gatewayd.ids import EventIdGenerator
 from gatewayd.mapping import data_lost_event, gateway_event
 from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics
 from gatewayd.publish.cleanup import clear_retained
-from gatewayd.publish.client import read_retained
+from gatewayd.publish.client import mqtt_client, read_retained
 from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.payloads import Alert, GatewayAlert
 from gatewayd.store.store import Store
@@ -682,3 +683,17 @@ async def test_tls(tmp_path: Path) -> None:
             gc.collect()
     finally:
         await broker.stop()
+
+
+async def test_the_broker_connection_sends_at_once_tcp_nodelay(mosquitto_broker: Broker) -> None:
+    config = MqttConfig.model_validate({"host": "127.0.0.1", "port": mosquitto_broker.port})
+    client = mqtt_client(config, "nodelay-probe", None, None, timeout_s=WAIT_S)
+    async with client:
+        sock = client._client.socket()  # paho's socket: aiomqtt has no accessor
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    # The control: a plain aiomqtt client has Nagle on, so the assertion above can fail.
+    async with aiomqtt.Client(mosquitto_broker.host, mosquitto_broker.port) as plain:
+        sock = plain._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -85,6 +86,9 @@ STOP_GRACE_S: Final = 5.0
 #: Leaving the publisher waits this long after the grace period for status "offline".
 STATUS_GRACE_S: Final = 2.0
 OUTBOX_BATCH: Final = 100
+#: Set on the broker connection: each publish leaves at once. Without it Nagle's algorithm holds
+#: telemetry back behind a QoS 1 publish until its PUBACK (or the broker's delayed ACK) arrives.
+SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +215,7 @@ def mqtt_client(
     timeout_s: float,
     will: aiomqtt.Will | None = None,
 ) -> aiomqtt.Client:
-    """An aiomqtt client for [mqtt]: MQTT 3.1.1, clean session, its auth and TLS.
+    """An aiomqtt client for [mqtt]: MQTT 3.1.1, clean session, its auth and TLS, TCP_NODELAY.
 
     ``password`` from `resolve_mqtt_password`, ``context`` from `tls_context` (both read files:
     call them in a thread); ``timeout_s`` bounds the CONNACK wait, each acknowledgement and
@@ -230,6 +234,7 @@ def mqtt_client(
         will=will,
         tls_context=context,
         tls_insecure=True if context is not None and mqtt.tls.insecure else None,
+        socket_options=SOCKET_OPTIONS,
     )
 
 
