@@ -697,3 +697,56 @@ async def test_the_broker_connection_sends_at_once_tcp_nodelay(mosquitto_broker:
         sock = plain._client.socket()
         assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+
+
+class GatedOutbox(FakeOutbox):
+    """An outbox whose reads wait for ``gate``: a store busy writing windows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
+
+    async def pending(self, limit: int) -> list[OutboxItem]:
+        self.reading.set()
+        await self.gate.wait()
+        return await super().pending(limit)
+
+
+async def test_a_due_alert_goes_out_before_queued_telemetry(mosquitto_broker: Broker) -> None:
+    outbox = GatedOutbox()
+    publisher = make_publisher(mosquitto_broker.port, outbox)
+    async with subscribe(mosquitto_broker, f"gatewayd/{GW}/devices/#") as sub:
+        # Connected and idle, with the telemetry of three devices flowing.
+        outbox.gate.set()
+        async with running(publisher):
+            for n in range(3):
+                publisher.publish_telemetry(Telemetry(device_id=f"w{n}", seq=0, t=T0))
+            await sub.wait(lambda: len(sub.messages) >= 3, "the first telemetry")
+            # An alert is due (appended, notified) while its read of the outbox is slow; the
+            # pipeline goes on queueing telemetry behind it.
+            outbox.gate.clear()
+            outbox.reading.clear()
+            alert = outbox.append("w1", 1)
+            publisher.notify()
+            for n in range(3):  # device by device: served round-robin all the same
+                for seq in range(1, 41):
+                    publisher.publish_telemetry(Telemetry(device_id=f"w{n}", seq=seq, t=T0))
+            await outbox.reading.wait()
+            # Give the queued telemetry every chance to overtake (none may): then let it read.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await sub.wait(lambda: len(sub.messages) > 3, "telemetry (must not come)")
+            outbox.gate.set()
+            await sub.wait(lambda: len(sub.messages) >= 3 + 1 + 120, "the alert and telemetry")
+        topics = sub.topics()[3:]
+        assert topics[0] == f"gatewayd/{GW}/devices/w1/alerts", topics[:5]
+        assert sub.on(f"gatewayd/{GW}/devices/w1/alerts")[0]["event_id"] == alert.event_id
+        # Each device's telemetry in order.
+        # Then the alert's open-alert set (retained) and the telemetry, round-robin.
+        telemetry = [t.split("/")[3] for t in topics if t.endswith("/telemetry")]
+        assert len(telemetry) == 120
+        assert telemetry[:6] == ["w0", "w1", "w2"] * 2
+        for device in ("w0", "w1", "w2"):
+            seqs = [m["seq"] for m in sub.on(f"gatewayd/{GW}/devices/{device}/telemetry")]
+            assert seqs == list(range(41)), device

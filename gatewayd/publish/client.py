@@ -8,9 +8,16 @@ published again on the next connection: delivery is at least once, subscribers d
 duplicates by ``event_id``.
 
 State and telemetry are best effort and live in memory: the latest `DeviceState` per device
-(re-published, retained, on every connect) and a bounded telemetry queue whose overflow is
-dropped oldest-first, counted and logged. The alert kinds open on each device (`OpenAlerts`,
-retained) follow the alerts as they are delivered.
+(re-published, retained, on every connect) and a bounded telemetry queue, one FIFO per device
+served round-robin, whose overflow drops the oldest window of the device with the most queued,
+counted and logged. The alert kinds open on each device (`OpenAlerts`, retained) follow the
+alerts as they are delivered.
+
+Alerts go first: while an alert is due (`notify` called and the alert loop has not yet sent
+everything the outbox holds) no state or telemetry is written to the connection. States, open
+sets and discovery configs are QoS 1 but sent without waiting for their PUBACK in line (the
+acknowledgements are awaited beside, at most `STATE_INFLIGHT` at a time), so telemetry never
+waits behind a state's round trip.
 
 On every connect the publisher reads back what the broker retains for this gateway (its
 discovery configs, device states and open-alert sets), then clears what should not be there:
@@ -35,7 +42,6 @@ import json
 import random
 import socket
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,11 +55,13 @@ from pydantic import SecretStr
 from gatewayd import __version__
 from gatewayd.config import MqttConfig, TlsConfig, resolve_mqtt_password
 from gatewayd.errors import ConfigError
+from gatewayd.lanes import Lanes
 from gatewayd.lifecycle import EnterOnce, start_task, stop_task
 from gatewayd.publish.backoff import MqttFailure, backoff_delay, classify
 from gatewayd.publish.payloads import DeviceState, OpenAlerts, Status, Telemetry
 from gatewayd.publish.topics import (
     ALERT_KINDS,
+    DiscoveryMessage,
     TopicError,
     Topics,
     config_filter,
@@ -86,6 +94,8 @@ STOP_GRACE_S: Final = 5.0
 #: Leaving the publisher waits this long after the grace period for status "offline".
 STATUS_GRACE_S: Final = 2.0
 OUTBOX_BATCH: Final = 100
+#: States, open-alert sets and discovery configs sent and not yet acknowledged, at most.
+STATE_INFLIGHT: Final = 32
 #: Set on the broker connection: each publish leaves at once. Without it Nagle's algorithm holds
 #: telemetry back behind a QoS 1 publish until its PUBACK (or the broker's delayed ACK) arrives.
 SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -307,7 +317,11 @@ class Publisher:
         self._connected = asyncio.Event()
         self._states: dict[str, DeviceState] = {}
         self._dirty_states: dict[str, None] = {}  # insertion-ordered set
-        self._telemetry: deque[Telemetry] = deque()
+        #: Telemetry by device, served round-robin.
+        self._telemetry: Lanes[str, Telemetry] = Lanes()
+        #: Set while no alert is due: the stream loop writes only then (alerts go first).
+        self._alerts_sent = asyncio.Event()
+        self._inflight = asyncio.Semaphore(STATE_INFLIGHT)
         self._telemetry_max = telemetry_queue_size
         self._dropping = False
         #: Device id -> the (model, firmware) its discovery configs were published with.
@@ -340,6 +354,7 @@ class Publisher:
     def notify(self) -> None:
         """Tell the publisher the outbox has new items (cheap; call after every append)."""
         self._outbox_wake.set()
+        self._alerts_sent.clear()
 
     def stop(self) -> None:
         """Ask `run` to finish in-flight work, publish status offline and return."""
@@ -357,21 +372,24 @@ class Publisher:
     def publish_telemetry(self, telemetry: Telemetry) -> bool:
         """Queue one window's telemetry (QoS 0). Returns False if the queue overflowed.
 
-        On overflow the oldest queued window is dropped: recent telemetry is worth more.
+        On overflow the oldest window of the device with the most queued is dropped: recent
+        telemetry is worth more, and a device that floods does not push out the others'.
         """
         self._topics.telemetry(telemetry.device_id)
         dropped = len(self._telemetry) >= self._telemetry_max
         if dropped:
-            self._telemetry.popleft()
+            victim = self._telemetry.longest()
+            self._telemetry.drop_oldest(victim)
             self.stats.telemetry_dropped += 1
             (log.debug if self._dropping else log.warning)(
-                "telemetry queue full; dropping the oldest window",
+                "telemetry queue full; dropping the oldest window of the busiest device",
+                device=victim,
                 queue_size=self._telemetry_max,
                 dropped_total=self.stats.telemetry_dropped,
                 connected=self.connected,
             )
             self._dropping = True
-        self._telemetry.append(telemetry)
+        self._telemetry.append(telemetry.device_id, telemetry)
         self._stream_wake.set()
         return not dropped
 
@@ -488,6 +506,9 @@ class Publisher:
         client = self._client(password, context)
         async with client:
             self.stats.connects += 1
+            # Unknown until the alert loop has read the outbox: the backlog goes first.
+            self._alerts_sent.clear()
+            self._inflight = asyncio.Semaphore(STATE_INFLIGHT)
             try:
                 await self._announce(client)
                 self._connected.set()
@@ -674,25 +695,26 @@ class Publisher:
         self._dirty_open[device_id] = None
         self._stream_wake.set()
 
-    async def _discover(self, client: aiomqtt.Client, state: DeviceState) -> None:
-        """Publish a device's discovery configs once per connection, and again when its model
-        or firmware changes (they are in the HA device block)."""
+    def _discover(self, state: DeviceState) -> list[DiscoveryMessage]:
+        """A device's discovery configs to publish: once per connection, and again when its
+        model or firmware changes (they are in the HA device block)."""
         device = (state.model, state.firmware)
         if (
             not self._mqtt.homeassistant_discovery
             or self._discovered.get(state.device_id) == device
         ):
-            return
-        for message in discovery_messages(
-            self._topics,
-            state.device_id,
-            prefix=self._mqtt.discovery_prefix,
-            model=state.model,
-            sw_version=state.firmware,
-            origin_version=__version__,
-        ):
-            await client.publish(message.topic, message.payload, qos=1, retain=True)
+            return []
         self._discovered[state.device_id] = device
+        return list(
+            discovery_messages(
+                self._topics,
+                state.device_id,
+                prefix=self._mqtt.discovery_prefix,
+                model=state.model,
+                sw_version=state.firmware,
+                origin_version=__version__,
+            )
+        )
 
     async def _wait(self, event: asyncio.Event, wait_s: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -752,52 +774,91 @@ class Publisher:
                 if self._note_alert(item):
                     await self._publish_open_alerts(client)
             if len(items) < OUTBOX_BATCH:
+                if not self._outbox_wake.is_set():
+                    self._alerts_sent.set()  # nothing due: the stream loop may write
                 await self._wait(self._outbox_wake, self._rescan_s)
+        self._alerts_sent.set()
 
     async def _stream_loop(self, client: aiomqtt.Client) -> None:
-        """Publish dirty device states and open-alert sets (retained, QoS 1), then queued
-        telemetry (QoS 0)."""
-        while True:
-            self._stream_wake.clear()
-            while self._dirty_states or self._dirty_open:
-                await self._publish_open_alerts(client)
-                if not self._dirty_states:
-                    break
-                device_id = next(iter(self._dirty_states))
-                state = self._states[device_id]
-                await self._discover(client, state)
-                await client.publish(
-                    self._topics.state(device_id),
-                    state.to_json(),
-                    qos=1,
-                    retain=True,
-                    timeout=self._op_timeout_s,
-                )
-                # Only clear it if no newer state arrived while we waited for the PUBACK.
-                if self._states[device_id] is state:
-                    self._dirty_states.pop(device_id, None)
-                self.stats.states_published += 1
-                if device_id not in self._open:
-                    # A device with no alert yet: its problem sensors read "off", not unknown.
-                    self._set_open(device_id, ())
-            while self._telemetry and not self._dirty_states and not self._dirty_open:
-                telemetry = self._telemetry[0]
-                await client.publish(
-                    self._topics.telemetry(telemetry.device_id),
-                    telemetry.to_json(),
-                    qos=0,
-                    timeout=self._op_timeout_s,
-                )
-                if self._telemetry and self._telemetry[0] is telemetry:
-                    self._telemetry.popleft()
-                self.stats.telemetry_published += 1
-            idle = not self._dirty_states and not self._dirty_open and not self._telemetry
-            if self._stopping.is_set() and idle:
-                return
-            if idle:
-                await self._wait(self._stream_wake, None)
+        """Send dirty device states and open-alert sets (retained, QoS 1, PUBACKs awaited
+        beside), then drain the queued telemetry (QoS 0), round-robin over devices; before
+        each write, wait until no alert is due."""
+        async with asyncio.TaskGroup() as acks:
+            while True:
+                self._stream_wake.clear()
+                await self._alerts_sent.wait()
+                await self._send_open_alerts(client, acks)
+                while self._dirty_states:
+                    device_id = next(iter(self._dirty_states))
+                    state = self._states[device_id]
+                    for message in self._discover(state):
+                        await self._send(client, acks, message.topic, message.payload)
+                    self._dirty_states.pop(device_id, None)  # a newer state dirties it again
+                    await self._send(
+                        client, acks, self._topics.state(device_id), state.to_json(), "states"
+                    )
+                    if device_id not in self._open:
+                        # A device with no alert yet: its problem sensors read "off", not unknown.
+                        self._set_open(device_id, ())
+                    await self._send_open_alerts(client, acks)
+                    await self._alerts_sent.wait()
+                while self._telemetry and not self._dirty_states and not self._dirty_open:
+                    await self._alerts_sent.wait()
+                    _, telemetry = self._telemetry.popleft()
+                    try:
+                        await client.publish(
+                            self._topics.telemetry(telemetry.device_id),
+                            telemetry.to_json(),
+                            qos=0,
+                            timeout=self._op_timeout_s,
+                        )
+                    except BaseException:
+                        self.stats.telemetry_dropped += 1  # in hand when the connection went
+                        raise
+                    self.stats.telemetry_published += 1
+                idle = not self._dirty_states and not self._dirty_open and not self._telemetry
+                if self._stopping.is_set() and idle:
+                    return
+                if idle:
+                    await self._wait(self._stream_wake, None)
+
+    async def _send(
+        self,
+        client: aiomqtt.Client,
+        acks: asyncio.TaskGroup,
+        topic: str,
+        payload: bytes,
+        counted: str | None = None,
+    ) -> None:
+        """Publish retained at QoS 1 now, and await its PUBACK in ``acks``, not here (waits
+        only while `STATE_INFLIGHT` are unacknowledged). A connection lost before the PUBACK
+        fails the session; the next connection sends every state and open set again."""
+        await self._inflight.acquire()
+        sent = client.publish(topic, payload, qos=1, retain=True, timeout=self._op_timeout_s)
+        acks.create_task(self._acknowledged(sent, counted))
+        # Let the task hand the PUBLISH to paho now, before anything this loop writes next.
+        await asyncio.sleep(0)
+
+    async def _acknowledged(self, sent: Awaitable[None], counted: str | None) -> None:
+        try:
+            await sent
+        finally:
+            self._inflight.release()
+        if counted == "states":
+            self.stats.states_published += 1
+        elif counted == "open_alerts":
+            self.stats.open_alerts_published += 1
+
+    async def _send_open_alerts(self, client: aiomqtt.Client, acks: asyncio.TaskGroup) -> None:
+        while self._dirty_open:
+            device_id = next(iter(self._dirty_open))
+            self._dirty_open.pop(device_id)
+            payload = self._open[device_id].to_json()
+            await self._send(client, acks, self._topics.open_alerts(device_id), payload,
+                             "open_alerts")  # fmt: skip
 
     async def _publish_open_alerts(self, client: aiomqtt.Client) -> None:
+        """The alert loop's: each dirty open-alert set, awaiting its PUBACK."""
         while self._dirty_open:
             device_id = next(iter(self._dirty_open))
             current = self._open[device_id]
