@@ -9,7 +9,8 @@ joined by one bounded queue:
 2. the processing loop: in the same order, waits for the window's result, records the window in
    the store, builds an `Observation`, feeds the `RuleEngine`, writes each alert transition to
    the event log (outbox) and only then notifies the publisher; telemetry and the retained
-   device state go to the publisher best effort.
+   device state go to the publisher best effort, the state only when it changed
+   (`gatewayd.publish.build.state_changed`), not on every window.
 
 What each step computes is pure and lives elsewhere: the mapping of frames and events in
 gatewayd/mapping.py, the rules in gatewayd/rules, the payloads in gatewayd/publish/build.py.
@@ -66,6 +67,7 @@ from gatewayd.publish.build import (
     activity_confidence,
     activity_name,
     device_state,
+    state_changed,
     telemetry_for,
 )
 from gatewayd.publish.payloads import DeviceState, Telemetry
@@ -192,6 +194,8 @@ class Pipeline(BackgroundPart):
         self._drain_timeout_s = drain_timeout_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._views: dict[str, DeviceView] = {}
+        #: The view of each device last handed to the publisher.
+        self._published: dict[str, DeviceView] = {}
         self._drained = asyncio.Event()
         #: (device, kind of fault) already reported as a technical event in this run.
         self._reported: set[tuple[str, str]] = set()
@@ -438,7 +442,10 @@ class Pipeline(BackgroundPart):
         if new == old:
             return
         self._views[device_id] = new
+        if not state_changed(self._published.get(device_id), new):
+            return
         try:
             self._publisher.update_state(device_state(new, self.gateway_id, self._clock()))
+            self._published[device_id] = new
         except (TopicError, ValidationError) as exc:
             log.warning("device state not published", device=device_id, error=str(exc))

@@ -1,6 +1,7 @@
 """The MQTT payloads the gateway publishes, built from what it observed and stored (pure).
 
-`telemetry_for` (one window, QoS 0), `device_state` of a `DeviceView` (the retained state topic),
+`telemetry_for` (one window, QoS 0), `device_state` of a `DeviceView` (the retained state topic)
+and `state_changed` (whether a new view is worth publishing),
 `alert_payload` and `gateway_alert_payload` of a stored event (what the outbox delivers). The
 payload models themselves are in payloads.py.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, cast
+from typing import Final, Literal, cast
 
 from gatewayd.activity import group_name
 from gatewayd.mapping import window_time
@@ -33,8 +34,15 @@ __all__ = [
     "alert_payload",
     "device_state",
     "gateway_alert_payload",
+    "state_changed",
     "telemetry_for",
 ]
+
+#: While only per-window values move, the retained state is published again this often (s of
+#: ``last_seen``): its heart rate and last-seen time stay fresh without a publish per window.
+STATE_REFRESH_S: Final = 60.0
+#: A heart rate this far (bpm) from the published one is a change, published at once.
+STATE_HR_STEP_BPM: Final = 5.0
 
 
 def _fraction(value: float | None) -> float | None:
@@ -126,6 +134,38 @@ def device_state(view: DeviceView, gateway_id: str, now: float) -> DeviceState:
         firmware=view.firmware,
         model_id=view.model_id,
     )
+
+
+def state_changed(
+    published: DeviceView | None,
+    view: DeviceView,
+    *,
+    refresh_s: float = STATE_REFRESH_S,
+    hr_step_bpm: float = STATE_HR_STEP_BPM,
+) -> bool:
+    """Whether ``view`` should be published over ``published`` (the view last published).
+
+    A change is: connected, battery, activity group, firmware or model; a heart rate that
+    appears, goes, or moves by ``hr_step_bpm`` or more. Per-window values alone (last seen, a
+    small heart-rate move, signal quality, the group's probability) are published once
+    ``last_seen`` is ``refresh_s`` past the published one.
+    """
+    if published is None:
+        return True
+    slow = ("connected", "battery_pct", "activity", "firmware", "model_id")
+    if any(getattr(view, name) != getattr(published, name) for name in slow):
+        return True
+    if (view.hr_bpm is None) != (published.hr_bpm is None):
+        return True
+    if (
+        view.hr_bpm is not None
+        and published.hr_bpm is not None
+        and abs(view.hr_bpm - published.hr_bpm) >= hr_step_bpm
+    ):
+        return True
+    if view.last_seen is None or view == published:
+        return False
+    return published.last_seen is None or view.last_seen - published.last_seen >= refresh_s
 
 
 def alert_payload(event: StoredEvent, gateway_id: str) -> Alert:
