@@ -1,16 +1,22 @@
-"""The stage runner: link events in, in order; windows, alerts and MQTT updates out.
+"""The stage runner: link events in, in order per device; windows, alerts and MQTT updates out.
 
-One `Pipeline` consumes `LinkEvent`s in arrival order (so in order per device) in two stages
-joined by one bounded queue:
+One `Pipeline` consumes `LinkEvent`s in order per device in two stages joined by one bounded
+queue, which holds one FIFO per device served round-robin (gatewayd/lanes.py; ticks have a lane
+of their own): a device that floods delays another device's event by at most one of its own.
 
 1. ``submit`` (intake): a raw WINDOW is handed to the analyser (the inference worker) at once,
-   so windows of several devices can be batched together; every event is queued with its
-   pending result.
-2. the processing loop: in the same order, waits for the window's result, records the window in
-   the store, builds an `Observation`, feeds the `RuleEngine`, writes each alert transition to
-   the event log (outbox) and only then notifies the publisher; telemetry and the retained
-   device state go to the publisher best effort, the state only when it changed
+   so windows of several devices can be batched together, unless its device already has
+   `ANALYSES_PER_DEVICE` events ahead of it in the queue: then its analysis starts when it moves
+   up to that place, so one device never fills the worker's queue ahead of the others. Every
+   event is queued with its pending result.
+2. the processing loop: each device's events in order, waits for the window's result, records
+   the window in the store, builds an `Observation`, feeds the `RuleEngine`, writes each alert
+   transition to the event log (outbox) and only then notifies the publisher; telemetry and the
+   retained device state go to the publisher best effort, the state only when it changed
    (`gatewayd.publish.build.state_changed`), not on every window.
+
+A tick is served in its lane's turn, so it may be processed before events of a device queued
+just ahead of it (at most one turn of the queue).
 
 What each step computes is pure and lives elsewhere: the mapping of frames and events in
 gatewayd/mapping.py, the rules in gatewayd/rules, the payloads in gatewayd/publish/build.py.
@@ -36,6 +42,7 @@ import structlog
 from pydantic import ValidationError
 
 from gatewayd.inference.analysis import WindowAnalysis
+from gatewayd.lanes import Lanes
 from gatewayd.lifecycle import BackgroundPart, raised_at
 from gatewayd.link.events import (
     BatteryLevel,
@@ -91,6 +98,8 @@ log = structlog.get_logger("gatewayd.pipeline")
 
 #: Bound of the queue between the two stages (events, all devices together).
 DEFAULT_QUEUE_SIZE: Final = 1024
+#: A device's first events in the queue whose windows are being analysed; the rest wait.
+ANALYSES_PER_DEVICE: Final = 8
 #: How long leaving the pipeline waits for what was submitted to be processed.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 10.0
 
@@ -140,7 +149,7 @@ class Tick:
 
 @dataclass(slots=True)
 class _Item:
-    event: LinkEvent | Tick | None  # None: the drain marker
+    event: LinkEvent | Tick
     analysis: asyncio.Future[WindowAnalysis | None] | None = None
 
 
@@ -192,7 +201,12 @@ class Pipeline(BackgroundPart):
         self._clock = clock
         self._monotonic = monotonic
         self._drain_timeout_s = drain_timeout_s
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        #: Queued events by device (None: ticks), served round-robin.
+        self._queue: Lanes[str | None, _Item] = Lanes()
+        self._queue_size = queue_size
+        self._not_full = asyncio.Event()
+        self._not_empty = asyncio.Event()
+        self._draining = False
         self._views: dict[str, DeviceView] = {}
         #: The view of each device last handed to the publisher.
         self._published: dict[str, DeviceView] = {}
@@ -215,7 +229,7 @@ class Pipeline(BackgroundPart):
     @property
     def backlog(self) -> int:
         """Events queued and not yet processed."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def views(self) -> Mapping[str, DeviceView]:
@@ -227,34 +241,51 @@ class Pipeline(BackgroundPart):
         return Tick(self._clock(), self._monotonic())
 
     async def submit(self, event: LinkEvent | Tick) -> None:
-        """Queue one event (waits while the queue is full); start a window's analysis now."""
-        analysis = None
+        """Queue one event (waits while the queue is full); start a window's analysis now if
+        fewer than `ANALYSES_PER_DEVICE` events of its device are ahead of it."""
+        while len(self._queue) >= self._queue_size:
+            self._not_full.clear()
+            await self._not_full.wait()
+        item = _Item(event)
+        # Cancelled before this line: not queued, the caller still holds the event.
+        if self._queue.append(getattr(event, "device_id", None), item) <= ANALYSES_PER_DEVICE:
+            self._start(item)
+        self._not_empty.set()
+
+    def _start(self, item: _Item) -> None:
+        """Hand a raw window to the analyser (once)."""
+        event = item.event
         if (
             self._analyse is not None
+            and item.analysis is None
             and isinstance(event, FrameReceived)
             and isinstance(event.message, Window)
         ):
-            analysis = asyncio.ensure_future(self._analyse(event.device_id, event.message))
-        try:
-            await self._queue.put(_Item(event, analysis))
-        except asyncio.CancelledError:
-            # Not queued: the caller still holds the event (and will submit it again).
-            if analysis is not None:
-                analysis.cancel()
-            raise
+            item.analysis = asyncio.ensure_future(self._analyse(event.device_id, event.message))
 
     async def drain(self) -> None:
-        """Process everything queued so far, then make `run` return."""
-        await self._queue.put(_Item(None))
+        """Process everything queued, then make `run` return."""
+        self._draining = True
+        self._not_empty.set()
         await self._drained.wait()
 
     async def run(self) -> None:
-        """Process queued events in order until `drain`ed (or cancelled)."""
+        """Process queued events, in order per device and round-robin over devices, until
+        `drain`ed (or cancelled)."""
         while True:
-            item = await self._queue.get()
-            if item.event is None:
-                self._drained.set()
-                return
+            if not self._queue:
+                if self._draining:
+                    self._drained.set()
+                    return
+                self._not_empty.clear()
+                await self._not_empty.wait()
+                continue
+            key, item = self._queue.popleft()
+            self._not_full.set()
+            waiting = self._queue.lane(key)
+            if waiting is not None and len(waiting) >= ANALYSES_PER_DEVICE:
+                self._start(waiting[ANALYSES_PER_DEVICE - 1])  # moved up to its place
+            self._start(item)
             try:
                 await self._process(item)
             except asyncio.CancelledError:
