@@ -489,7 +489,9 @@ def test_a_stalled_consumer_loses_frames_counted_but_never_a_state_event() -> No
     up = LinkUp("w1", "hci0", None, 247)
     assert q.put(up)
     assert [q.put(frame(i)) for i in range(6)] == [True, True, True, False, False, False]
-    assert q.put(frame(0, "w2")) is False
+    # Full, but w2 holds none of it: under its share (3 frames / 2 devices), so taken.
+    assert q.put(frame(0, "w2")) is True
+    assert q.put(frame(1, "w2")) is False  # now at its share
     down = LinkDown("w1", "link lost")
     assert q.put(down)  # a full queue never refuses a state event
     assert q.put(MessagesLost("w1", 9, 1))
@@ -499,29 +501,44 @@ def test_a_stalled_consumer_loses_frames_counted_but_never_a_state_event() -> No
         assert q.put(BatteryLevel("w1", level))
     assert q.put(frame(6)) is False  # still full: a new run of drops after the LinkDown
     hr = HeartRateReceived("s1", HeartRateMeasurement(70, True, None, ()), 0.0)
-    assert q.put(hr) is False
-    assert q.put(hr) is False
+    assert [q.put(hr) for _ in range(3)] == [True, False, False]
+    assert q.put(frame(0, "w4")) is True  # under its share: 6 frames, twice the bound
+    assert q.put(frame(0, "w5")) is False  # twice the bound: nothing more
     out = []
     while not q.empty():
         out.append(q.get_nowait())
+    # Round-robin over the devices, each device's events in order.
     assert out == [
-        up,
-        frame(0), frame(1), frame(2),
+        up, frame(0, "w2"), DeviceUntrusted("w3", "bond_rejected", "x"), hr, frame(0, "w4"),
+        MessagesLost("w5", 0, 1, "queue_full"),
+        frame(0), MessagesLost("w2", 1, 1, "queue_full"), MessagesLost("s1", -1, 2, "queue_full"),
+        frame(1), frame(2),
         MessagesLost("w1", 3, 3, "queue_full"),
-        MessagesLost("w2", 0, 1, "queue_full"),
         down,
         MessagesLost("w1", 9, 1),
-        DeviceUntrusted("w3", "bond_rejected", "x"),
         SequenceJump("w1", 10, 99_999, 300),
         BatteryLevel("w1", 88),
         MessagesLost("w1", 6, 1, "queue_full"),
-        MessagesLost("s1", -1, 2, "queue_full"),
     ]  # fmt: skip
-    assert q.dropped == {"w1": 4, "w2": 1, "s1": 2}
+    assert q.dropped == {"w1": 4, "w2": 1, "s1": 2, "w5": 1}
     # drained: frames fit again, and every dropped frame became a reported loss
     assert q.put(frame(7))
     lost = sum(e.count for e in out if isinstance(e, MessagesLost) and e.cause == "queue_full")
     assert lost == sum(q.dropped.values())
+
+
+def test_a_flooding_device_neither_crowds_out_nor_delays_a_quiet_one() -> None:
+    q = EventQueue(max_frames=100)
+    flood = [q.put(frame(i % 65536, "flood")) for i in range(1000)]
+    assert flood.count(True) == 100  # the flood took the whole bound, then lost the rest
+    assert q.put(frame(0, "quiet"))
+    assert q.put(frame(1, "quiet"))
+    # The quiet device's frames come out second and fourth, not after the flood's 100.
+    out = [q.get_nowait() for _ in range(4)]
+    assert [(e.device_id, e.message.seq) for e in out if isinstance(e, FrameReceived)] == [
+        ("flood", 0), ("quiet", 0), ("flood", 1), ("quiet", 1)
+    ]  # fmt: skip
+    assert q.dropped == {"flood": 900}
 
 
 @pytest.mark.asyncio

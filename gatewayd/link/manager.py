@@ -1,8 +1,9 @@
 """The link layer as one unit: scanners per adapter, a slot pool, one task per paired device.
 
-Frames and link events come out of one queue (queue.py), in order per device. Frames are
-bounded; if the consumer stalls, the frames that do not fit are counted per device and reported
-as a MessagesLost; events that carry state are never dropped.
+Frames and link events come out of one queue (queue.py), in order per device and round-robin
+over devices, so a device that floods does not delay the others. Frames are bounded; if the
+consumer stalls, the frames that do not fit (a device's beyond its share of the bound) are
+counted per device and reported as a MessagesLost; events that carry state are never dropped.
 
 :class:`LinkManager` is an async context manager: entering starts the scanners and the device
 tasks, leaving cancels them and disconnects every device within one overall bound
