@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from scipy import signal
 
+from gatewayd.signals.filters import bandpass, resample_to, zscore
 from gatewayd.signals.preprocess import (
     MODEL_CHANNEL_NAMES,
     MODEL_CHANNELS,
+    MODEL_RATE_HZ,
     MODEL_WINDOW_LEN,
     motion_intensity_g,
     motion_level,
+    preprocess_batch,
     preprocess_window,
 )
 
@@ -110,3 +116,111 @@ def test_non_numeric_input_is_a_type_error() -> None:
         preprocess_window(np.array(["a"] * BVP_N), _acc())
     with pytest.raises(ValueError, match="acc_lsb_per_g"):
         preprocess_window(_pulse(), _acc(), acc_lsb_per_g=0.0)
+
+
+# --- bit for bit: the scipy reference, and the batch ---------------------------------------------
+
+
+def _reference(
+    bvp: np.ndarray, acc: np.ndarray, bvp_rate: int, acc_rate: int, lsb: float, has_bvp: bool
+) -> np.ndarray:
+    """The model input v2 written with scipy's public sosfiltfilt and resample_poly."""
+
+    def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+        g = math.gcd(src, dst)
+        if src == dst:
+            return x.copy()
+        mean = x.mean(axis=0, keepdims=True)
+        y = signal.resample_poly(x - mean, dst // g, src // g, axis=0, padtype="line")
+        return np.asarray(y) + mean
+
+    def filtfilt(sos: np.ndarray, x: np.ndarray, pad: float) -> np.ndarray:
+        padlen = min(x.shape[0] - 1, math.ceil(pad))
+        return np.asarray(signal.sosfiltfilt(sos, x, axis=0, padtype="odd", padlen=padlen))
+
+    rate = MODEL_RATE_HZ
+    n = bvp.shape[0] * rate // bvp_rate
+    out = np.zeros((MODEL_CHANNELS, n))
+    if has_bvp:
+        band = signal.butter(4, [0.5, 4.0], btype="bandpass", fs=rate, output="sos")
+        filtered = filtfilt(band, resample(bvp.astype(np.float64), bvp_rate, rate), 4 * rate / 0.5)
+        out[0] = zscore(filtered)
+    acc_g = acc.astype(np.float64) / lsb
+    spread = motion_intensity_g(acc_g)
+    up = resample(acc_g, acc_rate, rate)
+    magnitude = np.sqrt(np.sum(up * up, axis=1))
+    dynamic = np.empty((n, 4))
+    dynamic[:, :3] = up - up.mean(axis=0)
+    dynamic[:, 3] = magnitude - magnitude.mean()
+    low = signal.butter(4, 5.0, btype="lowpass", fs=rate, output="sos")
+    out[1:5] = filtfilt(low, dynamic, 2 * rate / 5.0).T
+    out[5] = motion_level(spread)
+    out[6] = 1.0 if has_bvp else 0.0
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+#: (BVP rate, ACC rate): the E4, a 32 Hz PPG, TROIKA, BAMI, a 10 Hz accelerometer, a 256 Hz set.
+RATE_PAIRS = [(64, 32), (32, 32), (125, 125), (50, 50), (64, 10), (256, 32), (100, 50)]
+
+
+def _random_batch(bvp_rate: int, acc_rate: int, count: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    bvp = rng.normal(0.0, 300.0, (count, 8 * bvp_rate)).round()
+    acc = rng.normal(0.0, 40.0, (count, 8 * acc_rate, 3)).round() + np.array([0.0, 10.0, 64.0])
+    lsb = rng.choice([64.0, 1000.0, 4096.0], count)
+    has = rng.random(count) < 0.7
+    has[0] = True
+    return bvp, acc, lsb, has
+
+
+@pytest.mark.parametrize(("bvp_rate", "acc_rate"), RATE_PAIRS)
+def test_preprocess_window_is_the_scipy_reference_bit_for_bit(bvp_rate: int, acc_rate: int) -> None:
+    bvp, acc, lsb, has = _random_batch(bvp_rate, acc_rate, 6, seed=bvp_rate + acc_rate)
+    for b, a, s, h in zip(bvp, acc, lsb, has, strict=True):
+        got = preprocess_window(b, a, bvp_rate, acc_rate, acc_lsb_per_g=s, has_bvp=bool(h))
+        assert np.array_equal(got, _reference(b, a, bvp_rate, acc_rate, s, bool(h)))
+
+
+@pytest.mark.parametrize(("bvp_rate", "acc_rate"), RATE_PAIRS)
+def test_preprocess_batch_is_each_windows_preprocess_window(bvp_rate: int, acc_rate: int) -> None:
+    bvp, acc, lsb, has = _random_batch(bvp_rate, acc_rate, 7, seed=bvp_rate * acc_rate)
+    batch = preprocess_batch(bvp, acc, bvp_rate, acc_rate, acc_lsb_per_g=lsb, has_bvp=has)
+    assert batch.x.shape == (7, MODEL_CHANNELS, MODEL_WINDOW_LEN)
+    assert batch.x.dtype == np.float32
+    assert batch.x.flags.c_contiguous
+    for i in range(7):
+        one = preprocess_window(
+            bvp[i], acc[i], bvp_rate, acc_rate, acc_lsb_per_g=lsb[i], has_bvp=bool(has[i])
+        )
+        assert np.array_equal(batch.x[i], one)
+        # The band-passed BVP it keeps is filters.bandpass of the resampled BVP, before z-scoring.
+        if has[i]:
+            resampled = resample_to(bvp[i], bvp_rate, MODEL_RATE_HZ)
+            assert np.array_equal(batch.bvp[i], bandpass(resampled, MODEL_RATE_HZ))
+        else:
+            assert not batch.bvp[i].any()
+    # One value for all windows is the same as that value per window.
+    same = preprocess_batch(bvp, acc, bvp_rate, acc_rate, acc_lsb_per_g=64.0, has_bvp=True)
+    each = preprocess_batch(
+        bvp, acc, bvp_rate, acc_rate, acc_lsb_per_g=np.full(7, 64.0), has_bvp=np.ones(7, bool)
+    )
+    assert np.array_equal(same.x, each.x)
+
+
+def test_preprocess_batch_refuses_what_preprocess_window_refuses() -> None:
+    bvp = np.stack([_pulse(), _pulse()])
+    acc = np.stack([_acc(), _acc()])
+    with pytest.raises(ValueError, match="2 BVP windows but 1 ACC"):
+        preprocess_batch(bvp, acc[:1])
+    with pytest.raises(ValueError, match="acc_lsb_per_g must be a scalar or have shape"):
+        preprocess_batch(bvp, acc, acc_lsb_per_g=np.ones(3))
+    with pytest.raises(ValueError, match="acc_lsb_per_g must be positive"):
+        preprocess_batch(bvp, acc, acc_lsb_per_g=np.array([64.0, -1.0]))
+    with pytest.raises(ValueError, match="same duration"):
+        preprocess_batch(bvp, acc[:, :-1])
+    broken = bvp.copy()
+    broken[1, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        preprocess_batch(broken, acc)
+    with pytest.raises(ValueError, match="shape"):
+        preprocess_batch(bvp[0], acc)

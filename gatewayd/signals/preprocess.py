@@ -3,7 +3,9 @@
 THE transform between a window and the models: training, the gateway's inference worker and the
 emulated wearable all call `preprocess_window`, so there is no train/serve skew. Every step works
 inside one window (zero-phase filters run over that window's samples only), so an offloaded
-window is processed exactly like the same window cut from a recording.
+window is processed exactly like the same window cut from a recording. `preprocess_batch` is the
+same transform over N windows in one vectorised pass (the gateway's inference worker), equal to
+`preprocess_window` of each bit for bit.
 
 Channels at 32 Hz (`MODEL_RATE_HZ`; 8 s = 256 samples; `MODEL_CHANNEL_NAMES`). 32 Hz resolves
 the pulse and its second harmonic up to 240 bpm and is the accelerometer's own rate, and it
@@ -27,13 +29,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
-from gatewayd.signals.filters import bandpass, resample_to, zscore
+from gatewayd.signals.filters import SosFilter, bandpass, filtfilt_odd, resample_to, zscore
 from gatewayd.signals.windows import ACC_RATE_HZ, BVP_RATE_HZ, WINDOW_S
 
 __all__ = [
@@ -43,8 +46,10 @@ __all__ = [
     "MODEL_RATE_HZ",
     "MODEL_WINDOW_LEN",
     "PREPROCESSING_ID",
+    "PreprocessedBatch",
     "motion_intensity_g",
     "motion_level",
+    "preprocess_batch",
     "preprocess_window",
 ]
 
@@ -66,22 +71,17 @@ _PAD_PERIODS: Final = 2.0
 
 
 @functools.lru_cache(maxsize=8)
-def _lowpass_sos(rate_hz: int) -> npt.NDArray[np.float64]:
-    sos = np.asarray(
-        signal.butter(
-            _ACC_LOWPASS_ORDER, ACC_LOWPASS_HZ, btype="lowpass", fs=rate_hz, output="sos"
-        ),
-        dtype=np.float64,
+def _lowpass_filter(rate_hz: int) -> SosFilter:
+    """The ACC low-pass at ``rate_hz`` and its initial conditions, designed once per rate."""
+    return SosFilter.of(
+        signal.butter(_ACC_LOWPASS_ORDER, ACC_LOWPASS_HZ, btype="lowpass", fs=rate_hz, output="sos")
     )
-    sos.flags.writeable = False
-    return sos
 
 
-def _lowpass(x: npt.NDArray[np.float64], rate_hz: int) -> npt.NDArray[np.float64]:
-    """Zero-phase low-pass along axis 0, using only the samples of ``x`` itself."""
-    padlen = min(x.shape[0] - 1, math.ceil(_PAD_PERIODS * rate_hz / ACC_LOWPASS_HZ))
-    out = signal.sosfiltfilt(_lowpass_sos(rate_hz).copy(), x, axis=0, padtype="odd", padlen=padlen)
-    return np.asarray(out, dtype=np.float64)
+def _lowpass(x: npt.NDArray[np.float64], rate_hz: int, axis: int) -> npt.NDArray[np.float64]:
+    """Zero-phase low-pass along ``axis``, using only the samples of ``x`` itself."""
+    padlen = min(x.shape[axis] - 1, math.ceil(_PAD_PERIODS * rate_hz / ACC_LOWPASS_HZ))
+    return filtfilt_odd(_lowpass_filter(rate_hz), x, padlen, axis)
 
 
 def motion_intensity_g(acc_g: npt.ArrayLike) -> float:
@@ -104,6 +104,95 @@ def _float(x: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
     return arr.astype(np.float64, copy=False)
 
 
+@dataclass(frozen=True, eq=False)
+class PreprocessedBatch:
+    """The model inputs of a batch of windows, and the band-passed BVP they were made from."""
+
+    #: float32 (N, 7, 256): each window's `preprocess_window`.
+    x: npt.NDArray[np.float32]
+    #: float64 (N, 256): the BVP resampled to `MODEL_RATE_HZ` and band-passed
+    #: (`gatewayd.signals.filters.bandpass`), before z-scoring; zeros where a window has none.
+    bvp: npt.NDArray[np.float64]
+
+
+def _as_batch_values(value: float | npt.ArrayLike, n: int, name: str) -> npt.NDArray[Any]:
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return np.full(n, arr.item())
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {arr.shape}")
+    return arr
+
+
+def preprocess_batch(
+    bvp: npt.ArrayLike,
+    acc: npt.ArrayLike,
+    bvp_rate_hz: int = BVP_RATE_HZ,
+    acc_rate_hz: int = ACC_RATE_HZ,
+    *,
+    acc_lsb_per_g: float | npt.ArrayLike = 64.0,
+    has_bvp: bool | npt.ArrayLike = True,
+) -> PreprocessedBatch:
+    """`preprocess_window` of N windows at once: BVP (N, n), ACC (N, m, 3) -> (N, 7, 256).
+
+    One vectorised pass: every filter runs along the time axis of the whole batch, and each
+    window's input equals its `preprocess_window` bit for bit (tests/test_preprocess.py).
+    ``acc_lsb_per_g`` and ``has_bvp`` are one value for all windows or one per window.
+    """
+    b = _float(bvp, "bvp")
+    if b.ndim == 3 and b.shape[2] == 1:
+        b = b[:, :, 0]
+    if b.ndim != 2:
+        raise ValueError(f"bvp must have shape (n,) or (n, 1) per window, got {b.shape[1:]}")
+    a = _float(acc, "acc")
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"acc must have shape (m, 3) per window, got {a.shape[1:]}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{b.shape[0]} BVP windows but {a.shape[0]} ACC windows")
+    count = b.shape[0]
+    lsb = _as_batch_values(acc_lsb_per_g, count, "acc_lsb_per_g").astype(np.float64)
+    has = _as_batch_values(has_bvp, count, "has_bvp").astype(bool)
+    if not (np.isfinite(lsb).all() and (lsb > 0).all()):
+        raise ValueError(f"acc_lsb_per_g must be positive, got {acc_lsb_per_g!r}")
+    # Same duration on both sensors, compared exactly in integers: n / bvp_rate == m / acc_rate.
+    if b.shape[1] * acc_rate_hz != a.shape[1] * bvp_rate_hz:
+        raise ValueError(
+            f"bvp has {b.shape[1]} samples at {bvp_rate_hz} Hz but acc has {a.shape[1]} at "
+            f"{acc_rate_hz} Hz: they must cover the same duration"
+        )
+    n = b.shape[1] * MODEL_RATE_HZ // bvp_rate_hz
+    if n * bvp_rate_hz != b.shape[1] * MODEL_RATE_HZ or n < 8:
+        raise ValueError(
+            f"window of {b.shape[1]} samples at {bvp_rate_hz} Hz is not a whole number "
+            f"of samples at the model rate {MODEL_RATE_HZ} Hz"
+        )
+    if not (np.isfinite(b).all() and np.isfinite(a).all()):
+        raise ValueError("window contains NaN or infinite samples")
+    out = np.zeros((count, MODEL_CHANNELS, n), dtype=np.float64)
+    filtered = np.zeros((count, n), dtype=np.float64)
+    rows = np.flatnonzero(has)
+    if rows.size:
+        with_bvp = b if rows.size == count else b[rows]
+        bp = bandpass(resample_to(with_bvp, bvp_rate_hz, MODEL_RATE_HZ, axis=1), MODEL_RATE_HZ,
+                      axis=1)  # fmt: skip
+        filtered[rows] = bp
+        out[rows, 0] = zscore(bp, axis=1)
+    acc_g = a / lsb[:, None, None]
+    # motion_intensity_g of each window, along the batch's time axis.
+    spreads = np.sqrt(np.sum(np.var(acc_g, axis=1), axis=1))
+    up = resample_to(acc_g, acc_rate_hz, MODEL_RATE_HZ, axis=1)
+    if up.shape[1] != n:
+        raise ValueError(f"acc resampled to {up.shape[1]} samples, expected {n}")
+    magnitude = np.sqrt(np.sum(up * up, axis=2))
+    dynamic = np.empty((count, n, 4), dtype=np.float64)
+    dynamic[:, :, :3] = up - up.mean(axis=1, keepdims=True)
+    dynamic[:, :, 3] = magnitude - magnitude.mean(axis=1, keepdims=True)
+    out[:, 1:5] = _lowpass(dynamic, MODEL_RATE_HZ, axis=1).transpose(0, 2, 1)
+    out[:, 5] = np.array([motion_level(float(s)) for s in spreads])[:, None]
+    out[:, 6] = has[:, None]
+    return PreprocessedBatch(np.ascontiguousarray(out, dtype=np.float32), filtered)
+
+
 def preprocess_window(
     bvp: npt.ArrayLike,
     acc: npt.ArrayLike,
@@ -124,33 +213,8 @@ def preprocess_window(
         raise ValueError(f"acc must have shape (m, 3), got {a.shape}")
     if not (math.isfinite(acc_lsb_per_g) and acc_lsb_per_g > 0):
         raise ValueError(f"acc_lsb_per_g must be positive, got {acc_lsb_per_g!r}")
-    # Same duration on both sensors, compared exactly in integers: n / bvp_rate == m / acc_rate.
-    if b.shape[0] * acc_rate_hz != a.shape[0] * bvp_rate_hz:
-        raise ValueError(
-            f"bvp has {b.shape[0]} samples at {bvp_rate_hz} Hz but acc has {a.shape[0]} at "
-            f"{acc_rate_hz} Hz: they must cover the same duration"
-        )
-    n = b.shape[0] * MODEL_RATE_HZ // bvp_rate_hz
-    if n * bvp_rate_hz != b.shape[0] * MODEL_RATE_HZ or n < 8:
-        raise ValueError(
-            f"window of {b.shape[0]} samples at {bvp_rate_hz} Hz is not a whole number "
-            f"of samples at the model rate {MODEL_RATE_HZ} Hz"
-        )
-    if not (np.isfinite(b).all() and np.isfinite(a).all()):
-        raise ValueError("window contains NaN or infinite samples")
-    out = np.zeros((MODEL_CHANNELS, n), dtype=np.float64)
-    if has_bvp:
-        out[0] = zscore(bandpass(resample_to(b, bvp_rate_hz, MODEL_RATE_HZ), MODEL_RATE_HZ))
-    acc_g = a / float(acc_lsb_per_g)
-    spread = motion_intensity_g(acc_g)
-    up = resample_to(acc_g, acc_rate_hz, MODEL_RATE_HZ)
-    if up.shape[0] != n:
-        raise ValueError(f"acc resampled to {up.shape[0]} samples, expected {n}")
-    magnitude = np.sqrt(np.sum(up * up, axis=1))
-    dynamic = np.empty((n, 4), dtype=np.float64)
-    dynamic[:, :3] = up - up.mean(axis=0)
-    dynamic[:, 3] = magnitude - magnitude.mean()
-    out[1:5] = _lowpass(dynamic, MODEL_RATE_HZ).T
-    out[5] = motion_level(spread)
-    out[6] = 1.0 if has_bvp else 0.0
-    return np.ascontiguousarray(out, dtype=np.float32)
+    batch = preprocess_batch(
+        b[None], a[None], bvp_rate_hz, acc_rate_hz, acc_lsb_per_g=acc_lsb_per_g, has_bvp=has_bvp
+    )
+    x: npt.NDArray[np.float32] = batch.x[0]
+    return x
