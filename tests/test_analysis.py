@@ -21,6 +21,7 @@ from gatewayd.inference.analysis import (
     model_input,
     predict,
     window_input,
+    window_inputs,
 )
 from gatewayd.inference.cards import Calibration
 from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Window
@@ -246,3 +247,58 @@ def test_a_flat_window_gets_the_models_activity_but_no_heart_rate() -> None:
         assert a is not None
         assert a.hr_bpm is None
         assert a.activity in {int(g) for g in ActivityGroup}
+
+
+# --- batched preprocessing, and the band-pass the tracker reuses --------------------------------
+
+
+def test_window_inputs_equal_window_input_for_every_window_of_a_mixed_batch() -> None:
+    session = full_model()
+    good = wire_windows(4)
+    nan_free_short = replace(good[1], bvp=good[1].bvp[:100], acc=good[1].acc[:50])
+    flat = replace(good[2], bvp=np.zeros_like(good[2].bvp))
+    other_scale = replace(good[3], acc_lsb_per_g=1000)
+    windows = [good[0], nan_free_short, flat, other_scale, good[1]]
+    made = window_inputs(windows, session.card)
+    for w, x in zip(windows, made.x, strict=True):
+        assert x is not None
+        assert np.array_equal(x, window_input(w, session.card))
+    # The shipped wearable sends 64 Hz BVP: the model's 32 Hz band-pass is not the tracker's.
+    assert made.bvp_bandpassed == [None] * len(windows)
+
+
+def test_a_window_the_batch_cannot_take_is_refused_alone() -> None:
+    session = full_model()
+    good = wire_windows(3)
+    samples = good[1].bvp.astype(np.float64)
+    samples[7] = np.nan  # not on the wire (int16), but the transform must refuse it alone
+    nan = replace(good[1], bvp=samples)
+    made = window_inputs([good[0], nan, good[2]], session.card)
+    assert made.x[1] is None
+    for i in (0, 2):
+        x = made.x[i]
+        assert x is not None
+        assert np.array_equal(x, window_input(good[i], session.card))
+
+
+def _at_32_hz(w: Window) -> Window:
+    """The window as a wearable sampling its PPG at the model's rate would send it."""
+    return replace(w, bvp_rate_hz=32, bvp=np.ascontiguousarray(w.bvp[::2]))
+
+
+def test_the_tracker_reuses_the_model_inputs_band_pass_and_answers_the_same() -> None:
+    session = full_model()
+    windows = [_at_32_hz(w) for w in wire_windows(4, hr_cbpm=0)]
+    made = window_inputs(windows, session.card)
+    for w, shared in zip(windows, made.bvp_bandpassed, strict=True):
+        assert shared is not None
+        assert np.array_equal(shared, filters.bandpass(w.bvp, 32))
+    answer = analyse_windows([("a", w) for w in windows], {}, session, HrFusion("signal"))
+    tracker = HrTracker(bvp_rate_hz=32)
+    for w, a in zip(windows, answer.analyses, strict=True):
+        expected = tracker.update(w.bvp, w.acc)
+        assert a is not None
+        assert (a.hr_bpm, a.hr_confidence, a.quality) == (
+            expected.bpm, expected.confidence, expected.quality,
+        )  # fmt: skip
+    assert answer.states["a"] == tracker.state

@@ -626,3 +626,28 @@ def test_troika_mean_mae_below_measured_bound() -> None:
     assert trusted.mean() > 0.5
     assert (err[trusted] > 10.0).mean() < 0.02
     assert (err[trusted] > 10.0).mean() < (err[~trusted] > 10.0).mean()
+
+
+def test_an_already_band_passed_bvp_gives_the_same_estimate() -> None:
+    from gatewayd.signals.filters import bandpass
+
+    rng = np.random.default_rng(5)
+    n = WINDOW_S * BVP_HZ
+    t = np.arange(n * 3) / BVP_HZ
+    bvp = 300.0 * pulse(t, 95.0) + rng.normal(0.0, 30.0, t.shape)
+    acc = rng.normal(0.0, 8.0, (t.shape[0] // 2, 3)) + np.array([0.0, 0.0, 64.0])
+    plain = HrState()
+    shared = HrState()
+    for k in range(3):
+        b = bvp[k * n : (k + 1) * n]
+        a = acc[k * n // 2 : (k + 1) * n // 2]
+        one = estimate_hr(b, a, state=plain)
+        two = estimate_hr(b, a, state=shared, bandpassed_bvp=bandpass(b, BVP_HZ))
+        assert one == two  # bpm, confidence, quality, motion and the whole state
+        plain, shared = one.state, two.state
+    # A band-passed BVP is what the estimator uses: something else changes the answer.
+    noise = bandpass(rng.normal(0.0, 300.0, n), BVP_HZ)
+    other = estimate_hr(b, a, state=HrState(), bandpassed_bvp=noise)
+    assert other.state.spectrum != estimate_hr(b, a, state=HrState()).state.spectrum
+    with pytest.raises(ValueError, match="bandpassed_bvp must have the BVP's shape"):
+        estimate_hr(b, a, bandpassed_bvp=np.zeros(n - 1))

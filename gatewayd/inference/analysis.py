@@ -12,7 +12,10 @@ Also here, because there must be exactly one of each:
 - `model_input`: the only call of the model input transform, for the gateway's full model, the
   wearable's pruned model and eval alike. It picks the transform the model card names
   (``input.preprocessing``): v1 (`gatewayd.signals.filters.preprocess_window`, 4 x 512) or v2
-  (`gatewayd.signals.preprocess.preprocess_window`, 7 x 256);
+  (`gatewayd.signals.preprocess.preprocess_window`, 7 x 256). `window_inputs` is its batch
+  form: the v2 windows of one shape in one vectorised pass (`preprocess.preprocess_batch`,
+  equal to `preprocess_window` bit for bit), keeping the band-passed BVP for the gateway's
+  tracker where it is the tracker's own step 1;
 - `predict`: a model's answer with the card's calibration applied (temperature scaling:
   softmax(logits / T)). `ModelSession.predict` decodes the raw logits; every caller that wants
   probabilities that mean what they say goes through here;
@@ -25,6 +28,7 @@ for the caller to log).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +59,7 @@ __all__ = [
     "HrMode",
     "HrSourceName",
     "WindowAnalysis",
+    "WindowInputs",
     "analyse_windows",
     "analysis_from_prediction",
     "answers_from_prediction",
@@ -66,6 +71,7 @@ __all__ = [
     "predict",
     "wearable_hr",
     "window_input",
+    "window_inputs",
 ]
 
 #: What v1 model cards name as their preprocessing (the 4 x 512 z-scored input).
@@ -158,12 +164,7 @@ def model_input(
     if preprocessing == preprocess.PREPROCESSING_ID:
         b = np.asarray(bvp)
         return preprocess.preprocess_window(
-            b,
-            acc,
-            bvp_rate_hz,
-            acc_rate_hz,
-            acc_lsb_per_g=acc_lsb_per_g,
-            has_bvp=bool(b.size) and bool(np.ptp(b) > 0),
+            b, acc, bvp_rate_hz, acc_rate_hz, acc_lsb_per_g=acc_lsb_per_g, has_bvp=_has_bvp(b)
         )
     if preprocessing == PREPROCESSING_V1:
         # v1 z-scores every channel, so the ACC's scale (acc_lsb_per_g) does not matter.
@@ -172,6 +173,64 @@ def model_input(
         f"model input {preprocessing!r} is not one this gateway knows"
         f" ({PREPROCESSING_V1!r}, {preprocess.PREPROCESSING_ID!r})"
     )
+
+
+def _has_bvp(bvp: npt.NDArray[Any]) -> bool:
+    """Whether a window's BVP carries a PPG at all (not empty, not constant)."""
+    return bool(bvp.size) and bool(np.ptp(bvp) > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowInputs:
+    """The model inputs of a batch of windows, and what the gateway's tracker can reuse."""
+
+    #: Per window, its model input, or None where the transform refused its samples.
+    x: list[npt.NDArray[np.float32] | None]
+    #: Per window, ``bandpass(bvp, bvp_rate_hz)`` when making the model input computed exactly
+    #: that (the model's rate is the window's BVP rate), else None: the tracker's step 1.
+    bvp_bandpassed: list[npt.NDArray[np.float64] | None]
+
+
+def window_inputs(windows: Sequence[Window], card: ModelCard) -> WindowInputs:
+    """`window_input` of every window, v2 windows of the same shape preprocessed as one batch.
+
+    Equal, window for window, to `window_input` (`preprocess.preprocess_batch` is bit for bit
+    `preprocess_window`); a group the batch refuses (one NaN window) is redone window by window,
+    so only the refused windows get None.
+    """
+    x: list[npt.NDArray[np.float32] | None] = [None] * len(windows)
+    shared: list[npt.NDArray[np.float64] | None] = [None] * len(windows)
+    if card.input.preprocessing != preprocess.PREPROCESSING_ID:
+        for i, w in enumerate(windows):
+            with contextlib.suppress(ValueError):
+                x[i] = window_input(w, card)
+        return WindowInputs(x, shared)
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for i, w in enumerate(windows):
+        key = (w.bvp_rate_hz, w.acc_rate_hz, w.bvp.shape[0], w.acc.shape[0])
+        groups.setdefault(key, []).append(i)
+    for (bvp_rate, acc_rate, _, _), members in groups.items():
+        has = [_has_bvp(windows[i].bvp) for i in members]
+        try:
+            batch = preprocess.preprocess_batch(
+                np.stack([windows[i].bvp for i in members]),
+                np.stack([windows[i].acc for i in members]),
+                bvp_rate,
+                acc_rate,
+                # 0 means the wearable did not say: the E4 convention the models were trained on.
+                acc_lsb_per_g=np.array([float(windows[i].acc_lsb_per_g or 64) for i in members]),
+                has_bvp=np.array(has),
+            )
+        except ValueError:
+            for i in members:
+                with contextlib.suppress(ValueError):
+                    x[i] = window_input(windows[i], card)
+            continue
+        for row, i in enumerate(members):
+            x[i] = batch.x[row]
+            if has[row] and bvp_rate == preprocess.MODEL_RATE_HZ:
+                shared[i] = batch.bvp[row]
+    return WindowInputs(x, shared)
 
 
 def window_input(window: Window, card: ModelCard) -> npt.NDArray[np.float32]:
@@ -309,28 +368,34 @@ def model_answers(
     session: ModelSession, windows: Sequence[Window]
 ) -> tuple[list[WindowAnalysis | None], str | None]:
     """The model alone on each window (None where its samples cannot be used), or an error."""
+    answers, error, _ = _model_answers(session, windows)
+    return answers, error
+
+
+def _model_answers(
+    session: ModelSession, windows: Sequence[Window]
+) -> tuple[list[WindowAnalysis | None], str | None, WindowInputs]:
+    """`model_answers`, and the inputs it made (the tracker reuses their band-passed BVP)."""
     out: list[WindowAnalysis | None] = [None] * len(windows)
+    made = window_inputs(windows, session.card)
     inputs: list[npt.NDArray[np.float32]] = []
     usable: list[int] = []
     expected = session.window_shape
-    for i, w in enumerate(windows):
-        try:
-            x = window_input(w, session.card)
-        except ValueError:
-            continue  # a window the transform refuses (NaN, bad rates) gets no model answer
-        if x.shape != expected:
-            continue  # another window length than the model's: no answer, not a failed batch
-        inputs.append(x)
-        usable.append(i)
+    for i, x in enumerate(made.x):
+        # None: a window the transform refuses (NaN, bad rates) gets no model answer; another
+        # window length than the model's: no answer either, not a failed batch.
+        if x is not None and x.shape == expected:
+            inputs.append(x)
+            usable.append(i)
     if not inputs:
-        return out, None
+        return out, None, made
     try:
         prediction = predict(session, np.stack(inputs))
     except (InferenceError, ValueError) as exc:
-        return out, str(exc)
+        return out, str(exc), made
     for i, answer in zip(usable, answers_from_prediction(prediction, session.card), strict=True):
         out[i] = answer
-    return out, None
+    return out, None, made
 
 
 def analyse_windows(
@@ -352,18 +417,20 @@ def analyse_windows(
     """
     fusion = HrFusion() if fusion is None else fusion
     error = None
+    bandpassed: list[npt.NDArray[np.float64] | None] = [None] * len(windows)
     if answers is not None:
         if len(answers) != len(windows):
             raise ValueError(f"{len(answers)} answers for {len(windows)} windows")
     elif session is not None:
-        answers, error = model_answers(session, [w for _, w in windows])
+        answers, error, made = _model_answers(session, [w for _, w in windows])
+        bandpassed = made.bvp_bandpassed
     else:
         answers = [None] * len(windows)
     new_states: dict[str, HrState] = {}
     out: list[WindowAnalysis | None] = []
-    for (device_id, w), answer in zip(windows, answers, strict=True):
+    for (device_id, w), answer, bvp_bp in zip(windows, answers, bandpassed, strict=True):
         model = answer
-        if model is not None and not (w.bvp.size and np.ptp(w.bvp) > 0):
+        if model is not None and not _has_bvp(w.bvp):
             # A flat BVP (no PPG, off the wrist) has no pulse: the model's HR head still
             # answers, but with nothing to go on. Its activity stands.
             model = replace(model, hr_bpm=None, hr_confidence=0.0)
@@ -373,7 +440,12 @@ def analyse_windows(
             state = new_states.get(device_id, states.get(device_id, HrState()))
             try:
                 estimate = estimate_hr(
-                    w.bvp, w.acc, bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz, state=state
+                    w.bvp,
+                    w.acc,
+                    bvp_rate_hz=w.bvp_rate_hz,
+                    acc_rate_hz=w.acc_rate_hz,
+                    state=state,
+                    bandpassed_bvp=bvp_bp,
                 )
             except ValueError:
                 estimate = None

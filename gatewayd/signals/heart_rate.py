@@ -324,12 +324,19 @@ def _peak_attenuation(
 
 
 def _bvp_power(
-    x: npt.NDArray[np.float64], rate_hz: int, grid: _Grid
+    x: npt.NDArray[np.float64],
+    rate_hz: int,
+    grid: _Grid,
+    filtered: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64] | None:
-    """Band-passed band power scaled to a peak of 1; None without a usable signal."""
+    """Band-passed band power scaled to a peak of 1; None without a usable signal.
+
+    ``filtered``, when given, is ``bandpass(x, rate_hz)`` already computed by the caller.
+    """
     if not np.isfinite(x).all():
         return None
-    filtered = bandpass(x, rate_hz)
+    if filtered is None:
+        filtered = bandpass(x, rate_hz)
     # Flat (off-wrist, constant, disconnected): what is left is rounding noise of the level.
     if float(np.std(filtered)) <= _FLAT_RELATIVE * float(np.max(np.abs(x))):
         return None
@@ -487,11 +494,24 @@ def estimate_hr(
     acc_rate_hz: int = ACC_RATE_HZ,
     state: HrState | None = None,
     config: HrConfig | None = None,
+    bandpassed_bvp: npt.ArrayLike | None = None,
 ) -> HrEstimate:
-    """Estimate one window's heart rate from BVP (n,) and ACC (m, 3) or None, given the state."""
+    """Estimate one window's heart rate from BVP (n,) and ACC (m, 3) or None, given the state.
+
+    ``bandpassed_bvp``, when given, must be ``gatewayd.signals.filters.bandpass(bvp,
+    bvp_rate_hz)`` (as the model input computes it when its rate is the BVP's): step 1 is then
+    skipped and the estimate is the same as without it.
+    """
     cfg = _DEFAULT_CONFIG if config is None else config
     prior = HrState() if state is None else state
     x, a, bvp_rate, acc_rate = _inputs(bvp, acc, bvp_rate_hz, acc_rate_hz)
+    filtered = None
+    if bandpassed_bvp is not None:
+        filtered = _as_float(bandpassed_bvp, "bandpassed_bvp")
+        if filtered.shape != x.shape:
+            raise ValueError(
+                f"bandpassed_bvp must have the BVP's shape {x.shape}, got {filtered.shape}"
+            )
     grid = _grid(x.shape[0], bvp_rate, cfg.min_bpm, cfg.max_bpm)
     if not grid.complete:
         raise ValueError(
@@ -499,7 +519,7 @@ def estimate_hr(
             f"{2.0 * cfg.max_bpm / 60.0} Hz"
         )
     motion = _motion(a, acc_rate, grid, cfg)
-    power = _bvp_power(x, bvp_rate, grid)
+    power = _bvp_power(x, bvp_rate, grid, filtered)
     windows = prior.windows + 1
     if not cfg.tracking:
         alone = HrState(windows=windows)
