@@ -1,7 +1,9 @@
 """`InferenceWorker`: offloaded windows of every device, batched, analysed in a worker thread.
 
 The pipeline hands each offloaded window to `InferenceWorker.analyse` as it arrives, so windows
-of several devices are batched together (up to ``max_batch``, waiting at most ``max_wait_ms``).
+of several devices are batched together: a batch is whatever is queued when the worker is free
+(up to ``max_batch``). It never waits for more: while one batch runs in the thread, the windows
+arriving meanwhile queue up for the next one.
 """
 
 from __future__ import annotations
@@ -67,7 +69,6 @@ class InferenceWorker(BackgroundPart):
         self.session = session
         self.fusion = HrFusion.of(config)
         self.max_batch = config.max_batch
-        self.max_wait_s = config.max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)
         self._states: dict[str, HrState] = {}
         self.stats = WorkerStats()
@@ -107,19 +108,9 @@ class InferenceWorker(BackgroundPart):
         """Take batches off the queue and analyse them, until cancelled."""
         while True:
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
+            # What is queued now, no more: waiting for a fuller batch would only add latency.
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
                 # Blocking (ONNX Runtime, scipy): in a thread, never on the event loop.
                 results = await asyncio.to_thread(self._run_batch, batch)
