@@ -50,6 +50,8 @@ def test_bench_prints_our_models_beside_the_paper(
         assert f"{row.latency_ms:.1f}" in out
         assert f"{row.top1_pct:.1f}" in out
     assert "preprocessing (model_input)" in out
+    assert "onnxruntime" in out
+    assert "avx512f" in out or "unknown" in out
     # Ours at 40 %: top-1 0.81 / 0.9, and our 20/60/80 % rows are empty.
     p40 = next(line for line in out.splitlines() if line.startswith("40%"))
     assert "p40" in p40
@@ -63,6 +65,13 @@ def test_bench_json(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"environment", "runs", "preprocess_ms", "models", "paper_table_1"}
+    env = doc["environment"]
+    assert {"cpu", "cpus", "simd", "onnxruntime", "threads"} <= set(env)
+    # Each SIMD flag the report names is there or marked missing ("no-avx512f").
+    assert [f.removeprefix("no-") for f in env["simd"].split()] in (
+        ["avx2", "avx512f", "fma"],
+        ["unknown"],
+    )
     assert [m["model_id"] for m in doc["models"]] == ["full", "p40"]
     full, p40 = doc["models"]
     assert full["params"] == p40["params"] == 4 * 512 * 209 + 209

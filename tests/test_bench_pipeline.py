@@ -34,6 +34,7 @@ from tests.mqtt_fixtures import Broker, needs_mosquitto
 pytest_plugins = ["tests.mqtt_fixtures"]
 
 PARTS = {"decode", "preprocess", "signal_hr", "rules", "store", "publish"}
+ASIDES = {"preprocess_window", "signal_hr_every_window", "model_at_pipeline_batch"}
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -105,7 +106,8 @@ def check_report(doc: dict[str, object], windows: int, devices: int) -> None:
     assert isinstance(pipeline, dict)
     assert isinstance(ratio, dict)
     assert model["batch"] == 1
-    for cost in (model, pipeline, doc["model_batched"], *doc["parts"].values()):  # type: ignore[attr-defined]
+    costs = (model, pipeline, doc["model_batched"], *doc["parts"].values(), *doc["asides"].values())  # type: ignore[attr-defined]
+    for cost in costs:
         assert cost["windows"] == windows
         assert cost["wall_s"] > 0
         assert cost["cpu_ms_per_window"] == pytest.approx(1e3 * cost["cpu_s"] / windows)
@@ -118,6 +120,17 @@ def check_report(doc: dict[str, object], windows: int, devices: int) -> None:
     parts = doc["parts"]
     assert isinstance(parts, dict)
     assert set(parts) == PARTS
+    # The asides are measured beside the parts and not counted in the pipeline's work.
+    assert set(doc["asides"]) == ASIDES  # type: ignore[arg-type]
+    # The gateway's tracker runs on windows without the wearable's HR: the synthetic wearable
+    # sends its own on every window.
+    assert 0 <= counts["signal_hr_windows"] <= windows
+    assert counts["pipeline_mean_batch"] == max(
+        1, round(counts["inference_windows"] / counts["inference_batches"])
+    )
+    env = doc["environment"]
+    assert isinstance(env, dict)
+    assert {"cpu", "simd", "onnxruntime", "threads", "pipeline_threads"} <= set(env)
     rest = doc["unattributed"]
     assert isinstance(rest, dict)
     explained = doc["model_batched"]["cpu_s"] + sum(p["cpu_s"] for p in parts.values())  # type: ignore[index]
@@ -173,6 +186,9 @@ async def test_every_window_goes_through_and_reaches_the_broker(
     assert "whole pipeline" in text
     assert "synthetic" in text
     assert f"CPU {report.ratio_cpu:.2f}x" in text
+    assert report.environment["simd"] in text
+    assert f"onnxruntime {report.environment['onnxruntime']}" in text
+    assert "preprocess_window, one window at a time" in text
 
 
 @needs_mosquitto

@@ -18,7 +18,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Final
 
@@ -41,6 +41,7 @@ __all__ = [
     "PaperRow",
     "bench_environment",
     "bench_models",
+    "environment_line",
     "format_bench",
     "median_seconds",
     "ratios",
@@ -185,24 +186,47 @@ def bench_one(model: InstalledModel, runs: int, batch: int) -> ModelBench:
     )
 
 
+#: The /proc/cpuinfo flags that decide which SIMD kernels ONNX Runtime and numpy can use.
+SIMD_FLAGS: Final = ("avx2", "avx512f", "fma")
+
+
 def bench_environment() -> dict[str, str]:
+    """The machine and libraries a run measured: CPU model and SIMD flags, versions, threads."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] | None = None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:  # noqa: PTH123 - Linux only, optional
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            info = f.read()
     except OSError:
-        pass
+        info = ""
+    # The first processor's lines: every core of the machines we run on is alike.
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name", cpu)
+    if "flags" in fields:
+        flags = set(fields["flags"].split())
+    simd = "unknown" if flags is None else " ".join(
+        flag if flag in flags else f"no-{flag}" for flag in SIMD_FLAGS
+    )  # fmt: skip
     return {
         "cpu": cpu,
         "cpus": str(os.cpu_count()),
+        "simd": simd,
         "python": platform.python_version(),
         "onnxruntime": str(ort.__version__),
         "numpy": np.__version__,
         "threads": "1",
     }
+
+
+def environment_line(env: Mapping[str, str]) -> str:
+    """The environment as the reports print it: CPU, SIMD flags, onnxruntime, threads."""
+    return (
+        f"{env['cpu']} ({env['cpus']} CPUs; {env.get('simd', 'unknown')}),"
+        f" onnxruntime {env['onnxruntime']} on {env['threads']} thread(s), numpy {env['numpy']}"
+    )
 
 
 def bench_models(models: Sequence[InstalledModel], runs: int = 200, batch: int = 32) -> BenchReport:
@@ -264,8 +288,7 @@ def format_bench(report: BenchReport) -> str:
     """The plain-text tables `gatewayd bench models` prints."""
     env = report.environment
     lines = [
-        f"{env['cpu']} ({env['cpus']} CPUs), onnxruntime {env['onnxruntime']}, one thread,"
-        f" median of {report.runs} runs after {WARMUP_RUNS} warm-up runs",
+        f"{environment_line(env)}; median of {report.runs} runs after {WARMUP_RUNS} warm-up runs",
         "",
         "Our models:",
     ]

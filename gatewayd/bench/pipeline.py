@@ -14,9 +14,15 @@ One run measures, on the same windows:
   file and a `Publisher` connected to a real broker, until every window is stored and its
   telemetry published. Wall and CPU time (``time.process_time``: every thread of this process,
   not the broker's) per window, and the ratios pipeline / model;
-- each part alone, in the same run, so the difference can be attributed: decode,
-  preprocessing, the signal heart-rate estimator (when ``inference.heart_rate = "signal"``),
-  the rules, the store write and the telemetry publish.
+- each part alone, in the same run and as the pipeline does it, so the difference can be
+  attributed: decode, preprocessing (in the worker's batches of ``max_batch``), the gateway's
+  heart-rate tracker (on the windows that arrive without the wearable's heart rate, reusing the
+  model input's band-pass where it can), the rules, the store write and the telemetry publish;
+- beside them, not counted as the pipeline's work: preprocessing one window at a time, the
+  tracker on every window (as if no wearable sent its heart rate), and the model at the mean
+  batch the worker actually ran (it batches what is queued when it is free).
+
+The report names the CPU, its SIMD flags (avx2, avx512f, fma), onnxruntime and the threads.
 
 All data is synthetic (`gatewayd.datasets.synthetic`). Timing is measured here, never asserted
 in tests (docs/architecture.md).
@@ -45,16 +51,18 @@ import numpy as np
 import numpy.typing as npt
 
 from gatewayd.app import build_gateway
-from gatewayd.bench.models import bench_environment
+from gatewayd.bench.models import bench_environment, environment_line
 from gatewayd.config import Config, MqttConfig, StoreConfig
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.demo.broker import BrokerChoice, choose_broker
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
 from gatewayd.inference.analysis import (
     WindowAnalysis,
+    WindowInputs,
     answers_from_prediction,
     calibrated,
     window_input,
+    window_inputs,
 )
 from gatewayd.inference.cards import ModelCardError
 from gatewayd.inference.registry import InstalledModel, ModelRegistry
@@ -69,7 +77,7 @@ from gatewayd.publish.build import telemetry_for
 from gatewayd.publish.client import Publisher
 from gatewayd.publish.payloads import Telemetry
 from gatewayd.rules.engine import RuleEngine
-from gatewayd.signals.heart_rate import HrTracker
+from gatewayd.signals.heart_rate import HrEstimate, HrState, HrTracker, estimate_hr
 from gatewayd.signals.windows import STEP_S, WINDOW_S
 from gatewayd.store.store import Store
 from gatewayd.tables import format_table
@@ -186,8 +194,13 @@ class PipelineBench:
     pipeline: Cost
     #: The pipeline's CPU by thread group (`thread_group`), from /proc (10 ms ticks); no wall.
     pipeline_threads: dict[str, Cost]
-    #: Each part alone on the same windows (decode, preprocess, signal_hr, rules, store, publish).
+    #: Each part alone on the same windows, as the pipeline does it (decode, preprocess in the
+    #: worker's batches, signal_hr on the windows the gateway's tracker runs on, rules, store,
+    #: publish); per window of the whole run.
     parts: dict[str, Cost]
+    #: Measured beside the parts, not work the pipeline did: ``preprocess_window`` one window at
+    #: a time, and the tracker on every window (as if no wearable sent its heart rate).
+    asides: dict[str, Cost]
     #: Invariants: what went through (stored, published, ...).
     counts: dict[str, int]
     broker: str
@@ -241,6 +254,7 @@ class PipelineBench:
             },
             "ratio": {"cpu": self.ratio_cpu, "wall": self.ratio_wall},
             "parts": {name: cost.to_json() for name, cost in self.parts.items()},
+            "asides": {name: cost.to_json() for name, cost in self.asides.items()},
             "unattributed": self.unattributed().to_json(),
             "counts": dict(self.counts),
             "peak_rss_mb": self.peak_rss_mb,
@@ -350,12 +364,70 @@ class _SyncParts:
     model_latency: Latency
     model_batched: Cost
     parts: dict[str, Cost]
+    asides: dict[str, Cost]
     analyses: list[WindowAnalysis]
+    tracked: int
+    #: Every window's model input, stacked (N, channels, samples).
+    inputs: npt.NDArray[np.float32]
+
+
+def _measure_tracker(
+    work: Workload,
+    bandpassed: Sequence[npt.NDArray[np.float64] | None],
+    config: Config,
+    parts: dict[str, Cost],
+    asides: dict[str, Cost],
+) -> tuple[int, dict[int, HrEstimate]]:
+    """The gateway's tracker as the pipeline runs it, and on every window beside. Blocks.
+
+    It runs on the windows whose wearable sent no heart rate (unless heart_rate = "model"),
+    reusing the model input's band-pass where that is the tracker's own (as `analyse_windows`).
+    Returns how many windows it ran on and their estimates by window index.
+    """
+    n = len(work.windows)
+    tracked = [
+        i
+        for i, (_, w) in enumerate(work.windows)
+        if w.summary.hr_bpm is None and config.inference.heart_rate != "model"
+    ]
+    states: dict[str, HrState] = {}
+    estimates: dict[int, HrEstimate] = {}
+    with _measure(parts, "signal_hr", n):
+        for i in tracked:
+            device_id, w = work.windows[i]
+            estimates[i] = estimate_hr(
+                w.bvp,
+                w.acc,
+                bvp_rate_hz=w.bvp_rate_hz,
+                acc_rate_hz=w.acc_rate_hz,
+                state=states.get(device_id),
+                bandpassed_bvp=bandpassed[i],
+            )
+            states[device_id] = estimates[i].state
+    # What it would cost if no wearable sent its own heart rate: every window, beside the parts.
+    trackers: dict[str, HrTracker] = {}
+    with _measure(asides, "signal_hr_every_window", n):
+        for device_id, w in work.windows:
+            tracker = trackers.setdefault(
+                device_id, HrTracker(bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz)
+            )
+            tracker.update(w.bvp, w.acc)
+    return len(tracked), estimates
+
+
+def _model_at(session: ModelSession, stacked: npt.NDArray[np.float32], batch: int) -> Cost:
+    """The model over every window in batches of ``batch`` (after one untimed batch). Blocks."""
+    session.run_logits(stacked[:batch])
+    clock = _Clock()
+    for i in range(0, stacked.shape[0], batch):
+        session.run_logits(stacked[i : i + batch])
+    return clock.cost(stacked.shape[0])
 
 
 def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -> _SyncParts:
     """Decode, preprocessing, the model, the signal estimator and the rules, each alone. Blocks."""
     parts: dict[str, Cost] = {}
+    asides: dict[str, Cost] = {}
     n = len(work.windows)
     with _measure(parts, "decode", n):
         streams = [DeviceStream(d.device_id) for d in work.devices]
@@ -364,8 +436,22 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
             stream.on_info(device.info, now)
         for index, frag in work.feed():
             streams[index].on_fragment(frag, time.monotonic(), time.time())
+    batch = config.inference.max_batch
+    windows = [w for _, w in work.windows]
+    # Preprocessing as the worker does it: its batches (max_batch windows in arrival order, one
+    # vectorised pass each); the per-window form beside it, not part of the pipeline's work.
+    made: list[WindowInputs] = []
     with _measure(parts, "preprocess", n):
-        inputs = [window_input(w, session.card)[None] for _, w in work.windows]
+        for i in range(0, n, batch):
+            made.append(window_inputs(windows[i : i + batch], session.card))
+    with _measure(asides, "preprocess_window", n):
+        for w in windows:
+            window_input(w, session.card)
+    made_x = [x for m in made for x in m.x]
+    bandpassed = [b for m in made for b in m.bvp_bandpassed]
+    if any(x is None for x in made_x):
+        raise ValueError("the model input transform refused a synthetic window")
+    inputs = [x[None] for x in made_x if x is not None]
     for x in inputs[:WARMUP_RUNS]:
         session.run_logits(x)
     times: list[float] = []
@@ -376,30 +462,19 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
         logits.append(session.run_logits(x))
         times.append(time.perf_counter() - start)
     model = clock.cost(n)
-    batch = config.inference.max_batch
     stacked = np.concatenate(inputs)
-    session.run_logits(stacked[:batch])
-    clock = _Clock()
-    for i in range(0, n, batch):
-        session.run_logits(stacked[i : i + batch])
-    model_batched = clock.cost(n)
+    model_batched = _model_at(session, stacked, batch)
 
     analyses = [
         answers_from_prediction(calibrated(a, h, session.card), session.card)[0] for a, h in logits
     ]
-    # The gateway's own tracker: what it costs on a window whose wearable sent no heart rate.
-    trackers: dict[str, HrTracker] = {}
-    estimates = []
-    with _measure(parts, "signal_hr", n):
-        for device_id, w in work.windows:
-            tracker = trackers.setdefault(
-                device_id, HrTracker(bvp_rate_hz=w.bvp_rate_hz, acc_rate_hz=w.acc_rate_hz)
-            )
-            estimates.append(tracker.update(w.bvp, w.acc))
+    tracked, estimates = _measure_tracker(work, bandpassed, config, parts, asides)
     if config.inference.heart_rate == "signal":
         analyses = [
             replace(a, hr_bpm=e.bpm, hr_confidence=e.confidence, hr_source="signal")
-            for a, e in zip(analyses, estimates, strict=True)
+            if (e := estimates.get(i)) is not None
+            else a
+            for i, a in enumerate(analyses)
         ]
     engine = RuleEngine(config.rules)
     t0 = time.time()
@@ -410,7 +485,9 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
     with _measure(parts, "rules", n):
         for obs in observations:
             engine.observe(obs)
-    return _SyncParts(model, latency(times), model_batched, parts, analyses)
+    return _SyncParts(
+        model, latency(times), model_batched, parts, asides, analyses, tracked, stacked
+    )
 
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -650,6 +727,15 @@ async def bench_pipeline(
         parts = dict(sync.parts)
         parts["store"] = await _store_alone(work, sync.analyses, config, directory)
         parts["publish"] = await _publish_alone(work, sync.analyses, host, port)
+        # The worker batches what is queued when it is free: the model at the batch it ran.
+        mean_batch = max(
+            1, round(counts["inference_windows"] / max(1, counts["inference_batches"]))
+        )
+        asides = dict(sync.asides)
+        asides["model_at_pipeline_batch"] = await asyncio.to_thread(
+            _model_at, bare_session, sync.inputs, mean_batch
+        )
+        counts["pipeline_mean_batch"] = mean_batch
     finally:
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
     environment = await asyncio.to_thread(bench_environment)  # reads /proc/cpuinfo
@@ -670,7 +756,8 @@ async def bench_pipeline(
         pipeline=pipeline,
         pipeline_threads=threads,
         parts=parts,
-        counts=counts,
+        asides=asides,
+        counts={**counts, "signal_hr_windows": sync.tracked},
         broker=broker,
         heart_rate=config.inference.heart_rate,
         peak_rss_mb=peak_rss_mb(),
@@ -700,11 +787,18 @@ _THREAD_NAMES: Final = {
 }
 _PART_NAMES: Final = {
     "decode": "decode (reassemble, decode, order)",
-    "preprocess": "preprocess_window",
-    "signal_hr": "signal HR estimator (heart_rate = signal)",
+    "preprocess": "preprocess (the worker's batches)",
+    "signal_hr": "gateway's HR tracker (windows without the wearable's HR)",
     "rules": "rules (RuleEngine.observe)",
     "store": "store write (record_window, awaited)",
     "publish": "telemetry publish (QoS 0)",
+}
+
+
+_ASIDE_NAMES: Final = {
+    "preprocess_window": "preprocess_window, one window at a time",
+    "signal_hr_every_window": "gateway's HR tracker on every window",
+    "model_at_pipeline_batch": "model at the pipeline's mean batch",
 }
 
 
@@ -713,8 +807,9 @@ def format_pipeline_bench(report: PipelineBench) -> str:
     env = report.environment
     c = report.counts
     lines = [
-        f"{env['cpu']} ({env['cpus']} CPUs), onnxruntime {env['onnxruntime']};"
-        f" model {report.model_id}; {report.windows} windows from {report.devices} devices,"
+        environment_line(env)
+        + f"; pipeline: {env.get('pipeline_threads', '?')} inference thread(s)",
+        f"Model {report.model_id}; {report.windows} windows from {report.devices} devices,"
         f" MTU {report.mtu} ({report.fragments} fragments); broker: {report.broker}",
         f"Data: {report.data}.",
         "",
@@ -746,6 +841,16 @@ def format_pipeline_bench(report: PipelineBench) -> str:
     part_rows = [row(_PART_NAMES.get(name, name), cost) for name, cost in report.parts.items()]
     part_rows.append(row("rest of the pipeline (by difference)", report.unattributed()))
     lines.append(format_table(["PART", "WALL ms", "CPU ms", "x MODEL CPU"], part_rows))
+    if report.asides:
+        lines += [
+            "",
+            f"Beside them, not the pipeline's work ({c['signal_hr_windows']} windows of"
+            f" {report.windows} arrived without the wearable's HR):",
+            format_table(
+                ["ASIDE", "WALL ms", "CPU ms", "x MODEL CPU"],
+                [row(_ASIDE_NAMES.get(name, name), cost) for name, cost in report.asides.items()],
+            ),
+        ]
     if report.pipeline_threads:
         lines += [
             "",
