@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from gatewayd.bench.soak_procs import stop_process
 from gatewayd.demo.broker import free_port, wait_until_listening
 
 __all__ = [
@@ -118,15 +120,8 @@ class Broker:
     async def stop(self) -> None:
         """Stop mosquitto (SIGTERM, then SIGKILL) and wait for it to exit."""
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is not None:
+            await stop_process(process, signal.SIGTERM, START_TIMEOUT_S)
 
     def log_text(self) -> str:
         """What mosquitto logged so far (for failure messages)."""

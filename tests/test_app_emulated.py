@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
+from gatewayd.bench.soak import RULES
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
@@ -63,22 +64,6 @@ EPISODE_EVERY_S = 90.0
 EPISODE_S = 40.0
 #: PPG-DaLiA's activity id for sitting (gatewayd.datasets.synthetic).
 SITTING = 1
-
-RULES = """
-[rules.hr]
-min_confidence = 0.0
-min_signal_quality = 0
-[rules.tachycardia]
-rest_bpm = 100.0
-light_bpm = 100.0
-vigorous_bpm = 100.0
-unknown_bpm = 100.0
-hysteresis_bpm = 5.0
-min_duration_s = 0.0
-cooldown_s = 0.0
-[rules.abrupt_change]
-cooldown_s = 0.0
-"""
 
 
 @pytest_asyncio.fixture

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from gatewayd.errors import EmulatorError
+from gatewayd.protocol.fragments import FRAGMENT_HEADER_SIZE
 
 _DURATION_RE: Final = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m)?$")
 _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
@@ -51,13 +52,56 @@ class FaultPlan:
         """What goes on the air for one fragment: possibly corrupted, truncated or doubled."""
         out = fragment
         if self.corrupt and rng.random() < self.corrupt:
-            i = rng.randrange(len(out))
-            out = out[:i] + bytes([out[i] ^ (1 << rng.randrange(8))]) + out[i + 1 :]
+            out = _flip_bit(out, 0, rng)
         if self.truncate and len(out) > 1 and rng.random() < self.truncate:
             out = out[: rng.randrange(1, len(out))]
         if self.duplicate and rng.random() < self.duplicate:
             return [out, out]
         return [out]
+
+
+def flip_payload_byte(fragment: bytes, rng: random.Random) -> bytes:
+    """``fragment`` with one bit flipped past its header (in the message bytes, which the
+    message's CRC covers), or in the header when the fragment carries no message bytes."""
+    return _flip_bit(
+        fragment, FRAGMENT_HEADER_SIZE if len(fragment) > FRAGMENT_HEADER_SIZE else 0, rng
+    )
+
+
+def _flip_bit(data: bytes, start: int, rng: random.Random) -> bytes:
+    """``data`` with one random bit flipped at or after byte ``start``."""
+    i = rng.randrange(start, len(data))
+    return data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1 :]
+
+
+@dataclass(slots=True)
+class CorruptTrigger:
+    """Corruption asked for from outside, on a schedule (`gatewayd bench soak`): the next
+    ``armed`` data fragments a wearable sends each get one bit flipped. Mutable, and shared by
+    reference from a frozen :class:`ScheduledFaultPlan`."""
+
+    armed: int = 0
+    #: Fragments corrupted so far.
+    applied: int = 0
+
+    def arm(self, fragments: int = 1) -> None:
+        """Corrupt the next ``fragments`` fragments."""
+        self.armed += fragments
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledFaultPlan(FaultPlan):
+    """A :class:`FaultPlan` whose wearable also corrupts fragments when its trigger is armed."""
+
+    trigger: CorruptTrigger = field(default_factory=CorruptTrigger)
+
+    def mangle(self, fragment: bytes, rng: random.Random) -> list[bytes]:
+        """As :meth:`FaultPlan.mangle`, after flipping a bit if the trigger is armed."""
+        if self.trigger.armed > 0 and fragment:
+            self.trigger.armed -= 1
+            self.trigger.applied += 1
+            fragment = flip_payload_byte(fragment, rng)
+        return FaultPlan.mangle(self, fragment, rng)
 
 
 def _duration(name: str, text: str) -> float:
