@@ -216,8 +216,8 @@ class Proxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, pipe in ((reader, up_writer, self._pipe), (up_reader, writer, self._down)):
+            task = asyncio.create_task(pipe(src, dst))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -228,6 +228,10 @@ class Proxy:
                 dst.write(data)
                 await dst.drain()
         dst.close()
+
+    async def _down(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        """Broker to client."""
+        await self._pipe(src, dst)
 
     def cut(self) -> None:
         """Reset every relayed connection (RST both ways): an unclean drop."""
@@ -750,3 +754,55 @@ async def test_a_due_alert_goes_out_before_queued_telemetry(mosquitto_broker: Br
         for device in ("w0", "w1", "w2"):
             seqs = [m["seq"] for m in sub.on(f"gatewayd/{GW}/devices/{device}/telemetry")]
             assert seqs == list(range(41)), device
+
+
+class PubackHold(Proxy):
+    """A relay that can hold back the broker's PUBACKs to the client (and release them)."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.holding = False
+        self.held: list[tuple[asyncio.StreamWriter, bytes]] = []
+
+    def release(self) -> None:
+        self.holding = False
+        for writer, packet in self.held:
+            writer.write(packet)
+        self.held.clear()
+
+    async def _down(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                header = await src.readexactly(1)
+                length, shift, raw = 0, 0, b""
+                while True:  # MQTT's variable-length "remaining length"
+                    byte = await src.readexactly(1)
+                    raw += byte
+                    length |= (byte[0] & 0x7F) << shift
+                    shift += 7
+                    if not byte[0] & 0x80:
+                        break
+                packet = header + raw + await src.readexactly(length)
+                if self.holding and header[0] >> 4 == 4:  # PUBACK
+                    self.held.append((dst, packet))
+                else:
+                    dst.write(packet)
+        dst.close()
+
+
+async def test_telemetry_does_not_wait_for_a_states_puback(mosquitto_broker: Broker) -> None:
+    hold = PubackHold(mosquitto_broker.port)
+    async with hold:
+        publisher = make_publisher(hold.port, FakeOutbox())
+        device = f"gatewayd/{GW}/devices/w1"
+        async with subscribe(mosquitto_broker, f"{device}/#") as sub, running(publisher):
+            hold.holding = True
+            publisher.update_state(state("w1", 70))
+            for seq in range(3):
+                publisher.publish_telemetry(Telemetry(device_id="w1", seq=seq, t=T0))
+            # The state went out and the telemetry behind it too, its PUBACK still held back.
+            await sub.wait(lambda: len(sub.on(f"{device}/telemetry")) == 3, "the telemetry")
+            assert sub.on(f"{device}/state")[0]["hr_bpm"] == 70
+            assert publisher.stats.states_published == 0, "acknowledged: the test proves nothing"
+            hold.release()
+            await until(lambda: publisher.stats.states_published == 1)
