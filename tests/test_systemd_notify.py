@@ -246,8 +246,9 @@ async def test_gatewayd_run_says_ready_pings_the_watchdog_and_says_stopping_on_s
         async with gatewayd_run(config, private_bus) as gw:
             await receiver.wait_for("READY=1")
             # READY=1 comes after the store, the model, the publisher, the link and the
-            # pipeline are up: the supervisor logs "gateway running" just before it.
-            assert gw.logged("gateway running"), gw.stderr()
+            # pipeline are up: the supervisor logs "gateway running" just before it (read from
+            # the gateway's stderr, so it may reach us after the notify socket's READY=1).
+            await gw.wait_until(lambda: _said(gw, "gateway running"), 10, "the READY log")
             ready_at = receiver.messages().index("READY=1")
             await receiver.wait_for("WATCHDOG=1", count=3)
             assert await gw.terminate() == 0, gw.stderr()
@@ -468,6 +469,8 @@ async def test_gatewayd_run_is_not_ready_until_an_adapter_answers_and_says_why(
                 assert len(gw.logged_prefix("waiting for adapter hci0:")) == 2
                 await adapter.set_powered(True)
                 await receiver.wait_for("READY=1")
+                # READY=1 can arrive before the log lines are read from the gateway's stderr.
+                await gw.wait_until(lambda: _said(gw, "gateway running"), 10, "the READY log")
                 assert gw.logged("adapter answers"), gw.stderr()
                 assert gw.logged("gateway running")[0]["adapters"] == ["hci0"]
                 assert await gw.terminate() == 0, gw.stderr()
@@ -504,6 +507,10 @@ async def wait_for_prefix(receiver: NotifySocket, prefix: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"no {prefix!r}; got {receiver.messages()}")
         await asyncio.sleep(0.05)
+
+
+async def _said(gw: GatewayProcess, event: str) -> bool:
+    return bool(gw.logged(event))
 
 
 async def _scanner_failures(gw: GatewayProcess, count: int) -> bool:
