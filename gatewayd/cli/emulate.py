@@ -38,6 +38,9 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         pruning_pct=args.pruning,
         models_dir=args.models_dir,
         no_model=args.no_model,
+        lockstep=args.lockstep,
+        bonded=args.bonded,
+        stamps=args.stamps,
     )
     return asyncio.run(run_emulator(options, sys.stdout))
 
@@ -77,6 +80,23 @@ def add_emulate_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-model", action="store_true", help="wearables without a local model (activity unknown)"
+    )
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="switch every wearable on at once, so their windows complete together (default:"
+        " each at a random phase of the 2 s window hop, as real ones)",
+    )
+    p.add_argument(
+        "--bonded",
+        action="store_true",
+        help="start with BlueZ holding a bond with every device, as after `gatewayd pair`",
+    )
+    p.add_argument(
+        "--stamps",
+        type=Path,
+        metavar="FILE",
+        help="append 'address seq monotonic_ns' when each new message starts going out",
     )
     models_dir_option(p)
     synth_sub = p.add_subparsers(dest="emulate_command", metavar="synth")

@@ -1,7 +1,9 @@
 """`gatewayd emulate`: a private bus, the fake BlueZ and virtual wearables, until stopped.
 
 It prints the two environment lines a gateway (or `gatewayd pair`) needs to talk to it, then a
-status line every few seconds.
+status line every few seconds. SIGTERM stops it as Ctrl-C does. The wearables start at random
+phases of the 2 s window hop unless ``lockstep``; with ``stamps`` the time each new message starts
+going out is appended to that file (`gatewayd bench scale` matches them with what it receives).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 from gatewayd.datasets import FORMATS, find_recordings, load
 from gatewayd.datasets.recording import Recording
@@ -23,7 +27,18 @@ from gatewayd.protocol.messages import SampleFormat
 from .bluez import FakeBluez, install_bluetoothctl_shim
 from .bus import PrivateBus
 from .faults import parse_faults
-from .virtual import Fleet, FleetSetup, build_fleet, load_wearable_model, run_fleet
+from .virtual import (
+    Fleet,
+    FleetSetup,
+    SendStamps,
+    build_fleet,
+    format_stamps,
+    load_wearable_model,
+    run_fleet,
+)
+
+#: How often send stamps are appended to the stamps file.
+STAMPS_FLUSH_S: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,12 @@ class EmulateOptions:
     models_dir: Path | None = None
     #: Run the wearables without a local model (activity unknown).
     no_model: bool = False
+    #: Every wearable switched on at once (windows complete in lock-step); default: staggered.
+    lockstep: bool = False
+    #: BlueZ holds a bond with every device from the start (as after `gatewayd pair`).
+    bonded: bool = False
+    #: Append each new message's send time (CLOCK_MONOTONIC ns) to this file.
+    stamps: Path | None = None
 
 
 def load_recordings(options: EmulateOptions) -> list[Recording]:
@@ -103,17 +124,26 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
         faults=faults,
         local_model=model,
         pruning_pct=options.pruning_pct,
-        # `gatewayd pair` bonds with them, as with real devices.
-        bonded=False,
+        # `gatewayd pair` bonds with them, as with real devices (unless --bonded).
+        bonded=options.bonded,
+        stagger=not options.lockstep,
+        stamps=SendStamps() if options.stamps is not None else None,
     )
     with tempfile.TemporaryDirectory(prefix="gatewayd-emulator-") as tmp:
         shim_dir = Path(tmp) / "bin"
         install_bluetoothctl_shim(shim_dir)
-        async with PrivateBus(options.bus) as address, FakeBluez(address) as fake:
+        stop = asyncio.Event()
+        async with (
+            _stop_on_sigterm(stop),
+            PrivateBus(options.bus) as address,
+            FakeBluez(address) as fake,
+        ):
             fleet = await build_fleet(fake, recordings, setup)
             kinds = sorted({r.source for r in recordings})
+            timing = "lock-step" if options.lockstep else "staggered"
             out.write(
-                f"emulating {len(fleet.wearables)} wearables, {len(fleet.straps)} heart-rate "
+                f"emulating {len(fleet.wearables)} {timing} wearables, {len(fleet.straps)}"
+                " heart-rate "
                 f"straps and {'a decoy' if fleet.decoy else 'no decoy'} on {options.adapters} "
                 f"adapter(s) with {options.slots} slots, at {options.speed:g}x real time, "
                 f"from {', '.join(kinds)} recordings"
@@ -128,9 +158,13 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
             if faults.hang_after_s > 0:
                 asyncio.get_running_loop().call_later(faults.hang_after_s, fake.hang)
             try:
-                async with asyncio.timeout(options.duration_s):
-                    while not runner.done():
-                        await asyncio.sleep(options.status_every_s)
+                async with (
+                    _stamps_writer(setup.stamps, options.stamps),
+                    asyncio.timeout(options.duration_s),
+                ):
+                    while not runner.done() and not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), options.status_every_s)
                         out.write(_status(fleet) + "\n")
                         out.flush()
             except TimeoutError:
@@ -141,6 +175,51 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
                     await runner
             out.write(_status(fleet) + "\n")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_sigterm(stop: asyncio.Event) -> AsyncIterator[None]:
+    """SIGTERM sets ``stop`` (an orderly end: the last stamps are written, the bus stopped)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a", encoding="ascii") as f:
+        f.write(text)
+
+
+async def _write_stamps(stamps: SendStamps, path: Path) -> None:
+    while True:
+        await asyncio.sleep(STAMPS_FLUSH_S)
+        if rows := stamps.take():
+            await asyncio.to_thread(_append, path, format_stamps(rows))
+
+
+@contextlib.asynccontextmanager
+async def _stamps_writer(stamps: SendStamps | None, path: Path | None) -> AsyncIterator[None]:
+    """Append ``stamps`` to ``path`` every STAMPS_FLUSH_S while the block runs, and at its end."""
+    if stamps is None or path is None:
+        yield
+        return
+    await asyncio.to_thread(path.write_text, "", "ascii")
+    task = asyncio.create_task(_write_stamps(stamps, path), name="emulator-stamps")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if rows := stamps.take():
+            await asyncio.to_thread(_append, path, format_stamps(rows))
 
 
 def synthesise(out_dir: Path, subjects: int, minutes: float, seed: int, out: TextIO) -> int:

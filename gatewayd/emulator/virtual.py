@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from gatewayd.protocol.fragments import fragment
 from gatewayd.protocol.heart_rate import HeartRateMeasurement, encode_heart_rate_measurement
 from gatewayd.protocol.messages import SampleFormat
 from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS
+from gatewayd.signals.windows import STEP_S
 
 from .bluez import FakeBluez, FakeDevice
 from .bluez_specs import (
@@ -83,6 +85,43 @@ class SimClock:
             await asyncio.sleep(delay)
 
 
+class SendStamps:
+    """When each wearable began to notify each new message: for end-to-end latency benches.
+
+    ``record`` is the hot path (one tuple appended); ``take`` hands over what was recorded since
+    the last call, for a writer off the wearables' path. Times are ``time.monotonic_ns()``
+    (CLOCK_MONOTONIC: one clock for every process on the machine, so another process can match
+    them with its own receive times). Resends are not stamped: their latency is the outage's.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[str, int, int]] = []
+
+    def record(self, address: str, seq: int) -> None:
+        """Message ``seq`` of ``address`` starts going out now."""
+        self._rows.append((address, seq, time.monotonic_ns()))
+
+    def take(self) -> list[tuple[str, int, int]]:
+        """(address, seq, monotonic ns) recorded since the last call, oldest first."""
+        rows, self._rows = self._rows, []
+        return rows
+
+
+def format_stamps(rows: Sequence[tuple[str, int, int]]) -> str:
+    """Stamp rows as the lines of a stamps file: ``address seq monotonic_ns``."""
+    return "".join(f"{address} {seq} {t_ns}\n" for address, seq, t_ns in rows)
+
+
+def parse_stamps(text: str) -> list[tuple[str, int, int]]:
+    """The rows of a stamps file (`format_stamps`); a torn last line is skipped."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            rows.append((parts[0], int(parts[1]), int(parts[2])))
+    return rows
+
+
 class VirtualWearable:
     """A gatewayd wearable replaying a recording (implements the fake's Peripheral protocol)."""
 
@@ -93,10 +132,17 @@ class VirtualWearable:
         faults: FaultPlan | None = None,
         seed: int = 0,
         flood: bool = False,
+        phase_s: float = 0.0,
+        stamps: SendStamps | None = None,
     ) -> None:
+        """``phase_s``: simulated seconds the wearable is switched on after the fleet starts
+        (its windows complete that much later); ``stamps``: where to record each new message's
+        send time."""
         self.core = core
         self.faults = faults or FaultPlan()
         self.flood = flood
+        self.phase_s = phase_s
+        self.stamps = stamps
         self.device: FakeDevice | None = None
         self.done = asyncio.Event()
         self.fragments_sent = 0
@@ -154,11 +200,16 @@ class VirtualWearable:
         return self._clock.now() if self._clock is not None else 0.0
 
     async def run(self, device: FakeDevice, speed: float) -> None:
-        """Replay the recording in simulated time, then keep answering resends until cancelled."""
+        """Replay the recording in simulated time, then keep answering resends until cancelled.
+
+        The recording (and the wearable's clock) starts ``phase_s`` simulated seconds late.
+        """
         self.device = device
-        self._clock = SimClock(speed)
         if self.faults.connect_fail:
             device.fail_next_connects(self.faults.connect_fail)
+        if self.phase_s > 0:
+            await asyncio.sleep(self.phase_s / speed)
+        self._clock = SimClock(speed)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._resender())
             if self.faults.drop_every_s > 0:
@@ -173,7 +224,7 @@ class VirtualWearable:
         while (due := self.core.next_window_due_s()) is not None:
             await self._clock.sleep_until(due)
             for seq, raw in self.core.produce(self._clock.now()):
-                await self._send(seq, raw)
+                await self._send(seq, raw, new=True)
             await self._battery_update()
 
     async def _resender(self) -> None:
@@ -184,11 +235,13 @@ class VirtualWearable:
                 seq, raw = self._pending.popitem(last=False)
                 await self._send(seq, raw)
 
-    async def _send(self, seq: int, raw: bytes) -> None:
+    async def _send(self, seq: int, raw: bytes, *, new: bool = False) -> None:
         device = self.device
         assert device is not None
         if not device.notifying(gatt.DATA_CHAR_UUID):
             return  # stays in the ring
+        if new and self.stamps is not None:
+            self.stamps.record(device.address, seq)
         for frag in fragment(raw, seq, device.mtu):
             for wire in self.faults.mangle(frag, self._rng):
                 if not await device.notify(gatt.DATA_CHAR_UUID, wire):
@@ -298,6 +351,17 @@ class FleetSetup:
     #: BlueZ already holds a bond with every wearable and strap (as after `gatewayd pair` in an
     #: earlier run: bluetoothd loads bonds at start). False: they wait to be paired.
     bonded: bool = True
+    #: Each wearable is switched on at a random phase of the 2 s window hop (drawn from
+    #: ``seed``), as real ones are; False: all in lock-step, every window completing at once.
+    stagger: bool = True
+    #: Record each new message's send time here (for latency benches), or None.
+    stamps: SendStamps | None = None
+
+
+def stagger_phases(devices: int, seed: int, hop_s: float = STEP_S) -> list[float]:
+    """Each wearable's switch-on phase, simulated seconds in [0, hop_s): uniform, seeded."""
+    rng = random.Random(seed * 104729 + 17)
+    return [rng.uniform(0.0, hop_s) for _ in range(devices)]
 
 
 def pick_wearable_model(registry: ModelRegistry, pruning_pct: int) -> InstalledModel | None:
@@ -351,6 +415,7 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
         await fake.add_adapter(f"hci{i}", f"00:1A:7D:DA:71:{i:02X}", slots=setup.slots)
         for i in range(setup.adapters)
     ]
+    phases = stagger_phases(setup.devices, setup.seed) if setup.stagger else [0.0] * setup.devices
     wearables = []
     for i in range(setup.devices):
         recording = recordings[i % len(recordings)]
@@ -373,6 +438,8 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
             faults=setup.faults,
             seed=setup.seed * 1000 + i,
             flood=i < setup.faults.flood,
+            phase_s=phases[i],
+            stamps=setup.stamps,
         )
         device = await fake.add_device(
             adapters[i % len(adapters)], spec.address, spec.name, [gatt.SERVICE_UUID],
