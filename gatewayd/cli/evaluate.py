@@ -331,6 +331,55 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    """Sweep real-time wearables x offload mixes: latency, CPU, RSS, loss; JSON, Markdown, PNG."""
+    # Imported here: the bench pulls in aiomqtt, the emulator and (for plots) matplotlib.
+    from dataclasses import replace  # noqa: PLC0415
+
+    from gatewayd.bench.scale import (  # noqa: PLC0415
+        QUICK,
+        ScaleOptions,
+        bench_scale,
+        parse_devices,
+        parse_offload,
+        write_outputs,
+    )
+
+    base = QUICK if args.quick else ScaleOptions()
+    try:
+        options = replace(
+            base,
+            devices=tuple(parse_devices(args.devices)) if args.devices else base.devices,
+            offload=tuple(parse_offload(args.offload)) if args.offload else base.offload,
+            seconds=base.seconds if args.seconds is None else args.seconds,
+            profile_seconds=(
+                base.profile_seconds if args.profile_seconds is None else args.profile_seconds
+            ),
+            out=args.out,
+            models_dir=args.models_dir,
+            mqtt_host=args.mqtt_host,
+            mqtt_port=args.mqtt_port,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        return usage_error("bench scale", str(exc))
+    configure_logging(args.log_level or "error", args.log_format or "auto")
+
+    def say(text: str) -> None:
+        print(f"gatewayd bench scale: {text}", file=sys.stderr, flush=True)
+
+    report = asyncio.run(bench_scale(options, say=say))
+    try:
+        written = write_outputs(report, options.out, sys.stdout)
+    except ImportError:
+        print("gatewayd bench scale: error: the plots need matplotlib (the bench extra)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNAVAILABLE
+    for path in written:
+        say(f"wrote {path}")
+    return EXIT_OK if report.points else EXIT_ERROR
+
+
 def _eval_common(p: argparse.ArgumentParser) -> None:
     from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS  # noqa: PLC0415
 
@@ -471,3 +520,45 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     )
     models_dir_option(pipeline)
     pipeline.add_argument("--json", action="store_true", help="print one JSON object")
+    scale = what.add_parser(
+        "scale",
+        help="how many real-time wearables one gateway serves: latency, CPU, RSS, loss",
+        description="Runs the emulator (its own process, wearables staggered as real ones),"
+        " the gateway (`gatewayd run`) and a broker, for each device count and offload mix;"
+        " reports p50/p95/p99 notify->publish latency, windows/s, the CPU and RSS of the"
+        " gateway beside the emulator's, the bus's and the broker's, and loss; finds the"
+        " largest count at p99 <= 50 ms and <= 100 ms and profiles the gateway there."
+        " Writes scale.json, scale.md, latency.png, cpu.png and profile.txt to --out.",
+    )
+    global_options(scale, suppress=True)
+    scale.set_defaults(func=cmd_bench_scale)
+    scale.add_argument(
+        "--devices", metavar="N,N", help="device counts (10,50,100,300,500; --quick 5,20,50)"
+    )
+    scale.add_argument(
+        "--offload",
+        metavar="MIX,MIX",
+        help="offload mixes: default (the shipped policy), all (tau 0: every window offloaded),"
+        " tau=BITS (default,tau=3.9,all: tau 3.9 offloads about half the synthetic windows;"
+        " --quick default,all)",
+    )
+    scale.add_argument(
+        "--seconds", type=float, metavar="S", help="measured seconds per point (60; --quick 20)"
+    )
+    scale.add_argument(
+        "--profile-seconds",
+        type=float,
+        metavar="S",
+        help="seconds of the profiled run, 0 for none (30; --quick 15)",
+    )
+    scale.add_argument(
+        "--out", type=Path, default=Path("bench-results/scale"), metavar="DIR",
+        help="where to write the results (bench-results/scale)",
+    )  # fmt: skip
+    scale.add_argument(
+        "--quick", action="store_true", help="a reduced sweep of a few minutes (make bench)"
+    )
+    scale.add_argument("--seed", type=int, default=1, help="seed of the synthetic data (1)")
+    scale.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
+    scale.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")
+    models_dir_option(scale)

@@ -1,0 +1,972 @@
+"""`gatewayd bench scale`: how many real-time wearables one gateway serves, and at what latency.
+
+Three processes, as in production, plus this one:
+
+- the emulator (`gatewayd emulate --bonded --stamps FILE`): a private D-Bus, the fake BlueZ and
+  N virtual wearables in real time, staggered over the 2 s window hop as real ones are, spread
+  over ceil(N / 20) adapters of 20 connection slots. It appends to FILE the CLOCK_MONOTONIC time
+  at which each new message's first notification goes out;
+- the gateway (`gatewayd run`), with those wearables paired (devices.json written here) and the
+  offload policy of the point ([offload] tau_bits);
+- the broker (a private mosquitto unless --mqtt-host is given);
+- this process subscribes to every device's telemetry and stamps each message on arrival
+  (``time.monotonic_ns``: the same clock in every process on the machine).
+
+Latency is notify→publish: from the wearable's first notification of a window to the arrival at
+a subscriber of the telemetry that carries the same device id and ``seq``. For each point (device
+count x offload mix) it waits until every device is connected and publishing, measures for
+``seconds``, lets the gateway drain, stops it, and reports p50/p95/p99 latency, windows/s, the
+offload ratio seen, loss (windows sent in the interval and never published), and the CPU and RSS
+of the gateway, the emulator, its dbus-daemon, the broker and this subscriber (from /proc,
+gatewayd.bench.procstat): all share the machine's cores, so the gateway's share is the honest
+figure, not the total. Gateway CPU is also given per device and per window, and per *offloaded*
+window as the slope between two offload mixes at the same count, beside the bare model's own
+CPU per window measured at the start of the run (batch 1, one thread, synthetic windows).
+
+It finds the largest count with p99 ≤ 50 ms and ≤ 100 ms (and no loss), runs the gateway once
+more there under cProfile, and prints where its main thread's time goes. Output (``out``):
+scale.json, scale.md, latency.png, cpu.png (matplotlib: the ``bench`` extra) and profile.txt.
+Timing is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import json
+import math
+import os
+import pstats
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import aiomqtt
+
+from gatewayd.bench.procstat import ProcSampler, Usage, descendants, thread_cpu
+from gatewayd.emulator.runner import STAMPS_FLUSH_S
+from gatewayd.emulator.virtual import parse_stamps, wearable_address
+from gatewayd.link.registry import DeviceRegistry
+from gatewayd.tables import format_table
+
+__all__ = [
+    "DEFAULT_DEVICES",
+    "DEFAULT_OFFLOAD",
+    "QUICK",
+    "OffloadMix",
+    "PointResult",
+    "ScaleOptions",
+    "ScaleReport",
+    "bench_scale",
+    "format_markdown",
+    "parse_devices",
+    "parse_offload",
+    "percentile",
+    "write_outputs",
+]
+
+GATEWAY_ID: Final = "bench-scale"
+TOPIC_ROOT: Final = "gatewayd"
+#: Connection slots per emulated adapter: the most `[ble] slots_per_adapter` allows.
+SLOTS: Final = 20
+DEFAULT_DEVICES: Final = (10, 50, 100, 300, 500)
+#: The shipped policy, about half the windows (synthetic data's entropy is ~3.9 bits, so tau
+#: 3.9 offloads about half of them), and every window.
+DEFAULT_OFFLOAD: Final = "default,tau=3.9,all"
+#: The latency budgets the report finds the largest device count for, ms.
+BUDGETS_MS: Final = (50.0, 100.0)
+#: Seconds a process may take to start (print its bus address, connect) or to stop.
+PROCESS_LIMIT_S: Final = 60.0
+#: Windows a device must publish after connecting before the interval starts (the ring's
+#: resends of what it produced while not yet connected come first and are not measured).
+SETTLE_WINDOWS: Final = 2
+
+
+@dataclass(frozen=True)
+class OffloadMix:
+    """An offload policy the gateway writes to every wearable."""
+
+    name: str
+    #: [offload] tau_bits; None: the configuration's default.
+    tau_bits: float | None
+
+    def config_lines(self) -> str:
+        """The [offload] section, or nothing for the default."""
+        return "" if self.tau_bits is None else f"[offload]\ntau_bits = {self.tau_bits}\n"
+
+
+def parse_offload(text: str) -> list[OffloadMix]:
+    """``default`` (the shipped policy), ``all`` (tau 0: every window is offloaded) or
+    ``tau=BITS``, comma-separated."""
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if item == "default":
+            out.append(OffloadMix("default", None))
+        elif item == "all":
+            out.append(OffloadMix("all", 0.0))
+        elif item.startswith("tau="):
+            try:
+                tau = float(item[4:])
+            except ValueError:
+                raise ValueError(f"offload {item!r}: tau must be a number of bits") from None
+            if not 0 <= tau <= 16:
+                raise ValueError(f"offload {item!r}: tau must be 0..16 bits")
+            out.append(OffloadMix(item, tau))
+        else:
+            raise ValueError(f"offload {item!r}: expected default, all or tau=BITS")
+    if not out:
+        raise ValueError("no offload mix given")
+    return out
+
+
+def parse_devices(text: str) -> list[int]:
+    """Comma-separated positive device counts, sorted, without repeats."""
+    try:
+        counts = sorted({int(i) for i in text.split(",") if i.strip()})
+    except ValueError:
+        raise ValueError(f"devices {text!r}: expected counts like 10,50,100") from None
+    if not counts or counts[0] < 1:
+        raise ValueError(f"devices {text!r}: expected positive counts")
+    return counts
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """What to sweep and how long."""
+
+    devices: tuple[int, ...] = DEFAULT_DEVICES
+    offload: tuple[OffloadMix, ...] = tuple(parse_offload(DEFAULT_OFFLOAD))
+    #: Measured seconds per point.
+    seconds: float = 60.0
+    #: Seconds of the profiled run at the chosen point (0: no profile).
+    profile_seconds: float = 30.0
+    out: Path = Path("bench-results/scale")
+    models_dir: Path | None = None
+    mqtt_host: str | None = None
+    mqtt_port: int | None = None
+    seed: int = 1
+    #: Longest wait for every device to connect and publish, per point (scaled up with N).
+    warmup_limit_s: float = 120.0
+    #: Longest wait for the last windows after the interval.
+    drain_limit_s: float = 20.0
+
+
+#: `--quick` (what `make bench` runs): a reduced sweep of a few minutes.
+QUICK: Final = ScaleOptions(
+    devices=(5, 20, 50), offload=tuple(parse_offload("default,all")), seconds=20.0,
+    profile_seconds=15.0,
+)  # fmt: skip
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0..100) of ``values``; NaN when there are none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class PointResult:
+    """One device count under one offload mix."""
+
+    devices: int
+    offload: str
+    tau_bits: float | None
+    seconds: float
+    connected: int
+    warmup_s: float
+    sent: int
+    received: int
+    offloaded: int
+    lost: int
+    latency_ms: dict[str, float]
+    processes: dict[str, Usage]
+    #: The gateway's CPU seconds by thread in the interval: its main thread (the event loop)
+    #: and the others (inference executor, SQLite, ONNX Runtime, bleak has none).
+    gateway_threads: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def windows_per_s(self) -> float:
+        """Windows published per second in the interval."""
+        return self.received / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def offload_ratio(self) -> float:
+        """Share of the windows received that were offloaded."""
+        return self.offloaded / self.received if self.received else math.nan
+
+    def cores(self, name: str) -> float:
+        """Mean cores a process used in the interval (NaN if it was not sampled)."""
+        usage = self.processes.get(name)
+        return usage.cores if usage is not None else math.nan
+
+    @property
+    def gateway_ms_per_device_s(self) -> float:
+        """Gateway CPU ms per device per second."""
+        return 1e3 * self.cores("gateway") / self.devices
+
+    @property
+    def gateway_ms_per_window(self) -> float:
+        """Gateway CPU ms per window published."""
+        usage = self.processes.get("gateway")
+        return 1e3 * usage.cpu_s / self.received if usage and self.received else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        """The point as JSON-ready data."""
+        return {
+            "devices": self.devices,
+            "offload": self.offload,
+            "tau_bits": self.tau_bits,
+            "seconds": round(self.seconds, 3),
+            "connected": self.connected,
+            "warmup_s": round(self.warmup_s, 1),
+            "windows_sent": self.sent,
+            "windows_received": self.received,
+            "windows_offloaded": self.offloaded,
+            "offload_ratio": _round(self.offload_ratio, 4),
+            "lost": self.lost,
+            "windows_per_s": _round(self.windows_per_s, 2),
+            "latency_ms": {k: _round(v, 2) for k, v in self.latency_ms.items()},
+            "gateway_cpu_ms_per_device_s": _round(self.gateway_ms_per_device_s, 3),
+            "gateway_cpu_ms_per_window": _round(self.gateway_ms_per_window, 3),
+            "processes": {name: u.to_json() for name, u in self.processes.items()},
+            "gateway_threads_cpu_s": {k: round(v, 2) for k, v in self.gateway_threads.items()},
+            "notes": list(self.notes),
+        }
+
+
+def _round(value: float, digits: int) -> float | None:
+    return None if not math.isfinite(value) else round(value, digits)
+
+
+@dataclass
+class ScaleReport:
+    """The whole sweep."""
+
+    points: list[PointResult]
+    broker: str
+    environment: dict[str, str]
+    #: The bare gateway model on synthetic windows: CPU ms per window (batch 1, one thread),
+    #: and preprocessing alone.
+    model: dict[str, Any]
+    #: Largest device count per budget (ms) and mix, with no loss; None if none met it.
+    largest: dict[str, dict[str, int | None]]
+    #: Marginal gateway CPU per offloaded window, ms, per device count: the slope between the
+    #: lightest and heaviest mix at that count.
+    offloaded_window_ms: dict[int, float]
+    profile: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "broker": self.broker,
+            "environment": self.environment,
+            "model": self.model,
+            "points": [p.to_json() for p in self.points],
+            "largest_devices": self.largest,
+            "gateway_cpu_ms_per_offloaded_window": {
+                str(n): _round(v, 3) for n, v in self.offloaded_window_ms.items()
+            },
+            "profile": self.profile,
+            "notes": list(self.notes),
+        }
+
+
+def largest_within(points: Iterable[PointResult], budget_ms: float) -> int | None:
+    """The largest device count whose p99 is within ``budget_ms`` with every device connected
+    and nothing lost (counts are tried in order: the first to fail ends the search)."""
+    best = None
+    for p in sorted(points, key=lambda p: p.devices):
+        p99 = p.latency_ms.get("p99", math.nan)
+        if not (p99 <= budget_ms and p.lost == 0 and p.connected == p.devices):
+            break
+        best = p.devices
+    return best
+
+
+def offloaded_window_cost(points: Sequence[PointResult]) -> dict[int, float]:
+    """Gateway CPU per extra offloaded window, ms: at each count, between the mixes with the
+    fewest and the most offloaded windows per second (needs two mixes that differ)."""
+    out: dict[int, float] = {}
+    for n in sorted({p.devices for p in points}):
+        at = [p for p in points if p.devices == n and p.seconds > 0]
+        if len(at) < 2:
+            continue
+        low = min(at, key=lambda p: p.offloaded / p.seconds)
+        high = max(at, key=lambda p: p.offloaded / p.seconds)
+        extra = high.offloaded / high.seconds - low.offloaded / low.seconds
+        if extra <= 0:
+            continue
+        out[n] = 1e3 * (high.cores("gateway") - low.cores("gateway")) / extra
+    return out
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _find_named(parent: int, name: str) -> int | None:
+    """A descendant of ``parent`` whose command name is ``name``. Blocks."""
+    return next((pid for pid in descendants(parent) if _comm(pid) == name), None)
+
+
+async def _stop(process: asyncio.subprocess.Process, limit_s: float = PROCESS_LIMIT_S) -> int:
+    """SIGTERM, SIGKILL after ``limit_s``; the exit code."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(limit_s):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode
+
+
+async def _read_env(path: Path, process: asyncio.subprocess.Process) -> dict[str, str]:
+    """The emulator's DBUS_SYSTEM_BUS_ADDRESS and PATH, from the lines it prints at start."""
+    async with asyncio.timeout(PROCESS_LIMIT_S):
+        while True:
+            text = await asyncio.to_thread(path.read_text, "utf-8")
+            env: dict[str, str] = {}
+            for raw in text.splitlines():
+                line = raw.strip()
+                if line.startswith("export DBUS_SYSTEM_BUS_ADDRESS="):
+                    env["DBUS_SYSTEM_BUS_ADDRESS"] = line.split("=", 1)[1].strip("'")
+                elif line.startswith('export PATH="'):
+                    env["SHIM"] = line.split('"')[1].split(":", 1)[0]
+            if len(env) == 2:
+                return env
+            if process.returncode is not None:
+                raise RuntimeError(f"the emulator exited ({process.returncode}):\n{text[-2000:]}")
+            await asyncio.sleep(0.1)
+
+
+@dataclass
+class _Received:
+    """What the subscriber saw: first arrival (monotonic ns, offloaded) by (device, seq)."""
+
+    telemetry: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
+    per_device: dict[str, int] = field(default_factory=dict)
+    connected: set[str] = field(default_factory=set)
+
+
+async def _subscribe(
+    host: str, port: int, received: _Received, ready: asyncio.Event, client_id: str
+) -> None:
+    base = f"{TOPIC_ROOT}/{GATEWAY_ID}/devices"
+    async with aiomqtt.Client(
+        host, port, identifier=client_id, clean_session=True,
+        protocol=aiomqtt.ProtocolVersion.V311, max_queued_incoming_messages=0,
+    ) as client:  # fmt: skip
+        await client.subscribe(f"{base}/+/telemetry", qos=0)
+        await client.subscribe(f"{base}/+/state", qos=0)
+        ready.set()
+        async for message in client.messages:
+            now = time.monotonic_ns()
+            payload = message.payload
+            topic = str(message.topic)
+            device = topic.rsplit("/", 2)[-2]
+            try:
+                body = json.loads(payload)
+            except ValueError:
+                continue
+            if topic.endswith("/telemetry"):
+                key = (device, int(body.get("seq", -1)))
+                if key not in received.telemetry:
+                    received.telemetry[key] = (now, bool(body.get("offloaded")))
+                    received.per_device[device] = received.per_device.get(device, 0) + 1
+            elif body.get("connected"):
+                received.connected.add(device)
+            else:
+                received.connected.discard(device)
+
+
+def _device_id(index: int) -> str:
+    return f"w{index + 1:04d}"
+
+
+def _write_config(directory: Path, n: int, mix: OffloadMix, broker: tuple[str, int]) -> Path:
+    adapters = ", ".join(f'"hci{i}"' for i in range(math.ceil(n / SLOTS)))
+    path = directory / "gatewayd.toml"
+    path.write_text(
+        f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{directory / "state"}"\n'
+        f"[ble]\nadapters = [{adapters}]\nslots_per_adapter = {SLOTS}\n"
+        f'[mqtt]\nhost = "{broker[0]}"\nport = {broker[1]}\n'
+        f'topic_root = "{TOPIC_ROOT}"\n' + mix.config_lines(),
+        encoding="utf-8",
+    )
+    registry = DeviceRegistry.in_state_dir(directory / "state")
+    for i in range(n):
+        registry.add(wearable_address(i + 1), "wearable", f"gw-wearable-{i + 1:02d}", _device_id(i))
+    return path
+
+
+@dataclass
+class _Run:
+    """One run of emulator + gateway: the processes and what was seen."""
+
+    directory: Path
+    emulator: asyncio.subprocess.Process
+    gateway: asyncio.subprocess.Process
+    received: _Received
+    sampler: ProcSampler
+
+
+async def _poll(condition: Callable[[], bool], limit_s: float, interval_s: float = 0.2) -> bool:
+    """Wait until ``condition()`` or ``limit_s``; whether it held."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval_s)
+    return True
+
+
+def _python() -> list[str]:
+    return [sys.executable]
+
+
+async def _start(
+    n: int, mix: OffloadMix, options: ScaleOptions, broker: tuple[str, int], directory: Path,
+    *, profile_to: Path | None = None,
+) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, dict[str, str]]:  # fmt: skip
+    """Start the emulator, then the gateway pointed at it."""
+    config = await asyncio.to_thread(_write_config, directory, n, mix, broker)
+    minutes = (options.warmup_limit_s + n * 0.5 + options.seconds + options.drain_limit_s) / 60
+    emulator_out = directory / "emulator.txt"
+    models = ["--models-dir", str(options.models_dir)] if options.models_dir else []
+    with emulator_out.open("w", encoding="utf-8") as out:
+        emulator = await asyncio.create_subprocess_exec(
+            *_python(), "-m", "gatewayd", "emulate", "--devices", str(n),
+            "--adapters", str(math.ceil(n / SLOTS)), "--slots", str(SLOTS), "--bonded",
+            "--stamps", str(directory / "stamps.txt"), "--minutes", f"{minutes + 1:.2f}",
+            "--seed", str(options.seed), *models,
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        found = await _read_env(emulator_out, emulator)
+    except BaseException:
+        await _stop(emulator)
+        raise
+    env = dict(os.environ)
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = found["DBUS_SYSTEM_BUS_ADDRESS"]
+    env["PATH"] = f"{found['SHIM']}{os.pathsep}{env.get('PATH', '')}"
+    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+    with (directory / "gateway.log").open("w", encoding="utf-8") as log:
+        gateway = await asyncio.create_subprocess_exec(
+            *_python(), *profiler, "-m", "gatewayd", "run", "--config", str(config),
+            "--log-format", "json", "--log-level", "warning", *models,
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+        )  # fmt: skip
+    return emulator, gateway, found
+
+
+async def _warm_up(run: _Run, n: int, limit_s: float) -> bool:
+    """Until every device is connected and has published SETTLE_WINDOWS windows."""
+    received = run.received
+
+    def ready() -> bool:
+        if run.gateway.returncode is not None or run.emulator.returncode is not None:
+            raise RuntimeError(
+                f"a process exited early (gateway {run.gateway.returncode}, emulator"
+                f" {run.emulator.returncode}); see {run.directory}"
+            )
+        return len(received.connected) >= n and all(
+            received.per_device.get(_device_id(i), 0) >= SETTLE_WINDOWS for i in range(n)
+        )
+
+    return await _poll(ready, limit_s)
+
+
+def _latencies(
+    stamps: Sequence[tuple[str, int, int]], received: _Received, n: int, start_ns: int, end_ns: int
+) -> tuple[list[float], int, int, int]:
+    """(latencies ms, sent, received, offloaded) of the windows first sent in [start, end]."""
+    ids = {wearable_address(i + 1): _device_id(i) for i in range(n)}
+    latencies = []
+    sent = offloaded = 0
+    for address, seq, t_ns in stamps:
+        device = ids.get(address)
+        if device is None or not start_ns <= t_ns <= end_ns:
+            continue
+        sent += 1
+        got = received.telemetry.get((device, seq))
+        if got is None:
+            continue
+        latencies.append((got[0] - t_ns) / 1e6)
+        offloaded += got[1]
+    return latencies, sent, len(latencies), offloaded
+
+
+async def _drain(
+    stamps: Path, received: _Received, n: int, span: tuple[int, int], limit_s: float
+) -> None:
+    """Until every window first sent in ``span`` has arrived (stamps are flushed every 0.5 s)
+    or ``limit_s``: the rest counts as lost."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(STAMPS_FLUSH_S)
+        text = await asyncio.to_thread(stamps.read_text, "ascii")
+        _, sent, got, _ = _latencies(parse_stamps(text), received, n, *span)
+        if got >= sent:
+            return
+
+
+async def run_point(  # noqa: PLR0915 - one run, told in order
+    n: int,
+    mix: OffloadMix,
+    options: ScaleOptions,
+    broker: tuple[str, int],
+    *,
+    seconds: float,
+    profile_to: Path | None = None,
+    say: Callable[[str], None] = lambda _t: None,
+) -> PointResult:
+    """Measure ``n`` wearables under ``mix`` for ``seconds`` (optionally the gateway profiled)."""
+    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gatewayd-scale-"))
+    keep = False
+    received = _Received()
+    try:
+        emulator, gateway, _ = await _start(
+            n, mix, options, broker, directory, profile_to=profile_to
+        )
+        sampler = ProcSampler(
+            {"gateway": gateway.pid, "emulator": emulator.pid, "bench": os.getpid()},
+            interval_s=1.0,
+        )
+        bus = await asyncio.to_thread(_find_named, emulator.pid, "dbus-daemon")
+        if bus is not None:
+            sampler.watch("dbus", bus)
+        mosquitto = await asyncio.to_thread(_find_named, os.getpid(), "mosquitto")
+        if mosquitto is not None:
+            sampler.watch("broker", mosquitto)
+        ready = asyncio.Event()
+        subscriber = asyncio.create_task(
+            _subscribe(broker[0], broker[1], received, ready, f"gatewayd-scale-{os.getpid()}")
+        )
+        run = _Run(directory, emulator, gateway, received, sampler)
+        try:
+            async with sampler:
+                await asyncio.wait_for(ready.wait(), PROCESS_LIMIT_S)
+                t0 = time.monotonic()
+                limit = options.warmup_limit_s + 0.5 * n
+                all_in = await _warm_up(run, n, limit)
+                warmup = time.monotonic() - t0
+                if not all_in:
+                    say(f"  only {len(received.connected)} of {n} connected after {limit:.0f} s")
+                threads_before = await asyncio.to_thread(thread_cpu, gateway.pid)
+                start = sampler.mark()
+                start_ns = time.monotonic_ns()
+                await asyncio.sleep(seconds)
+                end_ns = time.monotonic_ns()
+                end = sampler.mark()
+                threads_after = await asyncio.to_thread(thread_cpu, gateway.pid)
+                await sampler.sample_now()
+                connected = len(received.connected)
+                await _drain(directory / "stamps.txt", received, n, (start_ns, end_ns),
+                             options.drain_limit_s)  # fmt: skip
+        finally:
+            gateway_code = await _stop(gateway)
+            emulator_code = await _stop(emulator)
+            subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await subscriber
+        text = await asyncio.to_thread((directory / "stamps.txt").read_text, "ascii")
+        stamps = parse_stamps(text)
+        latencies, sent, got, offloaded = _latencies(stamps, received, n, start_ns, end_ns)
+        notes = []
+        if gateway_code not in (0, -signal.SIGTERM) and profile_to is None:
+            notes.append(f"gateway exit code {gateway_code}")
+        if emulator_code != 0:
+            notes.append(f"emulator exit code {emulator_code}")
+        if not all_in:
+            notes.append(f"only {connected} of {n} devices connected when measured")
+        processes = {
+            name: sampler.usage(name, since=start, until=end + 0.5) for name in sampler.names
+        }
+        main = threads_after.get("main", 0.0) - threads_before.get("main", 0.0)
+        rest = sum(threads_after.values()) - sum(threads_before.values()) - main
+        keep = bool(notes)
+        return PointResult(
+            devices=n,
+            offload=mix.name,
+            tau_bits=mix.tau_bits,
+            seconds=(end_ns - start_ns) / 1e9,
+            connected=connected,
+            warmup_s=warmup,
+            sent=sent,
+            received=got,
+            offloaded=offloaded,
+            lost=sent - got,
+            latency_ms={
+                "p50": percentile(latencies, 50),
+                "p95": percentile(latencies, 95),
+                "p99": percentile(latencies, 99),
+                "max": max(latencies, default=math.nan),
+            },
+            processes=processes,
+            gateway_threads={"main": main, "other": rest},
+            notes=notes + ([f"logs kept in {directory}"] if keep else []),
+        )
+    finally:
+        if not keep:
+            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+
+
+# --- the bare model ------------------------------------------------------------------------------
+
+
+def measure_model(models_dir: Path | None, windows: int = 200) -> dict[str, Any]:
+    """The configured gateway model alone on synthetic windows: CPU ms per window. Blocks."""
+    from gatewayd.bench.pipeline import find_model, prepare_workload  # noqa: PLC0415
+    from gatewayd.config import default_config  # noqa: PLC0415
+    from gatewayd.inference.analysis import window_input  # noqa: PLC0415
+    from gatewayd.inference.session import ModelSession  # noqa: PLC0415
+
+    model, problem = find_model(default_config(), models_dir)
+    if model is None:
+        return {"model_id": None, "problem": problem}
+    work = prepare_workload(windows, 4, model)
+    session = ModelSession(model.card, model.path, 1)
+    cpu = time.process_time()
+    inputs = [window_input(w, session.card)[None] for _, w in work.windows]
+    preprocess = time.process_time() - cpu
+    for x in inputs[:20]:
+        session.run_logits(x)
+    cpu = time.process_time()
+    for x in inputs:
+        session.run_logits(x)
+    infer = time.process_time() - cpu
+    n = len(inputs)
+    return {
+        "model_id": model.model_id,
+        "windows": n,
+        "cpu_ms_per_window": round(1e3 * infer / n, 3),
+        "preprocess_cpu_ms_per_window": round(1e3 * preprocess / n, 3),
+    }
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+#: Profile entries that are the event loop itself or start-up, not work: left out of the tops.
+_PROFILE_FRAMEWORK: Final = (
+    "<frozen ", "selectors.py", "base_events.py", "runners.py", "events.py", "cProfile.py",
+)  # fmt: skip
+
+
+def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
+    """Top functions of a cProfile dump by own and by cumulative time (main thread only).
+
+    Waiting in epoll is idle time, reported apart; the event loop's own frames and imports are
+    left out of the tops (they wrap everything).
+    """
+    stats = pstats.Stats(str(path), stream=io.StringIO())
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    idle = sum(e[2] for (_, _, name), e in raw.items() if "poll' of 'select." in name)
+    busy = sum(e[2] for e in raw.values()) - idle
+
+    def work(key: tuple[str, int, str]) -> bool:
+        file, _, name = key
+        return (
+            "poll' of 'select." not in name
+            and not any(f in file for f in _PROFILE_FRAMEWORK)
+            and name not in {"<module>", "main", "cmd_run", "run_until_signalled"}
+        )
+
+    def rows(index: int) -> list[dict[str, Any]]:
+        chosen = sorted(
+            ((k, e) for k, e in raw.items() if work(k)), key=lambda kv: kv[1][index], reverse=True
+        )[:top]
+        return [
+            {
+                "function": f"{Path(file).name}:{line}({name})",
+                "calls": entry[1],
+                "own_s": round(entry[2], 3),
+                "cumulative_s": round(entry[3], 3),
+            }
+            for (file, line, name), entry in chosen
+        ]
+
+    return {
+        "main_thread_busy_s": round(busy, 3),
+        "main_thread_idle_s": round(idle, 3),
+        "by_own": rows(2),
+        "by_cumulative": rows(3),
+    }
+
+
+async def bench_scale(
+    options: ScaleOptions, *, say: Callable[[str], None] = lambda _t: None
+) -> ScaleReport:
+    """Run the sweep and the profile; return the report (the caller writes the files)."""
+    from gatewayd.bench.models import bench_environment  # noqa: PLC0415
+    from gatewayd.bench.pipeline import bench_broker  # noqa: PLC0415
+
+    say("timing the bare gateway model")
+    model = await asyncio.to_thread(measure_model, options.models_dir)
+    points: list[PointResult] = []
+    notes: list[str] = []
+    async with bench_broker(options.mqtt_host, options.mqtt_port) as broker:
+        say(broker.note)
+        address = (broker.host, broker.port)
+        for mix in options.offload:
+            for n in options.devices:
+                say(f"{n} wearables, offload {mix.name}: measuring {options.seconds:g} s")
+                try:
+                    point = await run_point(
+                        n, mix, options, address, seconds=options.seconds, say=say
+                    )
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    notes.append(f"{n} wearables, offload {mix.name}: failed: {exc}")
+                    say(f"  failed: {exc}")
+                    break
+                points.append(point)
+                say(
+                    f"  p50 {point.latency_ms['p50']:.1f} ms, p99 {point.latency_ms['p99']:.1f}"
+                    f" ms, {point.windows_per_s:.1f} windows/s, lost {point.lost}, gateway"
+                    f" {point.cores('gateway'):.2f} cores"
+                )
+        largest = {
+            f"p99<={budget:g}ms": {
+                mix.name: largest_within([p for p in points if p.offload == mix.name], budget)
+                for mix in options.offload
+            }
+            for budget in BUDGETS_MS
+        }
+        profile: dict[str, Any] = {}
+        if options.profile_seconds > 0 and points:
+            first = options.offload[0]
+            # The largest count within the tightest budget, else the next, else the smallest.
+            n = min(options.devices)
+            for by_mix in largest.values():
+                if (found := by_mix.get(first.name)) is not None:
+                    n = found
+                    break
+            say(f"profiling the gateway at {n} wearables, offload {first.name}")
+            directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gatewayd-prof-"))
+            try:
+                dump = directory / "gateway.prof"
+                point = await run_point(
+                    n, first, options, address, seconds=options.profile_seconds,
+                    profile_to=dump, say=say,
+                )  # fmt: skip
+                if dump.is_file():
+                    profile = await asyncio.to_thread(profile_summary, dump)
+                    profile.update(
+                        devices=n,
+                        offload=first.name,
+                        seconds=round(point.seconds, 1),
+                        threads_cpu_s={k: round(v, 2) for k, v in point.gateway_threads.items()},
+                        latency_ms_under_profiler={
+                            k: _round(v, 2) for k, v in point.latency_ms.items()
+                        },
+                    )
+                else:
+                    notes.append("the profiled gateway wrote no profile")
+            finally:
+                await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+        broker_name = f"{broker.kind} {broker.host}:{broker.port}"
+        if broker.kind == "in-process":
+            notes.append("in-process broker: its CPU is counted in 'bench'")
+    environment = await asyncio.to_thread(bench_environment)
+    return ScaleReport(
+        points=points,
+        broker=broker_name,
+        environment=environment,
+        model=model,
+        largest=largest,
+        offloaded_window_ms=offloaded_window_cost(points),
+        profile=profile,
+        notes=notes,
+    )
+
+
+# --- output --------------------------------------------------------------------------------------
+
+_PROCESS_ORDER: Final = ("gateway", "emulator", "dbus", "broker", "bench")
+
+
+def _f(value: float, fmt: str = "{:.1f}") -> str:
+    return "-" if not math.isfinite(value) else fmt.format(value)
+
+
+def format_markdown(report: ScaleReport) -> str:
+    """The report as Markdown: the table, the thresholds, the model and the profile."""
+    env = report.environment
+    lines = [
+        "# gatewayd bench scale",
+        "",
+        f"{env.get('cpu', '?')} ({env.get('cpus', '?')} CPUs); broker {report.broker};"
+        " real-time wearables, staggered; latency = wearable notify -> subscriber receives.",
+        "CPU columns are cores (1.0 = one core busy); every process shares the same machine.",
+        "",
+    ]
+    head = [
+        "devices", "offload", "ratio", "win/s", "p50 ms", "p95 ms", "p99 ms", "lost",
+        "gw cores", "gw ms/dev/s", "gw ms/win", "gw RSS MB", "emu cores", "dbus cores",
+        "broker cores",
+    ]  # fmt: skip
+    rows = []
+    for p in report.points:
+        gw = p.processes.get("gateway")
+        rows.append(
+            [
+                str(p.devices), p.offload, _f(p.offload_ratio, "{:.2f}"), _f(p.windows_per_s),
+                _f(p.latency_ms["p50"]), _f(p.latency_ms["p95"]), _f(p.latency_ms["p99"]),
+                str(p.lost), _f(p.cores("gateway"), "{:.2f}"),
+                _f(p.gateway_ms_per_device_s, "{:.2f}"), _f(p.gateway_ms_per_window, "{:.2f}"),
+                _f(gw.rss_mb if gw else math.nan, "{:.0f}"), _f(p.cores("emulator"), "{:.2f}"),
+                _f(p.cores("dbus"), "{:.2f}"), _f(p.cores("broker"), "{:.2f}"),
+            ]
+        )  # fmt: skip
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "Largest device count with no loss (counts tried in order):", ""]
+    for budget, by_mix in report.largest.items():
+        for mix, n in by_mix.items():
+            lines.append(f"- {budget}, offload {mix}: {n if n is not None else 'none'}")
+    m = report.model
+    lines += ["", "## Model and offloaded windows", ""]
+    if m.get("model_id"):
+        lines.append(
+            f"Bare model {m['model_id']} (batch 1, one thread, synthetic windows):"
+            f" {m['cpu_ms_per_window']} ms CPU per window, preprocessing"
+            f" {m['preprocess_cpu_ms_per_window']} ms."
+        )
+    else:
+        lines.append(f"No gateway model measured: {m.get('problem')}")
+    for n, ms in report.offloaded_window_ms.items():
+        ratio = ms / m["cpu_ms_per_window"] if m.get("cpu_ms_per_window") else math.nan
+        lines.append(
+            f"- {n} devices: gateway CPU per extra offloaded window {_f(ms, '{:.2f}')} ms"
+            f" ({_f(ratio, '{:.1f}')}x the model)"
+        )
+    prof = report.profile
+    if prof:
+        lines += [
+            "",
+            f"## Where the gateway's time goes ({prof['devices']} devices, offload"
+            f" {prof['offload']}, {prof['seconds']} s under cProfile)",
+            "",
+            f"Threads (CPU s in the measured interval): {prof['threads_cpu_s']}; 'main' is the"
+            " event loop, 'other' the inference executor, SQLite and ONNX Runtime threads."
+            " cProfile sees the main thread only, over the whole run (start-up included):"
+            f" busy {prof['main_thread_busy_s']} s, idle in epoll {prof['main_thread_idle_s']}"
+            " s. The event loop's own frames and imports are left out below.",
+            "",
+            "```",
+            format_table(
+                ["FUNCTION (by own time)", "CALLS", "OWN s", "CUM s"],
+                [
+                    [r["function"], str(r["calls"]), str(r["own_s"]), str(r["cumulative_s"])]
+                    for r in prof["by_own"]
+                ],
+            ),
+            "",
+            format_table(
+                ["FUNCTION (by cumulative time)", "CALLS", "OWN s", "CUM s"],
+                [
+                    [r["function"], str(r["calls"]), str(r["own_s"]), str(r["cumulative_s"])]
+                    for r in prof["by_cumulative"]
+                ],
+            ),
+            "```",
+        ]
+    lines += [f"\nNote: {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _latency_of(q: str, p: PointResult) -> float:
+    return p.latency_ms[q]
+
+
+def _cores_of(name: str, p: PointResult) -> float:
+    return p.cores(name)
+
+
+def plot(report: ScaleReport, out: Path) -> list[Path]:
+    """latency.png and cpu.png against device count, one line per mix. Needs matplotlib."""
+    import matplotlib as mpl  # noqa: PLC0415
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    by_mix: dict[str, list[PointResult]] = {}
+    for p in sorted(report.points, key=lambda p: p.devices):
+        by_mix.setdefault(p.offload, []).append(p)
+    figures = {
+        "latency.png": ("notify -> publish latency, ms", "latency", [
+            (q, style, functools.partial(_latency_of, q))
+            for q, style in (("p50", ":"), ("p95", "--"), ("p99", "-"))
+        ]),
+        "cpu.png": ("CPU, cores", "CPU by process", [
+            (name, "-", functools.partial(_cores_of, name))
+            for name in _PROCESS_ORDER[:4]
+            if any(name in p.processes for p in report.points)
+        ]),
+    }  # fmt: skip
+    paths = []
+    for filename, (ylabel, title, series) in figures.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for mix, pts in by_mix.items():
+            x = [p.devices for p in pts]
+            for label, style, value in series:
+                ax.plot(x, [value(p) for p in pts], style, marker="o", label=f"{mix} {label}")
+        if filename == "latency.png":
+            for budget in BUDGETS_MS:
+                ax.axhline(budget, color="grey", linewidth=0.8)
+        ax.set_xlabel("real-time wearables")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"gatewayd bench scale: {title}")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        paths.append(out / filename)
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def write_outputs(report: ScaleReport, out: Path, stream: IO[str] | None = None) -> list[Path]:
+    """scale.json, scale.md, profile.txt and the plots in ``out``; the paths written. Blocks."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "scale.json", out / "scale.md"]
+    written[0].write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    markdown = format_markdown(report)
+    written[1].write_text(markdown, encoding="utf-8")
+    if report.profile:
+        written.append(out / "profile.txt")
+        written[-1].write_text(
+            markdown.split("## Where the gateway's time goes", 1)[-1], encoding="utf-8"
+        )
+    if report.points:
+        written += plot(report, out)
+    if stream is not None:
+        stream.write(markdown)
+    return written

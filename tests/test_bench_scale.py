@@ -1,0 +1,165 @@
+"""`gatewayd bench scale`: its figures' arithmetic, and a smoke run that writes every artefact.
+
+The smoke run (emulator, gateway and mosquitto as processes, a few wearables for a few seconds)
+checks that each file is written and well formed, never the figures: speed lives in the bench.
+`make bench` runs the `--quick` sweep (marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.bench.procstat import Usage
+from gatewayd.bench.scale import (
+    OffloadMix,
+    PointResult,
+    largest_within,
+    offloaded_window_cost,
+    parse_devices,
+    parse_offload,
+    percentile,
+)
+from gatewayd.cli.common import EXIT_USAGE
+from tests.mqtt_fixtures import MOSQUITTO
+
+needs_dbus = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="no dbus-daemon")
+needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def point(devices: int, offload: str, p99: float, *, lost: int = 0, **kw: Any) -> PointResult:
+    fields: dict[str, Any] = {
+        "devices": devices, "offload": offload, "tau_bits": None, "seconds": 10.0,
+        "connected": devices, "warmup_s": 1.0, "sent": 100, "received": 100 - lost,
+        "offloaded": 0, "lost": lost,
+        "latency_ms": {"p50": p99 / 2, "p95": p99, "p99": p99, "max": p99},
+        "processes": {}, "gateway_threads": {},
+    }  # fmt: skip
+    fields.update(kw)
+    return PointResult(**fields)
+
+
+def test_offload_mixes_parse() -> None:
+    assert parse_offload("default,all,tau=3.9") == [
+        OffloadMix("default", None), OffloadMix("all", 0.0), OffloadMix("tau=3.9", 3.9)
+    ]  # fmt: skip
+    assert OffloadMix("default", None).config_lines() == ""
+    assert "tau_bits = 0.0" in OffloadMix("all", 0.0).config_lines()
+    for bad in ("sometimes", "tau=x", "tau=17", ""):
+        with pytest.raises(ValueError, match="offload"):
+            parse_offload(bad)
+
+
+def test_device_counts_parse_sorted_without_repeats() -> None:
+    assert parse_devices("50,10,50") == [10, 50]
+    for bad in ("0", "ten", ""):
+        with pytest.raises(ValueError, match="devices"):
+            parse_devices(bad)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_largest_count_stops_at_the_first_point_over_budget_or_losing() -> None:
+    points = [point(10, "d", 20.0), point(50, "d", 45.0), point(100, "d", 80.0)]
+    assert largest_within(points, 50.0) == 50
+    assert largest_within(points, 100.0) == 100
+    assert largest_within([point(10, "d", 60.0)], 50.0) is None
+    assert largest_within([point(10, "d", 5.0), point(50, "d", 5.0, lost=1)], 50.0) == 10
+    # Not every device connected: not a pass.
+    assert largest_within([point(10, "d", 5.0, connected=9)], 50.0) is None
+
+
+def test_offloaded_window_cost_is_the_slope_between_mixes() -> None:
+    def usage(cores: float) -> dict[str, Usage]:
+        return {"gateway": Usage(cores * 10.0, 10.0, 1, 1)}
+
+    light = point(100, "default", 10.0, offloaded=0, processes=usage(0.1))
+    heavy = point(100, "all", 10.0, offloaded=500, processes=usage(0.2))
+    # 50 more offloaded windows a second cost 0.1 core: 2 ms each.
+    assert offloaded_window_cost([light, heavy]) == {100: pytest.approx(2.0)}
+    assert offloaded_window_cost([light]) == {}
+
+
+def run_bench(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", "bench", "scale", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def check_artefacts(out: Path, devices: list[int], mixes: list[str]) -> dict[str, Any]:
+    """Every file is there and well formed; the JSON has a point per count and mix."""
+    report = json.loads((out / "scale.json").read_text(encoding="utf-8"))
+    assert sorted((p["devices"], p["offload"]) for p in report["points"]) == sorted(
+        (n, m) for n in devices for m in mixes
+    )
+    for p in report["points"]:
+        assert set(p["latency_ms"]) == {"p50", "p95", "p99", "max"}
+        assert {"gateway", "emulator", "bench"} <= set(p["processes"])
+        assert p["windows_sent"] >= p["windows_received"] >= 0
+        assert p["lost"] == p["windows_sent"] - p["windows_received"]
+        for usage in p["processes"].values():
+            assert set(usage) == {"cpu_s", "wall_s", "cores", "rss_mb", "peak_rss_mb"}
+    assert set(report["largest_devices"]) == {"p99<=50ms", "p99<=100ms"}
+    assert report["model"].get("model_id") or report["model"].get("problem")
+    assert {"by_own", "by_cumulative", "devices", "threads_cpu_s"} <= set(report["profile"])
+    markdown = (out / "scale.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# gatewayd bench scale")
+    assert "| devices | offload |" in markdown
+    assert len([line for line in markdown.splitlines() if line.startswith("| ")]) == 1 + len(
+        report["points"]
+    )
+    assert "Where the gateway's time goes" in markdown
+    assert "FUNCTION (by own time)" in (out / "profile.txt").read_text(encoding="utf-8")
+    for name in ("latency.png", "cpu.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    return report
+
+
+@needs_dbus
+@needs_mosquitto
+@needs_proc
+def test_smoke_run_writes_every_artefact(tmp_path: Path) -> None:
+    out = tmp_path / "scale"
+    done = run_bench(
+        out, "--devices", "3", "--offload", "all", "--seconds", "5", "--profile-seconds", "4",
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_artefacts(out, [3], ["all"])
+    assert "wrote" in done.stderr
+    assert "| devices | offload |" in done.stdout
+
+
+def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
+    done = run_bench(tmp_path, "--offload", "sometimes", timeout=60)
+    assert done.returncode == EXIT_USAGE
+    assert "offload 'sometimes'" in done.stderr
+    assert not (tmp_path / "scale.json").exists()
+
+
+@pytest.mark.slow
+@needs_dbus
+@needs_mosquitto
+@needs_proc
+def test_quick_sweep(tmp_path: Path) -> None:
+    """What `make bench` runs: the --quick sweep (a few minutes), written to pytest's tmp_path."""
+    out = tmp_path / "scale"
+    done = run_bench(out, "--quick", timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_artefacts(out, [5, 20, 50], ["default", "all"])
