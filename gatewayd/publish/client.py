@@ -354,7 +354,8 @@ class Publisher:
     def notify(self) -> None:
         """Tell the publisher the outbox has new items (cheap; call after every append)."""
         self._outbox_wake.set()
-        self._alerts_sent.clear()
+        if not self._stopping.is_set():  # a stopping alert loop sends nothing more: no wait
+            self._alerts_sent.clear()
 
     def stop(self) -> None:
         """Ask `run` to finish in-flight work, publish status offline and return."""
