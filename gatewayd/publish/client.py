@@ -94,8 +94,9 @@ STOP_GRACE_S: Final = 5.0
 #: Leaving the publisher waits this long after the grace period for status "offline".
 STATUS_GRACE_S: Final = 2.0
 OUTBOX_BATCH: Final = 100
-#: States, open-alert sets and discovery configs sent and not yet acknowledged, at most.
-STATE_INFLIGHT: Final = 32
+#: States, open-alert sets and discovery configs sent and not yet acknowledged, at most. Below
+#: paho's window of 20 unacknowledged QoS 1 messages, so an alert always fits in it at once.
+STATE_INFLIGHT: Final = 16
 #: Set on the broker connection: each publish leaves at once. Without it Nagle's algorithm holds
 #: telemetry back behind a QoS 1 publish until its PUBACK (or the broker's delayed ACK) arrives.
 SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
