@@ -168,16 +168,15 @@ def test_an_unknown_fault_kind_is_a_usage_error(capsys: pytest.CaptureFixture[st
     assert "meteor" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed")
-@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
-def test_a_short_soak_with_every_fault_writes_artefacts_that_add_up(tmp_path: Path) -> None:
-    out = tmp_path / "soak"
-    args = _parse([
-        "soak", "--minutes", "1.25", "--devices", "3", "--speed", "8", "--seed", "1",
-        "--fault-interval-s", "10", "--warmup-s", "12", "--sample-every-s", "2",
-        "--no-model", "--out", str(out),
-    ])  # fmt: skip
-    code = cmd_bench_soak(args)
+needs_soak_parts = pytest.mark.skipif(
+    shutil.which("dbus-daemon") is None or MOSQUITTO is None,
+    reason="the soak needs dbus-daemon and mosquitto (apt-get install dbus mosquitto)",
+)
+
+
+def _soak(out: Path, *options: str) -> None:
+    """Run `gatewayd bench soak` with every fault kind in the rotation; check what it wrote."""
+    code = cmd_bench_soak(_parse(["soak", "--seed", "1", "--out", str(out), *options]))
     data = json.loads((out / "soak.json").read_text(encoding="utf-8"))
     summary = (out / "soak.md").read_text(encoding="utf-8")
     assert code == (0 if data["ok"] else 1)
@@ -208,3 +207,21 @@ def test_a_short_soak_with_every_fault_writes_artefacts_that_add_up(tmp_path: Pa
     assert acc["unexplained"] == 0, acc["devices"]
     assert not acc["alerts"]["undelivered"]
     assert code == 0
+
+
+@needs_soak_parts
+def test_a_short_soak_with_every_fault_writes_artefacts_that_add_up(tmp_path: Path) -> None:
+    """75 s at 8x real time, no model (less CPU), a fault every ~10 s."""
+    _soak(
+        tmp_path / "soak",
+        "--minutes", "1.25", "--devices", "3", "--speed", "8", "--fault-interval-s", "10",
+        "--warmup-s", "12", "--sample-every-s", "2", "--broker-outage-s", "5", "--no-model",
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@needs_soak_parts
+def test_a_four_minute_soak_with_the_shipped_model(tmp_path: Path) -> None:
+    """`make bench`'s reduced soak: the defaults (4 wearables at 4x, the installed model), four
+    minutes, a fault every ~40 s."""
+    _soak(tmp_path / "soak", "--minutes", "4", "--fault-interval-s", "40")

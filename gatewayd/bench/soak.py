@@ -66,6 +66,8 @@ __all__ = [
     "run_soak",
 ]
 
+#: The faults aimed at one wearable (the others hit the whole gateway).
+DEVICE_FAULTS: Final = frozenset({"link_drop", "corrupt"})
 GATEWAY_ID: Final = "gw-soak"
 TOPIC_ROOT: Final = "gatewayd"
 #: PPG-DaLiA's activity id for sitting: the heart rate stays low between planted episodes.
@@ -95,6 +97,8 @@ cooldown_s = 0.0
 SETTLE_S: Final = 30.0
 #: How long after the last window the gateway may take to account for everything and drain.
 DRAIN_LIMIT_S: Final = 240.0
+#: How long a corruption fault waits for its wearable to send a fragment.
+CORRUPT_WAIT_S: Final = 30.0
 #: Samples this soon after a gateway (re)start are left out of the RSS slope (model loading).
 RSS_WARMUP_S: Final = 20.0
 
@@ -113,7 +117,7 @@ class SoakOptions:
     faults: tuple[str, ...] = FAULT_KINDS
     #: Seconds of quiet before the first fault.
     warmup_s: float = 30.0
-    broker_outage_s: float = 5.0
+    broker_outage_s: float = 15.0
     gateway_down_s: float = 3.0
     sample_every_s: float = 5.0
     #: Seconds between the starts of successive wearables.
@@ -385,12 +389,7 @@ async def _run_faults(
             await asyncio.sleep(options.broker_outage_s)
             await broker.start()
         elif fault.kind == "corrupt":
-            trigger = _trigger(wearable)
-            before = trigger.applied
-            trigger.arm(1)
-            async with asyncio.timeout(30.0):
-                while trigger.applied == before:  # noqa: ASYNC110 - the wearable sends when due
-                    await asyncio.sleep(0.05)
+            note = await _corrupt_one(_trigger(wearable))
         elif fault.kind == "gateway_kill":
             device_id = None
             await soak.gateway.kill()
@@ -400,6 +399,20 @@ async def _run_faults(
         soak.faults.append(done)
         soak.say(f"fault {fault.kind}{f' on {device_id}' if device_id else ''} done"
                  f" in {done.end - done.start:.1f} s{f' ({note})' if note else ''}")  # fmt: skip
+
+
+async def _corrupt_one(trigger: CorruptTrigger) -> str:
+    """Arm the trigger and wait until the fragment went out; a note if it did not in time."""
+    before = trigger.applied
+    trigger.arm(1)
+    try:
+        async with asyncio.timeout(CORRUPT_WAIT_S):
+            while trigger.applied == before:  # noqa: ASYNC110 - the wearable sends when due
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        trigger.armed = 0
+        return f"skipped: the wearable sent nothing within {CORRUPT_WAIT_S:g} s"
+    return ""
 
 
 def _owed(fleet: Fleet) -> list[Owed]:
@@ -434,7 +447,8 @@ async def run_soak(options: SoakOptions, out: TextIO) -> SoakResult:
     soak.say(f"soak of {options.minutes:g} min, {options.devices} wearables at"
              f" {options.speed:g}x real time, seed {options.seed}; work dir {work}")  # fmt: skip
     for p in plan:
-        soak.say(f"  planned: {p.at_s:7.1f} s {p.kind} (device {_device_id(p.device)})")
+        on = f" on {_device_id(p.device)}" if p.kind in DEVICE_FAULTS else ""
+        soak.say(f"  planned: {p.at_s:7.1f} s {p.kind}{on}")
     sim_minutes = options.minutes * options.speed
     shim = work / "bin"
     await asyncio.to_thread(install_bluetoothctl_shim, shim)

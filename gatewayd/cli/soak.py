@@ -82,8 +82,8 @@ def add_soak_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help=f"fault kinds in the rotation ({','.join(FAULT_KINDS)})")  # fmt: skip
     soak.add_argument("--warmup-s", type=float, default=30.0, metavar="S",
                       help="quiet seconds before the first fault (30)")  # fmt: skip
-    soak.add_argument("--broker-outage-s", type=float, default=5.0, metavar="S",
-                      help="seconds mosquitto stays down per restart (5)")  # fmt: skip
+    soak.add_argument("--broker-outage-s", type=float, default=15.0, metavar="S",
+                      help="seconds mosquitto stays down per restart (15)")  # fmt: skip
     soak.add_argument("--gateway-down-s", type=float, default=3.0, metavar="S",
                       help="seconds between a SIGKILL and the restart (3)")  # fmt: skip
     soak.add_argument("--sample-every-s", type=_positive_float, default=5.0, metavar="S",
