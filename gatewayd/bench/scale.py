@@ -476,10 +476,11 @@ async def _start(
     env = dict(os.environ)
     env["DBUS_SYSTEM_BUS_ADDRESS"] = found["DBUS_SYSTEM_BUS_ADDRESS"]
     env["PATH"] = f"{found['SHIM']}{os.pathsep}{env.get('PATH', '')}"
-    profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+    # Profiled: cProfile switched on and off by signals around the interval (profiled.py).
+    program = ["gatewayd.bench.profiled", str(profile_to)] if profile_to else ["gatewayd"]
     with (directory / "gateway.log").open("w", encoding="utf-8") as log:
         gateway = await asyncio.create_subprocess_exec(
-            *_python(), *profiler, "-m", "gatewayd", "run", "--config", str(config),
+            *_python(), "-m", *program, "run", "--config", str(config),
             "--log-format", "json", "--log-level", "warning", *models,
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
         )  # fmt: skip
@@ -580,11 +581,16 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
                 if not all_in:
                     say(f"  only {len(received.connected)} of {n} connected after {limit:.0f} s")
                 threads_before = await asyncio.to_thread(thread_cpu, gateway.pid)
+                if profile_to is not None:
+                    gateway.send_signal(signal.SIGUSR1)
                 start = sampler.mark()
                 start_ns = time.monotonic_ns()
                 await asyncio.sleep(seconds)
                 end_ns = time.monotonic_ns()
                 end = sampler.mark()
+                if profile_to is not None:
+                    gateway.send_signal(signal.SIGUSR2)
+                    await _poll(profile_to.is_file, PROCESS_LIMIT_S)
                 threads_after = await asyncio.to_thread(thread_cpu, gateway.pid)
                 await sampler.sample_now()
                 connected = len(received.connected)
@@ -674,17 +680,15 @@ def measure_model(models_dir: Path | None, windows: int = 200) -> dict[str, Any]
 # --- the sweep -----------------------------------------------------------------------------------
 
 
-#: Profile entries that are the event loop itself or start-up, not work: left out of the tops.
-_PROFILE_FRAMEWORK: Final = (
-    "<frozen ", "selectors.py", "base_events.py", "runners.py", "events.py", "cProfile.py",
-)  # fmt: skip
+#: Profile entries that are the event loop itself, not work: left out of the tops.
+_PROFILE_FRAMEWORK: Final = ("selectors.py", "base_events.py", "runners.py", "events.py")
 
 
 def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
     """Top functions of a cProfile dump by own and by cumulative time (main thread only).
 
-    Waiting in epoll is idle time, reported apart; the event loop's own frames and imports are
-    left out of the tops (they wrap everything).
+    Waiting in epoll is idle time, reported apart; the event loop's own frames are left out of
+    the tops (they wrap everything).
     """
     stats = pstats.Stats(str(path), stream=io.StringIO())
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
@@ -705,7 +709,7 @@ def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
         )[:top]
         return [
             {
-                "function": f"{Path(file).name}:{line}({name})",
+                "function": f"{'/'.join(Path(file).parts[-2:])}:{line}({name})",
                 "calls": entry[1],
                 "own_s": round(entry[2], 3),
                 "cumulative_s": round(entry[3], 3),
@@ -877,9 +881,9 @@ def format_markdown(report: ScaleReport) -> str:
             "",
             f"Threads (CPU s in the measured interval): {prof['threads_cpu_s']}; 'main' is the"
             " event loop, 'other' the inference executor, SQLite and ONNX Runtime threads."
-            " cProfile sees the main thread only, over the whole run (start-up included):"
+            " cProfile sees the main thread only, over the measured interval:"
             f" busy {prof['main_thread_busy_s']} s, idle in epoll {prof['main_thread_idle_s']}"
-            " s. The event loop's own frames and imports are left out below.",
+            " s (cProfile slows what it sees). The event loop's own frames are left out.",
             "",
             "```",
             format_table(
