@@ -907,6 +907,9 @@ def format_markdown(report: ScaleReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+_DASHES: Final = ("-", "--", ":", "-.")
+
+
 def _latency_of(q: str, p: PointResult) -> float:
     return p.latency_ms[q]
 
@@ -939,10 +942,16 @@ def plot(report: ScaleReport, out: Path) -> list[Path]:
     paths = []
     for filename, (ylabel, title, series) in figures.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for mix, pts in by_mix.items():
+        for m, (mix, pts) in enumerate(by_mix.items()):
             x = [p.devices for p in pts]
-            for label, style, value in series:
-                ax.plot(x, [value(p) for p in pts], style, marker="o", label=f"{mix} {label}")
+            for k, (label, style, value) in enumerate(series):
+                # Latency: a colour per mix, a dash per percentile; CPU: a colour per process,
+                # a dash per mix.
+                latency = filename == "latency.png"
+                ax.plot(
+                    x, [value(p) for p in pts], style if latency else _DASHES[m % len(_DASHES)],
+                    color=f"C{m if latency else k}", marker="o", label=f"{mix} {label}",
+                )  # fmt: skip
         if filename == "latency.png":
             for budget in BUDGETS_MS:
                 ax.axhline(budget, color="grey", linewidth=0.8)
