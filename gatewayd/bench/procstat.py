@@ -124,8 +124,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of ``pid``'s threads, summed by thread name (comm). Blocks.
 
     Threads that end before the read are not counted (their time stays in the process total).
-    Python names its threads in /proc only from 3.14 on, so before that most share the
-    program's name; the first one, the main thread, is reported as ``main``.
+    CPython 3.11 does not give its threads' names to the kernel, so Python threads share the
+    program's name (native libraries may name theirs); the main thread is reported as ``main``.
     """
     out: dict[str, float] = {}
     base = _PROC / str(pid) / "task"
