@@ -11,7 +11,7 @@ its physiological alerts in the same call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from gatewayd.activity import ActivityGroup, group_name
 from gatewayd.rules.alerts import (
@@ -127,15 +127,53 @@ class DeviceState:
 
 
 class _Run:
-    """Collects transitions while one input is evaluated (local to one pure call)."""
+    """Collects transitions while one input is evaluated (local to one pure call).
 
-    def __init__(self, config: RulesConfig, state: DeviceState, t: float, wall: float) -> None:
+    Changes to the device's state are gathered (`update`, `set_track`) and made into a new
+    `DeviceState` once, when `state` is read: one copy of it per input, not one per rule.
+    """
+
+    def __init__(
+        self, config: RulesConfig, state: DeviceState, t: float, wall: float, **changes: Any
+    ) -> None:
         self.config = config
-        self.state = state
+        self._state = state
+        #: Fields of ``_state`` changed since (DeviceState field name -> new value).
+        self._changes: dict[str, Any] = changes
         #: Monotonic time of the input (every duration); ``wall`` labels what it produces.
         self.t = t
         self.wall = wall
         self.out: list[AlertTransition] = []
+
+    @property
+    def state(self) -> DeviceState:
+        """The device's state with every change so far."""
+        if self._changes:
+            self._state = replace(self._state, **self._changes)
+            self._changes = {}
+        return self._state
+
+    def update(self, **changes: Any) -> None:
+        """Change fields of the device's state (`DeviceState` field names)."""
+        self._changes.update(changes)
+
+    def current(self, name: str) -> Any:
+        """One field of the device's state, with the changes so far."""
+        changes = self._changes
+        return changes[name] if name in changes else getattr(self._state, name)
+
+    @property
+    def fall(self) -> FallState:
+        """The fall rule's state, with the changes so far."""
+        fall: FallState = self.current("fall")
+        return fall
+
+    def track(self, kind: AlertKind) -> TrackState:
+        """The state of one rule, with the changes so far."""
+        if kind is AlertKind.FALL:
+            return self.fall.track
+        track: TrackState = self.current(kind.value)
+        return track
 
     def rule(self, kind: AlertKind) -> RuleBase:
         rule = getattr(self.config, kind.value)
@@ -144,9 +182,9 @@ class _Run:
 
     def set_track(self, kind: AlertKind, track: TrackState) -> None:
         if kind is AlertKind.FALL:
-            self.state = replace(self.state, fall=replace(self.state.fall, track=track))
+            self._changes["fall"] = replace(self.fall, track=track)
         else:
-            self.state = replace(self.state, **{kind.value: track})  # type: ignore[arg-type]
+            self._changes[kind.value] = track
 
     def emit(
         self,
@@ -172,7 +210,7 @@ class _Run:
         assert raised_at is not None
         self.out.append(
             AlertTransition(
-                device_id=self.state.device_id,
+                device_id=self._state.device_id,
                 kind=kind,
                 category=CATEGORY[kind],
                 severity=rule.severity,
@@ -200,7 +238,7 @@ class _Run:
         rule = self.rule(kind)
         if not rule.enabled:
             return
-        before = self.state.track(kind)
+        before = self.track(kind)
         after, outcome = step(
             before,
             level,
@@ -231,26 +269,27 @@ class _Run:
     def withdraw_hr_rules(self, reason: str) -> None:
         """Clear raised heart-rate alerts and forget pending runs: their data is not trustworthy."""
         for kind in HR_KINDS:
-            before = self.state.track(kind)
+            before = self.track(kind)
             if before.active:
                 self.set_track(kind, clear(before, self.t))
                 self.emit(kind, "cleared", before, before, reason=reason)
             else:
                 self.set_track(kind, reset_run(before))
-        self.state = replace(self.state, hr_history=())
+        self.update(hr_history=())
 
 
 #: Technical values (quality, battery) arrive every 2 s; a longer hole restarts a duration.
 _TECHNICAL_GAP_S: Final = 30.0
 
 
-def _advance(state: DeviceState, wall: float, mono: float) -> tuple[DeviceState, float, float]:
-    """The input's (monotonic, wall) time, never before the newest seen for the device.
+def _advance(state: DeviceState, wall: float, mono: float) -> tuple[float, float]:
+    """The input's (monotonic, wall) time, never before the newest seen for the device (the
+    state's ``last_t`` becomes the first).
 
     A late input is evaluated at the newest monotonic time; its wall label moves by as much.
     """
     now = mono if state.last_t is None else max(mono, state.last_t)
-    return replace(state, last_t=now), now, wall + (now - mono)
+    return now, wall + (now - mono)
 
 
 def _sample(
@@ -301,14 +340,14 @@ def observe(
     config: RulesConfig, state: DeviceState, obs: Observation
 ) -> tuple[DeviceState, list[AlertTransition]]:
     """Evaluate every rule on one window."""
-    state, t, wall = _advance(state, obs.t, obs.clock)
+    t, wall = _advance(state, obs.t, obs.clock)
+    run = _Run(config, state, t, wall, last_t=t)
     if state.connected is not True:
         # Windows only arrive over a live link: data proves the connection.
-        state = replace(state, connected=True, link_changed_t=t, link_changed_wall=wall)
-    state = replace(state, last_obs_t=t, last_obs_wall=wall, last_seq=obs.seq)
-    run = _Run(config, state, t, wall)
+        run.update(connected=True, link_changed_t=t, link_changed_wall=wall)
+    run.update(last_obs_t=t, last_obs_wall=wall, last_seq=obs.seq)
     for kind in (AlertKind.DEVICE_SILENT, AlertKind.DISCONNECTED):
-        before = run.state.track(kind)
+        before = run.track(kind)
         if before.active:
             run.set_track(kind, clear(before, t))
             data = (_sample(obs, wall, 1),)
@@ -390,10 +429,9 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
     gate = (("min_confidence", config.hr.min_confidence),)
 
     tachy = config.tachycardia
-    run.state = replace(
-        run.state, bouts=_update_bouts(run.state.bouts, group, t, config.hr.max_gap_s)
-    )
-    limit_cls, limit = _tachycardia_limit(config, cls, run.state.bouts, t)
+    bouts = _update_bouts(run.current("bouts"), group, t, config.hr.max_gap_s)
+    run.update(bouts=bouts)
+    limit_cls, limit = _tachycardia_limit(config, cls, bouts, t)
     run.apply(
         AlertKind.TACHYCARDIA,
         Level.UNKNOWN if hr is None else _above(hr, limit, tachy.hysteresis_bpm),
@@ -493,17 +531,17 @@ def _abrupt_change(
     rule = config.abrupt_change
     if hr is None or group is ActivityGroup.UNKNOWN:
         if hr is not None:
-            run.state = replace(run.state, hr_history=())  # activity unknown: cannot compare
+            run.update(hr_history=())  # activity unknown: cannot compare
         run.apply(AlertKind.ABRUPT_CHANGE, Level.UNKNOWN, None, stale_s=config.hr.stale_s)
         return
     # Only values of the current group's run count: a change of activity explains a jump.
-    history = tuple(p for p in run.state.hr_history if t - p.t <= rule.within_s)
+    history = tuple(p for p in run.current("hr_history") if t - p.t <= rule.within_s)
     if history and history[-1].activity != group:
         history = ()  # the history only ever holds one group's run
     reference = max(history, key=lambda p: abs(hr - p.hr_bpm), default=None)
     delta = 0.0 if reference is None else hr - reference.hr_bpm
     point = HrPoint(obs.seq, t, hr, int(group), run.wall)
-    run.state = replace(run.state, hr_history=(*history, point))
+    run.update(hr_history=(*history, point))
     extra: tuple[tuple[str, Scalar], ...] = ()
     if reference is not None:
         extra = (
@@ -530,8 +568,8 @@ def _fall(run: _Run, obs: Observation) -> None:
     rule = run.config.fall
     if not rule.enabled:
         return
-    state, events = step_fall(run.state.fall, obs, rule, run.config.max_evidence, run.t)
-    run.state = replace(run.state, fall=state)
+    state, events = step_fall(run.fall, obs, rule, run.config.max_evidence, run.t)
+    run.update(fall=state)
     thresholds = (
         ("impact_g", rule.impact_g),
         ("min_duration_s", rule.min_duration_s),
@@ -570,12 +608,10 @@ def on_link(
     config: RulesConfig, state: DeviceState, status: LinkStatus
 ) -> tuple[DeviceState, list[AlertTransition]]:
     """Record a link change, then let time-based rules look at the new time."""
-    state, t, wall = _advance(state, status.t, status.clock)
-    run = _Run(config, state, t, wall)
+    t, wall = _advance(state, status.t, status.clock)
+    run = _Run(config, state, t, wall, last_t=t)
     if state.connected is not status.connected:
-        run.state = replace(
-            run.state, connected=status.connected, link_changed_t=t, link_changed_wall=wall
-        )
+        run.update(connected=status.connected, link_changed_t=t, link_changed_wall=wall)
     if status.connected:
         _clear_now(run, AlertKind.DISCONNECTED, "reconnected")
     else:
@@ -588,14 +624,14 @@ def on_tick(
     config: RulesConfig, state: DeviceState, t: float, mono: float | None = None
 ) -> tuple[DeviceState, list[AlertTransition]]:
     """Let time-based rules (silence, disconnection, staleness) look at wall ``t``, ``mono``."""
-    state, now, wall = _advance(state, t, t if mono is None else mono)
-    run = _Run(config, state, now, wall)
+    now, wall = _advance(state, t, t if mono is None else mono)
+    run = _Run(config, state, now, wall, last_t=now)
     _time_rules(run)
     return run.state, run.out
 
 
 def _clear_now(run: _Run, kind: AlertKind, reason: str) -> None:
-    before = run.state.track(kind)
+    before = run.track(kind)
     if before.active:
         run.set_track(kind, clear(before, run.t))
         run.emit(kind, "cleared", before, before, reason=reason)
@@ -625,7 +661,7 @@ def _time_rules(run: _Run) -> None:
         )
     for kind in HR_KINDS:
         if run.rule(kind).enabled:
-            before = run.state.track(kind)
+            before = run.track(kind)
             after, outcome = clear_if_stale(before, t, config.hr.stale_s)
             run.set_track(kind, after)
             run.emit(kind, outcome, before, after, reason="no_data")
@@ -640,7 +676,7 @@ def _raise_after(
     """Raise a condition that has held since ``since`` (monotonic, wall) once it lasted
     min_duration_s (on the monotonic clock)."""
     rule = run.rule(kind)
-    before = run.state.track(kind)
+    before = run.track(kind)
     if not rule.enabled or before.active:
         return
     since_mono, since_wall = since

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from gatewayd.activity import group_name
 from gatewayd.rules.alerts import EvidenceSample
@@ -112,31 +113,52 @@ def acc_blocks(obs: Observation, after: float | None, block_s: float) -> list[Ac
 def _sample_blocks(obs: Observation, after: float | None, block_s: float) -> list[AccBlock]:
     assert obs.acc is not None
     rate = obs.acc_rate_hz
-    acc = obs.acc.astype(np.float64)
-    magnitude = np.sqrt(np.sum(np.square(acc), axis=1))
-    n = magnitude.shape[0]
+    acc = np.asarray(obs.acc, dtype=np.float64)  # no copy when it already is
+    n = acc.shape[0]
     times = acc_end(obs) - (n - 1 - np.arange(n)) / rate
     # Half a sample period of slack absorbs float noise in overlapping windows' timestamps.
     first = 0 if after is None else int(np.searchsorted(times, after + 0.5 / rate, side="left"))
+    if first >= n:
+        return []
     size = max(1, round(rate * block_s))
-    starts = list(range(first, n, size))
-    if len(starts) > 1 and n - starts[-1] < size / 2:
-        starts.pop()  # a short tail joins the block before it
+    count = -(-(n - first) // size)  # blocks starting at first, first + size, ... before n
+    if count > 1 and n - (first + (count - 1) * size) < size / 2:
+        count -= 1  # a short tail joins the block before it
+    # Blocks of ``size`` samples, then (unless it has ``size`` too) the last one, up to n.
+    whole = count if n - (first + (count - 1) * size) == size else count - 1
+    cut = first + whole * size
+    parts = (acc[first:cut].reshape(whole, size, acc.shape[1]), acc[None, cut:n])
+    stats = [s for part in parts if len(part) and part.shape[1] for s in block_stats(part)]
+    period = 1 / rate
     blocks = []
-    for i, begin in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else n
-        chunk = magnitude[begin:end]
-        top = int(np.argmax(chunk))
+    for i, (top, peak, std) in enumerate(stats):
+        begin = first + i * size
+        end = n if i == count - 1 else begin + size
         blocks.append(
             AccBlock(
-                t_start=float(times[begin]) - 1 / rate,
+                t_start=float(times[begin]) - period,
                 t_end=float(times[end - 1]),
-                peak_g=float(chunk[top]),
+                peak_g=peak,
                 peak_t=float(times[begin + top]),
-                std_g=float(np.sqrt(np.sum(np.var(acc[begin:end], axis=0)))),
+                std_g=std,
             )
         )
     return blocks
+
+
+def block_stats(blocks: npt.NDArray[np.float64]) -> list[tuple[int, float, float]]:
+    """For each of ``blocks`` (shape: blocks, samples, axes): where in it |a| peaks, the peak,
+    and the spread (the root of the summed per-axis variances, computed as `np.var` does, so
+    to the last bit as one block at a time would be)."""
+    add = np.add.reduce  # np.sum without its wrapper
+    magnitude = np.sqrt(add(np.square(blocks), axis=2))
+    top = magnitude.argmax(axis=1).tolist()
+    peak = [row[i] for row, i in zip(magnitude.tolist(), top, strict=True)]
+    samples = blocks.shape[1]
+    deviation = blocks - add(blocks, axis=1, keepdims=True) / samples
+    np.multiply(deviation, deviation, out=deviation)
+    std = np.sqrt(add(add(deviation, axis=1) / samples, axis=1)).tolist()
+    return list(zip(top, peak, std, strict=True))
 
 
 def _is_impact(block: AccBlock, config: FallConfig) -> bool:
