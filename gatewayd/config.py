@@ -223,7 +223,6 @@ class InferenceConfig(_Section):
     hr_model_margin: float = Field(default=0.5, ge=-1, le=1, allow_inf_nan=False)
     hr_signal_trusted: float = Field(default=1.01, ge=0, le=1.01, allow_inf_nan=False)
     max_batch: int = Field(default=16, ge=1, le=256)
-    max_wait_ms: int = Field(default=5, ge=0, le=1000)
     queue_size: int = Field(default=256, ge=1, le=65536)
     threads: int = Field(default=1, ge=1, le=64)
 
@@ -607,6 +606,8 @@ REMOVED_KEYS: Final[dict[str, str]] = {
     " client cannot ask for one",
     "ble.allowlist_only": "the gateway only ever connects to devices paired with `gatewayd"
     " pair` (docs/pairing.md)",
+    "inference.max_wait_ms": "the inference worker never waits for a fuller batch: it runs what"
+    " is queued as soon as it is free (up to inference.max_batch)",
 }
 
 

@@ -121,7 +121,7 @@ def write_config(tmp_path: Path, broker: Broker) -> Config:
         f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{tmp_path / "state"}"\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nkeepalive_s = 5\n'
         f"[offload]\ntau_bits = {TAU_MBITS / 1000}\nmin_confidence = {MIN_CONF_E4 / 10_000}\n"
-        f'[inference]\nmodel = "{MODEL_ID}"\nqueue_size = 4\nmax_batch = 1\nmax_wait_ms = 0\n'
+        f'[inference]\nmodel = "{MODEL_ID}"\nqueue_size = 4\nmax_batch = 1\n'
         "threads = 1\n",
         encoding="utf-8",
     )

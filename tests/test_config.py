@@ -496,12 +496,18 @@ def test_commented_example_values_are_valid() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["scan_interval_s = 10.0", "mtu_request = 247", "allowlist_only = true"]
+    ("section", "key"),
+    [
+        ("ble", "scan_interval_s = 10.0"),
+        ("ble", "mtu_request = 247"),
+        ("ble", "allowlist_only = true"),
+        ("inference", "max_wait_ms = 5"),
+    ],
 )
-def test_keys_that_never_did_anything_are_refused_with_the_reason(tmp_path: Path, key: str) -> None:
-    path = write(tmp_path, f"[ble]\n{key}\n")
-    name = key.split(" ", maxsplit=1)[0]
+def test_removed_keys_are_refused_with_the_reason(tmp_path: Path, section: str, key: str) -> None:
+    path = write(tmp_path, f"[{section}]\n{key}\n")
+    name = f"{section}.{key.split(' ', maxsplit=1)[0]}"
     message = error_for(path)
-    assert f"'ble.{name}' was removed: " in message
-    assert REMOVED_KEYS[f"ble.{name}"] in message
+    assert f"'{name}' was removed: " in message
+    assert REMOVED_KEYS[name] in message
     assert "delete the line" in message

@@ -502,7 +502,7 @@ async def test_windows_go_through_the_analyser_in_order() -> None:
 
 @pytest.mark.asyncio
 async def test_the_worker_batches_windows_and_without_a_model_reports_the_wearables_hr() -> None:
-    worker = InferenceWorker(None, InferenceConfig(max_batch=8, max_wait_ms=50))
+    worker = InferenceWorker(None, InferenceConfig(max_batch=8))
     # Device "a" sends its own heart rate (72.5 in the summary); "b" sends none, so the
     # gateway's tracker estimates it from the samples (a 78 bpm sine), one state per device.
     jobs = [
@@ -541,7 +541,7 @@ async def test_the_worker_runs_the_model_in_batches_when_one_is_installed(
     registry = await asyncio.to_thread(ModelRegistry.discover, tmp_path)
     installed = registry.get("tiny-full")
     session = await asyncio.to_thread(ModelSession, installed.card, installed.path)
-    config = InferenceConfig(max_batch=4, max_wait_ms=50, heart_rate=heart_rate)
+    config = InferenceConfig(max_batch=4, heart_rate=heart_rate)
     worker = InferenceWorker(session, config)
     jobs = [asyncio.ensure_future(worker.analyse("a", window(seq))) for seq in range(6)]
     runner = asyncio.create_task(worker.run())

@@ -33,8 +33,8 @@ async def _until_taken(worker: InferenceWorker) -> None:
 
 @pytest.mark.asyncio
 async def test_a_lone_window_runs_at_once_and_later_ones_make_the_next_batch() -> None:
-    # A long max_wait_ms: a worker that waited for a fuller batch would put both in one.
-    worker = InferenceWorker(None, InferenceConfig(max_batch=8, max_wait_ms=1000))
+    # A worker that waited for a fuller batch would put both in one.
+    worker = InferenceWorker(None, InferenceConfig(max_batch=8))
     runner = asyncio.create_task(worker.run())
     try:
         first = asyncio.ensure_future(worker.analyse("a", _window(0)))
@@ -51,7 +51,7 @@ async def test_a_lone_window_runs_at_once_and_later_ones_make_the_next_batch() -
 
 @pytest.mark.asyncio
 async def test_what_is_queued_goes_in_one_batch_up_to_max_batch() -> None:
-    worker = InferenceWorker(None, InferenceConfig(max_batch=4, max_wait_ms=0))
+    worker = InferenceWorker(None, InferenceConfig(max_batch=4))
     jobs = [asyncio.ensure_future(worker.analyse("a", _window(seq))) for seq in range(10)]
     await asyncio.sleep(0)  # every job is queued before the worker starts
     runner = asyncio.create_task(worker.run())
