@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,27 @@ async def test_cancelling_a_caller_does_not_revoke_its_write(tmp_path: Path) -> 
             await task
         await store.flush()
         assert len(await store.events()) == 1
+
+
+async def test_a_cancelled_callers_write_frees_its_place_once_committed(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "g.db", options=StoreOptions(max_pending=1)) as store:
+        gate = threading.Event()
+        writer = store._open_writer()
+        held = writer.submit(Op(lambda conn: gate.wait(10), held_value=None))  # writer busy
+        tasks = [asyncio.ensure_future(store.append_event(alert(n=n))) for n in range(3)]
+        await asyncio.sleep(0)  # the first takes the only place and queues; the others wait
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(task.cancelled() for task in tasks)
+        gate.set()
+        # Had the cancelled write kept its place, this would wait forever.
+        async with asyncio.timeout(10):
+            window_id = await store.record_window(window_record_from_message("w1", summary(), 1.0))
+        assert held.result() is True
+        assert window_id == 1
+        events = await store.events()
+        assert [e.event.payload for e in events] == [{"n": 0}]  # the others never queued
 
 
 async def test_backpressure_bounds_what_is_in_flight(tmp_path: Path) -> None:

@@ -358,16 +358,43 @@ class Store:
         if pending.locked():
             self._backpressure_waits += 1
         await pending.acquire()
+        loop = self._loop
+        assert loop is not None
+        # The caller's future, apart from the op's: cancelling the caller does not revoke a
+        # write that is already queued (the op still commits, and only then frees its place).
+        waiter: asyncio.Future[Any] = loop.create_future()
         try:
             # Built after the wait and submitted with no await in between: ids drawn here
             # increase in queue (so outbox) order.
-            future = asyncio.wrap_future(writer.submit(make()))
+            done = writer.submit(make())
         except BaseException:
             pending.release()
             raise
-        future.add_done_callback(lambda _: pending.release())
-        # shield: cancelling the caller does not revoke a write that is already queued.
-        return await asyncio.shield(future)
+        done.add_done_callback(lambda _: self._resolve(loop, done, waiter))
+        return await waiter
+
+    def _resolve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: concurrent.futures.Future[Any],
+        waiter: asyncio.Future[Any],
+    ) -> None:
+        """On the writer thread: an op is done; hand its outcome to the loop (one wake-up)."""
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(self._deliver, done, waiter)
+
+    def _deliver(self, done: concurrent.futures.Future[Any], waiter: asyncio.Future[Any]) -> None:
+        """On the loop: free the op's place in the queue, resolve its caller (unless cancelled)."""
+        assert self._pending is not None
+        self._pending.release()
+        if waiter.cancelled():
+            return
+        if done.cancelled():
+            waiter.cancel()
+        elif (exc := done.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
 
     def _device(self, device_id: object, field: str = "device_id") -> str:
         if not isinstance(device_id, str) or not device_id:

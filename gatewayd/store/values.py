@@ -23,11 +23,15 @@ INT64_MAX: Final = 2**63 - 1
 _SHOWN: Final = 60
 
 
+#: What `json.dumps` would build on every call with these arguments (it keeps no state).
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True)
+
+
 def dumps(value: Mapping[str, Any] | None) -> str | None:
     """Compact, sorted JSON; raises ValueError for NaN/inf and TypeError for non-JSON values."""
     if value is None:
         return None
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def _finite(value: Any) -> Any:
