@@ -183,10 +183,13 @@ def _plot(result: SoakResult, path: Path) -> None:
         ax_box.step(*zip(*boxes, strict=True), where="post", color="purple", lw=1)
     seen: set[str] = set()
     for f in result.faults:
-        x = (f.start - result.started_at) / 60
+        x0, x1 = ((t - result.started_at) / 60 for t in (f.start, f.end))
+        colour = FAULT_COLOURS.get(f.kind, "grey")
         for ax in (ax_rss, ax_box):
-            ax.axvline(x, color=FAULT_COLOURS.get(f.kind, "grey"), ls="--", lw=0.8,
+            ax.axvline(x0, color=colour, ls="--", lw=0.8,
                        label=f.kind if ax is ax_rss and f.kind not in seen else None)  # fmt: skip
+            if f.end - f.start >= 1.0:  # an outage, a gateway down: shaded while it lasts
+                ax.axvspan(x0, x1, color=colour, alpha=0.12, lw=0)
         seen.add(f.kind)
     ax_rss.set_ylabel("RSS (MB)")
     ax_box.set_ylabel("outbox depth (rows)")
