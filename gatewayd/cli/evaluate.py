@@ -19,6 +19,7 @@ from gatewayd.cli.common import (
     positive_int,
     usage_error,
 )
+from gatewayd.cli.soak import add_soak_parser
 from gatewayd.config import (
     DEFAULT_CONFIG_PATH,
     load_config,
@@ -562,3 +563,4 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     scale.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
     scale.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")
     models_dir_option(scale)
+    add_soak_parser(what)
