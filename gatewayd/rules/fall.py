@@ -34,6 +34,7 @@ The cooldown runs on the monotonic clock, as every rule's does.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -115,7 +116,7 @@ def _sample_blocks(obs: Observation, after: float | None, block_s: float) -> lis
     rate = obs.acc_rate_hz
     acc = np.asarray(obs.acc, dtype=np.float64)  # no copy when it already is
     n = acc.shape[0]
-    times = acc_end(obs) - (n - 1 - np.arange(n)) / rate
+    times = acc_end(obs) - _ages(n, rate)
     # Half a sample period of slack absorbs float noise in overlapping windows' timestamps.
     first = 0 if after is None else int(np.searchsorted(times, after + 0.5 / rate, side="left"))
     if first >= n:
@@ -144,6 +145,15 @@ def _sample_blocks(obs: Observation, after: float | None, block_s: float) -> lis
             )
         )
     return blocks
+
+
+@functools.lru_cache(maxsize=16)
+def _ages(n: int, rate: float) -> npt.NDArray[np.float64]:
+    """How long before the last of ``n`` samples at ``rate`` each was taken, s (read-only; the
+    same few shapes come in every window)."""
+    ages = (n - 1 - np.arange(n)) / rate
+    ages.flags.writeable = False
+    return ages
 
 
 def block_stats(blocks: npt.NDArray[np.float64]) -> list[tuple[int, float, float]]:
