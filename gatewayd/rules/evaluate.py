@@ -47,6 +47,10 @@ HR_KINDS: Final = (
     AlertKind.ABRUPT_CHANGE,
 )
 
+#: Each kind's `DeviceState` field and `RulesConfig` section: its value (``kind.value`` costs an
+#: enum descriptor call; this is read several times per window).
+_FIELD: Final[dict[AlertKind, str]] = {kind: kind.value for kind in AlertKind}
+
 
 @dataclass(frozen=True, slots=True)
 class HrPoint:
@@ -117,7 +121,7 @@ class DeviceState:
         """The state of one rule."""
         if kind is AlertKind.FALL:
             return self.fall.track
-        value = getattr(self, kind.value)
+        value = getattr(self, _FIELD[kind])
         assert isinstance(value, TrackState)
         return value
 
@@ -172,11 +176,11 @@ class _Run:
         """The state of one rule, with the changes so far."""
         if kind is AlertKind.FALL:
             return self.fall.track
-        track: TrackState = self.current(kind.value)
+        track: TrackState = self.current(_FIELD[kind])
         return track
 
     def rule(self, kind: AlertKind) -> RuleBase:
-        rule = getattr(self.config, kind.value)
+        rule = getattr(self.config, _FIELD[kind])
         assert isinstance(rule, RuleBase)
         return rule
 
@@ -184,7 +188,7 @@ class _Run:
         if kind is AlertKind.FALL:
             self._changes["fall"] = replace(self.fall, track=track)
         else:
-            self._changes[kind.value] = track
+            self._changes[_FIELD[kind]] = track
 
     def emit(
         self,
