@@ -349,7 +349,9 @@ async def _start_link(
     governor = Governor(
         capacity=config.inference.queue_size,
         base=SetPolicy(settings.tau_mbits, settings.min_conf_e4),
-        backlog=lambda: gateway.worker.backlog,
+        # Windows held back in the pipeline (a device's analyses beyond its share) wait for
+        # inference as much as those in the worker's queue.
+        backlog=lambda: gateway.worker.backlog + pipeline.backlog,
         offloaded=lambda: pipeline.stats.offloaded_by_device,
         set_policy=link.set_policy,
         interval_s=backpressure_interval_s,
