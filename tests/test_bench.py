@@ -39,6 +39,7 @@ def test_bench_prints_our_models_beside_the_paper(
         "MMACS",
         "LATENCY ms",
         "WIN/S @4",
+        "GFLOP/S @1/@4",
         "TOP-1 %",
         "x PREPROC",
     ):
@@ -78,6 +79,10 @@ def test_bench_json(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert full["vs_unpruned"]["size"] == 1.0
     assert p40["vs_unpruned"]["top1"] == pytest.approx(0.9)
     assert full["batch"] == 3
+    # 2 FLOPs per MAC over the measured time: what tells a plausible latency from one above the
+    # core's peak.
+    assert full["gflops_batch1"] == pytest.approx(2 * full["macs"] / full["latency_ms"] / 1e6)
+    assert full["gflops_batch"] == pytest.approx(2 * full["macs"] * full["throughput_wps"] / 1e9)
     assert full["model_over_preprocess"] > 0
     assert [r["pruning_pct"] for r in doc["paper_table_1"]] == [0, 20, 40, 60, 80]
     assert doc["paper_table_1"][4]["vs_unpruned"]["size"] == pytest.approx(3.5 / 12.4)
@@ -141,3 +146,38 @@ def test_shipped_models_params_match_their_onnx_initializers() -> None:
             counted,
             model.card.params,
         )
+
+
+def _graph_macs(path: Path) -> int:
+    """Multiply-accumulates of one window, counted from the ONNX graph itself (Conv and Gemm)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    shapes = {
+        info.name: [d.dim_value or 1 for d in info.type.tensor_type.shape.dim]
+        for info in [*graph.value_info, *graph.input, *graph.output]
+    }
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    macs = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            # Each output element: (input channels / groups) x kernel taps, the weight's dims.
+            weight = weights[node.input[1]]
+            macs += int(np.prod(shapes[node.output[0]])) * int(np.prod(weight[1:]))
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            weight = weights[node.input[1]]
+            macs += int(np.prod(shapes[node.output[0]])) * (weight[1] if trans_b else weight[0])
+    return macs
+
+
+def test_the_shipped_cards_count_the_macs_the_graphs_hold() -> None:
+    """The MACs behind every GFLOP/s figure: each fp32 card's count equals the graph's own."""
+    registry = ModelRegistry.discover()  # the package's gatewayd/models
+    checked = 0
+    for model in registry.all():
+        if model.card.quantization != "none":
+            continue
+        assert _graph_macs(model.path) == model.card.macs, model.card.model_id
+        checked += 1
+    if not checked:
+        pytest.skip("no fp32 models installed in gatewayd/models")

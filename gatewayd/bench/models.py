@@ -96,6 +96,17 @@ class ModelBench:
     evaluated_on: str
     synthetic_training: bool
 
+    @property
+    def gflops_batch1(self) -> float:
+        """Arithmetic throughput at batch 1 (2 FLOPs per MAC), GFLOP/s: compare with the core's
+        peak (its FMA units x SIMD width x 2 x clock) to check a latency is plausible."""
+        return 2 * self.macs / (self.latency_ms * 1e-3) / 1e9
+
+    @property
+    def gflops_batch(self) -> float:
+        """Arithmetic throughput at batch ``batch``, GFLOP/s."""
+        return 2 * self.macs * self.throughput_wps / 1e9
+
 
 @dataclass(frozen=True)
 class BenchReport:
@@ -118,6 +129,8 @@ class BenchReport:
                 {
                     **asdict(m),
                     "model_over_preprocess": m.latency_ms / self.preprocess_ms,
+                    "gflops_batch1": m.gflops_batch1,
+                    "gflops_batch": m.gflops_batch,
                     "vs_unpruned": ours.get(m.model_id),
                 }
                 for m in self.models
@@ -310,6 +323,7 @@ def format_bench(report: BenchReport) -> str:
             f"{m.macs / 1e6:.1f}",
             f"{m.latency_ms:.3f}",
             f"{m.throughput_wps:.0f}",
+            f"{m.gflops_batch1:.1f} / {m.gflops_batch:.1f}",
             _f(None if m.activity_top1 is None else 100 * m.activity_top1, ".1f"),
             _f(m.hr_mae_bpm, ".2f"),
             f"{m.latency_ms / report.preprocess_ms:.2f}",
@@ -329,6 +343,7 @@ def format_bench(report: BenchReport) -> str:
                 "MMACS",
                 "LATENCY ms",
                 f"WIN/S @{batch}",
+                f"GFLOP/S @1/@{batch}",
                 "TOP-1 %",
                 "HR MAE",
                 "x PREPROC",
