@@ -88,6 +88,10 @@ PROCESS_LIMIT_S: Final = 60.0
 #: Windows a device must publish after connecting before the interval starts (the ring's
 #: resends of what it produced while not yet connected come first and are not measured).
 SETTLE_WINDOWS: Final = 2
+#: dbus-daemon's default max_connections_per_user (the system bus's and the emulator's bus's).
+DBUS_CONNECTIONS_PER_USER: Final = 256
+#: Warm-up gives up when no more devices connected or settled for this long.
+STALL_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -488,20 +492,28 @@ async def _start(
 
 
 async def _warm_up(run: _Run, n: int, limit_s: float) -> bool:
-    """Until every device is connected and has published SETTLE_WINDOWS windows."""
+    """Until every device is connected and has published SETTLE_WINDOWS windows; False after
+    ``limit_s``, or once no more devices have come in for STALL_S (a limit was hit)."""
     received = run.received
+    progress = (-1, -1)
+    moved = time.monotonic()
 
     def ready() -> bool:
+        nonlocal progress, moved
         if run.gateway.returncode is not None or run.emulator.returncode is not None:
             raise RuntimeError(
                 f"a process exited early (gateway {run.gateway.returncode}, emulator"
                 f" {run.emulator.returncode}); see {run.directory}"
             )
-        return len(received.connected) >= n and all(
-            received.per_device.get(_device_id(i), 0) >= SETTLE_WINDOWS for i in range(n)
+        settled = sum(received.per_device.get(_device_id(i), 0) >= SETTLE_WINDOWS for i in range(n))
+        now = (len(received.connected), settled)
+        if now != progress:
+            progress, moved = now, time.monotonic()
+        return (len(received.connected) >= n and settled >= n) or (
+            time.monotonic() - moved > STALL_S
         )
 
-    return await _poll(ready, limit_s)
+    return await _poll(ready, limit_s) and progress[1] >= n
 
 
 def _latencies(
@@ -536,6 +548,26 @@ async def _drain(
         _, sent, got, _ = _latencies(parse_stamps(text), received, n, *span)
         if got >= sent:
             return
+
+
+def _point_notes(
+    n: int, connected: int, all_in: bool, gateway_code: int, emulator_code: int
+) -> list[str]:
+    """What went wrong in a point's run, for its notes."""
+    notes = []
+    if gateway_code not in (0, -signal.SIGTERM):
+        notes.append(f"gateway exit code {gateway_code}")
+    if emulator_code != 0:
+        notes.append(f"emulator exit code {emulator_code}")
+    if not all_in:
+        notes.append(f"only {connected} of {n} devices connected when measured")
+        if connected >= DBUS_CONNECTIONS_PER_USER - 10:
+            notes.append(
+                "bleak opens one D-Bus connection per connected device, and dbus-daemon"
+                f" allows {DBUS_CONNECTIONS_PER_USER} per user by default"
+                " (max_connections_per_user), on the emulator's bus as on the system bus"
+            )
+    return notes
 
 
 async def run_point(  # noqa: PLR0915 - one run, told in order
@@ -605,13 +637,7 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
         text = await asyncio.to_thread((directory / "stamps.txt").read_text, "ascii")
         stamps = parse_stamps(text)
         latencies, sent, got, offloaded = _latencies(stamps, received, n, start_ns, end_ns)
-        notes = []
-        if gateway_code not in (0, -signal.SIGTERM) and profile_to is None:
-            notes.append(f"gateway exit code {gateway_code}")
-        if emulator_code != 0:
-            notes.append(f"emulator exit code {emulator_code}")
-        if not all_in:
-            notes.append(f"only {connected} of {n} devices connected when measured")
+        notes = _point_notes(n, connected, all_in, gateway_code, emulator_code)
         processes = {
             name: sampler.usage(name, since=start, until=end + 0.5) for name in sampler.names
         }
@@ -639,6 +665,9 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
             gateway_threads={"main": main, "other": rest},
             notes=notes + ([f"logs kept in {directory}"] if keep else []),
         )
+    except BaseException:
+        keep = True  # the logs say why
+        raise
     finally:
         if not keep:
             await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
