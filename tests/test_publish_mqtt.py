@@ -806,3 +806,27 @@ async def test_telemetry_does_not_wait_for_a_states_puback(mosquitto_broker: Bro
             assert publisher.stats.states_published == 0, "acknowledged: the test proves nothing"
             hold.release()
             await until(lambda: publisher.stats.states_published == 1)
+
+
+async def test_a_telemetry_burst_is_written_in_order_and_counted_when_the_connection_fails(
+    mosquitto_broker: Broker,
+) -> None:
+    publisher = make_publisher(mosquitto_broker.port, FakeOutbox())
+    device = f"gatewayd/{GW}/devices/w1"
+    burst = [Telemetry(device_id="w1", seq=seq, t=T0) for seq in range(5)]
+    config = MqttConfig.model_validate({"host": "127.0.0.1", "port": mosquitto_broker.port})
+    async with subscribe(mosquitto_broker, f"{device}/telemetry") as sub:
+        async with mqtt_client(config, "burst-probe", None, None, timeout_s=WAIT_S) as client:
+            await publisher._send_telemetry(client, burst)
+            await sub.wait(lambda: len(sub.messages) == 5, "the burst")
+            assert [m["seq"] for m in sub.on(f"{device}/telemetry")] == list(range(5))
+            stats = publisher.stats
+            assert (stats.telemetry_published, stats.telemetry_dropped) == (5, 0)
+        # A connection whose writes fail: none of the burst is written, each is counted dropped.
+        async with mqtt_client(config, "burst-cut", None, None, timeout_s=1.0) as client:
+            sock = client._client.socket()  # paho's socket: aiomqtt has no accessor
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(socket.SHUT_WR)
+            with pytest.raises(aiomqtt.MqttError):
+                await publisher._send_telemetry(client, burst)
+    assert (stats.telemetry_published, stats.telemetry_dropped) == (5, 5)

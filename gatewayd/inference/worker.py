@@ -9,7 +9,7 @@ arriving meanwhile queue up for the next one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,6 +71,8 @@ class InferenceWorker(BackgroundPart):
         self.max_batch = config.max_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)
         self._states: dict[str, HrState] = {}
+        #: Windows waiting for room in the queue (later ones queue behind them).
+        self._blocked = 0
         self.stats = WorkerStats()
 
     async def _after_stop(self) -> None:
@@ -90,19 +92,34 @@ class InferenceWorker(BackgroundPart):
         """Windows waiting for a batch."""
         return self._queue.qsize()
 
-    async def analyse(self, device_id: str, window: Window) -> WindowAnalysis | None:
-        """Queue one window (waits while the queue is full) and return its analysis."""
+    def analyse(self, device_id: str, window: Window) -> Awaitable[WindowAnalysis | None]:
+        """Queue one window and return its analysis (awaitable).
+
+        While the queue has room and no earlier window waits for it, the window is queued now
+        and the awaitable is its bare future (no task per window); otherwise the awaitable
+        first waits for room, behind the windows already waiting."""
         future: asyncio.Future[WindowAnalysis | None] = asyncio.get_running_loop().create_future()
-        if self._queue.full():
-            self.stats.full_waits += 1
-            if self.stats.full_waits == 1 or self.stats.full_waits % 100 == 0:
-                log.warning(
-                    "inference queue full: offloaded windows wait",
-                    queue_size=self._queue.maxsize,
-                    waits=self.stats.full_waits,
-                )
-        await self._queue.put(_Job(device_id, window, future))
-        return await future
+        job = _Job(device_id, window, future)
+        if self._blocked == 0 and not self._queue.full():
+            self._queue.put_nowait(job)
+            return future
+        return self._put_when_room(job)
+
+    async def _put_when_room(self, job: _Job) -> WindowAnalysis | None:
+        self._blocked += 1
+        try:
+            if self._queue.full():
+                self.stats.full_waits += 1
+                if self.stats.full_waits == 1 or self.stats.full_waits % 100 == 0:
+                    log.warning(
+                        "inference queue full: offloaded windows wait",
+                        queue_size=self._queue.maxsize,
+                        waits=self.stats.full_waits,
+                    )
+            await self._queue.put(job)
+        finally:
+            self._blocked -= 1
+        return await job.future
 
     async def run(self) -> None:
         """Take batches off the queue and analyse them, until cancelled."""

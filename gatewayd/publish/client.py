@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import Final, NoReturn, Protocol, Self
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import structlog
 from pydantic import SecretStr
 
@@ -100,6 +101,9 @@ STATE_INFLIGHT: Final = 16
 #: Set on the broker connection: each publish leaves at once. Without it Nagle's algorithm holds
 #: telemetry back behind a QoS 1 publish until its PUBACK (or the broker's delayed ACK) arrives.
 SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+#: Telemetry messages queued to the connection in one go (at most), one socket write
+#: registration and one awaited publish for them all; checked against a due alert before each.
+TELEMETRY_BURST: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +251,15 @@ def mqtt_client(
         tls_insecure=True if context is not None and mqtt.tls.insecure else None,
         socket_options=SOCKET_OPTIONS,
     )
+
+
+def _queue_qos0(client: aiomqtt.Client, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+    """Queue a QoS 0 publish on ``client``'s connection without awaiting its write."""
+    # aiomqtt has no call that queues a publish without awaiting it: its paho client does.
+    info = client._client.publish(topic, payload, qos=0)
+    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        raise aiomqtt.MqttCodeError(info.rc, "Could not publish telemetry")
+    return info
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -806,23 +819,40 @@ class Publisher:
                     await self._alerts_sent.wait()
                 while self._telemetry and not self._dirty_states and not self._dirty_open:
                     await self._alerts_sent.wait()
-                    _, telemetry = self._telemetry.popleft()
-                    try:
-                        await client.publish(
-                            self._topics.telemetry(telemetry.device_id),
-                            telemetry.to_json(),
-                            qos=0,
-                            timeout=self._op_timeout_s,
-                        )
-                    except BaseException:
-                        self.stats.telemetry_dropped += 1  # in hand when the connection went
-                        raise
-                    self.stats.telemetry_published += 1
+                    burst = min(TELEMETRY_BURST, len(self._telemetry))
+                    await self._send_telemetry(
+                        client, [self._telemetry.popleft()[1] for _ in range(burst)]
+                    )
                 idle = not self._dirty_states and not self._dirty_open and not self._telemetry
                 if self._stopping.is_set() and idle:
                     return
                 if idle:
                     await self._wait(self._stream_wake, None)
+
+    async def _send_telemetry(self, client: aiomqtt.Client, burst: Sequence[Telemetry]) -> None:
+        """Write ``burst`` (QoS 0) in one go: all but the last are queued in paho at once, the
+        last through aiomqtt, whose return (paho writes in order) means all were written; so
+        one socket write registration and one awaited publish cover the whole burst. Those
+        not written when the connection goes are counted as dropped."""
+        queued: list[mqtt.MQTTMessageInfo] = []
+        try:
+            for telemetry in burst[:-1]:
+                topic = self._topics.telemetry(telemetry.device_id)
+                queued.append(_queue_qos0(client, topic, telemetry.to_json()))
+            last = burst[-1]
+            await client.publish(
+                self._topics.telemetry(last.device_id),
+                last.to_json(),
+                qos=0,
+                timeout=self._op_timeout_s,
+            )
+        except BaseException:
+            written = sum(1 for info in queued if info.is_published())
+            self.stats.telemetry_published += written
+            # In hand when the connection went.
+            self.stats.telemetry_dropped += len(burst) - written
+            raise
+        self.stats.telemetry_published += len(burst)
 
     async def _send(
         self,
