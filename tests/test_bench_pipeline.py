@@ -19,6 +19,7 @@ from gatewayd.bench.pipeline import (
     TOPIC_ROOT,
     Cost,
     PipelineBench,
+    arrival,
     bench_pipeline,
     find_model,
     format_pipeline_bench,
@@ -65,6 +66,11 @@ def test_cost_per_window_and_zero_windows() -> None:
     assert cost.wall_ms == pytest.approx(2.0)
     assert cost.cpu_ms == pytest.approx(1.0)
     assert math.isnan(Cost(0, 1.0, 1.0).cpu_ms)
+
+
+def test_a_window_arrives_at_its_end_one_step_after_the_one_before() -> None:
+    # As live: 8 s windows every 2 s, so the rules take 2 s of new samples from each.
+    assert [arrival(100.0, i) for i in range(3)] == [108.0, 110.0, 112.0]
 
 
 # --- a real run ---------------------------------------------------------------------------------

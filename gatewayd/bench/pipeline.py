@@ -9,7 +9,9 @@ One run measures, on the same windows:
   (mean, median, p95) and CPU time; and the same at the pipeline's batch size;
 - the whole pipeline: WINDOW messages encoded beforehand by `WearableCore` from synthetic
   recordings (offload policy tau 0, so every window is offloaded), cut into BLE fragments, fed
-  through the link's decode path (`DeviceStream`, no BLE), and handed as `LinkEvent`s to a
+  through the link's decode path (`DeviceStream`, no BLE) as a flood, though stamped with the
+  wall-clock arrival a real-time link gives them (each at its window's end, a window every
+  2 s per wearable: what the rules take the samples' time from), and handed as `LinkEvent`s to a
   `Pipeline` with the real `InferenceWorker`, `RuleEngine`, a `Store` on a temporary SQLite
   file and a `Publisher` connected to a real broker, until every window is stored and its
   telemetry published. Wall and CPU time (``time.process_time``: every thread of this process,
@@ -88,6 +90,7 @@ __all__ = [
     "Latency",
     "PipelineBench",
     "Workload",
+    "arrival",
     "bench_broker",
     "bench_pipeline",
     "format_pipeline_bench",
@@ -291,14 +294,24 @@ class Workload:
         """Notifications in all."""
         return sum(len(m) for d in self.devices for m in d.messages)
 
-    def feed(self) -> Iterator[tuple[int, bytes]]:
-        """(device index, fragment) in arrival order: devices take turns, one message each."""
+    def feed(self, t0: float) -> Iterator[tuple[int, bytes, float]]:
+        """(device index, fragment, arrival) in arrival order: devices take turns, one message
+        each. The arrival (wall clock) is the one a real-time link gives: ``t0`` plus the end of
+        the message's window on its wearable (`arrival`), though the fragments come as a flood."""
         longest = max(len(d.messages) for d in self.devices)
         for i in range(longest):
+            at = arrival(t0, i)
             for index, device in enumerate(self.devices):
                 if i < len(device.messages):
                     for frag in device.messages[i]:
-                        yield index, frag
+                        yield index, frag, at
+
+
+def arrival(t0: float, index: int) -> float:
+    """When a wearable's ``index``-th window arrives in real time: at its end, ``t0`` being its
+    first window's start. What the rules see (they take a window's samples as ending at its
+    arrival when the wearable's clock is not synced): a window every STEP_S, as live."""
+    return t0 + index * STEP_S + WINDOW_S
 
 
 def prepare_workload(
@@ -434,8 +447,8 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
         now = time.monotonic()
         for stream, device in zip(streams, work.devices, strict=True):
             stream.on_info(device.info, now)
-        for index, frag in work.feed():
-            streams[index].on_fragment(frag, time.monotonic(), time.time())
+        for index, frag, at in work.feed(time.time()):
+            streams[index].on_fragment(frag, time.monotonic(), at)
     batch = config.inference.max_batch
     windows = [w for _, w in work.windows]
     # Preprocessing as the worker does it: its batches (max_batch windows in arrival order, one
@@ -477,9 +490,11 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
             for i, a in enumerate(analyses)
         ]
     engine = RuleEngine(config.rules)
+    # Each window as the pipeline sees it: arriving at its end in real time (`arrival`), so the
+    # fall rule takes STEP_S of new samples from each, as live.
     t0 = time.time()
     observations = [
-        observation_for_frame(d, w, t0 + i * 0.01, window_id=str(i), analysis=a)
+        observation_for_frame(d, w, arrival(t0, w.summary.seq), window_id=str(i), analysis=a)
         for i, ((d, w), a) in enumerate(zip(work.windows, analyses, strict=True))
     ]
     with _measure(parts, "rules", n):
@@ -576,8 +591,8 @@ async def _run_pipeline(
         for stream, device in zip(streams, work.devices, strict=True):
             stream.on_info(device.info, now)
             await pipeline.submit(LinkUp(device.device_id, "bench", device.info, work.mtu))
-        for index, frag in work.feed():
-            for event in streams[index].on_fragment(frag, time.monotonic(), time.time()):
+        for index, frag, at in work.feed(time.time()):
+            for event in streams[index].on_fragment(frag, time.monotonic(), at):
                 await pipeline.submit(event)
         await pipeline.drain()
         stats = publisher.stats
