@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gatewayd.bench.soak import SLOTS_PER_ADAPTER, SoakOptions, _config_text, plan_faults
 from gatewayd.bench.soak import Sample as SoakSample
-from gatewayd.bench.soak import SoakOptions, plan_faults
 from gatewayd.bench.soak_report import rss_slope_mb_per_h
 from gatewayd.bench.soak_verify import (
     FAULT_KINDS,
@@ -225,3 +225,16 @@ def test_a_four_minute_soak_with_the_shipped_model(tmp_path: Path) -> None:
     """`make bench`'s reduced soak: the defaults (4 wearables at 4x, the installed model), four
     minutes, a fault every ~40 s."""
     _soak(tmp_path / "soak", "--minutes", "4", "--fault-interval-s", "40")
+
+
+def test_the_gateway_has_a_connection_slot_for_every_wearable(tmp_path: Path) -> None:
+    """With more wearables than one adapter's slots, some would never connect: their windows
+    would all be unexplained loss, and the faults aimed at them would hit no one."""
+    from gatewayd.config import load_config
+
+    devices = 2 * SLOTS_PER_ADAPTER + 1
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(_config_text(tmp_path, 1883, devices), encoding="utf-8")
+    ble = load_config(path).ble
+    assert len(ble.adapters) * ble.slots_per_adapter >= devices
+    assert ble.adapters == ("hci0", "hci1", "hci2")

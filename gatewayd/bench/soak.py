@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import shutil
 import sqlite3
@@ -95,6 +96,9 @@ cooldown_s = 0.0
 #: without the gateway's fault (QoS 0 in flight, the publisher's reconnect backoff, the
 #: subscriber's reconnect): such misses are counted apart.
 SETTLE_S: Final = 30.0
+#: Connection slots of each emulated adapter (and [ble] slots_per_adapter): the gateway's
+#: default; the soak adds adapters so that every wearable is connected at once.
+SLOTS_PER_ADAPTER: Final = 5
 #: How long after the last window the gateway may take to account for everything and drain.
 DRAIN_LIMIT_S: Final = 240.0
 #: How long a corruption fault waits for its wearable to send a fragment.
@@ -195,9 +199,16 @@ def plan_faults(options: SoakOptions, duration_s: float) -> list[PlannedFault]:
     return plan
 
 
-def _config_text(work: Path, port: int) -> str:
+def _adapters(devices: int) -> int:
+    """Emulated adapters enough for every wearable to hold a connection slot at once."""
+    return math.ceil(devices / SLOTS_PER_ADAPTER)
+
+
+def _config_text(work: Path, port: int, devices: int) -> str:
+    adapters = ", ".join(f'"hci{i}"' for i in range(_adapters(devices)))
     return (
         f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{work / "state"}"\n'
+        f"[ble]\nadapters = [{adapters}]\nslots_per_adapter = {SLOTS_PER_ADAPTER}\n"
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\ntopic_root = "{TOPIC_ROOT}"\n'
         "[offload]\ntau_bits = 3.5\nmin_confidence = 0.5\n" + RULES
     )
@@ -222,8 +233,8 @@ async def _build(fake: FakeBluez, options: SoakOptions, sim_minutes: float) -> F
         for i in range(options.devices)
     ]  # fmt: skip
     setup = FleetSetup(
-        devices=options.devices, speed=options.speed, seed=options.seed,
-        tau_mbits=3500, min_conf_e4=5000, decoy=False,
+        devices=options.devices, adapters=_adapters(options.devices), slots=SLOTS_PER_ADAPTER,
+        speed=options.speed, seed=options.seed, tau_mbits=3500, min_conf_e4=5000, decoy=False,
     )  # fmt: skip
     fleet = await build_fleet(fake, recordings, setup)
     for _, wearable in fleet.wearables:
@@ -461,7 +472,9 @@ async def run_soak(options: SoakOptions, out: TextIO) -> SoakResult:
         fleet = await _build(fake, options, sim_minutes)
         await asyncio.to_thread(_pair, work / "state", fleet)
         await stack.enter_async_context(broker)
-        await asyncio.to_thread(config.write_text, _config_text(work, broker.port), "utf-8")
+        await asyncio.to_thread(
+            config.write_text, _config_text(work, broker.port, options.devices), "utf-8"
+        )
         subscriber = await stack.enter_async_context(
             Subscriber(broker.host, broker.port, TOPIC_ROOT, GATEWAY_ID)
         )
