@@ -219,14 +219,6 @@ def test_a_short_soak_with_every_fault_writes_artefacts_that_add_up(tmp_path: Pa
     )  # fmt: skip
 
 
-@pytest.mark.slow
-@needs_soak_parts
-def test_a_four_minute_soak_with_the_shipped_model(tmp_path: Path) -> None:
-    """`make bench`'s reduced soak: the defaults (4 wearables at 4x, the installed model), four
-    minutes, a fault every ~40 s."""
-    _soak(tmp_path / "soak", "--minutes", "4", "--fault-interval-s", "40")
-
-
 def test_the_gateway_has_a_connection_slot_for_every_wearable(tmp_path: Path) -> None:
     """With more wearables than one adapter's slots, some would never connect: their windows
     would all be unexplained loss, and the faults aimed at them would hit no one."""

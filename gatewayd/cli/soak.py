@@ -72,8 +72,8 @@ def add_soak_parser(subparsers: Any) -> argparse.ArgumentParser:
     soak.add_argument("--minutes", type=_positive_float, default=20.0, help="length (20)")
     soak.add_argument("--devices", type=positive_int, default=4, help="emulated wearables (4)")
     soak.add_argument("--seed", type=int, default=1, help="seeds the data and the schedule (1)")
-    soak.add_argument("--out", type=Path, default=Path("soak"), metavar="DIR",
-                      help="where the artefacts go (./soak)")  # fmt: skip
+    soak.add_argument("--out", type=Path, default=Path("bench-results/soak"), metavar="DIR",
+                      help="where the artefacts go (bench-results/soak)")  # fmt: skip
     soak.add_argument("--speed", type=_positive_float, default=4.0,
                       help="wearables' simulated seconds per real second (4)")  # fmt: skip
     soak.add_argument("--fault-interval-s", type=_positive_float, default=60.0, metavar="S",
