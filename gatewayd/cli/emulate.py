@@ -34,6 +34,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         int8=args.int8,
         bus=args.bus,
+        bus_connections_per_user=args.bus_connections_per_user,
         duration_s=args.duration,
         pruning_pct=args.pruning,
         models_dir=args.models_dir,
@@ -70,6 +71,14 @@ def add_emulate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of synthetic data and faults")
     p.add_argument("--int8", action="store_true", help="send raw windows as int8, not int16")
     p.add_argument("--bus", metavar="ADDRESS", help="join this D-Bus instead of starting one")
+    p.add_argument(
+        "--bus-connections-per-user",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="max_connections_per_user of the bus it starts (256, the system bus's: a gateway"
+        " holds one per connected device; see docs/running.md)",
+    )
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument(
         "--pruning",

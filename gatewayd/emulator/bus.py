@@ -6,6 +6,12 @@ the system bus address from ``DBUS_SYSTEM_BUS_ADDRESS``. :class:`PrivateBus` sta
 any local process own ``org.bluez`` and talk to anyone, and yields that address. The emulator
 (:mod:`gatewayd.emulator.bluez`) owns ``org.bluez`` on it; the gateway is pointed at it by setting
 ``DBUS_SYSTEM_BUS_ADDRESS`` before bleak opens its first connection. See docs/emulator.md.
+
+The bus has the system bus's connection limits (:class:`BusLimits`, dbus-daemon's built-in
+defaults, which the Debian and Raspberry Pi OS system.conf leave as they are): 256 connections
+per user, 2048 in all. bleak opens one D-Bus connection per connected device, so tests meet the
+ceiling a real gateway meets (docs/running.md); ``BusLimits.for_connections_per_user`` raises it
+for benches that emulate more devices.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -25,7 +32,15 @@ from xml.sax.saxutils import escape
 
 from gatewayd.errors import EmulatorError
 
-__all__ = ["DBUS_SYSTEM_BUS_ADDRESS", "EmulatorError", "PrivateBus", "bus_config"]
+__all__ = [
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "SYSTEM_BUS_COMPLETED_CONNECTIONS",
+    "SYSTEM_BUS_CONNECTIONS_PER_USER",
+    "BusLimits",
+    "EmulatorError",
+    "PrivateBus",
+    "bus_config",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,16 +51,49 @@ DBUS_SYSTEM_BUS_ADDRESS: Final = "DBUS_SYSTEM_BUS_ADDRESS"
 _START_TIMEOUT_S: Final = 10.0
 _STOP_TIMEOUT_S: Final = 5.0
 _PR_SET_PDEATHSIG: Final = 1
+#: What dbus-daemon logs once it has read its configuration again (after SIGHUP).
+_RELOADED: Final = "Reloaded configuration"
+_RELOAD_POLL_S: Final = 0.05
+#: dbus-daemon's built-in max_connections_per_user and max_completed_connections
+#: (bus/config-parser.c), which the system bus keeps: system.conf only lists them, commented out.
+SYSTEM_BUS_CONNECTIONS_PER_USER: Final = 256
+SYSTEM_BUS_COMPLETED_CONNECTIONS: Final = 2048
 
 
-def bus_config(socket_path: Path) -> str:
+@dataclass(frozen=True, slots=True)
+class BusLimits:
+    """The connection limits written into the private bus's configuration.
+
+    The defaults are the system bus's. A connection past ``connections_per_user`` (all of a
+    user's authenticated connections) or ``completed_connections`` (everyone's) is refused: the
+    daemon logs "The maximum number of active connections for UID N has been reached" and
+    closes it, which bleak reports as an EOFError or a closed socket from its connect.
+    """
+
+    connections_per_user: int = SYSTEM_BUS_CONNECTIONS_PER_USER
+    completed_connections: int = SYSTEM_BUS_COMPLETED_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        if self.connections_per_user < 1 or self.completed_connections < 1:
+            raise ValueError(f"bus connection limits must be at least 1: {self}")
+
+    @classmethod
+    def for_connections_per_user(cls, n: int) -> BusLimits:
+        """``n`` connections per user, the total raised with it when ``n`` is above the system
+        bus's (every connection on this bus is one user's)."""
+        return cls(n, max(SYSTEM_BUS_COMPLETED_CONNECTIONS, n))
+
+
+def bus_config(socket_path: Path, limits: BusLimits | None = None) -> str:
     """Return a dbus-daemon configuration for a private, permissive system-like bus.
 
-    ``<type>system</type>`` and EXTERNAL authentication as on a real system bus; unlike the real
-    one, anybody may own any name (``org.bluez`` in particular) and send to anybody, because the
-    bus only ever carries the emulator and the process under test. No service activation, no
-    syslog, no fork, no pid file: the daemon is a child we start and stop.
+    ``<type>system</type>``, EXTERNAL authentication and the connection ``limits`` (default:
+    the system bus's) as on a real system bus; unlike the real one, anybody may own any name
+    (``org.bluez`` in particular) and send to anybody, because the bus only ever carries the
+    emulator and the process under test. No service activation, no syslog, no fork, no pid
+    file: the daemon is a child we start and stop.
     """
+    limits = limits or BusLimits()
     listen = escape(f"unix:path={socket_path}")
     return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -53,6 +101,8 @@ def bus_config(socket_path: Path) -> str:
   <type>system</type>
   <auth>EXTERNAL</auth>
   <listen>{listen}</listen>
+  <limit name="max_connections_per_user">{limits.connections_per_user}</limit>
+  <limit name="max_completed_connections">{limits.completed_connections}</limit>
   <policy context="default">
     <allow user="*"/>
     <allow own="*"/>
@@ -93,17 +143,20 @@ class PrivateBus:
     :func:`bus_config` in a fresh temporary directory, waits until it prints its address (it does
     so once the socket listens), and on exit stops it (SIGTERM, then SIGKILL after a grace period)
     and removes the directory, also when the body raised. ``PrivateBus(address)`` joins an
-    existing bus instead and starts nothing. An instance is entered at most once.
+    existing bus instead and starts nothing (``limits`` are then the existing bus's business).
+    An instance is entered at most once.
     """
 
     def __init__(
         self,
         address: str | None = None,
         *,
+        limits: BusLimits | None = None,
         dbus_daemon: str = "dbus-daemon",
         start_timeout: float = _START_TIMEOUT_S,
     ) -> None:
         self._joined = address
+        self.limits = limits or BusLimits()
         self._dbus_daemon = dbus_daemon
         self._start_timeout = start_timeout
         self._address: str | None = None
@@ -195,10 +248,39 @@ class PrivateBus:
         self._address = address
         _LOG.debug("private D-Bus daemon %d listening at %s", self._proc.pid, address)
 
+    async def reload(self, limits: BusLimits) -> None:
+        """Give the running daemon new ``limits``, as an administrator raises them on a real bus.
+
+        The configuration file is rewritten and the daemon sent SIGHUP (what ``systemctl reload
+        dbus`` asks for by D-Bus, which a bus at its connection limit may refuse us); returns
+        once the daemon logged that it read it again. Connections it holds are kept.
+        """
+        proc, directory = self._proc, self._dir
+        if proc is None or directory is None or proc.returncode is not None:
+            raise EmulatorError("only a private bus this PrivateBus started can be reloaded")
+        log = directory / "dbus-daemon.log"
+        before = (await asyncio.to_thread(log.read_text, errors="replace")).count(_RELOADED)
+        config = bus_config(directory / "system_bus_socket", limits)
+        await asyncio.to_thread((directory / "bus.conf").write_text, config)
+        proc.send_signal(signal.SIGHUP)
+        try:
+            async with asyncio.timeout(self._start_timeout):
+                while True:  # the daemon says so only in its log
+                    text = await asyncio.to_thread(log.read_text, errors="replace")
+                    if text.count(_RELOADED) > before:
+                        break
+                    await asyncio.sleep(_RELOAD_POLL_S)
+        except TimeoutError:
+            raise EmulatorError(
+                f"dbus-daemon did not reload its configuration within {self._start_timeout} s;"
+                f" see {log}"
+            ) from None
+        self.limits = limits
+
     def _prepare_directory(self) -> tuple[Path, Path, Path]:
         directory = Path(tempfile.mkdtemp(prefix="gatewayd-bus-"))
         config = directory / "bus.conf"
-        config.write_text(bus_config(directory / "system_bus_socket"))
+        config.write_text(bus_config(directory / "system_bus_socket", self.limits))
         return directory, config, directory / "dbus-daemon.log"
 
     async def _stop(self) -> None:

@@ -25,7 +25,7 @@ from gatewayd.errors import EmulatorError
 from gatewayd.protocol.messages import SampleFormat
 
 from .bluez import FakeBluez, install_bluetoothctl_shim
-from .bus import PrivateBus
+from .bus import SYSTEM_BUS_CONNECTIONS_PER_USER, BusLimits, PrivateBus
 from .faults import parse_faults
 from .virtual import (
     Fleet,
@@ -57,6 +57,8 @@ class EmulateOptions:
     seed: int = 1
     int8: bool = False
     bus: str | None = None
+    #: max_connections_per_user of the bus it starts (the system bus's by default).
+    bus_connections_per_user: int = SYSTEM_BUS_CONNECTIONS_PER_USER
     #: Stop after this many seconds (None: when interrupted).
     duration_s: float | None = None
     status_every_s: float = 5.0
@@ -135,7 +137,10 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
         stop = asyncio.Event()
         async with (
             _stop_on_sigterm(stop),
-            PrivateBus(options.bus) as address,
+            PrivateBus(
+                options.bus,
+                limits=BusLimits.for_connections_per_user(options.bus_connections_per_user),
+            ) as address,
             FakeBluez(address) as fake,
         ):
             fleet = await build_fleet(fake, recordings, setup)
