@@ -480,6 +480,8 @@ class _Service:
             line += f"; event log: {problem.text}"
         for adapter, check in self.adapter_problems.items():
             line += f"; adapter {adapter} does not answer: {check.message}"
+        if (bus_problem := self.link.bus.problem) is not None:
+            line += f"; {bus_problem}"
         return line
 
     async def watch_adapters(self) -> None:

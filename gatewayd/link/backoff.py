@@ -34,6 +34,9 @@ class FailureKind(Enum):
     DISCONNECTED = "disconnected"
     #: The device at the address is not the bonded one (or not bonded): DeviceUntrusted.
     UNTRUSTED = "untrusted"
+    #: The system D-Bus refused bleak another connection (buslimit.py): the next attempt waits
+    #: for its turn there, this delay is only the pause before queueing again.
+    BUS_LIMIT = "bus_limit"
     OTHER = "other"
 
 
@@ -46,6 +49,7 @@ BASE_DELAY_S: Final[dict[FailureKind, float]] = {
     FailureKind.PROTOCOL: 5.0,
     FailureKind.DISCONNECTED: 0.1,
     FailureKind.UNTRUSTED: 30.0,
+    FailureKind.BUS_LIMIT: 1.0,
     FailureKind.OTHER: 1.0,
 }
 

@@ -10,6 +10,10 @@ bond with the device (Device1.Paired; BlueZ then encrypts the link with the bond
 connect, and a device without them cannot complete the connection). Otherwise, or when BlueZ
 fails the connection or an encrypted access for want of the keys, or when the device's identity
 changes (stream.py), it emits :class:`DeviceUntrusted` instead of streaming and backs off.
+
+Every connected device holds one D-Bus connection of bleak's: the links share a
+:class:`~gatewayd.link.buslimit.BusCeiling` that recognises the system bus refusing another one
+(max_connections_per_user) and queues the attempts while it does.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from bleak.exc import (
     BleakGATTProtocolError,
     BleakGATTProtocolErrorCode,
 )
+from dbus_fast.errors import DBusError
 
 from gatewayd.errors import DecodeError
 from gatewayd.protocol.control import (
@@ -53,6 +58,7 @@ from gatewayd.protocol.heart_rate import parse_heart_rate_measurement
 from gatewayd.protocol.sequencing import DEFAULT_MAX_RATE_HZ
 
 from .backoff import FailureKind, backoff_delay, classify
+from .buslimit import BusCeiling, bus_level_failure
 from .events import (
     BatteryLevel,
     DeviceUntrusted,
@@ -174,12 +180,14 @@ class DeviceLink:
         settings: LinkSettings,
         resume: ResumePoint | None = None,
         on_untrusted: Callable[[DeviceUntrusted], Awaitable[None]] | None = None,
+        ceiling: BusCeiling | None = None,
         is_paired: Callable[[object], Awaitable[bool]] = bluez_paired,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         """``resume``: where a previous run stopped. ``on_untrusted``: called (awaited) once when
         the device's identity changed, to record it (the registry); the link then stops.
+        ``ceiling``: the system bus's connection ceiling, shared by the links of one gateway.
         """
         self.device = device
         self.settings = settings
@@ -195,6 +203,7 @@ class DeviceLink:
         self.untrusted: DeviceUntrusted | None = None
         self._on_untrusted = on_untrusted
         self._is_paired = is_paired
+        self.ceiling = ceiling if ceiling is not None else BusCeiling()
         self.connected = False
         #: In the final disconnect of a session (LinkManager counts those it had to abandon).
         self.disconnecting = False
@@ -222,6 +231,7 @@ class DeviceLink:
             )
             return
         failures = 0
+        warned = False
         kind = FailureKind.OTHER
         while True:
             if failures:
@@ -233,13 +243,17 @@ class DeviceLink:
                 lease.release()
             if kind is FailureKind.DISCONNECTED:
                 failures = 1  # it worked: reconnect promptly, the next failure warns again
+                warned = False
                 continue
             if kind is FailureKind.UNTRUSTED and self.stream.untrusted is not None:
                 if self._on_untrusted is not None:
                     await self._on_untrusted(self.stream.untrusted)
                 return
-            # The first failure of a streak is a WARNING, repeats are DEBUG.
-            (self._log.warning if failures <= 1 else self._log.debug)(
+            # The first failure of a streak is a WARNING, repeats are DEBUG; the bus refusing a
+            # connection is said once for every device, by the ceiling.
+            loud = not warned and kind is not FailureKind.BUS_LIMIT
+            warned = warned or loud
+            (self._log.warning if loud else self._log.debug)(
                 "connection attempt failed",
                 adapter=lease.sighting.adapter,
                 kind=kind.value,
@@ -264,19 +278,29 @@ class DeviceLink:
             disconnected_callback=lambda _c: disconnected.set(),
             timeout=self.settings.connect_timeout_s,
         )
+        device_id = self.device.device_id
         try:
-            # A safety timeout around the whole setup: a stalled D-Bus call must not hang us.
-            async with asyncio.timeout(self.settings.connect_timeout_s):
-                await self._connect_trusted(client, sighting)
-                info = await self._setup(client)
+            # One at a time while the system bus refuses connections (buslimit.py).
+            async with self.ceiling.turn():
+                # A safety timeout around the whole setup: a stalled D-Bus call must not hang us.
+                async with asyncio.timeout(self.settings.connect_timeout_s):
+                    await self._connect_trusted(client, sighting)
+                    info = await self._setup(client)
         except _UntrustedError as exc:
             self._distrust(exc.event)
+            # Closes bleak's D-Bus connection of the attempt too (also when connect failed).
             await self._disconnect_quietly(client)
+            self.ceiling.failed_otherwise(device_id)
             return FailureKind.UNTRUSTED, str(exc)
-        except (BleakError, TimeoutError, EOFError, OSError, _SetupError) as exc:
+        except (BleakError, TimeoutError, EOFError, OSError, DBusError, _SetupError) as exc:
             kind = FailureKind.PROTOCOL if isinstance(exc, _SetupError) else classify(exc)
             await self._disconnect_quietly(client)
+            if bus_level_failure(exc) and await self.ceiling.refused(device_id):
+                kind = FailureKind.BUS_LIMIT
+            else:
+                self.ceiling.failed_otherwise(device_id)
             return kind, str(exc) or type(exc).__name__
+        self.ceiling.holding(device_id)
         self.connected = True
         self.connections += 1
         self.untrusted = None
@@ -293,6 +317,7 @@ class DeviceLink:
             self._emit(LinkDown(self.device.device_id, reason))
             self._log.info("disconnected", reason=reason)
             await self._disconnect_quietly(client)
+            self.ceiling.released(device_id)
         if self.stream.untrusted is not None:
             return FailureKind.UNTRUSTED, reason
         return FailureKind.DISCONNECTED, reason

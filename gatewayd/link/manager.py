@@ -12,6 +12,9 @@ many disconnects had to be abandoned. ``run()`` enters it and waits (until cance
 
 A device is connected when an adapter with a free slot sees it advertise, or at once when BlueZ
 still holds a link to it from a previous run (stale.py): a connected device never advertises.
+Every connected device holds one D-Bus connection (bleak's), and the system bus limits them per
+user: :attr:`LinkManager.bus` (buslimit.py) recognises the refusal, says so once and queues the
+devices that wait for the bus.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from gatewayd.lifecycle import EnterOnce
 from gatewayd.protocol.control import SetPolicy
 
 from . import stale
+from .buslimit import BusCeiling
 from .connection import DeviceLink, LinkSettings, SlotLease
 from .events import DeviceUntrusted, LinkEvent, ResumePoint
 from .queue import EventQueue
@@ -124,9 +128,11 @@ class LinkManager:
         resume: Mapping[str, ResumePoint] | None = None,
         registry: DeviceRegistry | None = None,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        bus: BusCeiling | None = None,
     ) -> None:
         """``resume``: resume points by device id. ``registry``: where a device whose identity
         changed is recorded as untrusted (it stays so across restarts until paired again).
+        ``bus``: the system bus's connection ceiling (default: a new one, probing the bus).
         """
         self.sightings = Sightings()
         #: Whether each adapter answers, or its scanner's last failure (gatewayd.app waits for
@@ -137,6 +143,9 @@ class LinkManager:
         self.close_timeout_s = close_timeout_s
         self.events = EventQueue(queue_size)
         self._registry = registry
+        #: The system bus's connection ceiling, shared by every device (STATUS= reads
+        #: ``bus.problem``).
+        self.bus = bus if bus is not None else BusCeiling()
         resume = resume or {}
         self.links = {
             d.address: DeviceLink(
@@ -146,6 +155,7 @@ class LinkManager:
                 settings=settings,
                 resume=resume.get(d.device_id),
                 on_untrusted=self._record_untrusted,
+                ceiling=self.bus,
             )
             for d in devices
         }
