@@ -3,8 +3,9 @@
 Each check is a small pure function from facts to a :class:`Check` (name, status, message,
 fix). The facts are gathered by thin I/O functions below them: the system D-Bus and BlueZ
 (dbus-fast, as bleak reaches it), the BlueZ tools' ``--version``, the user database,
-``dbus-send`` run as the service user, the state directory, the broker (a real aiomqtt
-connection) and the model files.
+``dbus-send`` run as the service user, dbus-daemon's configuration (its connection limit per
+user against the paired devices), the state directory, the broker (a real aiomqtt connection)
+and the model files.
 
 `run_doctor` runs every check for `gatewayd doctor`. `gatewayd run` says the same things:
 `diagnose_adapter` explains an adapter that does not answer (instead of bleak's bare errno),
@@ -24,6 +25,7 @@ import re
 import shutil
 import ssl
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +56,7 @@ __all__ = [
     "BluezVersion",
     "BrokerFacts",
     "BusFacts",
+    "BusLimitFacts",
     "Check",
     "ConfigFacts",
     "DirFacts",
@@ -64,11 +67,13 @@ __all__ = [
     "check_adapter",
     "check_bluez",
     "check_broker",
+    "check_bus_connections",
     "check_config",
     "check_dbus_access",
     "check_model",
     "check_service_user",
     "check_state_dir",
+    "connections_per_user",
     "diagnose_adapter",
     "exit_code",
     "format_check",
@@ -93,6 +98,11 @@ BLEAK_MIN_BLUEZ: Final = (5, 55)
 DEFAULT_TIMEOUT_S: Final = 5.0
 #: Where dbus-fast (so bleak) looks for the system bus when $DBUS_SYSTEM_BUS_ADDRESS is unset.
 DEFAULT_SYSTEM_BUS: Final = "unix:path=/var/run/dbus/system_bus_socket"
+#: The system bus's configuration as dbus-daemon reads it, and its built-in
+#: max_connections_per_user (bus/config-parser.c; system.conf leaves it commented out).
+DBUS_SYSTEM_CONF: Final = Path("/usr/share/dbus-1/system.conf")
+DBUS_CONNECTIONS_PER_USER: Final = 256
+_PER_USER_LIMIT: Final = "max_connections_per_user"
 #: Below this much free space the event log cannot go on (fail); MiB.
 MIN_FREE_MIB: Final = 64
 #: Where the packaged unit's MQTT password credential lives (LoadCredential=; docs/install.md).
@@ -522,6 +532,47 @@ def check_model(facts: ModelFacts) -> Check:
     return Check(name, "ok", message)
 
 
+@dataclass(frozen=True, slots=True)
+class BusLimitFacts:
+    """dbus-daemon's connection limit per user on the system bus, and the devices paired."""
+
+    #: max_connections_per_user, or None when the configuration was not found or not read.
+    limit: int | None
+    #: The file that set it, or dbus-daemon's default; or why it is unknown.
+    source: str
+    #: Paired devices, or None when the device list could not be read (``paired_error``).
+    paired: int | None
+    paired_error: str = ""
+
+
+def check_bus_connections(facts: BusLimitFacts) -> Check:
+    """Every paired device can be connected at once: bleak holds one system-bus connection per
+    connected device (and one more), and dbus-daemon limits a user's (docs/running.md)."""
+    from gatewayd.link.buslimit import RAISE_LIMIT_FIX  # noqa: PLC0415 - pulls in the link
+
+    name = "dbus limit"
+    if facts.paired is None:
+        return Check(name, "skip", f"not checked: {facts.paired_error}")
+    if facts.limit is None:
+        return Check(name, "skip", f"not checked: {facts.source}")
+    need = facts.paired + 1
+    if need <= facts.limit:
+        return Check(
+            name,
+            "ok",
+            f"{facts.paired} paired devices need {need} system D-Bus connections of the service"
+            f" user; {_PER_USER_LIMIT} is {facts.limit} ({facts.source})",
+        )
+    return Check(
+        name,
+        "warn",
+        f"{facts.paired} paired devices, but the system D-Bus lets one user hold"
+        f" {facts.limit} connections ({_PER_USER_LIMIT}, {facts.source}) and each connected"
+        f" device holds one: at most {facts.limit - 1} can be connected at once",
+        RAISE_LIMIT_FIX,
+    )
+
+
 def parse_dbus_send(address: str, user: str, returncode: int, stderr: str) -> BusFacts:
     """BusFacts from ``dbus-send ... GetManagedObjects``: what ``user`` may do on the bus."""
     if returncode == 0:
@@ -772,6 +823,55 @@ def dir_facts(name: str, path: Path, store_path: Path | None = None) -> DirFacts
     return DirFacts(name, path, _current_user(), path.is_dir(), error, free, used)
 
 
+def connections_per_user(conf: Path = DBUS_SYSTEM_CONF) -> tuple[int | None, str]:
+    """max_connections_per_user as dbus-daemon reads ``conf``: the last ``<limit>`` in
+    document order through its ``<include>`` and ``<includedir>`` (``*.conf``, by name), else
+    the built-in default; and where it came from. (None, why) when ``conf`` is missing or
+    unreadable. Blocking."""
+    if not conf.is_file():
+        return None, f"no {conf}: not dbus-daemon's system bus, or not on this machine"
+    found: list[tuple[int, Path]] = []
+    try:
+        _read_limits(conf, found, set())
+    except (OSError, ET.ParseError, ValueError) as exc:
+        return None, f"cannot read the D-Bus configuration: {exc}"
+    if not found:
+        return DBUS_CONNECTIONS_PER_USER, "dbus-daemon's default"
+    limit, source = found[-1]
+    return limit, str(source)
+
+
+def _read_limits(path: Path, found: list[tuple[int, Path]], seen: set[Path]) -> None:
+    if path in seen:  # included twice (or a cycle): read once
+        return
+    seen.add(path)
+    # A root-owned system configuration file, not untrusted input.
+    root = ET.parse(path).getroot()  # noqa: S314
+    for element in root:
+        text = (element.text or "").strip()
+        if element.tag == "limit" and element.get("name") == _PER_USER_LIMIT:
+            found.append((int(text), path))
+        elif element.tag == "include" and element.get("if_selinux_enabled") != "yes":
+            target = path.parent / text
+            if target.is_file() or element.get("ignore_missing") != "yes":
+                _read_limits(target, found, seen)
+        elif element.tag == "includedir" and (path.parent / text).is_dir():
+            for child in sorted((path.parent / text).glob("*.conf")):
+                _read_limits(child, found, seen)
+
+
+def bus_limit_facts(config: Config, conf: Path = DBUS_SYSTEM_CONF) -> BusLimitFacts:
+    """The system bus's connection limit per user and the paired devices' count. Blocking."""
+    from gatewayd.link.registry import DeviceRegistry, RegistryError  # noqa: PLC0415
+
+    limit, source = connections_per_user(conf)
+    try:
+        paired = len(DeviceRegistry.in_state_dir(config.gateway.state_dir).load())
+    except RegistryError as exc:
+        return BusLimitFacts(limit, source, None, f"the paired devices: {exc}")
+    return BusLimitFacts(limit, source, paired)
+
+
 def state_dir_checks(config: Config, service_user: str = SERVICE_USER) -> list[Check]:
     """The state directory, and the event log's directory when it is elsewhere. Blocking."""
     state_dir = Path(config.gateway.state_dir)
@@ -955,8 +1055,9 @@ async def run_doctor(
     service_user: str = SERVICE_USER,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[Check]:
-    """Every check, in a fixed order: config, BlueZ, adapters, D-Bus access, user, state, broker,
-    model. Checks that need a valid config are skipped without one."""
+    """Every check, in a fixed order: config, BlueZ, adapters, D-Bus access, user, D-Bus
+    connection limit, state, broker, model. Checks that need a valid config are skipped without
+    one."""
     env = os.environ if env is None else env
     config_result = await asyncio.to_thread(config_facts, config_path, env)
     config = config_result.config
@@ -975,14 +1076,16 @@ async def run_doctor(
     if config is None:
         checks += [
             Check(name, "skip", "not checked: no valid config file")
-            for name in ("state dir", "broker", "model")
+            for name in ("dbus limit", "state dir", "broker", "model")
         ]
         return checks
-    state, broker, model = await asyncio.gather(
+    limits, state, broker, model = await asyncio.gather(
+        asyncio.to_thread(bus_limit_facts, config),
         asyncio.to_thread(state_dir_checks, config, service_user),
         probe_broker(config, env, timeout_s=timeout_s),
         asyncio.to_thread(model_facts, config.inference.model, models_dir),
     )
+    checks.append(check_bus_connections(limits))
     return [*checks, *state, check_broker(broker), check_model(model)]
 
 

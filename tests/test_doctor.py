@@ -22,14 +22,17 @@ from gatewayd.doctor import (
     AdapterFacts,
     BluezVersion,
     BusFacts,
+    BusLimitFacts,
     Check,
     DirFacts,
     UserFacts,
     check_adapter,
     check_bluez,
+    check_bus_connections,
     check_dbus_access,
     check_service_user,
     check_state_dir,
+    connections_per_user,
     exit_code,
     format_check,
     parse_dbus_send,
@@ -220,6 +223,60 @@ def test_one_line_per_check_and_the_exit_code() -> None:
     assert exit_code([ok, bad]) == 1
 
 
+BUSCONFIG = (
+    '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
+    ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n<busconfig>{}</busconfig>\n'
+)
+
+
+def test_the_connection_limit_is_the_last_one_dbus_daemon_reads_else_its_default(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "system.conf"
+    assert connections_per_user(conf) == (None, f"no {conf}: not dbus-daemon's system bus, or"
+                                          " not on this machine")  # fmt: skip
+    # The stock layout: a commented-out limit, system.d, then system-local.conf last.
+    conf.write_text(
+        BUSCONFIG.format(
+            '<!-- <limit name="max_connections_per_user">256</limit> -->'
+            '<include ignore_missing="yes">missing.conf</include>'
+            "<includedir>system.d</includedir>"
+            '<include ignore_missing="yes">system-local.conf</include>'
+        )
+    )
+    assert connections_per_user(conf) == (256, "dbus-daemon's default")
+    (tmp_path / "system.d").mkdir()
+    (tmp_path / "system.d" / "a.conf").write_text(
+        BUSCONFIG.format('<limit name="max_connections_per_user">300</limit>')
+    )
+    assert connections_per_user(conf) == (300, str(tmp_path / "system.d" / "a.conf"))
+    local = tmp_path / "system-local.conf"
+    local.write_text(BUSCONFIG.format('<limit name="max_connections_per_user">1024</limit>'))
+    assert connections_per_user(conf) == (1024, str(local))
+    local.write_text("<busconfig><limit")
+    limit, why = connections_per_user(conf)
+    assert limit is None
+    assert why.startswith("cannot read the D-Bus configuration")
+
+
+def test_more_paired_devices_than_the_bus_lets_one_user_connect_is_a_warning_with_the_fix() -> None:
+    ok = check_bus_connections(BusLimitFacts(256, "dbus-daemon's default", 255))
+    assert (ok.name, ok.status) == ("dbus limit", "ok")
+    assert ok.message == (
+        "255 paired devices need 256 system D-Bus connections of the service user;"
+        " max_connections_per_user is 256 (dbus-daemon's default)"
+    )
+    warn = check_bus_connections(BusLimitFacts(256, "dbus-daemon's default", 300))
+    assert warn.status == "warn"
+    assert "at most 255 can be connected at once" in warn.message
+    assert "/etc/dbus-1/system-local.conf" in warn.fix
+    assert "systemctl reload dbus" in warn.fix
+    unknown = check_bus_connections(BusLimitFacts(None, "no /x", 3))
+    assert (unknown.status, unknown.message) == ("skip", "not checked: no /x")
+    unread = check_bus_connections(BusLimitFacts(256, "d", None, "the paired devices: bad"))
+    assert (unread.status, unread.message) == ("skip", "not checked: the paired devices: bad")
+
+
 # --- real parts ------------------------------------------------------------------------------
 
 
@@ -272,6 +329,7 @@ async def test_doctor_passes_against_the_emulator_and_a_broker(
         "adapter hci0",
         "dbus access",
         "service user",
+        "dbus limit",
         "state dir",
         "broker",
         "model",
@@ -441,7 +499,7 @@ async def test_a_broken_config_fails_and_skips_what_needs_it(tmp_path: Path) -> 
     assert checks["config"].status == "fail"
     assert "mqtt.port" in checks["config"].message
     assert checks["config"].fix.startswith(f"edit {path}")
-    for name in ("adapters", "state dir", "broker", "model"):
+    for name in ("adapters", "dbus limit", "state dir", "broker", "model"):
         assert checks[name].status == "skip", name
 
 
