@@ -28,7 +28,7 @@ from typing import Final
 import structlog
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError
+from dbus_fast.errors import DBusError, DBusFastError
 
 from gatewayd.backoff import capped_backoff
 
@@ -98,7 +98,7 @@ async def probe_bus() -> str | None:
             await bus.connect()
     except DBusError as exc:  # a dbus-fast that raises the Hello's error
         return exc.text if exc.type == LIMITS_EXCEEDED else None
-    except (OSError, EOFError, TimeoutError):
+    except (DBusFastError, OSError, EOFError, TimeoutError):  # auth, address, socket: not it
         return None
     finally:
         bus.disconnect()
