@@ -295,6 +295,27 @@ async def test_alerts_in_order_and_marked_after_delivery(mosquitto_broker: Broke
         assert publisher.stats.alerts_published == 10
 
 
+async def test_a_graceful_stop_sends_the_alerts_still_pending(mosquitto_broker: Broker) -> None:
+    """The pipeline drains before the publisher stops: the alerts of its last windows and of
+    the links' closing are in the outbox then, and go out before status offline."""
+    outbox = FakeOutbox()
+    publisher = make_publisher(mosquitto_broker.port, outbox)
+    status = f"gatewayd/{GW}/status"
+    alerts = f"gatewayd/{GW}/devices/w1/alerts"
+    async with subscribe(mosquitto_broker, status, alerts) as sub:
+        async with running(publisher):
+            await sub.wait(lambda: bool(sub.on(status)), "status online")
+            # Written as the stop begins, as the closing links' events are.
+            for n in range(5):
+                outbox.append("w1", n, kind="disconnected")
+            publisher.notify()
+            publisher.stop()
+        await sub.wait(lambda: sub.on(status)[-1]["state"] == "offline", "status offline")
+    assert [a["event_id"] for a in sub.on(alerts)] == [i.event_id for i in outbox.items]
+    assert outbox.marked == [i.event_id for i in outbox.items], "each marked after its PUBACK"
+    assert sub.topics()[-1] == status, "the alerts before status offline"
+
+
 async def test_a_gateway_event_is_published_once_on_the_gateway_alert_topic(
     mosquitto_broker: Broker, tmp_path: Path
 ) -> None:

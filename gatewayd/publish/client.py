@@ -368,7 +368,8 @@ class Publisher:
     def notify(self) -> None:
         """Tell the publisher the outbox has new items (cheap; call after every append)."""
         self._outbox_wake.set()
-        if not self._stopping.is_set():  # a stopping alert loop sends nothing more: no wait
+        # Stopping: the alert loop may have returned already, and nothing may wait for it.
+        if not self._stopping.is_set():
             self._alerts_sent.clear()
 
     def stop(self) -> None:
@@ -752,14 +753,17 @@ class Publisher:
         """Publish the outbox in order, one QoS 1 message at a time, marking each after PUBACK.
 
         One at a time keeps per-device order across reconnects: a pipelined batch could have
-        a later alert acknowledged and an earlier one lost with the connection.
+        a later alert acknowledged and an earlier one lost with the connection. A graceful stop
+        comes after the pipeline has drained, so the loop then sends what is still pending
+        (the alerts of the last windows and of the links' closing) and returns once the outbox
+        is empty; the stop's grace period bounds it, and what it leaves goes at the next start.
         """
-        while not self._stopping.is_set():
+        while True:
             self._outbox_wake.clear()  # before reading, so a notify() during the read counts
             items = await self._outbox.pending(OUTBOX_BATCH)
+            if not items and self._stopping.is_set():
+                break
             for item in items:
-                if self._stopping.is_set():
-                    return
                 try:
                     topic = self._outbox_topic(item)
                 except TopicError as exc:
@@ -791,7 +795,8 @@ class Publisher:
             if len(items) < OUTBOX_BATCH:
                 if not self._outbox_wake.is_set():
                     self._alerts_sent.set()  # nothing due: the stream loop may write
-                await self._wait(self._outbox_wake, self._rescan_s)
+                if not self._stopping.is_set():
+                    await self._wait(self._outbox_wake, self._rescan_s)
         self._alerts_sent.set()
 
     async def _stream_loop(self, client: aiomqtt.Client) -> None:
