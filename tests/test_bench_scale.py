@@ -151,15 +151,3 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == EXIT_USAGE
     assert "offload 'sometimes'" in done.stderr
     assert not (tmp_path / "scale.json").exists()
-
-
-@pytest.mark.slow
-@needs_dbus
-@needs_mosquitto
-@needs_proc
-def test_quick_sweep(tmp_path: Path) -> None:
-    """What `make bench` runs: the --quick sweep (a few minutes), written to pytest's tmp_path."""
-    out = tmp_path / "scale"
-    done = run_bench(out, "--quick", timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    check_artefacts(out, [5, 20, 50], ["default", "all"])
