@@ -197,6 +197,7 @@ def _plot(result: SoakResult, path: Path) -> None:
     ax_rss.legend(loc="lower right", fontsize="small")
     ax_rss.set_title(
         f"gatewayd bench soak: {result.options.minutes:g} min, seed {result.options.seed}"
+        " (synthetic sessions)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
