@@ -54,6 +54,7 @@ import numpy.typing as npt
 
 from gatewayd.app import build_gateway
 from gatewayd.bench.models import bench_environment, environment_line
+from gatewayd.bench.procstat import task_cpu_s
 from gatewayd.config import Config, MqttConfig, StoreConfig
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.demo.broker import BrokerChoice, choose_broker
@@ -505,9 +506,6 @@ def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -
     )
 
 
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def thread_group(name: str) -> str:
     """Which part of the gateway a Python thread belongs to, from its name."""
     if name == "MainThread":
@@ -524,14 +522,10 @@ def thread_group(name: str) -> str:
 def _thread_cpu_s() -> dict[str, float]:
     """CPU seconds so far of this process's Python threads, by `thread_group`. Linux; blocks."""
     out: dict[str, float] = {}
+    pid = os.getpid()
     for thread in threading.enumerate():
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat", encoding="ascii") as f:  # noqa: PTH123
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        if thread.native_id is None or (seconds := task_cpu_s(pid, thread.native_id)) is None:
             continue
-        # Fields 14 and 15 of proc(5) (utime, stime), counted after the ")" of the name.
-        seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
         group = thread_group(thread.name)
         out[group] = out.get(group, 0.0) + seconds
     return out

@@ -41,6 +41,7 @@ __all__ = [
     "Usage",
     "descendants",
     "read_proc",
+    "task_cpu_s",
     "thread_cpu",
     "total",
     "usage_between",
@@ -120,6 +121,15 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def task_cpu_s(pid: int, tid: int) -> float | None:
+    """CPU seconds so far of thread ``tid`` of ``pid``, or None when it is gone. Blocks."""
+    try:
+        fields = _stat_fields(_PROC / str(pid) / "task" / str(tid) / "stat")
+        return (int(fields[_UTIME]) + int(fields[_STIME])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of ``pid``'s threads, summed by thread name (comm). Blocks.
 
@@ -134,11 +144,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
     except OSError:
         return out
     for task in tasks:
+        seconds = task_cpu_s(pid, int(task.name))
         try:
-            fields = _stat_fields(task / "stat")
             name = (task / "comm").read_text(encoding="utf-8", errors="replace").strip()
-            seconds = (int(fields[_UTIME]) + int(fields[_STIME])) / CLOCK_TICKS
-        except (OSError, IndexError, ValueError):
+        except OSError:
+            continue
+        if seconds is None:
             continue
         if task.name == str(pid):
             name = "main"
