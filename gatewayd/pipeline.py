@@ -10,7 +10,9 @@ of their own): a device that floods delays another device's event by at most one
    up to that place, so one device never fills the worker's queue ahead of the others. Every
    event is queued with its pending result.
 2. the processing loop: each device's events in order, waits for the window's result, records
-   the window in the store, builds an `Observation`, feeds the `RuleEngine`, writes each alert
+   the window in the store (frames ready one after the other, as a batch's are, form a group of
+   up to `GROUP_MAX` whose windows are queued to the store together and commit in one
+   transaction; then each goes on in turn), builds an `Observation`, feeds the `RuleEngine`, writes each alert
    transition to the event log (outbox) and only then notifies the publisher; telemetry and the
    retained device state go to the publisher best effort, the state only when it changed
    (`gatewayd.publish.build.state_changed`), not on every window.
@@ -100,6 +102,10 @@ log = structlog.get_logger("gatewayd.pipeline")
 DEFAULT_QUEUE_SIZE: Final = 1024
 #: A device's first events in the queue whose windows are being analysed; the rest wait.
 ANALYSES_PER_DEVICE: Final = 8
+#: At most this many windows, queued one after the other with their analyses done, are
+#: processed as one group: their store writes are queued together (one commit), then each goes
+#: through the rules and out in turn.
+GROUP_MAX: Final = 32
 #: How long leaving the pipeline waits for what was submitted to be processed.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 10.0
 
@@ -111,6 +117,13 @@ class EventSink(Protocol):
         self, window: WindowRecord, *, cursor: DeviceCursor | None = None
     ) -> int:
         """Store one window (and where its device's stream resumes); return its id."""
+        ...
+
+    async def record_windows(
+        self, windows: Sequence[tuple[WindowRecord, DeviceCursor | None]]
+    ) -> list[int | Exception]:
+        """`record_window` for each (window, cursor), committed together; each answer is the
+        window's id or what that window alone met (a StoreError, or a bug)."""
         ...
 
     async def append_event(self, event: NewEvent, *, cursor: DeviceCursor | None = None) -> str:
@@ -280,21 +293,51 @@ class Pipeline(BackgroundPart):
                 self._not_empty.clear()
                 await self._not_empty.wait()
                 continue
-            key, item = self._queue.popleft()
-            self._not_full.set()
-            waiting = self._queue.lane(key)
-            if waiting is not None and len(waiting) >= ANALYSES_PER_DEVICE:
-                self._start(waiting[ANALYSES_PER_DEVICE - 1])  # moved up to its place
-            self._start(item)
-            try:
-                await self._process(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one event must not stop every device
-                await self._fault(item.event, exc)
-            self.stats.handled += 1
-            name = type(item.event).__name__
-            self.stats.by_type[name] = self.stats.by_type.get(name, 0) + 1
+            item = self._take()
+            if isinstance(item.event, FrameReceived):
+                group = [item]
+                if item.analysis is not None and not item.analysis.done():
+                    # Its batch-mates' analyses finish with it: they join the group.
+                    await asyncio.wait([item.analysis])
+                while len(group) < GROUP_MAX and self._queue and self._ready(self._peek()):
+                    group.append(self._take())
+                await self._frames(group)
+            else:
+                try:
+                    await self._process(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one event must not stop every device
+                    await self._fault(item.event, exc)
+                group = [item]
+            for done in group:
+                self.stats.handled += 1
+                name = type(done.event).__name__
+                self.stats.by_type[name] = self.stats.by_type.get(name, 0) + 1
+
+    def _take(self) -> _Item:
+        """The next event in turn, its analysis started (and the next of its device's)."""
+        key, item = self._queue.popleft()
+        self._not_full.set()
+        waiting = self._queue.lane(key)
+        if waiting is not None and len(waiting) >= ANALYSES_PER_DEVICE:
+            self._start(waiting[ANALYSES_PER_DEVICE - 1])  # moved up to its place
+        self._start(item)
+        return item
+
+    def _peek(self) -> _Item:
+        """The event `_take` returns next (the queue is not empty)."""
+        lane = self._queue.lane(self._queue.next_key())
+        assert lane
+        return lane[0]
+
+    def _ready(self, item: _Item) -> bool:
+        """A frame that can be processed now: its analysis is done, or it needs none."""
+        if not isinstance(item.event, FrameReceived):
+            return False
+        if item.analysis is not None:
+            return item.analysis.done()
+        return self._analyse is None or not isinstance(item.event.message, Window)
 
     async def _fault(self, event: LinkEvent | Tick, exc: Exception) -> None:
         """Count and log a fault, and report it once per device and kind as a technical event."""
@@ -327,8 +370,7 @@ class Pipeline(BackgroundPart):
             mono = event.mono if event.mono is not None else self._monotonic()
             await self._alerts(self.engine.tick(event.t, mono))
         elif isinstance(event, FrameReceived):
-            analysis = await item.analysis if item.analysis is not None else None
-            await self._frame(event, analysis)
+            await self._frames([item])
         elif isinstance(event, HeartRateReceived):
             obs = observation_for_strap(event, self._monotonic())
             await self._alerts(self.engine.observe(obs))
@@ -374,7 +416,36 @@ class Pipeline(BackgroundPart):
             log.error("device not trusted: its data is not taken", device=device,
                       reason=event.reason, detail=event.detail, event_id=event_id)  # fmt: skip
 
-    async def _frame(self, event: FrameReceived, analysis: WindowAnalysis | None) -> None:
+    async def _frames(self, items: Sequence[_Item]) -> None:
+        """Frames in the order given: each one's window is recorded (the group's writes are
+        queued together, one commit), then each goes through the rules and to the publisher.
+        A fault is contained to its frame."""
+        records: list[tuple[WindowRecord, DeviceCursor | None]] = []
+        prepared: list[tuple[_Item, WindowAnalysis | None]] = []
+        for item in items:
+            try:
+                analysis = await item.analysis if item.analysis is not None else None
+                records.append(await self._record(item.event, analysis))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one event must not stop every device
+                await self._fault(item.event, exc)
+                continue
+            prepared.append((item, analysis))
+        answers = await self._store.record_windows(records) if records else []
+        for (item, analysis), answer in zip(prepared, answers, strict=True):
+            try:
+                await self._frame(item.event, analysis, answer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one event must not stop every device
+                await self._fault(item.event, exc)
+
+    async def _record(
+        self, event: LinkEvent | Tick, analysis: WindowAnalysis | None
+    ) -> tuple[WindowRecord, DeviceCursor | None]:
+        """Count a frame; its window record and the device's new resume point."""
+        assert isinstance(event, FrameReceived)
         message = event.message
         self.stats.windows += 1
         if isinstance(message, Window):
@@ -390,15 +461,26 @@ class Pipeline(BackgroundPart):
         )
         if event.boot_id is not None:
             self._boots[event.device_id] = event.boot_id
-        cursor = self._cursor(event.device_id, (s.seq + 1) % SEQ_MODULUS, event.received_at)
+        return record, self._cursor(event.device_id, (s.seq + 1) % SEQ_MODULUS, event.received_at)
+
+    async def _frame(
+        self, event: LinkEvent | Tick, analysis: WindowAnalysis | None, stored: int | Exception
+    ) -> None:
+        """A recorded frame (``stored``: its window id, or why it is not stored) through the
+        rules, the event log's alerts and the publisher."""
+        assert isinstance(event, FrameReceived)
+        message = event.message
+        s = summary_of(message)
         window_id: str | None = None
-        try:
-            window_id = str(await self._store.record_window(record, cursor=cursor))
-        except StoreError as exc:
+        if isinstance(stored, StoreError):
             # The window still reaches the rules and MQTT: an alert must not wait on the log.
             self.stats.windows_not_stored += 1
-            log.error("window not stored", device=event.device_id, seq=s.seq, error=str(exc))  # noqa: TRY400
-            await self._report(event.device_id, "store", f"window {s.seq} not stored: {exc}")
+            log.error("window not stored", device=event.device_id, seq=s.seq, error=str(stored))
+            await self._report(event.device_id, "store", f"window {s.seq} not stored: {stored}")
+        elif isinstance(stored, Exception):
+            raise stored
+        else:
+            window_id = str(stored)
         obs = observation_for_frame(
             event.device_id,
             message,

@@ -388,6 +388,17 @@ class FakeStore:
         self.calls.log.append(("window", window.seq))
         return len(self.windows)
 
+    async def record_windows(
+        self, windows: Sequence[tuple[WindowRecord, DeviceCursor | None]]
+    ) -> list[int | Exception]:
+        answers: list[int | Exception] = []
+        for window, cursor in windows:
+            try:
+                answers.append(await self.record_window(window, cursor=cursor))
+            except Exception as exc:  # as the real store answers
+                answers.append(exc)
+        return answers
+
     async def append_event(self, event: NewEvent, *, cursor: DeviceCursor | None = None) -> str:
         self.cursors.append((event.kind, cursor))
         self.calls.log.append(("event", (event.kind, event.state, event.device_id)))

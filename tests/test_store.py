@@ -18,6 +18,7 @@ from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Wind
 from gatewayd.store import (
     GATEWAY,
     SCHEMA_VERSION,
+    DeviceCursor,
     EventQuery,
     NewEvent,
     RecordRejectedError,
@@ -237,6 +238,28 @@ async def test_record_window_from_messages_with_and_without_raw(tmp_path: Path) 
     assert np.array_equal(np.frombuffer(bvp, "<i2"), np.arange(512))
     assert len(acc) == 256 * 3 * 2
     conn.close()
+
+
+async def test_record_windows_commits_a_group_together_and_a_bad_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    async with Store.open(tmp_path / "g.db") as store:
+        good = [window_record_from_message("w1", summary(), 100.0 + n) for n in range(5)]
+        bad = dataclasses.replace(good[0], device_id="")
+        answers = await store.record_windows(
+            [(good[0], None), (good[1], DeviceCursor(7, 2, 101.0)), (bad, None),
+             *((w, None) for w in good[2:])]
+        )  # fmt: skip
+        assert isinstance(answers[2], RecordRejectedError)
+        ids = [a for i, a in enumerate(answers) if i != 2]
+        assert all(isinstance(a, int) for a in ids)
+        assert ids == sorted(ids)
+        assert [w.id for w in await store.windows(device="w1")] == ids
+        assert (await store.cursors())["w1"].next_seq == 2
+        stats = await store.stats()
+        # Queued before the first was awaited: one transaction for the five.
+        assert stats.batches == 1
+        assert stats.largest_batch == 5
 
 
 async def test_raw_samples_are_dropped_unless_configured(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -353,6 +353,11 @@ class Store:
         return writer
 
     async def _submit(self, make: Callable[[], Op]) -> Any:
+        return await (await self._enqueue(make))
+
+    async def _enqueue(self, make: Callable[[], Op]) -> asyncio.Future[Any]:
+        """Queue ``make()``'s op for the writer (waits while `StoreOptions` bounds are full);
+        return the future of its outcome."""
         writer, pending = self._open_writer(), self._pending
         assert pending is not None
         if pending.locked():
@@ -371,7 +376,7 @@ class Store:
             pending.release()
             raise
         done.add_done_callback(lambda _: self._resolve(loop, done, waiter))
-        return await waiter
+        return waiter
 
     def _resolve(
         self,
@@ -427,6 +432,35 @@ class Store:
         A value SQLite cannot hold (an int beyond 64 bits, NaN, ...) is stored as NULL and named
         in the row's ``invalid`` column; RecordRejectedError only for an unusable device id or kind.
         """
+        result: int = await self._submit(self._window_op(window, cursor))
+        return result
+
+    async def record_windows(
+        self, windows: Sequence[tuple[WindowRecord, DeviceCursor | None]]
+    ) -> list[int | Exception]:
+        """`record_window` for each of ``windows`` (window, cursor), in order: all are queued
+        before the first is awaited, so the writer commits them together. Each answer is the
+        window's id or what that window alone met (a StoreError, or the bug it hit); the other
+        windows are stored all the same."""
+        queued: list[asyncio.Future[Any] | Exception] = []
+        for window, cursor in windows:
+            try:
+                queued.append(await self._enqueue(self._window_op(window, cursor)))
+            except Exception as exc:  # noqa: BLE001 - that window's answer, not everyone's
+                queued.append(exc)
+        answers: list[int | Exception] = []
+        for outcome in queued:
+            if isinstance(outcome, Exception):
+                answers.append(outcome)
+                continue
+            try:
+                answers.append(await outcome)
+            except Exception as exc:  # noqa: BLE001 - as above
+                answers.append(exc)
+        return answers
+
+    def _window_op(self, window: WindowRecord, cursor: DeviceCursor | None) -> Callable[[], Op]:
+        """Check ``window`` now; the returned function draws its id and builds its Op."""
         w = window
         device = self._device(w.device_id)
         if w.kind not in ("summary", "window"):
@@ -494,8 +528,7 @@ class Store:
                 cursor_only=cursor_only if boot_id is not None else None,
             )
 
-        result: int = await self._submit(make)
-        return result
+        return make
 
     def _event_op(self, event: NewEvent, cursor: DeviceCursor | None = None) -> Callable[[], Op]:
         """Check ``event`` now; the returned function draws its id and builds its Op."""
