@@ -262,6 +262,22 @@ def _queue_qos0(client: aiomqtt.Client, topic: str, payload: bytes) -> mqtt.MQTT
     return info
 
 
+def _cork(client: aiomqtt.Client, on: bool) -> bool:
+    """Hold (``on``) or release the connection's partial TCP segments (Linux's TCP_CORK): a
+    telemetry burst leaves in as few segments as it fills, not one per message, which saves a
+    pass through the network stack per message here and in the broker. False where there is no
+    TCP_CORK or no socket."""
+    cork = getattr(socket, "TCP_CORK", None)
+    setsockopt = getattr(client._client.socket(), "setsockopt", None)  # none on a websocket
+    if cork is None or setsockopt is None:
+        return False
+    try:
+        setsockopt(socket.IPPROTO_TCP, cork, 1 if on else 0)
+    except OSError:
+        return False
+    return True
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -840,6 +856,7 @@ class Publisher:
         one socket write registration and one awaited publish cover the whole burst. Those
         not written when the connection goes are counted as dropped."""
         queued: list[mqtt.MQTTMessageInfo] = []
+        corked = len(burst) > 1 and _cork(client, True)
         try:
             for telemetry in burst[:-1]:
                 topic = self._topics.telemetry(telemetry.device_id)
@@ -857,6 +874,9 @@ class Publisher:
             # In hand when the connection went.
             self.stats.telemetry_dropped += len(burst) - written
             raise
+        finally:
+            if corked:
+                _cork(client, False)
         self.stats.telemetry_published += len(burst)
 
     async def _send(
