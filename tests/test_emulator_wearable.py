@@ -12,9 +12,14 @@ import pytest
 
 from gatewayd.activity import ActivityGroup
 from gatewayd.config import OffloadConfig
-from gatewayd.datasets.synthetic import generate_recording
+from gatewayd.datasets.synthetic import generate_recording, write_synthetic_dataset
 from gatewayd.emulator.faults import FaultPlan, parse_faults
-from gatewayd.emulator.virtual import FleetSetup, load_wearable_model, pick_wearable_model
+from gatewayd.emulator.virtual import (
+    FleetSetup,
+    load_wearable_model,
+    pick_wearable_model,
+    replay_starts,
+)
 from gatewayd.emulator.wearable import WearableCore, WearableSpec, bvp_gain, quantise
 from gatewayd.errors import DecodeError, EmulatorError
 from gatewayd.inference import ModelRegistry, ModelSession
@@ -74,6 +79,58 @@ def test_windows_come_every_two_simulated_seconds_after_the_first_eight() -> Non
     assert len(first) + 2 + len(rest) == c.windows_total == RECORDING.window_count()
     assert c.finished
     assert c.next_window_due_s() is None
+
+
+def test_a_replay_starts_at_its_window_and_wraps_once_unless_it_loops() -> None:
+    total = RECORDING.window_count()
+    start = total - 3
+    once = core(start_window=start, tau_mbits=0, min_conf_e4=0)  # every window raw
+    sent = once.produce(1e9)
+    assert len(sent) == total
+    assert once.finished
+    assert [once.recording_window(i) for i in range(5)] == [start, start + 1, start + 2, 0, 1]
+    for seq, raw in sent:
+        m = decode_message(raw)
+        assert isinstance(m, Window)
+        bvp, acc = once.wire_samples(once.recording_window(seq))
+        assert np.array_equal(m.bvp, bvp)
+        assert np.array_equal(m.acc, acc)
+    looping = core(start_window=start, loop=True)
+    assert len(looping.produce(10.0 * total)) > 2 * total
+    assert not looping.finished
+    assert looping.next_window_due_s() is not None
+
+
+def test_a_worn_wearable_has_tracked_the_windows_before_its_start() -> None:
+    # Started at window 10 having followed windows 0-9: its first window is window 10 of a
+    # wearable that replayed from the start (the tracker's heart rate and quality included).
+    plain = [summary_of(decode_message(raw)) for _, raw in core().produce(1e9)]
+    worn = [summary_of(decode_message(raw)) for _, raw in core(start_window=10, worn_windows=10)
+            .produce(1e9)]  # fmt: skip
+    cold = [summary_of(decode_message(raw)) for _, raw in core(start_window=10).produce(1e9)]
+
+    def estimate(s: Summary) -> tuple[int, int, int]:
+        return s.hr_cbpm, s.signal_quality, s.entropy_mbits
+
+    assert [estimate(s) for s in worn[:5]] == [estimate(s) for s in plain[10:15]]
+    assert [estimate(s) for s in cold[:5]] != [estimate(s) for s in plain[10:15]]
+    assert cold[0].entropy_mbits == plain[10].entropy_mbits  # the same samples, untracked
+
+
+def test_replay_starts_spread_the_wearables_sharing_a_recording() -> None:
+    windows = [100, 40, 7]
+    starts = replay_starts(30, windows, seed=1)
+    assert starts == replay_starts(30, windows, seed=1)
+    assert starts != replay_starts(30, windows, seed=2)
+    for r, w in enumerate(windows):
+        mine = sorted(starts[r::3])  # wearable i replays recording i % 3
+        assert all(0 <= s < w for s in mine)
+        # Ten wearables on recording r: evenly spaced around it (its length over ten apart).
+        gaps = [b - a for a, b in zip(mine, [*mine[1:], mine[0] + w], strict=True)]
+        assert max(gaps) - min(gaps) <= 1
+    # A fleet no larger than its recordings: one wearable each, from a seeded point.
+    assert len(replay_starts(2, windows, seed=1)) == 2
+    assert replay_starts(3, [0, 5, 5], seed=1)[0] == 0  # a recording without windows
 
 
 def test_offload_decision_matches_the_firmware_policy_and_raw_samples_travel() -> None:
@@ -197,6 +254,21 @@ def test_emulate_prints_where_the_gateway_should_look(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "export DBUS_SYSTEM_BUS_ADDRESS='unix:path=" in done.stdout
+    assert "(synthetic data)" in done.stdout
+
+
+def test_emulate_replays_every_dataset_given_in_a_loop(tmp_path: Path) -> None:
+    # Synthetic files in the PPG-DaLiA layout stand for two datasets; the line names what it
+    # replays (`gatewayd bench scale` reads it).
+    write_synthetic_dataset(tmp_path / "a", 1, 0.5, seed=1)
+    write_synthetic_dataset(tmp_path / "b", 1, 0.5, seed=2)
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "emulate", "--devices", "3", "--dataset",
+         str(tmp_path / "a"), "--dataset", str(tmp_path / "b"), "--loop", "--duration", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "from 2 synthetic recordings, looped" in done.stdout
     assert "(synthetic data)" in done.stdout
 
 

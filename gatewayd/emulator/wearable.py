@@ -98,6 +98,16 @@ class WearableSpec:
     impact_threshold_milli_g: int = IMPACT_THRESHOLD_MILLI_G
     #: Motion offload: windows starting up to this long after a fall candidate's impact.
     motion_hold_ms: int = MOTION_HOLD_MS
+    #: The recording's window the replay starts at: replay window ``i`` is the recording's
+    #: window ``(start_window + i) % windows_total`` (wearables sharing a recording start apart).
+    start_window: int = 0
+    #: Replay endlessly, wrapping to the recording's first window after its last; False: stop
+    #: after ``windows_total`` windows.
+    loop: bool = False
+    #: How many of the recording's windows before ``start_window`` the heart-rate tracker has
+    #: already followed (as far as the recording goes back): a wearable worn for a while, not
+    #: just switched on, whose tracker has locked on (it takes up to a minute of windows).
+    worn_windows: int = 0
 
 
 def bvp_gain(recording: Recording, fmt: SampleFormat = SampleFormat.INT16) -> float:
@@ -179,8 +189,8 @@ class WearableCore:
         """``local_model``: the pruned activity model (one session may serve many cores).
 
         Without one the activity stays unknown (255) and the offload confidence is the heart-rate
-        tracker's alone. A function of the window index may stand for the model: `gatewayd eval`
-        gives a training run's out-of-fold answers this way.
+        tracker's alone. A function of the recording's window index may stand for the model:
+        `gatewayd eval` gives a training run's out-of-fold answers this way.
         """
         self.spec = spec
         self.local_model = local_model
@@ -192,12 +202,15 @@ class WearableCore:
         self.sent: dict[int, Message] | None = {} if keep_sent else None
         self._gain = bvp_gain(spec.recording, spec.sample_format)
         self._tracker = HrTracker()
+        self._windows_total = spec.recording.window_count()
+        start = min(spec.start_window, self._windows_total)
+        for i in range(max(0, start - spec.worn_windows), start):
+            self._tracker.update(*self.wire_samples(i))
         self._next_window = 0
         self._seq = 0
         self._ring: OrderedDict[int, Message] = OrderedDict()
         self._clock_offset_ms = float(spec.boot_unix_ms)
         self._synced = False
-        self._windows_total = spec.recording.window_count()
         #: Impact of the newest fall candidate, ms of simulated (monotonic) time: TIME_SYNC must
         #: not move it.
         self._last_fall_ms: int | None = None
@@ -211,13 +224,16 @@ class WearableCore:
 
     def next_window_due_s(self) -> float | None:
         """When the next window is complete (its end), or None when the recording is over."""
-        if self._next_window >= self._windows_total:
+        if self.finished:
             return None
         return self._next_window * STEP_S + WINDOW_S
 
     @property
     def finished(self) -> bool:
-        """Every window of the recording has been produced."""
+        """Every window of the recording has been produced (never when looping, unless the
+        recording has no window)."""
+        if self.spec.loop and self._windows_total > 0:
+            return False
         return self._next_window >= self._windows_total
 
     @property
@@ -227,8 +243,12 @@ class WearableCore:
 
     @property
     def windows_total(self) -> int:
-        """How many windows the recording gives."""
+        """How many windows the recording gives (a looping replay goes on past them)."""
         return self._windows_total
+
+    def recording_window(self, index: int) -> int:
+        """The recording's window that replay window ``index`` is (start_window, wrapping)."""
+        return (self.spec.start_window + index) % self._windows_total
 
     def battery_pct(self, sim_s: float) -> int:
         """Battery level, draining linearly with simulated time."""
@@ -302,15 +322,17 @@ class WearableCore:
     def wire_samples(
         self, index: int
     ) -> tuple[npt.NDArray[np.signedinteger], npt.NDArray[np.signedinteger]]:
-        """Window ``index`` as its sensors give it: BVP (512,) and ACC (256, 3) in the format."""
+        """The recording's window ``index`` as its sensors give it: BVP (512,) and ACC (256, 3)
+        in the format."""
         fmt = self.spec.sample_format
         bvp_f, acc_f = self.spec.recording.window(index)
         bvp = quantise(bvp_f, self._gain, fmt)
         acc = quantise(acc_f, 1.0, fmt).reshape(-1, 3)
         return bvp, acc
 
-    def _window_message(self, index: int, end_s: float) -> Message:
+    def _window_message(self, replay_index: int, end_s: float) -> Message:
         fmt = self.spec.sample_format
+        index = self.recording_window(replay_index)
         bvp, acc = self.wire_samples(index)
         # The firmware only has its samples: the tracker and the model see the wire's integers.
         estimate = self._tracker.update(bvp, acc)
