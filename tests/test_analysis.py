@@ -16,6 +16,8 @@ from gatewayd.inference.analysis import (
     HrFusion,
     WindowAnalysis,
     analyse_windows,
+    analyses_from_prediction,
+    analysis_from_prediction,
     fuse_hr,
     hr_mass_within,
     model_input,
@@ -24,6 +26,7 @@ from gatewayd.inference.analysis import (
     window_inputs,
 )
 from gatewayd.inference.cards import Calibration
+from gatewayd.inference.session import OutputSpec, decode
 from gatewayd.protocol.messages import MessageFlags, SampleFormat, Summary, Window
 from gatewayd.signals import filters, preprocess
 from gatewayd.signals.heart_rate import HrState, HrTracker
@@ -124,6 +127,20 @@ def test_hr_mass_within_counts_the_bins_near_the_estimate() -> None:
     probs[1, 100] = 1.0
     out = hr_mass_within(probs, centres, np.array([75.0, 100.0]), 10.0)
     np.testing.assert_allclose(out, [0.8, 0.0])
+
+
+def test_a_batch_is_read_row_by_row_as_each_row_alone() -> None:
+    spec = OutputSpec()
+    rng = np.random.default_rng(3)
+    prediction = decode(
+        rng.normal(size=(7, len(spec.activity_classes))) * 3,
+        rng.normal(size=(7, spec.hr_bin_count)) * 3,
+        spec,
+    )
+    together = analyses_from_prediction(prediction, "m")
+    assert together == [analysis_from_prediction(prediction, i, "m") for i in range(7)]
+    assert analyses_from_prediction(prediction, "m", rows=[5, 2]) == [together[5], together[2]]
+    assert len({a.activity for a in together}) > 1  # the rows differ: not one row seven times
 
 
 def model(bpm: float, confidence: float) -> WindowAnalysis:

@@ -61,6 +61,7 @@ __all__ = [
     "WindowAnalysis",
     "WindowInputs",
     "analyse_windows",
+    "analyses_from_prediction",
     "analysis_from_prediction",
     "answers_from_prediction",
     "calibrated",
@@ -268,13 +269,12 @@ def calibrated(
 
 def answers_from_prediction(prediction: Prediction, card: ModelCard) -> list[WindowAnalysis]:
     """Every row of a model's (calibrated) answer as the gateway reads it."""
-    centres = hr_bin_centres(card.outputs)
-    return [
-        analysis_from_prediction(
-            prediction, row, card.model_id, card.outputs.activity_classes, centres=centres
-        )
-        for row in range(len(prediction))
-    ]
+    return analyses_from_prediction(
+        prediction,
+        card.model_id,
+        card.outputs.activity_classes,
+        centres=hr_bin_centres(card.outputs),
+    )
 
 
 def hr_mass_within(
@@ -305,27 +305,49 @@ def analysis_from_prediction(
     (`gatewayd.inference.groups`), its confidence the group's summed probability. ``centres``
     are the HR bins' centres (default: the card format's default bins).
     """
+    return analyses_from_prediction(prediction, model_id, classes, centres=centres, rows=[i])[0]
+
+
+def analyses_from_prediction(
+    prediction: Prediction,
+    model_id: str,
+    classes: Sequence[str] = ACTIVITY_CLASSES,
+    *,
+    centres: npt.NDArray[np.float64] | None = None,
+    rows: Sequence[int] | None = None,
+) -> list[WindowAnalysis]:
+    """`analysis_from_prediction` of each of ``rows`` (default: every row), computed for the
+    rows together."""
     if centres is None:
         centres = hr_bin_centres(OutputSpec())
-    confidence = float(
-        hr_mass_within(prediction.hr_probs[i : i + 1], centres, prediction.hr_bpm[i : i + 1])[0]
-    )
-    groups = group_prediction(prediction.activity_probs[i : i + 1], classes)
-    return WindowAnalysis(
-        hr_bpm=float(prediction.hr_bpm[i]),
-        hr_confidence=confidence,
-        hr_source="model",
-        activity=int(groups.group[0]),
-        activity_confidence=float(groups.confidence[0]),
-        model_id=model_id,
-        result={
-            "activity_probs": [round(float(p), 4) for p in prediction.activity_probs[i]],
-            "group_probs": [round(float(p), 4) for p in groups.group_probs[0]],
-            "hr_entropy_bits": round(float(prediction.hr_entropy_bits[i]), 4),
-            "model_hr_bpm": round(float(prediction.hr_bpm[i]), 2),
-            "model_hr_confidence": round(confidence, 4),
-        },
-    )
+    picked = list(range(len(prediction))) if rows is None else list(rows)
+    bpm = prediction.hr_bpm[picked]
+    confidence = hr_mass_within(prediction.hr_probs[picked], centres, bpm).tolist()
+    activity_probs = prediction.activity_probs[picked]
+    groups = group_prediction(activity_probs, classes)
+    entropy = prediction.hr_entropy_bits[picked].tolist()
+    out: list[WindowAnalysis] = []
+    for k, (hr, probs, group_probs) in enumerate(
+        zip(bpm.tolist(), activity_probs.tolist(), groups.group_probs.tolist(), strict=True)
+    ):
+        out.append(
+            WindowAnalysis(
+                hr_bpm=hr,
+                hr_confidence=confidence[k],
+                hr_source="model",
+                activity=int(groups.group[k]),
+                activity_confidence=float(groups.confidence[k]),
+                model_id=model_id,
+                result={
+                    "activity_probs": [round(p, 4) for p in probs],
+                    "group_probs": [round(p, 4) for p in group_probs],
+                    "hr_entropy_bits": round(entropy[k], 4),
+                    "model_hr_bpm": round(hr, 2),
+                    "model_hr_confidence": round(confidence[k], 4),
+                },
+            )
+        )
+    return out
 
 
 def wearable_hr(window: Window) -> tuple[float | None, float]:
