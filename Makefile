@@ -82,14 +82,18 @@ test: venv lint typecheck
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # Reduced runs of every benchmark (a quarter of an hour on 2 cores), results in bench-results/;
-# docs/benchmarks.md gives the full commands and the figures they gave.
+# docs/benchmarks.md gives the full commands and the figures they gave. The scale sweep's
+# wearables replay the real recordings in BENCH_DATA when it exists (so the default offload
+# policy offloads what it would on real wrists), else synthetic sessions; scale.md says which.
 BENCH_OUT ?= bench-results
+BENCH_DATA ?= ../shared/data/bami
 bench: venv
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/gatewayd bench models --runs 100 > $(BENCH_OUT)/models.txt && cat $(BENCH_OUT)/models.txt
 	$(BIN)/gatewayd bench pipeline --windows 2000 --devices 16 > $(BENCH_OUT)/pipeline.txt \
 	  && cat $(BENCH_OUT)/pipeline.txt
-	$(BIN)/gatewayd bench scale --quick --out $(BENCH_OUT)/scale
+	$(BIN)/gatewayd bench scale --quick --out $(BENCH_OUT)/scale \
+	  $(if $(wildcard $(BENCH_DATA)),--dataset $(BENCH_DATA))
 	$(BIN)/gatewayd bench soak --minutes 4 --fault-interval-s 40 --out $(BENCH_OUT)/soak
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 

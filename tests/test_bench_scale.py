@@ -2,13 +2,16 @@
 
 The smoke run (emulator, gateway and mosquitto as processes, a few wearables for a few seconds)
 checks that each file is written and well formed, never the figures: speed lives in the bench.
-`make bench` runs the `--quick` sweep (marked slow).
+Another replays the real BAMI recordings (../shared/data/bami, or under $GATEWAYD_SHARED_DATA;
+skipped without them) and checks only that the default policy offloads some windows and loses
+none. `make bench` runs the `--quick` sweep.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,10 @@ from gatewayd.bench.procstat import Usage
 from gatewayd.bench.scale import (
     OffloadMix,
     PointResult,
+    ScaleReport,
+    Sessions,
+    find_sessions,
+    format_markdown,
     largest_within,
     offloaded_window_cost,
     parse_devices,
@@ -34,6 +41,10 @@ needs_dbus = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="no 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHARED_DATA = Path(
+    os.environ.get("GATEWAYD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+BAMI = SHARED_DATA / "bami"
 
 
 def point(devices: int, offload: str, p99: float, *, lost: int = 0, **kw: Any) -> PointResult:
@@ -95,6 +106,39 @@ def test_offloaded_window_cost_is_the_slope_between_mixes() -> None:
     assert offloaded_window_cost([light]) == {}
 
 
+def test_sessions_say_whether_they_are_synthetic_or_real() -> None:
+    synthetic = Sessions()
+    assert synthetic.kind == "synthetic"
+    assert synthetic.label() == "synthetic sessions"
+    assert synthetic.describe().startswith("Sessions: synthetic")
+    assert synthetic.to_json()["datasets"] == []
+    real = Sessions(datasets=(Path("data/bami"),), recordings=16, sources=("bami",))
+    assert real.kind == "real"
+    assert real.label() == "real sessions: bami"
+    assert real.describe().startswith("Sessions: real recordings (bami) from data/bami (16 found)")
+    assert real.to_json() == {
+        "kind": "real", "datasets": ["data/bami"], "recordings": 16, "sources": ["bami"],
+        "replay": "looped, each wearable from its own window",
+    }  # fmt: skip
+    # Files the synthetic generator wrote are synthetic, whatever folder they come from.
+    assert Sessions(datasets=(Path("s"),), recordings=1, sources=("synthetic",)).kind == "synthetic"
+    report = ScaleReport(
+        points=[point(5, "default", 10.0, offloaded=30, sources=("bami",))], broker="b",
+        environment={}, model={}, largest={}, offloaded_window_ms={}, profile={}, sessions=real,
+    )  # fmt: skip
+    assert real.describe() in format_markdown(report)
+    assert report.to_json()["sessions"]["kind"] == "real"
+    assert report.to_json()["points"][0]["sources"] == ["bami"]
+
+
+def test_a_dataset_must_hold_recordings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such file or folder"):
+        find_sessions([tmp_path / "absent"])
+    with pytest.raises(ValueError, match="no recordings found"):
+        find_sessions([tmp_path])
+    assert find_sessions([]) == Sessions()
+
+
 def run_bench(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gatewayd", "bench", "scale", "--out", str(out), *args],
@@ -141,9 +185,46 @@ def test_smoke_run_writes_every_artefact(tmp_path: Path) -> None:
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    check_artefacts(out, [3], ["all"])
+    report = check_artefacts(out, [3], ["all"])
+    assert report["sessions"]["kind"] == "synthetic"
+    assert report["points"][0]["sources"] == ["synthetic"]
     assert "wrote" in done.stderr
     assert "| devices | offload |" in done.stdout
+    assert "Sessions: synthetic" in done.stdout
+
+
+def holds_recordings(path: Path) -> bool:
+    """Whether ``path`` holds recordings (a missing folder does not)."""
+    try:
+        return find_sessions([path]).recordings > 0
+    except ValueError:
+        return False
+
+
+@needs_dbus
+@needs_mosquitto
+@needs_proc
+def test_real_recordings_make_the_default_policy_offload(tmp_path: Path) -> None:
+    if not holds_recordings(BAMI):
+        pytest.skip(f"BAMI recordings not found at {BAMI} (set GATEWAYD_SHARED_DATA)")
+    out = tmp_path / "scale"
+    done = run_bench(
+        out, "--devices", "4", "--offload", "default", "--seconds", "8", "--profile-seconds", "0",
+        "--dataset", str(BAMI), timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "scale.json").read_text(encoding="utf-8"))
+    sessions = report["sessions"]
+    assert (sessions["kind"], sessions["datasets"], sessions["sources"]) == (
+        "real", [str(BAMI)], ["bami"]
+    )  # fmt: skip
+    (p,) = report["points"]
+    assert (p["devices"], p["offload"], p["connected"]) == (4, "default", 4)
+    # Synthetic sessions offload none of their windows under the shipped policy; real ones do.
+    assert p["windows_received"] > 0
+    assert p["offload_ratio"] > 0
+    assert p["lost"] == 0
+    assert "Sessions: real recordings (bami)" in (out / "scale.md").read_text(encoding="utf-8")
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
@@ -151,3 +232,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == EXIT_USAGE
     assert "offload 'sometimes'" in done.stderr
     assert not (tmp_path / "scale.json").exists()
+    done = run_bench(tmp_path, "--dataset", str(tmp_path / "absent"), timeout=60)
+    assert done.returncode == EXIT_USAGE
+    assert "--dataset" in done.stderr
+    assert "no such file or folder" in done.stderr

@@ -5,8 +5,11 @@ Three processes, as in production, plus this one:
 - the emulator (`gatewayd emulate --bonded --stamps FILE`): a private D-Bus (its connections per
   user raised above N: bleak holds one per connected device, docs/running.md), the fake BlueZ and
   N virtual wearables in real time, staggered over the 2 s window hop as real ones are, spread
-  over ceil(N / 20) adapters of 20 connection slots. It appends to FILE the CLOCK_MONOTONIC time
-  at which each new message's first notification goes out;
+  over ceil(N / 20) adapters of 20 connection slots. They replay synthetic subjects, or with
+  ``datasets`` real recordings (`--dataset ... --loop`: dealt round-robin, each wearable looping
+  from its own window of its recording), so that the default policy offloads what it would on
+  real wrists. It appends to FILE the CLOCK_MONOTONIC time at which each new message's first
+  notification goes out;
 - the gateway (`gatewayd run`), with those wearables paired (devices.json written here) and the
   offload policy of the point ([offload] tau_bits);
 - the broker (a private mosquitto unless --mqtt-host is given);
@@ -40,21 +43,24 @@ import json
 import math
 import os
 import pstats
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final
 
 import aiomqtt
 
 from gatewayd.bench.procstat import ProcSampler, Usage, descendants, thread_cpu
+from gatewayd.datasets import FORMATS, find_recordings
 from gatewayd.emulator.runner import STAMPS_FLUSH_S
 from gatewayd.emulator.virtual import parse_stamps, wearable_address
+from gatewayd.errors import DatasetError
 from gatewayd.link.registry import DeviceRegistry
 from gatewayd.tables import format_table
 
@@ -66,8 +72,10 @@ __all__ = [
     "PointResult",
     "ScaleOptions",
     "ScaleReport",
+    "Sessions",
     "bench_scale",
     "bus_connections_per_user",
+    "find_sessions",
     "format_markdown",
     "parse_devices",
     "parse_offload",
@@ -148,6 +156,69 @@ def parse_devices(text: str) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Sessions:
+    """What the emulated wearables replay: synthetic subjects, or the recordings under
+    ``datasets`` (real ones, unless the emulator says they are synthetic: `sources`)."""
+
+    datasets: tuple[Path, ...] = ()
+    #: Recordings found under ``datasets`` (each point replays min(found, N) of them).
+    recordings: int = 0
+    #: The recordings' sources as the emulator loaded them ("bami", ..., "synthetic").
+    sources: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``real``, or ``synthetic`` (the default, or recordings that are synthetic)."""
+        synthetic = not self.datasets or set(self.sources) == {"synthetic"}
+        return "synthetic" if synthetic else "real"
+
+    def label(self) -> str:
+        """For plots: ``synthetic sessions`` or ``real sessions: bami, troika``."""
+        if self.kind == "synthetic":
+            return "synthetic sessions"
+        return f"real sessions: {', '.join(self.sources)}" if self.sources else "real sessions"
+
+    def describe(self) -> str:
+        """One sentence for the report."""
+        if not self.datasets:
+            return (
+                "Sessions: synthetic (gatewayd.datasets.synthetic, a model of wrist PPG and motion,"
+                " not a measurement); each wearable replays one of up to 4 subjects from its start."
+            )
+        where = ", ".join(str(d) for d in self.datasets)
+        what = f"{self.kind} recordings" + (f" ({', '.join(self.sources)})" if self.sources else "")
+        return (
+            f"Sessions: {what} from {where} ({self.recordings} found), dealt"
+            " round-robin to the wearables, each looping from its own window of its recording,"
+            " worn for a minute before (`gatewayd emulate --dataset ... --loop`)."
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The sessions as JSON-ready data."""
+        return {
+            "kind": self.kind,
+            "datasets": [str(d) for d in self.datasets],
+            "recordings": self.recordings if self.datasets else None,
+            "sources": list(self.sources),
+            "replay": "looped, each wearable from its own window" if self.datasets else "once",
+        }
+
+
+def find_sessions(datasets: Sequence[Path]) -> Sessions:
+    """Check that every dataset path holds recordings; ValueError (naming it) if not. Blocks."""
+    found = 0
+    for path in datasets:
+        try:
+            sources = find_recordings(path)
+        except DatasetError as exc:
+            raise ValueError(f"--dataset {path}: {exc.message}") from None
+        if not sources:
+            raise ValueError(f"--dataset {path}: no recordings found (recognised: {FORMATS})")
+        found += len(sources)
+    return Sessions(datasets=tuple(datasets), recordings=found)
+
+
+@dataclass(frozen=True)
 class ScaleOptions:
     """What to sweep and how long."""
 
@@ -162,6 +233,8 @@ class ScaleOptions:
     mqtt_host: str | None = None
     mqtt_port: int | None = None
     seed: int = 1
+    #: Recordings the wearables replay (files or folders); none: synthetic subjects.
+    datasets: tuple[Path, ...] = ()
     #: Longest wait for every device to connect and publish, per point (scaled up with N).
     warmup_limit_s: float = 120.0
     #: Longest wait for the last windows after the interval.
@@ -207,6 +280,8 @@ class PointResult:
     #: and the others (inference executor, SQLite, ONNX Runtime, bleak has none).
     gateway_threads: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    #: The recordings' sources, as the emulator said it loaded them ("synthetic", "bami", ...).
+    sources: tuple[str, ...] = ()
 
     @property
     def windows_per_s(self) -> float:
@@ -254,6 +329,7 @@ class PointResult:
             "gateway_cpu_ms_per_window": _round(self.gateway_ms_per_window, 3),
             "processes": {name: u.to_json() for name, u in self.processes.items()},
             "gateway_threads_cpu_s": {k: round(v, 2) for k, v in self.gateway_threads.items()},
+            "sources": list(self.sources),
             "notes": list(self.notes),
         }
 
@@ -279,12 +355,14 @@ class ScaleReport:
     offloaded_window_ms: dict[int, float]
     profile: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    sessions: Sessions = field(default_factory=Sessions)
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
         return {
             "broker": self.broker,
             "environment": self.environment,
+            "sessions": self.sessions.to_json(),
             "model": self.model,
             "points": [p.to_json() for p in self.points],
             "largest_devices": self.largest,
@@ -356,8 +434,13 @@ async def _stop(process: asyncio.subprocess.Process, limit_s: float = PROCESS_LI
     return process.returncode
 
 
+#: The emulator's first line names what it replays: "... from 16 bami recordings ...".
+_REPLAYED = re.compile(r" from \d+ ([\w-]+(?:, [\w-]+)*) recordings")
+
+
 async def _read_env(path: Path, process: asyncio.subprocess.Process) -> dict[str, str]:
-    """The emulator's DBUS_SYSTEM_BUS_ADDRESS and PATH, from the lines it prints at start."""
+    """The emulator's DBUS_SYSTEM_BUS_ADDRESS and PATH, from the lines it prints at start, and
+    the sources of the recordings it replays (SOURCES, comma-separated) when it names them."""
     async with asyncio.timeout(PROCESS_LIMIT_S):
         while True:
             text = await asyncio.to_thread(path.read_text, "utf-8")
@@ -368,7 +451,9 @@ async def _read_env(path: Path, process: asyncio.subprocess.Process) -> dict[str
                     env["DBUS_SYSTEM_BUS_ADDRESS"] = line.split("=", 1)[1].strip("'")
                 elif line.startswith('export PATH="'):
                     env["SHIM"] = line.split('"')[1].split(":", 1)[0]
-            if len(env) == 2:
+                elif line.startswith("emulating ") and (m := _REPLAYED.search(line)):
+                    env["SOURCES"] = m.group(1)
+            if {"DBUS_SYSTEM_BUS_ADDRESS", "SHIM"} <= env.keys():
                 return env
             if process.returncode is not None:
                 raise RuntimeError(f"the emulator exited ({process.returncode}):\n{text[-2000:]}")
@@ -469,11 +554,17 @@ async def _start(
     minutes = (options.warmup_limit_s + n * 0.5 + options.seconds + options.drain_limit_s) / 60
     emulator_out = directory / "emulator.txt"
     models = ["--models-dir", str(options.models_dir)] if options.models_dir else []
+    # Real recordings loop (they may be shorter than the run); synthetic ones are made long enough.
+    sessions = (
+        [a for d in options.datasets for a in ("--dataset", str(d))] + ["--loop"]
+        if options.datasets
+        else ["--minutes", f"{minutes + 1:.2f}"]
+    )
     with emulator_out.open("w", encoding="utf-8") as out:
         emulator = await asyncio.create_subprocess_exec(
             *_python(), "-m", "gatewayd", "emulate", "--devices", str(n),
             "--adapters", str(math.ceil(n / SLOTS)), "--slots", str(SLOTS), "--bonded",
-            "--stamps", str(directory / "stamps.txt"), "--minutes", f"{minutes + 1:.2f}",
+            "--stamps", str(directory / "stamps.txt"), *sessions,
             "--seed", str(options.seed), *models,
             "--bus-connections-per-user", str(bus_connections_per_user(n)),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
@@ -597,7 +688,7 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
     keep = False
     received = _Received()
     try:
-        emulator, gateway, _ = await _start(
+        emulator, gateway, found = await _start(
             n, mix, options, broker, directory, profile_to=profile_to
         )
         sampler = ProcSampler(
@@ -676,6 +767,7 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
             processes=processes,
             gateway_threads={"main": main, "other": rest},
             notes=notes + ([f"logs kept in {directory}"] if keep else []),
+            sources=tuple(found["SOURCES"].split(", ")) if "SOURCES" in found else (),
         )
     except BaseException:
         keep = True  # the logs say why
@@ -773,6 +865,8 @@ async def bench_scale(
     from gatewayd.bench.models import bench_environment  # noqa: PLC0415
     from gatewayd.bench.pipeline import bench_broker  # noqa: PLC0415
 
+    sessions = await asyncio.to_thread(find_sessions, options.datasets)
+    say(sessions.describe())
     say("timing the bare gateway model")
     model = await asyncio.to_thread(measure_model, options.models_dir)
     points: list[PointResult] = []
@@ -846,6 +940,7 @@ async def bench_scale(
         if broker.kind == "in-process":
             notes.append("in-process broker: its CPU is counted in 'bench'")
     environment = await asyncio.to_thread(bench_environment)
+    replayed = sorted({s for p in points for s in p.sources})
     return ScaleReport(
         points=points,
         broker=broker_name,
@@ -855,6 +950,7 @@ async def bench_scale(
         offloaded_window_ms=offloaded_window_cost(points),
         profile=profile,
         notes=notes,
+        sessions=replace(sessions, sources=tuple(replayed)),
     )
 
 
@@ -876,6 +972,8 @@ def format_markdown(report: ScaleReport) -> str:
         f"{env.get('cpu', '?')} ({env.get('cpus', '?')} CPUs); broker {report.broker};"
         " real-time wearables, staggered; latency = wearable notify -> subscriber receives.",
         "CPU columns are cores (1.0 = one core busy); every process shares the same machine.",
+        "",
+        report.sessions.describe(),
         "",
     ]
     head = [
@@ -1006,7 +1104,7 @@ def plot(report: ScaleReport, out: Path) -> list[Path]:
             ax.set_yscale("log")
         ax.set_xlabel("real-time wearables")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"gatewayd bench scale: {title} (synthetic sessions)")
+        ax.set_title(f"gatewayd bench scale: {title} ({report.sessions.label()})")
         ax.legend(fontsize="small")
         fig.tight_layout()
         paths.append(out / filename)

@@ -341,6 +341,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         QUICK,
         ScaleOptions,
         bench_scale,
+        find_sessions,
         parse_devices,
         parse_offload,
         write_outputs,
@@ -361,7 +362,9 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
             mqtt_host=args.mqtt_host,
             mqtt_port=args.mqtt_port,
             seed=args.seed,
+            datasets=tuple(args.dataset or ()),
         )
+        find_sessions(options.datasets)  # a --dataset without recordings stops here
     except ValueError as exc:
         return usage_error("bench scale", str(exc))
     configure_logging(args.log_level or "error", args.log_format or "auto")
@@ -559,7 +562,18 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     scale.add_argument(
         "--quick", action="store_true", help="a reduced sweep of a few minutes (make bench)"
     )
-    scale.add_argument("--seed", type=int, default=1, help="seed of the synthetic data (1)")
+    scale.add_argument(
+        "--dataset",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="replay these real recordings (a file or folder of any set `gatewayd emulate"
+        " --dataset` reads; repeatable) instead of synthetic sessions: dealt round-robin, each"
+        " wearable looping from its own window of its recording",
+    )
+    scale.add_argument(
+        "--seed", type=int, default=1, help="seed of the synthetic data, stagger and replay (1)"
+    )
     scale.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
     scale.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")
     models_dir_option(scale)
