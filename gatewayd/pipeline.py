@@ -12,10 +12,10 @@ of their own): a device that floods delays another device's event by at most one
 2. the processing loop: each device's events in order, waits for the window's result, records
    the window in the store (frames ready one after the other, as a batch's are, form a group of
    up to `GROUP_MAX` whose windows are queued to the store together and commit in one
-   transaction; then each goes on in turn), builds an `Observation`, feeds the `RuleEngine`, writes each alert
-   transition to the event log (outbox) and only then notifies the publisher; telemetry and the
-   retained device state go to the publisher best effort, the state only when it changed
-   (`gatewayd.publish.build.state_changed`), not on every window.
+   transaction; then each goes on in turn), builds an `Observation`, feeds the `RuleEngine`,
+   writes each alert transition to the event log (outbox) and only then notifies the
+   publisher; telemetry and the retained device state go to the publisher best effort, the
+   state only when it changed (`gatewayd.publish.build.state_changed`), not on every window.
 
 A tick is served in its lane's turn, so it may be processed before events of a device queued
 just ahead of it (at most one turn of the queue).
