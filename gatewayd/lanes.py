@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterator
+from itertools import islice
 from typing import Generic, TypeVar
 
 __all__ = ["Lanes"]
@@ -78,6 +79,28 @@ class Lanes(Generic[K, T]):
             del self._lanes[key]
         self._size -= 1
         return key, item
+
+    def heads(self, limit: int) -> Iterator[tuple[K, T]]:
+        """The oldest item of each of the first ``limit`` keys in the order `popleft` serves
+        them (do not change the lanes while iterating)."""
+        for key in islice(self._turn, limit):
+            yield key, self._lanes[key][0]
+
+    def pop(self, key: K) -> T:
+        """``key``'s oldest item, out of turn (KeyError if it has none): ``key`` goes to the back
+        of the turn if it has more, as after `popleft`; the other keys keep their places."""
+        lane = self._lanes[key]
+        item = lane.popleft()
+        if self._turn[0] == key:
+            self._turn.popleft()
+        else:
+            self._turn.remove(key)
+        if lane:
+            self._turn.append(key)
+        else:
+            del self._lanes[key]
+        self._size -= 1
+        return item
 
     def drop_oldest(self, key: K) -> T:
         """Remove and return ``key``'s oldest item (KeyError if it has none)."""

@@ -17,6 +17,9 @@ of their own): a device that floods delays another device's event by at most one
    publisher; telemetry and the retained device state go to the publisher best effort, the
    state only when it changed (`gatewayd.publish.build.state_changed`), not on every window.
 
+A device whose next event is a window still being analysed is passed over (`Pipeline.run`):
+the model's time delays that device only, not the devices behind it in the queue.
+
 A tick is served in its lane's turn, so it may be processed before events of a device queued
 just ahead of it (at most one turn of the queue).
 
@@ -106,6 +109,8 @@ ANALYSES_PER_DEVICE: Final = 8
 #: processed as one group: their store writes are queued together (one commit), then each goes
 #: through the rules and out in turn.
 GROUP_MAX: Final = 32
+#: How many devices, in turn, the loop looks at for one whose next event is ready.
+READY_SCAN: Final = 64
 #: How long leaving the pipeline waits for what was submitted to be processed.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 10.0
 
@@ -218,7 +223,8 @@ class Pipeline(BackgroundPart):
         self._queue: Lanes[str | None, _Item] = Lanes()
         self._queue_size = queue_size
         self._not_full = asyncio.Event()
-        self._not_empty = asyncio.Event()
+        #: Set when an event is queued, an analysis finishes or a drain starts.
+        self._wake = asyncio.Event()
         self._draining = False
         self._views: dict[str, DeviceView] = {}
         #: The view of each device last handed to the publisher.
@@ -263,7 +269,7 @@ class Pipeline(BackgroundPart):
         # Cancelled before this line: not queued, the caller still holds the event.
         if self._queue.append(getattr(event, "device_id", None), item) <= ANALYSES_PER_DEVICE:
             self._start(item)
-        self._not_empty.set()
+        self._wake.set()
 
     def _start(self, item: _Item) -> None:
         """Hand a raw window to the analyser (once)."""
@@ -275,49 +281,79 @@ class Pipeline(BackgroundPart):
             and isinstance(event.message, Window)
         ):
             item.analysis = asyncio.ensure_future(self._analyse(event.device_id, event.message))
+            item.analysis.add_done_callback(self._analysed)
+
+    def _analysed(self, _analysis: asyncio.Future[WindowAnalysis | None]) -> None:
+        self._wake.set()
 
     async def drain(self) -> None:
         """Process everything queued, then make `run` return."""
         self._draining = True
-        self._not_empty.set()
+        self._wake.set()
         await self._drained.wait()
 
     async def run(self) -> None:
         """Process queued events, in order per device and round-robin over devices, until
-        `drain`ed (or cancelled)."""
+        `drain`ed (or cancelled).
+
+        Each turn takes the next device (in round-robin order, among the first `READY_SCAN`
+        with events) whose next event can be processed now: a frame whose analysis is done (or
+        that needs none) or any other event. A device whose window is still being analysed is
+        passed over, so its wait delays no other device; when no device's next event is ready
+        the loop waits for an analysis to finish or an event to arrive."""
         while True:
+            self._wake.clear()
             if not self._queue:
                 if self._draining:
                     self._drained.set()
                     return
-                self._not_empty.clear()
-                await self._not_empty.wait()
+                await self._wake.wait()
                 continue
-            item = self._take()
-            if isinstance(item.event, FrameReceived):
-                group = [item]
-                if item.analysis is not None and not item.analysis.done():
-                    # Its batch-mates' analyses finish with it: they join the group.
-                    await asyncio.wait([item.analysis])
-                while len(group) < GROUP_MAX and self._queue and self._ready(self._peek()):
-                    group.append(self._take())
+            group = self._take_ready()
+            if not group:
+                await self._wake.wait()
+                continue
+            if isinstance(group[0].event, FrameReceived):
                 await self._frames(group)
             else:
                 try:
-                    await self._process(item)
+                    await self._process(group[0])
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one event must not stop every device
-                    await self._fault(item.event, exc)
-                group = [item]
+                    await self._fault(group[0].event, exc)
             for done in group:
                 self.stats.handled += 1
                 name = type(done.event).__name__
                 self.stats.by_type[name] = self.stats.by_type.get(name, 0) + 1
 
-    def _take(self) -> _Item:
-        """The next event in turn, its analysis started (and the next of its device's)."""
-        key, item = self._queue.popleft()
+    def _take_ready(self) -> list[_Item]:
+        """The next event that can be processed now, alone; or the next frames ready, up to
+        `GROUP_MAX`, as one group (each the next of its device). Empty: none is ready."""
+        found = self._next_ready(frames_only=False)
+        if found is None:
+            return []
+        group = [self._take(found[0])]
+        if not isinstance(group[0].event, FrameReceived):
+            return group
+        while len(group) < GROUP_MAX and (found := self._next_ready(frames_only=True)):
+            group.append(self._take(found[0]))
+        return group
+
+    def _next_ready(self, *, frames_only: bool) -> tuple[str | None] | None:
+        """(key,) of the first device (in turn, among `READY_SCAN`) whose next event is ready
+        (the key None: a tick); None if there is none."""
+        for key, item in self._queue.heads(READY_SCAN):
+            if isinstance(item.event, FrameReceived):
+                if self._ready(item):
+                    return (key,)
+            elif not frames_only:
+                return (key,)
+        return None
+
+    def _take(self, key: str | None) -> _Item:
+        """``key``'s next event, its analysis started (and the next of that device's)."""
+        item = self._queue.pop(key)
         self._not_full.set()
         waiting = self._queue.lane(key)
         if waiting is not None and len(waiting) >= ANALYSES_PER_DEVICE:
@@ -325,19 +361,16 @@ class Pipeline(BackgroundPart):
         self._start(item)
         return item
 
-    def _peek(self) -> _Item:
-        """The event `_take` returns next (the queue is not empty)."""
-        lane = self._queue.lane(self._queue.next_key())
-        assert lane
-        return lane[0]
-
     def _ready(self, item: _Item) -> bool:
         """A frame that can be processed now: its analysis is done, or it needs none."""
-        if not isinstance(item.event, FrameReceived):
-            return False
         if item.analysis is not None:
             return item.analysis.done()
-        return self._analyse is None or not isinstance(item.event.message, Window)
+        if self._analyse is None or not isinstance(item.event, FrameReceived):
+            return True
+        if isinstance(item.event.message, Window):
+            self._start(item)  # not started yet (it moved up): it will be
+            return False
+        return True
 
     async def _fault(self, event: LinkEvent | Tick, exc: Exception) -> None:
         """Count and log a fault, and report it once per device and kind as a technical event."""
