@@ -177,6 +177,8 @@ class PipelineStats:
 
     handled: int = 0
     windows: int = 0
+    #: Groups of frames processed together (`GROUP_MAX`): windows / groups is the mean group.
+    groups: int = 0
     offloaded: int = 0
     alerts: int = 0
     data_lost: int = 0
@@ -314,6 +316,7 @@ class Pipeline(BackgroundPart):
                 await self._wake.wait()
                 continue
             if isinstance(group[0].event, FrameReceived):
+                self.stats.groups += 1
                 await self._frames(group)
             else:
                 try:

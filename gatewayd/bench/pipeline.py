@@ -613,6 +613,7 @@ async def _run_pipeline(
         "pipeline_errors": pipeline.stats.errors,
         "decode_rejected": sum(sum(s.stats.rejected.values()) for s in streams),
         "messages_lost": sum(s.stats.lost for s in streams),
+        "frame_groups": pipeline.stats.groups,
         "inference_batches": worker.stats.batches,
         "inference_windows": worker.stats.windows,
         "largest_batch": worker.stats.largest_batch,
@@ -626,9 +627,14 @@ async def _run_pipeline(
 
 
 async def _store_alone(
-    work: Workload, analyses: Sequence[WindowAnalysis], config: Config, directory: Path
+    work: Workload,
+    analyses: Sequence[WindowAnalysis],
+    config: Config,
+    directory: Path,
+    group: int,
 ) -> Cost:
-    """The store write alone: one awaited `record_window` per window, as the pipeline does."""
+    """The store write alone, as the pipeline does it: awaited `record_windows` of ``group``
+    windows at a time (the pipeline's mean group)."""
     store_config: StoreConfig = config.store.model_copy(update={"path": directory / "alone.db"})
     now = time.time()
     records = [
@@ -637,8 +643,8 @@ async def _store_alone(
     ]
     async with Store.open(store_config.path, store_config) as store:
         clock = _Clock()
-        for record in records:
-            await store.record_window(record)
+        for i in range(0, len(records), group):
+            await store.record_windows([(record, None) for record in records[i : i + group]])
         return clock.cost(len(records))
 
 
@@ -734,7 +740,10 @@ async def bench_pipeline(
         pipeline, counts, threads = await _run_pipeline(work, config, (host, port), directory)
         say("measuring the store and the publisher alone")
         parts = dict(sync.parts)
-        parts["store"] = await _store_alone(work, sync.analyses, config, directory)
+        # The pipeline records the windows of a group together: the store alone does the same.
+        mean_group = max(1, round(counts["windows_stored"] / max(1, counts["frame_groups"])))
+        counts["pipeline_mean_group"] = mean_group
+        parts["store"] = await _store_alone(work, sync.analyses, config, directory, mean_group)
         parts["publish"] = await _publish_alone(work, sync.analyses, host, port)
         # The worker batches what is queued when it is free: the model at the batch it ran.
         mean_batch = max(
@@ -799,7 +808,7 @@ _PART_NAMES: Final = {
     "preprocess": "preprocess (the worker's batches)",
     "signal_hr": "gateway's HR tracker (windows without the wearable's HR)",
     "rules": "rules (RuleEngine.observe)",
-    "store": "store write (record_window, awaited)",
+    "store": "store write (record_windows in the pipeline's groups)",
     "publish": "telemetry publish (QoS 0)",
 }
 
@@ -877,6 +886,7 @@ def format_pipeline_bench(report: PipelineBench) -> str:
         f"Pipeline: heart_rate = {report.heart_rate}; {c['inference_batches']} inference batches"
         f" (largest {c['largest_batch']}, mean"
         f" {c['inference_windows'] / max(1, c['inference_batches']):.1f});"
+        f" {c.get('frame_groups', 0)} groups of frames (mean {c.get('pipeline_mean_group', 1)});"
         f" {c['windows_stored']} windows stored, {c['telemetry_published']} telemetry published"
         f" ({c['telemetry_dropped']} dropped), {c['alerts']} alerts"
         f" ({c['alerts_published']} published).",
