@@ -384,6 +384,36 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return EXIT_OK if report.points else EXIT_ERROR
 
 
+def cmd_bench_paper(args: argparse.Namespace) -> int:
+    """The paper's experiments on our system (docs/paper.md): JSON, Markdown and PNG each."""
+    # Imported here: the bench pulls in onnxruntime, the emulator and (for plots) matplotlib.
+    from gatewayd.bench.paper import PaperOptions, check_options, run_paper  # noqa: PLC0415
+
+    options = PaperOptions(
+        out=args.out,
+        data=tuple(args.data or ()),
+        quick=args.quick,
+        models_dir=args.models_dir,
+        run=args.run,
+    )
+    try:
+        check_options(options)
+    except ValueError as exc:
+        return usage_error("bench paper", str(exc))
+    configure_logging(args.log_level or "error", args.log_format or "auto")
+    try:
+        report = run_paper(options)
+    except ImportError:
+        print("gatewayd bench paper: error: the plots need matplotlib (the bench extra)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.index_markdown(), end="")
+    return EXIT_OK if report.artefacts else EXIT_UNAVAILABLE
+
+
 def _eval_common(p: argparse.ArgumentParser) -> None:
     from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS  # noqa: PLC0415
 
@@ -577,4 +607,43 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     scale.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
     scale.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")
     models_dir_option(scale)
+    paper = what.add_parser(
+        "paper",
+        help="the paper's Table 1 and Figures 5 and 6 on our system (docs/paper.md)",
+        description="Table 1 (the wearable's models pruned 0-80 %, fp32 and int8: size, MACs,"
+        " latency here, modelled Cortex-M4F latency and energy, the cards' held-out accuracy,"
+        " ratios beside the paper's), Figure 5 (the wearable's energy, local-only against"
+        " edge-assisted, over a sweep of tau and the minimum confidence, from the emulated"
+        " wearable's decisions) and Figure 6 (training loss curves of --run). Each is written"
+        " to --out as JSON, Markdown and PNG; paper.json and paper.md index them and name what"
+        " is not run (Figures 3 and 4 are not built yet). Exit 69 when nothing was produced.",
+    )
+    global_options(paper, suppress=True)
+    paper.set_defaults(func=cmd_bench_paper)
+    paper.add_argument(
+        "--out", type=Path, default=Path("bench-results/paper"), metavar="DIR",
+        help="where to write the results (bench-results/paper)",
+    )  # fmt: skip
+    paper.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="replay these recordings in Figure 5 (a file or folder of any set gatewayd reads;"
+        " repeatable) instead of synthetic sessions",
+    )
+    paper.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a minute: fewer timed runs, 3 short synthetic sessions, and"
+        " without --run a tiny training run of its own for Figure 6 (when PyTorch is here)",
+    )
+    paper.add_argument(
+        "--run",
+        type=Path,
+        metavar="DIR",
+        help="a gatewayd-train --out folder: Figure 6 from its history.json (and cv.json)",
+    )
+    models_dir_option(paper)
+    paper.add_argument("--json", action="store_true", help="print paper.json instead of paper.md")
     add_soak_parser(what)
