@@ -36,7 +36,7 @@ from gatewayd.inference.backpressure import Governor
 from gatewayd.inference.registry import ModelRegistry
 from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.inference.worker import InferenceWorker
-from gatewayd.lifecycle import raised_at, start_task, stop_task
+from gatewayd.lifecycle import raised_at, settle_heap, start_task, stop_task
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
@@ -578,6 +578,7 @@ class _Service:
                          mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
                          store=str(config.store.path),
                          adapters=self.link.adapters.answering())  # fmt: skip
+                settle_heap()
                 ready()
                 self.status(self.describe())
                 await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -22,6 +22,7 @@ from gatewayd.datasets import FORMATS, find_recordings, load
 from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording, write_synthetic_dataset
 from gatewayd.errors import EmulatorError
+from gatewayd.lifecycle import settle_heap
 from gatewayd.protocol.messages import SampleFormat
 
 from .bluez import FakeBluez, install_bluetoothctl_shim
@@ -150,6 +151,7 @@ async def run_emulator(options: EmulateOptions, out: TextIO) -> int:
             FakeBluez(address) as fake,
         ):
             fleet = await build_fleet(fake, recordings, setup)
+            settle_heap()  # the fleet and its recordings live as long as the emulator
             kinds = sorted({r.source for r in recordings})
             timing = "lock-step" if options.lockstep else "staggered"
             replay = ", looped, each from its own point" if options.loop else ""
