@@ -1,18 +1,35 @@
 """`gatewayd bench paper`: a --quick smoke run writes every artefact, well formed (not what the
-figures are); the sweep takes the wearable core's own decisions; the pure helpers' arithmetic."""
+figures are); the sweep takes the wearable core's own decisions; with out-of-fold answers,
+Figure 5's points are what the gateway reports at each policy; the pure helpers' arithmetic."""
 
 from __future__ import annotations
 
 import io
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from gatewayd.bench.models import ModelBench
-from gatewayd.bench.paper import NOT_RUN, Progress
+from gatewayd.bench.paper import (
+    NOT_RUN,
+    PaperOptions,
+    PaperReport,
+    Progress,
+    _figure5,
+    check_options,
+)
+from gatewayd.bench.paper_accuracy import (
+    ALL_OFFLOADED,
+    HeldOutScorer,
+    accuracy_point,
+    held_out_setup,
+    replay_held_out,
+)
 from gatewayd.bench.paper_common import markdown_table
 from gatewayd.bench.paper_energy import (
     SessionWindows,
@@ -20,15 +37,22 @@ from gatewayd.bench.paper_energy import (
     decisions,
     energy_point,
     replay_session,
+    session_from_table,
     sweep_energy,
 )
 from gatewayd.bench.paper_loss import loss_curves, read_run, training_available
 from gatewayd.bench.paper_table1 import PAPER_DELTA_POINTS, table1
 from gatewayd.cli import main
 from gatewayd.datasets import generate_recording
+from gatewayd.emulator.virtual import pick_wearable_model
 from gatewayd.emulator.wearable import LocalActivity
 from gatewayd.energy import local_window, offloaded_window
 from gatewayd.errors import EXIT_USAGE
+from gatewayd.eval import OffloadCounts, OutOfFold, mae, offload_counts, replay
+from gatewayd.inference import ModelRegistry, ModelSession
+from gatewayd.inference.analysis import HrFusion
+from gatewayd.inference.cards import ModelCard
+from gatewayd.protocol.messages import SampleFormat
 from gatewayd.signals.offload import OffloadReason
 
 pytest.importorskip("matplotlib")
@@ -94,7 +118,10 @@ def test_quick_run_writes_every_artefact(
     assert f5["artefact"] == "fig5"
     assert f5["sessions"]["kind"] == "synthetic"
     assert f5["core_agrees"] is True
+    assert f5["decisions"] == "shipped_model"
     assert f5["accuracy"] is None
+    assert "oof.npz" in f5["accuracy_note"]
+    assert "oof.npz" in index["not_run"]["fig5_accuracy"]
     assert f5["costs"]["window"]["notifications"] >= 1
     assert f5["points"]
     point = f5["points"][0]
@@ -102,6 +129,7 @@ def test_quick_run_writes_every_artefact(
     assert set(point["as_built"]) == {"mj_per_window", "saved_vs_local_only", "battery_h"}
     assert f5["groups"]
     assert "synthetic" in (out / "fig5_energy.md").read_text(encoding="utf-8")
+    assert "oof.npz" in (out / "fig5_energy.md").read_text(encoding="utf-8")
 
     if can_train:
         f6 = json.loads((out / "fig6_loss.json").read_text(encoding="utf-8"))
@@ -123,6 +151,11 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     assert main(["bench", "paper", "--quick", "--out", out, "--data", str(empty)]) == EXIT_USAGE
     assert main(["bench", "paper", "--quick", "--out", out, "--run", str(empty)]) == EXIT_USAGE
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps(HISTORY), encoding="utf-8")
+    np.savez(run / "oof.npz", recording=np.array(["S1"]))
+    assert main(["bench", "paper", "--quick", "--out", out, "--run", str(run)]) == EXIT_USAGE
     assert not (tmp_path / "out").exists()
 
 
@@ -320,3 +353,146 @@ def test_progress_draws_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
 
 def test_markdown_tables_align_numbers_right() -> None:
     assert markdown_table(("a", "b"), [["x", "1"]]) == ["| a | b |", "| --- | ---: |", "| x | 1 |"]
+
+
+# --- Figure 5 held out: out-of-fold answers ------------------------------------------------------
+
+
+def shipped_models() -> tuple[ModelSession, ModelSession]:
+    """The wearable's model (40 %) and the gateway's (unpruned), as installed."""
+    registry = ModelRegistry.discover()
+    wearable = pick_wearable_model(registry, 40)
+    gateway = [m for m in registry.for_role("gateway") if m.card.pruning_pct == 0]
+    if wearable is None or not gateway:
+        pytest.skip("the shipped models are not installed in gatewayd/models")
+    return (ModelSession(wearable.card, wearable.path, threads=1),
+            ModelSession(gateway[0].card, gateway[0].path, threads=1))  # fmt: skip
+
+
+def fake_out_of_fold(
+    recordings: list[Any], cards: tuple[ModelCard, ...], seed: int = 0
+) -> dict[str, Any]:
+    """Arrays as a training run writes oof.npz (every other window, the training's 4 s stride),
+    with seeded random logits in place of fold models'."""
+    rng = np.random.default_rng(seed)
+    names = [r.name for r in recordings for i in range(0, r.window_count(), 2)]
+    windows = [i for r in recordings for i in range(0, r.window_count(), 2)]
+    arrays: dict[str, Any] = {"recording": np.array(names), "window": np.array(windows)}
+    for card in cards:
+        n, level = len(names), card.pruning_pct
+        classes, bins = len(card.outputs.activity_classes), card.outputs.hr_bin_count
+        arrays[f"act_logits_p{level}"] = rng.normal(0, 2, (n, classes)).astype(np.float32)
+        arrays[f"hr_logits_p{level}"] = rng.normal(0, 3, (n, bins)).astype(np.float32)
+    return arrays
+
+
+def test_held_out_points_are_what_the_gateway_reports_at_each_policy() -> None:
+    """One replay with every window offloaded, the rule applied per point, gives exactly the
+    decisions, bad-window recall and reported answers of `gatewayd eval`'s replay at that
+    policy."""
+    recording = generate_recording(2, 4.0, 3)
+    wearable, gateway = shipped_models()
+    oof = OutOfFold.from_arrays(fake_out_of_fold([recording], (wearable.card, gateway.card)))
+    # The model's heart rate whenever it has one, so the reported HR differs from the wearable's.
+    setup = held_out_setup(oof, wearable, gateway, HrFusion("fused", -1.0, 1.01))
+    table = replay_held_out(recording, setup)
+    tau, conf = ALL_OFFLOADED
+    session = session_from_table(table, tau_mbits=tau, min_conf_e4=conf,
+                                 sample_format=SampleFormat.INT16)  # fmt: skip
+    measured = replay_session(recording, fake_model)
+    assert (session.summary_bytes, session.window_bytes) == (
+        measured.summary_bytes,
+        measured.window_bytes,
+    )
+    score = HeldOutScorer([table])
+    offloaded = set()
+    for tau, conf in ((3900, 6000), (4050, 5000), (65535, 8000), (4050, 0)):
+        exact = replay(recording, replace(setup, tau_mbits=tau, min_conf_e4=conf))
+        off = decisions(session, tau, conf) != 0
+        np.testing.assert_array_equal(off, exact.offloaded)
+        point = score(off)
+        counts = offload_counts(exact)
+        assert (point.windows, point.offloaded, point.bad, point.bad_offloaded) == (
+            counts.windows, counts.offloaded, counts.bad, counts.bad_offloaded)  # fmt: skip
+        hr = ~np.isnan(exact.ref_hr) & ~np.isnan(exact.local_hr) & ~np.isnan(table.gateway_hr)
+        assert point.hr_windows == int(hr.sum()) > 0
+        assert point.local_hr_mae_bpm == pytest.approx(mae(exact.local_hr[hr], exact.ref_hr[hr]))
+        assert point.reported_hr_mae_bpm == pytest.approx(
+            mae(exact.gateway_hr[hr], exact.ref_hr[hr])
+        )
+        known = exact.truth != 255
+        assert point.activity_windows == int(known.sum()) > 0
+        assert point.reported_activity_accuracy == pytest.approx(
+            float(np.mean(exact.gateway_activity[known] == exact.truth[known]))
+        )
+        offloaded.add(point.offloaded)
+        if point.offloaded:
+            assert point.reported_hr_mae_bpm != point.local_hr_mae_bpm
+    assert len(offloaded) > 2  # the policies took different decisions
+    # Per group: the same figures on the group's windows only.
+    rest = table.truth == 0
+    assert score(off, rest).windows == int(rest.sum())
+
+
+def test_an_accuracy_point_swaps_the_wearables_answers_for_the_gateways() -> None:
+    every = OffloadCounts(windows=10, offloaded=10, scored=9, bad=4, bad_offloaded=4,
+                          hr_windows=8, wearable_abs_err=40.0, gateway_abs_err=24.0,
+                          act_windows=5, wearable_right=2, gateway_right=4)  # fmt: skip
+    chosen = OffloadCounts(windows=10, offloaded=3, scored=9, bad=4, bad_offloaded=3,
+                           hr_windows=2, wearable_abs_err=20.0, gateway_abs_err=6.0,
+                           act_windows=2, wearable_right=0, gateway_right=2)  # fmt: skip
+    p = accuracy_point(every, chosen)
+    assert p.bad_window_recall == 0.75
+    assert p.local_hr_mae_bpm == 5.0
+    assert p.reported_hr_mae_bpm == (40 - 20 + 6) / 8
+    assert p.hr_mae_change_bpm == pytest.approx(-14 / 8)
+    assert p.local_activity_accuracy == 0.4
+    assert p.reported_activity_accuracy == 0.8
+    assert p.to_json()["activity_accuracy"]["change"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="every window"):
+        accuracy_point(chosen, chosen)
+
+
+def test_figure5_with_out_of_fold_answers_writes_the_accuracy_cost(tmp_path: Path) -> None:
+    """Well formed, not what the figures are: the held-out path's JSON, Markdown and PNG."""
+    wearable, gateway = shipped_models()
+    # Labelled as PPG-DaLiA (the layout the generator writes), as if measured, so that the
+    # out-of-fold answers apply: a synthetic session never takes them.
+    measured = replace(generate_recording(2, 4.0, 3), source="dalia")
+    synthetic = generate_recording(2, 1.0, 5)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps(HISTORY), encoding="utf-8")
+    np.savez(run / "oof.npz", **fake_out_of_fold([measured], (wearable.card, gateway.card)))
+    # The run's own exported models: their cards read its answers (as `eval --models-dir`).
+    (run / "models").mkdir()
+    for model in (wearable, gateway):
+        for path in (model.path, model.path.with_name(model.path.name + ".json")):
+            (run / "models" / path.name).symlink_to(path)
+    options = PaperOptions(out=tmp_path / "out", run=run)
+    check_options(options)
+    sessions = {"kind": "real", "describe": "one relabelled synthetic session", "label": "test"}
+    report = PaperReport(options=options, environment={}, sessions=sessions)
+    _figure5(report, ModelRegistry.discover(), [measured, synthetic],
+             Progress(3, io.StringIO(), bar=False))  # fmt: skip
+    out = tmp_path / "out"
+    assert_png(out / "fig5_energy.png")
+    md = assert_markdown_table(out / "fig5_energy.md")
+    assert "Held out" in md
+    assert "activity accuracy reported" in md
+    f5 = json.loads((out / "fig5_energy.json").read_text(encoding="utf-8"))
+    assert f5["decisions"] == "held_out"
+    assert f5["core_agrees"] is True
+    assert f5["out_of_fold"]["recordings"] == 1
+    assert f5["out_of_fold"]["cards_from"] == str(run / "models")
+    assert f5["out_of_fold"]["left_out"] == {"measured_not_covered": 0, "synthetic": 1}
+    assert f5["accuracy"]["local_only"]["activity_windows"] > 0
+    assert set(f5["accuracy"]["definitions"]) >= {"reported", "local_only", "hr_mae_bpm"}
+    assert f5["accuracy"]["default_policy"]["windows"] == f5["out_of_fold"]["windows"]
+    for point in [*f5["points"], *(p for g in f5["groups"].values() for p in g)]:
+        acc = point["accuracy"]
+        assert acc["windows"] == point["windows"]
+        assert acc["offloaded"] == point["offloaded"]
+        assert set(acc["hr_mae_bpm"]) == {"windows", "local_only", "reported", "change"}
+        assert set(acc["activity_accuracy"]) == {"windows", "local_only", "reported", "change"}
+    assert "fig5_accuracy" not in report.not_run

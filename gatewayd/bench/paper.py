@@ -1,7 +1,8 @@
 """`gatewayd bench paper`: the paper's experiments reproduced on our system (docs/paper.md).
 
-This slice runs Table 1 (`paper_table1`), Figure 5 (`paper_energy`) and Figure 6
-(`paper_loss`); Figures 3 and 4 are not built yet (`NOT_RUN`), and every report says so. Each
+This slice runs Table 1 (`paper_table1`), Figure 5 (`paper_energy`; with a --run folder's
+oof.npz, held out and with its accuracy cost, `paper_accuracy`) and Figure 6 (`paper_loss`);
+Figures 3 and 4 are not built yet (`NOT_RUN`), and every report says so. Each
 artefact is written to the output folder as JSON, a Markdown table and a PNG as soon as it is
 done; paper.json and paper.md index them. Blocks (models are timed, sessions replayed).
 """
@@ -18,12 +19,24 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from gatewayd.bench.models import bench_environment, bench_one
+from gatewayd.bench.paper_accuracy import (
+    ALL_OFFLOADED,
+    DEFINITIONS,
+    OOF_FILE,
+    HeldOutScorer,
+    check_out_of_fold,
+    held_out_setup,
+    load_out_of_fold,
+    replay_held_out,
+)
 from gatewayd.bench.paper_energy import (
     SessionWindows,
+    SweepResult,
     WindowCosts,
     format_energy,
     plot_energy,
     replay_session,
+    session_from_table,
     sweep_energy,
 )
 from gatewayd.bench.paper_loss import (
@@ -36,9 +49,14 @@ from gatewayd.bench.paper_loss import (
     training_available,
 )
 from gatewayd.bench.paper_table1 import format_table1, plot_table1, table1
+from gatewayd.config import InferenceConfig
 from gatewayd.datasets import DatasetError, Recording, find_recordings, generate_recording, load
 from gatewayd.emulator.virtual import pick_wearable_model
+from gatewayd.eval import OutOfFold, WindowTable
 from gatewayd.inference import InstalledModel, ModelRegistry, ModelSession
+from gatewayd.inference.analysis import HrFusion
+from gatewayd.protocol.messages import SampleFormat
+from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS
 
 __all__ = [
     "NOT_RUN",
@@ -76,7 +94,8 @@ class PaperOptions:
     data: tuple[Path, ...] = ()
     quick: bool = False
     models_dir: Path | None = None
-    #: A gatewayd-train --out folder (its history.json and cv.json) for Figure 6.
+    #: A gatewayd-train --out folder: its history.json and cv.json for Figure 6, its oof.npz
+    #: (when there) for Figure 5's held-out decisions and accuracy cost.
     run: Path | None = None
 
 
@@ -171,6 +190,11 @@ def check_options(options: PaperOptions) -> None:
             raise ValueError(f"--data {path}: no recordings found")
     if options.run is not None and not (options.run / "history.json").is_file():
         raise ValueError(f"--run {options.run}: no history.json (a gatewayd-train --out folder)")
+    if options.run is not None and (options.run / OOF_FILE).is_file():
+        try:
+            check_out_of_fold(options.run / OOF_FILE)
+        except ValueError as exc:
+            raise ValueError(f"--run {options.run}: {exc}") from None
 
 
 def _table_models(registry: ModelRegistry) -> list[InstalledModel]:
@@ -263,18 +287,127 @@ def _table1(report: PaperReport, models: Sequence[InstalledModel], progress: Pro
     progress.step("Table 1", "written")
 
 
+#: Why Figure 5 may have no accuracy cost (followed by this run's reason).
+NO_ACCURACY: Final = (
+    "Figure 5's accuracy cost needs --run RUN whose folder has oof.npz (a training run's"
+    " out-of-fold answers, docs/eval.md) and measured recordings (--data) it covers: the shipped"
+    " models were trained on the real sets' subjects, so their answers there are in-sample"
+)
+
+
+def _gateway_model(registry: ModelRegistry) -> InstalledModel | None:
+    """The gateway's model as `gatewayd eval` picks it: the daemon's default (`[inference]
+    model`) when installed, else the first gateway model."""
+    default = InferenceConfig().model
+    if default in {m.model_id for m in registry.all()}:
+        return registry.get(default)
+    gateway = registry.for_role("gateway")
+    return gateway[0] if gateway else None
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """What Figure 5's held-out replay needs."""
+
+    path: Path
+    oof: OutOfFold
+    #: The cards the answers are read with (classes, calibration, pruning level): the run's own
+    #: (RUN/models) when it exported them, else those of --models-dir, as `gatewayd eval` does.
+    cards_from: Path
+    wearable: InstalledModel
+    gateway: InstalledModel | None
+    covered: tuple[Recording, ...]
+    synthetic: int
+    not_covered: int
+
+
+def _out_of_fold(options: PaperOptions, recordings: Sequence[Recording]) -> OutOfFold | str:
+    """The --run folder's out-of-fold answers, or why Figure 5 cannot use them."""
+    path = None if options.run is None else options.run / OOF_FILE
+    if path is None:
+        return "no --run was given"
+    if not path.is_file():
+        return f"--run {options.run} has no {OOF_FILE}"
+    if all(r.source == "synthetic" for r in recordings):
+        # Out-of-fold answers are found by recording name; the bench's synthetic sessions are
+        # not the training run's (another seed), whatever their names.
+        return "the sessions are synthetic (give the real sets with --data)"
+    try:
+        return load_out_of_fold(path)
+    except ValueError as exc:
+        return str(exc)
+
+
+def _held_out_plan(
+    options: PaperOptions,
+    registry: ModelRegistry,
+    wearable: InstalledModel,
+    recordings: Sequence[Recording],
+) -> _HeldOut | str:
+    """What the held-out replay needs, or why it cannot run."""
+    oof = _out_of_fold(options, recordings)
+    if isinstance(oof, str):
+        return oof
+    path = Path(options.run or ".") / OOF_FILE
+    level = wearable.card.pruning_pct
+    cards = registry
+    if (path.parent / "models").is_dir():
+        run_cards = ModelRegistry.discover(path.parent / "models")
+        if pick_wearable_model(run_cards, level) is not None:
+            cards = run_cards
+    wearable = pick_wearable_model(cards, level) or wearable
+    gateway = _gateway_model(cards)
+    for model in (wearable, gateway):
+        if model is not None and model.card.pruning_pct not in oof.logits:
+            return (
+                f"{path} has no answers of a model pruned {model.card.pruning_pct} % (for"
+                f" {model.model_id}); it has {sorted(oof.logits)}"
+            )
+    measured = [r for r in recordings if r.source != "synthetic"]
+    covered = tuple(r for r in measured if oof.covered(r.name, r.window_count()).any())
+    if not covered:
+        return f"{path} covers none of the {len(measured)} measured recordings"
+    return _HeldOut(
+        path=path,
+        oof=oof,
+        cards_from=cards.directory,
+        wearable=wearable,
+        gateway=gateway,
+        covered=covered,
+        synthetic=len(recordings) - len(measured),
+        not_covered=len(measured) - len(covered),
+    )
+
+
 def _figure5(
     report: PaperReport,
-    wearable: InstalledModel | None,
+    registry: ModelRegistry,
     recordings: Sequence[Recording],
     progress: Progress,
 ) -> None:
+    wearable = pick_wearable_model(registry, WEARABLE_PRUNING)
     if wearable is None:
         report.not_run["fig5"] = f"Figure 5: no wearable model pruned {WEARABLE_PRUNING} %"
         for _ in recordings:
             progress.step("Figure 5", "no wearable model")
         progress.step("Figure 5", "not run")
         return
+    plan = _held_out_plan(report.options, registry, wearable, recordings)
+    if isinstance(plan, _HeldOut):
+        _figure5_held_out(report, wearable, plan, recordings, progress)
+    else:
+        _figure5_shipped(report, wearable, recordings, plan, progress)
+    progress.step("Figure 5", "written")
+
+
+def _figure5_shipped(
+    report: PaperReport,
+    wearable: InstalledModel,
+    recordings: Sequence[Recording],
+    why: str,
+    progress: Progress,
+) -> None:
+    """Figure 5 from the shipped wearable model's own decisions; no accuracy cost."""
     session = ModelSession(wearable.card, wearable.path, threads=1)
     replayed: list[SessionWindows] = []
     for recording in recordings:
@@ -296,25 +429,169 @@ def _figure5(
             f" `{wearable.model_id}` was trained on: its confidence there, and so the offload"
             " ratio, is in-sample (likely lower than on a new wearer)."
         )
+    note = f"{NO_ACCURACY}; here {why}"
+    report.not_run["fig5_accuracy"] = f"{note}."
     doc = {
         "artefact": "fig5",
         "model_id": wearable.model_id,
+        "decisions": "shipped_model",
+        "decisions_describe": "each session replayed once through WearableCore with the shipped"
+        f" wearable model `{wearable.model_id}` on every window",
         "sessions": sessions,
         "in_sample_recordings": in_sample,
         "costs": costs.to_json(),
         "core_agrees": result.core_agrees,
+        "out_of_fold": None,
         "accuracy": None,
-        "accuracy_note": "not computed: see docs/paper.md (in-sample models)",
-        "points": [p.to_json(costs.period_s) for p in result.pooled],
-        "groups": {
-            name: [p.to_json(costs.period_s) for p in points]
-            for name, points in result.groups.items()
-        },
+        "accuracy_note": f"not computed: {note}",
     }
-    markdown = format_energy(result, costs, model_id=wearable.model_id, sessions_line=line)
-    plot = functools.partial(plot_energy, result, costs, label=str(sessions["label"]))
+    decisions = (
+        "Decisions: the shipped model on every window, as the emulated wearable runs it"
+        " (WearableCore)."
+    )
+    accuracy_line = f"**No accuracy cost per point**: {note}."
+    _write_figure5(report, wearable=wearable, result=result, costs=costs, doc=doc,
+                   sessions_line=line, decisions_line=decisions, accuracy_line=accuracy_line,
+                   progress=progress)  # fmt: skip
+
+
+def _figure5_held_out(
+    report: PaperReport,
+    wearable: InstalledModel,
+    plan: _HeldOut,
+    recordings: Sequence[Recording],
+    progress: Progress,
+) -> None:
+    """Figure 5 from held-out decisions (`gatewayd eval offload --oof`'s replay), each point
+    with the accuracy cost of those same decisions."""
+    gateway = plan.gateway
+    setup = held_out_setup(
+        plan.oof,
+        ModelSession(plan.wearable.card, plan.wearable.path, threads=1),
+        None if gateway is None else ModelSession(gateway.card, gateway.path, threads=1),
+        HrFusion.of(InferenceConfig()),
+    )
+    covered = {id(r) for r in plan.covered}
+    tables: list[WindowTable] = []
+    for recording in recordings:
+        progress.step("Figure 5", recording.name)
+        if id(recording) in covered:
+            tables.append(replay_held_out(recording, setup))
+    tau, conf = ALL_OFFLOADED
+    # eval's replay encodes int16 wire samples (WearableSpec's default).
+    sessions_windows = [
+        session_from_table(t, tau_mbits=tau, min_conf_e4=conf, sample_format=SampleFormat.INT16)
+        for t in tables
+    ]
+    costs = WindowCosts.of(
+        wearable.card.macs,
+        int8=wearable.card.quantization != "none",
+        summary_bytes=max(s.summary_bytes for s in sessions_windows),
+        window_bytes=max(s.window_bytes for s in sessions_windows),
+    )
+    result = sweep_energy(sessions_windows, costs, score=HeldOutScorer(tables))
+    windows = sum(len(t) for t in tables)
+    sessions = report.sessions
+    left_out = []
+    if plan.not_covered:
+        left_out.append(f"{plan.not_covered} measured recordings it does not cover")
+    if plan.synthetic:
+        left_out.append(f"{plan.synthetic} synthetic sessions")
+    gateway_id = None if gateway is None else gateway.model_id
+    line = (
+        f"Sessions: {sessions['describe']}. **Held out**: the decisions and the accuracy are"
+        f" from the out-of-fold answers of `{plan.path}` (each window answered by the fold model"
+        f" that never saw its subject), on the {len(tables)} recordings and {windows} windows"
+        " they cover (the training run's window stride)"
+        + (f"; left out: {', '.join(left_out)}" if left_out else "")
+        + "."
+    )
+    decisions = (
+        "Decisions: the wearable core with the out-of-fold answers of the model pruned"
+        f" {plan.wearable.card.pruning_pct} % (read with `{plan.wearable.model_id}`'s card) in"
+        " place of its model's, the gateway's per-window path with those of the full model"
+        + (f" (`{gateway_id}`'s card)" if gateway_id else " (no gateway model: degraded)")
+        + f", cards from `{plan.cards_from}`; replayed as `gatewayd eval offload --oof` replays"
+        " them (gatewayd.eval.replay). The energy is that of the wearable's model above."
+    )
+    default = next(
+        (p for p in result.pooled if (p.tau_mbits, p.min_conf_e4) == _DEFAULT_POLICY), None
+    )
+    first = result.pooled[0].accuracy if result.pooled else None
+    doc = {
+        "artefact": "fig5",
+        "model_id": wearable.model_id,
+        "decisions": "held_out",
+        "decisions_describe": "gatewayd.eval.replay with the out-of-fold answers (every window"
+        " offloaded, so the gateway answers each); each point applies the core's rule to what"
+        " the wearable computed, and scores those decisions",
+        "sessions": sessions,
+        "in_sample_recordings": None,
+        "costs": costs.to_json(),
+        "core_agrees": result.core_agrees,
+        "out_of_fold": {
+            "file": str(plan.path),
+            "cards_from": str(plan.cards_from),
+            "wearable_model_id": plan.wearable.model_id,
+            "wearable_pruning_pct": plan.wearable.card.pruning_pct,
+            "gateway_model_id": gateway_id,
+            "recordings": len(tables),
+            "windows": windows,
+            "left_out": {"measured_not_covered": plan.not_covered, "synthetic": plan.synthetic},
+        },
+        "accuracy": {
+            "definitions": DEFINITIONS,
+            "local_only": None
+            if first is None
+            else {
+                "activity_accuracy": first.to_json()["activity_accuracy"]["local_only"],
+                "activity_windows": first.activity_windows,
+                "hr_mae_bpm": first.to_json()["hr_mae_bpm"]["local_only"],
+                "hr_windows": first.hr_windows,
+                "bad": first.bad,
+                "scored": first.scored,
+            },
+            "default_policy": None
+            if default is None or default.accuracy is None
+            else default.accuracy.to_json(),
+        },
+        "accuracy_note": None,
+    }
+    _write_figure5(report, wearable=wearable, result=result, costs=costs, doc=doc,
+                   sessions_line=line, decisions_line=decisions, accuracy_line="",
+                   progress=progress)  # fmt: skip
+
+
+_DEFAULT_POLICY: Final = (DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4)
+
+
+def _write_figure5(
+    report: PaperReport,
+    *,
+    wearable: InstalledModel,
+    result: SweepResult,
+    costs: WindowCosts,
+    doc: dict[str, Any],
+    sessions_line: str,
+    decisions_line: str,
+    accuracy_line: str,
+    progress: Progress,
+) -> None:
+    doc["points"] = [p.to_json(costs.period_s) for p in result.pooled]
+    doc["groups"] = {
+        name: [p.to_json(costs.period_s) for p in points] for name, points in result.groups.items()
+    }
+    markdown = format_energy(
+        result,
+        costs,
+        model_id=wearable.model_id,
+        sessions_line=sessions_line,
+        decisions_line=decisions_line,
+        accuracy_line=accuracy_line,
+    )
+    label = str(report.sessions["label"])
+    plot = functools.partial(plot_energy, result, costs, label=label)
     _write(report, _Artefact("fig5_energy", doc, markdown, plot), progress)
-    progress.step("Figure 5", "written")
 
 
 def _figure6(report: PaperReport, train: bool, progress: Progress) -> None:
@@ -358,7 +635,7 @@ def run_paper(options: PaperOptions, stream: IO[str] | None = None) -> PaperRepo
     progress = Progress(len(table_models) + len(recordings) + 4, stream)
     report = PaperReport(options=options, environment=bench_environment(), sessions=sessions)
     _table1(report, table_models, progress)
-    _figure5(report, pick_wearable_model(registry, WEARABLE_PRUNING), recordings, progress)
+    _figure5(report, registry, recordings, progress)
     _figure6(report, train, progress)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Figure 5 of `gatewayd bench paper`: the wearable's energy, local-only against edge-assisted.
 
-Each session is replayed once through the emulator's wearable core (`WearableCore`, the pruned
-model on every window, as `gatewayd emulate` runs it). What the core's offload rule reads per
-window does not depend on the policy: the window entropy, the confidence (the lower of the
-model's group probability and the tracker's quality, `offload_confidence_e4`, from the
-SUMMARY's own fields) and the fall trigger (the MOTION flag). So every point of the sweep of
+Each session is replayed once through the emulator's wearable core (`WearableCore`): either with
+the shipped pruned model on every window, as `gatewayd emulate` runs it (`replay_session`), or,
+given a training run's out-of-fold answers, as `gatewayd eval offload --oof` replays it
+(`paper_accuracy.replay_held_out`, read here by `session_from_table`). What the core's offload
+rule reads per window does not depend on the policy: the window entropy, the confidence (the
+lower of the model's group probability and the tracker's quality, `offload_confidence_e4`, from
+the SUMMARY's own fields) and the fall trigger (the MOTION flag). So every point of the sweep of
 tau and the minimum confidence applies the core's own rule (`decide_offload`) to those values:
 the decisions the core takes at that policy (a test replays the core at several policies and
 checks they are the same). The energy of each decision comes from `gatewayd.energy`: a local
@@ -12,7 +14,9 @@ window (inference, SUMMARY), an offloaded one as built (inference, WINDOW: the c
 needs the model's answer) and, beside it, a wearable that checks the entropy and the fall
 trigger first and skips its model for the windows they send (`infer=False`).
 
-Accuracy per point is not computed here: docs/paper.md says why. Pure arithmetic apart from
+With the held-out replays, each point also carries the accuracy cost of its decisions (the very
+decisions it prices), scored by `paper_accuracy.HeldOutScorer`; with the shipped models it
+carries none (they are in-sample on the real sets, docs/paper.md). Pure arithmetic apart from
 `replay_session`, which runs the core (and its model) but does no I/O.
 """
 
@@ -28,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gatewayd.activity import GROUP_NAMES, ActivityGroup
+from gatewayd.bench.paper_accuracy import AccuracyPoint, Scorer
 from gatewayd.bench.paper_common import markdown_table
 from gatewayd.datasets.recording import Recording
 from gatewayd.emulator.wearable import LocalActivity, WearableCore, WearableSpec
@@ -40,7 +45,7 @@ from gatewayd.energy import (
     offloaded_window,
     window_message_bytes,
 )
-from gatewayd.eval import SWEEP_TAUS
+from gatewayd.eval import SWEEP_TAUS, WindowTable
 from gatewayd.inference.session import ModelSession
 from gatewayd.protocol.messages import (
     SUMMARY_SIZE,
@@ -69,6 +74,7 @@ __all__ = [
     "format_energy",
     "plot_energy",
     "replay_session",
+    "session_from_table",
     "sweep_energy",
 ]
 
@@ -151,6 +157,34 @@ def replay_session(
         min_conf_e4=min_conf_e4,
         summary_bytes=max(kept) if kept else SUMMARY_SIZE,
         window_bytes=max(windows) if windows else window_message_bytes(sample_bytes),
+    )
+
+
+def session_from_table(
+    table: WindowTable, *, tau_mbits: int, min_conf_e4: int, sample_format: SampleFormat
+) -> SessionWindows:
+    """What the offload rule reads per window, from a `gatewayd.eval.replay` of a recording at
+    the policy (``tau_mbits``, ``min_conf_e4``) it was replayed with; its labels as the window's
+    group. The message sizes are the protocol's for the replay's ``sample_format``."""
+    cbpm = np.nan_to_num(np.round(table.local_hr * 100)).astype(np.int64)
+    return SessionWindows(
+        name=table.name,
+        source=table.source,
+        entropy_mbits=table.entropy_mbits.astype(np.int64),
+        confidence_e4=np.array(
+            [
+                offload_confidence_e4(int(a), int(q), int(h))
+                for a, q, h in zip(table.activity_conf_e4, table.signal_quality, cbpm, strict=True)
+            ],
+            dtype=np.int64,
+        ),
+        motion=(table.flags & int(MessageFlags.OFFLOAD_MOTION)) != 0,
+        group=table.truth.astype(np.int64),
+        offloaded=table.offloaded.copy(),
+        tau_mbits=tau_mbits,
+        min_conf_e4=min_conf_e4,
+        summary_bytes=SUMMARY_SIZE,
+        window_bytes=window_message_bytes(np.dtype(sample_format.dtype).itemsize),
     )
 
 
@@ -255,6 +289,8 @@ class EnergyPoint:
     local_only_j: float
     as_built_j: float
     model_skipped_j: float
+    #: The accuracy cost of these decisions (held-out replays only), else None.
+    accuracy: AccuracyPoint | None = None
 
     @property
     def offload_ratio(self) -> float:
@@ -291,6 +327,8 @@ class EnergyPoint:
                 "saved_vs_local_only": _none(self.saved(mean)),
                 "battery_h": _none(battery_hours(mean / period_s) if mean > 0 else math.nan),
             }
+        if self.accuracy is not None:
+            doc["accuracy"] = self.accuracy.to_json()
         return doc
 
 
@@ -339,6 +377,11 @@ class SweepResult:
     #: At the replay's own policy, the swept rule took exactly the core's decisions.
     core_agrees: bool
 
+    @property
+    def has_accuracy(self) -> bool:
+        """Whether the points carry an accuracy cost."""
+        return any(p.accuracy is not None for p in self.pooled)
+
 
 def sweep_energy(
     sessions: Sequence[SessionWindows],
@@ -346,8 +389,10 @@ def sweep_energy(
     *,
     taus: Sequence[int] = SWEEP_TAUS,
     confs: Sequence[int] = SWEEP_CONFS,
+    score: Scorer | None = None,
 ) -> SweepResult:
-    """Apply the core's rule at every (tau, min_conf) to every window; price each point."""
+    """Apply the core's rule at every (tau, min_conf) to every window; price each point, and,
+    given ``score`` (the sessions' windows in the same order), score the same decisions."""
     group = np.concatenate([s.group for s in sessions]) if sessions else np.empty(0, np.int64)
     masks = {name: group == _code(name) for name in GROUPS}
     pooled: list[EnergyPoint] = []
@@ -359,13 +404,29 @@ def sweep_energy(
                 if sessions
                 else np.empty(0, np.int64)
             )
-            pooled.append(energy_point(reasons, costs, tau, conf))
+            pooled.append(_scored(energy_point(reasons, costs, tau, conf), score, reasons, None))
             for name, points in groups.items():
-                points.append(energy_point(reasons[masks[name]], costs, tau, conf))
+                point = energy_point(reasons[masks[name]], costs, tau, conf)
+                points.append(_scored(point, score, reasons, masks[name]))
     agrees = all(
         np.array_equal(decisions(s, s.tau_mbits, s.min_conf_e4) != 0, s.offloaded) for s in sessions
     )
     return SweepResult(pooled=pooled, groups=groups, core_agrees=agrees)
+
+
+def _scored(
+    point: EnergyPoint,
+    score: Scorer | None,
+    reasons: npt.NDArray[np.int64],
+    keep: npt.NDArray[np.bool_] | None,
+) -> EnergyPoint:
+    """The point with the accuracy of its own decisions (``reasons``, on the ``keep`` windows)."""
+    if score is None:
+        return point
+    accuracy = score(reasons != 0, keep)
+    if (accuracy.windows, accuracy.offloaded) != (point.windows, point.offloaded):
+        raise ValueError("the accuracy was scored on other windows or decisions than the energy")
+    return replace(point, accuracy=accuracy)
 
 
 def _code(name: str) -> int:
@@ -383,20 +444,65 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.1f} %"
 
 
-def _point_cells(p: EnergyPoint) -> list[str]:
+def _signed(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, "+" + spec)
+
+
+def _point_cells(p: EnergyPoint, *, accuracy: bool = False) -> list[str]:
     tau = "off" if p.tau_mbits >= 65535 else f"{p.tau_mbits / 1000:.2f}"
-    return [
+    cells = [
         tau, f"{p.min_conf_e4 / 10000:.1f}", _pct(p.offload_ratio),
         f"{_MJ * p.local_only_j:.3f}", f"{_MJ * p.as_built_j:.3f}",
         _pct(p.saved(p.as_built_j)), f"{_MJ * p.model_skipped_j:.3f}",
         _pct(p.saved(p.model_skipped_j)),
     ]  # fmt: skip
+    if accuracy:
+        a = p.accuracy
+        if a is None:
+            cells += ["-"] * len(ACCURACY_HEAD)
+        else:
+            cells += [
+                _pct(a.bad_window_recall),
+                _pct(a.reported_activity_accuracy),
+                _signed(100 * a.activity_accuracy_change, ".1f"),
+                "-" if math.isnan(a.reported_hr_mae_bpm) else f"{a.reported_hr_mae_bpm:.2f}",
+                _signed(a.hr_mae_change_bpm, ".2f"),
+            ]
+    return cells
 
 
 POINT_HEAD: Final = (
     "tau (bits)", "min confidence", "offloaded", "local only mJ", "edge-assisted mJ",
     "saved", "edge-assisted, model skipped mJ", "saved (model skipped)",
 )  # fmt: skip
+#: The accuracy columns of a point (held-out replays only).
+ACCURACY_HEAD: Final = (
+    "bad-window recall", "activity accuracy reported", "vs local only, points",
+    "HR MAE reported, bpm", "vs local only, bpm",
+)  # fmt: skip
+
+
+def _local_only_line(result: SweepResult) -> list[str]:
+    """The accuracy section's opening: what is scored and the local-only figures."""
+    first = next((p.accuracy for p in result.pooled if p.accuracy is not None), None)
+    if first is None:
+        return []
+    return [
+        "**Accuracy cost, held out.** At each point: what the gateway reports (the wearable's"
+        " answer on the windows kept local, the gateway's on the windows offloaded) against"
+        " local only (every window answered by the wearable), from the out-of-fold answers, on"
+        " the very decisions the energy prices. Activity: the share of the"
+        f" {first.activity_windows} windows with a known group whose group is right; local"
+        f" only {_pct(first.local_activity_accuracy)}. Heart rate: the MAE over the"
+        f" {first.hr_windows} windows with a reference where the wearable and the gateway both"
+        " answered; local only"
+        f" {'-' if math.isnan(first.local_hr_mae_bpm) else f'{first.local_hr_mae_bpm:.2f}'}"
+        " bpm. Bad-window recall: the share of the bad local windows (the wearable's heart"
+        " rate more than 10 bpm off the reference or none, or its group wrong;"
+        f" {first.bad} of the {first.scored} windows with a reference or a label) that are"
+        " offloaded. Windows without a reference or a label are not scored.",
+        "",
+    ]
 
 
 def format_energy(
@@ -405,19 +511,26 @@ def format_energy(
     *,
     model_id: str,
     sessions_line: str,
+    decisions_line: str,
+    accuracy_line: str = "",
 ) -> str:
-    """Figure 5's Markdown: the costs, two cross-sections of the sweep, the groups."""
+    """Figure 5's Markdown: the costs, two cross-sections of the sweep, the groups.
+
+    ``decisions_line`` says what drove the decisions; ``accuracy_line``, when the points carry
+    no accuracy, why not.
+    """
     dt, dc = DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4
+    acc = result.has_accuracy
+    head = (*POINT_HEAD, *ACCURACY_HEAD) if acc else POINT_HEAD
     lines = [
         "## Figure 5: energy, local-only against edge-assisted",
         "",
         sessions_line,
         "",
         f"The wearable's model: `{model_id}` ({costs.macs / 1e6:.2f} M MACs,"
-        f" {'int8' if costs.int8 else 'fp32'}), on every window as the emulated wearable runs"
-        " it. Energy per window from the energy model (gatewayd/energy.py, docs/energy.md:"
-        " nRF52840, BLE 1M, a 2 s window step): local"
-        f" {_MJ * costs.local_j:.3f} mJ (a SUMMARY, {costs.summary_bytes} bytes,"
+        f" {'int8' if costs.int8 else 'fp32'}). {decisions_line} Energy per window from the"
+        " energy model (gatewayd/energy.py, docs/energy.md: nRF52840, BLE 1M, a 2 s window"
+        f" step): local {_MJ * costs.local_j:.3f} mJ (a SUMMARY, {costs.summary_bytes} bytes,"
         f" {costs.summary.notifications} notification), offloaded {_MJ * costs.offloaded_j:.3f}"
         f" mJ (a WINDOW, {costs.window_bytes} bytes, {costs.window.notifications} notifications,"
         f" {costs.window.ll_packets} LL packets, the model still run), offloaded with the model"
@@ -432,16 +545,19 @@ def format_energy(
             if result.core_agrees
             else " (WARNING: at the replay's own policy they differ from the core's)."
         )
-        + " Accuracy per point is not in this slice (docs/paper.md).",
+        + (f" {accuracy_line}" if accuracy_line and not acc else ""),
         "",
+        *_local_only_line(result),
         f"### Minimum confidence swept at the default tau ({dt / 1000:.2f} bits)",
         "",
-        *markdown_table(POINT_HEAD, [_point_cells(p) for p in result.pooled if p.tau_mbits == dt]),
+        *markdown_table(
+            head, [_point_cells(p, accuracy=acc) for p in result.pooled if p.tau_mbits == dt]
+        ),
         "",
         f"### Tau swept at the default minimum confidence ({dc / 10000:.1f})",
         "",
         *markdown_table(
-            POINT_HEAD, [_point_cells(p) for p in result.pooled if p.min_conf_e4 == dc]
+            head, [_point_cells(p, accuracy=acc) for p in result.pooled if p.min_conf_e4 == dc]
         ),
         "",
         f"### Per activity group, at the default policy (tau {dt / 1000:.2f} bits, min"
@@ -453,8 +569,8 @@ def format_energy(
         p = at(points, dt, dc)
         if p is None:
             continue
-        rows.append([name, str(p.windows), *_point_cells(p)[2:]])
-    lines += markdown_table(("group", "windows", *POINT_HEAD[2:]), rows)
+        rows.append([name, str(p.windows), *_point_cells(p, accuracy=acc)[2:]])
+    lines += markdown_table(("group", "windows", *head[2:]), rows)
     lines += [
         "",
         "Every point (JSON: `points`, and `groups` per activity group) is in fig5_energy.json.",
@@ -463,27 +579,43 @@ def format_energy(
     return "\n".join(lines)
 
 
+def _tau_name(tau: int) -> str:
+    return "off" if tau >= 65535 else f"{tau / 1000:.2f}"
+
+
+def _curves(points: Sequence[EnergyPoint]) -> list[tuple[int, list[EnergyPoint]]]:
+    """Per tau, its points with windows, by offload ratio."""
+    taus = sorted({p.tau_mbits for p in points})
+    return [
+        (
+            tau,
+            sorted(
+                (p for p in points if p.tau_mbits == tau and p.windows),
+                key=lambda p: (p.offload_ratio, p.min_conf_e4),
+            ),
+        )
+        for tau in taus
+    ]
+
+
 def plot_energy(result: SweepResult, costs: WindowCosts, path: Path, *, label: str) -> Path:
     """fig5_energy.png: energy per window against the offload ratio over the sweep, and per
-    activity group at the default policy. Needs matplotlib."""
+    activity group at the default policy; with an accuracy cost, two more panels: activity
+    accuracy and bad-window recall, and HR MAE, against the offload ratio. Needs matplotlib."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    fig = Figure(figsize=(13, 4.8))
-    ax, ax_groups = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    taus = sorted({p.tau_mbits for p in result.pooled})
-    for k, tau in enumerate(taus):
-        points = sorted(
-            (p for p in result.pooled if p.tau_mbits == tau and p.windows),
-            key=lambda p: p.offload_ratio,
-        )
+    acc = result.has_accuracy
+    fig = Figure(figsize=(13, 9.6 if acc else 4.8))
+    axes = fig.subplots(2 if acc else 1, 2, gridspec_kw={"width_ratios": [3, 2]}, squeeze=False)
+    ax, ax_groups = axes[0]
+    default = at(result.pooled, DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4)
+    for k, (tau, points) in enumerate(_curves(result.pooled)):
         x = [p.offload_ratio for p in points]
-        name = "off" if tau >= 65535 else f"{tau / 1000:.2f}"
         colour = f"C{k % 10}"
         ax.plot(x, [_MJ * p.as_built_j for p in points], "o-", color=colour, markersize=3,
-                label=f"tau {name}")  # fmt: skip
+                label=f"tau {_tau_name(tau)}")  # fmt: skip
         ax.plot(x, [_MJ * p.model_skipped_j for p in points], "^:", color=colour, markersize=3)
     ax.axhline(_MJ * costs.local_j, color="black", linewidth=1.2, label="local only")
-    default = at(result.pooled, DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4)
     if default is not None and default.windows:
         ax.plot([default.offload_ratio], [_MJ * default.as_built_j], "k*", markersize=12,
                 label="default policy")  # fmt: skip
@@ -518,7 +650,64 @@ def plot_energy(result: SweepResult, costs: WindowCosts, path: Path, *, label: s
     ax_groups.set_ylabel("mJ per window (model)")
     ax_groups.set_title("Per activity group, default policy", fontsize=8)
     ax_groups.legend(fontsize=7)
-    fig.suptitle(f"gatewayd bench paper: Figure 5, wearable energy ({label})", fontsize=10)
+    if acc:
+        _plot_accuracy(axes[1][0], axes[1][1], result, costs)
+    title = f"gatewayd bench paper: Figure 5, wearable energy ({label})"
+    if acc:
+        title += "; accuracy cost held out (out-of-fold answers)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def _plot_accuracy(ax_act: Any, ax_hr: Any, result: SweepResult, costs: WindowCosts) -> None:
+    """The accuracy panels: activity accuracy reported (solid) and bad-window recall (dotted),
+    and the HR MAE reported, against the offload ratio; the as-built energy saved on top."""
+    first = next(p.accuracy for p in result.pooled if p.accuracy is not None)
+    default = at(result.pooled, DEFAULT_TAU_MBITS, DEFAULT_MIN_CONF_E4)
+    for k, (tau, points) in enumerate(_curves(result.pooled)):
+        scored = [(p.offload_ratio, p.accuracy) for p in points if p.accuracy is not None]
+        x = [r for r, _ in scored]
+        colour = f"C{k % 10}"
+        ax_act.plot(x, [100 * a.reported_activity_accuracy for _, a in scored], "o-",
+                    color=colour, markersize=3, label=f"tau {_tau_name(tau)}")  # fmt: skip
+        ax_act.plot(x, [100 * a.bad_window_recall for _, a in scored], ":", color=colour,
+                    linewidth=1)  # fmt: skip
+        ax_hr.plot(x, [a.reported_hr_mae_bpm for _, a in scored], "o-", color=colour,
+                   markersize=3, label=f"tau {_tau_name(tau)}")  # fmt: skip
+    ax_act.axhline(100 * first.local_activity_accuracy, color="black", linewidth=1.2,
+                   label="local only")  # fmt: skip
+    ax_hr.axhline(first.local_hr_mae_bpm, color="black", linewidth=1.2, label="local only")
+    if default is not None and default.accuracy is not None and default.windows:
+        a = default.accuracy
+        ax_act.plot([default.offload_ratio], [100 * a.reported_activity_accuracy], "k*",
+                    markersize=12, label="default policy")  # fmt: skip
+        ax_act.plot([default.offload_ratio], [100 * a.bad_window_recall], "k*", markersize=8)
+        ax_hr.plot([default.offload_ratio], [a.reported_hr_mae_bpm], "k*", markersize=12,
+                   label="default policy")  # fmt: skip
+    ax_act.set_ylabel("%, held out")
+    ax_act.set_title(
+        f"Activity group accuracy of what the gateway reports (solid; {first.activity_windows}"
+        " labelled windows) and bad-window recall (dotted)",
+        fontsize=8,
+    )
+    ax_hr.set_ylabel("HR MAE of what the gateway reports, bpm, held out")
+    ax_hr.set_title(f"Heart rate ({first.hr_windows} windows with a reference)", fontsize=8)
+    extra = costs.offloaded_j - costs.local_j
+    for panel, where in ((ax_act, "center right"), (ax_hr, "best")):
+        panel.set_xlabel("offload ratio (share of windows sent raw)")
+        panel.set_xlim(-0.02, 1.02)
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=6, ncol=2, loc=where)
+        if extra > 0:
+            top = panel.secondary_xaxis(
+                "top",
+                functions=(
+                    lambda r: -100 * r * extra / costs.local_j,
+                    lambda s: -s * costs.local_j / (100 * extra),
+                ),
+            )
+            top.set_xlabel("energy saved as built vs local only, % (negative: costs more)",
+                           fontsize=7)  # fmt: skip
+            top.tick_params(labelsize=7)

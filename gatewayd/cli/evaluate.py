@@ -614,9 +614,11 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         " latency here, modelled Cortex-M4F latency and energy, the cards' held-out accuracy,"
         " ratios beside the paper's), Figure 5 (the wearable's energy, local-only against"
         " edge-assisted, over a sweep of tau and the minimum confidence, from the emulated"
-        " wearable's decisions) and Figure 6 (training loss curves of --run). Each is written"
-        " to --out as JSON, Markdown and PNG; paper.json and paper.md index them and name what"
-        " is not run (Figures 3 and 4 are not built yet). Exit 69 when nothing was produced.",
+        " wearable's decisions; with --run's oof.npz and real --data, held out, with the"
+        " accuracy cost of each point) and Figure 6 (training loss curves of --run). Each is"
+        " written to --out as JSON, Markdown and PNG; paper.json and paper.md index them and"
+        " name what is not run (Figures 3 and 4 are not built yet). Exit 69 when nothing was"
+        " produced.",
     )
     global_options(paper, suppress=True)
     paper.set_defaults(func=cmd_bench_paper)
@@ -642,7 +644,9 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         "--run",
         type=Path,
         metavar="DIR",
-        help="a gatewayd-train --out folder: Figure 6 from its history.json (and cv.json)",
+        help="a gatewayd-train --out folder: Figure 6 from its history.json (and cv.json);"
+        " with its oof.npz, Figure 5's decisions on the --data recordings it covers are held"
+        " out and each point has its accuracy cost",
     )
     models_dir_option(paper)
     paper.add_argument("--json", action="store_true", help="print paper.json instead of paper.md")
