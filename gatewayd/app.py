@@ -36,7 +36,7 @@ from gatewayd.inference.backpressure import Governor
 from gatewayd.inference.registry import ModelRegistry
 from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.inference.worker import InferenceWorker
-from gatewayd.lifecycle import raised_at, settle_heap, start_task, stop_task
+from gatewayd.lifecycle import favour_the_loop, raised_at, settle_heap, start_task, stop_task
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
@@ -230,6 +230,7 @@ async def build_gateway(
     Raises ConfigError (unreadable password or TLS files) before anything runs.
     """
     timeouts = timeouts or ShutdownTimeouts()
+    favour_the_loop()
     gateway_id = config.gateway.id
     topics = Topics(config.mqtt.topic_root, gateway_id)
     registry: DeviceRegistry | None = None

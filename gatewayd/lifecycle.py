@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import structlog
 
 __all__ = [
+    "LOOP_SWITCH_INTERVAL_S",
     "BackgroundPart",
     "EnterOnce",
     "ReentryError",
+    "favour_the_loop",
     "raised_at",
     "settle_heap",
     "start_task",
@@ -46,6 +49,22 @@ class EnterOnce:
         if self._entered:
             raise ReentryError(f"{self._what} runs once: it was already entered; build a new one")
         self._entered = True
+
+
+#: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
+LOOP_SWITCH_INTERVAL_S: Final = 0.0005
+
+
+def favour_the_loop() -> None:
+    """Let the event loop take the GIL back within 0.5 ms instead of Python's 5 ms.
+
+    The inference worker runs in a thread, and between ONNX Runtime's calls (which release the
+    GIL) it runs Python and numpy that hold it. At the default switch interval every wake-up of
+    the event loop (each BLE notification, each store commit) waits up to 5 ms for the GIL
+    while the worker is busy, so one busy worker caps the loop at about 200 wake-ups a second
+    whatever the CPU: with hundreds of wearables offloading, notifications queue for seconds.
+    Process-wide; costs the worker a few more thread switches."""
+    sys.setswitchinterval(LOOP_SWITCH_INTERVAL_S)
 
 
 def settle_heap() -> int:

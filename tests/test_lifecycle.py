@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
-from gatewayd.lifecycle import settle_heap
+import pytest
+
+from gatewayd.lifecycle import LOOP_SWITCH_INTERVAL_S, favour_the_loop, settle_heap
 
 
 class Node:
@@ -29,3 +32,13 @@ def test_settle_heap_freezes_what_is_alive_and_collects_what_is_not() -> None:
         assert id(made_after) in {id(o) for o in gc.get_objects(0)}
     finally:
         gc.unfreeze()
+
+
+def test_favour_the_loop_shortens_the_gils_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # Python's default (another test may have changed it)
+        favour_the_loop()
+        assert sys.getswitchinterval() == pytest.approx(LOOP_SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(before)
