@@ -401,12 +401,11 @@ class Pipeline(BackgroundPart):
             )
 
     async def _process(self, item: _Item) -> None:
+        """Any event but a frame (frames go through `_frames`)."""
         event = item.event
         if isinstance(event, Tick):
             mono = event.mono if event.mono is not None else self._monotonic()
             await self._alerts(self.engine.tick(event.t, mono))
-        elif isinstance(event, FrameReceived):
-            await self._frames([item])
         elif isinstance(event, HeartRateReceived):
             obs = observation_for_strap(event, self._monotonic())
             await self._alerts(self.engine.observe(obs))
