@@ -13,15 +13,19 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 
-__all__ = ["EXIT_INTERRUPTED", "run_until_signalled"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "cancelled_by_sigterm", "run_until_signalled"]
 
 log = structlog.get_logger("gatewayd.app")
 
+T = TypeVar("T")
+
 EXIT_INTERRUPTED: Final = 130
+#: Exit code of a command stopped by SIGTERM after its cleanup (128 + 15).
+EXIT_TERMINATED: Final = 143
 #: How long tasks left over after the gateway returned may take to end.
 LEFTOVER_S: Final = 2.0
 
@@ -39,6 +43,23 @@ def run_until_signalled(
         with contextlib.suppress(RuntimeError):
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), leftover_s))
         loop.close()
+
+
+async def cancelled_by_sigterm(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` in a task that SIGTERM cancels, as asyncio.run lets SIGINT do: its
+    ``finally`` blocks and context managers run (a bench stops its child processes) instead of
+    the process dying where it stands. The caller sees CancelledError."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    installed = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        installed = True
+    try:
+        return await task
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _supervise(

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,66 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == EXIT_USAGE
     assert "--dataset" in done.stderr
     assert "no such file or folder" in done.stderr
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@needs_dbus
+@needs_mosquitto
+@needs_proc
+def test_sigterm_stops_the_bench_and_every_process_it_started(tmp_path: Path) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd", "bench", "scale", "--out", str(tmp_path / "scale"),
+         "--devices", "3", "--offload", "all", "--seconds", "120", "--profile-seconds", "0"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert bench.stderr is not None
+    lines = []
+    try:
+        for line in bench.stderr:  # until the point starts
+            lines.append(line)
+            if "measuring" in line:
+                break
+        started: set[int] = set()
+        for _ in range(600):  # the broker, the emulator (and its bus), the gateway
+            started = descendants(bench.pid)
+            if len(started) >= 4:
+                break
+            time.sleep(0.1)
+        assert len(started) >= 4, lines
+        bench.terminate()
+        rest = bench.communicate(timeout=120)[1]
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 143, "".join(lines) + rest
+    assert "stopped by SIGTERM" in rest
+    assert not [pid for pid in started if alive(pid)]
+    assert not (tmp_path / "scale" / "scale.json").exists()

@@ -29,6 +29,7 @@ from gatewayd.errors import (
     GatewayError,
 )
 from gatewayd.logs import configure_logging
+from gatewayd.runner import EXIT_TERMINATED, cancelled_by_sigterm
 
 
 def _eval_models(args: argparse.Namespace, *, want_model: bool) -> tuple[Any, Any, Any, str]:
@@ -372,7 +373,11 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(f"gatewayd bench scale: {text}", file=sys.stderr, flush=True)
 
-    report = asyncio.run(bench_scale(options, say=say))
+    try:
+        report = asyncio.run(cancelled_by_sigterm(bench_scale(options, say=say)))
+    except asyncio.CancelledError:
+        say("stopped by SIGTERM; its processes are stopped, nothing written")
+        return EXIT_TERMINATED
     try:
         written = write_outputs(report, options.out, sys.stdout)
     except ImportError:

@@ -12,6 +12,7 @@ from typing import Any
 from gatewayd.bench.soak_verify import FAULT_KINDS
 from gatewayd.cli.common import EXIT_ERROR, EXIT_OK, global_options, positive_int, usage_error
 from gatewayd.errors import EXIT_UNAVAILABLE, GatewayError
+from gatewayd.runner import EXIT_TERMINATED, cancelled_by_sigterm
 
 __all__ = ["add_soak_parser", "cmd_bench_soak"]
 
@@ -44,7 +45,11 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
         models_dir=args.models_dir, no_model=args.no_model,
     )  # fmt: skip
     try:
-        result = asyncio.run(run_soak(options, sys.stderr))
+        result = asyncio.run(cancelled_by_sigterm(run_soak(options, sys.stderr)))
+    except asyncio.CancelledError:
+        print("gatewayd bench soak: stopped by SIGTERM; its processes are stopped, nothing"
+              " written", file=sys.stderr)  # fmt: skip
+        return EXIT_TERMINATED
     except GatewayError as exc:
         print(f"gatewayd bench soak: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
