@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gatewayd.bench.procstat import Usage
+from gatewayd.bench.procstat import Usage, descendants
 from gatewayd.bench.scale import (
     OffloadMix,
     PointResult,
@@ -239,26 +239,6 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     assert "no such file or folder" in done.stderr
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (Linux /proc)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
     try:
@@ -284,7 +264,7 @@ def test_sigterm_stops_the_bench_and_every_process_it_started(tmp_path: Path) ->
             lines.append(line)
             if "measuring" in line:
                 break
-        started: set[int] = set()
+        started: list[int] = []
         for _ in range(600):  # the broker, the emulator (and its bus), the gateway
             started = descendants(bench.pid)
             if len(started) >= 4:

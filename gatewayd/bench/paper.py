@@ -50,7 +50,14 @@ from gatewayd.bench.paper_loss import (
 )
 from gatewayd.bench.paper_table1 import format_table1, plot_table1, table1
 from gatewayd.config import InferenceConfig
-from gatewayd.datasets import DatasetError, Recording, find_recordings, generate_recording, load
+from gatewayd.datasets import (
+    DatasetError,
+    Recording,
+    find_recordings,
+    generate_recording,
+    load,
+    require_recordings,
+)
 from gatewayd.emulator.virtual import pick_wearable_model
 from gatewayd.eval import OutOfFold, WindowTable
 from gatewayd.inference import InstalledModel, ModelRegistry, ModelSession
@@ -183,11 +190,9 @@ def check_options(options: PaperOptions) -> None:
     folders, reads nothing big)."""
     for path in options.data:
         try:
-            sources = find_recordings(path)
+            require_recordings(path)
         except DatasetError as exc:
             raise ValueError(f"--data {path}: {exc.message}") from None
-        if not sources:
-            raise ValueError(f"--data {path}: no recordings found")
     if options.run is not None and not (options.run / "history.json").is_file():
         raise ValueError(f"--run {options.run}: no history.json (a gatewayd-train --out folder)")
     if options.run is not None and (options.run / OOF_FILE).is_file():

@@ -57,7 +57,7 @@ from typing import IO, Any, Final
 import aiomqtt
 
 from gatewayd.bench.procstat import ProcSampler, Usage, descendants, thread_cpu
-from gatewayd.datasets import FORMATS, find_recordings
+from gatewayd.datasets import require_recordings
 from gatewayd.emulator.runner import STAMPS_FLUSH_S
 from gatewayd.emulator.virtual import parse_stamps, wearable_address
 from gatewayd.errors import DatasetError
@@ -209,12 +209,9 @@ def find_sessions(datasets: Sequence[Path]) -> Sessions:
     found = 0
     for path in datasets:
         try:
-            sources = find_recordings(path)
+            found += len(require_recordings(path))
         except DatasetError as exc:
             raise ValueError(f"--dataset {path}: {exc.message}") from None
-        if not sources:
-            raise ValueError(f"--dataset {path}: no recordings found (recognised: {FORMATS})")
-        found += len(sources)
     return Sessions(datasets=tuple(datasets), recordings=found)
 
 

@@ -21,6 +21,7 @@ from gatewayd.datasets.discover import (
     RecordingSource,
     find_recordings,
     load,
+    require_recordings,
 )
 from gatewayd.datasets.e4 import load_e4
 from gatewayd.datasets.har import load_har
@@ -73,6 +74,7 @@ __all__ = [
     "load_troika",
     "load_wesad",
     "load_wrist_ppg",
+    "require_recordings",
     "write_subject",
     "write_synthetic_dataset",
 ]

@@ -37,7 +37,14 @@ from gatewayd.datasets.recording import DatasetError, Recording
 from gatewayd.datasets.troika import find_troika_ref, is_troika_data, load_troika
 from gatewayd.datasets.wesad import load_subject_pickle
 
-__all__ = ["FORMATS", "RecordingKind", "RecordingSource", "find_recordings", "load"]
+__all__ = [
+    "FORMATS",
+    "RecordingKind",
+    "RecordingSource",
+    "find_recordings",
+    "load",
+    "require_recordings",
+]
 
 RecordingKind = Literal[
     "dalia", "e4", "troika", "bami", "wrist-ppg-exercise", "sp-sw-har", "basic-motions"
@@ -96,6 +103,14 @@ def _classify(path: Path) -> RecordingSource | None:
         if test(path):
             return RecordingSource(kind, path, ref(path))
     return _e4_zip(path) if path.suffix.lower() == ".zip" else None
+
+
+def require_recordings(path: str | os.PathLike[str]) -> list[RecordingSource]:
+    """`find_recordings`, and DatasetError when ``path`` holds none (naming the formats)."""
+    sources = find_recordings(path)
+    if not sources:
+        raise DatasetError(path, f"no recordings found (recognised: {FORMATS})")
+    return sources
 
 
 def find_recordings(path: str | os.PathLike[str]) -> list[RecordingSource]:
