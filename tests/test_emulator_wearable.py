@@ -20,7 +20,13 @@ from gatewayd.emulator.virtual import (
     pick_wearable_model,
     replay_starts,
 )
-from gatewayd.emulator.wearable import WearableCore, WearableSpec, bvp_gain, quantise
+from gatewayd.emulator.wearable import (
+    SharedLocalModel,
+    WearableCore,
+    WearableSpec,
+    bvp_gain,
+    quantise,
+)
 from gatewayd.errors import DecodeError, EmulatorError
 from gatewayd.inference import ModelRegistry, ModelSession
 from gatewayd.inference.analysis import model_input, predict
@@ -387,6 +393,22 @@ def test_the_shipped_wearable_model_is_picked_by_pruning_int8_first() -> None:
     assert session is None
     assert why is not None
     assert "33 %" in why
+
+
+def test_wearables_replaying_one_recording_share_the_local_models_verdicts() -> None:
+    session = local_model()
+
+    def spec(start: int) -> WearableSpec:
+        return WearableSpec("C0:FF:EE:00:00:01", "w", RECORDING, boot_id=1, start_window=start)
+
+    shared = SharedLocalModel(session, RECORDING, SampleFormat.INT16)
+    own = [WearableCore(spec(s), local_model=session) for s in (0, 5)]
+    sharing = [WearableCore(spec(s), local_model=shared) for s in (0, 5)]
+    for alone, with_shared in zip(own, sharing, strict=True):
+        # Byte for byte what a wearable running its own copy of the model sends.
+        assert with_shared.produce(1e9) == alone.produce(1e9)
+    # Two wearables, each over every window of the recording: the model ran once per window.
+    assert shared.computed == RECORDING.window_count()
 
 
 def test_a_local_model_puts_its_group_and_probability_on_the_wire() -> None:

@@ -46,7 +46,7 @@ from .bluez_specs import (
     wearable_service,
 )
 from .faults import FaultPlan
-from .wearable import SIGNAL_ONLY_MODEL_ID, WearableCore, WearableSpec
+from .wearable import SIGNAL_ONLY_MODEL_ID, SharedLocalModel, WearableCore, WearableSpec
 
 log = structlog.get_logger("gatewayd.emulator")
 
@@ -451,6 +451,12 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
         if setup.loop
         else [0] * setup.devices
     )
+    # One verdict per recording window, whichever wearables replay it (the model is pure).
+    shared = {
+        id(r): SharedLocalModel(setup.local_model, r, setup.sample_format)
+        for r in recordings
+        if setup.local_model is not None
+    }
     wearables = []
     for i in range(setup.devices):
         recording = recordings[i % len(recordings)]
@@ -472,7 +478,7 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
             worn_windows=LOOP_WORN_WINDOWS if setup.loop else 0,
         )
         virtual = VirtualWearable(
-            WearableCore(spec, keep_sent=setup.keep_sent, local_model=setup.local_model),
+            WearableCore(spec, keep_sent=setup.keep_sent, local_model=shared.get(id(recording))),
             faults=setup.faults,
             seed=setup.seed * 1000 + i,
             flood=i < setup.faults.flood,

@@ -139,11 +139,10 @@ class LocalActivity:
 def local_activity(session: ModelSession, bvp: npt.ArrayLike, acc: npt.ArrayLike) -> LocalActivity:
     """Run the pruned model on one window of wire samples (BVP 64 Hz, ACC 32 Hz in 1/64 g).
 
-    One window per call, on the caller's thread: about 0.6 ms of CPU on an idle x86 core
-    (preprocessing ~0.4 ms, the int8 40 % pruned model ~0.2 ms, docs/models.md; 3-5 ms measured
-    on this 2-core machine under full load). The emulator calls it on its event loop: at 1 ms a
-    window, ten wearables at ten times real time cost 50 ms of loop time per second, which is
-    acceptable for an emulator; a larger fleet should run the cores in a worker thread.
+    One window per call, on the caller's thread: about 1 ms of CPU here (preprocessing and
+    the int8 40 % pruned model). The emulator calls it on its event loop, through a
+    `SharedLocalModel` per recording, so a window is computed once however many wearables
+    replay it.
     """
     x = model_input(
         bvp, acc, bvp_rate_hz=64, acc_rate_hz=_ACC_RATE_HZ, acc_lsb_per_g=_ACC_LSB_PER_G,
@@ -163,6 +162,55 @@ def activity_on_wire(probs: npt.ArrayLike, classes: Sequence[str]) -> LocalActiv
     else:
         probability = float(groups.confidence[0])
     return LocalActivity(group, confidence_e4(probability))
+
+
+def wire_window(
+    recording: Recording, index: int, gain: float, fmt: SampleFormat
+) -> tuple[npt.NDArray[np.signedinteger], npt.NDArray[np.signedinteger]]:
+    """The recording's window ``index`` as the sensors give it: BVP (512,) and ACC (256, 3)
+    in ``fmt``, BVP scaled by ``gain`` (`bvp_gain`)."""
+    bvp_f, acc_f = recording.window(index)
+    return quantise(bvp_f, gain, fmt), quantise(acc_f, 1.0, fmt).reshape(-1, 3)
+
+
+class SharedLocalModel:
+    """The pruned model's verdict on each window of one recording, computed once.
+
+    The verdict is a function of the window's wire samples alone, so every wearable replaying
+    the same recording in the same sample format gets the same one: a fleet of 500 wearables on
+    16 recordings runs the model once per recording window instead of once per wearable and
+    window (in `gatewayd emulate` it ran on the emulator's event loop, about 1 ms a window).
+    Pass it as a `WearableCore`'s ``local_model``. Verdicts are kept in two small arrays, one
+    entry per recording window.
+    """
+
+    def __init__(self, session: ModelSession, recording: Recording, fmt: SampleFormat) -> None:
+        """Serve ``recording``'s windows in ``fmt`` from ``session`` (not run until asked)."""
+        self.session = session
+        self.recording = recording
+        self._fmt = fmt
+        self._gain = bvp_gain(recording, fmt)
+        n = recording.window_count()
+        self._known = np.zeros(n, dtype=np.bool_)
+        self._activity = np.zeros(n, dtype=np.uint8)
+        self._conf_e4 = np.zeros(n, dtype=np.uint16)
+        #: How many windows the model has run on (each at most once).
+        self.computed = 0
+
+    @property
+    def model_id(self) -> str:
+        """The session's model id (what the info characteristic names)."""
+        return self.session.model_id
+
+    def __call__(self, index: int) -> LocalActivity:
+        """The verdict on the recording's window ``index`` (run the model the first time)."""
+        if not self._known[index]:
+            bvp, acc = wire_window(self.recording, index, self._gain, self._fmt)
+            local = local_activity(self.session, bvp, acc)
+            self._activity[index], self._conf_e4[index] = local.activity, local.activity_conf_e4
+            self._known[index] = True
+            self.computed += 1
+        return LocalActivity(int(self._activity[index]), int(self._conf_e4[index]))
 
 
 @dataclass
@@ -324,11 +372,7 @@ class WearableCore:
     ) -> tuple[npt.NDArray[np.signedinteger], npt.NDArray[np.signedinteger]]:
         """The recording's window ``index`` as its sensors give it: BVP (512,) and ACC (256, 3)
         in the format."""
-        fmt = self.spec.sample_format
-        bvp_f, acc_f = self.spec.recording.window(index)
-        bvp = quantise(bvp_f, self._gain, fmt)
-        acc = quantise(acc_f, 1.0, fmt).reshape(-1, 3)
-        return bvp, acc
+        return wire_window(self.spec.recording, index, self._gain, self.spec.sample_format)
 
     def _window_message(self, replay_index: int, end_s: float) -> Message:
         fmt = self.spec.sample_format
