@@ -49,7 +49,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final
@@ -415,7 +415,9 @@ def _find_named(parent: int, name: str) -> int | None:
     return next((pid for pid in descendants(parent) if _comm(pid) == name), None)
 
 
-async def _stop(process: asyncio.subprocess.Process, limit_s: float = PROCESS_LIMIT_S) -> int:
+async def stop_process(
+    process: asyncio.subprocess.Process, limit_s: float = PROCESS_LIMIT_S
+) -> int:
     """SIGTERM, SIGKILL after ``limit_s``; the exit code."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -458,17 +460,26 @@ async def _read_env(path: Path, process: asyncio.subprocess.Process) -> dict[str
 
 
 @dataclass
-class _Received:
+class Received:
     """What the subscriber saw: first arrival (monotonic ns, offloaded) by (device, seq)."""
 
     telemetry: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
     per_device: dict[str, int] = field(default_factory=dict)
     connected: set[str] = field(default_factory=set)
+    #: The first telemetry payload of each (device, seq), when not None (keep_payloads).
+    payloads: dict[tuple[str, int], dict[str, Any]] | None = None
+
+    @classmethod
+    def keep_payloads(cls) -> Received:
+        """A record that also keeps each window's payload (seq, hr_bpm, activity, ...)."""
+        return cls(payloads={})
 
 
-async def _subscribe(
-    host: str, port: int, received: _Received, ready: asyncio.Event, client_id: str
+async def subscribe(
+    host: str, port: int, received: Received, ready: asyncio.Event, client_id: str
 ) -> None:
+    """Subscribe to every device's telemetry and state and record them in ``received`` (each
+    telemetry stamped with ``time.monotonic_ns`` on arrival); set ``ready`` once subscribed."""
     base = f"{TOPIC_ROOT}/{GATEWAY_ID}/devices"
     async with aiomqtt.Client(
         host, port, identifier=client_id, clean_session=True,
@@ -491,17 +502,22 @@ async def _subscribe(
                 if key not in received.telemetry:
                     received.telemetry[key] = (now, bool(body.get("offloaded")))
                     received.per_device[device] = received.per_device.get(device, 0) + 1
+                    if received.payloads is not None:
+                        received.payloads[key] = body
             elif body.get("connected"):
                 received.connected.add(device)
             else:
                 received.connected.discard(device)
 
 
-def _device_id(index: int) -> str:
+def device_id(index: int) -> str:
+    """The device id (its MQTT topic) of wearable ``index`` (0-based): w0001, ..."""
     return f"w{index + 1:04d}"
 
 
-def _write_config(directory: Path, n: int, mix: OffloadMix, broker: tuple[str, int]) -> Path:
+def write_config(directory: Path, n: int, mix: OffloadMix, broker: tuple[str, int]) -> Path:
+    """The gateway's configuration in ``directory`` for ``n`` wearables (paired: devices.json in
+    its state folder, device ids `device_id`) publishing to ``broker`` under ``mix``. Blocks."""
     adapters = ", ".join(f'"hci{i}"' for i in range(math.ceil(n / SLOTS)))
     path = directory / "gatewayd.toml"
     path.write_text(
@@ -513,7 +529,7 @@ def _write_config(directory: Path, n: int, mix: OffloadMix, broker: tuple[str, i
     )
     registry = DeviceRegistry.in_state_dir(directory / "state")
     for i in range(n):
-        registry.add(wearable_address(i + 1), "wearable", f"gw-wearable-{i + 1:02d}", _device_id(i))
+        registry.add(wearable_address(i + 1), "wearable", f"gw-wearable-{i + 1:02d}", device_id(i))
     return path
 
 
@@ -524,11 +540,11 @@ class _Run:
     directory: Path
     emulator: asyncio.subprocess.Process
     gateway: asyncio.subprocess.Process
-    received: _Received
+    received: Received
     sampler: ProcSampler
 
 
-async def _poll(condition: Callable[[], bool], limit_s: float, interval_s: float = 0.2) -> bool:
+async def poll(condition: Callable[[], bool], limit_s: float, interval_s: float = 0.2) -> bool:
     """Wait until ``condition()`` or ``limit_s``; whether it held."""
     deadline = time.monotonic() + limit_s
     while not condition():
@@ -547,29 +563,42 @@ async def _start(
     *, profile_to: Path | None = None,
 ) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, dict[str, str]]:  # fmt: skip
     """Start the emulator, then the gateway pointed at it."""
-    config = await asyncio.to_thread(_write_config, directory, n, mix, broker)
+    config = await asyncio.to_thread(write_config, directory, n, mix, broker)
     minutes = (options.warmup_limit_s + n * 0.5 + options.seconds + options.drain_limit_s) / 60
-    emulator_out = directory / "emulator.txt"
-    models = ["--models-dir", str(options.models_dir)] if options.models_dir else []
     # Real recordings loop (they may be shorter than the run); synthetic ones are made long enough.
     sessions = (
         [a for d in options.datasets for a in ("--dataset", str(d))] + ["--loop"]
         if options.datasets
         else ["--minutes", f"{minutes + 1:.2f}"]
     )
+    return await start_processes(
+        n, config, directory, [*sessions, "--seed", str(options.seed)],
+        models_dir=options.models_dir, profile_to=profile_to,
+    )  # fmt: skip
+
+
+async def start_processes(
+    n: int, config: Path, directory: Path, sessions: Sequence[str], *,
+    models_dir: Path | None = None, profile_to: Path | None = None,
+) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, dict[str, str]]:  # fmt: skip
+    """Start `gatewayd emulate` with ``n`` bonded wearables (``sessions``: what they replay and
+    how, e.g. ``--dataset PATH --loop``), stamping sends to ``directory``/stamps.txt, then
+    `gatewayd run --config config` pointed at it; (emulator, gateway, what the emulator printed:
+    `_read_env`). Its output goes to emulator.txt, the gateway's to gateway.log."""
+    emulator_out = directory / "emulator.txt"
+    models = ["--models-dir", str(models_dir)] if models_dir else []
     with emulator_out.open("w", encoding="utf-8") as out:
         emulator = await asyncio.create_subprocess_exec(
             *_python(), "-m", "gatewayd", "emulate", "--devices", str(n),
             "--adapters", str(math.ceil(n / SLOTS)), "--slots", str(SLOTS), "--bonded",
-            "--stamps", str(directory / "stamps.txt"), *sessions,
-            "--seed", str(options.seed), *models,
+            "--stamps", str(directory / "stamps.txt"), *sessions, *models,
             "--bus-connections-per-user", str(bus_connections_per_user(n)),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
         )  # fmt: skip
     try:
         found = await _read_env(emulator_out, emulator)
     except BaseException:
-        await _stop(emulator)
+        await stop_process(emulator)
         raise
     env = dict(os.environ)
     env["DBUS_SYSTEM_BUS_ADDRESS"] = found["DBUS_SYSTEM_BUS_ADDRESS"]
@@ -599,7 +628,7 @@ async def _warm_up(run: _Run, n: int, limit_s: float) -> bool:
                 f"a process exited early (gateway {run.gateway.returncode}, emulator"
                 f" {run.emulator.returncode}); see {run.directory}"
             )
-        settled = sum(received.per_device.get(_device_id(i), 0) >= SETTLE_WINDOWS for i in range(n))
+        settled = sum(received.per_device.get(device_id(i), 0) >= SETTLE_WINDOWS for i in range(n))
         now = (len(received.connected), settled)
         if now != progress:
             progress, moved = now, time.monotonic()
@@ -607,31 +636,46 @@ async def _warm_up(run: _Run, n: int, limit_s: float) -> bool:
             time.monotonic() - moved > STALL_S
         )
 
-    return await _poll(ready, limit_s) and progress[1] >= n
+    return await poll(ready, limit_s) and progress[1] >= n
 
 
 def _latencies(
-    stamps: Sequence[tuple[str, int, int]], received: _Received, n: int, start_ns: int, end_ns: int
+    stamps: Sequence[tuple[str, int, int]], received: Received, n: int, start_ns: int, end_ns: int
 ) -> tuple[list[float], int, int, int]:
     """(latencies ms, sent, received, offloaded) of the windows first sent in [start, end]."""
-    ids = {wearable_address(i + 1): _device_id(i) for i in range(n)}
-    latencies = []
     sent = offloaded = 0
+    latencies = []
+    for _, _, latency_ms, got in matched(stamps, received, n, start_ns, end_ns):
+        sent += 1
+        if latency_ms is not None:
+            latencies.append(latency_ms)
+            offloaded += got
+    return latencies, sent, len(latencies), offloaded
+
+
+def matched(
+    stamps: Sequence[tuple[str, int, int]],
+    received: Received,
+    n: int,
+    start_ns: int = 0,
+    end_ns: int = 2**63,
+) -> Iterator[tuple[str, int, float | None, bool]]:
+    """Each window of wearables 1..``n`` first sent in [start, end]: (device id, seq,
+    notify -> publish latency in ms or None if never published, offloaded)."""
+    ids = {wearable_address(i + 1): device_id(i) for i in range(n)}
     for address, seq, t_ns in stamps:
         device = ids.get(address)
         if device is None or not start_ns <= t_ns <= end_ns:
             continue
-        sent += 1
         got = received.telemetry.get((device, seq))
         if got is None:
-            continue
-        latencies.append((got[0] - t_ns) / 1e6)
-        offloaded += got[1]
-    return latencies, sent, len(latencies), offloaded
+            yield device, seq, None, False
+        else:
+            yield device, seq, (got[0] - t_ns) / 1e6, got[1]
 
 
-async def _drain(
-    stamps: Path, received: _Received, n: int, span: tuple[int, int], limit_s: float
+async def drain(
+    stamps: Path, received: Received, n: int, span: tuple[int, int], limit_s: float
 ) -> None:
     """Until every window first sent in ``span`` has arrived (stamps are flushed every 0.5 s)
     or ``limit_s``: the rest counts as lost."""
@@ -650,7 +694,7 @@ def bus_connections_per_user(n: int) -> int:
     return max(DBUS_CONNECTIONS_PER_USER, n + BUS_HEADROOM)
 
 
-def _point_notes(
+def point_notes(
     n: int, connected: int, all_in: bool, gateway_code: int, emulator_code: int
 ) -> list[str]:
     """What went wrong in a point's run, for its notes."""
@@ -670,6 +714,29 @@ def _point_notes(
     return notes
 
 
+@dataclass
+class RunFolder:
+    """A run's folder (configuration, logs, stamps) and whether to keep it."""
+
+    path: Path
+    keep: bool = False
+
+
+@contextlib.asynccontextmanager
+async def run_folder(prefix: str) -> AsyncIterator[RunFolder]:
+    """A new temporary folder for one run, removed at the end unless the block set ``keep`` or
+    raised (its logs say why)."""
+    folder = RunFolder(Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix)))
+    try:
+        yield folder
+    except BaseException:
+        folder.keep = True
+        raise
+    finally:
+        if not folder.keep:
+            await asyncio.to_thread(shutil.rmtree, folder.path, ignore_errors=True)
+
+
 async def run_point(  # noqa: PLR0915 - one run, told in order
     n: int,
     mix: OffloadMix,
@@ -681,10 +748,9 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
     say: Callable[[str], None] = lambda _t: None,
 ) -> PointResult:
     """Measure ``n`` wearables under ``mix`` for ``seconds`` (optionally the gateway profiled)."""
-    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gatewayd-scale-"))
-    keep = False
-    received = _Received()
-    try:
+    received = Received()
+    async with run_folder("gatewayd-scale-") as folder:
+        directory = folder.path
         emulator, gateway, found = await _start(
             n, mix, options, broker, directory, profile_to=profile_to
         )
@@ -700,7 +766,7 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
             sampler.watch("broker", mosquitto)
         ready = asyncio.Event()
         subscriber = asyncio.create_task(
-            _subscribe(broker[0], broker[1], received, ready, f"gatewayd-scale-{os.getpid()}")
+            subscribe(broker[0], broker[1], received, ready, f"gatewayd-scale-{os.getpid()}")
         )
         run = _Run(directory, emulator, gateway, received, sampler)
         try:
@@ -722,28 +788,28 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
                 end = sampler.mark()
                 if profile_to is not None:
                     gateway.send_signal(signal.SIGUSR2)
-                    await _poll(profile_to.is_file, PROCESS_LIMIT_S)
+                    await poll(profile_to.is_file, PROCESS_LIMIT_S)
                 threads_after = await asyncio.to_thread(thread_cpu, gateway.pid)
                 await sampler.sample_now()
                 connected = len(received.connected)
-                await _drain(directory / "stamps.txt", received, n, (start_ns, end_ns),
+                await drain(directory / "stamps.txt", received, n, (start_ns, end_ns),
                              options.drain_limit_s)  # fmt: skip
         finally:
-            gateway_code = await _stop(gateway)
-            emulator_code = await _stop(emulator)
+            gateway_code = await stop_process(gateway)
+            emulator_code = await stop_process(emulator)
             subscriber.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await subscriber
         text = await asyncio.to_thread((directory / "stamps.txt").read_text, "ascii")
         stamps = parse_stamps(text)
         latencies, sent, got, offloaded = _latencies(stamps, received, n, start_ns, end_ns)
-        notes = _point_notes(n, connected, all_in, gateway_code, emulator_code)
+        notes = point_notes(n, connected, all_in, gateway_code, emulator_code)
         processes = {
             name: sampler.usage(name, since=start, until=end + 0.5) for name in sampler.names
         }
         main = threads_after.get("main", 0.0) - threads_before.get("main", 0.0)
         rest = sum(threads_after.values()) - sum(threads_before.values()) - main
-        keep = bool(notes)
+        folder.keep = bool(notes)
         return PointResult(
             devices=n,
             offload=mix.name,
@@ -763,15 +829,9 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
             },
             processes=processes,
             gateway_threads={"main": main, "other": rest},
-            notes=notes + ([f"logs kept in {directory}"] if keep else []),
+            notes=notes + ([f"logs kept in {directory}"] if folder.keep else []),
             sources=tuple(found["SOURCES"].split(", ")) if "SOURCES" in found else (),
         )
-    except BaseException:
-        keep = True  # the logs say why
-        raise
-    finally:
-        if not keep:
-            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
 
 
 # --- the bare model ------------------------------------------------------------------------------
