@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,13 @@ from gatewayd.bench.paper_accuracy import (
     accuracy_point,
     held_out_setup,
     replay_held_out,
+)
+from gatewayd.bench.paper_activity import (
+    ActivityRow,
+    MappingCheck,
+    PublishedWindow,
+    end_to_end_available,
+    figure4,
 )
 from gatewayd.bench.paper_common import markdown_table
 from gatewayd.bench.paper_energy import (
@@ -90,6 +98,11 @@ def test_quick_run_writes_every_artefact(
     for key in NOT_RUN:
         assert key in index["not_run"]
     expected = ["table1", "fig5_energy"]
+    end_to_end = end_to_end_available() is None
+    if end_to_end:
+        expected.append("fig4")
+    else:
+        assert "fig4" in index["not_run"]
     can_train = training_available() is None
     if can_train:
         expected.append("fig6_loss")
@@ -131,6 +144,9 @@ def test_quick_run_writes_every_artefact(
     assert "synthetic" in (out / "fig5_energy.md").read_text(encoding="utf-8")
     assert "oof.npz" in (out / "fig5_energy.md").read_text(encoding="utf-8")
 
+    if end_to_end:
+        assert_figure4(out / "fig4.json", (out / "fig4.md").read_text(encoding="utf-8"))
+
     if can_train:
         f6 = json.loads((out / "fig6_loss.json").read_text(encoding="utf-8"))
         assert f6["artefact"] == "fig6"
@@ -143,6 +159,79 @@ def test_quick_run_writes_every_artefact(
     assert "## Not run" in md
     assert "Figure 3" in md
     assert "Figure 4" in md
+
+
+def assert_figure4(path: Path, markdown: str) -> None:
+    """fig4.json is well formed: every synthetic session replayed end to end, rows per label,
+    per group and in all, each with its figures (not what they are)."""
+    f4 = json.loads(path.read_text(encoding="utf-8"))
+    assert f4["artefact"] == "fig4"
+    assert f4["sessions"]["kind"] == "synthetic"
+    assert f4["sessions"]["replayed"] == f4["run"]["wearables"] == f4["sessions"]["recordings"]
+    assert f4["run"]["speed"] > 1
+    check = f4["mapping_check"]
+    assert set(check) == {"published_windows", "offload_decision_agrees", "local_windows",
+                          "local_activity_agrees", "holds"}  # fmt: skip
+    assert isinstance(check["holds"], bool)
+    assert f4["labels"]
+    assert all(r["name"].startswith("synthetic: ") for r in f4["labels"])
+    assert {r["name"] for r in f4["groups"]} <= {"rest", "light", "vigorous", "unknown"}
+    rows = [*f4["labels"], *f4["groups"], f4["all"]]
+    for row in rows:
+        assert set(row) >= {"windows", "published", "offload_ratio", "accuracy", "hr_mae_bpm",
+                            "latency_ms", "energy_mj_per_window"}  # fmt: skip
+        assert set(row["accuracy"]) == {"edge_assisted", "local_only"}
+        assert set(row["latency_ms"]) >= {"p50", "p95"}
+        assert 0 <= row["published"] <= row["windows"]
+    assert f4["all"]["windows"] == sum(r["windows"] for r in f4["labels"])
+    assert f4["all"]["windows"] == sum(r["windows"] for r in f4["groups"])
+    assert "synthetic" in markdown
+    assert "### By activity group" in markdown
+
+
+def published(
+    group: int,
+    activity: int,
+    *,
+    offloaded: bool = False,
+    local: int | None = None,
+    hr: float = 70.0,
+    ref: float = 72.0,
+    latency: float = 5.0,
+) -> PublishedWindow:
+    """A published window of BAMI's "walking"; the wearable's own answer ``local`` (default:
+    what was published), its heart rate 1 bpm below the published one."""
+    return PublishedWindow(
+        recording=0, source="bami", label="walking", group=group, ref_hr=ref, published=True,
+        activity=activity, hr_bpm=hr, offloaded=offloaded, latency_ms=latency,
+        local_activity=activity if local is None else local, local_hr=hr - 1,
+        local_offloaded=offloaded,
+    )  # fmt: skip
+
+
+def test_figure4_rows_score_what_was_published_against_local_only() -> None:
+    c = costs()
+    rows = [
+        published(1, 1, latency=2.0),
+        published(1, 2, offloaded=True, local=1, hr=80.0, latency=9.0),
+        published(1, 1, offloaded=True, local=0, latency=7.0),
+        published(255, 0, ref=math.nan),
+        replace(published(1, 1), published=False, activity=255, hr_bpm=math.nan),
+    ]
+    row = ActivityRow.of("bami: walking", "light", rows, c)
+    assert (row.windows, row.published, row.offloaded, row.scored) == (5, 4, 2, 3)
+    assert (row.correct, row.local_correct) == (2, 2)
+    assert row.hr_windows == 3
+    assert row.hr_mae == pytest.approx((2 + 8 + 2) / 3)
+    assert row.local_hr_mae == pytest.approx((3 + 7 + 3) / 3)
+    assert row.latency["local_p50"] == 2.0
+    assert row.edge_j == pytest.approx((2 * c.local_j + 2 * c.offloaded_j) / 4)
+    fig = figure4(rows, c, model_id="m", sessions={"describe": "x"}, run={"describe": "y"})
+    assert [r.name for r in fig.labels] == ["bami: walking"]
+    assert {r.name: r.windows for r in fig.groups} == {"light": 4, "unknown": 1}
+    assert fig.mapping.holds
+    moved = [*rows, replace(rows[0], activity=2)]
+    assert not MappingCheck.of(moved).holds
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path) -> None:

@@ -1,22 +1,28 @@
 """`gatewayd bench paper`: the paper's experiments reproduced on our system (docs/paper.md).
 
-This slice runs Table 1 (`paper_table1`), Figure 5 (`paper_energy`; with a --run folder's
-oof.npz, held out and with its accuracy cost, `paper_accuracy`) and Figure 6 (`paper_loss`);
-Figures 3 and 4 are not built yet (`NOT_RUN`), and every report says so. Each
+This slice runs Table 1 (`paper_table1`), Figure 4 (`paper_activity`: every session replayed
+once through the emulator, BLE and the gateway, as real processes), Figure 5 (`paper_energy`;
+with a --run folder's oof.npz, held out and with its accuracy cost, `paper_accuracy`) and
+Figure 6 (`paper_loss`); Figure 3 is not built yet (`NOT_RUN`), and every report says so. Each
 artefact is written to the output folder as JSON, a Markdown table and a PNG as soon as it is
-done; paper.json and paper.md index them. Blocks (models are timed, sessions replayed).
+done; paper.json and paper.md index them. Blocks (models are timed, sessions replayed; Figure 4
+runs in real time: as long as the longest session, or a tenth of it with --quick).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
+
+import numpy as np
 
 from gatewayd.bench.models import bench_environment, bench_one
 from gatewayd.bench.paper_accuracy import (
@@ -28,6 +34,15 @@ from gatewayd.bench.paper_accuracy import (
     held_out_setup,
     load_out_of_fold,
     replay_held_out,
+)
+from gatewayd.bench.paper_activity import (
+    EndToEnd,
+    end_to_end_available,
+    figure4,
+    format_figure4,
+    join_windows,
+    plot_figure4,
+    run_end_to_end,
 )
 from gatewayd.bench.paper_energy import (
     SessionWindows,
@@ -53,16 +68,19 @@ from gatewayd.config import InferenceConfig
 from gatewayd.datasets import (
     DatasetError,
     Recording,
+    RecordingSource,
     find_recordings,
     generate_recording,
     load,
     require_recordings,
 )
+from gatewayd.datasets.synthetic import write_synthetic_dataset
 from gatewayd.emulator.virtual import pick_wearable_model
-from gatewayd.eval import OutOfFold, WindowTable
+from gatewayd.energy import window_message_bytes
+from gatewayd.eval import OutOfFold, ReplaySetup, WindowTable, replay
 from gatewayd.inference import InstalledModel, ModelRegistry, ModelSession
 from gatewayd.inference.analysis import HrFusion
-from gatewayd.protocol.messages import SampleFormat
+from gatewayd.protocol.messages import SUMMARY_SIZE, SampleFormat
 from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS
 
 __all__ = [
@@ -78,9 +96,6 @@ __all__ = [
 NOT_RUN: Final = {
     "fig3": "Figure 3, lightweight networks compared (1D SqueezeNet, ShuffleNetV2 and"
     " EfficientNet-Lite0 beside MobileNetV2-1D): not built yet",
-    "fig4": "Figure 4, robustness by activity (accuracy, HR MAE, end-to-end latency and energy"
-    " per activity group, real sessions through the emulator, BLE and the gateway): not built"
-    " yet",
 }
 #: The wearable's model in Figure 5: the emulated wearable's default pruning (int8 first).
 WEARABLE_PRUNING: Final = 40
@@ -88,6 +103,10 @@ WEARABLE_PRUNING: Final = 40
 SYNTHETIC_SESSIONS: Final = (8, 15.0)
 QUICK_SYNTHETIC_SESSIONS: Final = (3, 5.0)
 SYNTHETIC_SEED: Final = 1
+#: Figure 4 replays the sessions in real time; --quick (synthetic sessions) ten times faster.
+FIG4_SPEED, QUICK_FIG4_SPEED = 1.0, 10.0
+#: Progress steps of Figure 4's end-to-end run (one per twentieth of the windows published).
+FIG4_TICKS: Final = 20
 #: Timed runs per model (batch 1) and the throughput batch, as `bench models` measures.
 RUNS, QUICK_RUNS = 200, 20
 BATCH, QUICK_BATCH = 32, 8
@@ -216,34 +235,51 @@ def _table_models(registry: ModelRegistry) -> list[InstalledModel]:
     ]
 
 
-def _sessions(options: PaperOptions) -> tuple[list[Recording], dict[str, Any]]:
+def _synthetic_sessions(options: PaperOptions) -> tuple[int, float]:
+    """(subjects, minutes) of the synthetic sessions (without --data)."""
+    return QUICK_SYNTHETIC_SESSIONS if options.quick else SYNTHETIC_SESSIONS
+
+
+def _sessions(
+    options: PaperOptions,
+) -> tuple[list[Recording], list[RecordingSource | None], dict[str, Any]]:
+    """The sessions, where each was read from (None: made here) and their description."""
     if not options.data:
-        subjects, minutes = QUICK_SYNTHETIC_SESSIONS if options.quick else SYNTHETIC_SESSIONS
+        subjects, minutes = _synthetic_sessions(options)
         recordings = [
             generate_recording(i, minutes, SYNTHETIC_SEED) for i in range(1, subjects + 1)
         ]
-        return recordings, {
-            "kind": "synthetic",
-            "describe": f"synthetic sessions (gatewayd.datasets.synthetic, a model of wrist PPG"
-            f" and motion, not a measurement): {subjects} subjects x {minutes:g} min, seed"
-            f" {SYNTHETIC_SEED}",
-            "label": "synthetic sessions",
-            "datasets": [],
-            "sources": ["synthetic"],
-            "recordings": len(recordings),
-        }
-    recordings = [load(s) for path in options.data for s in find_recordings(path)]
+        return (
+            recordings,
+            [None] * len(recordings),
+            {
+                "kind": "synthetic",
+                "describe": f"synthetic sessions (gatewayd.datasets.synthetic, a model of wrist PPG"
+                f" and motion, not a measurement): {subjects} subjects x {minutes:g} min, seed"
+                f" {SYNTHETIC_SEED}",
+                "label": "synthetic sessions",
+                "datasets": [],
+                "sources": ["synthetic"],
+                "recordings": len(recordings),
+            },
+        )
+    found = [s for path in options.data for s in find_recordings(path)]
+    recordings = [load(s) for s in found]
     sources = sorted({r.source for r in recordings})
     kind = "synthetic" if sources == ["synthetic"] else "real"
     where = ", ".join(str(d) for d in options.data)
-    return recordings, {
-        "kind": kind,
-        "describe": f"{kind} recordings from {where}: {len(recordings)} ({', '.join(sources)})",
-        "label": f"{kind} sessions: {', '.join(sources)}",
-        "datasets": [str(d) for d in options.data],
-        "sources": sources,
-        "recordings": len(recordings),
-    }
+    return (
+        recordings,
+        list(found),
+        {
+            "kind": kind,
+            "describe": f"{kind} recordings from {where}: {len(recordings)} ({', '.join(sources)})",
+            "label": f"{kind} sessions: {', '.join(sources)}",
+            "datasets": [str(d) for d in options.data],
+            "sources": sources,
+            "recordings": len(recordings),
+        },
+    )
 
 
 def _in_sample(recordings: Sequence[Recording], model: InstalledModel) -> int:
@@ -290,6 +326,118 @@ def _table1(report: PaperReport, models: Sequence[InstalledModel], progress: Pro
     else:
         report.not_run["table1"] = "Table 1: no models installed"
     progress.step("Table 1", "written")
+
+
+def _figure4(
+    report: PaperReport,
+    registry: ModelRegistry,
+    recordings: Sequence[Recording],
+    found: Sequence[RecordingSource | None],
+    progress: Progress,
+) -> None:
+    """Figure 4: the sessions with PPG replayed end to end (`paper_activity`)."""
+    wearable = pick_wearable_model(registry, WEARABLE_PRUNING)
+    chosen = [(r, s) for r, s in zip(recordings, found, strict=True) if r.has_bvp]
+    why = end_to_end_available()
+    if wearable is None:
+        why = f"no wearable model pruned {WEARABLE_PRUNING} %"
+    elif not chosen:
+        why = "no session has PPG"
+    if why is not None:
+        report.not_run["fig4"] = f"Figure 4: {why}"
+        for _ in range(len(chosen) + FIG4_TICKS + 1):
+            progress.step("Figure 4", "not run")
+        return
+    assert wearable is not None
+    options = report.options
+    speed = QUICK_FIG4_SPEED if options.quick and not options.data else FIG4_SPEED
+    session = ModelSession(wearable.card, wearable.path, threads=1)
+    setup = ReplaySetup(wearable_model=session, gateway_model=None, model_every_window=False)
+    tables = []
+    for recording, _ in chosen:
+        progress.step("Figure 4", f"{recording.name}, local only")
+        tables.append(replay(recording, setup))
+    ticks = 0
+
+    def tick(got: int, total: int) -> None:
+        nonlocal ticks
+        while ticks < FIG4_TICKS and got * FIG4_TICKS >= (ticks + 1) * total:
+            ticks += 1
+            progress.step("Figure 4", f"{got}/{total} windows published")
+
+    windows = [len(t) for t in tables]
+    with tempfile.TemporaryDirectory(prefix="gatewayd-fig4-sessions-") as tmp:
+        if any(s is None for _, s in chosen):
+            # The synthetic sessions, written as the emulator reads them (the same data).
+            subjects, minutes = _synthetic_sessions(options)
+            paths = write_synthetic_dataset(tmp, subjects, minutes, SYNTHETIC_SEED)
+        else:
+            paths = [s.path for _, s in chosen if s is not None]
+        progress.say(
+            f"Figure 4: {len(paths)} sessions, {sum(windows)} windows, replayed end to end at"
+            f" {speed:g}x real time"
+        )
+        try:
+            run = asyncio.run(run_end_to_end(paths, windows, speed=speed,
+                                             models_dir=options.models_dir, tick=tick))  # fmt: skip
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            report.not_run["fig4"] = f"Figure 4: the end-to-end run failed: {exc}"
+            run = None
+    for _ in range(ticks, FIG4_TICKS):
+        progress.step("Figure 4", "replayed")
+    if run is not None:
+        _write_figure4(report, wearable=wearable, recordings=[r for r, _ in chosen], tables=tables,
+                       run=run, progress=progress)  # fmt: skip
+    progress.step("Figure 4", "written")
+
+
+def _write_figure4(
+    report: PaperReport,
+    *,
+    wearable: InstalledModel,
+    recordings: Sequence[Recording],
+    tables: Sequence[WindowTable],
+    run: EndToEnd,
+    progress: Progress,
+) -> None:
+    rows = join_windows(recordings, tables, run)
+    costs = WindowCosts.of(
+        wearable.card.macs,
+        int8=wearable.card.quantization != "none",
+        summary_bytes=SUMMARY_SIZE,
+        window_bytes=window_message_bytes(np.dtype(SampleFormat.INT16.dtype).itemsize),
+    )
+    sessions = dict(report.sessions)
+    sources = sorted({r.source for r in recordings})
+    describe = (
+        f"Replayed end to end: {len(recordings)} wearables, one per session with PPG, each"
+        " replaying its recording once from its first window (`gatewayd emulate --dataset ..."
+        f" --speed {run.speed:g}`, no `--loop`), over the emulated BlueZ into `gatewayd run`"
+        f" (the shipped offload policy), published to {run.broker}; {run.wall_s:.0f} s of wall"
+        f" time at {run.speed:g}x real time on {report.environment.get('cpu', '?')}"
+        f" ({report.environment.get('cpus', '?')} CPUs)."
+    )
+    skipped = int(report.sessions.get("recordings", len(recordings))) - len(recordings)
+    if skipped:
+        describe += f" Left out: {skipped} sessions without PPG."
+    fig = figure4(
+        rows,
+        costs,
+        model_id=wearable.model_id,
+        sessions={**sessions, "replayed": len(recordings), "replayed_sources": sources},
+        run={
+            "describe": describe,
+            "speed": run.speed,
+            "wall_s": round(run.wall_s, 1),
+            "broker": run.broker,
+            "wearables": len(recordings),
+            "left_out_without_ppg": skipped,
+            "notes": run.notes,
+        },
+    )
+    label = str(report.sessions["label"])
+    plot = functools.partial(plot_figure4, fig, label=label)
+    _write(report, _Artefact("fig4", fig.to_json(), format_figure4(fig), plot), progress)
 
 
 #: Why Figure 5 may have no accuracy cost (followed by this run's reason).
@@ -635,11 +783,13 @@ def run_paper(options: PaperOptions, stream: IO[str] | None = None) -> PaperRepo
 
     registry = ModelRegistry.discover(options.models_dir)
     table_models = _table_models(registry)
-    recordings, sessions = _sessions(options)
+    recordings, found, sessions = _sessions(options)
     train = options.run is None and options.quick and training_available() is None
-    progress = Progress(len(table_models) + len(recordings) + 4, stream)
+    with_ppg = sum(r.has_bvp for r in recordings)
+    progress = Progress(len(table_models) + len(recordings) + with_ppg + FIG4_TICKS + 5, stream)
     report = PaperReport(options=options, environment=bench_environment(), sessions=sessions)
     _table1(report, table_models, progress)
+    _figure4(report, registry, recordings, found, progress)
     _figure5(report, registry, recordings, progress)
     _figure6(report, train, progress)
     out = options.out

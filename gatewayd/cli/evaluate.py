@@ -614,15 +614,19 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     models_dir_option(scale)
     paper = what.add_parser(
         "paper",
-        help="the paper's Table 1 and Figures 5 and 6 on our system (docs/paper.md)",
+        help="the paper's Table 1 and Figures 4, 5 and 6 on our system (docs/paper.md)",
         description="Table 1 (the wearable's models pruned 0-80 %, fp32 and int8: size, MACs,"
         " latency here, modelled Cortex-M4F latency and energy, the cards' held-out accuracy,"
-        " ratios beside the paper's), Figure 5 (the wearable's energy, local-only against"
+        " ratios beside the paper's), Figure 4 (robustness by activity: every session with PPG"
+        " replayed once in real time through the emulator, BLE and the gateway; per activity"
+        " label and group the accuracy and HR MAE of what the gateway published beside local"
+        " only, the notify -> publish latency, the share offloaded and the wearable's"
+        " energy), Figure 5 (the wearable's energy, local-only against"
         " edge-assisted, over a sweep of tau and the minimum confidence, from the emulated"
         " wearable's decisions; with --run's oof.npz and real --data, held out, with the"
         " accuracy cost of each point) and Figure 6 (training loss curves of --run). Each is"
         " written to --out as JSON, Markdown and PNG; paper.json and paper.md index them and"
-        " name what is not run (Figures 3 and 4 are not built yet). Exit 69 when nothing was"
+        " name what is not run (Figure 3 is not built yet). Exit 69 when nothing was"
         " produced.",
     )
     global_options(paper, suppress=True)
@@ -636,14 +640,15 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         type=Path,
         action="append",
         metavar="PATH",
-        help="replay these recordings in Figure 5 (a file or folder of any set gatewayd reads;"
-        " repeatable) instead of synthetic sessions",
+        help="replay these recordings in Figures 4 and 5 (a file or folder of any set gatewayd"
+        " reads; repeatable) instead of synthetic sessions",
     )
     paper.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run of a minute: fewer timed runs, 3 short synthetic sessions, and"
-        " without --run a tiny training run of its own for Figure 6 (when PyTorch is here)",
+        help="a smoke run of a minute or two: fewer timed runs, 3 short synthetic sessions"
+        " (Figure 4 replays them at 10x real time), and without --run a tiny training run of"
+        " its own for Figure 6 (when PyTorch is here)",
     )
     paper.add_argument(
         "--run",
