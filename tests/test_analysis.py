@@ -69,10 +69,16 @@ def test_model_input_is_the_transform_the_card_names() -> None:
                      preprocessing=PREPROCESSING_V1)  # fmt: skip
     assert v1.shape == (4, 512)
     np.testing.assert_array_equal(v1, filters.preprocess_window(bvp, acc, 64, 32))
-    v2 = model_input(bvp, acc, bvp_rate_hz=64, acc_rate_hz=32, acc_lsb_per_g=64,
+    v3 = model_input(bvp, acc, bvp_rate_hz=64, acc_rate_hz=32, acc_lsb_per_g=64,
                      preprocessing=preprocess.PREPROCESSING_ID)  # fmt: skip
+    assert v3.shape == (15, 256)
+    np.testing.assert_array_equal(v3, preprocess.preprocess_window(bvp, acc, 64, 32))
+    # v2 models (before the band channels) get the first 7 channels, the v2 transform.
+    v2 = model_input(bvp, acc, bvp_rate_hz=64, acc_rate_hz=32, acc_lsb_per_g=64,
+                     preprocessing=preprocess.PREPROCESSING_V2)  # fmt: skip
     assert v2.shape == (7, 256)
-    np.testing.assert_array_equal(v2, preprocess.preprocess_window(bvp, acc, 64, 32))
+    assert v2.flags.c_contiguous
+    np.testing.assert_array_equal(v2, v3[:7])
     with pytest.raises(ValueError, match="not one this gateway knows"):
         model_input(bvp, acc, bvp_rate_hz=64, acc_rate_hz=32, acc_lsb_per_g=64,
                     preprocessing="someone-elses/v9")  # fmt: skip

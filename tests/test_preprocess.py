@@ -40,11 +40,29 @@ def _acc(amplitude_g: float = 0.5, hz: float = 2.0, lsb_per_g: float = 64.0) -> 
 
 def test_shape_dtype_and_channel_names() -> None:
     x = preprocess_window(_pulse(), _acc())
-    assert x.shape == (MODEL_CHANNELS, MODEL_WINDOW_LEN) == (7, 256)
+    assert x.shape == (MODEL_CHANNELS, MODEL_WINDOW_LEN) == (15, 256)
     assert x.dtype == np.float32
     assert MODEL_CHANNEL_NAMES[0] == "bvp"
-    assert MODEL_CHANNEL_NAMES[-1] == "ppg"
+    assert MODEL_CHANNEL_NAMES[6] == "ppg"
+    assert MODEL_CHANNEL_NAMES[7:] == (
+        *(f"axes_e{b}hz" for b in ("0.25_1", "1_2", "2_3", "3_5")),
+        *(f"mag_e{b}hz" for b in ("0.25_1", "1_2", "2_3", "3_5")),
+    )
     assert x.flags.c_contiguous
+
+
+def test_band_channels_say_where_the_motion_sits_in_frequency() -> None:
+    # Arm swing at 1.5 Hz (walking) and at 2.5 Hz (running): the axes' energy is in the 1-2 Hz
+    # and the 2-3 Hz band (channels 8 and 9); a still wrist has none in any band.
+    walking = preprocess_window(_pulse(), _acc(0.3, 1.5))[7:11, 0]
+    running = preprocess_window(_pulse(), _acc(0.3, 2.5))[7:11, 0]
+    assert int(np.argmax(walking)) == 1
+    assert int(np.argmax(running)) == 2
+    still = preprocess_window(_pulse(), _acc(0.0))[7:, 0]
+    assert float(still.max()) < 0.05
+    # Constant channels, the same in every sample.
+    x = preprocess_window(_pulse(), _acc(0.3, 2.5))
+    assert np.all(x[7:] == x[7:, :1])
 
 
 def test_acc_keeps_its_scale_in_g() -> None:
@@ -124,7 +142,7 @@ def test_non_numeric_input_is_a_type_error() -> None:
 def _reference(
     bvp: np.ndarray, acc: np.ndarray, bvp_rate: int, acc_rate: int, lsb: float, has_bvp: bool
 ) -> np.ndarray:
-    """The model input v2 written with scipy's public sosfiltfilt and resample_poly."""
+    """The model input v3 written with scipy's public sosfiltfilt and resample_poly."""
 
     def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
         g = math.gcd(src, dst)
@@ -156,6 +174,15 @@ def _reference(
     out[1:5] = filtfilt(low, dynamic, 2 * rate / 5.0).T
     out[5] = motion_level(spread)
     out[6] = 1.0 if has_bvp else 0.0
+    # v3: log band energies of the low-passed ACC, axes together and |a|, Hann-windowed.
+    hann = np.hanning(n)[:, None]
+    freqs = np.fft.rfftfreq(n, d=1.0 / rate)
+    for k, columns in enumerate((out[1:4].T, out[4:5].T)):
+        power = np.abs(np.fft.rfft(columns * hann, axis=0)) ** 2 * 2.0 / (n * np.sum(hann**2))
+        power = power.sum(axis=1)
+        for j, (lo, hi) in enumerate(((0.25, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 5.0))):
+            energy = power[(freqs >= lo) & (freqs < hi)].sum()
+            out[7 + 4 * k + j] = (np.log10(energy + 1e-10) + 10.0) / 10.0
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch", reason="training needs the `train` extra (t
 
 from torch import nn  # noqa: E402
 
+from gatewayd.signals.preprocess import MODEL_CHANNELS  # noqa: E402
 from training.data import WindowSet  # noqa: E402
 from training.leakage import leakage_check, synthetic_fast_pulse  # noqa: E402
 from training.metrics import (  # noqa: E402
@@ -103,7 +104,7 @@ class _MotionReader(nn.Module):
 
 def _held_out(n_rest: int, n_vig: int) -> WindowSet:
     t = np.arange(256) / 32
-    x = np.zeros((n_rest + n_vig, 7, 256), np.float32)
+    x = np.zeros((n_rest + n_vig, MODEL_CHANNELS, 256), np.float32)
     x[:n_rest, 0] = np.sin(2 * np.pi * 1.1 * t)  # 66 bpm at rest
     x[n_rest:, 0] = np.sin(2 * np.pi * 2.6 * t)  # 156 bpm running
     x[:n_rest, 5] = 0.1

@@ -75,7 +75,7 @@ def test_training_tensor_is_preprocess_window_of_each_window(
             np.testing.assert_array_equal(ws.features[offset + i], acc_features(acc))
         offset += rec.window_count()
     assert offset == len(ws)
-    assert ws.x.shape[1:] == (7, 256)
+    assert ws.x.shape[1:] == (15, 256)
 
 
 def test_stride_keeps_every_other_window(recordings: list[Recording]) -> None:

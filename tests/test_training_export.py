@@ -25,7 +25,11 @@ from gatewayd.inference.cards import (  # noqa: E402
     verify,
 )
 from gatewayd.inference.cards import sha256_of as card_sha256  # noqa: E402
-from gatewayd.signals.preprocess import MODEL_CHANNEL_NAMES, PREPROCESSING_ID  # noqa: E402
+from gatewayd.signals.preprocess import (  # noqa: E402
+    MODEL_CHANNEL_NAMES,
+    MODEL_CHANNELS,
+    PREPROCESSING_ID,
+)
 from training.data import preprocess_recording  # noqa: E402
 from training.export import (  # noqa: E402
     CardInfo,
@@ -60,7 +64,7 @@ def windows() -> np.ndarray:
     """Random windows and real (preprocessed synthetic) ones."""
     rng = np.random.default_rng(0)
     real = preprocess_recording(generate_recording(2, 1.0, seed=1))
-    return np.concatenate([rng.standard_normal((6, 7, 256)).astype(np.float32), real])
+    return np.concatenate([rng.standard_normal((6, MODEL_CHANNELS, 256)).astype(np.float32), real])
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,9 @@ def test_graph_has_the_card_interface(exported: dict[str, Path], layout: Layout)
     assert not (exported[layout].parent / (exported[layout].name + ".data")).exists()
     sess = ort.InferenceSession(str(exported[layout]), providers=["CPUExecutionProvider"])
     shape = [d if isinstance(d, int) else "N" for d in sess.get_inputs()[0].shape]
-    assert shape == (["N", 7, 256] if layout == "conv1d" else ["N", 7, 1, 256])
+    assert shape == (
+        ["N", MODEL_CHANNELS, 256] if layout == "conv1d" else ["N", MODEL_CHANNELS, 1, 256]
+    )
     for batch in (1, 5):  # the batch axis is dynamic
         x = np.zeros((batch, *shape[1:]), dtype=np.float32)
         act, hr = sess.run(None, {"x": x})
@@ -163,7 +169,7 @@ def test_card_matches_its_file_and_round_trips_the_new_fields(
     assert card.params == count_params(model)
     assert card.macs == count_macs(model)
     assert card.layout == "conv2d"
-    assert card.input.shape == ["N", 7, 1, 256]
+    assert card.input.shape == ["N", MODEL_CHANNELS, 1, 256]
     assert card.input.channels == list(MODEL_CHANNEL_NAMES)
     assert card.input.preprocessing == PREPROCESSING_ID
     assert card.input.rate_hz == 32

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="training needs the `train` extra (t
 from torch import nn  # noqa: E402
 
 from gatewayd.datasets import generate_recording  # noqa: E402
+from gatewayd.signals.preprocess import MODEL_CHANNELS  # noqa: E402
 from training.data import NO_ACTIVITY, build_window_set  # noqa: E402
 from training.model import (  # noqa: E402
     HR_CENTRES,
@@ -33,7 +34,7 @@ from training.train import (  # noqa: E402
 
 def test_heads_have_the_card_shapes() -> None:
     model = MobileNetV2_1D(0.25).eval()
-    act, hr = model(torch.randn(3, 7, 256))
+    act, hr = model(torch.randn(3, MODEL_CHANNELS, 256))
     assert act.shape == (3, 3)  # rest, light, vigorous
     assert hr.shape == (3, 200)
     assert float(HR_CENTRES[0]) == 30.0
@@ -59,7 +60,7 @@ def test_conv2d_layout_is_the_same_function() -> None:
         if isinstance(m, nn.BatchNorm1d):
             m.running_mean.normal_(0.0, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(4, 7, 256)
+    x = torch.randn(4, MODEL_CHANNELS, 256)
     model2d = to_conv2d(model)
     assert not any(isinstance(m, nn.Conv1d) for m in model2d.modules())
     with torch.no_grad():
@@ -70,14 +71,15 @@ def test_conv2d_layout_is_the_same_function() -> None:
 
 
 def test_macs_count_by_hand() -> None:
+    c = MODEL_CHANNELS
     net = nn.Sequential(
-        nn.Conv1d(7, 8, 3, 2, 1),  # out length 128: 128 * 8 * 7 * 3
+        nn.Conv1d(c, 8, 3, 2, 1),  # out length 128: 128 * 8 * c * 3
         nn.Conv1d(8, 8, 3, 1, 1, groups=8),  # 128 * 8 * 1 * 3
     )
-    assert count_macs(net) == 128 * 8 * 7 * 3 + 128 * 8 * 3
+    assert count_macs(net) == 128 * 8 * c * 3 + 128 * 8 * 3
     head = nn.Linear(16, 9)
-    assert count_macs(nn.Sequential(nn.Conv1d(7, 16, 256), nn.Flatten(), head)) == (
-        16 * 7 * 256 + 16 * 9
+    assert count_macs(nn.Sequential(nn.Conv1d(c, 16, 256), nn.Flatten(), head)) == (
+        16 * c * 256 + 16 * 9
     )
 
 
@@ -137,7 +139,7 @@ def test_hr_loss_ignores_windows_without_ppg_and_their_gradient_is_zero() -> Non
     # augmentation's view of it (and of a dropped or swapped PPG) is a NaN label.
     hr_logits = torch.randn(2, 200, requires_grad=True)
     act_logits = torch.randn(2, 3)
-    x = torch.randn(2, 7, 256)
+    x = torch.randn(2, MODEL_CHANNELS, 256)
     x[1, 0] = 0.0
     x[1, 6] = 0.0
     has_bvp = torch.tensor([True, False])
@@ -158,7 +160,7 @@ def test_hr_loss_ignores_windows_without_ppg_and_their_gradient_is_zero() -> Non
 def test_ppg_dropout_zeroes_both_ppg_channels_and_masks_hr() -> None:
     gen = torch.Generator().manual_seed(1)
     n = 400
-    x = torch.randn(n, 7, 256)
+    x = torch.randn(n, MODEL_CHANNELS, 256)
     x[:, 6] = 1.0
     has_bvp = torch.arange(n) % 4 != 0  # a quarter of the windows come without PPG
     x[~has_bvp, 0] = 0.0
@@ -179,7 +181,7 @@ def test_ppg_dropout_zeroes_both_ppg_channels_and_masks_hr() -> None:
 def test_bvp_swap_keeps_the_acc_and_takes_another_windows_bvp() -> None:
     gen = torch.Generator().manual_seed(2)
     n = 200
-    x = torch.randn(n, 7, 256)
+    x = torch.randn(n, MODEL_CHANNELS, 256)
     x[:, 6] = 1.0
     has_bvp = torch.ones(n, dtype=torch.bool)
     xb, hr_out, own = augment_batch(

@@ -11,6 +11,7 @@ pytest.importorskip("torch_pruning", reason="pruning needs torch-pruning (the `t
 
 from torch import nn  # noqa: E402
 
+from gatewayd.signals.preprocess import MODEL_CHANNELS  # noqa: E402
 from training.model import MobileNetV2_1D, conv_channels, count_macs, count_params  # noqa: E402
 from training.prune import channel_ratio, prune_l1  # noqa: E402
 
@@ -39,7 +40,7 @@ def test_pruning_removes_the_requested_share_of_channels(model: MobileNetV2_1D, 
         for producer, consumer in itertools.pairwise(convs):
             assert producer.out_channels == consumer.in_channels
     # Heads keep their outputs; shapes are unchanged and the forward pass works.
-    x = torch.randn(3, 7, 256)
+    x = torch.randn(3, MODEL_CHANNELS, 256)
     with torch.no_grad():
         act, hr = pruned(x)
     assert act.shape == (3, 3)

@@ -66,7 +66,7 @@ def default_window_cache() -> Path:
 
 
 def preprocess_recording(rec: Recording) -> npt.NDArray[np.float32]:
-    """Return every window of ``rec`` through preprocess_window, float32 (n, 7, 256)."""
+    """Return every window of ``rec`` through preprocess_window, float32 (n, channels, 256)."""
     n = rec.window_count()
     out = np.empty((n, MODEL_CHANNELS, MODEL_WINDOW_LEN), dtype=np.float32)
     for i in range(n):

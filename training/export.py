@@ -6,8 +6,8 @@ emits a clean graph (Conv, Clip, Add, ReduceMean, Gemm; no Identity/Constant clu
 TorchScript exporter is deprecated (it warns on every call). The batch axis is dynamic
 (``N``); the weights are stored inside the .onnx file (no external-data side file).
 
-Layouts: ``conv1d`` takes x (N, 7, 256); ``conv2d`` is the same weights as Conv2d with
-kernels (1, k) and takes x (N, 7, 1, 256), for runtimes whose 2D kernels are faster.
+Layouts: ``conv1d`` takes x (N, C, 256); ``conv2d`` is the same weights as Conv2d with
+kernels (1, k) and takes x (N, C, 1, 256), for runtimes whose 2D kernels are faster.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def input_shape(layout: Layout, batch: int | str = "N") -> list[int | str]:
 
 
 def to_layout(x: npt.NDArray[np.float32], layout: Layout) -> npt.NDArray[np.float32]:
-    """Reshape (N, 7, 256) windows to a layout's input."""
+    """Reshape (N, C, 256) windows to a layout's input."""
     return x if layout == "conv1d" else x[:, :, None, :]
 
 
@@ -123,7 +123,7 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 def onnx_predict(
     path: Path, x: npt.NDArray[np.float32], layout: Layout, batch: int = 256
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Run windows (N, 7, 256) through an ONNX file; return (activity, hr) logits."""
+    """Run windows (N, C, 256) through an ONNX file; return (activity, hr) logits."""
     sess = session(path, threads=0)
     acts, hrs = [], []
     for i in range(0, len(x), batch):
@@ -253,7 +253,7 @@ def write_model_card(model: nn.Module, path: Path, layout: Layout, info: CardInf
 def torch_logits(
     model: nn.Module, x: npt.NDArray[np.float32]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Run windows (N, 7, 256) through the torch model in eval mode."""
+    """Run windows (N, C, 256) through the torch model in eval mode."""
     model.eval()
     with torch.no_grad():
         a, h = model(torch.from_numpy(np.ascontiguousarray(x)))

@@ -159,21 +159,33 @@ def model_input(
 ) -> npt.NDArray[np.float32]:
     """The model input of one window, by the transform a card names (the only call of either).
 
-    For v2, a window whose BVP is constant (a set without PPG, a sensor that sends none) is
-    marked as having no PPG: decided on the samples, so the wearable and the gateway agree.
+    For v2 and v3, a window whose BVP is constant (a set without PPG, a sensor that sends none)
+    is marked as having no PPG: decided on the samples, so the wearable and the gateway agree.
     """
-    if preprocessing == preprocess.PREPROCESSING_ID:
+    channels = _channels(preprocessing)
+    if channels is not None:
         b = np.asarray(bvp)
-        return preprocess.preprocess_window(
+        x = preprocess.preprocess_window(
             b, acc, bvp_rate_hz, acc_rate_hz, acc_lsb_per_g=acc_lsb_per_g, has_bvp=_has_bvp(b)
         )
+        return x if channels == x.shape[0] else np.ascontiguousarray(x[:channels])
     if preprocessing == PREPROCESSING_V1:
         # v1 z-scores every channel, so the ACC's scale (acc_lsb_per_g) does not matter.
         return filters.preprocess_window(bvp, acc, bvp_rate_hz, acc_rate_hz)
     raise ValueError(
         f"model input {preprocessing!r} is not one this gateway knows"
-        f" ({PREPROCESSING_V1!r}, {preprocess.PREPROCESSING_ID!r})"
+        f" ({PREPROCESSING_V1!r}, {preprocess.PREPROCESSING_V2!r},"
+        f" {preprocess.PREPROCESSING_ID!r})"
     )
+
+
+def _channels(preprocessing: str) -> int | None:
+    """Channels of `preprocess.preprocess_batch`'s output a v2 or v3 model takes; else None."""
+    if preprocessing == preprocess.PREPROCESSING_ID:
+        return preprocess.MODEL_CHANNELS
+    if preprocessing == preprocess.PREPROCESSING_V2:
+        return preprocess.V2_CHANNELS
+    return None
 
 
 def _has_bvp(bvp: npt.NDArray[Any]) -> bool:
@@ -193,7 +205,7 @@ class WindowInputs:
 
 
 def window_inputs(windows: Sequence[Window], card: ModelCard) -> WindowInputs:
-    """`window_input` of every window, v2 windows of the same shape preprocessed as one batch.
+    """`window_input` of every window, v2/v3 windows of the same shape preprocessed as one batch.
 
     Equal, window for window, to `window_input` (`preprocess.preprocess_batch` is bit for bit
     `preprocess_window`); a group the batch refuses (one NaN window) is redone window by window,
@@ -201,7 +213,8 @@ def window_inputs(windows: Sequence[Window], card: ModelCard) -> WindowInputs:
     """
     x: list[npt.NDArray[np.float32] | None] = [None] * len(windows)
     shared: list[npt.NDArray[np.float64] | None] = [None] * len(windows)
-    if card.input.preprocessing != preprocess.PREPROCESSING_ID:
+    channels = _channels(card.input.preprocessing)
+    if channels is None:
         for i, w in enumerate(windows):
             with contextlib.suppress(ValueError):
                 x[i] = window_input(w, card)
@@ -228,7 +241,7 @@ def window_inputs(windows: Sequence[Window], card: ModelCard) -> WindowInputs:
                     x[i] = window_input(windows[i], card)
             continue
         for row, i in enumerate(members):
-            x[i] = batch.x[row]
+            x[i] = batch.x[row] if channels == batch.x.shape[1] else batch.x[row, :channels]
             if has[row] and bvp_rate == preprocess.MODEL_RATE_HZ:
                 shared[i] = batch.bvp[row]
     return WindowInputs(x, shared)

@@ -50,14 +50,14 @@ class InputSpec(_Strict):
 
     name: str = "x"
     #: ["N", C, L] for Conv1d exports, ["N", C, 1, L] for the Conv2d layout (C channels, L
-    #: samples per window: 4 x 512 for preprocessing v1, 7 x 256 for v2).
+    #: samples per window: 4 x 512 for preprocessing v1, 7 x 256 for v2, 15 x 256 for v3).
     shape: list[int | str]
     dtype: Literal["float32"] = "float32"
     channels: list[str] = Field(default_factory=lambda: ["bvp", "acc_x", "acc_y", "acc_z"])
     rate_hz: int = 64
     window_s: float = 8.0
-    #: The one preprocessing function, shared by training, gateway and wearable; v2 models name
-    #: `gatewayd.signals.preprocess.PREPROCESSING_ID`.
+    #: The one preprocessing function, shared by training, gateway and wearable; v3 models name
+    #: `gatewayd.signals.preprocess.PREPROCESSING_ID`, v2 models its `PREPROCESSING_V2`.
     preprocessing: str = "gatewayd.signals.preprocess_window"
 
 

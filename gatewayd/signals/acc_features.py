@@ -24,13 +24,17 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ACC_BANDS_HZ",
     "ACC_FEATURES_ID",
     "ACC_FEATURES_LOWPASS_HZ",
     "ACC_FEATURE_NAMES",
     "BASELINE_FORMAT",
+    "ENERGY_FLOOR",
     "LinearActivityBaseline",
     "acc_features",
     "acc_features_batch",
+    "band_log_energies",
+    "power_spectra",
 ]
 
 #: Names the feature set; a baseline fitted on another one is refused.
@@ -41,12 +45,12 @@ BASELINE_FORMAT: Final = "gatewayd-activity-baseline/1"
 ACC_FEATURES_LOWPASS_HZ: Final = 5.0
 _ROLLOFF_HZ: Final = 1.0
 #: Spectral bands of the band-energy features, Hz (half-open [low, high)).
-_BANDS: Final = ((0.25, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 5.0))
+ACC_BANDS_HZ: Final = ((0.25, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 5.0))
 _PERCENTILES: Final = (5.0, 25.0, 75.0, 95.0)
 _AXES: Final = ("x", "y", "z")
 #: Floors under logarithms, in the features' units (g, g^2, g/s): far below sensor noise.
 _STD_FLOOR_G: Final = 1e-4
-_ENERGY_FLOOR: Final = 1e-10
+ENERGY_FLOOR: Final = 1e-10
 _JERK_FLOOR: Final = 1e-4
 #: The motion spread's scale, as the model input's ``motion`` channel: log2(1 + s / 10 mg).
 _MOTION_UNIT_G: Final = 0.01
@@ -59,7 +63,7 @@ def _names() -> tuple[str, ...]:
         names.extend(f"{axis}_p{int(p):02d}" for p in _PERCENTILES)
     names.append("log_spread")
     for signal in ("axes", "mag"):
-        names.extend(f"{signal}_log_energy_{lo:g}_{hi:g}hz" for lo, hi in _BANDS)
+        names.extend(f"{signal}_log_energy_{lo:g}_{hi:g}hz" for lo, hi in ACC_BANDS_HZ)
     names.extend(("dominant_hz", "dominant_share", "log_jerk", "corr_xy", "corr_xz", "corr_yz"))
     return tuple(names)
 
@@ -84,26 +88,28 @@ def _lowpass(x: npt.NDArray[np.float64], rate_hz: float) -> npt.NDArray[np.float
     return np.asarray(out, dtype=np.float64)
 
 
-def _power(
+def power_spectra(
     x: npt.NDArray[np.float64], rate_hz: float
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Hann-windowed power per frequency (summed over columns), and the frequencies."""
-    n = x.shape[0]
+    """Hann-windowed power per frequency of windows (..., n, columns), summed over columns.
+
+    Returns the frequencies (F,) and the power (..., F), normalised so that a band's sum is its
+    share of the window's variance (g^2 for ACC in g).
+    """
+    n = x.shape[-2]
     hann = np.hanning(n)[:, None]
-    spec = np.abs(np.fft.rfft(x * hann, axis=0)) ** 2
-    # Normalised so a band's sum is its share of the window's variance, in g^2.
+    spec = np.abs(np.fft.rfft(x * hann, axis=-2)) ** 2
     spec *= 2.0 / (n * np.sum(hann**2))
     freqs = np.asarray(np.fft.rfftfreq(n, d=1.0 / rate_hz), dtype=np.float64)
-    return freqs, np.asarray(spec.sum(axis=1), dtype=np.float64)
+    return freqs, np.asarray(spec.sum(axis=-1), dtype=np.float64)
 
 
-def _band_log_energies(
+def band_log_energies(
     freqs: npt.NDArray[np.float64], power: npt.NDArray[np.float64]
-) -> list[float]:
-    return [
-        math.log10(float(power[(freqs >= lo) & (freqs < hi)].sum()) + _ENERGY_FLOOR)
-        for lo, hi in _BANDS
-    ]
+) -> npt.NDArray[np.float64]:
+    """log10 of the power in each of `ACC_BANDS_HZ` (plus a floor): (..., F) -> (..., bands)."""
+    sums = [power[..., (freqs >= lo) & (freqs < hi)].sum(axis=-1) for lo, hi in ACC_BANDS_HZ]
+    return np.asarray(np.log10(np.stack(sums, axis=-1) + ENERGY_FLOOR), dtype=np.float64)
 
 
 def _corr(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
@@ -137,16 +143,16 @@ def acc_features(
         out.append(math.log10(float(column.std()) + _STD_FLOOR_G))
         out.extend(float(v) for v in np.percentile(column, _PERCENTILES))
     out.append(math.log2(1.0 + spread / _MOTION_UNIT_G))
-    freqs, axes_power = _power(dyn, acc_rate_hz)
-    _, mag_power = _power(mag[:, None], acc_rate_hz)
-    out.extend(_band_log_energies(freqs, axes_power))
-    out.extend(_band_log_energies(freqs, mag_power))
-    band = (freqs >= _BANDS[0][0]) & (freqs < _BANDS[-1][1])
+    freqs, axes_power = power_spectra(dyn, acc_rate_hz)
+    _, mag_power = power_spectra(mag[:, None], acc_rate_hz)
+    out.extend(float(v) for v in band_log_energies(freqs, axes_power))
+    out.extend(float(v) for v in band_log_energies(freqs, mag_power))
+    band = (freqs >= ACC_BANDS_HZ[0][0]) & (freqs < ACC_BANDS_HZ[-1][1])
     in_band = axes_power[band]
     total = float(in_band.sum())
     peak = int(np.argmax(in_band))
-    out.append(float(freqs[band][peak]) if total > _ENERGY_FLOOR else 0.0)
-    out.append(float(in_band[peak]) / total if total > _ENERGY_FLOOR else 0.0)
+    out.append(float(freqs[band][peak]) if total > ENERGY_FLOOR else 0.0)
+    out.append(float(in_band[peak]) / total if total > ENERGY_FLOOR else 0.0)
     jerk = float(np.mean(np.sqrt(np.sum(np.diff(smooth, axis=0) ** 2, axis=1)))) * acc_rate_hz
     out.append(math.log10(jerk + _JERK_FLOOR))
     out.extend(

@@ -1,4 +1,4 @@
-"""The model input: one window of BVP and ACC -> float32 (7, 256), keeping the ACC's physical scale.
+"""The model input: one window of BVP and ACC -> (15, 256) float32, keeping physical ACC scale.
 
 THE transform between a window and the models: training, the gateway's inference worker and the
 emulated wearable all call `preprocess_window`, so there is no train/serve skew. Every step works
@@ -23,6 +23,14 @@ halves the model's cost against 64 Hz:
    rest, 0.55 walking, 0.8 running.
 6. ``ppg``: 1 when the window has a PPG channel, 0 when the set has none, so a model can tell
    "no PPG" from "a flat PPG" and training can mask it rather than learn from zeros.
+7-14. ``axes_e*`` / ``mag_e*`` (v3): the ACC's spectral energy in four bands (0.25-1, 1-2, 2-3,
+   3-5 Hz: `gatewayd.signals.acc_features.ACC_BANDS_HZ`), of the three axes together and of
+   |a|, from channels 1-4: log10(energy in g^2 + 1e-10), scaled by (value + 10) / 10 (0 for no
+   motion, about 0.9 running), constant channels. Where the wrist's energy sits in frequency is
+   what tells walking from running across people (a feature baseline on these bands alone
+   beats a network that has to find them in 48 subjects' windows).
+
+Version 2 is channels 0-6 of version 3 (models made for it still run: `channels_for`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
+from gatewayd.signals.acc_features import ACC_BANDS_HZ, band_log_energies, power_spectra
 from gatewayd.signals.filters import SosFilter, bandpass, filtfilt_odd, resample_to, zscore
 from gatewayd.signals.windows import ACC_RATE_HZ, BVP_RATE_HZ, WINDOW_S
 
@@ -46,6 +55,8 @@ __all__ = [
     "MODEL_RATE_HZ",
     "MODEL_WINDOW_LEN",
     "PREPROCESSING_ID",
+    "PREPROCESSING_V2",
+    "V2_CHANNELS",
     "PreprocessedBatch",
     "motion_intensity_g",
     "motion_level",
@@ -54,13 +65,22 @@ __all__ = [
 ]
 
 #: The model's input channels, in order.
-MODEL_CHANNEL_NAMES: Final = ("bvp", "acc_x", "acc_y", "acc_z", "acc_mag", "motion", "ppg")
+MODEL_CHANNEL_NAMES: Final = (
+    "bvp", "acc_x", "acc_y", "acc_z", "acc_mag", "motion", "ppg",
+    *(f"{signal}_e{lo:g}_{hi:g}hz" for signal in ("axes", "mag") for lo, hi in ACC_BANDS_HZ),
+)  # fmt: skip
 MODEL_CHANNELS: Final = len(MODEL_CHANNEL_NAMES)
 #: The common rate of every channel, and the samples per channel of one window.
 MODEL_RATE_HZ: Final = 32
 MODEL_WINDOW_LEN: Final = round(WINDOW_S * MODEL_RATE_HZ)
 #: What a model card names as its preprocessing; a model made for another one is refused.
-PREPROCESSING_ID: Final = "gatewayd.signals.preprocess_window/v2"
+PREPROCESSING_ID: Final = "gatewayd.signals.preprocess_window/v3"
+#: The previous version: the first `V2_CHANNELS` channels of this one.
+PREPROCESSING_V2: Final = "gatewayd.signals.preprocess_window/v2"
+V2_CHANNELS: Final = 7
+#: The band channels: log10(energy + ENERGY_FLOOR) mapped by (value + _BAND_OFFSET) / _BAND_SCALE.
+_BAND_OFFSET: Final = 10.0
+_BAND_SCALE: Final = 10.0
 #: Low-pass of the ACC channels, Hz, and its Butterworth order.
 ACC_LOWPASS_HZ: Final = 5.0
 _ACC_LOWPASS_ORDER: Final = 4
@@ -108,7 +128,7 @@ def _float(x: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
 class PreprocessedBatch:
     """The model inputs of a batch of windows, and the band-passed BVP they were made from."""
 
-    #: float32 (N, 7, 256): each window's `preprocess_window`.
+    #: float32 (N, 15, 256): each window's `preprocess_window`.
     x: npt.NDArray[np.float32]
     #: float64 (N, 256): the BVP resampled to `MODEL_RATE_HZ` and band-passed
     #: (`gatewayd.signals.filters.bandpass`), before z-scoring; zeros where a window has none.
@@ -133,7 +153,7 @@ def preprocess_batch(
     acc_lsb_per_g: float | npt.ArrayLike = 64.0,
     has_bvp: bool | npt.ArrayLike = True,
 ) -> PreprocessedBatch:
-    """`preprocess_window` of N windows at once: BVP (N, n), ACC (N, m, 3) -> (N, 7, 256).
+    """`preprocess_window` of N windows at once: BVP (N, n), ACC (N, m, 3) -> (N, 15, 256).
 
     One vectorised pass: every filter runs along the time axis of the whole batch, and each
     window's input equals its `preprocess_window` bit for bit (tests/test_preprocess.py).
@@ -190,6 +210,12 @@ def preprocess_batch(
     out[:, 1:5] = _lowpass(dynamic, MODEL_RATE_HZ, axis=1).transpose(0, 2, 1)
     out[:, 5] = np.array([motion_level(float(s)) for s in spreads])[:, None]
     out[:, 6] = has[:, None]
+    freqs, axes_power = power_spectra(out[:, 1:4].transpose(0, 2, 1), MODEL_RATE_HZ)
+    _, mag_power = power_spectra(out[:, 4:5].transpose(0, 2, 1), MODEL_RATE_HZ)
+    bands = np.concatenate(
+        [band_log_energies(freqs, axes_power), band_log_energies(freqs, mag_power)], axis=1
+    )
+    out[:, V2_CHANNELS:] = ((bands + _BAND_OFFSET) / _BAND_SCALE)[:, :, None]
     return PreprocessedBatch(np.ascontiguousarray(out, dtype=np.float32), filtered)
 
 
@@ -202,7 +228,7 @@ def preprocess_window(
     acc_lsb_per_g: float = 64.0,
     has_bvp: bool = True,
 ) -> npt.NDArray[np.float32]:
-    """Turn one window of BVP (n,) and ACC (m, 3) in 1/``acc_lsb_per_g`` g into (7, 256) float32."""
+    """One window of BVP (n,) and ACC (m, 3) in 1/``acc_lsb_per_g`` g -> (15, 256) float32."""
     b = _float(bvp, "bvp")
     if b.ndim == 2 and b.shape[1] == 1:
         b = b[:, 0]
