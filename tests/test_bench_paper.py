@@ -105,9 +105,10 @@ def test_quick_run_writes_every_artefact(
         assert "fig4" in index["not_run"]
     can_train = training_available() is None
     if can_train:
-        expected.append("fig6_loss")
+        expected += ["fig6_loss", "fig3"]
     else:
         assert "fig6" in index["not_run"]
+        assert "fig3" in index["not_run"]
     assert sorted(index["artefacts"]) == sorted(expected)
     for key in expected:
         assert index["artefacts"][key] == [
@@ -126,6 +127,23 @@ def test_quick_run_writes_every_artefact(
                     "activity_top1", "hr_mae_bpm", "vs_unpruned", "paper"):  # fmt: skip
             assert key in row
         assert set(row["vs_unpruned"]) >= {"size", "macs", "latency", "top1_delta_points"}
+
+    if can_train:
+        f3 = json.loads((out / "fig3.json").read_text(encoding="utf-8"))
+        assert f3["artefact"] == "fig3"
+        assert f3["origin"].startswith("--quick")
+        assert f3["trained_the_same_way"] is True
+        assert [r["arch"] for r in f3["rows"]] == [
+            "mobilenetv2", "squeezenet", "shufflenetv2", "efficientnet-lite0",
+        ]  # fmt: skip
+        for row in f3["rows"]:
+            assert row["latency_ms"] > 0
+            assert row["mcu_energy_mj_int8"] > 0
+            assert row["activity_accuracy"] is not None
+            assert set(row["vs_reference"]) == {
+                "size", "macs", "latency", "accuracy_delta_points", "hr_mae_delta_bpm",
+            }  # fmt: skip
+        assert "synthetic data" in (out / "fig3.md").read_text(encoding="utf-8")
 
     f5 = json.loads((out / "fig5_energy.json").read_text(encoding="utf-8"))
     assert f5["artefact"] == "fig5"
@@ -245,6 +263,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
     (run / "history.json").write_text(json.dumps(HISTORY), encoding="utf-8")
     np.savez(run / "oof.npz", recording=np.array(["S1"]))
     assert main(["bench", "paper", "--quick", "--out", out, "--run", str(run)]) == EXIT_USAGE
+    assert main(["bench", "paper", "--quick", "--out", out, "--arch-run", str(empty)]) == EXIT_USAGE
     assert not (tmp_path / "out").exists()
 
 

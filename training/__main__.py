@@ -3,11 +3,17 @@
     gatewayd-train --data DIR [--dataset PATH ...] [--synthetic-subjects N]
         [--folds K] [--epochs E] [--stride-s 4] [--prune 20,40,60,80] [--export] --out DIR
 
+With ``--arch`` another network of `training.nets` (the paper's Figure 3: SqueezeNet,
+ShuffleNetV2, EfficientNet-Lite0) is cross-validated the same way; only MobileNetV2-1D is
+pruned and exported. cv.json's ``architecture`` gives the network's parameters, MACs, fp32 ONNX
+size and latency here.
+
 One command reproduces the shipped models: cross-validation by subject (the model, its pruned
 copies and the accelerometer baselines on the same folds), the cross-subject tables, the
 temperatures, then the final fits and their export. Writes to ``--out`` only: cv.json (every
 figure), report.md (the tables), history.json (per-epoch losses), oof.npz (every held-out
-output), loss_curves.png, confusion_activity*.png, reliability.png, the final weights, and
+output), architecture.onnx (the untrained network), loss_curves.png, confusion_activity*.png,
+reliability.png, the final weights, and
 with ``--export`` models/ (ONNX files, cards, activity-baseline.json) and export.json. See
 docs/models.md.
 """
@@ -57,6 +63,7 @@ from training.export import (
 )
 from training.metrics import confusion
 from training.model import MobileNetV2_1D, conv_channels, count_macs, count_params
+from training.nets import ARCHITECTURES, DEFAULT_ARCH, build_model
 from training.plots import plot_confusions, plot_losses, plot_reliability
 from training.prune import prune_l1
 from training.report import (
@@ -145,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tuning epochs per pruned model (default: half of --epochs)",
     )
     p.add_argument("--width", type=float, default=1.0, metavar="W", help="width multiplier")
+    p.add_argument(
+        "--arch",
+        choices=tuple(ARCHITECTURES),
+        default=DEFAULT_ARCH,
+        help=f"the network (default {DEFAULT_ARCH}, the only one pruned and exported; the "
+        "others are for comparison, with --cv-only)",
+    )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
@@ -588,6 +602,33 @@ def final_fit(
     return models
 
 
+#: The untrained network in ``--out`` (fp32, conv1d): its size and cost are the trained one's.
+ARCHITECTURE_ONNX = "architecture.onnx"
+
+
+def describe_architecture(args: argparse.Namespace) -> dict[str, Any]:
+    """The network's size and cost: parameters, MACs per window, the fp32 ONNX file's bytes
+    and its latency here (batch 1, one thread, conv1d layout). Weights change none of them, so
+    a fresh instance is measured; it is kept as ``ARCHITECTURE_ONNX`` in ``--out`` for
+    `gatewayd bench paper` to time every network in one run."""
+    model = build_model(args.arch, args.width).eval()
+    path = export_onnx(model, args.out / ARCHITECTURE_ONNX, "conv1d")
+    size = path.stat().st_size
+    latency = latency_ms(path, "conv1d", runs=args.bench_runs)
+    return {
+        "name": args.arch,
+        "class": type(model).__name__,
+        "width": args.width,
+        "params": count_params(model),
+        "macs": count_macs(model),
+        "onnx_fp32_bytes": size,
+        "onnx": ARCHITECTURE_ONNX,
+        "latency_ms": round(latency, 4),
+        "latency_what": f"median of {args.bench_runs} runs, batch 1, one thread, onnxruntime "
+        "CPU, conv1d layout, fp32",
+    }
+
+
 def load_window_set(args: argparse.Namespace) -> WindowSet:
     """Load every recording the arguments name (and the synthetic subjects) as windows."""
     recordings = load_recordings(args.dataset)
@@ -655,6 +696,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.dataset and args.synthetic_subjects <= 0:
         log.error("nothing to train on: give --data PATH and/or --synthetic-subjects N")
         return 2
+    if args.arch != DEFAULT_ARCH and (args.prune or args.export or not args.cv_only):
+        log.error(
+            "--arch %s is for comparison: give --cv-only, without --prune or --export "
+            "(only %s is pruned and shipped)",
+            args.arch,
+            DEFAULT_ARCH,
+        )
+        return 2
     if args.prune_epochs is None:
         args.prune_epochs = max(1, args.epochs // 2)
     seed_everything(args.seed)
@@ -683,6 +732,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         folds=args.folds,
         width=args.width,
+        arch=args.arch,
         prune_pcts=args.prune,
         prune_cfg=prune_cfg,
         pruner=prune_l1,
@@ -706,6 +756,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         _export_step(args, ws, cv, table=table, cals=cals, models=models, prune_rows=prune_rows)
         wall["export_s"] = time.monotonic() - t0
+    architecture = describe_architecture(args)
     wall["total_s"] = time.monotonic() - started
     cv_json: dict[str, Any] = {
         "version": __version__,
@@ -721,6 +772,7 @@ def run(args: argparse.Namespace) -> int:
         "synthetic": ws.synthetic,
         "subject_ids": ws.subject_ids(),
         "windows": len(ws),
+        "architecture": architecture,
         "cross_validation": cv.description,
         "folds": [{"held_out": list(f.held_out), "windows": len(f.val_idx)} for f in cv.folds],
         "groups": list(GROUP_NAMES),

@@ -55,15 +55,23 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def conv_bn(
-    cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, *, act: bool = True
+    cin: int,
+    cout: int,
+    kernel: int = 1,
+    stride: int = 1,
+    groups: int = 1,
+    *,
+    act: bool = True,
+    activation: type[nn.Module] = nn.ReLU6,
 ) -> nn.Sequential:
-    """Conv1d + BatchNorm1d (+ ReLU6 unless ``act`` is False: the linear bottleneck)."""
+    """Conv1d + BatchNorm1d (+ ReLU6, or ``activation``, unless ``act`` is False: the linear
+    bottleneck)."""
     layers: list[nn.Module] = [
         nn.Conv1d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm1d(cout),
     ]
     if act:
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(activation(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -75,18 +83,31 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=tuple(range(2, x.ndim)))
 
 
+def init_weights(model: nn.Module) -> None:
+    """MobileNetV2's initialisation: He (fan out) convolutions, unit BatchNorm, small heads."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 class InvertedResidual(nn.Module):
     """Expand (1x1) -> depthwise (k) -> project (1x1, linear); identity shortcut if shapes match."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        """Build one block; ``expand`` is the expansion factor t."""
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int = KERNEL) -> None:
+        """Build one block; ``expand`` is the expansion factor t, ``kernel`` the depthwise width."""
         super().__init__()
         hidden = cin * expand
         self.use_residual = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(conv_bn(cin, hidden))
-        layers.append(conv_bn(hidden, hidden, KERNEL, stride, groups=hidden))
+        layers.append(conv_bn(hidden, hidden, kernel, stride, groups=hidden))
         layers.append(conv_bn(hidden, cout, act=False))
         self.conv = nn.Sequential(*layers)
 
@@ -117,18 +138,7 @@ class MobileNetV2_1D(nn.Module):  # noqa: N801 - the architecture's name
         self.dropout = nn.Dropout(dropout)
         self.activity_head = nn.Linear(last, N_ACTIVITY)
         self.hr_head = nn.Linear(last, N_HR_BINS)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv1d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm1d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (activity_logits (N, 3), hr_logits (N, 200))."""

@@ -53,6 +53,7 @@ from training.data import (
 )
 from training.leakage import LeakageResult, leakage_check
 from training.model import HR_CENTRES, MobileNetV2_1D
+from training.nets import DEFAULT_ARCH, build_model
 
 log = logging.getLogger(__name__)
 
@@ -346,12 +347,18 @@ def cross_validate(
     *,
     folds: int,
     width: float,
+    arch: str = DEFAULT_ARCH,
     prune_pcts: Sequence[int] = (),
     prune_cfg: TrainConfig | None = None,
     pruner: Pruner | None = None,
     baselines: bool = True,
 ) -> CvResult:
-    """Train one model per subject-wise fold and score it (and its pruned copies) held out."""
+    """Train one model per subject-wise fold and score it (and its pruned copies) held out.
+
+    ``arch`` names the network (`training.nets.ARCHITECTURES`); only MobileNetV2-1D is pruned.
+    """
+    if prune_pcts and arch != DEFAULT_ARCH:
+        raise ValueError(f"pruning is for {DEFAULT_ARCH} only, not {arch}")
     groups = subject_folds(ws.subjects, folds, cfg.seed)
     n = len(ws)
     fold_of = np.full(n, -1, dtype=np.int64)
@@ -369,13 +376,14 @@ def cross_validate(
         log.info("fold %d/%d: held out %s (%d windows)", k + 1, len(groups), held, len(val))
         fold_cfg = replace(cfg, seed=cfg.seed + k)
         torch.manual_seed(cfg.seed + k)
-        model = MobileNetV2_1D(width)
+        model = build_model(arch, width)
         history = train_model(model, train, val, fold_cfg, desc=f"fold {k + 1}")
         fold = FoldResult(held, val_idx, history)
         models: dict[int, nn.Module] = {0: model}
         for pct in prune_pcts:
             assert pruner is not None
             assert prune_cfg is not None
+            assert isinstance(model, MobileNetV2_1D)
             student = pruner(model, pct / 100.0)
             p_cfg = replace(prune_cfg, seed=cfg.seed + k)
             fold.prune_history[pct] = train_model(

@@ -1,9 +1,10 @@
 """`gatewayd bench paper`: the paper's experiments reproduced on our system (docs/paper.md).
 
-This slice runs Table 1 (`paper_table1`), Figure 4 (`paper_activity`: every session replayed
+It runs Table 1 (`paper_table1`), Figure 3 (`paper_fig3`: the networks of --arch-run folders,
+or with --quick tiny runs of its own), Figure 4 (`paper_activity`: every session replayed
 once through the emulator, BLE and the gateway, as real processes), Figure 5 (`paper_energy`;
 with a --run folder's oof.npz, held out and with its accuracy cost, `paper_accuracy`) and
-Figure 6 (`paper_loss`); Figure 3 is not built yet (`NOT_RUN`), and every report says so. Each
+Figure 6 (`paper_loss`); what it could not produce is in the report's ``not_run``. Each
 artefact is written to the output folder as JSON, a Markdown table and a PNG as soon as it is
 done; paper.json and paper.md index them. Blocks (models are timed, sessions replayed; Figure 4
 runs in real time: as long as the longest session, or a tenth of it with --quick).
@@ -54,6 +55,14 @@ from gatewayd.bench.paper_energy import (
     session_from_table,
     sweep_energy,
 )
+from gatewayd.bench.paper_fig3 import (
+    TINY_ARCH_ARGS,
+    figure3,
+    format_figure3,
+    plot_figure3,
+    read_arch_run,
+    time_onnx,
+)
 from gatewayd.bench.paper_loss import (
     TINY_TRAINING_ARGS,
     LossFigure,
@@ -93,10 +102,7 @@ __all__ = [
 ]
 
 #: The paper's experiments this command does not run yet, and what they are.
-NOT_RUN: Final = {
-    "fig3": "Figure 3, lightweight networks compared (1D SqueezeNet, ShuffleNetV2 and"
-    " EfficientNet-Lite0 beside MobileNetV2-1D): not built yet",
-}
+NOT_RUN: Final[dict[str, str]] = {}
 #: The wearable's model in Figure 5: the emulated wearable's default pruning (int8 first).
 WEARABLE_PRUNING: Final = 40
 #: Synthetic sessions when no --data is given: (subjects, minutes each); seed.
@@ -123,6 +129,8 @@ class PaperOptions:
     #: A gatewayd-train --out folder: its history.json and cv.json for Figure 6, its oof.npz
     #: (when there) for Figure 5's held-out decisions and accuracy cost.
     run: Path | None = None
+    #: Figure 3: gatewayd-train --arch NAME --cv-only --out folders, one per network.
+    arch_runs: tuple[Path, ...] = ()
 
 
 class Progress:
@@ -181,6 +189,7 @@ class PaperReport:
             "quick": self.options.quick,
             "data": [str(d) for d in self.options.data],
             "run": None if self.options.run is None else str(self.options.run),
+            "arch_runs": [str(r) for r in self.options.arch_runs],
             "environment": self.environment,
             "sessions": self.sessions,
             "artefacts": {k: self.files.get(k, []) for k in self.artefacts},
@@ -219,6 +228,19 @@ def check_options(options: PaperOptions) -> None:
             check_out_of_fold(options.run / OOF_FILE)
         except ValueError as exc:
             raise ValueError(f"--run {options.run}: {exc}") from None
+    _check_arch_runs(options)
+
+
+def _check_arch_runs(options: PaperOptions) -> None:
+    seen: dict[str, Path] = {}
+    for run in options.arch_runs:
+        try:
+            arch = read_arch_run(run).arch
+        except ValueError as exc:
+            raise ValueError(f"--arch-run {run}: {exc}") from None
+        if arch in seen:
+            raise ValueError(f"--arch-run {run}: {arch} again (also {seen[arch]})")
+        seen[arch] = run
 
 
 def _table_models(registry: ModelRegistry) -> list[InstalledModel]:
@@ -762,6 +784,46 @@ def _write_figure5(
     _write(report, _Artefact("fig5_energy", doc, markdown, plot), progress)
 
 
+#: Figure 3's networks, in the order --quick trains them (the method's first).
+FIG3_ARCHS: Final = ("mobilenetv2", "squeezenet", "shufflenetv2", "efficientnet-lite0")
+
+
+def _figure3(report: PaperReport, train: bool, progress: Progress) -> None:
+    options = report.options
+    runs_dirs = list(options.arch_runs)
+    origin = "--arch-run"
+    if not runs_dirs and train:
+        origin = "--quick: tiny training runs " + " ".join(TINY_ARCH_ARGS)
+        for arch in FIG3_ARCHS:
+            progress.step("Figure 3", f"tiny training run: {arch}")
+            run_dir = options.out / "arch-runs" / arch
+            try:
+                tiny_training_run(run_dir, options.out / "arch-runs" / f"{arch}.log",
+                                  (*TINY_ARCH_ARGS, "--arch", arch))  # fmt: skip
+            except RuntimeError as exc:
+                report.not_run["fig3"] = f"Figure 3: {arch}: {exc}"
+                return
+            runs_dirs.append(run_dir)
+    if not runs_dirs:
+        why = training_available() if options.quick else None
+        report.not_run["fig3"] = (
+            "Figure 3 needs --arch-run DIR for each network (gatewayd-train --arch NAME"
+            " --cv-only --out DIR; docs/paper.md)"
+            + (f"; --quick cannot train here: {why}" if why else "")
+        )
+        return
+    runs = [read_arch_run(d) for d in runs_dirs]
+    timed = QUICK_RUNS if options.quick else RUNS
+    latencies = []
+    for run in runs:
+        progress.step("Figure 3", f"timing {run.arch}")
+        latencies.append(time_onnx(run.onnx, timed))
+    fig = figure3(runs, latencies, timed_runs=timed, environment=report.environment,
+                  origin=origin)  # fmt: skip
+    plot = functools.partial(plot_figure3, fig)
+    _write(report, _Artefact("fig3", fig.to_json(), format_figure3(fig), plot), progress)
+
+
 def _figure6(report: PaperReport, train: bool, progress: Progress) -> None:
     options = report.options
     figure: LossFigure | None = None
@@ -801,9 +863,13 @@ def run_paper(options: PaperOptions, stream: IO[str] | None = None) -> PaperRepo
     recordings, found, sessions = _sessions(options)
     train = options.run is None and options.quick and training_available() is None
     with_ppg = sum(r.has_bvp for r in recordings)
-    progress = Progress(len(table_models) + len(recordings) + with_ppg + FIG4_TICKS + 5, stream)
+    fig3_steps = len(options.arch_runs) or (len(FIG3_ARCHS) * 2 if train else 0)
+    progress = Progress(
+        len(table_models) + len(recordings) + with_ppg + FIG4_TICKS + 5 + fig3_steps, stream
+    )
     report = PaperReport(options=options, environment=bench_environment(), sessions=sessions)
     _table1(report, table_models, progress)
+    _figure3(report, train, progress)
     _figure4(report, registry, recordings, found, progress)
     _figure5(report, registry, recordings, progress)
     _figure6(report, train, progress)

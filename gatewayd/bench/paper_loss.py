@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from gatewayd.bench.paper_common import markdown_table
+from gatewayd.bench.paper_common import markdown_table, read_run_json
 
 __all__ = [
     "TINY_TRAINING_ARGS",
@@ -155,12 +155,7 @@ def read_run(run: Path, *, origin: str = "--run") -> LossFigure:
     """The loss curves of a training run's ``--out`` folder (history.json, and cv.json when
     there is one). ValueError naming the file when it is missing or not a history. Blocks."""
     path = run / "history.json"
-    try:
-        history = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not found (a gatewayd-train --out folder has one)") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    history = read_run_json(path)
     try:
         curves = loss_curves(history if isinstance(history, dict) else {})
     except ValueError as exc:
@@ -191,14 +186,13 @@ def training_available() -> str | None:
     return None
 
 
-def tiny_training_run(out: Path, log: Path) -> None:
-    """Run `gatewayd-train` with `TINY_TRAINING_ARGS` into ``out``, its output into ``log``.
-
-    RuntimeError (with the log's path) when it fails or times out. Blocks for about 10 s.
+def tiny_training_run(out: Path, log: Path, args: Sequence[str] = TINY_TRAINING_ARGS) -> None:
+    """Run `gatewayd-train` with ``args`` (`TINY_TRAINING_ARGS`) into ``out``, its output into
+    ``log``. RuntimeError (with the log's path) when it fails or times out. Blocks for about 10 s.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GATEWAYD_NO_PROGRESS": "1"}
-    command = [sys.executable, "-m", "training", *TINY_TRAINING_ARGS, "--out", str(out)]
+    command = [sys.executable, "-m", "training", *args, "--out", str(out)]
     with log.open("w", encoding="utf-8") as sink:
         try:
             done = subprocess.run(  # noqa: S603 - our own interpreter and arguments

@@ -400,6 +400,7 @@ def cmd_bench_paper(args: argparse.Namespace) -> int:
         quick=args.quick,
         models_dir=args.models_dir,
         run=args.run,
+        arch_runs=tuple(args.arch_run or ()),
     )
     try:
         check_options(options)
@@ -614,10 +615,13 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     models_dir_option(scale)
     paper = what.add_parser(
         "paper",
-        help="the paper's Table 1 and Figures 4, 5 and 6 on our system (docs/paper.md)",
+        help="the paper's Table 1 and Figures 3 to 6 on our system (docs/paper.md)",
         description="Table 1 (the wearable's models pruned 0-80 %, fp32 and int8: size, MACs,"
         " latency here, modelled Cortex-M4F latency and energy, the cards' held-out accuracy,"
-        " ratios beside the paper's), Figure 4 (robustness by activity: every session with PPG"
+        " ratios beside the paper's), Figure 3 (1D SqueezeNet, ShuffleNetV2 and"
+        " EfficientNet-Lite0 beside MobileNetV2-1D, from --arch-run folders: size, latency"
+        " here, modelled energy per inference, held-out accuracy and HR MAE), Figure 4"
+        " (robustness by activity: every session with PPG"
         " replayed once in real time through the emulator, BLE and the gateway; per activity"
         " label and group the accuracy and HR MAE of what the gateway published beside local"
         " only, the notify -> publish latency, the share offloaded and the wearable's"
@@ -626,7 +630,7 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         " wearable's decisions; with --run's oof.npz and real --data, held out, with the"
         " accuracy cost of each point) and Figure 6 (training loss curves of --run). Each is"
         " written to --out as JSON, Markdown and PNG; paper.json and paper.md index them and"
-        " name what is not run (Figure 3 is not built yet). Exit 69 when nothing was"
+        " name what is not run and why. Exit 69 when nothing was"
         " produced.",
     )
     global_options(paper, suppress=True)
@@ -657,6 +661,15 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         help="a gatewayd-train --out folder: Figure 6 from its history.json (and cv.json);"
         " with its oof.npz, Figure 5's decisions on the --data recordings it covers are held"
         " out and each point has its accuracy cost",
+    )
+    paper.add_argument(
+        "--arch-run",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="Figure 3: a gatewayd-train --arch NAME --cv-only --out folder (its cv.json and"
+        " architecture.onnx), one per network; repeatable. --quick without it trains a tiny"
+        " run of each network itself",
     )
     models_dir_option(paper)
     paper.add_argument("--json", action="store_true", help="print paper.json instead of paper.md")
