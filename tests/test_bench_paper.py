@@ -17,6 +17,7 @@ import pytest
 
 from gatewayd.bench.models import ModelBench
 from gatewayd.bench.paper import (
+    EXPERIMENTS,
     NOT_RUN,
     PaperOptions,
     PaperReport,
@@ -51,6 +52,7 @@ from gatewayd.bench.paper_energy import (
 from gatewayd.bench.paper_loss import loss_curves, read_run, training_available
 from gatewayd.bench.paper_table1 import PAPER_DELTA_POINTS, table1
 from gatewayd.cli import main
+from gatewayd.cli.evaluate import PAPER_EXPERIMENTS
 from gatewayd.datasets import generate_recording
 from gatewayd.emulator.virtual import pick_wearable_model
 from gatewayd.emulator.wearable import LocalActivity
@@ -250,6 +252,17 @@ def test_figure4_rows_score_what_was_published_against_local_only() -> None:
     assert fig.mapping.holds
     moved = [*rows, replace(rows[0], activity=2)]
     assert not MappingCheck.of(moved).holds
+
+
+def test_only_runs_what_is_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert tuple(EXPERIMENTS) == PAPER_EXPERIMENTS
+    out = tmp_path / "paper"
+    assert main(["bench", "paper", "--quick", "--out", str(out), "--only", "table1", "--json"]) == 0
+    index = json.loads(capsys.readouterr().out)
+    assert list(index["artefacts"]) == ["table1"]
+    for key in ("fig3", "fig4", "fig5", "fig6"):
+        assert "not asked for (--only)" in index["not_run"][key]
+    assert main(["bench", "paper", "--only", "fig7"]) == EXIT_USAGE
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path) -> None:

@@ -131,6 +131,12 @@ class PaperOptions:
     run: Path | None = None
     #: Figure 3: gatewayd-train --arch NAME --cv-only --out folders, one per network.
     arch_runs: tuple[Path, ...] = ()
+    #: Run only these experiments (`EXPERIMENTS` keys); empty: all of them.
+    only: frozenset[str] = frozenset()
+
+    def wants(self, key: str) -> bool:
+        """Whether ``key`` (an `EXPERIMENTS` key) is to run."""
+        return not self.only or key in self.only
 
 
 class Progress:
@@ -784,6 +790,11 @@ def _write_figure5(
     _write(report, _Artefact("fig5_energy", doc, markdown, plot), progress)
 
 
+#: The experiments, for --only: key and what `not_run` calls it.
+EXPERIMENTS: Final = {
+    "table1": "Table 1", "fig3": "Figure 3", "fig4": "Figure 4", "fig5": "Figure 5",
+    "fig6": "Figure 6",
+}  # fmt: skip
 #: Figure 3's networks, in the order --quick trains them (the method's first).
 FIG3_ARCHS: Final = ("mobilenetv2", "squeezenet", "shufflenetv2", "efficientnet-lite0")
 
@@ -863,16 +874,27 @@ def run_paper(options: PaperOptions, stream: IO[str] | None = None) -> PaperRepo
     recordings, found, sessions = _sessions(options)
     train = options.run is None and options.quick and training_available() is None
     with_ppg = sum(r.has_bvp for r in recordings)
-    fig3_steps = len(options.arch_runs) or (len(FIG3_ARCHS) * 2 if train else 0)
-    progress = Progress(
-        len(table_models) + len(recordings) + with_ppg + FIG4_TICKS + 5 + fig3_steps, stream
-    )
+    steps = {
+        "table1": len(table_models) + 1,
+        "fig3": len(options.arch_runs) or (len(FIG3_ARCHS) * 2 if train else 0),
+        "fig4": len(recordings) + FIG4_TICKS + 1,
+        "fig5": with_ppg + 1,
+        "fig6": 2,
+    }
+    progress = Progress(sum(n for k, n in steps.items() if options.wants(k)), stream)
     report = PaperReport(options=options, environment=bench_environment(), sessions=sessions)
-    _table1(report, table_models, progress)
-    _figure3(report, train, progress)
-    _figure4(report, registry, recordings, found, progress)
-    _figure5(report, registry, recordings, progress)
-    _figure6(report, train, progress)
+    experiments: dict[str, Callable[[], None]] = {
+        "table1": lambda: _table1(report, table_models, progress),
+        "fig3": lambda: _figure3(report, train, progress),
+        "fig4": lambda: _figure4(report, registry, recordings, found, progress),
+        "fig5": lambda: _figure5(report, registry, recordings, progress),
+        "fig6": lambda: _figure6(report, train, progress),
+    }
+    for key, experiment in experiments.items():
+        if options.wants(key):
+            experiment()
+        else:
+            report.not_run[key] = f"{EXPERIMENTS[key]}: not asked for (--only)"
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "paper.json").write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")

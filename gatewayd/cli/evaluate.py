@@ -389,6 +389,20 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return EXIT_OK if report.points else EXIT_ERROR
 
 
+#: `gatewayd bench paper --only`'s names (`gatewayd.bench.paper.EXPERIMENTS`, imported lazily).
+PAPER_EXPERIMENTS = ("table1", "fig3", "fig4", "fig5", "fig6")
+
+
+def _experiments(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in PAPER_EXPERIMENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: not one of {', '.join(PAPER_EXPERIMENTS)}"
+        )
+    return names
+
+
 def cmd_bench_paper(args: argparse.Namespace) -> int:
     """The paper's experiments on our system (docs/paper.md): JSON, Markdown and PNG each."""
     # Imported here: the bench pulls in onnxruntime, the emulator and (for plots) matplotlib.
@@ -401,6 +415,7 @@ def cmd_bench_paper(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         run=args.run,
         arch_runs=tuple(args.arch_run or ()),
+        only=frozenset(args.only or ()),
     )
     try:
         check_options(options)
@@ -670,6 +685,12 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         help="Figure 3: a gatewayd-train --arch NAME --cv-only --out folder (its cv.json and"
         " architecture.onnx), one per network; repeatable. --quick without it trains a tiny"
         " run of each network itself",
+    )
+    paper.add_argument(
+        "--only",
+        type=_experiments,
+        metavar="LIST",
+        help="run only these, comma-separated: table1, fig3, fig4, fig5, fig6 (default: all)",
     )
     models_dir_option(paper)
     paper.add_argument("--json", action="store_true", help="print paper.json instead of paper.md")
