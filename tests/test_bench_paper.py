@@ -18,7 +18,6 @@ import pytest
 from gatewayd.bench.models import ModelBench
 from gatewayd.bench.paper import (
     EXPERIMENTS,
-    NOT_RUN,
     PaperOptions,
     PaperReport,
     Progress,
@@ -97,8 +96,6 @@ def test_quick_run_writes_every_artefact(
     assert index == json.loads((out / "paper.json").read_text(encoding="utf-8"))
     assert index["quick"] is True
     assert index["sessions"]["kind"] == "synthetic"
-    for key in NOT_RUN:
-        assert key in index["not_run"]
     expected = ["table1", "fig5_energy"]
     end_to_end = end_to_end_available() is None
     if end_to_end:

@@ -45,6 +45,7 @@ from gatewayd.bench.paper_activity import (
     plot_figure4,
     run_end_to_end,
 )
+from gatewayd.bench.paper_common import EXPERIMENTS
 from gatewayd.bench.paper_energy import (
     SessionWindows,
     SweepResult,
@@ -93,7 +94,6 @@ from gatewayd.protocol.messages import SUMMARY_SIZE, SampleFormat
 from gatewayd.signals.offload import DEFAULT_MIN_CONF_E4, DEFAULT_TAU_MBITS
 
 __all__ = [
-    "NOT_RUN",
     "PaperOptions",
     "PaperReport",
     "Progress",
@@ -101,8 +101,6 @@ __all__ = [
     "run_paper",
 ]
 
-#: The paper's experiments this command does not run yet, and what they are.
-NOT_RUN: Final[dict[str, str]] = {}
 #: The wearable's model in Figure 5: the emulated wearable's default pruning (int8 first).
 WEARABLE_PRUNING: Final = 40
 #: Synthetic sessions when no --data is given: (subjects, minutes each); seed.
@@ -186,7 +184,7 @@ class PaperReport:
     artefacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)
     markdown: dict[str, str] = field(default_factory=dict)
-    not_run: dict[str, str] = field(default_factory=lambda: dict(NOT_RUN))
+    not_run: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The index (paper.json)."""
@@ -790,11 +788,6 @@ def _write_figure5(
     _write(report, _Artefact("fig5_energy", doc, markdown, plot), progress)
 
 
-#: The experiments, for --only: key and what `not_run` calls it.
-EXPERIMENTS: Final = {
-    "table1": "Table 1", "fig3": "Figure 3", "fig4": "Figure 4", "fig5": "Figure 5",
-    "fig6": "Figure 6",
-}  # fmt: skip
 #: Figure 3's networks, in the order --quick trains them (the method's first).
 FIG3_ARCHS: Final = ("mobilenetv2", "squeezenet", "shufflenetv2", "efficientnet-lite0")
 

@@ -1,14 +1,54 @@
-"""What the artefacts of `gatewayd bench paper` share: Markdown tables (pure) and reading a
-training run's JSON files."""
+"""What the artefacts of `gatewayd bench paper` share: the experiments' names, ratios and
+table cells, Markdown tables (pure) and reading a training run's JSON files. Light: the CLI
+imports it before the bench's heavy modules."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["markdown_table", "read_run_json"]
+__all__ = [
+    "EXPERIMENTS",
+    "delta",
+    "markdown_table",
+    "number_cell",
+    "ratio",
+    "read_run_json",
+    "signed_cell",
+]
+
+#: The experiments, for --only: key and what `not_run` calls it.
+EXPERIMENTS: Final = {
+    "table1": "Table 1", "fig3": "Figure 3", "fig4": "Figure 4", "fig5": "Figure 5",
+    "fig6": "Figure 6",
+}  # fmt: skip
+
+
+def ratio(value: float | None, ref: float | None) -> float | None:
+    """``value / ref``, or None when either is missing or NaN or ``ref`` is 0."""
+    if value is None or ref is None or not ref or math.isnan(value) or math.isnan(ref):
+        return None
+    return value / ref
+
+
+def delta(value: float | None, ref: float | None, scale: float = 1.0) -> float | None:
+    """``scale * (value - ref)``, or None when either is missing."""
+    if value is None or ref is None:
+        return None
+    return scale * (value - ref)
+
+
+def number_cell(value: float | None, spec: str) -> str:
+    """A table cell: ``value`` formatted, or "-" when missing or NaN."""
+    return "-" if value is None or math.isnan(value) else format(value, spec)
+
+
+def signed_cell(value: float | None, spec: str) -> str:
+    """A table cell with its sign (a change), or "-" when missing or NaN."""
+    return "-" if value is None or math.isnan(value) else format(value, "+" + spec)
 
 
 def read_run_json(path: Path) -> Any:

@@ -20,7 +20,11 @@ from typing import Any, Final
 
 import numpy as np
 
+from gatewayd.bench.paper_common import delta as _delta
 from gatewayd.bench.paper_common import markdown_table, read_run_json
+from gatewayd.bench.paper_common import number_cell as _f
+from gatewayd.bench.paper_common import ratio as _ratio
+from gatewayd.bench.paper_common import signed_cell as _signed
 from gatewayd.energy import inference_j, inference_s, local_window
 
 __all__ = [
@@ -250,14 +254,6 @@ class Figure3:
         }
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def _delta(a: float | None, b: float | None, scale: float = 1.0) -> float | None:
-    return None if a is None or b is None else scale * (a - b)
-
-
 def figure3(
     runs: Sequence[ArchRun],
     latencies_ms: Sequence[float],
@@ -298,14 +294,6 @@ def figure3(
         if any(v != values[0] for v in values):
             differences[key] = values
     return Figure3(rows, timed_runs, environment, differences, origin)
-
-
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None or math.isnan(value) else format(value, spec)
-
-
-def _signed(value: float | None, spec: str) -> str:
-    return "-" if value is None or math.isnan(value) else format(value, "+" + spec)
 
 
 FIG3_HEAD: Final = (

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from gatewayd.bench.models import PAPER_TABLE_1, ModelBench, PaperRow
+from gatewayd.bench.paper_common import delta as _delta
 from gatewayd.bench.paper_common import markdown_table
+from gatewayd.bench.paper_common import number_cell as _f
+from gatewayd.bench.paper_common import ratio as _ratio
+from gatewayd.bench.paper_common import signed_cell as _signed
 from gatewayd.energy import inference_j, inference_s, local_window
 
 __all__ = [
@@ -120,18 +124,6 @@ def _dtype(quantization: str) -> str:
     return "fp32" if quantization == "none" else "int8"
 
 
-def _ratio(value: float | None, ref: float | None) -> float | None:
-    if value is None or ref is None or not ref or math.isnan(value) or math.isnan(ref):
-        return None
-    return value / ref
-
-
-def _delta(value: float | None, ref: float | None, scale: float = 1.0) -> float | None:
-    if value is None or ref is None:
-        return None
-    return scale * (value - ref)
-
-
 def table1(
     benches: Sequence[tuple[ModelBench, str]], *, runs: int, environment: dict[str, str]
 ) -> Table1:
@@ -178,14 +170,6 @@ def table1(
             )
         )
     return Table1(rows=rows, runs=runs, environment=environment)
-
-
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None or math.isnan(value) else format(value, spec)
-
-
-def _signed(value: float | None, spec: str) -> str:
-    return "-" if value is None or math.isnan(value) else format(value, "+" + spec)
 
 
 TABLE1_HEAD: Final = (

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gatewayd.bench.paper_common import EXPERIMENTS
 from gatewayd.cli.common import (
     CONFIG_ENV,
     EXIT_ERROR,
@@ -389,8 +390,8 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return EXIT_OK if report.points else EXIT_ERROR
 
 
-#: `gatewayd bench paper --only`'s names (`gatewayd.bench.paper.EXPERIMENTS`, imported lazily).
-PAPER_EXPERIMENTS = ("table1", "fig3", "fig4", "fig5", "fig6")
+#: `gatewayd bench paper --only`'s names.
+PAPER_EXPERIMENTS = tuple(EXPERIMENTS)
 
 
 def _experiments(text: str) -> tuple[str, ...]:
