@@ -14,6 +14,7 @@ from gatewayd.signals.preprocess import (
     MODEL_CHANNELS,
     MODEL_RATE_HZ,
     MODEL_WINDOW_LEN,
+    V2_CHANNELS,
     motion_intensity_g,
     motion_level,
     preprocess_batch,
@@ -232,6 +233,14 @@ def test_preprocess_batch_is_each_windows_preprocess_window(bvp_rate: int, acc_r
         bvp, acc, bvp_rate, acc_rate, acc_lsb_per_g=np.full(7, 64.0), has_bvp=np.ones(7, bool)
     )
     assert np.array_equal(same.x, each.x)
+    # A v2 model's input: the first seven channels, the same bits, contiguous.
+    v2 = preprocess_batch(
+        bvp, acc, bvp_rate, acc_rate, acc_lsb_per_g=lsb, has_bvp=has, channels=V2_CHANNELS
+    )
+    assert v2.x.shape == (7, V2_CHANNELS, MODEL_WINDOW_LEN)
+    assert v2.x.flags.c_contiguous
+    assert np.array_equal(v2.x, batch.x[:, :V2_CHANNELS])
+    assert np.array_equal(v2.bvp, batch.bvp)
 
 
 def test_preprocess_batch_refuses_what_preprocess_window_refuses() -> None:
@@ -251,3 +260,5 @@ def test_preprocess_batch_refuses_what_preprocess_window_refuses() -> None:
         preprocess_batch(broken, acc)
     with pytest.raises(ValueError, match="shape"):
         preprocess_batch(bvp[0], acc)
+    with pytest.raises(ValueError, match="channels must be 7 or 15"):
+        preprocess_batch(bvp, acc, channels=8)

@@ -234,6 +234,7 @@ def window_inputs(windows: Sequence[Window], card: ModelCard) -> WindowInputs:
                 # 0 means the wearable did not say: the E4 convention the models were trained on.
                 acc_lsb_per_g=np.array([float(windows[i].acc_lsb_per_g or 64) for i in members]),
                 has_bvp=np.array(has),
+                channels=channels,
             )
         except ValueError:
             for i in members:
@@ -241,7 +242,7 @@ def window_inputs(windows: Sequence[Window], card: ModelCard) -> WindowInputs:
                     x[i] = window_input(windows[i], card)
             continue
         for row, i in enumerate(members):
-            x[i] = batch.x[row] if channels == batch.x.shape[1] else batch.x[row, :channels]
+            x[i] = batch.x[row]
             if has[row] and bvp_rate == preprocess.MODEL_RATE_HZ:
                 shared[i] = batch.bvp[row]
     return WindowInputs(x, shared)

@@ -152,13 +152,18 @@ def preprocess_batch(
     *,
     acc_lsb_per_g: float | npt.ArrayLike = 64.0,
     has_bvp: bool | npt.ArrayLike = True,
+    channels: int = MODEL_CHANNELS,
 ) -> PreprocessedBatch:
     """`preprocess_window` of N windows at once: BVP (N, n), ACC (N, m, 3) -> (N, 15, 256).
 
     One vectorised pass: every filter runs along the time axis of the whole batch, and each
     window's input equals its `preprocess_window` bit for bit (tests/test_preprocess.py).
     ``acc_lsb_per_g`` and ``has_bvp`` are one value for all windows or one per window.
+    ``channels`` = `V2_CHANNELS` returns only the first seven channels (a v2 model's input)
+    and skips computing the band energies.
     """
+    if channels not in (V2_CHANNELS, MODEL_CHANNELS):
+        raise ValueError(f"channels must be {V2_CHANNELS} or {MODEL_CHANNELS}, got {channels}")
     b = _float(bvp, "bvp")
     if b.ndim == 3 and b.shape[2] == 1:
         b = b[:, :, 0]
@@ -188,7 +193,7 @@ def preprocess_batch(
         )
     if not (np.isfinite(b).all() and np.isfinite(a).all()):
         raise ValueError("window contains NaN or infinite samples")
-    out = np.zeros((count, MODEL_CHANNELS, n), dtype=np.float64)
+    out = np.zeros((count, channels, n), dtype=np.float64)
     filtered = np.zeros((count, n), dtype=np.float64)
     rows = np.flatnonzero(has)
     if rows.size:
@@ -210,6 +215,8 @@ def preprocess_batch(
     out[:, 1:5] = _lowpass(dynamic, MODEL_RATE_HZ, axis=1).transpose(0, 2, 1)
     out[:, 5] = np.array([motion_level(float(s)) for s in spreads])[:, None]
     out[:, 6] = has[:, None]
+    if channels == V2_CHANNELS:
+        return PreprocessedBatch(np.ascontiguousarray(out, dtype=np.float32), filtered)
     freqs, axes_power = power_spectra(out[:, 1:4].transpose(0, 2, 1), MODEL_RATE_HZ)
     _, mag_power = power_spectra(out[:, 4:5].transpose(0, 2, 1), MODEL_RATE_HZ)
     bands = np.concatenate(
