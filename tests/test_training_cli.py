@@ -15,6 +15,7 @@ pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript
 
 from gatewayd.inference.cards import card_path, read_card, verify
 from gatewayd.signals.acc_features import LinearActivityBaseline
+from gatewayd.signals.preprocess import PREPROCESSING_V2, V2_CHANNELS
 from training.__main__ import main
 
 TINY = [
@@ -32,7 +33,9 @@ def test_cli_refuses_to_train_on_nothing(tmp_path: Path) -> None:
 
 def test_cli_cross_validates_fits_and_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    status = main([*TINY, "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    # --input v2: the shipped models' input (the default, v3, is trained by the other tests).
+    cache = str(tmp_path / "cache")
+    status = main([*TINY, "--input", "v2", "--cache", cache, "--out", str(out)])
     assert status == 0
     for name in (
         "loss_curves.png",
@@ -52,6 +55,11 @@ def test_cli_cross_validates_fits_and_writes_every_figure(tmp_path: Path) -> Non
     ]
     assert cv["subject_ids"] == {"synthetic": ["S1", "S2", "S3"]}
     assert cv["synthetic"] is True
+    assert cv["preprocessing"] == PREPROCESSING_V2
+    import torch
+
+    stem = torch.load(out / "mnv2-1d-w0.25.pt")["features.0.0.weight"]
+    assert stem.shape[1] == V2_CHANNELS  # the final fit takes the first seven channels
     row = cv["per_dataset"]["synthetic"]
     assert {"model", "hgb", "logistic", "majority", "acc_threshold"} <= set(row["methods"])
     assert cv["calibration"]["p0"]["activity_temperature"] > 0

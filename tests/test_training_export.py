@@ -210,3 +210,55 @@ def test_fp32_parity_on_troika_windows(
         pytest.skip(f"TROIKA recordings not found at {TROIKA} (set GATEWAYD_SHARED_DATA)")
     x = preprocess_recording(load_troika(path))[::4]
     assert max_abs_diff(model, exported[layout], x, layout) < 1e-4
+
+
+def test_a_v2_network_exports_a_v2_card_the_gateway_runs(tmp_path: Path) -> None:
+    """`gatewayd-train --input v2` (the shipped models' input): a 7-channel network, pruned,
+    exported with a v2 card, which the gateway feeds the first seven channels of the input."""
+    from gatewayd.inference.analysis import window_inputs
+    from gatewayd.inference.session import ModelSession
+    from gatewayd.protocol.messages import SampleFormat, Summary, Window
+    from gatewayd.signals.preprocess import PREPROCESSING_V2, V2_CHANNELS
+    from training.model import input_channels
+    from training.prune import prune_l1
+
+    torch.manual_seed(0)
+    full = MobileNetV2_1D(0.25, in_channels=V2_CHANNELS).eval()
+    pruned = prune_l1(full, 0.4)
+    assert input_channels(full) == input_channels(pruned) == V2_CHANNELS
+    path = export_onnx(pruned, tmp_path / "v2.onnx", "conv2d")
+    info = CardInfo(
+        model_id="mnv2-1d-w0.25-p40-v2-test",
+        version="0.0.0",
+        role="wearable",
+        width=0.25,
+        pruning_pct=40,
+        training=TrainingInfo(
+            datasets=["synthetic (test)"],
+            synthetic=True,
+            subjects=1,
+            windows=1,
+            cross_validation="none",
+            seed=0,
+            epochs=0,
+        ),
+        metrics=Metrics(evaluated_on="nothing: untrained test model"),
+    )
+    card = write_model_card(pruned, path, "conv2d", info)
+    assert card.input.preprocessing == PREPROCESSING_V2
+    assert card.input.shape == ["N", V2_CHANNELS, 1, 256]
+    assert card.input.channels == list(MODEL_CHANNEL_NAMES[:V2_CHANNELS])
+    rec = generate_recording(3, 0.5, seed=2)
+    bvp, acc = rec.window(0)
+    summary = Summary(seq=1, t_ms=0, flags=0, activity=255, pruning_pct=40, activity_conf_e4=0,
+                      entropy_mbits=3900, hr_cbpm=0, signal_quality=255,
+                      battery_pct=90)  # fmt: skip
+    window = Window(summary, SampleFormat.INT16, 64, 32, 64,
+                    np.round(bvp * 100).astype(np.int16),
+                    np.round(acc).astype(np.int16))  # fmt: skip
+    (x,) = window_inputs([window], card).x
+    assert x is not None
+    assert x.shape == (V2_CHANNELS, 256)
+    session = ModelSession(card, path)
+    act, _ = session.run_logits(x[None])
+    assert act.shape == (1, 3)

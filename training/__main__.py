@@ -39,7 +39,7 @@ from gatewayd import __version__
 from gatewayd.activity import GROUP_NAMES
 from gatewayd.inference.cards import Calibration, Metrics, TrainingInfo
 from gatewayd.signals.acc_features import ACC_FEATURE_NAMES, ACC_FEATURES_ID
-from gatewayd.signals.preprocess import PREPROCESSING_ID
+from gatewayd.signals.preprocess import MODEL_CHANNELS, V2_CHANNELS
 from training.baseline import fit_logistic
 from training.data import (
     NO_ACTIVITY,
@@ -50,6 +50,7 @@ from training.data import (
     synthetic_recordings,
 )
 from training.export import (
+    PREPROCESSING_BY_CHANNELS,
     CardInfo,
     Layout,
     agreement,
@@ -93,6 +94,9 @@ INT8_MIN_AGREEMENT = 0.9
 INT8_MAX_HR_DIFF_BPM = 3.0
 #: The paper's activity-accuracy cost of L1 pruning (points against its unpruned model).
 PAPER_PRUNING_DELTA = {20: -0.6, 40: -2.1, 60: -4.9, 80: -10.2}
+#: ``--input``: the model input a network is trained on, by its channels. v2 is the first seven
+#: channels of v3 (docs/models.md); the shipped models are v2.
+INPUTS = {"v2": V2_CHANNELS, "v3": MODEL_CHANNELS}
 
 
 def _pcts(text: str) -> tuple[int, ...]:
@@ -152,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tuning epochs per pruned model (default: half of --epochs)",
     )
     p.add_argument("--width", type=float, default=1.0, metavar="W", help="width multiplier")
+    p.add_argument(
+        "--input",
+        choices=tuple(INPUTS),
+        default="v3",
+        help="the model input: v3 (15 channels, with the ACC's band energies; the default) or "
+        "v2 (its first 7 channels; the shipped models)",
+    )
     p.add_argument(
         "--arch",
         choices=tuple(ARCHITECTURES),
@@ -587,7 +598,7 @@ def final_fit(
 ) -> list[Trained]:
     """Fit the full model on every window, then prune and distil each copy; save the weights."""
     torch.manual_seed(args.seed)
-    full = MobileNetV2_1D(args.width)
+    full = MobileNetV2_1D(args.width, in_channels=int(ws.x.shape[1]))
     histories["final"] = train_model(full, ws, None, cfg, desc="final").as_dict()
     name = f"mnv2-1d-w{args.width}"
     torch.save(full.state_dict(), args.out / f"{name}.pt")
@@ -611,7 +622,7 @@ def describe_architecture(args: argparse.Namespace) -> dict[str, Any]:
     and its latency here (batch 1, one thread, conv1d layout). Weights change none of them, so
     a fresh instance is measured; it is kept as ``ARCHITECTURE_ONNX`` in ``--out`` for
     `gatewayd bench paper` to time every network in one run."""
-    model = build_model(args.arch, args.width).eval()
+    model = build_model(args.arch, args.width, in_channels=INPUTS[args.input]).eval()
     path = export_onnx(model, args.out / ARCHITECTURE_ONNX, "conv1d")
     size = path.stat().st_size
     latency = latency_ms(path, "conv1d", runs=args.bench_runs)
@@ -638,6 +649,9 @@ def load_window_set(args: argparse.Namespace) -> WindowSet:
         )
     cache = None if args.no_cache else (args.cache or default_window_cache())
     ws = build_window_set(recordings, cache, stride=args.stride_s // 2)
+    channels = INPUTS[args.input]
+    if channels != ws.x.shape[1]:  # v2: the first seven channels of v3, the same values
+        ws = replace(ws, x=np.ascontiguousarray(ws.x[:, :channels]))
     log.info(
         "%d windows (%d s step) from %d recordings, %d subjects: %s",
         len(ws),
@@ -761,7 +775,7 @@ def run(args: argparse.Namespace) -> int:
     cv_json: dict[str, Any] = {
         "version": __version__,
         "command": " ".join(sys.argv),
-        "preprocessing": PREPROCESSING_ID,
+        "preprocessing": PREPROCESSING_BY_CHANNELS[INPUTS[args.input]][0],
         "features": ACC_FEATURES_ID,
         "config": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

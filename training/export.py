@@ -48,8 +48,10 @@ from gatewayd.signals.preprocess import (
     MODEL_RATE_HZ,
     MODEL_WINDOW_LEN,
     PREPROCESSING_ID,
+    PREPROCESSING_V2,
+    V2_CHANNELS,
 )
-from training.model import count_macs, count_params, hr_estimate_np, to_conv2d
+from training.model import count_macs, count_params, hr_estimate_np, input_channels, to_conv2d
 
 Layout = Literal["conv1d", "conv2d"]
 OPSET: Final = 18
@@ -74,11 +76,20 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def input_shape(layout: Layout, batch: int | str = "N") -> list[int | str]:
+#: The model inputs a network can take, by input channels: (id on the card, channel names).
+PREPROCESSING_BY_CHANNELS: Final = {
+    MODEL_CHANNELS: (PREPROCESSING_ID, MODEL_CHANNEL_NAMES),
+    V2_CHANNELS: (PREPROCESSING_V2, MODEL_CHANNEL_NAMES[:V2_CHANNELS]),
+}
+
+
+def input_shape(
+    layout: Layout, batch: int | str = "N", channels: int = MODEL_CHANNELS
+) -> list[int | str]:
     """Return the input shape of a layout."""
     if layout == "conv1d":
-        return [batch, MODEL_CHANNELS, MODEL_WINDOW_LEN]
-    return [batch, MODEL_CHANNELS, 1, MODEL_WINDOW_LEN]
+        return [batch, channels, MODEL_WINDOW_LEN]
+    return [batch, channels, 1, MODEL_WINDOW_LEN]
 
 
 def to_layout(x: npt.NDArray[np.float32], layout: Layout) -> npt.NDArray[np.float32]:
@@ -90,7 +101,7 @@ def export_onnx(model: nn.Module, path: Path, layout: Layout = "conv1d") -> Path
     """Export ``model`` (Conv1d) to ``path`` in ``layout``, with a dynamic batch axis."""
     net = (to_conv2d(model) if layout == "conv2d" else model).eval()
     # Batch 2 in the example: torch.export specialises a dimension traced with size 1.
-    example = torch.zeros(2, MODEL_CHANNELS, MODEL_WINDOW_LEN)
+    example = torch.zeros(2, input_channels(model), MODEL_WINDOW_LEN)
     if layout == "conv2d":
         example = example.unsqueeze(2)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +148,8 @@ def latency_ms(path: Path, layout: Layout, runs: int = 300, warmup: int = 20) ->
     """Median wall time in ms of one window (batch 1, one thread) over ``runs`` runs."""
     sess = session(path, threads=1)
     rng = np.random.default_rng(0)
-    x = to_layout(rng.standard_normal((1, MODEL_CHANNELS, MODEL_WINDOW_LEN), np.float32), layout)
+    channels = int(sess.get_inputs()[0].shape[1])
+    x = to_layout(rng.standard_normal((1, channels, MODEL_WINDOW_LEN), np.float32), layout)
     feed = {INPUT_NAME: x}
     for _ in range(warmup):
         sess.run(None, feed)
@@ -221,6 +233,8 @@ class CardInfo:
 
 def write_model_card(model: nn.Module, path: Path, layout: Layout, info: CardInfo) -> ModelCard:
     """Write ``<path>.json`` describing the ONNX file at ``path`` (made from ``model``)."""
+    channels = input_channels(model)
+    preprocessing, names = PREPROCESSING_BY_CHANNELS[channels]
     card = ModelCard(
         model_id=info.model_id,
         version=info.version,
@@ -236,10 +250,10 @@ def write_model_card(model: nn.Module, path: Path, layout: Layout, info: CardInf
         macs=count_macs(model),
         size_bytes=path.stat().st_size,
         input=InputSpec(
-            shape=input_shape(layout),
-            channels=list(MODEL_CHANNEL_NAMES),
+            shape=input_shape(layout, channels=channels),
+            channels=list(names),
             rate_hz=MODEL_RATE_HZ,
-            preprocessing=PREPROCESSING_ID,
+            preprocessing=preprocessing,
         ),
         outputs=OutputSpec(activity_classes=list(GROUP_NAMES)),
         training=info.training,

@@ -120,13 +120,16 @@ class InvertedResidual(nn.Module):
 class MobileNetV2_1D(nn.Module):  # noqa: N801 - the architecture's name
     """1D MobileNetV2 with a width multiplier and two heads (activity, heart-rate bins)."""
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
-        """Build the network; ``width`` scales every channel count except the last 1280."""
+    def __init__(
+        self, width: float = 1.0, dropout: float = 0.2, in_channels: int = MODEL_CHANNELS
+    ) -> None:
+        """Build the network; ``width`` scales every channel count except the last 1280;
+        ``in_channels`` is 15 for the model input v3, 7 for v2 (its first seven channels)."""
         super().__init__()
         self.width = width
         cin = make_divisible(STEM_CHANNELS * width)
         last = make_divisible(LAST_CHANNELS * max(1.0, width))
-        features: list[nn.Module] = [conv_bn(MODEL_CHANNELS, cin, KERNEL, 2)]
+        features: list[nn.Module] = [conv_bn(in_channels, cin, KERNEL, 2)]
         for t, c, n, s in SETTINGS:
             cout = make_divisible(c * width)
             for i in range(n):
@@ -208,6 +211,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def input_channels(model: nn.Module) -> int:
+    """The input channels ``model`` takes: its first convolution's (15: input v3, 7: v2)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d):
+            return int(m.in_channels)
+    raise ValueError(f"{type(model).__name__} has no convolution")
+
+
 def count_macs(model: nn.Module, length: int = MODEL_WINDOW_LEN) -> int:
     """Count multiply-accumulates of one window: convolutions and linear layers.
 
@@ -238,7 +249,7 @@ def count_macs(model: nn.Module, length: int = MODEL_WINDOW_LEN) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, MODEL_CHANNELS, length))
+            model(torch.zeros(1, input_channels(model), length))
     finally:
         for h in handles:
             h.remove()

@@ -105,11 +105,13 @@ SQUEEZE_FIRES: Final = ((16, 64), (16, 64), "pool", (32, 128), (32, 128), "pool"
 class SqueezeNet1D(_TwoHeads):
     """1D SqueezeNet 1.1 with the two heads."""
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(
+        self, width: float = 1.0, dropout: float = 0.2, in_channels: int = MODEL_CHANNELS
+    ) -> None:
         """Build the network; ``width`` scales every channel count."""
         cin = make_divisible(64 * width)
         layers: list[nn.Module] = [
-            _conv(MODEL_CHANNELS, cin, 3, 2),
+            _conv(in_channels, cin, 3, 2),
             nn.MaxPool1d(3, 2, padding=1),
         ]
         for spec in SQUEEZE_FIRES:
@@ -178,11 +180,13 @@ SHUFFLE_STEM, SHUFFLE_LAST = 24, 1024
 class ShuffleNetV2_1D(_TwoHeads):  # noqa: N801 - the architecture's name
     """1D ShuffleNetV2 1.0x with the two heads."""
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(
+        self, width: float = 1.0, dropout: float = 0.2, in_channels: int = MODEL_CHANNELS
+    ) -> None:
         """Build the network; ``width`` scales every channel count except the last 1024."""
         cin = make_divisible(SHUFFLE_STEM * width)
         layers: list[nn.Module] = [
-            _conv(MODEL_CHANNELS, cin, 3, 2),
+            _conv(in_channels, cin, 3, 2),
             nn.MaxPool1d(3, 2, padding=1),
         ]
         for repeats, channels in SHUFFLE_STAGES:
@@ -216,10 +220,12 @@ LITE0_STEM, LITE0_LAST = 32, 1280
 class EfficientNetLite0_1D(_TwoHeads):  # noqa: N801 - the architecture's name
     """1D EfficientNet-Lite0 with the two heads."""
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(
+        self, width: float = 1.0, dropout: float = 0.2, in_channels: int = MODEL_CHANNELS
+    ) -> None:
         """Build the network; ``width`` scales every channel count except stem and head."""
         cin = LITE0_STEM
-        layers: list[nn.Module] = [conv_bn(MODEL_CHANNELS, cin, 3, 2)]
+        layers: list[nn.Module] = [conv_bn(in_channels, cin, 3, 2)]
         for expand, kernel, stride, channels, repeats in LITE0_STAGES:
             cout = make_divisible(channels * width)
             for i in range(repeats):
@@ -242,11 +248,12 @@ ARCHITECTURES: Final[dict[str, type[nn.Module]]] = {
 }
 
 
-def build_model(arch: str, width: float = 1.0) -> nn.Module:
-    """A fresh network of ``arch`` (an `ARCHITECTURES` name); KeyError names the choices."""
+def build_model(arch: str, width: float = 1.0, in_channels: int = MODEL_CHANNELS) -> nn.Module:
+    """A fresh network of ``arch`` (an `ARCHITECTURES` name) taking ``in_channels`` input
+    channels (15: the model input v3, 7: v2); KeyError names the choices."""
     try:
         cls = ARCHITECTURES[arch]
     except KeyError:
         choices = ", ".join(ARCHITECTURES)
         raise KeyError(f"unknown architecture {arch!r}; one of {choices}") from None
-    return cls(width)
+    return cls(width, in_channels=in_channels)

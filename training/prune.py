@@ -24,8 +24,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gatewayd.signals.preprocess import MODEL_CHANNELS, MODEL_WINDOW_LEN
-from training.model import MobileNetV2_1D, conv_channels
+from gatewayd.signals.preprocess import MODEL_WINDOW_LEN
+from training.model import MobileNetV2_1D, conv_channels, input_channels
 
 #: Pruning ratios of the issue (percent of channels removed).
 DEFAULT_RATIOS: Final = (20, 40, 60, 80)
@@ -38,7 +38,7 @@ def prune_l1(model: MobileNetV2_1D, ratio: float) -> MobileNetV2_1D:
     pruned = copy.deepcopy(model).eval()
     if ratio == 0.0:
         return pruned
-    example = torch.zeros(1, MODEL_CHANNELS, MODEL_WINDOW_LEN)
+    example = torch.zeros(1, input_channels(model), MODEL_WINDOW_LEN)
     pruner = tp.pruner.MagnitudePruner(
         pruned,
         example,

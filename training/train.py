@@ -376,7 +376,7 @@ def cross_validate(
         log.info("fold %d/%d: held out %s (%d windows)", k + 1, len(groups), held, len(val))
         fold_cfg = replace(cfg, seed=cfg.seed + k)
         torch.manual_seed(cfg.seed + k)
-        model = build_model(arch, width)
+        model = build_model(arch, width, in_channels=int(ws.x.shape[1]))
         history = train_model(model, train, val, fold_cfg, desc=f"fold {k + 1}")
         fold = FoldResult(held, val_idx, history)
         models: dict[int, nn.Module] = {0: model}
