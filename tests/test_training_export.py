@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,6 +119,14 @@ def test_static_int8_runs_and_stays_close(
     np.testing.assert_allclose(fp32[0], torch_act, atol=1e-4)
 
 
+def training_info(**extra: Any) -> TrainingInfo:
+    """The training record of an untrained test model."""
+    return TrainingInfo(
+        datasets=["synthetic (test)"], synthetic=True, subjects=1, windows=1,
+        cross_validation="none", seed=0, epochs=0, **extra,
+    )  # fmt: skip
+
+
 def test_card_matches_its_file_and_round_trips_the_new_fields(
     model: MobileNetV2_1D, exported: dict[str, Path]
 ) -> None:
@@ -136,14 +145,7 @@ def test_card_matches_its_file_and_round_trips_the_new_fields(
         role="gateway",
         width=0.25,
         pruning_pct=0,
-        training=TrainingInfo(
-            datasets=["synthetic (test)"],
-            synthetic=True,
-            subjects=1,
-            windows=1,
-            cross_validation="none",
-            seed=0,
-            epochs=0,
+        training=training_info(
             subject_ids={"synthetic": ["S1"], "troika": ["01", "04"]},
             folds=[["synthetic:S1"], ["troika:01", "troika:04"]],
         ),
@@ -233,15 +235,7 @@ def test_a_v2_network_exports_a_v2_card_the_gateway_runs(tmp_path: Path) -> None
         role="wearable",
         width=0.25,
         pruning_pct=40,
-        training=TrainingInfo(
-            datasets=["synthetic (test)"],
-            synthetic=True,
-            subjects=1,
-            windows=1,
-            cross_validation="none",
-            seed=0,
-            epochs=0,
-        ),
+        training=training_info(),
         metrics=Metrics(evaluated_on="nothing: untrained test model"),
     )
     card = write_model_card(pruned, path, "conv2d", info)
