@@ -211,7 +211,7 @@ def test_real_recordings_make_the_default_policy_offload(tmp_path: Path) -> None
     out = tmp_path / "scale"
     done = run_bench(
         out, "--devices", "4", "--offload", "default", "--seconds", "8", "--profile-seconds", "0",
-        "--dataset", str(BAMI), timeout=600,
+        "--dataset", str(BAMI), "--emulator-nice", "5", timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "scale.json").read_text(encoding="utf-8"))
@@ -225,6 +225,7 @@ def test_real_recordings_make_the_default_policy_offload(tmp_path: Path) -> None
     assert p["windows_received"] > 0
     assert p["offload_ratio"] > 0
     assert p["lost"] == 0
+    assert any("the emulator ran at nice 5" in note for note in report["notes"])
     assert "Sessions: real recordings (bami)" in (out / "scale.md").read_text(encoding="utf-8")
 
 

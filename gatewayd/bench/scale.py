@@ -236,6 +236,9 @@ class ScaleOptions:
     warmup_limit_s: float = 120.0
     #: Longest wait for the last windows after the interval.
     drain_limit_s: float = 20.0
+    #: Niceness of the emulator (0: the same priority as the gateway). Real wearables compute
+    #: on their own MCUs; a positive value lets the gateway go first on the shared cores.
+    emulator_nice: int = 0
 
 
 #: `--quick` (what `make bench` runs): a reduced sweep of a few minutes.
@@ -573,23 +576,25 @@ async def _start(
     )
     return await start_processes(
         n, config, directory, [*sessions, "--seed", str(options.seed)],
-        models_dir=options.models_dir, profile_to=profile_to,
+        models_dir=options.models_dir, profile_to=profile_to, nice=options.emulator_nice,
     )  # fmt: skip
 
 
 async def start_processes(
     n: int, config: Path, directory: Path, sessions: Sequence[str], *,
-    models_dir: Path | None = None, profile_to: Path | None = None,
+    models_dir: Path | None = None, profile_to: Path | None = None, nice: int = 0,
 ) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, dict[str, str]]:  # fmt: skip
     """Start `gatewayd emulate` with ``n`` bonded wearables (``sessions``: what they replay and
     how, e.g. ``--dataset PATH --loop``), stamping sends to ``directory``/stamps.txt, then
     `gatewayd run --config config` pointed at it; (emulator, gateway, what the emulator printed:
-    `_read_env`). Its output goes to emulator.txt, the gateway's to gateway.log."""
+    `_read_env`). Its output goes to emulator.txt, the gateway's to gateway.log. ``nice`` > 0
+    starts the emulator (and its bus) under `nice -n`."""
     emulator_out = directory / "emulator.txt"
     models = ["--models-dir", str(models_dir)] if models_dir else []
+    niced = ["nice", "-n", str(nice)] if nice else []
     with emulator_out.open("w", encoding="utf-8") as out:
         emulator = await asyncio.create_subprocess_exec(
-            *_python(), "-m", "gatewayd", "emulate", "--devices", str(n),
+            *niced, *_python(), "-m", "gatewayd", "emulate", "--devices", str(n),
             "--adapters", str(math.ceil(n / SLOTS)), "--slots", str(SLOTS), "--bonded",
             "--stamps", str(directory / "stamps.txt"), *sessions, *models,
             "--bus-connections-per-user", str(bus_connections_per_user(n)),
@@ -934,6 +939,11 @@ async def bench_scale(
         f" {DBUS_CONNECTIONS_PER_USER - 1} connected wearables per gateway unless raised"
         " (docs/running.md)"
     ]
+    if options.emulator_nice:
+        notes.append(
+            f"the emulator ran at nice {options.emulator_nice}: on the shared cores the gateway"
+            " went first (real wearables compute on their own MCUs)"
+        )
     async with bench_broker(options.mqtt_host, options.mqtt_port) as broker:
         say(broker.note)
         address = (broker.host, broker.port)

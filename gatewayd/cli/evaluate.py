@@ -365,6 +365,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
             mqtt_port=args.mqtt_port,
             seed=args.seed,
             datasets=tuple(args.dataset or ()),
+            emulator_nice=args.emulator_nice,
         )
         find_sessions(options.datasets)  # a --dataset without recordings stops here
     except ValueError as exc:
@@ -625,6 +626,15 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--seed", type=int, default=1, help="seed of the synthetic data, stagger and replay (1)"
+    )
+    scale.add_argument(
+        "--emulator-nice",
+        type=int,
+        choices=range(20),
+        default=0,
+        metavar="N",
+        help="run the emulator at niceness N (0-19; 0: the gateway's priority): real wearables"
+        " compute on their own MCUs, not on the gateway's cores",
     )
     scale.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
     scale.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")
