@@ -117,7 +117,27 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV2_1D(nn.Module):  # noqa: N801 - the architecture's name
+class TwoHeads(nn.Module):
+    """Features -> global average pool -> dropout -> activity and heart-rate heads: every
+    network here (MobileNetV2-1D and training/nets.py's) is its features and these heads."""
+
+    def __init__(self, features: nn.Module, last: int, dropout: float) -> None:
+        """``features`` maps the input to ``last`` channels."""
+        super().__init__()
+        self.features = features
+        self.pool = GlobalAvgPool()
+        self.dropout = nn.Dropout(dropout)
+        self.activity_head = nn.Linear(last, N_ACTIVITY)
+        self.hr_head = nn.Linear(last, N_HR_BINS)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (activity_logits (N, 3), hr_logits (N, 200))."""
+        feats = self.dropout(self.pool(self.features(x)))
+        return self.activity_head(feats), self.hr_head(feats)
+
+
+class MobileNetV2_1D(TwoHeads):  # noqa: N801 - the architecture's name
     """1D MobileNetV2 with a width multiplier and two heads (activity, heart-rate bins)."""
 
     def __init__(
@@ -125,8 +145,6 @@ class MobileNetV2_1D(nn.Module):  # noqa: N801 - the architecture's name
     ) -> None:
         """Build the network; ``width`` scales every channel count except the last 1280;
         ``in_channels`` is 15 for the model input v3, 7 for v2 (its first seven channels)."""
-        super().__init__()
-        self.width = width
         cin = make_divisible(STEM_CHANNELS * width)
         last = make_divisible(LAST_CHANNELS * max(1.0, width))
         features: list[nn.Module] = [conv_bn(in_channels, cin, KERNEL, 2)]
@@ -136,18 +154,8 @@ class MobileNetV2_1D(nn.Module):  # noqa: N801 - the architecture's name
                 features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
                 cin = cout
         features.append(conv_bn(cin, last))
-        self.features = nn.Sequential(*features)
-        self.pool = GlobalAvgPool()
-        self.dropout = nn.Dropout(dropout)
-        self.activity_head = nn.Linear(last, N_ACTIVITY)
-        self.hr_head = nn.Linear(last, N_HR_BINS)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (activity_logits (N, 3), hr_logits (N, 200))."""
-        feats = self.pool(self.features(x))
-        feats = self.dropout(feats)
-        return self.activity_head(feats), self.hr_head(feats)
+        super().__init__(nn.Sequential(*features), last, dropout)
+        self.width = width
 
 
 def hr_expectation(hr_logits: torch.Tensor) -> torch.Tensor:

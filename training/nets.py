@@ -33,13 +33,10 @@ from torch import nn
 
 from gatewayd.signals.preprocess import MODEL_CHANNELS
 from training.model import (
-    N_ACTIVITY,
-    N_HR_BINS,
-    GlobalAvgPool,
     InvertedResidual,
     MobileNetV2_1D,
+    TwoHeads,
     conv_bn,
-    init_weights,
     make_divisible,
 )
 
@@ -51,24 +48,6 @@ __all__ = [
     "SqueezeNet1D",
     "build_model",
 ]
-
-
-class _TwoHeads(nn.Module):
-    """Features -> global average pool -> dropout -> activity and heart-rate heads."""
-
-    def __init__(self, features: nn.Module, last: int, dropout: float) -> None:
-        super().__init__()
-        self.features = features
-        self.pool = GlobalAvgPool()
-        self.dropout = nn.Dropout(dropout)
-        self.activity_head = nn.Linear(last, N_ACTIVITY)
-        self.hr_head = nn.Linear(last, N_HR_BINS)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (activity_logits (N, 3), hr_logits (N, 200))."""
-        feats = self.dropout(self.pool(self.features(x)))
-        return self.activity_head(feats), self.hr_head(feats)
 
 
 def _conv(
@@ -102,7 +81,7 @@ SQUEEZE_FIRES: Final = ((16, 64), (16, 64), "pool", (32, 128), (32, 128), "pool"
                         (48, 192), (48, 192), (64, 256), (64, 256))  # fmt: skip
 
 
-class SqueezeNet1D(_TwoHeads):
+class SqueezeNet1D(TwoHeads):
     """1D SqueezeNet 1.1 with the two heads."""
 
     def __init__(
@@ -177,7 +156,7 @@ SHUFFLE_STAGES: Final = ((4, 116), (8, 232), (4, 464))
 SHUFFLE_STEM, SHUFFLE_LAST = 24, 1024
 
 
-class ShuffleNetV2_1D(_TwoHeads):  # noqa: N801 - the architecture's name
+class ShuffleNetV2_1D(TwoHeads):  # noqa: N801 - the architecture's name
     """1D ShuffleNetV2 1.0x with the two heads."""
 
     def __init__(
@@ -217,7 +196,7 @@ LITE0_STAGES: Final = (
 LITE0_STEM, LITE0_LAST = 32, 1280
 
 
-class EfficientNetLite0_1D(_TwoHeads):  # noqa: N801 - the architecture's name
+class EfficientNetLite0_1D(TwoHeads):  # noqa: N801 - the architecture's name
     """1D EfficientNet-Lite0 with the two heads."""
 
     def __init__(
