@@ -1,9 +1,10 @@
 """Recordings -> model-input windows, labels, ACC features and weights; subject-wise folds.
 
-Every window goes through `gatewayd.signals.preprocess.preprocess_window` (the model input v2)
-applied to `Recording.window(i)` with the recording's ``has_bvp``, the same call the gateway
-makes on an offloaded window, so training and serving cannot drift apart. A set without PPG
-gets the model's "no PPG" input (the BVP and ``ppg`` channels zero), never a BVP to learn from.
+Every window goes through `gatewayd.signals.preprocess.preprocess_window` (the model input v3;
+`gatewayd-train --input v2` keeps its first seven channels, the v2 input) applied to
+`Recording.window(i)` with the recording's ``has_bvp``, the same call the gateway makes on an
+offloaded window, so training and serving cannot drift apart. A set without PPG gets the
+model's "no PPG" input (the BVP and ``ppg`` channels zero), never a BVP to learn from.
 Labels per window: the activity group (0 rest, 1 light, 2 vigorous; -1 unknown, masked), the
 reference heart rate (NaN where unknown or where the window has no PPG, masked), ``has_bvp``.
 

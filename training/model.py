@@ -1,13 +1,14 @@
 """The 1D MobileNetV2: inverted residuals, linear bottlenecks, depthwise-separable convolutions.
 
-Input (N, 7, 256): the model input v2 of `gatewayd.signals.preprocess.preprocess_window`, 8 s
-at 32 Hz (BVP, ACC x/y/z and |a| in g, the motion level, the PPG-present flag). Two heads on the
+Input (N, C, 256), 8 s at 32 Hz from `gatewayd.signals.preprocess.preprocess_window`: C = 7 for
+the model input v2 (BVP, ACC x/y/z and |a| in g, the motion level, the PPG-present flag; the
+shipped models), 15 for v3 (the same and the ACC's band energies). Two heads on the
 globally pooled features: activity logits over the 3 intensity groups
 (`gatewayd.activity.GROUP_NAMES`: rest, light, vigorous) and heart-rate logits over 200 bins of
 1 bpm (centres 30..229 bpm). The heart-rate estimate is the expected value of the bin centres
 under the softmax, so entropy and confidence of the estimate are defined.
 
-`to_conv2d` rewrites any (also pruned) instance as Conv2d over (N, 7, 1, 256) with the same
+`to_conv2d` rewrites any (also pruned) instance as Conv2d over (N, C, 1, 256) with the same
 weights, for runtimes that have faster 2D kernels; `count_macs` counts multiply-accumulates.
 """
 
