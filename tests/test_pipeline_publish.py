@@ -68,15 +68,19 @@ async def test_an_unchanged_device_publishes_its_state_on_change_not_per_window(
     assert [t["seq"] for t in telemetry] == list(range(windows + 1))
     states = sub.on(f"{device}/state")
     # Link up, the first window, a refresh each STATE_REFRESH_S of last_seen, the battery drop:
-    # at most these. Windows processed together (one store commit) publish only the group's
-    # last state, so a refresh may be folded into a later one.
+    # at most these. Frames processed together (one store commit, up to 32) publish only the
+    # group's last state, and a state not yet sent is replaced by a newer one (the retained
+    # state is the latest), so on a busy machine the link-up state and the refreshes may fold
+    # into later ones: the 61 frames make at least two groups, so at least two states.
     refreshes = int((windows - 1) * WINDOW_S // STATE_REFRESH_S)
-    assert 3 <= len(states) <= 2 + refreshes + 1, [s.get("last_seen") for s in states]
-    assert [s.get("battery_pct") for s in states] == [None] + [90] * (len(states) - 2) + [89]
+    assert 2 <= len(states) <= 2 + refreshes + 1, [s.get("last_seen") for s in states]
+    batteries = [s.get("battery_pct") for s in states]
+    windowed = states[1:] if batteries[0] is None else states  # the link-up state, if alone
+    assert [s.get("battery_pct") for s in windowed] == [90] * (len(windowed) - 1) + [89]
     last = datetime.fromtimestamp(T0 + windows * WINDOW_S, UTC)
     assert states[-1]["last_seen"] == last.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     assert all(s["connected"] for s in states)
-    assert all(s["hr_bpm"] in (72.5, 72.6) for s in states[1:])
+    assert all(s["hr_bpm"] in (72.5, 72.6) for s in windowed)
 
 
 def test_state_changed_on_slow_values_big_hr_moves_and_refreshes_only() -> None:
