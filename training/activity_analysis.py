@@ -36,9 +36,8 @@ import numpy.typing as npt
 from gatewayd.inference.cards import OutputSpec
 from gatewayd.inference.session import hr_bin_centres
 from training.metrics import softmax
+from training.report import ACC_THRESHOLD_G
 
-#: The ACC threshold of `gatewayd eval`: motion spread at or above this is "moving", g RMS.
-ACC_MOVING_G: Final = 15 / 64
 #: Mixing weights of the baseline tried (0: the model alone, 1: the baseline alone).
 WEIGHTS: Final = tuple(round(w, 1) for w in np.linspace(0.0, 1.0, 11))
 
@@ -139,7 +138,7 @@ def analyse(run: Path, say: Callable[[str], None] = print) -> None:
     reference = ws.hr_bpm.astype(np.float64)
     scored = (labels >= 0) & (sets != "synthetic")
     model_rest = model.argmax(axis=1) == 0
-    acc_rest = spread < ACC_MOVING_G
+    acc_rest = spread < ACC_THRESHOLD_G
     say(f"Run {run}: {int(scored.sum())} labelled windows of measured sets (out of fold).\n")
     say("## Rest vs moving, error by error\n")
     say("| set | rest / moving windows | model: rest called moving / moving called rest "

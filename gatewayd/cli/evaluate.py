@@ -391,16 +391,12 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return EXIT_OK if report.points else EXIT_ERROR
 
 
-#: `gatewayd bench paper --only`'s names.
-PAPER_EXPERIMENTS = tuple(EXPERIMENTS)
-
-
 def _experiments(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in PAPER_EXPERIMENTS]
+    unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"{', '.join(unknown) or 'nothing'}: not one of {', '.join(PAPER_EXPERIMENTS)}"
+            f"{', '.join(unknown) or 'nothing'}: not one of {', '.join(EXPERIMENTS)}"
         )
     return names
 
@@ -701,7 +697,7 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         "--only",
         type=_experiments,
         metavar="LIST",
-        help="run only these, comma-separated: table1, fig3, fig4, fig5, fig6 (default: all)",
+        help=f"run only these, comma-separated: {', '.join(EXPERIMENTS)} (default: all)",
     )
     models_dir_option(paper)
     paper.add_argument("--json", action="store_true", help="print paper.json instead of paper.md")
