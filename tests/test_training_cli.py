@@ -100,9 +100,19 @@ def test_a_ppg_dalia_or_wesad_folder_trains_in_one_step(
     (folder / "WESAD" / "S3" / "S3.pkl").write_bytes(pickle.dumps(wesad, protocol=4))
     out = tmp_path / "run"
     args = ["--data", str(folder), "--folds", "0", "--epochs", "1", "--width", "0.25"]
-    assert main([*args, "--cv-only", "--no-cache", "--out", str(out)]) == 0
+    assert main([*args, "--cv-only", "--export-folds", "--no-cache", "--out", str(out)]) == 0
     cv = json.loads((out / "cv.json").read_text())
     assert cv["subject_ids"] == {"synthetic": ["S1", "S2"], "wesad": ["S3"]}
+    # --export-folds: each fold's model, its card naming the subjects it was trained on only.
+    index = json.loads((out / "folds" / "folds.json").read_text())
+    held = [f["held_out"] for f in index["folds"]]
+    assert sorted(h for f in held for h in f) == ["synthetic:S1", "synthetic:S2", "wesad:S3"]
+    for fold in index["folds"]:
+        path = out / "folds" / fold["dir"] / "mnv2-1d-w0.25.onnx"
+        card = read_card(card_path(path))
+        verify(card, path)
+        trained = {f"{src}:{s}" for src, ids in card.training.subject_ids.items() for s in ids}
+        assert trained == {"synthetic:S1", "synthetic:S2", "wesad:S3"} - set(fold["held_out"])
     assert any(d.startswith("WESAD") for d in cv["datasets"])
     # WESAD's conditions are all rest; its windows are scored per dataset like any other.
     assert cv["per_dataset"]["wesad"]["group_counts"]["rest"] > 0

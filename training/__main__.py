@@ -47,6 +47,7 @@ from training.data import (
     build_window_set,
     default_window_cache,
     load_recordings,
+    split,
     synthetic_recordings,
 )
 from training.export import (
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cv-only", action="store_true", help="cross-validate and report; no final fit")
     p.add_argument("--export", action="store_true", help="export ONNX files with model cards")
+    p.add_argument(
+        "--export-folds",
+        action="store_true",
+        help="also export every cross-validation fold's models (full and pruned, fp32) with"
+        " cards into OUT/folds/fold-K/, and OUT/folds/folds.json naming the subjects each"
+        " fold held out: models to replay held-out subjects with (gatewayd bench paper --run)",
+    )
     p.add_argument(
         "--models-dir",
         type=Path,
@@ -589,6 +597,57 @@ def card_infos(
     }
 
 
+#: `--export-folds`: the folder under ``--out`` and its index.
+FOLDS_DIR = "folds"
+FOLDS_INDEX = "folds.json"
+
+
+def export_folds(
+    args: argparse.Namespace, ws: WindowSet, cv: CvResult, infos: dict[int, CardInfo]
+) -> Path:
+    """Write each fold's models (conv1d fp32, the shipped names) and the index; return it.
+
+    The cards are the release cards' (``infos``: the run's held-out metrics and calibration),
+    except the training record: the subjects the fold trained on, so that a check of whether a
+    recording's subject was seen in training answers for the fold model.
+    """
+    root = args.out / FOLDS_DIR
+    index: dict[str, Any] = {"command": " ".join(sys.argv), "folds": []}
+    for k, fold in enumerate(cv.folds, 1):
+        folder = root / f"fold-{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        train_idx, _ = split(ws, fold.held_out)
+        trained_on = ws.subset(train_idx)
+        for pct, model in sorted(fold.models.items()):
+            info = infos[pct]
+            training = info.training.model_copy(
+                update={
+                    "subjects": len(set(trained_on.subject.tolist())),
+                    "windows": len(trained_on),
+                    "subject_ids": _subject_ids(ws, trained_on),
+                    "notes": f"cross-validation fold {k} of {len(cv.folds)}: trained without"
+                    f" {', '.join(fold.held_out)}; metrics and calibration are the run's; "
+                    + info.training.notes,
+                }
+            )
+            path = export_onnx(model, folder / f"{info.model_id}.onnx", "conv1d")
+            write_model_card(model, path, "conv1d", replace(info, training=training))
+        index["folds"].append({"fold": k, "dir": folder.name, "held_out": list(fold.held_out)})
+    (root / FOLDS_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    log.info("fold models in %s", root)
+    return root
+
+
+def _subject_ids(ws: WindowSet, part: WindowSet) -> dict[str, list[str]]:
+    """The subject ids (by source, sorted) of the windows of ``part``, a subset of ``ws``."""
+    present = {ws.subjects[i] for i in np.unique(part.subject)}
+    out: dict[str, list[str]] = {}
+    for key in sorted(present):
+        source, subject = key.split(":", 1)
+        out.setdefault(source, []).append(subject)
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
 def final_fit(
     args: argparse.Namespace,
     ws: WindowSet,
@@ -750,6 +809,7 @@ def run(args: argparse.Namespace) -> int:
         prune_pcts=args.prune,
         prune_cfg=prune_cfg,
         pruner=prune_l1,
+        keep_models=args.export_folds,
     )
     wall["cross_validation_s"] = time.monotonic() - t0
     table = per_dataset(cv, ws)
@@ -757,6 +817,8 @@ def run(args: argparse.Namespace) -> int:
     leakage = {f"p{pct}": res.summary() for pct, res in cv.leakage.items()}
     histories = _histories(cv)
     _write_oof(cv, ws, out / "oof.npz")
+    if args.export_folds:
+        export_folds(args, ws, cv, card_infos(args, ws, cv, table, cals))
 
     models: list[Trained] = []
     if not args.cv_only:

@@ -317,6 +317,8 @@ class FoldResult:
     val_idx: npt.NDArray[np.int64]
     history: History
     prune_history: dict[int, History] = field(default_factory=dict)
+    #: The fold's trained models by pruning percentage (0: the full model), when kept.
+    models: dict[int, nn.Module] = field(default_factory=dict)
 
 
 @dataclass
@@ -352,10 +354,12 @@ def cross_validate(
     prune_cfg: TrainConfig | None = None,
     pruner: Pruner | None = None,
     baselines: bool = True,
+    keep_models: bool = False,
 ) -> CvResult:
     """Train one model per subject-wise fold and score it (and its pruned copies) held out.
 
     ``arch`` names the network (`training.nets.ARCHITECTURES`); only MobileNetV2-1D is pruned.
+    ``keep_models`` keeps each fold's models in its `FoldResult` (to export them).
     """
     if prune_pcts and arch != DEFAULT_ARCH:
         raise ValueError(f"pruning is for {DEFAULT_ARCH} only, not {arch}")
@@ -398,6 +402,8 @@ def cross_validate(
             labelled = val.activity != NO_ACTIVITY
             acc = float(np.mean(a.argmax(1)[labelled] == val.activity[labelled]))
             log.info("fold %d p%d held out: group accuracy %.3f", k + 1, pct, acc)
+        if keep_models:
+            fold.models = models
         labelled = train.activity != NO_ACTIVITY
         majority[val_idx] = int(np.bincount(train.activity[labelled], minlength=N_GROUPS).argmax())
         if baselines:
