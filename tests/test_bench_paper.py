@@ -20,6 +20,7 @@ from gatewayd.bench.paper import (
     PaperOptions,
     PaperReport,
     Progress,
+    _figure4,
     _figure5,
     check_options,
 )
@@ -50,7 +51,8 @@ from gatewayd.bench.paper_energy import (
 from gatewayd.bench.paper_loss import loss_curves, read_run, training_available
 from gatewayd.bench.paper_table1 import PAPER_DELTA_POINTS, table1
 from gatewayd.cli import main
-from gatewayd.datasets import generate_recording
+from gatewayd.datasets import find_recordings, generate_recording, load
+from gatewayd.datasets.synthetic import write_synthetic_dataset
 from gatewayd.emulator.virtual import pick_wearable_model
 from gatewayd.emulator.wearable import LocalActivity
 from gatewayd.energy import local_window, offloaded_window
@@ -611,3 +613,48 @@ def test_figure5_with_out_of_fold_answers_writes_the_accuracy_cost(tmp_path: Pat
         assert set(acc["hr_mae_bpm"]) == {"windows", "local_only", "reported", "change"}
         assert set(acc["activity_accuracy"]) == {"windows", "local_only", "reported", "change"}
     assert "fig5_accuracy" not in report.not_run
+
+
+@pytest.mark.skipif(end_to_end_available() is not None, reason="no dbus-daemon for the emulator")
+def test_figure4_with_fold_models_replays_each_session_by_the_fold_that_held_it_out(
+    tmp_path: Path,
+) -> None:
+    """`gatewayd-train --export-folds`'s layout: one end-to-end run per fold, its sessions only,
+    with that fold's models; sessions no fold held out are left out and said so."""
+    wearable, gateway = shipped_models()
+    paths = write_synthetic_dataset(tmp_path / "sessions", 3, 1.0, 7)
+    found = [s for p in paths for s in find_recordings(p)]
+    recordings = [load(s) for s in found]
+    keys = [r.subject_key for r in recordings]
+    run = tmp_path / "run"
+    for k in (1, 2):
+        folder = run / "folds" / f"fold-{k}"
+        folder.mkdir(parents=True)
+        for model in (wearable, gateway):
+            for path in (model.path, model.path.with_name(model.path.name + ".json")):
+                (folder / path.name).symlink_to(path)
+    index = {"folds": [{"fold": 1, "dir": "fold-1", "held_out": [keys[0]]},
+                       {"fold": 2, "dir": "fold-2", "held_out": [keys[1], "bami:99"]}]}  # fmt: skip
+    (run / "folds" / "folds.json").write_text(json.dumps(index), encoding="utf-8")
+    options = PaperOptions(out=tmp_path / "out", run=run, quick=True)
+    sessions = {"kind": "real", "describe": "three synthetic sessions", "label": "test",
+                "recordings": len(recordings)}  # fmt: skip
+    report = PaperReport(options=options, environment={}, sessions=sessions)
+    progress = Progress(len(recordings) + 21, io.StringIO(), bar=False)
+    _figure4(report, ModelRegistry.discover(), recordings, found, progress)
+    assert "fig4" not in report.not_run, report.not_run
+    f4 = json.loads((tmp_path / "out" / "fig4.json").read_text(encoding="utf-8"))
+    assert f4["run"]["held_out_by_fold"] == str(run / "folds" / "folds.json")
+    assert [(r["models"], r["sessions"]) for r in f4["run"]["runs"]] == [
+        ("fold-1", 1), ("fold-2", 1),
+    ]  # fmt: skip
+    assert f4["run"]["left_out_no_fold"] == [recordings[2].name]
+    assert f4["run"]["wearables"] == 2
+    assert f4["run"]["left_out_without_ppg"] == 0
+    assert "Held out" in f4["run"]["describe"]
+    assert "sessions no fold held out" in f4["run"]["describe"]
+    windows = sum(r.window_count() for r in recordings[:2])
+    assert f4["all"]["windows"] == windows
+    # At --quick's 10x, windows made before the gateway connected may miss its resend wait.
+    assert 0 < f4["all"]["published"] <= windows
+    assert f4["mapping_check"]["holds"] is True

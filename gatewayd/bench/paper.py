@@ -2,8 +2,10 @@
 
 It runs Table 1 (`paper_table1`), Figure 3 (`paper_fig3`: the networks of --arch-run folders,
 or with --quick tiny runs of its own), Figure 4 (`paper_activity`: every session replayed
-once through the emulator, BLE and the gateway, as real processes), Figure 5 (`paper_energy`;
-with a --run folder's oof.npz, held out and with its accuracy cost, `paper_accuracy`) and
+once through the emulator, BLE and the gateway, as real processes; with a --run folder's fold
+models, `paper_folds`, each session by the fold that held its subject out), Figure 5
+(`paper_energy`; with a --run folder's oof.npz, held out and with its accuracy cost,
+`paper_accuracy`) and
 Figure 6 (`paper_loss`); what it could not produce is in the report's ``not_run``. Each
 artefact is written to the output folder as JSON, a Markdown table and a PNG as soon as it is
 done; paper.json and paper.md index them. Blocks (models are timed, sessions replayed; Figure 4
@@ -13,6 +15,7 @@ runs in real time: as long as the longest session, or a tenth of it with --quick
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -38,6 +41,7 @@ from gatewayd.bench.paper_accuracy import (
 )
 from gatewayd.bench.paper_activity import (
     EndToEnd,
+    PublishedWindow,
     end_to_end_available,
     figure4,
     format_figure4,
@@ -63,6 +67,13 @@ from gatewayd.bench.paper_fig3 import (
     plot_figure3,
     read_arch_run,
     time_onnx,
+)
+from gatewayd.bench.paper_folds import (
+    FOLDS_INDEX,
+    ModelGroup,
+    fold_groups,
+    gateway_model,
+    seen_in_training,
 )
 from gatewayd.bench.paper_loss import (
     TINY_TRAINING_ARGS,
@@ -308,14 +319,6 @@ def _sessions(
     )
 
 
-def _in_sample(recordings: Sequence[Recording], model: InstalledModel) -> int:
-    """How many measured recordings are of subjects the model was trained on (its card)."""
-    ids = model.card.training.subject_ids
-    return sum(
-        1 for r in recordings if r.source != "synthetic" and r.subject in ids.get(r.source, [])
-    )
-
-
 @dataclass(frozen=True)
 class _Artefact:
     key: str
@@ -361,7 +364,12 @@ def _figure4(
     found: Sequence[RecordingSource | None],
     progress: Progress,
 ) -> None:
-    """Figure 4: the sessions with PPG replayed end to end (`paper_activity`)."""
+    """Figure 4: the sessions with PPG replayed end to end (`paper_activity`).
+
+    With ``--run`` whose folder has fold models (`paper_folds`), each real session is replayed
+    by the models of the fold that held its subject out, one end-to-end run per fold, all at
+    once; otherwise every session by the installed models.
+    """
     wearable = pick_wearable_model(registry, WEARABLE_PRUNING)
     chosen = [(r, s) for r, s in zip(recordings, found, strict=True) if r.has_bvp]
     why = end_to_end_available()
@@ -376,81 +384,172 @@ def _figure4(
         return
     assert wearable is not None
     options = report.options
+    groups, held = _figure4_groups(report, registry, wearable, chosen)
+    for recording in held.left_out:
+        progress.step("Figure 4", f"{recording.name}: no fold held its subject out")
     speed = QUICK_FIG4_SPEED if options.quick and not options.data else FIG4_SPEED
-    session = ModelSession(wearable.card, wearable.path, threads=1)
-    setup = ReplaySetup(wearable_model=session, gateway_model=None, model_every_window=False)
-    tables = []
-    for recording, _ in chosen:
-        progress.step("Figure 4", f"{recording.name}, local only")
-        tables.append(replay(recording, setup))
+    tables: list[list[WindowTable]] = []
+    for group in groups:
+        session = ModelSession(group.wearable.card, group.wearable.path, threads=1)
+        setup = ReplaySetup(wearable_model=session, gateway_model=None, model_every_window=False)
+        tables.append([])
+        for recording, _ in group.sessions:
+            progress.step("Figure 4", f"{recording.name}, local only ({group.name})")
+            tables[-1].append(replay(recording, setup))
     ticks = 0
+    got = [0] * len(groups)
+    total = sum(len(t) for part in tables for t in part)
 
-    def tick(got: int, total: int) -> None:
+    def tick(k: int, published: int) -> None:
         nonlocal ticks
-        while ticks < FIG4_TICKS and got * FIG4_TICKS >= (ticks + 1) * total:
+        got[k] = published
+        while ticks < FIG4_TICKS and sum(got) * FIG4_TICKS >= (ticks + 1) * total:
             ticks += 1
-            progress.step("Figure 4", f"{got}/{total} windows published")
+            progress.step("Figure 4", f"{sum(got)}/{total} windows published")
 
-    windows = [len(t) for t in tables]
     with tempfile.TemporaryDirectory(prefix="gatewayd-fig4-sessions-") as tmp:
         if any(s is None for _, s in chosen):
             # The synthetic sessions, written as the emulator reads them (the same data).
             subjects, minutes = _synthetic_sessions(options)
-            paths = write_synthetic_dataset(tmp, subjects, minutes, SYNTHETIC_SEED)
+            paths = [write_synthetic_dataset(tmp, subjects, minutes, SYNTHETIC_SEED)]
         else:
-            paths = [s.path for _, s in chosen if s is not None]
+            paths = [[s.path for _, s in g.sessions if s is not None] for g in groups]
         progress.say(
-            f"Figure 4: {len(paths)} sessions, {sum(windows)} windows, replayed end to end at"
-            f" {speed:g}x real time"
-        )
+            f"Figure 4: {sum(map(len, paths))} sessions, {total} windows, replayed end to end"
+            f" at {speed:g}x real time"
+            + (f" by the fold models of {options.run} ({len(groups)} runs at once)"
+               if held.folds else "")
+        )  # fmt: skip
+
+        async def run_all() -> list[EndToEnd]:
+            return list(
+                await asyncio.gather(
+                    *(
+                        run_end_to_end(
+                            paths[k],
+                            [len(t) for t in tables[k]],
+                            speed=speed,
+                            models_dir=group.models_dir,
+                            tick=functools.partial(_tick_of, tick, k),
+                        )
+                        for k, group in enumerate(groups)
+                    )
+                )
+            )
+
         try:
-            run = asyncio.run(run_end_to_end(paths, windows, speed=speed,
-                                             models_dir=options.models_dir, tick=tick))  # fmt: skip
+            runs: list[EndToEnd] | None = asyncio.run(run_all())
         except (RuntimeError, TimeoutError, OSError) as exc:
             report.not_run["fig4"] = f"Figure 4: the end-to-end run failed: {exc}"
-            run = None
+            runs = None
     for _ in range(ticks, FIG4_TICKS):
         progress.step("Figure 4", "replayed")
-    if run is not None:
-        _write_figure4(report, wearable=wearable, gateway=_gateway_model(registry),
-                       recordings=[r for r, _ in chosen], tables=tables,
-                       run=run, progress=progress)  # fmt: skip
+    if runs is not None:
+        _write_figure4(report, cost_model=wearable, groups=groups, tables=tables, runs=runs,
+                       held=held, progress=progress)  # fmt: skip
     progress.step("Figure 4", "written")
+
+
+def _tick_of(tick: Callable[[int, int], None], k: int, published: int, _total: int) -> None:
+    tick(k, published)
+
+
+@dataclass(frozen=True)
+class _Fig4Held:
+    """How Figure 4's sessions were split among models: by fold (held out), or not."""
+
+    #: The fold models' index, when every session was replayed by its fold's models.
+    folds: Path | None = None
+    #: Sessions left out: no fold held their subject out.
+    left_out: tuple[Recording, ...] = ()
+    #: Why the fold models were not used, when --run was given.
+    why_not: str | None = None
+
+
+def _figure4_groups(
+    report: PaperReport,
+    registry: ModelRegistry,
+    wearable: InstalledModel,
+    chosen: Sequence[tuple[Recording, RecordingSource | None]],
+) -> tuple[list[ModelGroup[RecordingSource | None]], _Fig4Held]:
+    """The end-to-end runs Figure 4 makes: one per fold of --run's fold models, or one."""
+    run = report.options.run
+    shipped = [
+        ModelGroup("shipped", report.options.models_dir, wearable, gateway_model(registry),
+                   tuple(chosen))
+    ]  # fmt: skip
+    if run is None:
+        return shipped, _Fig4Held()
+    if any(s is None for _, s in chosen):
+        return shipped, _Fig4Held(why_not="synthetic sessions are not any fold's subjects")
+    plan = fold_groups(run, chosen, WEARABLE_PRUNING)
+    if isinstance(plan, str):
+        return shipped, _Fig4Held(why_not=plan)
+    groups, unheld = plan
+    if not groups:
+        return shipped, _Fig4Held(why_not=f"no fold of {run} held out any of these subjects")
+    return groups, _Fig4Held(folds=run / FOLDS_INDEX, left_out=tuple(unheld))
 
 
 def _write_figure4(
     report: PaperReport,
     *,
-    wearable: InstalledModel,
-    gateway: InstalledModel | None,
-    recordings: Sequence[Recording],
-    tables: Sequence[WindowTable],
-    run: EndToEnd,
+    cost_model: InstalledModel,
+    groups: Sequence[ModelGroup[RecordingSource | None]],
+    tables: Sequence[Sequence[WindowTable]],
+    runs: Sequence[EndToEnd],
+    held: _Fig4Held,
     progress: Progress,
 ) -> None:
-    rows = join_windows(recordings, tables, run)
+    rows: list[PublishedWindow] = []
+    recordings: list[Recording] = []
+    for group, part, run in zip(groups, tables, runs, strict=True):
+        mine = [r for r, _ in group.sessions]
+        rows += [
+            dataclasses.replace(row, recording=row.recording + len(recordings))
+            for row in join_windows(mine, part, run)
+        ]
+        recordings += mine
     costs = WindowCosts.of(
-        wearable.card.macs,
-        int8=wearable.card.quantization != "none",
+        cost_model.card.macs,
+        int8=cost_model.card.quantization != "none",
         summary_bytes=SUMMARY_SIZE,
         window_bytes=window_message_bytes(np.dtype(SampleFormat.INT16.dtype).itemsize),
     )
     sessions = dict(report.sessions)
     sources = sorted({r.source for r in recordings})
+    speed = runs[0].speed
+    wall = max(run.wall_s for run in runs)
+    brokers = sorted({run.broker.split(" ")[0] for run in runs})
     describe = (
         f"Replayed end to end: {len(recordings)} wearables, one per session with PPG, each"
         " replaying its recording once from its first window (`gatewayd emulate --dataset ..."
-        f" --speed {run.speed:g}`, no `--loop`), over the emulated BlueZ into `gatewayd run`"
-        f" (the shipped offload policy), published to {run.broker}; {run.wall_s:.0f} s of wall"
-        f" time at {run.speed:g}x real time on {report.environment.get('cpu', '?')}"
-        f" ({report.environment.get('cpus', '?')} CPUs)."
+        f" --speed {speed:g}`, no `--loop`), over the emulated BlueZ into `gatewayd run`"
+        f" (the shipped offload policy), published to a {', '.join(brokers)} broker on an"
+        f" ephemeral port; {wall:.0f} s of wall time at {speed:g}x real time on"
+        f" {report.environment.get('cpu', '?')} ({report.environment.get('cpus', '?')} CPUs)."
     )
-    skipped = int(report.sessions.get("recordings", len(recordings))) - len(recordings)
+    replayed_or_not = len(recordings) + len(held.left_out)
+    skipped = int(report.sessions.get("recordings", replayed_or_not)) - replayed_or_not
     if skipped:
         describe += f" Left out: {skipped} sessions without PPG."
-    in_sample = {
-        m.model_id: _in_sample(recordings, m) for m in (wearable, gateway) if m is not None
-    }
+    if held.folds is not None:
+        describe += (
+            f" **Held out**: each session was replayed by the models of the cross-validation"
+            f" fold that held its subject out ({held.folds}), one emulator, gateway and broker"
+            f" per fold, the {len(groups)} runs at once; energy is modelled with the installed"
+            f" wearable model `{cost_model.model_id}`."
+        )
+        if held.left_out:
+            describe += f" Left out: {len(held.left_out)} sessions no fold held out."
+    elif held.why_not is not None:
+        describe += f" The fold models of --run were not used: {held.why_not}."
+    in_sample: dict[str, int] = {}
+    for group in groups:
+        mine = [r for r, _ in group.sessions]
+        for m in (group.wearable, group.gateway):
+            if m is not None:
+                in_sample[m.model_id] = in_sample.get(m.model_id, 0) + seen_in_training(mine, m)
     if any(in_sample.values()):
         describe += (
             " **In-sample**: "
@@ -460,23 +559,34 @@ def _write_figure4(
             )
             + " (the cards): the accuracy and HR there flatter both models."
         )
+    notes = [note for run in runs for note in run.notes]
     fig = figure4(
         rows,
         costs,
-        model_id=wearable.model_id,
+        model_id=groups[0].wearable.model_id,
         sessions={**sessions, "replayed": len(recordings), "replayed_sources": sources},
         run={
             "describe": describe,
-            "speed": run.speed,
-            "wall_s": round(run.wall_s, 1),
-            "broker": run.broker,
+            "speed": speed,
+            "wall_s": round(wall, 1),
+            "broker": "; ".join(run.broker for run in runs),
             "wearables": len(recordings),
             "left_out_without_ppg": skipped,
+            "held_out_by_fold": None if held.folds is None else str(held.folds),
+            "runs": [
+                {"models": g.name, "sessions": len(g.sessions), "wall_s": round(r.wall_s, 1)}
+                for g, r in zip(groups, runs, strict=True)
+            ],
+            "left_out_no_fold": [r.name for r in held.left_out],
             "in_sample_sessions": in_sample,
-            "notes": run.notes,
+            "notes": notes,
         },
     )
     label = str(report.sessions["label"])
+    if held.folds is not None:
+        label += "; held out: each by the fold models that never saw its subject"
+    elif any(in_sample.values()):
+        label += "; in-sample models"
     plot = functools.partial(plot_figure4, fig, label=label)
     _write(report, _Artefact("fig4", fig.to_json(), format_figure4(fig), plot), progress)
 
@@ -487,16 +597,6 @@ NO_ACCURACY: Final = (
     " out-of-fold answers, docs/eval.md) and measured recordings (--data) it covers: the shipped"
     " models were trained on the real sets' subjects, so their answers there are in-sample"
 )
-
-
-def _gateway_model(registry: ModelRegistry) -> InstalledModel | None:
-    """The gateway's model as `gatewayd eval` picks it: the daemon's default (`[inference]
-    model`) when installed, else the first gateway model."""
-    default = InferenceConfig().model
-    if default in {m.model_id for m in registry.all()}:
-        return registry.get(default)
-    gateway = registry.for_role("gateway")
-    return gateway[0] if gateway else None
 
 
 @dataclass(frozen=True)
@@ -550,7 +650,7 @@ def _held_out_plan(
         if pick_wearable_model(run_cards, level) is not None:
             cards = run_cards
     wearable = pick_wearable_model(cards, level) or wearable
-    gateway = _gateway_model(cards)
+    gateway = gateway_model(cards)
     for model in (wearable, gateway):
         if model is not None and model.card.pruning_pct not in oof.logits:
             return (
@@ -615,7 +715,7 @@ def _figure5_shipped(
     )
     result = sweep_energy(replayed, costs)
     sessions = report.sessions
-    in_sample = _in_sample(recordings, wearable)
+    in_sample = seen_in_training(recordings, wearable)
     line = f"Sessions: {sessions['describe']}, {sum(len(s) for s in replayed)} windows."
     if in_sample:
         line += (

@@ -647,7 +647,8 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         " replayed once in real time through the emulator, BLE and the gateway; per activity"
         " label and group the accuracy and HR MAE of what the gateway published beside local"
         " only, the notify -> publish latency, the share offloaded and the wearable's"
-        " energy), Figure 5 (the wearable's energy, local-only against"
+        " energy; with --run's fold models, each session by the fold that held its subject"
+        " out), Figure 5 (the wearable's energy, local-only against"
         " edge-assisted, over a sweep of tau and the minimum confidence, from the emulated"
         " wearable's decisions; with --run's oof.npz and real --data, held out, with the"
         " accuracy cost of each point) and Figure 6 (training loss curves of --run). Each is"
@@ -682,7 +683,9 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a gatewayd-train --out folder: Figure 6 from its history.json (and cv.json);"
         " with its oof.npz, Figure 5's decisions on the --data recordings it covers are held"
-        " out and each point has its accuracy cost",
+        " out and each point has its accuracy cost; with its fold models (--export-folds),"
+        " Figure 4 replays each --data session by the models of the fold that held its"
+        " subject out",
     )
     paper.add_argument(
         "--arch-run",
