@@ -1191,10 +1191,17 @@ def _activity_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -
     return activity_conf_e4
 
 
+def _product_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
+    """Both answers' confidences multiplied, as if both were probabilities of being right."""
+    hr = offload_confidence_e4(10000, quality, hr_cbpm)
+    return (activity_conf_e4 * hr + 5000) // 10000
+
+
 #: The offload confidences compared by the sweep, from the summary's integers: the wire's
-#: (`offload_confidence_e4`, the lower of both) and each answer's alone.
+#: (`offload_confidence_e4`, the lower of both), their product and each answer's alone.
 CONFIDENCES: Final[Mapping[str, Callable[[int, int, int], int]]] = {
     "min": offload_confidence_e4,
+    "product": _product_confidence_e4,
     "activity": _activity_confidence_e4,
     "hr": _hr_confidence_e4,
 }
@@ -1454,6 +1461,7 @@ def _auc(w: _Windows) -> dict[str, dict[str, float]]:
         "1 - hr quality": -w.confidences["hr"].astype(np.float64),
         "1 - activity confidence": -w.confidences["activity"].astype(np.float64),
         "1 - offload confidence": -w.confidences["min"].astype(np.float64),
+        "1 - product": -w.confidences["product"].astype(np.float64),
     }
     source = np.array(w.sources)[w.subject]
     out: dict[str, dict[str, float]] = {}

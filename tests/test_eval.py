@@ -423,7 +423,7 @@ def test_the_sweep_chooses_the_best_recall_within_the_target_and_plots(tmp_path:
     assert recall > 0.5
     assert {(a.term, a.confidence) for a in sweep.alternatives} == {
         (t, c) for t in ("entropy", "spectral_entropy", "acc_motion", "none")
-        for c in ("min", "activity", "hr")
+        for c in ("min", "product", "activity", "hr")
     }  # fmt: skip
     # The quality makes the bad windows here: it ranks them far better than chance.
     assert sweep.auc["pooled"]["1 - hr quality"] > 0.8
