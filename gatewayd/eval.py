@@ -1193,7 +1193,7 @@ def _activity_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -
 
 def _product_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
     """Both answers' confidences multiplied, as if both were probabilities of being right."""
-    hr = offload_confidence_e4(10000, quality, hr_cbpm)
+    hr = _hr_confidence_e4(activity_conf_e4, quality, hr_cbpm)
     return (activity_conf_e4 * hr + 5000) // 10000
 
 

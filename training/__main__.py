@@ -37,6 +37,7 @@ import torch
 
 from gatewayd import __version__
 from gatewayd.activity import GROUP_NAMES
+from gatewayd.bench.paper_folds import FOLDS_INDEX
 from gatewayd.inference.cards import Calibration, Metrics, TrainingInfo
 from gatewayd.signals.acc_features import ACC_FEATURE_NAMES, ACC_FEATURES_ID
 from gatewayd.signals.preprocess import MODEL_CHANNELS, V2_CHANNELS
@@ -597,11 +598,6 @@ def card_infos(
     }
 
 
-#: `--export-folds`: the folder under ``--out`` and its index.
-FOLDS_DIR = "folds"
-FOLDS_INDEX = "folds.json"
-
-
 def export_folds(
     args: argparse.Namespace, ws: WindowSet, cv: CvResult, infos: dict[int, CardInfo]
 ) -> Path:
@@ -611,20 +607,19 @@ def export_folds(
     except the training record: the subjects the fold trained on, so that a check of whether a
     recording's subject was seen in training answers for the fold model.
     """
-    root = args.out / FOLDS_DIR
+    root = args.out / FOLDS_INDEX.parent
     index: dict[str, Any] = {"command": " ".join(sys.argv), "folds": []}
     for k, fold in enumerate(cv.folds, 1):
         folder = root / f"fold-{k}"
         folder.mkdir(parents=True, exist_ok=True)
         train_idx, _ = split(ws, fold.held_out)
-        trained_on = ws.subset(train_idx)
         for pct, model in sorted(fold.models.items()):
             info = infos[pct]
             training = info.training.model_copy(
                 update={
-                    "subjects": len(set(trained_on.subject.tolist())),
-                    "windows": len(trained_on),
-                    "subject_ids": _subject_ids(ws, trained_on),
+                    "subjects": len(np.unique(ws.subject[train_idx])),
+                    "windows": len(train_idx),
+                    "subject_ids": ws.subject_ids(train_idx),
                     "notes": f"cross-validation fold {k} of {len(cv.folds)}: trained without"
                     f" {', '.join(fold.held_out)}; metrics and calibration are the run's; "
                     + info.training.notes,
@@ -633,19 +628,9 @@ def export_folds(
             path = export_onnx(model, folder / f"{info.model_id}.onnx", "conv1d")
             write_model_card(model, path, "conv1d", replace(info, training=training))
         index["folds"].append({"fold": k, "dir": folder.name, "held_out": list(fold.held_out)})
-    (root / FOLDS_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    (args.out / FOLDS_INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     log.info("fold models in %s", root)
     return root
-
-
-def _subject_ids(ws: WindowSet, part: WindowSet) -> dict[str, list[str]]:
-    """The subject ids (by source, sorted) of the windows of ``part``, a subset of ``ws``."""
-    present = {ws.subjects[i] for i in np.unique(part.subject)}
-    out: dict[str, list[str]] = {}
-    for key in sorted(present):
-        source, subject = key.split(":", 1)
-        out.setdefault(source, []).append(subject)
-    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 def final_fit(

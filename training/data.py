@@ -184,10 +184,16 @@ class WindowSet:
         """Return every window's source name, (N,)."""
         return np.asarray(self.sources, dtype=np.str_)[self.source]
 
-    def subject_ids(self) -> dict[str, list[str]]:
-        """Return the subject ids of each source, sorted."""
+    def subject_ids(self, idx: npt.NDArray[np.int64] | None = None) -> dict[str, list[str]]:
+        """Return the subject ids of each source, sorted: every subject's, or only those of the
+        windows at ``idx``."""
+        keys = (
+            self.subjects
+            if idx is None
+            else [self.subjects[i] for i in np.unique(self.subject[idx])]
+        )
         out: dict[str, list[str]] = {}
-        for key in self.subjects:
+        for key in keys:
             source, subject = key.split(":", 1)
             out.setdefault(source, []).append(subject)
         return {k: sorted(v) for k, v in sorted(out.items())}
