@@ -53,7 +53,13 @@ from gatewayd.inference.cards import ModelCard
 from gatewayd.inference.groups import class_groups
 from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.mapping import observation_for_frame
-from gatewayd.protocol.messages import MessageFlags, Summary, Window, decode_message
+from gatewayd.protocol.messages import (
+    MOTION_SHIFT,
+    MessageFlags,
+    Summary,
+    Window,
+    decode_message,
+)
 from gatewayd.rules import RuleEngine, RulesConfig
 from gatewayd.signals.acc_features import LinearActivityBaseline, acc_features_batch
 from gatewayd.signals.filters import bandpass
@@ -61,6 +67,7 @@ from gatewayd.signals.heart_rate import HrConfig, HrState
 from gatewayd.signals.offload import (
     DEFAULT_MIN_CONF_E4,
     DEFAULT_TAU_MBITS,
+    MOTION_CG_MAX,
     UNKNOWN_QUALITY,
     offload_confidence_e4,
 )
@@ -747,6 +754,8 @@ class ActivityReport:
     wearable_model_id: str | None = None
     #: Per dataset, the alerts the gateway's rules raised on what it reported (`alert_counts`).
     alerts: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: The tachycardia limit's motion floor, chosen held out (`choose_motion_floor`).
+    motion_floor: MotionFloor | None = None
 
     def to_json(self) -> dict[str, object]:
         """The documented JSON object (docs/eval.md)."""
@@ -766,8 +775,111 @@ class ActivityReport:
                 "datasets": {k: score(v) for k, v in self.datasets.items()},
                 "recordings": {k: score(v) for k, v in self.recordings.items()},
                 "alerts": self.alerts,
+                "motion_floor": None if self.motion_floor is None else self.motion_floor.to_json(),
             }
         )
+
+
+#: The motion floor raises a window to "vigorous" for the tachycardia limit; it is chosen as
+#: the lowest motion at which at least this share of the labelled windows it raises are
+#: vigorous (`choose_motion_floor`).
+MOTION_FLOOR_PRECISION: Final = 0.90
+
+
+def wire_motion_cg(flags: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The ``motion_cg`` each summary's flags carry; -1 where the wearable reported none."""
+    reported = (flags & int(MessageFlags.MOTION_REPORTED)) != 0
+    return np.where(reported, (flags >> MOTION_SHIFT) & 0xFF, -1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MotionFloor:
+    """The motion floor (rules.activities.vigorous_motion_g) chosen on labelled windows.
+
+    ``chosen_cg`` is the choice on every subject; the held-out figures apply to each subject
+    the floor chosen on the others and pool the subjects' windows.
+    """
+
+    chosen_cg: int | None
+    windows: int
+    #: Of the labelled windows at or above each subject's held-out floor: how many, the share
+    #: that is vigorous, and how many are rest and light (raised wrongly).
+    raised: int
+    precision: float
+    raised_rest: int
+    raised_light: int
+    #: The share of vigorous windows the floor raises (those the model calls lower stay safe).
+    vigorous_recall: float
+    #: Held-out floor (cg) -> how many subjects had it.
+    per_subject: dict[int, int]
+
+    def to_json(self) -> dict[str, object]:
+        """The ``motion_floor`` object of `gatewayd eval activity --json`."""
+        return {
+            "chosen_cg": self.chosen_cg,
+            "precision_target": MOTION_FLOOR_PRECISION,
+            "windows": self.windows,
+            "held_out": {
+                "raised": self.raised,
+                "precision": self.precision,
+                "raised_rest": self.raised_rest,
+                "raised_light": self.raised_light,
+                "vigorous_recall": self.vigorous_recall,
+                "floors": {str(k): v for k, v in sorted(self.per_subject.items())},
+            },
+        }
+
+
+def _lowest_floor(motion: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> int | None:
+    """The lowest motion (cg) whose windows at or above it are vigorous often enough."""
+    if not motion.size:
+        return None
+    # Windows at or above each candidate floor, from the top down: cumulative counts.
+    counts = np.bincount(motion, minlength=MOTION_CG_MAX + 1)[::-1].cumsum()[::-1]
+    vig = np.bincount(motion[truth == int(ActivityGroup.VIGOROUS)], minlength=MOTION_CG_MAX + 1)
+    vig_above = vig[::-1].cumsum()[::-1]
+    ok = (counts > 0) & (vig_above >= MOTION_FLOOR_PRECISION * counts)
+    ok[0] = False  # a floor of 0 would raise every window
+    hits = np.flatnonzero(ok)
+    return int(hits[0]) if hits.size else None
+
+
+def choose_motion_floor(tables: Sequence[WindowTable]) -> MotionFloor:
+    """Choose the motion floor on labelled windows with a reported motion, held out by subject.
+
+    The floor is the lowest motion_cg at which at least `MOTION_FLOOR_PRECISION` of the
+    labelled windows at or above it are vigorous. Each subject is scored with the floor chosen
+    on the other subjects.
+    """
+    keys, motions, truths = [], [], []
+    for t in tables:
+        motion = wire_motion_cg(t.flags)
+        keep = (t.truth != _UNKNOWN) & (motion >= 0)
+        keys += [f"{t.source}:{t.subject_key}"] * int(keep.sum())
+        motions.append(motion[keep])
+        truths.append(t.truth[keep])
+    key = np.array(keys, dtype=object)
+    motion = np.concatenate(motions or [np.empty(0, np.int64)]).astype(np.int64)
+    truth = np.concatenate(truths or [np.empty(0, np.int64)]).astype(np.int64)
+    raised = np.zeros(motion.size, dtype=np.bool_)
+    per_subject: Counter[int] = Counter()
+    for k in sorted(set(keys)):
+        mine = key == k
+        floor = _lowest_floor(motion[~mine], truth[~mine])
+        if floor is not None:
+            per_subject[floor] += 1
+            raised |= mine & (motion >= floor)
+    vigorous = truth == int(ActivityGroup.VIGOROUS)
+    return MotionFloor(
+        chosen_cg=_lowest_floor(motion, truth),
+        windows=int(motion.size),
+        raised=int(raised.sum()),
+        precision=float(vigorous[raised].mean()) if raised.any() else math.nan,
+        raised_rest=int((raised & (truth == int(ActivityGroup.REST))).sum()),
+        raised_light=int((raised & (truth == int(ActivityGroup.LIGHT))).sum()),
+        vigorous_recall=float(raised[vigorous].mean()) if vigorous.any() else math.nan,
+        per_subject=dict(per_subject),
+    )
 
 
 def alert_counts(tables: Sequence[WindowTable]) -> dict[str, dict[str, object]]:
@@ -893,6 +1005,7 @@ def score_activity(
         model_id=model_id,
         wearable_model_id=wearable_model_id,
         alerts=alert_counts(tables),
+        motion_floor=choose_motion_floor(labelled),
     )
 
 
@@ -937,6 +1050,20 @@ def format_activity(report: ActivityReport, *, recordings: bool = False) -> str:
             "",
             "Alerts the gateway's rules (defaults) raised on what it reported:",
             format_table(["", "RECORDINGS", "WITH ALERTS", "RAISED"], arows),
+        ]
+    floor = report.motion_floor
+    if floor is not None and floor.windows:
+        chosen = "none" if floor.chosen_cg is None else f"{floor.chosen_cg / 100:.2f} g"
+        lines += [
+            "",
+            f"Motion floor (rules.activities.vigorous_motion_g): {chosen} on every subject, the"
+            f" lowest wrist motion at which {_pct(MOTION_FLOOR_PRECISION)} % of the labelled"
+            " windows at or above it are vigorous. Held out (each subject under the floor chosen"
+            f" on the others): {floor.raised} of {floor.windows} labelled windows raised,"
+            f" {_pct(floor.precision)} % of them vigorous ({floor.raised_rest} rest,"
+            f" {floor.raised_light} light); {_pct(floor.vigorous_recall)} % of the vigorous"
+            " windows raised; floors chosen: "
+            + ", ".join(f"{k / 100:.2f} g x{v}" for k, v in sorted(floor.per_subject.items())),
         ]
     return "\n".join(lines)
 

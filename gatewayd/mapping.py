@@ -20,6 +20,7 @@ from gatewayd.link.events import HeartRateReceived
 from gatewayd.protocol.messages import UNKNOWN_PERCENT, MessageFlags, Summary, Window, summary_of
 from gatewayd.rules.alerts import AlertTransition
 from gatewayd.rules.inputs import Observation
+from gatewayd.signals.offload import motion_cg
 from gatewayd.store.records import (
     NewEvent,
     WindowRecord,
@@ -107,9 +108,12 @@ def observation_for_frame(
     quality = None if s.signal_quality == UNKNOWN_PERCENT else s.signal_quality
     acc = None
     acc_rate = 32.0
+    motion = s.motion_g
     if isinstance(message, Window) and message.acc_lsb_per_g > 0:
         acc = message.acc.astype(np.float64) / message.acc_lsb_per_g
         acc_rate = float(message.acc_rate_hz)
+        if motion is None:  # an older wearable: the raw samples say it as well
+            motion = motion_cg(message.acc, message.acc_lsb_per_g) / 100
     common: dict[str, Any] = {
         "device_id": device_id,
         "seq": s.seq,
@@ -126,6 +130,7 @@ def observation_for_frame(
         # still cover the seconds they were measured in (the fall rule's stillness).
         "acc_end": window_time(s, received_at) + s.window_ms / 1000,
         "window_s": s.window_ms / 1000,
+        "motion_g": motion,
     }
     if analysis is not None:
         activity = analysis.activity

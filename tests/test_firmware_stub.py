@@ -3,10 +3,12 @@
 The module builds firmware_stub/ with gcc into a temporary directory, runs its C unit tests,
 regenerates the golden vectors and compares them byte for byte with the committed
 firmware_stub/vectors/golden.txt, then checks every vector with the Python side: fragments,
-reassembly, decoding and re-encoding, entropy, offload decision, info and control verdicts.
+reassembly, decoding and re-encoding, entropy, offload decision, reported motion (motion_cg),
+info and control verdicts.
 The motion offload's fall decision has its own vectors, firmware_stub/vectors/fall.txt
 (firmware_stub/README.md), replayed with gatewayd.signals.offload, and a C program that decides
-windows given on stdin, fed random and (when present) real accelerometer windows.
+windows given on stdin (and computes their motion_cg), fed random and (when present) real
+accelerometer windows.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gatewayd.errors import DecodeError
 from gatewayd.protocol.control import decode_control, decode_info, encode_control, encode_info
 from gatewayd.protocol.fragments import Reassembler, fragment
 from gatewayd.protocol.messages import (
+    MOTION_SHIFT,
     OFFLOAD_MASK,
     MessageFlags,
     SampleFormat,
@@ -42,6 +45,7 @@ from gatewayd.signals.offload import (
     decide_offload,
     fall_impact_index,
     last_impact_index,
+    motion_cg,
     motion_offload,
     offload_confidence_e4,
 )
@@ -60,6 +64,7 @@ GOLDEN = STUB / "vectors" / "golden.txt"
 TYPE_SUMMARY = 1
 TYPE_WINDOW = 2
 OFFLOAD_BITS = int(OFFLOAD_MASK)
+MOTION_REPORTED = int(MessageFlags.MOTION_REPORTED)
 
 VECTORS = parse_vectors(GOLDEN.read_text(encoding="ascii"))
 WINDOW_VECTORS = [v for v in VECTORS if v.message[1] == TYPE_WINDOW]
@@ -165,6 +170,21 @@ def check_entropy_and_policy(vec: GoldenVector, decoded: Summary | Window) -> No
             assert reason != 0, "a WINDOW is only sent when the policy offloads"
 
 
+def check_motion(decoded: Summary | Window) -> None:
+    """Bits 8-15 are motion_cg with MOTION_REPORTED (for a WINDOW: Python's motion_cg of its
+    ACC), and 0 without it (C refuses reserved bits)."""
+    summary = _summary(decoded)
+    flags = int(summary.flags)
+    if not flags & MOTION_REPORTED:
+        assert flags >> MOTION_SHIFT == 0
+        assert summary.motion_g is None
+        return
+    cg = flags >> MOTION_SHIFT
+    assert summary.motion_g == cg / 100
+    if isinstance(decoded, Window):
+        assert motion_cg(decoded.acc, decoded.acc_lsb_per_g) == cg
+
+
 # ---- the C side on its own ----------------------------------------------------------------------
 
 
@@ -227,6 +247,21 @@ def test_no_golden_window_holds_an_impact() -> None:
         assert not vec.message[2] & int(MessageFlags.OFFLOAD_MOTION)
 
 
+def test_golden_vectors_cover_reported_motion() -> None:
+    # Every WINDOW reports the motion of its own ACC; SUMMARYs both report it (0, mid values and
+    # the saturated 255) and leave it out (an older sender, bit 7 clear).
+    def reported(vec: GoldenVector) -> int | None:
+        flags = int.from_bytes(vec.message[2:4], "little")
+        return flags >> MOTION_SHIFT if flags & MOTION_REPORTED else None
+
+    assert all(reported(v) is not None for v in WINDOW_VECTORS)
+    assert len({reported(v) for v in WINDOW_VECTORS}) >= 3
+    summaries = [reported(v) for v in VECTORS if v.message[1] == TYPE_SUMMARY]
+    assert None in summaries
+    assert {0, 255} <= set(summaries)
+    assert any(cg not in (None, 0, 255) for cg in summaries)
+
+
 def test_golden_activities_are_groups() -> None:
     # The activity byte carries an activity group: 0 rest, 1 light, 2 vigorous, 255 unknown.
     activities = {v.message[16] for v in VECTORS}
@@ -249,7 +284,9 @@ def test_fragments_reassemble_to_the_message(vec: GoldenVector) -> None:
 
 @pytest.mark.parametrize("vec", VECTORS, ids=_ids(VECTORS))
 def test_message_decodes_and_reencodes_identically(vec: GoldenVector) -> None:
-    check_entropy_and_policy(vec, check_decode(vec))
+    decoded = check_decode(vec)
+    check_entropy_and_policy(vec, decoded)
+    check_motion(decoded)
 
 
 def test_window_entropy_is_bit_identical_on_this_host(generated: bytes) -> None:
@@ -440,7 +477,8 @@ def _eval_line(acc: np.ndarray, lsb: int, rate: int, t: FallTrigger) -> str:
 
 def _c_decides(
     build_dir: Path, cases: list[tuple[np.ndarray, int, int, FallTrigger]]
-) -> list[tuple[int | None, int | None]]:
+) -> list[tuple[int | None, int | None, int]]:
+    """`fall --eval` on each case: (last impact, fall impact, motion_cg) as C computes them."""
     result = subprocess.run(
         [str(build_dir / "fall"), "--eval"],
         input="".join(_eval_line(*case) + "\n" for case in cases),
@@ -452,8 +490,8 @@ def _c_decides(
     assert result.returncode == 0, result.stderr
     answers = []
     for line in result.stdout.splitlines():
-        last, k = line.split()
-        answers.append((_index(last), _index(k)))
+        last, k, cg = line.split()
+        answers.append((_index(last), _index(k), int(cg)))
     assert len(answers) == len(cases)
     return answers
 
@@ -482,18 +520,73 @@ def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, int, int, FallTr
     return np.clip(acc, -32768, 32767).astype(np.int16), lsb, rate, trigger
 
 
+def _python_decides(
+    cases: list[tuple[np.ndarray, int, int, FallTrigger]],
+) -> list[tuple[int | None, int | None, int]]:
+    return [
+        (
+            last_impact_index(acc, lsb, t.impact_milli_g),
+            fall_impact_index(acc, lsb, rate, t),
+            motion_cg(acc, lsb),
+        )
+        for acc, lsb, rate, t in cases
+    ]
+
+
 def test_c_decides_random_windows_as_python_does(build_dir: Path) -> None:
     rng = np.random.default_rng(20260101)
     cases = [_random_case(rng) for _ in range(400)]
     answers = _c_decides(build_dir, cases)
-    python = [
-        (last_impact_index(acc, lsb, t.impact_milli_g), fall_impact_index(acc, lsb, rate, t))
-        for acc, lsb, rate, t in cases
-    ]
+    python = _python_decides(cases)
     assert answers == python
     # The cases exercise both answers: candidates, and impacts that are not one.
-    assert sum(k is not None for _, k in python) >= 20
-    assert sum(last is not None and k is None for last, k in python) >= 20
+    assert sum(k is not None for _, k, _ in python) >= 20
+    assert sum(last is not None and k is None for last, k, _ in python) >= 20
+
+
+def _motion_case(rng: np.random.Generator) -> tuple[np.ndarray, int, int, FallTrigger]:
+    """A window for motion_cg: any length up to 4096 (fall --eval's limit), any lsb, and samples
+    from a still wrist to the int16 extremes, scaled so the answers spread over 0..255."""
+    n = int(rng.choice([0, 1, 2, 3, 256, 4096, int(rng.integers(0, 4097))]))
+    lsb = int(rng.choice([1, 2, 64, 100, 1000, 4096, 32768, 65535, int(rng.integers(1, 65536))]))
+    kind = int(rng.integers(0, 5))
+    if kind == 0:  # the int16 extremes on every axis
+        acc = rng.choice(np.array([-32768, 32767]), size=(n, 3))
+    elif kind == 1:  # anywhere in int16
+        acc = rng.integers(-32768, 32768, size=(n, 3))
+    elif kind == 2:  # a still wrist in some orientation, with or without a glitch
+        acc = np.tile(rng.integers(-32768, 32768, size=3), (n, 1))
+        if n and rng.random() < 0.5:
+            acc[int(rng.integers(0, n))] += rng.integers(-3, 4, size=3)
+    else:  # gravity plus noise aimed at an RMS of 0..3 g (uniform [-a, a]: about a on 3 axes)
+        a = int(min(32767, lsb * rng.uniform(0.0, 3.0)))
+        acc = rng.integers(-a, a + 1, size=(n, 3)) + np.array([0, 0, min(lsb, 32767)])
+    acc = np.clip(acc, -32768, 32767).astype(np.int16).reshape(n, 3)
+    return acc, lsb, 32, FallTrigger()
+
+
+def _rounding_cases() -> list[tuple[np.ndarray, int, int, FallTrigger]]:
+    """Windows where the rounding of (2q + nL) // (2nL) is tight (test_gwfw.c's cases)."""
+    half = np.array([[0, 0, 0], [1, 0, 0]], dtype=np.int16)  # V = 1, q = 100: 0.5 at lsb 100
+    ramp = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], dtype=np.int16)  # q = 244 < 244.95
+    return [(half, lsb, 32, FallTrigger()) for lsb in (1, 99, 100, 101)] + [
+        (ramp, lsb, 32, FallTrigger()) for lsb in (1, 163)
+    ]
+
+
+def test_c_motion_cg_equals_python_on_random_windows(build_dir: Path) -> None:
+    rng = np.random.default_rng(20260419)
+    cases = [_motion_case(rng) for _ in range(300)] + _rounding_cases()
+    answers = _c_decides(build_dir, cases)
+    python = _python_decides(cases)
+    assert answers == python
+    motion = [cg for _, _, cg in python]
+    assert motion[-6:] == [50, 1, 1, 0, 81, 0]
+    # 0 (still, empty, one sample), 255 (saturated) and many values in between.
+    assert {0, 255} <= set(motion)
+    assert len({cg for cg in motion if 0 < cg < 255}) >= 50
+    assert any(acc.shape[0] == 0 for acc, *_ in cases)
+    assert any(acc.shape[0] == 4096 for acc, *_ in cases)
 
 
 @pytest.mark.needs_data
@@ -510,11 +603,9 @@ def test_c_decides_real_windows_as_python_does(build_dir: Path) -> None:
             cases.append((acc[start : start + 256], 64, 32, FallTrigger()))
     if not cases:
         pytest.skip(f"no TROIKA recordings in {TROIKA}")
-    python = [
-        (last_impact_index(acc, lsb, t.impact_milli_g), fall_impact_index(acc, lsb, rate, t))
-        for acc, lsb, rate, t in cases
-    ]
+    python = _python_decides(cases)
     assert _c_decides(build_dir, cases) == python
+    assert len({cg for _, _, cg in python}) >= 10, "real wrists move in many ways"
 
 
 # ---- the demo program ---------------------------------------------------------------------------
@@ -533,6 +624,8 @@ def test_demo_output_parses_and_decodes(build_dir: Path, args: list[str]) -> Non
     assert decoded.bvp.shape == (512,)
     assert decoded.acc.shape == (256, 3)
     check_entropy_and_policy(vec, decoded)
+    check_motion(decoded)
+    assert decoded.summary.motion_g is not None, "the demo reports its window's motion"
     assert _run([build_dir / "demo", *args]).stdout == result.stdout, "demo is deterministic"
 
 

@@ -165,6 +165,60 @@ def test_the_confidence_gate_is_configurable() -> None:
     assert kinds(run(RuleEngine(lenient), items)) == [("tachycardia", "raised")]
 
 
+def test_a_wrist_moving_hard_raises_the_tachycardia_limit_to_vigorous() -> None:
+    # Running that the model calls "light" (a real BAMI subject): 160 bpm is above the light
+    # limit, but the wearable's motion says vigorous, so the vigorous limit applies.
+    config = RulesConfig()
+    floor = config.activities.vigorous_motion_g
+    assert config.tachycardia.light_bpm < 160 < config.tachycardia.vigorous_bpm
+    running = windows(0, 120, hr=160.0, activity=LIGHT, motion_g=floor)
+    assert run(RuleEngine(config), running) == []
+    # Just below the floor, or with the floor off, or unknown motion: the light limit.
+    for kw, cfg in (
+        ({"motion_g": floor - 0.01}, config),
+        ({"motion_g": None}, config),
+        ({"motion_g": 2.0}, RulesConfig.model_validate({"activities": {"vigorous_motion_g": 0}})),
+    ):
+        out = run(RuleEngine(cfg), windows(0, 120, hr=160.0, activity=LIGHT, **kw))
+        assert kinds(out) == [("tachycardia", "raised")]
+        assert out[0].evidence.fact("limit_activity") == "light"
+        assert out[0].evidence.fact("motion_g") == kw["motion_g"]
+    # It raises an unknown group too, and the vigorous limit still holds above it.
+    engine = RuleEngine(config)
+    out = run(engine, windows(0, 120, hr=190.0, activity=UNKNOWN, motion_g=1.5))
+    assert kinds(out) == [("tachycardia", "raised")]
+    assert out[0].evidence.fact("limit_activity") == "vigorous"
+    assert out[0].evidence.fact("activity") == "unknown"  # what was reported
+
+
+def test_a_bout_of_hard_motion_starts_the_recovery_hold() -> None:
+    # 240 s of running called "light" but moving hard, then sitting at 140 bpm: the vigorous
+    # limit keeps applying while recovering, as after a bout reported vigorous.
+    engine = _recovery_engine(180.0)
+    assert run(engine, windows(0, 240, hr=150.0, activity=LIGHT, motion_g=1.2)) == []
+    assert run(engine, windows(240, 418, hr=140.0, activity=REST, motion_g=0.02)) == []
+    out = run(engine, windows(418, 460, hr=140.0, activity=REST, motion_g=0.02))
+    assert kinds(out) == [("tachycardia", "raised")]
+
+
+def test_the_motion_floor_never_raises_an_alert_of_its_own() -> None:
+    # Motion only raises limits: the same windows with and without it, at every heart rate
+    # between the lowest and highest limits, raise a subset of the alerts.
+    config = RulesConfig()
+    for hr in (35.0, 45.0, 105.0, 125.0, 135.0, 190.0):
+        for group in (REST, LIGHT, VIGOROUS, UNKNOWN):
+            plain = run(RuleEngine(config), windows(0, 700, hr=hr, activity=group))
+            moving = run(RuleEngine(config), windows(0, 700, hr=hr, activity=group, motion_g=2.5))
+            assert set(kinds(moving)) <= set(kinds(plain)), (hr, group)
+
+
+def test_high_hr_at_rest_is_not_rest_when_the_wrist_moves_hard() -> None:
+    config = RulesConfig.model_validate({"tachycardia": {"enabled": False}})
+    assert run(RuleEngine(config), windows(0, 700, hr=105.0, motion_g=1.0)) == []
+    out = run(RuleEngine(config), windows(0, 700, hr=105.0, motion_g=0.1))
+    assert kinds(out) == [("high_hr_at_rest", "raised")]
+
+
 def _recovery_engine(recovery_s: float = 180.0, ratio: float = 1.0) -> RuleEngine:
     limits = {"recovery_s": recovery_s, "recovery_ratio": ratio}
     return RuleEngine(RulesConfig.model_validate({"tachycardia": limits}))
@@ -197,6 +251,19 @@ def test_recovery_lasts_no_longer_than_the_bout() -> None:
     out = run(engine, items)
     assert kinds(out) == [("tachycardia", "raised")]
     assert out[0].t == 72.0  # 20 s of bout ends at 20; recovery to 40; first rest run 42..72
+
+
+def test_a_stray_window_after_a_bout_does_not_end_its_recovery() -> None:
+    # 240 s vigorous, then walking at 140 bpm with one window called vigorous in the middle:
+    # that window starts a bout of its own; the long bout's recovery still holds.
+    engine = _recovery_engine(180.0)
+    assert run(engine, windows(0, 240, hr=150.0, activity=VIGOROUS)) == []
+    walk = windows(240, 400, hr=140.0, activity=LIGHT)
+    walk[30] = replace(walk[30], activity=VIGOROUS)
+    assert run(engine, walk) == []
+    out = run(engine, windows(400, 480, hr=140.0, activity=LIGHT))
+    assert kinds(out) == [("tachycardia", "raised")]  # after 238 + 180, the light limit
+    assert out[0].t == 450.0
 
 
 def test_recovery_lasts_ratio_times_the_bout() -> None:

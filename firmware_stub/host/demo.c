@@ -4,9 +4,9 @@
  *   demo [--mtu N] [--seed S]     N in 23..517 (default 247), S a u32 (default 1)
  *
  * Runs the wearable's pipeline once on a synthetic 8 s window (int16 BVP at 64 Hz, ACC at
- * 32 Hz): entropy -> entropy_mbits -> offload decision -> flags -> encode -> fragments. The
- * output is in the vector format of docs/protocol.md section 8, so the gateway side can read
- * it with gatewayd.protocol.vectors.parse_vectors. No clock is read: t_ms, seq and the signal
+ * 32 Hz): entropy -> entropy_mbits -> offload decision -> flags (with the ACC's motion_cg) ->
+ * encode -> fragments. The output is in the vector format of docs/protocol.md section 8, so the
+ * gateway side can read it with gatewayd.protocol.vectors.parse_vectors. No clock is read: t_ms, seq and the signal
  * derive from the seed alone, so a given seed always prints the same bytes.
  */
 #include <errno.h>
@@ -114,6 +114,7 @@ int main(int argc, char **argv)
         return 1;
     }
     s.flags |= reason;
+    s.flags |= gwfw_motion_flags(gwfw_motion_cg(acc, 256, 64));
 
     len = gwfw_encode_window(&s, &w, msg, sizeof msg);
     if (len < 0) {

@@ -6,7 +6,8 @@
  *   fall --eval      read windows from stdin, one per line:
  *                      <rate_hz> <lsb_per_g> <impact_mg> <settle_ms> <still_ms> <block_ms>
  *                      <moving_mg> <hex of int16 little-endian x, y, z triples>
- *                    and print "<last_impact> <fall_impact>" for each (-1: none)
+ *                    and print "<last_impact> <fall_impact> <motion_cg>" for each (-1: none;
+ *                    motion_cg is gwfw_motion_cg of the window, 0..255)
  *
  * Everything is deterministic: xorshift32 with a fixed seed, no clock. The output is committed
  * as vectors/fall.txt; tests/test_firmware_stub.py regenerates it, compares it byte for byte
@@ -285,7 +286,7 @@ static int hexval(int c)
     return -1;
 }
 
-/* --eval: one window per stdin line, answered with "<last_impact> <fall_impact>". */
+/* --eval: one window per stdin line, answered with "<last_impact> <fall_impact> <motion_cg>". */
 static int eval_stdin(void)
 {
     static char line[MAX_LINE];
@@ -296,6 +297,7 @@ static int eval_stdin(void)
         struct gwfw_fall_params p;
         const char *hex;
         size_t len, i;
+        uint16_t n;
 
         if (sscanf(line, "%u %u %u %u %u %u %u %n", &rate, &lsb, &impact, &settle, &still, &block,
                    &moving, &used) != 7 || rate > 255u || lsb > 65535u || impact > 65535u ||
@@ -324,10 +326,10 @@ static int eval_stdin(void)
         p.still_ms = (uint16_t)still;
         p.block_ms = (uint16_t)block;
         p.moving_milli_g = (uint16_t)moving;
-        printf("%ld %ld\n", (long)gwfw_acc_last_impact(acc, (uint16_t)(len / 12u), (uint16_t)lsb,
-                                                        (uint16_t)impact),
-               (long)gwfw_fall_impact(acc, (uint16_t)(len / 12u), (uint8_t)rate, (uint16_t)lsb,
-                                      &p));
+        n = (uint16_t)(len / 12u);
+        printf("%ld %ld %u\n", (long)gwfw_acc_last_impact(acc, n, (uint16_t)lsb, (uint16_t)impact),
+               (long)gwfw_fall_impact(acc, n, (uint8_t)rate, (uint16_t)lsb, &p),
+               (unsigned)gwfw_motion_cg(acc, n, (uint16_t)lsb));
     }
     return fflush(stdout) == 0 && !ferror(stdin) ? 0 : 1;
 }

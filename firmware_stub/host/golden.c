@@ -59,6 +59,19 @@ static struct gwfw_summary summary_at(uint32_t seq)
     return s;
 }
 
+/* The motion flags a wearable sends with a SUMMARY: gwfw_motion_cg of the window's ACC, which a
+ * SUMMARY does not carry. Here 8 s at 32 Hz of synthetic ACC at rest plus uniform noise of
+ * noise_amp LSB at 64 LSB/g (0: a still wrist), from a PRNG of its own so that the windows'
+ * signals below do not depend on which SUMMARYs report motion. */
+static uint16_t summary_motion(int32_t noise_amp)
+{
+    static int16_t acc[3 * 256];
+    uint32_t state = 0x6D6F7431u ^ (uint32_t)noise_amp;
+
+    synth_acc(acc, 256, 64, noise_amp, &state);
+    return gwfw_motion_flags(gwfw_motion_cg(acc, 256, 64));
+}
+
 /* Print a SUMMARY vector up to (not including) its "end" line. */
 static void emit_summary(FILE *f, const char *comment, const char *name, uint16_t mtu,
                          const struct gwfw_summary *s)
@@ -102,10 +115,10 @@ struct window_out {
 
 /* The wearable's pipeline on one window: entropy -> mbits -> offload decision (entropy,
  * confidence, and motion: each vector stands alone, so no fall candidate before it is held) ->
- * flags -> encode -> ring. Prints the vector up to its "end" line. No golden window holds an
- * impact (the ACC is at rest, under 2 g): a motion vector would need a `policy` reason with bit
- * 6, which gatewayd/protocol/vectors.py does not accept. The motion decision has its own vectors,
- * vectors/fall.txt (host/fall.c). */
+ * flags, with the motion_cg of the window's own ACC -> encode -> ring. Prints the vector up to
+ * its "end" line. No golden window holds an impact (the ACC is at rest, under 2 g): a motion
+ * vector would need a `policy` reason with bit 6, which gatewayd/protocol/vectors.py does not
+ * accept. The motion decision has its own vectors, vectors/fall.txt (host/fall.c). */
 static struct window_out emit_window(FILE *f, const char *comment, const char *name,
                                      uint16_t mtu, struct gwfw_summary *s,
                                      const struct gwfw_window *w, uint16_t tau,
@@ -128,6 +141,7 @@ static struct window_out emit_window(FILE *f, const char *comment, const char *n
         exit(1);
     }
     s->flags = (uint16_t)((s->flags & ~GWFW_FLAG_OFFLOAD_MASK) | out.reason);
+    s->flags |= gwfw_motion_flags(gwfw_motion_cg(w->acc_xyz, w->n_acc, w->acc_lsb_per_g));
     out.len = must(gwfw_encode_window(s, w, msg, GWFW_MAX_MESSAGE), name);
     must(gwfw_ring_put(&ring, s->seq, msg, (size_t)out.len), "ring put");
     fprintf(f, "# %s\n", comment);
@@ -247,8 +261,9 @@ static void emit_summaries(FILE *f)
     struct gwfw_info inf;
 
     s = summary_at(1);
-    emit_summary(f, "SUMMARY at the smallest MTU: 32 bytes in two 16-byte chunks", "summary_mtu23",
-                 23, &s);
+    emit_summary(f, "SUMMARY at the smallest MTU: 32 bytes in two 16-byte chunks; no motion "
+                    "reported (an older sender)",
+                 "summary_mtu23", 23, &s);
     end(f);
 
     s = summary_at(2);
@@ -265,7 +280,7 @@ static void emit_summaries(FILE *f)
     end(f);
 
     s = summary_at(3);
-    s.flags = GWFW_FLAG_CLOCK_SYNCED | GWFW_FLAG_CHARGING;
+    s.flags = GWFW_FLAG_CLOCK_SYNCED | GWFW_FLAG_CHARGING | summary_motion(20); /* motion_cg 33 */
     s.activity = 1; /* light */
     s.activity_conf_e4 = 8000;
     s.entropy_mbits = 4321;
@@ -278,6 +293,7 @@ static void emit_summaries(FILE *f)
 
     /* The offload confidence is the lower of the activity's and the heart rate's (quality). */
     s = summary_at(7);
+    s.flags |= summary_motion(60); /* motion_cg 92 */
     s.activity = 2; /* vigorous */
     s.activity_conf_e4 = 9500;
     s.hr_cbpm = 14210;
@@ -359,12 +375,13 @@ static void emit_summaries(FILE *f)
     inf.model_id_len = 0;
     s = summary_at(0xFFFFFFFFu);
     s.t_ms = BASE_T_MS + 8000u;
-    s.flags |= GWFW_FLAG_OFF_WRIST;
+    s.flags |= GWFW_FLAG_OFF_WRIST | summary_motion(0); /* on a table: motion reported, 0 */
     s.activity = 0; /* rest */
     s.hr_cbpm = 0;
     s.signal_quality = 0;
     s.battery_pct = 100;
-    emit_summary(f, "SUMMARY with seq 0xFFFFFFFF (tag 0xffff), off wrist; info without a model",
+    emit_summary(f, "SUMMARY with seq 0xFFFFFFFF (tag 0xffff), off wrist (motion reported: 0); "
+                    "info without a model",
                  "summary_seq_max_mtu23", 23, &s);
     emit_info(f, &inf);
     end(f);
@@ -379,7 +396,9 @@ static void emit_summaries(FILE *f)
     s.signal_quality = 100;
     s.battery_pct = 0;
     s.window_ms = GWFW_WINDOW_MS_MAX;
-    emit_summary(f, "SUMMARY with seq 0 (after the wrap), fields at their maxima, largest MTU",
+    s.flags |= summary_motion(250); /* about 3.9 g RMS: motion_cg 255 */
+    emit_summary(f, "SUMMARY with seq 0 (after the wrap), fields at their maxima (motion_cg 255), "
+                    "largest MTU",
                  "summary_seq_zero_mtu517", 517, &s);
     end(f);
 }

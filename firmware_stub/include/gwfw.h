@@ -56,8 +56,18 @@ extern "C" {
 #define GWFW_FLAG_CHARGING 0x0010u
 #define GWFW_FLAG_OFF_WRIST 0x0020u
 #define GWFW_FLAG_OFFLOAD_MOTION 0x0040u /* a fall candidate, or within the hold time after one */
+#define GWFW_FLAG_MOTION_REPORTED 0x0080u /* bits 8-15 carry motion_cg (gwfw_motion_flags) */
 #define GWFW_FLAG_OFFLOAD_MASK 0x0043u
-#define GWFW_FLAG_DEFINED_MASK 0x007Fu /* bits 7-15 are reserved: the encoders refuse them */
+/* Bits 0-7 are defined. Bits 8-15 are motion_cg when MOTION_REPORTED (bit 7) is set, and
+ * reserved otherwise: the encoders refuse any of them set while bit 7 is clear. */
+#define GWFW_FLAG_DEFINED_MASK 0x00FFu
+#define GWFW_FLAG_MOTION_CG_MASK 0xFF00u
+
+/* motion_cg, how hard the wrist moved over the window in 1/100 g (gwfw_motion_cg), is the high
+ * byte of flags: flags = ... | GWFW_FLAG_MOTION_REPORTED | motion_cg << GWFW_MOTION_SHIFT.
+ * An in-place addition to version 1: an older sender leaves bit 7 clear (motion unknown). */
+#define GWFW_MOTION_SHIFT 8
+#define GWFW_MOTION_CG_MAX 255u /* 2.55 g RMS and above */
 
 /* ---- field ranges ------------------------------------------------------------------------------ */
 
@@ -151,7 +161,8 @@ uint32_t gwfw_crc32_update(uint32_t crc, const uint8_t *data, size_t len);
 struct gwfw_summary {
     uint32_t seq;              /* per-device sequence number, +1 per message, wraps */
     uint64_t t_ms;             /* window start, ms since the Unix epoch (or since boot) */
-    uint16_t flags;            /* GWFW_FLAG_*; bits 7-15 must be 0 */
+    uint16_t flags;            /* GWFW_FLAG_*, and motion_cg in bits 8-15 when bit 7
+                                  (GWFW_FLAG_MOTION_REPORTED) is set; else bits 8-15 must be 0 */
     uint8_t activity;          /* activity group 0..2 (rest, light, vigorous), or GWFW_UNKNOWN */
     uint8_t pruning_pct;       /* 0..100 */
     uint16_t activity_conf_e4; /* 0..10000 */
@@ -280,6 +291,21 @@ struct gwfw_fall_params {
  * impact there in some window. Its time is the window start plus k * 1000 / acc_rate_hz ms. */
 int32_t gwfw_fall_impact(const int16_t *acc_xyz, uint16_t n_acc, uint8_t acc_rate_hz,
                          uint16_t acc_lsb_per_g, const struct gwfw_fall_params *p);
+
+/* How hard the wrist moved over a window of n_acc interleaved x, y, z samples, in 1/100 g: the
+ * RMS over the samples of the 3-axis deviation from the window's mean, sqrt of the summed
+ * per-axis population variances (gravity is the mean, so a still wrist is 0 in any orientation),
+ * rounded half up and saturated at GWFW_MOTION_CG_MAX (2.55 g). In exact integers, no floating
+ * point: with V = sum over axes of (n * sum(x^2) - sum(x)^2) (n^2 times the variance, < 2^64)
+ * and q = isqrt(10^4 * V) (floor, 128-bit), the value is (2q + n*L) / (2*n*L) with
+ * L = acc_lsb_per_g, integer division, or 255 if larger. Returns 0 for n_acc == 0 and on bad
+ * arguments (acc_xyz NULL with n_acc > 0, acc_lsb_per_g == 0). Identical to
+ * gatewayd.signals.offload.motion_cg. Pass the samples exactly as they go on the wire. */
+uint8_t gwfw_motion_cg(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g);
+
+/* The flag bits that report motion_cg: GWFW_FLAG_MOTION_REPORTED | motion_cg << 8. OR them into
+ * gwfw_summary.flags (identical to gatewayd.protocol.messages.motion_flags). */
+uint16_t gwfw_motion_flags(uint8_t motion_cg);
 
 /* GWFW_OFFLOAD_MOTION if have_fall != 0 and window_start_ms <= fall_impact_ms + hold_ms, else 0.
  * OR it into gwfw_offload_reason()'s result. fall_impact_ms is the caller's state: the time of

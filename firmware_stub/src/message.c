@@ -7,10 +7,12 @@
 #include "gwfw.h"
 #include "wire.h"
 
-/* The summary fields' ranges (section 2.2) and the reserved flag bits (section 2.1). */
+/* The summary fields' ranges (section 2.2) and the reserved flag bits (section 2.1): bits 8-15
+ * are motion_cg (any value) with MOTION_REPORTED, and reserved without it. */
 static int check_summary(const struct gwfw_summary *s)
 {
-    if ((s->flags & (uint16_t)~GWFW_FLAG_DEFINED_MASK) != 0u) {
+    if ((s->flags & GWFW_FLAG_MOTION_REPORTED) == 0u &&
+        (s->flags & (uint16_t)~GWFW_FLAG_DEFINED_MASK) != 0u) {
         return GWFW_E_RANGE; /* "senders set 0" */
     }
     if (s->activity > GWFW_ACTIVITY_MAX && s->activity != GWFW_UNKNOWN) {

@@ -1,6 +1,7 @@
 /*
- * policy.c -- the offload decision (docs/protocol.md section 5). Decided on the integers that go
- * on the wire, so the wearable and the gateway agree exactly.
+ * policy.c -- the offload decision (docs/protocol.md section 5) and the motion the header's flags
+ * report (motion_cg). Decided on the integers that go on the wire, so the wearable and the
+ * gateway agree exactly.
  */
 #include "gwfw.h"
 
@@ -76,16 +77,12 @@ static void mul64(uint64_t a, uint64_t b, uint64_t *hi, uint64_t *lo)
     *hi = a1 * b1 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
 }
 
-/* Does the block of n samples starting at sample `first` move? spread >= M/1000 g <=>
- * 10^6 * V >= (n * M * L)^2 with V = sum over axes of n * sum(x^2) - sum(x)^2 (= n^2 times the
- * population variance, >= 0). n <= 65535: each axis' term < 2^62, V < 2^64, n*M*L < 2^48;
- * both sides are compared as 128-bit products. */
-static int block_moves(const int16_t *acc_xyz, uint32_t first, uint32_t n, uint16_t lsb,
-                       uint16_t moving_milli_g)
+/* V = sum over axes of n * sum(x^2) - sum(x)^2 over the n samples starting at sample `first`:
+ * n^2 times the summed per-axis population variances, exact. n <= 65535: |sum(x)| < 2^31,
+ * sum(x^2) <= n * 2^30, each axis' term is n^2 times a variance < 2^30, so < 2^62, and V < 2^64. */
+static uint64_t scaled_spread(const int16_t *acc_xyz, uint32_t first, uint32_t n)
 {
     uint64_t v = 0u;
-    uint64_t lhs_hi, lhs_lo, rhs_hi, rhs_lo;
-    uint64_t bound;
     uint32_t axis, i;
 
     for (axis = 0; axis < 3u; axis++) {
@@ -98,6 +95,19 @@ static int block_moves(const int16_t *acc_xyz, uint32_t first, uint32_t n, uint1
         }
         v += (uint64_t)n * squares - (uint64_t)(sum * sum);
     }
+    return v;
+}
+
+/* Does the block of n samples starting at sample `first` move? spread >= M/1000 g <=>
+ * 10^6 * V >= (n * M * L)^2 with V = scaled_spread() (>= 0). n <= 65535: V < 2^64,
+ * n*M*L < 2^48; both sides are compared as 128-bit products. */
+static int block_moves(const int16_t *acc_xyz, uint32_t first, uint32_t n, uint16_t lsb,
+                       uint16_t moving_milli_g)
+{
+    const uint64_t v = scaled_spread(acc_xyz, first, n);
+    uint64_t lhs_hi, lhs_lo, rhs_hi, rhs_lo;
+    uint64_t bound;
+
     bound = (uint64_t)n * moving_milli_g * lsb;
     mul64(1000000u, v, &lhs_hi, &lhs_lo);
     mul64(bound, bound, &rhs_hi, &rhs_lo);
@@ -140,6 +150,48 @@ int32_t gwfw_fall_impact(const int16_t *acc_xyz, uint16_t n_acc, uint8_t acc_rat
         }
     }
     return k;
+}
+
+/* floor(sqrt(hi * 2^64 + lo)) for a value below 2^80 (the root is below 2^40): bit by bit from
+ * the top, keeping a bit when the candidate's square (a 128-bit product) does not exceed it.
+ * 40 steps, exact, no floating point. */
+static uint64_t isqrt80(uint64_t hi, uint64_t lo)
+{
+    uint64_t root = 0u;
+    uint64_t bit = (uint64_t)1u << 39;
+
+    while (bit != 0u) {
+        const uint64_t c = root | bit;
+        uint64_t sq_hi, sq_lo;
+        mul64(c, c, &sq_hi, &sq_lo);
+        if (sq_hi < hi || (sq_hi == hi && sq_lo <= lo)) {
+            root = c;
+        }
+        bit >>= 1;
+    }
+    return root;
+}
+
+uint8_t gwfw_motion_cg(const int16_t *acc_xyz, uint16_t n_acc, uint16_t acc_lsb_per_g)
+{
+    /* RMS in 1/100 g = 100 sqrt(V) / (n L) = sqrt(10^4 V) / (n L); rounded half up from the
+     * floor q of the root: floor(q / (n L) + 1/2) = (2q + n L) / (2 n L). V < 2^64, so
+     * 10^4 V < 2^78 (128-bit) and q < 2^39; n L < 2^32: no step overflows 64 bits. */
+    uint64_t hi, lo, q, nl, cg;
+
+    if (n_acc == 0u || acc_xyz == NULL || acc_lsb_per_g == 0u) {
+        return 0u;
+    }
+    mul64(10000u, scaled_spread(acc_xyz, 0u, n_acc), &hi, &lo);
+    q = isqrt80(hi, lo);
+    nl = (uint64_t)n_acc * acc_lsb_per_g;
+    cg = (2u * q + nl) / (2u * nl);
+    return (uint8_t)(cg > GWFW_MOTION_CG_MAX ? GWFW_MOTION_CG_MAX : cg);
+}
+
+uint16_t gwfw_motion_flags(uint8_t motion_cg)
+{
+    return (uint16_t)(GWFW_FLAG_MOTION_REPORTED | ((uint16_t)motion_cg << GWFW_MOTION_SHIFT));
 }
 
 uint16_t gwfw_offload_motion(uint64_t window_start_ms, int have_fall, uint64_t fall_impact_ms,

@@ -154,6 +154,19 @@ static void test_summary(void)
     s.flags = 0; /* a SUMMARY need not offload */
     CHECK_EQ(gwfw_encode_summary(&s, buf, sizeof buf), 32);
 
+    /* motion: bit 7 alone (motion_cg 0), and with any motion_cg in bits 8-15 */
+    s.flags = GWFW_FLAG_MOTION_REPORTED;
+    CHECK_EQ(gwfw_encode_summary(&s, buf, sizeof buf), 32);
+    CHECK_EQ(rd16(buf + 2), 0x0080);
+    s.flags = (uint16_t)(GWFW_FLAG_CLOCK_SYNCED | gwfw_motion_flags(1));
+    CHECK_EQ(gwfw_encode_summary(&s, buf, sizeof buf), 32);
+    CHECK_EQ(rd16(buf + 2), 0x0184);
+    CHECK_EQ(buf[3], 1); /* the high byte of the little-endian flags is motion_cg */
+    s.flags = 0xFFFF; /* every bit: OFFLOAD..., MOTION_REPORTED, motion_cg 255 */
+    CHECK_EQ(gwfw_encode_summary(&s, buf, sizeof buf), 32);
+    CHECK_EQ(rd16(buf + 2), 0xFFFF);
+    CHECK(crc_ok(buf, 32));
+
     /* and those that are not: the gateway would answer bad_field */
 #define REJECTS(field, value)                                                                     \
     do {                                                                                          \
@@ -161,8 +174,9 @@ static void test_summary(void)
         t.field = value;                                                                          \
         CHECK_EQ(gwfw_encode_summary(&t, buf, sizeof buf), GWFW_E_RANGE);                         \
     } while (0)
-    REJECTS(flags, 0x0080); /* bit 6 is OFFLOAD_MOTION now; 7-15 stay reserved */
+    REJECTS(flags, 0x0100); /* bits 8-15 without MOTION_REPORTED (bit 7) stay reserved */
     REJECTS(flags, 0x8000);
+    REJECTS(flags, 0xFF7F);
     REJECTS(activity, 3); /* groups are 0..2 */
     REJECTS(activity, 9);
     REJECTS(activity, 254);
@@ -253,7 +267,13 @@ static void test_window(void)
     CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), 2604);
     s.flags = GWFW_FLAG_OFFLOAD_MOTION; /* a motion event alone is a reason */
     CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), 2604);
-    s.flags = 0x0081; /* reserved bit 7 */
+    s.flags = 0x0101; /* bit 8 without MOTION_REPORTED: reserved */
+    CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), GWFW_E_RANGE);
+    s.flags = (uint16_t)(GWFW_FLAG_OFFLOAD_ENTROPY |
+                         gwfw_motion_flags(gwfw_motion_cg(acc, w.n_acc, w.acc_lsb_per_g)));
+    CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), 2604);
+    CHECK_EQ(rd16(buf + 2), s.flags);
+    s.flags = (uint16_t)(GWFW_FLAG_MOTION_REPORTED | gwfw_motion_flags(200)); /* no reason */
     CHECK_EQ(gwfw_encode_window(&s, &w, buf, sizeof buf), GWFW_E_RANGE);
     s = good_summary();
 
@@ -331,6 +351,12 @@ static void test_mark_resent(void)
     CHECK_EQ(rd16(msg + 2), s.flags | GWFW_FLAG_RESENT);
     CHECK(crc_ok(msg, 32));
     CHECK_EQ(gwfw_mark_resent(msg, 32), GWFW_OK); /* idempotent */
+    CHECK(crc_ok(msg, 32));
+    s.flags |= gwfw_motion_flags(200); /* the motion bits go along unchanged */
+    CHECK_EQ(gwfw_encode_summary(&s, msg, sizeof msg), 32);
+    CHECK_EQ(gwfw_mark_resent(msg, 32), GWFW_OK);
+    CHECK_EQ(rd16(msg + 2), s.flags | GWFW_FLAG_RESENT);
+    CHECK_EQ(msg[3], 200);
     CHECK(crc_ok(msg, 32));
     msg[20] ^= 1u;
     CHECK_EQ(gwfw_mark_resent(msg, 32), GWFW_E_CRC);
@@ -544,6 +570,106 @@ static void test_motion(void)
     /* motion only adds a reason: it is OR-ed into the entropy/confidence decision */
     CHECK_EQ(gwfw_offload_reason(5000, 0, 0, 10000) | gwfw_offload_motion(0, 1, 0, 16000),
              GWFW_FLAG_OFFLOAD_MASK);
+}
+
+/* n samples: x alternating mean + a, mean - a; y = 0; z = lsb (gravity). */
+static void fill_square(int16_t *xyz, uint32_t n, int16_t mean, int16_t a, int16_t lsb)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++) {
+        xyz[3u * i] = (int16_t)(i % 2u ? mean - a : mean + a);
+        xyz[3u * i + 1u] = 0;
+        xyz[3u * i + 2u] = lsb;
+    }
+}
+
+static void test_motion_cg(void)
+{
+    static int16_t w[3 * 65535];
+    static const int16_t half[] = {0, 0, 0, 1, 0, 0};           /* n 2: V = 1, q = 100 */
+    static const int16_t ramp[] = {0, 0, 0, 1, 0, 0, 2, 0, 0};  /* n 3: V = 6, q = 244 */
+    uint32_t i;
+
+    /* a still wrist in any orientation: gravity is the mean, nothing deviates from it */
+    for (i = 0; i < 256; i++) {
+        w[3u * i] = 37;
+        w[3u * i + 1u] = -45;
+        w[3u * i + 2u] = 22;
+    }
+    CHECK_EQ(gwfw_motion_cg(w, 256, 64), 0);
+    for (i = 0; i < 256; i++) {
+        w[3u * i] = -32768;
+        w[3u * i + 1u] = 32767;
+        w[3u * i + 2u] = -32768;
+    }
+    CHECK_EQ(gwfw_motion_cg(w, 256, 1), 0);
+    CHECK_EQ(gwfw_motion_cg(w, 1, 1), 0); /* one sample never deviates from itself */
+
+    /* a square wave: x = 32 +- 32 LSB at 64 LSB/g is 0.5 g RMS: q = 3200 n, 6464n / 128n = 50 */
+    fill_square(w, 256, 32, 32, 64);
+    CHECK_EQ(gwfw_motion_cg(w, 256, 64), 50);
+    /* a circle of radius 1 g, 4 samples a turn: x = (A, 0, -A, 0), y = (0, A, 0, -A), A = L:
+       the variances are A^2/2 each, the RMS A = 1 g */
+    for (i = 0; i < 256; i++) {
+        static const int16_t c4[4] = {64, 0, -64, 0};
+        w[3u * i] = c4[i % 4u];
+        w[3u * i + 1u] = c4[(i + 3u) % 4u];
+        w[3u * i + 2u] = 64;
+    }
+    CHECK_EQ(gwfw_motion_cg(w, 256, 64), 100);
+    /* all three axes +-1 g in phase: sqrt(3) g; q = isqrt(10^4 * 3 * 256^2 * 64^2) = 2837792,
+       (2 * 2837792 + 16384) / 32768 = 173 */
+    for (i = 0; i < 3u * 256u; i++) {
+        w[i] = (int16_t)((i / 3u) % 2u ? -64 : 64);
+    }
+    CHECK_EQ(gwfw_motion_cg(w, 256, 64), 173);
+
+    /* saturation: 100 LSB/g, x = +-a is a g/100 RMS exactly */
+    fill_square(w, 100, 0, 254, 100);
+    CHECK_EQ(gwfw_motion_cg(w, 100, 100), 254);
+    fill_square(w, 100, 0, 255, 100);
+    CHECK_EQ(gwfw_motion_cg(w, 100, 100), GWFW_MOTION_CG_MAX);
+    fill_square(w, 100, 0, 256, 100);
+    CHECK_EQ(gwfw_motion_cg(w, 100, 100), 255);
+    fill_square(w, 100, 0, 32767, 1); /* 32767 g */
+    CHECK_EQ(gwfw_motion_cg(w, 100, 1), 255);
+
+    /* the largest window of the widest values: n = 65535, every axis alternating -32768, 32767
+       (32768 and 32767 of them): V = 3 n^2 * 32768 * 32767 ~ 1.38e19 (just under 2^64),
+       10^4 V ~ 2^77; q = 371943727551; q / n^2 = 86.6 -> 87 at L = 65535, 173.2 at L = 32768 */
+    for (i = 0; i < 3u * 65535u; i++) {
+        w[i] = (int16_t)((i / 3u) % 2u ? 32767 : -32768);
+    }
+    CHECK_EQ(gwfw_motion_cg(w, 65535, 65535), 87);
+    CHECK_EQ(gwfw_motion_cg(w, 65535, 32768), 173);
+    CHECK_EQ(gwfw_motion_cg(w, 65535, 1000), 255);
+    CHECK_EQ(gwfw_motion_cg(w, 65535, 1), 255);
+
+    /* rounding, by the formula (2q + nL) / (2nL): exactly .5 rounds up ... */
+    CHECK_EQ(gwfw_motion_cg(half, 2, 100), 1);  /* q / nL = 100 / 200 = 0.5 */
+    CHECK_EQ(gwfw_motion_cg(half, 2, 101), 0);  /* 100 / 202 = 0.495 */
+    CHECK_EQ(gwfw_motion_cg(half, 2, 99), 1);
+    CHECK_EQ(gwfw_motion_cg(half, 2, 1), 50);   /* 0.5 g at 1 LSB/g */
+    /* ... and the root is floored first: sqrt(60000) = 244.949 but q = 244, so 244 / 489 =
+       0.49898 rounds to 0 although 244.949 / 489 = 0.50092; and 244 / 3 = 81.33 -> 81, not 82 */
+    CHECK_EQ(gwfw_motion_cg(ramp, 3, 163), 0);
+    CHECK_EQ(gwfw_motion_cg(ramp, 3, 1), 81);
+
+    /* n = 0, bad arguments */
+    CHECK_EQ(gwfw_motion_cg(w, 0, 64), 0);
+    CHECK_EQ(gwfw_motion_cg(NULL, 0, 64), 0);
+    CHECK_EQ(gwfw_motion_cg(NULL, 256, 64), 0);
+    CHECK_EQ(gwfw_motion_cg(half, 2, 0), 0);
+
+    /* the flag bits */
+    CHECK_EQ(GWFW_FLAG_MOTION_REPORTED, 0x0080);
+    CHECK_EQ(GWFW_FLAG_MOTION_REPORTED & GWFW_FLAG_OFFLOAD_MASK, 0); /* not an offload reason */
+    CHECK_EQ(gwfw_motion_flags(0), 0x0080);
+    CHECK_EQ(gwfw_motion_flags(1), 0x0180);
+    CHECK_EQ(gwfw_motion_flags(173), 0xAD80);
+    CHECK_EQ(gwfw_motion_flags(GWFW_MOTION_CG_MAX), 0xFF80);
+    CHECK_EQ(gwfw_motion_flags(87) >> GWFW_MOTION_SHIFT, 87);
 }
 
 /* n samples at rest (0, 0, 64) with `noise` counts of alternating x, for the fall tests. */
@@ -947,6 +1073,7 @@ int main(void)
     test_offload_confidence();
     test_policy();
     test_motion();
+    test_motion_cg();
     test_fall();
     test_control();
     test_info();

@@ -41,6 +41,7 @@ from gatewayd.protocol.messages import (
     Summary,
     Window,
     encode_message,
+    motion_flags,
 )
 from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
 from gatewayd.signals.heart_rate import HrTracker
@@ -53,6 +54,7 @@ from gatewayd.signals.offload import (
     confidence_e4,
     decide_offload,
     fall_impact_index,
+    motion_cg,
     motion_offload,
     offload_confidence_e4,
 )
@@ -398,7 +400,7 @@ class WearableCore:
         reason = decide_offload(
             entropy, conf, self.tau_mbits, self.min_conf_e4, motion=self._motion(acc, start_s)
         )
-        flags = MessageFlags(int(reason))
+        flags = MessageFlags(int(reason)) | motion_flags(motion_cg(acc, _ACC_LSB_PER_G))
         if self._synced:
             flags |= MessageFlags.CLOCK_SYNCED
         summary = Summary(

@@ -44,7 +44,8 @@ class MessageType(IntEnum):
 
 
 class MessageFlags(IntFlag):
-    """The header's ``flags`` field; bits 7-15 are reserved and kept as they came."""
+    """The header's ``flags`` field. Bits 8-15 are ``motion_cg`` when MOTION_REPORTED is set,
+    else reserved; reserved bits are kept as they came."""
 
     NONE = 0
     OFFLOAD_ENTROPY = 1 << 0
@@ -57,11 +58,25 @@ class MessageFlags(IntFlag):
     #: hold time after such an impact (a v1 addition: bit 6 was reserved, so an older gateway
     #: keeps it as it came and still gets the WINDOW). See docs/signals.md.
     OFFLOAD_MOTION = 1 << 6
+    #: Bits 8-15 carry ``motion_cg``, how hard the wrist moved over the window (a v1 addition:
+    #: bits 7-15 were reserved, so an older sender leaves this clear and its motion is unknown).
+    MOTION_REPORTED = 1 << 7
 
 
 OFFLOAD_MASK: Final = (
     MessageFlags.OFFLOAD_ENTROPY | MessageFlags.OFFLOAD_CONFIDENCE | MessageFlags.OFFLOAD_MOTION
 )
+
+
+#: Where ``motion_cg`` sits in ``flags`` (bits 8-15, meaningful with MOTION_REPORTED).
+MOTION_SHIFT: Final = 8
+
+
+def motion_flags(motion_cg: int) -> MessageFlags:
+    """The ``flags`` bits that report a window's motion (`gatewayd.signals.offload.motion_cg`)."""
+    if not 0 <= motion_cg <= 0xFF:
+        raise ValueError(f"motion_cg must be 0..255, got {motion_cg}")
+    return MessageFlags.MOTION_REPORTED | MessageFlags(motion_cg << MOTION_SHIFT)
 
 
 class SampleFormat(IntEnum):
@@ -97,6 +112,13 @@ class Summary:
     def offload_reason(self) -> MessageFlags:
         """The offload bits of ``flags`` (empty when the wearable did not offload)."""
         return self.flags & OFFLOAD_MASK
+
+    @property
+    def motion_g(self) -> float | None:
+        """How hard the wrist moved (RMS about the window's mean, g), or None if not reported."""
+        if not self.flags & MessageFlags.MOTION_REPORTED:
+            return None
+        return ((int(self.flags) >> MOTION_SHIFT) & 0xFF) / 100
 
     @property
     def activity_confidence(self) -> float:

@@ -81,6 +81,11 @@ class ActivitiesConfig(_Section):
     """
 
     min_confidence: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
+    #: A window whose wrist motion (the wearable's ``motion_cg``, RMS g about the window's
+    #: mean) reaches this counts as vigorous for the tachycardia limit and the rest rule,
+    #: whatever group was reported: it can only raise a limit, never lower one. 0 turns it off.
+    #: Chosen held out on labelled real windows (`gatewayd eval activity`, docs/rules.md).
+    vigorous_motion_g: float = Field(default=0.55, ge=0, le=2.55, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +111,16 @@ class ActivitiesConfig(_Section):
         if confidence < self.min_confidence:
             return ActivityGroup.UNKNOWN
         return ActivityGroup(activity)
+
+    def limit_group(
+        self, activity: int | None, confidence: float, motion_g: float | None
+    ) -> ActivityGroup:
+        """`group_of`, raised to VIGOROUS when the wrist moved at least ``vigorous_motion_g``."""
+        group = self.group_of(activity, confidence)
+        floor = self.vigorous_motion_g
+        if floor > 0 and motion_g is not None and motion_g >= floor:
+            return ActivityGroup.VIGOROUS
+        return group
 
     def class_of(self, activity: int | None, confidence: float) -> ActivityClass:
         """The name of `group_of`: "rest", "light", "vigorous" or "unknown"."""

@@ -417,6 +417,10 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
     hr = usable_hr(config, obs)
     group = config.activities.group_of(obs.activity, obs.activity_confidence)
     cls = config.activities.class_of(obs.activity, obs.activity_confidence)
+    # The group the tachycardia limit and the rest rule go by: the reported one, or vigorous
+    # when the wrist moves that hard (it only ever raises a limit).
+    limit_group = config.activities.limit_group(obs.activity, obs.activity_confidence, obs.motion_g)
+    limit_base = config.activities.class_of(int(limit_group), 1.0)
     sample = None if hr is None else _sample(obs, run.wall, hr, cls)
     stale = config.hr.stale_s
     # "activity" is the group the limits were chosen by; "unknown" when the reported one
@@ -429,13 +433,16 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
         ("hr_confidence", obs.hr_confidence),
         ("hr_source", obs.hr_source),
         ("model_id", obs.model_id),
+        ("motion_g", obs.motion_g),
     )
     gate = (("min_confidence", config.hr.min_confidence),)
 
     tachy = config.tachycardia
-    bouts = _update_bouts(run.current("bouts"), group, t, config.hr.max_gap_s)
+    bouts = _update_bouts(
+        run.current("bouts"), limit_group, t, config.hr.max_gap_s, tachy.recovery_s
+    )
     run.update(bouts=bouts)
-    limit_cls, limit = _tachycardia_limit(config, cls, bouts, t)
+    limit_cls, limit = _tachycardia_limit(config, limit_base, bouts, t)
     run.apply(
         AlertKind.TACHYCARDIA,
         Level.UNKNOWN if hr is None else _above(hr, limit, tachy.hysteresis_bpm),
@@ -468,9 +475,9 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
         stale_s=stale,
     )
     rest = config.high_hr_at_rest
-    if hr is None or cls == "unknown":
+    if hr is None or limit_base == "unknown":
         rest_level = Level.UNKNOWN
-    elif cls != "rest":
+    elif limit_base != "rest":
         rest_level = Level.CLEAR
     else:
         rest_level = _above(hr, rest.threshold_bpm, rest.hysteresis_bpm)
@@ -485,23 +492,28 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
             *gate,
         ),
         facts=facts,
-        clear_reason="activity_changed" if cls not in ("rest", "unknown") else "recovered",
+        clear_reason="activity_changed" if limit_base not in ("rest", "unknown") else "recovered",
         stale_s=stale,
     )
     _abrupt_change(run, obs, hr, group=group, sample=sample, facts=facts)
 
 
 def _update_bouts(
-    bouts: tuple[Bout, ...], group: ActivityGroup, t: float, max_gap_s: float
+    bouts: tuple[Bout, ...], group: ActivityGroup, t: float, max_gap_s: float, keep_s: float
 ) -> tuple[Bout, ...]:
-    """Extend (or start) the bout of ``group`` with a window at ``t``; unknown changes nothing."""
+    """Extend (or start) the bout of ``group`` with a window at ``t``; unknown changes nothing.
+
+    An earlier bout of the same group is kept while it may still be recovering (ended at most
+    ``keep_s`` ago): one stray window of that group after a long bout starts a bout of its own
+    and must not erase the long one's recovery.
+    """
     if group is ActivityGroup.UNKNOWN:
         return bouts
-    others = tuple(b for b in bouts if b.group != group)
-    current = next((b for b in bouts if b.group == group), None)
+    kept = tuple(b for b in bouts if t - b.last <= max(keep_s, max_gap_s))
+    current = max((b for b in kept if b.group == group), key=lambda b: b.last, default=None)
     if current is not None and t - current.last <= max_gap_s:
-        return (*others, replace(current, last=t))
-    return (*others, Bout(int(group), t, t))
+        return (*(b for b in kept if b is not current), replace(current, last=t))
+    return (*kept, Bout(int(group), t, t))
 
 
 def _tachycardia_limit(

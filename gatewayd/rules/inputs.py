@@ -64,6 +64,9 @@ class Observation:
     acc_peak_g: float | None = None
     acc_still: bool | None = None
     acc_end: float | None = None
+    #: How hard the wrist moved over the window (RMS about the window's mean, g): the
+    #: wearable's ``motion_cg``, or computed from ``acc``; None when unknown.
+    motion_g: float | None = None
     #: Monotonic arrival time; None means ``t`` (see the module docstring).
     mono: float | None = None
 

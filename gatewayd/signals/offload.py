@@ -43,6 +43,8 @@ MOTION_HOLD_MS: Final = 16000
 #: 10**6 * |a|**2 of the largest int16 triple: what _squared_counts can give, scaled.
 _MAX_SCALED_SQUARE: Final = 1_000_000 * 3 * 32768**2
 _U8_MAX: Final = 255
+#: The largest ``motion_cg`` (a u8 on the wire): 2.55 g RMS and above.
+MOTION_CG_MAX: Final = 255
 
 
 def _check_u16(name: str, value: int) -> None:
@@ -150,13 +152,18 @@ def _samples_in(ms: int, rate_hz: int) -> int:
     return -(-ms * rate_hz // 1000)
 
 
-def _block_moves(block: npt.NDArray[np.int64], lsb_per_g: int, moving_milli_g: int) -> bool:
-    # spread >= M/1000 g  <=>  1000 sqrt(V) / (n L) >= M  <=>  10**6 V >= (n M L)**2, where
+def _scaled_spread(block: npt.NDArray[np.int64]) -> int:
     # V = sum over axes of n * sum(x**2) - sum(x)**2 = n**2 * (population variance), exact.
     n = int(block.shape[0])
     sums = [int(v) for v in block.sum(axis=0)]
     squares = [int(v) for v in (block * block).sum(axis=0)]
-    v = sum(n * q - s * s for s, q in zip(sums, squares, strict=True))
+    return sum(n * q - s * s for s, q in zip(sums, squares, strict=True))
+
+
+def _block_moves(block: npt.NDArray[np.int64], lsb_per_g: int, moving_milli_g: int) -> bool:
+    # spread >= M/1000 g  <=>  1000 sqrt(V) / (n L) >= M  <=>  10**6 V >= (n M L)**2.
+    n = int(block.shape[0])
+    v = _scaled_spread(block)
     bound = n * moving_milli_g * lsb_per_g
     return 1_000_000 * v >= bound * bound
 
@@ -190,6 +197,25 @@ def fall_impact_index(
         if _block_moves(block, lsb_per_g, trigger.moving_milli_g):
             return None
     return k
+
+
+def motion_cg(acc: npt.ArrayLike, lsb_per_g: int) -> int:
+    """How hard the wrist moves over a window, in 1/100 g, 0..255 (the wire's ``motion_cg``).
+
+    The RMS over the window's n samples of the 3-axis deviation from the window's mean,
+    sqrt(sum over axes of the population variance), rounded: with
+    V = sum over axes (n * sum(x**2) - sum(x)**2) and q = isqrt(10**4 * V), the value is
+    (2q + nL) // (2nL), saturated at 255 (2.55 g). Exact integers, as firmware_stub/'s
+    gwfw_motion_cg; 0 for an empty window. Gravity is the mean, so a still wrist is 0 whatever
+    its orientation.
+    """
+    wide = np.asarray(acc)
+    _squared_counts(wide, lsb_per_g)  # checks shape, dtype and range
+    n = int(wide.shape[0])
+    if n == 0:
+        return 0
+    q = math.isqrt(10_000 * _scaled_spread(wide.astype(np.int64)))
+    return min(MOTION_CG_MAX, (2 * q + n * lsb_per_g) // (2 * n * lsb_per_g))
 
 
 def motion_offload(
