@@ -95,6 +95,7 @@ def telemetry_for(
         activity_confidence=activity_confidence(obs),
         confidence=_fraction(obs.hr_confidence if obs.hr_bpm is not None else None),
         entropy_bits=s.entropy_bits,
+        motion_g=obs.motion_g,
         offloaded=isinstance(message, Window),
         signal_quality=None if obs.signal_quality is None else obs.signal_quality / 100,
         battery_pct=s.battery,

@@ -244,6 +244,13 @@ class Telemetry(_Payload):
     )
     confidence: Fraction | None = Field(default=None, description="Confidence of hr_bpm.")
     entropy_bits: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    motion_g: float | None = Field(
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="How hard the wrist moved over the window (RMS g about its mean; 0 still,"
+        " about 0.2 walking, 1 running); absent when the wearable does not report it.",
+    )
     offloaded: bool = False
     signal_quality: Fraction | None = None
     battery_pct: Percent | None = None
