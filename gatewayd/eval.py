@@ -812,6 +812,12 @@ class MotionFloor:
     vigorous_recall: float
     #: Held-out floor (cg) -> how many subjects had it.
     per_subject: dict[int, int]
+    #: Vigorous windows the gateway reported as rest, light or unknown (a lower limit), and how
+    #: many of them the held-out floor raised back to vigorous.
+    reported_lower: int = 0
+    rescued: int = 0
+    #: Rest and light windows the gateway reported right that the held-out floor raised.
+    overridden: int = 0
 
     def to_json(self) -> dict[str, object]:
         """The ``motion_floor`` object of `gatewayd eval activity --json`."""
@@ -826,6 +832,9 @@ class MotionFloor:
                 "raised_light": self.raised_light,
                 "vigorous_recall": self.vigorous_recall,
                 "floors": {str(k): v for k, v in sorted(self.per_subject.items())},
+                "vigorous_reported_lower": self.reported_lower,
+                "rescued": self.rescued,
+                "overridden": self.overridden,
             },
         }
 
@@ -851,16 +860,19 @@ def choose_motion_floor(tables: Sequence[WindowTable]) -> MotionFloor:
     labelled windows at or above it are vigorous. Each subject is scored with the floor chosen
     on the other subjects.
     """
-    keys, motions, truths = [], [], []
+    keys, motions, truths, reports = [], [], [], []
     for t in tables:
         motion = wire_motion_cg(t.flags)
         keep = (t.truth != _UNKNOWN) & (motion >= 0)
         keys += [f"{t.source}:{t.subject_key}"] * int(keep.sum())
         motions.append(motion[keep])
         truths.append(t.truth[keep])
+        reports.append(t.gateway_activity[keep])
     key = np.array(keys, dtype=object)
-    motion = np.concatenate(motions or [np.empty(0, np.int64)]).astype(np.int64)
-    truth = np.concatenate(truths or [np.empty(0, np.int64)]).astype(np.int64)
+    empty = [np.empty(0, np.int64)]
+    motion = np.concatenate(motions or empty).astype(np.int64)
+    truth = np.concatenate(truths or empty).astype(np.int64)
+    reported = np.concatenate(reports or empty).astype(np.int64)
     raised = np.zeros(motion.size, dtype=np.bool_)
     per_subject: Counter[int] = Counter()
     for k in sorted(set(keys)):
@@ -870,6 +882,8 @@ def choose_motion_floor(tables: Sequence[WindowTable]) -> MotionFloor:
             per_subject[floor] += 1
             raised |= mine & (motion >= floor)
     vigorous = truth == int(ActivityGroup.VIGOROUS)
+    lower = vigorous & (reported != int(ActivityGroup.VIGOROUS))
+    right = ~vigorous & (reported == truth)
     return MotionFloor(
         chosen_cg=_lowest_floor(motion, truth),
         windows=int(motion.size),
@@ -879,6 +893,9 @@ def choose_motion_floor(tables: Sequence[WindowTable]) -> MotionFloor:
         raised_light=int((raised & (truth == int(ActivityGroup.LIGHT))).sum()),
         vigorous_recall=float(raised[vigorous].mean()) if vigorous.any() else math.nan,
         per_subject=dict(per_subject),
+        reported_lower=int(lower.sum()),
+        rescued=int((lower & raised).sum()),
+        overridden=int((right & raised).sum()),
     )
 
 
@@ -1062,7 +1079,9 @@ def format_activity(report: ActivityReport, *, recordings: bool = False) -> str:
             f" on the others): {floor.raised} of {floor.windows} labelled windows raised,"
             f" {_pct(floor.precision)} % of them vigorous ({floor.raised_rest} rest,"
             f" {floor.raised_light} light); {_pct(floor.vigorous_recall)} % of the vigorous"
-            " windows raised; floors chosen: "
+            f" windows raised, {floor.rescued} of the {floor.reported_lower} the gateway reported"
+            f" lower; {floor.overridden} rest or light windows reported right were raised;"
+            " floors chosen: "
             + ", ".join(f"{k / 100:.2f} g x{v}" for k, v in sorted(floor.per_subject.items())),
         ]
     return "\n".join(lines)

@@ -127,6 +127,11 @@ def test_the_motion_floor_is_the_lowest_precise_enough_chosen_held_out() -> None
     assert floor.raised_rest == 0
     assert 0.8 < floor.precision <= 1.0
     assert 0 < floor.vigorous_recall < 1.0  # d's slowest vigorous windows are not raised
+    # The gateway (table()) reported every window unknown: every vigorous one was reported
+    # lower, and the floor gives back those it raises; no window was reported right.
+    assert floor.reported_lower == 4 * 59
+    assert floor.rescued == round(floor.vigorous_recall * floor.reported_lower)
+    assert floor.overridden == 0
     doc = floor.to_json()
     assert doc["chosen_cg"] == floor.chosen_cg
     assert choose_motion_floor([]).chosen_cg is None
