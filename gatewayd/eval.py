@@ -808,7 +808,7 @@ class MotionFloor:
     precision: float
     raised_rest: int
     raised_light: int
-    #: The share of vigorous windows the floor raises (those the model calls lower stay safe).
+    #: The share of the vigorous windows that the floor raises.
     vigorous_recall: float
     #: Held-out floor (cg) -> how many subjects had it.
     per_subject: dict[int, int]

@@ -423,8 +423,9 @@ def _heart_rate(run: _Run, obs: Observation) -> None:
     limit_base = config.activities.class_of(int(limit_group), 1.0)
     sample = None if hr is None else _sample(obs, run.wall, hr, cls)
     stale = config.hr.stale_s
-    # "activity" is the group the limits were chosen by; "unknown" when the reported one
-    # (kept as reported_activity) was missing or below rules.activities.min_confidence.
+    # "activity" is the reported group as the rules take it; "unknown" when the reported one
+    # (kept as reported_activity) was missing or below rules.activities.min_confidence. The
+    # tachycardia limit's own group (raised by motion, or recovering) is limit_activity.
     facts: tuple[tuple[str, Scalar], ...] = (
         ("activity", cls),
         ("reported_activity", group_name(obs.activity)),
