@@ -111,10 +111,12 @@ async def stream_until_complete(
 
 def without_resent(message: Message) -> Message:
     """The message as first produced (a retransmission differs only in the RESENT flag)."""
+    # In int arithmetic: ~ of a MessageFlags member keeps only the named bits and would drop
+    # motion_cg (bits 8-15).
     if isinstance(message, Window):
-        flags = message.summary.flags & ~MessageFlags.RESENT
+        flags = MessageFlags(int(message.summary.flags) & ~int(MessageFlags.RESENT))
         return replace(message, summary=replace(message.summary, flags=flags))
-    return replace(message, flags=message.flags & ~MessageFlags.RESENT)
+    return replace(message, flags=MessageFlags(int(message.flags) & ~int(MessageFlags.RESENT)))
 
 
 def assert_exactly_once_in_order(

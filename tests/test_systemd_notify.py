@@ -466,6 +466,12 @@ async def test_gatewayd_run_is_not_ready_until_an_adapter_answers_and_says_why(
                 off = f"STATUS=waiting for adapter hci0: adapter hci0 ({ADAPTER}) is powered off"
                 await wait_for_prefix(receiver, off)
                 assert "READY=1" not in receiver.messages()
+
+                # The STATUS= line can arrive before the log line is read from stderr.
+                async def said_twice() -> bool:
+                    return len(gw.logged_prefix("waiting for adapter hci0:")) >= 2
+
+                await gw.wait_until(said_twice, 10, "the second cause's log line")
                 assert len(gw.logged_prefix("waiting for adapter hci0:")) == 2
                 await adapter.set_powered(True)
                 await receiver.wait_for("READY=1")

@@ -45,7 +45,11 @@ class MessageType(IntEnum):
 
 class MessageFlags(IntFlag):
     """The header's ``flags`` field. Bits 8-15 are ``motion_cg`` when MOTION_REPORTED is set,
-    else reserved; reserved bits are kept as they came."""
+    else reserved; reserved bits are kept as they came.
+
+    Clear a bit in int arithmetic (``MessageFlags(int(f) & ~int(X))``): ``~X`` of a member
+    keeps only the named bits 0-7, so ``f & ~X`` would drop ``motion_cg``.
+    """
 
     NONE = 0
     OFFLOAD_ENTROPY = 1 << 0
