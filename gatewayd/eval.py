@@ -1065,7 +1065,8 @@ def format_activity(report: ActivityReport, *, recordings: bool = False) -> str:
     if arows:
         lines += [
             "",
-            "Alerts the gateway's rules (defaults) raised on what it reported:",
+            "Alerts the gateway's rules (the defaults, or --config's [rules]) raised on what it"
+            " reported:",
             format_table(["", "RECORDINGS", "WITH ALERTS", "RAISED"], arows),
         ]
     floor = report.motion_floor

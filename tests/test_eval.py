@@ -22,7 +22,7 @@ from gatewayd.config import InferenceConfig
 from gatewayd.datasets import Recording, find_recordings, load, write_synthetic_dataset
 from gatewayd.emulator.virtual import pick_wearable_model
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
-from gatewayd.errors import EXIT_UNAVAILABLE
+from gatewayd.errors import EXIT_CONFIG, EXIT_UNAVAILABLE
 from gatewayd.eval import (
     ACC_MOTION_THRESHOLD,
     BASELINE,
@@ -207,6 +207,32 @@ def test_no_recordings_is_an_error(
 ) -> None:
     assert main(["eval", what, str(tmp_path)]) == 1
     assert "no recordings found under" in capsys.readouterr().err
+
+
+def test_eval_runs_the_rules_of_a_config_file_given_with_config(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["eval", "activity", str(dataset), "--json"]
+    code, default, _ = run_json(argv, capsys)
+    assert code == 0
+    # Limits every synthetic heart rate exceeds: the config's rules raise what the defaults do not.
+    strict = tmp_path / "strict.toml"
+    limits = "rest_bpm = {0}\nlight_bpm = {0}\nvigorous_bpm = {0}\nunknown_bpm = {0}\n"
+    strict.write_text(
+        "[rules.tachycardia]\n" + limits.format(41.0) + "min_duration_s = 0.0\n"
+        "[rules.bradycardia]\n" + limits.format(30.0),
+        encoding="utf-8",
+    )
+    code, doc, _ = run_json([*argv, "--config", str(strict)], capsys)
+    assert code == 0
+    raised = doc["alerts"]["synthetic"]["raised"]
+    assert raised.get("tachycardia", 0) == 2  # once per recording: the run never ends
+    assert default["alerts"]["synthetic"]["raised"].get("tachycardia", 0) < 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[rules.activities]\nvigorous_motion_g = "x"\n', encoding="utf-8")
+    code, _, err = run_json([*argv, "--config", str(bad)], capsys)
+    assert code == EXIT_CONFIG
+    assert "rules.activities.vigorous_motion_g" in err
 
 
 def test_a_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -124,7 +124,16 @@ def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline:
                 oof = OutOfFold.from_arrays({k: arrays[k] for k in arrays.files})
         except (OSError, ValueError) as exc:
             raise GatewayError(f"{args.oof}: not out-of-fold outputs: {exc}") from exc
+    from gatewayd.config import load_config  # noqa: PLC0415
+    from gatewayd.rules import RulesConfig  # noqa: PLC0415
+
+    # The rules of a config file named with --config (or $GATEWAYD_CONFIG), else the defaults:
+    # an installed /etc/gatewayd file is not read, so the figures do not depend on the machine.
+    # A bad file is a ConfigError that says what is wrong.
+    explicit = args.config != str(DEFAULT_CONFIG_PATH) or os.environ.get(CONFIG_ENV)
+    rules = load_config(args.config, os.environ).rules if explicit else RulesConfig()
     return ReplaySetup(
+        rules=rules,
         out_of_fold=oof,
         wearable_model=wearable,
         gateway_model=gateway,
