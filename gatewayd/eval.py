@@ -864,7 +864,7 @@ def choose_motion_floor(tables: Sequence[WindowTable]) -> MotionFloor:
     for t in tables:
         motion = wire_motion_cg(t.flags)
         keep = (t.truth != _UNKNOWN) & (motion >= 0)
-        keys += [f"{t.source}:{t.subject_key}"] * int(keep.sum())
+        keys += [t.subject_key] * int(keep.sum())
         motions.append(motion[keep])
         truths.append(t.truth[keep])
         reports.append(t.gateway_activity[keep])

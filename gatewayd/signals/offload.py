@@ -119,7 +119,8 @@ def decide_offload(
     return reason
 
 
-def _squared_counts(acc: npt.ArrayLike, lsb_per_g: int) -> npt.NDArray[np.int64]:
+def _wide_acc(acc: npt.ArrayLike, lsb_per_g: int) -> npt.NDArray[np.int64]:
+    """The samples as int64, after checking the scale, shape, dtype and int16 range."""
     if not 1 <= lsb_per_g <= _U16_MAX:
         raise ValueError(f"lsb_per_g must be 1..65535, got {lsb_per_g}")
     a = np.asarray(acc)
@@ -128,6 +129,11 @@ def _squared_counts(acc: npt.ArrayLike, lsb_per_g: int) -> npt.NDArray[np.int64]
     wide = a.astype(np.int64)
     if wide.size and (int(wide.min()) < -32768 or int(wide.max()) > 32767):
         raise ValueError("acc samples must fit int16")
+    return wide
+
+
+def _squared_counts(acc: npt.ArrayLike, lsb_per_g: int) -> npt.NDArray[np.int64]:
+    wide = _wide_acc(acc, lsb_per_g)
     return np.asarray(np.sum(wide * wide, axis=1), dtype=np.int64)
 
 
@@ -209,12 +215,11 @@ def motion_cg(acc: npt.ArrayLike, lsb_per_g: int) -> int:
     gwfw_motion_cg; 0 for an empty window. Gravity is the mean, so a still wrist is 0 whatever
     its orientation.
     """
-    wide = np.asarray(acc)
-    _squared_counts(wide, lsb_per_g)  # checks shape, dtype and range
+    wide = _wide_acc(acc, lsb_per_g)
     n = int(wide.shape[0])
     if n == 0:
         return 0
-    q = math.isqrt(10_000 * _scaled_spread(wide.astype(np.int64)))
+    q = math.isqrt(10_000 * _scaled_spread(wide))
     return min(MOTION_CG_MAX, (2 * q + n * lsb_per_g) // (2 * n * lsb_per_g))
 
 
