@@ -159,6 +159,7 @@ def _explain_broker(config: Config, error: BaseException) -> tuple[str, str]:
 def _link_settings(config: Config) -> LinkSettings:
     return LinkSettings(
         connect_timeout_s=config.ble.connect_timeout_s,
+        acquire_notify=config.ble.acquire_notify,
         tau_mbits=round(config.offload.tau_bits * 1000),
         min_conf_e4=round(config.offload.min_confidence * 10_000),
     )

@@ -185,6 +185,7 @@ class BleConfig(_Section):
     adapters: Annotated[tuple[str, ...], Field(strict=False, min_length=1)] = ("hci0",)
     slots_per_adapter: int = Field(default=5, ge=1, le=20)
     connect_timeout_s: float = Field(default=20.0, gt=0, le=120, allow_inf_nan=False)
+    acquire_notify: bool = True
 
     @field_validator("adapters")
     @classmethod

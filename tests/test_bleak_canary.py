@@ -213,7 +213,7 @@ async def test_bleak_uses_start_notify_when_notify_acquired_is_absent(
     recorder = _RecordingBus()
     client._bus = recorder  # type: ignore[assignment]
     service = BleakGATTService(None, 1, gatt.SERVICE_UUID)
-    # The emulator's characteristics carry no NotifyAcquired property.
+    # No NotifyAcquired property (a BlueZ older than 5.46, or a characteristic without notify).
     props = {"UUID": gatt.DATA_CHAR_UUID, "Flags": ["notify"], "MTU": 247}
     char = BleakGATTCharacteristic(
         (f"{DEVICE}/service0001/char0002", props),
@@ -227,8 +227,8 @@ async def test_bleak_uses_start_notify_when_notify_acquired_is_absent(
         char, lambda _data: None, bluez={"use_start_notify": use_start_notify}
     )
     assert recorder.members == ["StartNotify"], (
-        "bleak now uses AcquireNotify (a socket) instead of StartNotify + "
-        "PropertiesChanged(Value); the emulator does not implement AcquireNotify "
+        "bleak no longer falls back to StartNotify when NotifyAcquired is absent; the gateway's "
+        "[ble] acquire_notify = false and older BlueZ stacks rely on it "
         f"(GattCharacteristic1 in {DBUS_SURFACE})"
     )
 

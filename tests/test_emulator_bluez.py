@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -286,6 +287,147 @@ async def test_connect_read_write_and_1000_notifications_in_order(
         assert not await wearable.notify(gatt.DATA_CHAR_UUID, b"x")  # nobody listens
     assert not wearable.connected
     assert peripheral.events == ["connect", "disconnect:local"]
+
+
+@pytest.mark.asyncio
+async def test_acquire_notify_sends_notifications_over_a_socket_not_dbus(
+    fake: FakeBluez, wearable: FakeDevice
+) -> None:
+    await wearable.load_bond()
+    peripheral = peripheral_of(wearable)
+    data = wearable.characteristic(gatt.DATA_CHAR_UUID)
+    received: list[bytes] = []
+    all_in = asyncio.Event()
+    count = 1000
+    payloads = [i.to_bytes(4, "little") + bytes([i % 251]) * 240 for i in range(count)]
+
+    def on_notify(_char: object, value: bytearray) -> None:
+        received.append(bytes(value))
+        if len(received) == count:
+            all_in.set()
+
+    async with BleakClient(await find(WEARABLE)) as client:
+        data_char = client.services.get_characteristic(gatt.DATA_CHAR_UUID)
+        assert data_char is not None
+        assert data_char.obj[1]["NotifyAcquired"] is False  # bluetoothd exports it with notify
+        control = client.services.get_characteristic(gatt.CONTROL_CHAR_UUID)
+        assert control is not None
+        assert "NotifyAcquired" not in control.obj[1]
+        await client.start_notify(data_char, on_notify, bluez={"use_start_notify": False})
+        assert calls(fake, "AcquireNotify", data.path) == 1
+        assert calls(fake, "StartNotify", data.path) == 0
+        assert wearable.notifying(gatt.DATA_CHAR_UUID)
+        assert gatt.DATA_CHAR_UUID in peripheral.notify_enabled  # the CCCD was written
+        assert data.interface is not None
+        assert data.interface.NotifyAcquired
+        for payload in payloads:
+            assert await wearable.notify(gatt.DATA_CHAR_UUID, payload)
+            await asyncio.sleep(0)  # bleak reads one datagram per loop turn, in this loop
+        async with asyncio.timeout(TIMEOUT):
+            await all_in.wait()
+        assert received == payloads
+        assert data.value == b""  # the Value property is not touched while acquired
+        assert fake.notifications_dropped == 0
+
+        await client.stop_notify(data_char)  # bleak closes its end: bluetoothd sees a hang-up
+        await wait_until(lambda: not wearable.notifying(gatt.DATA_CHAR_UUID))
+        assert data.notify_socket is None
+        assert gatt.DATA_CHAR_UUID not in peripheral.notify_enabled
+        assert not await wearable.notify(gatt.DATA_CHAR_UUID, b"x")  # nobody listens
+        # Released, StartNotify works again.
+        await client.start_notify(data_char, on_notify)
+        assert wearable.notifying(gatt.DATA_CHAR_UUID)
+
+
+async def _acquire(bus: MessageBus, path: str) -> Message:
+    reply = await bus.call(
+        Message(
+            destination="org.bluez",
+            path=path,
+            interface="org.bluez.GattCharacteristic1",
+            member="AcquireNotify",
+            signature="a{sv}",
+            body=[{}],
+        )
+    )
+    assert reply is not None
+    return reply
+
+
+@pytest.mark.asyncio
+async def test_acquire_notify_errors_drops_and_hangups_follow_bluetoothd(
+    fake: FakeBluez, wearable: FakeDevice
+) -> None:
+    await wearable.load_bond()
+    data = wearable.characteristic(gatt.DATA_CHAR_UUID)
+    control = wearable.characteristic(gatt.CONTROL_CHAR_UUID)
+    bus = await MessageBus(bus_address=fake.address, negotiate_unix_fd=True).connect()
+    lost = asyncio.Event()
+    client = BleakClient(await find(WEARABLE), disconnected_callback=lambda _c: lost.set())
+    try:
+        await client.connect()
+        # A StartNotify session holds the characteristic: InProgress.
+        await client.start_notify(gatt.DATA_CHAR_UUID, lambda _c, _d: None)
+        reply = await _acquire(bus, data.path)
+        assert reply.error_name == BluezError.IN_PROGRESS
+        await client.stop_notify(gatt.DATA_CHAR_UUID)
+        # No notify flag: NotSupported.
+        assert (await _acquire(bus, control.path)).error_name == BluezError.NOT_SUPPORTED
+
+        reply = await _acquire(bus, data.path)
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        assert reply.signature == "hq"
+        index, mtu = reply.body
+        assert mtu == wearable.mtu
+        fd = reply.unix_fds[index]
+        sock = socket.socket(fileno=fd)
+        assert sock.type == socket.SOCK_SEQPACKET
+        # Held: a second AcquireNotify and StartNotify are refused.
+        again = await _acquire(bus, data.path)
+        assert (again.error_name, again.body) == (BluezError.NOT_PERMITTED, ["Notify acquired"])
+        with pytest.raises(BleakDBusError, match="Notify acquired"):
+            await client.start_notify(gatt.DATA_CHAR_UUID, lambda _c, _d: None)
+
+        # Nobody reads: once the socket is full, notifications are dropped and counted.
+        sent = 0
+        while await wearable.notify(gatt.DATA_CHAR_UUID, sent.to_bytes(4, "little") * 61):
+            sent += 1
+        assert sent > 10
+        assert fake.notifications_dropped == 1
+        sock.setblocking(False)
+        first = [int.from_bytes(sock.recv(1024)[:4], "little") for _ in range(sent)]
+        assert first == list(range(sent))  # every datagram that was sent, in order
+
+        # The link drops: bluetoothd closes its end, the client reads end-of-file.
+        await wearable.drop_link()
+        async with asyncio.timeout(TIMEOUT):
+            await lost.wait()
+        sock.setblocking(True)
+        assert sock.recv(1024) == b""
+        assert data.notify_socket is None
+        sock.close()
+    finally:
+        await client.disconnect()
+        bus.disconnect()
+        await bus.wait_for_disconnect()
+
+
+@pytest.mark.asyncio
+async def test_acquire_notify_ends_when_the_client_leaves_the_bus(
+    fake: FakeBluez, wearable: FakeDevice
+) -> None:
+    await wearable.load_bond()
+    data = wearable.characteristic(gatt.DATA_CHAR_UUID)
+    async with BleakClient(await find(WEARABLE)):
+        bus = await MessageBus(bus_address=fake.address, negotiate_unix_fd=True).connect()
+        reply = await _acquire(bus, data.path)
+        fd = reply.unix_fds[reply.body[0]]
+        assert wearable.notifying(gatt.DATA_CHAR_UUID)
+        bus.disconnect()
+        await bus.wait_for_disconnect()
+        os.close(fd)  # the process that held it is gone
+        await wait_until(lambda: not wearable.notifying(gatt.DATA_CHAR_UUID))
+        assert gatt.DATA_CHAR_UUID not in peripheral_of(wearable).notify_enabled
 
 
 @pytest.mark.asyncio

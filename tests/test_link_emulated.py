@@ -140,6 +140,12 @@ def synthetic(subject: int, minutes: float) -> Recording:
     return generate_recording(subject, minutes, seed=subject)
 
 
+def _data_char_calls(fake: FakeBluez, fleet: Fleet) -> set[str]:
+    """The methods the gateway called on the wearables' data characteristics."""
+    paths = {device.characteristic(DATA_CHAR_UUID).path for device, _ in fleet.wearables}
+    return {c.member for c in fake.call_log if c.path in paths}
+
+
 @pytest.mark.asyncio
 async def test_two_wearables_paired_from_the_cli_stream_troika_and_dalia_exactly_once(
     fake: FakeBluez, private_bus: EmulatorEnv, tmp_path: Path
@@ -164,10 +170,16 @@ async def test_two_wearables_paired_from_the_cli_stream_troika_and_dalia_exactly
         d.address for d, _ in fleet.wearables
     )
     manager = LinkManager(
-        ["hci0"], 5, await asyncio.to_thread(registry.load), LinkSettings(3500, 5000)
+        ["hci0"],
+        5,
+        await asyncio.to_thread(registry.load),
+        LinkSettings(tau_mbits=3500, min_conf_e4=5000),
     )
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
     assert_exactly_once_in_order(fleet, frames, manager)
+    data_calls = _data_char_calls(fake, fleet)
+    assert "AcquireNotify" in data_calls
+    assert "StartNotify" not in data_calls
     kinds = {type(m) for ms in frames.values() for m in ms}
     assert Window in kinds, "some windows must be offloaded (raw samples on the wire)"
     first = frames[manager.links[fleet.wearables[0][0].address].device.device_id]
@@ -189,9 +201,10 @@ async def test_link_drops_and_corrupted_fragments_lose_nothing(
                        tau_mbits=3400, min_conf_e4=5000)  # fmt: skip
     fleet = await build_fleet(fake, [synthetic(3, 2.0), synthetic(4, 2.0)], setup)
     registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
-    manager = LinkManager(
-        ["hci0"], 5, await asyncio.to_thread(registry.load), LinkSettings(3400, 5000)
-    )
+    # StartNotify and D-Bus signals here ([ble] acquire_notify = false); the other tests take
+    # the default, AcquireNotify's socket.
+    settings = LinkSettings(tau_mbits=3400, min_conf_e4=5000, acquire_notify=False)
+    manager = LinkManager(["hci0"], 5, await asyncio.to_thread(registry.load), settings)
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=90)
     assert_exactly_once_in_order(fleet, frames, manager)
     links = list(manager.links.values())
@@ -200,6 +213,9 @@ async def test_link_drops_and_corrupted_fragments_lose_nothing(
     assert rejected > 0, "corrupted fragments must be counted"
     assert sum(w.core.counters.resent for _, w in fleet.wearables) > 0, "gaps recovered by resend"
     assert not [e for e in events if isinstance(e, MessagesLost)]
+    data_calls = _data_char_calls(fake, fleet)
+    assert "StartNotify" in data_calls
+    assert "AcquireNotify" not in data_calls
 
 
 @pytest.mark.asyncio

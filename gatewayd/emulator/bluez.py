@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 import re
+import socket
 import stat
 from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -52,6 +53,7 @@ from gatewayd.emulator.bluez_dbus import (
     EmulatorBus,
     GattCharacteristic1,
     GattDescriptor1,
+    GattNotifyCharacteristic1,
     GattService1,
     device_interface,
     interfaces_added,
@@ -232,8 +234,12 @@ class GattAttribute:
     #: Claimed by a bluetoothd plugin: never exported (GAP always; Battery with the plugin).
     hidden: bool = False
     children: list[GattAttribute] = field(default_factory=list)
-    #: Notify sessions: unique bus names of the clients that called StartNotify.
+    #: Notify sessions: unique bus names of the clients that called StartNotify (or
+    #: AcquireNotify: then the only one, and ``notify_socket`` is set).
     sessions: set[str] = field(default_factory=set)
+    #: AcquireNotify: bluetoothd's end of the socket pair, and the client that acquired it.
+    notify_socket: socket.socket | None = None
+    notify_owner: str = ""
     cccd: GattAttribute | None = None
     interface: ServiceInterface | None = None
 
@@ -355,6 +361,8 @@ class FakeBluez:
         self.hung = False
         #: Method calls received (and never answered) while hung.
         self.unanswered = 0
+        #: Notifications dropped because a client's AcquireNotify socket was full.
+        self.notifications_dropped = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -969,6 +977,8 @@ class FakeDevice:
             )
         if not self.connected or not characteristic.sessions:
             return False
+        if characteristic.notify_socket is not None:
+            return self._send_acquired(characteristic, characteristic.notify_socket, payload)
         await self.fake.flow.acquire(socket_cost(len(payload)))
         if not self.connected or not characteristic.sessions:
             return False
@@ -980,6 +990,30 @@ class FakeDevice:
                 characteristic.path, CHARACTERISTIC_INTERFACE, {"Value": Variant("ay", payload)}
             )
         )
+        return True
+
+    def _send_acquired(
+        self, characteristic: GattAttribute, sock: socket.socket, payload: bytes
+    ) -> bool:
+        """AcquireNotify's path (gatt-client.c ``notify_io_cb``): one datagram, never waits.
+
+        bluetoothd writes without blocking and drops the notification when the client's socket
+        is full (it logs ``sendmsg: Resource temporarily unavailable``); so does this, counting
+        it in :attr:`FakeBluez.notifications_dropped`.
+        """
+        try:
+            sock.send(payload)
+        except BlockingIOError:
+            self.fake.notifications_dropped += 1
+            _LOG.warning(
+                "%s: notification dropped: the client's AcquireNotify socket is full",
+                self.address,
+            )
+            return False
+        except OSError as exc:  # the client closed its end; the hang-up is on its way
+            _LOG.debug("%s: AcquireNotify socket: %s", self.address, exc)
+            self._release_acquired(characteristic)
+            return False
         return True
 
     async def drop_link(self, reason: DisconnectReason = DisconnectReason.TIMEOUT) -> None:
@@ -1255,8 +1289,13 @@ class FakeDevice:
                 continue
             await self._export_attribute(service, GattService1(service, self.path), generation)
             for characteristic in service.children:
+                kind = (
+                    GattNotifyCharacteristic1
+                    if "notify" in characteristic.flags
+                    else GattCharacteristic1
+                )
                 await self._export_attribute(
-                    characteristic, GattCharacteristic1(characteristic, self.fake), generation
+                    characteristic, kind(characteristic, self.fake), generation
                 )
                 for descriptor in characteristic.children:
                     await self._export_attribute(
@@ -1343,6 +1382,7 @@ class FakeDevice:
                 )
             for service in self._services:
                 for characteristic in service.children:
+                    self._close_acquired(characteristic)
                     characteristic.sessions.clear()
                     if characteristic.cccd is not None:
                         characteristic.cccd.value = b"\x00\x00"
@@ -1518,6 +1558,8 @@ class FakeDevice:
         """StartNotify: one session per client; the CCCD is written for the first."""
         if self.link_state == "disconnecting":
             raise _error(BluezError.NOT_CONNECTED)
+        if attribute.notify_socket is not None:
+            raise _error(BluezError.NOT_PERMITTED, "Notify acquired")
         self._check_linked()
         if not attribute.notifies:
             raise _error(BluezError.NOT_SUPPORTED)
@@ -1536,8 +1578,96 @@ class FakeDevice:
                 attribute.path, CHARACTERISTIC_INTERFACE, {"Notifying": Variant("b", True)}
             )
 
+    def handle_acquire_notify(self, attribute: GattAttribute, sender: str) -> tuple[int, int]:
+        """AcquireNotify: a SOCK_SEQPACKET pair; the client's end and the MTU are the reply.
+
+        As gatt-client.c: Failed "Not connected" without a link, NotPermitted "Notify acquired"
+        when a client holds it already, InProgress when StartNotify sessions exist,
+        NotSupported without the ``notify`` flag. The CCCD is written; ``Notifying`` stays as it
+        was and ``NotifyAcquired`` becomes true. Notifications then go to the socket, not to
+        PropertiesChanged(Value) (:meth:`_send_acquired`). The client releases it by closing
+        its end (bleak: stop_notify, disconnect, exit); a StopNotify from anyone also does.
+        """
+        if self.link_state != "connected":
+            raise _error(BluezError.FAILED, "Not connected")
+        if attribute.notify_socket is not None:
+            raise _error(BluezError.NOT_PERMITTED, "Notify acquired")
+        if attribute.sessions:
+            raise _error(BluezError.IN_PROGRESS)
+        if "notify" not in attribute.flags:
+            raise _error(BluezError.NOT_SUPPORTED)
+        self._check_security(attribute.flags, "notify")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        attribute.sessions.add(sender)
+        attribute.notify_socket, attribute.notify_owner = ours, sender
+        try:
+            self._notify_changed(attribute, enabled=True, raising=True)
+        except GattError as exc:
+            attribute.sessions.discard(sender)
+            attribute.notify_socket, attribute.notify_owner = None, ""
+            ours.close()
+            theirs.close()
+            raise DBusError(*gatt_error_reply(exc.att_error)) from None
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._acquired_readable, attribute)
+        fd = theirs.detach()
+        self.fake.bus.close_after_send(fd)
+        self._spawn_notify_acquired(attribute)
+        return fd, self.mtu
+
+    def _acquired_readable(self, attribute: GattAttribute) -> None:
+        """The client's end hung up (or wrote, which a notify socket has no use for)."""
+        sock = attribute.notify_socket
+        if sock is None:
+            return
+        try:
+            data = sock.recv(1024)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            _LOG.debug("%s: ignored %d bytes written to a notify socket", self.address, len(data))
+            return
+        self._release_acquired(attribute)
+
+    def _close_acquired(self, attribute: GattAttribute) -> bool:
+        """Close bluetoothd's end (the client sees a hang-up); True if one was open."""
+        sock = attribute.notify_socket
+        if sock is None:
+            return False
+        with contextlib.suppress(ValueError, RuntimeError):  # closed fd or closed loop
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        attribute.sessions.discard(attribute.notify_owner)
+        attribute.notify_socket, attribute.notify_owner = None, ""
+        return True
+
+    def _release_acquired(self, attribute: GattAttribute) -> None:
+        """destroy_sock: the lock ends; the CCCD is cleared if nobody else listens."""
+        if not self._close_acquired(attribute) or self.link_state != "connected":
+            return
+        if not attribute.sessions:
+            self._notify_changed(attribute, enabled=False)
+        self._spawn_notify_acquired(attribute)
+
+    def _spawn_notify_acquired(self, attribute: GattAttribute) -> None:
+        value = attribute.notify_socket is not None
+        self.fake.spawn(
+            self.fake.changed(
+                attribute.path, CHARACTERISTIC_INTERFACE, {"NotifyAcquired": Variant("b", value)}
+            ),
+            name=f"{self.address}-notify-acquired",
+        )
+
     async def handle_stop_notify(self, attribute: GattAttribute, sender: str) -> None:
-        """StopNotify: ends the caller's session; the CCCD is cleared with the last one."""
+        """StopNotify: ends the caller's session; the CCCD is cleared with the last one.
+
+        On an acquired characteristic it releases the socket, whoever calls (as bluetoothd).
+        """
+        if attribute.notify_socket is not None:
+            self._release_acquired(attribute)
+            return
         if sender not in attribute.sessions:
             raise _error(BluezError.FAILED, "No notify session started")
         await self._end_session(attribute, sender)
@@ -1555,7 +1685,9 @@ class FakeDevice:
         """A client left the bus: bluetoothd ends its notify sessions."""
         for service in self._services:
             for characteristic in service.children:
-                if sender in characteristic.sessions:
+                if characteristic.notify_owner == sender:
+                    self._release_acquired(characteristic)
+                elif sender in characteristic.sessions:
                     self.fake.spawn(
                         self._end_session(characteristic, sender),
                         name=f"{self.address}-notify-cleanup",

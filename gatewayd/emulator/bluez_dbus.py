@@ -9,8 +9,11 @@ reads the D-Bus signatures from evaluated annotations, and a deferred ``-> None`
 
 # ruff: noqa: N802
 
+import asyncio
+import contextlib
 import contextvars
 import functools
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
@@ -53,6 +56,7 @@ __all__ = [
     "EmulatorBus",
     "GattCharacteristic1",
     "GattDescriptor1",
+    "GattNotifyCharacteristic1",
     "GattService1",
     "device_interface",
     "interfaces_added",
@@ -103,20 +107,48 @@ _OPTIONAL_DEVICE_PROPERTIES: Final = {
 
 
 class EmulatorBus(MessageBus):
-    """A dbus-fast bus that leaves the ObjectManager signals to the emulator.
+    """A dbus-fast bus that leaves the ObjectManager signals to the emulator and passes file
+    descriptors (AcquireNotify's socket).
 
     dbus-fast's ``export()`` announces each interface with an ``InterfacesAdded`` signal sent from
     the object's own path. bluetoothd's ObjectManager lives at ``/`` and its signals come from
     there, which clients that match on ``path='/'`` rely on. The emulator sends them itself (from
     ``/``, paced by its flow control), so these two dbus-fast hooks do nothing here.
     tests/test_bleak_canary.py pins that dbus-fast still calls them from export/unexport.
+
+    A method that hands the caller a file descriptor registers it with :meth:`close_after_send`:
+    the emulator's copy is closed once the reply carrying it has been written (dbus-fast writes
+    it later when the socket is busy, and never closes it), as bluetoothd closes its end of the
+    pair right after queueing the reply. Until then the peer never sees a hang-up.
     """
+
+    def __init__(self, bus_address: str) -> None:
+        super().__init__(bus_address=bus_address, negotiate_unix_fd=True)
+        self._close_after_send: set[int] = set()
+
+    def close_after_send(self, fd: int) -> None:
+        """Close ``fd`` once the message that carries it is written (or the bus fails)."""
+        self._close_after_send.add(fd)
+
+    def send(self, msg: Message) -> "asyncio.Future[None]":  # type: ignore[override]
+        future: asyncio.Future[None] = super().send(msg)
+        owned = [fd for fd in msg.unix_fds if fd in self._close_after_send]
+        if owned:
+            self._close_after_send.difference_update(owned)
+            future.add_done_callback(functools.partial(_close_fds, owned))
+        return future
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         return None
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         return None
+
+
+def _close_fds(fds: list[int], _future: "asyncio.Future[None]") -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):  # already closed: nothing left to release
+            os.close(fd)
 
 
 def properties_of(interface: ServiceInterface) -> dict[str, Variant]:
@@ -473,9 +505,9 @@ class GattService1(ServiceInterface):
 class GattCharacteristic1(ServiceInterface):
     """``…/serviceXXXX/charYYYY``; YYYY is the characteristic declaration's handle.
 
-    No ``NotifyAcquired``/``WriteAcquired`` properties: bleak only considers AcquireNotify when
-    ``NotifyAcquired`` exists, so it always uses StartNotify and PropertiesChanged(Value), the one
-    notification path the emulator implements. AcquireWrite/AcquireNotify answer NotSupported.
+    A characteristic without the ``notify`` flag: no ``NotifyAcquired`` property (bluetoothd
+    exports it only with that flag), so AcquireNotify answers NotSupported. No ``WriteAcquired``
+    either: AcquireWrite is not implemented and answers NotSupported.
     """
 
     def __init__(self, attribute: "GattAttribute", fake: "FakeBluez") -> None:
@@ -533,7 +565,20 @@ class GattCharacteristic1(ServiceInterface):
 
     @dbus_method()
     def AcquireNotify(self, options: _Options) -> _FdAndMtu:
-        raise _failed(BluezError.NOT_SUPPORTED, "Operation is not supported")
+        return self._attribute.device.handle_acquire_notify(self._attribute, _caller())
+
+
+class GattNotifyCharacteristic1(GattCharacteristic1):
+    """A characteristic with the ``notify`` flag: bluetoothd adds ``NotifyAcquired``.
+
+    bleak takes AcquireNotify (a socket per characteristic, one datagram per notification,
+    no D-Bus message) when the caller passes ``bluez={"use_start_notify": False}`` and this
+    property exists; otherwise StartNotify and PropertiesChanged(Value).
+    """
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NotifyAcquired(self) -> DBusBool:
+        return self._attribute.notify_socket is not None
 
 
 class GattDescriptor1(ServiceInterface):

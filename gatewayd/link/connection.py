@@ -129,11 +129,13 @@ def bond_rejected(exc: BaseException) -> bool:
     return exc.dbus_error == "org.bluez.Error.NotPermitted" and "Not paired" in details
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LinkSettings:
     """What a connection needs from the configuration."""
 
     connect_timeout_s: float = 20.0
+    #: Subscribe to the data characteristic with AcquireNotify where BlueZ offers it.
+    acquire_notify: bool = True
     tau_mbits: int = 4000
     min_conf_e4: int = 6000
     gap_timeout_s: float = 5.0
@@ -381,7 +383,14 @@ class DeviceLink:
             self.policy,
         ):
             await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
-        await client.start_notify(DATA_CHAR_UUID, self._on_fragment)
+        # AcquireNotify: BlueZ writes each notification to a socket of ours, so a window's
+        # fragments cost no D-Bus message parsing (bleak falls back to StartNotify where the
+        # characteristic has no NotifyAcquired property).
+        await client.start_notify(
+            DATA_CHAR_UUID,
+            self._on_fragment,
+            bluez={"use_start_notify": not self.settings.acquire_notify},
+        )
         await self._setup_battery(client)
         return info
 
