@@ -1,4 +1,4 @@
-"""`gatewayd bench paper`: a --quick smoke run writes every artefact, well formed (not what the
+"""`gatewayd bench paper`: a --quick smoke run writes its artefacts, well formed (not what the
 figures are); the sweep takes the wearable core's own decisions; with out-of-fold answers,
 Figure 5's points are what the gateway reports at each policy; the pure helpers' arithmetic."""
 
@@ -38,7 +38,7 @@ from gatewayd.bench.paper_activity import (
     end_to_end_available,
     figure4,
 )
-from gatewayd.bench.paper_common import markdown_table
+from gatewayd.bench.paper_common import EXPERIMENTS, markdown_table
 from gatewayd.bench.paper_energy import (
     SessionWindows,
     WindowCosts,
@@ -87,26 +87,41 @@ def assert_markdown_table(path: Path) -> str:
     return text
 
 
+@pytest.mark.parametrize(
+    "only",
+    [
+        # Everything: Figure 3 trains four tiny networks (about 75 s) and Figure 4 replays its
+        # sessions end to end (about 50 s; the fold-model test below replays too): make bench.
+        pytest.param(None, marks=pytest.mark.slow, id="all"),
+        # The rest, with Figure 6's tiny training run, in make test.
+        pytest.param("table1,fig5,fig6", id="table1-fig5-fig6"),
+    ],
+)
 def test_quick_run_writes_every_artefact(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], only: str | None
 ) -> None:
     out = tmp_path / "paper"
-    assert main(["bench", "paper", "--quick", "--out", str(out), "--json"]) == 0
+    args = ["bench", "paper", "--quick", "--out", str(out), "--json"]
+    asked = set(EXPERIMENTS) if only is None else set(only.split(","))
+    assert main(args if only is None else [*args, "--only", only]) == 0
     index = json.loads(capsys.readouterr().out)
     assert index == json.loads((out / "paper.json").read_text(encoding="utf-8"))
     assert index["quick"] is True
     assert index["sessions"]["kind"] == "synthetic"
     expected = ["table1", "fig5_energy"]
-    end_to_end = end_to_end_available() is None
+    end_to_end = end_to_end_available() is None and "fig4" in asked
     if end_to_end:
         expected.append("fig4")
     else:
         assert "fig4" in index["not_run"]
     can_train = training_available() is None
     if can_train:
-        expected += ["fig6_loss", "fig3"]
+        expected += ["fig6_loss"]
     else:
         assert "fig6" in index["not_run"]
+    if can_train and "fig3" in asked:
+        expected += ["fig3"]
+    else:
         assert "fig3" in index["not_run"]
     assert sorted(index["artefacts"]) == sorted(expected)
     for key in expected:
@@ -127,7 +142,7 @@ def test_quick_run_writes_every_artefact(
             assert key in row
         assert set(row["vs_unpruned"]) >= {"size", "macs", "latency", "top1_delta_points"}
 
-    if can_train:
+    if "fig3" in expected:
         f3 = json.loads((out / "fig3.json").read_text(encoding="utf-8"))
         assert f3["artefact"] == "fig3"
         assert f3["origin"].startswith("--quick")
