@@ -383,9 +383,9 @@ class DeviceLink:
             self.policy,
         ):
             await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
-        # AcquireNotify: BlueZ writes each notification to a socket of ours, so a window's
-        # fragments cost no D-Bus message parsing (bleak falls back to StartNotify where the
-        # characteristic has no NotifyAcquired property).
+        # AcquireNotify: BlueZ writes each notification to a socket of ours instead of sending a
+        # D-Bus signal, less work for bluetoothd and dbus-daemon (docs/decisions.md). bleak falls
+        # back to StartNotify where the characteristic has no NotifyAcquired property.
         await client.start_notify(
             DATA_CHAR_UUID,
             self._on_fragment,
