@@ -35,7 +35,12 @@ from tests.mqtt_fixtures import Broker, needs_mosquitto
 pytest_plugins = ["tests.mqtt_fixtures"]
 
 PARTS = {"decode", "preprocess", "signal_hr", "rules", "store", "publish"}
-ASIDES = {"preprocess_window", "signal_hr_every_window", "model_at_pipeline_batch"}
+ASIDES = {
+    "preprocess_window",
+    "signal_hr_every_window",
+    "model_at_pipeline_batch",
+    "worker_at_pipeline_batch",
+}
 
 
 # --- pure helpers -------------------------------------------------------------------------------

@@ -60,8 +60,10 @@ from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.demo.broker import BrokerChoice, choose_broker
 from gatewayd.emulator.wearable import WearableCore, WearableSpec
 from gatewayd.inference.analysis import (
+    HrFusion,
     WindowAnalysis,
     WindowInputs,
+    analyse_windows,
     answers_from_prediction,
     calibrated,
     window_input,
@@ -438,6 +440,20 @@ def _model_at(session: ModelSession, stacked: npt.NDArray[np.float32], batch: in
     return clock.cost(stacked.shape[0])
 
 
+def _worker_at(session: ModelSession, work: Workload, batch: int, config: Config) -> Cost:
+    """The inference worker's own work alone, in batches of ``batch`` in arrival order:
+    `analyse_windows` (preprocessing, the model, decoding, the answers, the heart-rate fusion)
+    as `InferenceWorker` calls it, with no thread handing batches over (one untimed batch
+    first). Blocks."""
+    fusion = HrFusion.of(config.inference)
+    states: dict[str, HrState] = {}
+    analyse_windows(work.windows[:batch], states, session, fusion)
+    clock = _Clock()
+    for i in range(0, len(work.windows), batch):
+        states.update(analyse_windows(work.windows[i : i + batch], states, session, fusion).states)
+    return clock.cost(len(work.windows))
+
+
 def _measure_sync_parts(work: Workload, session: ModelSession, config: Config) -> _SyncParts:
     """Decode, preprocessing, the model, the signal estimator and the rules, each alone. Blocks."""
     parts: dict[str, Cost] = {}
@@ -753,6 +769,9 @@ async def bench_pipeline(
         asides["model_at_pipeline_batch"] = await asyncio.to_thread(
             _model_at, bare_session, sync.inputs, mean_batch
         )
+        asides["worker_at_pipeline_batch"] = await asyncio.to_thread(
+            _worker_at, bare_session, work, mean_batch, config
+        )
         counts["pipeline_mean_batch"] = mean_batch
     finally:
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
@@ -817,6 +836,7 @@ _ASIDE_NAMES: Final = {
     "preprocess_window": "preprocess_window, one window at a time",
     "signal_hr_every_window": "gateway's HR tracker on every window",
     "model_at_pipeline_batch": "model at the pipeline's mean batch",
+    "worker_at_pipeline_batch": "inference worker's work at that batch, no hand-over",
 }
 
 
