@@ -46,6 +46,13 @@ def usage_error(command: str, message: str) -> int:
     return EXIT_USAGE
 
 
+def config_named(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> bool:
+    """Whether a config file was named (--config, or $GATEWAYD_CONFIG) rather than defaulted
+    to the installed /etc/gatewayd one."""
+    env = os.environ if env is None else env
+    return args.config != str(DEFAULT_CONFIG_PATH) or bool(env.get(CONFIG_ENV))
+
+
 def load_config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
     """Load --config and configure logging from it; --log-level/--log-format win over the file."""
     env = os.environ if env is None else env

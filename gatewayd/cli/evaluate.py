@@ -12,9 +12,9 @@ from typing import Any
 
 from gatewayd.bench.paper_common import EXPERIMENTS
 from gatewayd.cli.common import (
-    CONFIG_ENV,
     EXIT_ERROR,
     EXIT_OK,
+    config_named,
     global_options,
     models_dir_option,
     positive_int,
@@ -22,7 +22,6 @@ from gatewayd.cli.common import (
 )
 from gatewayd.cli.soak import add_soak_parser
 from gatewayd.config import (
-    DEFAULT_CONFIG_PATH,
     load_config,
 )
 from gatewayd.errors import (
@@ -124,14 +123,12 @@ def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline:
                 oof = OutOfFold.from_arrays({k: arrays[k] for k in arrays.files})
         except (OSError, ValueError) as exc:
             raise GatewayError(f"{args.oof}: not out-of-fold outputs: {exc}") from exc
-    from gatewayd.config import load_config  # noqa: PLC0415
     from gatewayd.rules import RulesConfig  # noqa: PLC0415
 
     # The rules of a config file named with --config (or $GATEWAYD_CONFIG), else the defaults:
     # an installed /etc/gatewayd file is not read, so the figures do not depend on the machine.
     # A bad file is a ConfigError that says what is wrong.
-    explicit = args.config != str(DEFAULT_CONFIG_PATH) or os.environ.get(CONFIG_ENV)
-    rules = load_config(args.config, os.environ).rules if explicit else RulesConfig()
+    rules = load_config(args.config, os.environ).rules if config_named(args) else RulesConfig()
     return ReplaySetup(
         rules=rules,
         out_of_fold=oof,
@@ -292,10 +289,9 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     # The config file when there is one (its inference, rules and store settings), else the
     # embedded defaults; never its [mqtt]: the benchmark publishes to --mqtt-host or a broker
     # of its own, not to the production broker.
-    explicit = args.config != str(DEFAULT_CONFIG_PATH) or os.environ.get(CONFIG_ENV)
     config = (
         load_config(args.config, os.environ)
-        if explicit or Path(args.config).is_file()
+        if config_named(args) or Path(args.config).is_file()
         else default_config()
     )
     # Errors only unless asked: a flood fills the inference queue on purpose, and its
