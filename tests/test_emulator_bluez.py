@@ -129,6 +129,21 @@ def calls(fake: FakeBluez, member: str, path: str | None = None) -> int:
     return sum(1 for c in fake.call_log if c.member == member and (path is None or c.path == path))
 
 
+class _Receiver:
+    """A notification callback expecting ``count`` distinct 244-byte payloads (``payloads``):
+    keeps what arrives in ``received`` and sets ``all_in`` at the last."""
+
+    def __init__(self, count: int) -> None:
+        self.payloads = [i.to_bytes(4, "little") + bytes([i % 251]) * 240 for i in range(count)]
+        self.received: list[bytes] = []
+        self.all_in = asyncio.Event()
+
+    def __call__(self, _char: object, data: bytearray) -> None:
+        self.received.append(bytes(data))
+        if len(self.received) == len(self.payloads):
+            self.all_in.set()
+
+
 # --- the private bus ---------------------------------------------------------------------------
 
 
@@ -253,15 +268,8 @@ async def test_connect_read_write_and_1000_notifications_in_order(
 ) -> None:
     await wearable.load_bond()  # its characteristics need a link encrypted with a bond
     peripheral = peripheral_of(wearable)
-    received: list[bytes] = []
-    all_in = asyncio.Event()
-    count = 1000
-    payloads = [i.to_bytes(4, "little") + bytes([i % 251]) * 240 for i in range(count)]
-
-    def on_notify(_char: object, data: bytearray) -> None:
-        received.append(bytes(data))
-        if len(received) == count:
-            all_in.set()
+    on_notify = _Receiver(1000)
+    payloads, received, all_in = on_notify.payloads, on_notify.received, on_notify.all_in
 
     async with BleakClient(await find(WEARABLE)) as client:
         assert wearable.connected
@@ -296,15 +304,8 @@ async def test_acquire_notify_sends_notifications_over_a_socket_not_dbus(
     await wearable.load_bond()
     peripheral = peripheral_of(wearable)
     data = wearable.characteristic(gatt.DATA_CHAR_UUID)
-    received: list[bytes] = []
-    all_in = asyncio.Event()
-    count = 1000
-    payloads = [i.to_bytes(4, "little") + bytes([i % 251]) * 240 for i in range(count)]
-
-    def on_notify(_char: object, value: bytearray) -> None:
-        received.append(bytes(value))
-        if len(received) == count:
-            all_in.set()
+    on_notify = _Receiver(1000)
+    payloads, received, all_in = on_notify.payloads, on_notify.received, on_notify.all_in
 
     async with BleakClient(await find(WEARABLE)) as client:
         data_char = client.services.get_characteristic(gatt.DATA_CHAR_UUID)
