@@ -432,6 +432,43 @@ async def test_acquire_notify_ends_when_the_client_leaves_the_bus(
 
 
 @pytest.mark.asyncio
+async def test_acquire_notify_sockets_close_when_the_emulator_exits(bus_address: str) -> None:
+    # No socket is left for the garbage collector (a ResourceWarning in a later test).
+    async with FakeBluez(bus_address, report_interval=0.05, seed=7) as fake:
+        hci0 = await fake.add_adapter("hci0", "00:1A:7D:DA:71:01")
+        wearable = await fake.add_device(
+            hci0, WEARABLE, "wearable-01", [gatt.SERVICE_UUID], [wearable_service()],
+            peripheral=wearable_peripheral(),
+        )  # fmt: skip
+        await wearable.load_bond()
+        data = wearable.characteristic(gatt.DATA_CHAR_UUID)
+        bus = await MessageBus(bus_address=fake.address, negotiate_unix_fd=True).connect()
+        connect = Message(
+            destination="org.bluez",
+            path=wearable.path,
+            interface="org.bluez.Device1",
+            member="Connect",
+        )
+        connected = await bus.call(connect)
+        assert connected is not None
+        assert connected.message_type is MessageType.METHOD_RETURN, connected.body
+        await wait_until(lambda: data.interface is not None)
+        reply = await _acquire(bus, data.path)
+        sock = socket.socket(fileno=reply.unix_fds[reply.body[0]])
+        assert data.notify_socket is not None
+        emulators_end = data.notify_socket
+    try:
+        assert data.notify_socket is None
+        assert emulators_end.fileno() == -1  # closed, not left to the collector
+        sock.settimeout(TIMEOUT)
+        assert sock.recv(1024) == b""
+    finally:
+        sock.close()
+        bus.disconnect()
+        await bus.wait_for_disconnect()
+
+
+@pytest.mark.asyncio
 async def test_notification_larger_than_the_mtu_is_refused(
     fake: FakeBluez, hci0: FakeAdapter
 ) -> None:

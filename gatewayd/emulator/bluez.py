@@ -822,6 +822,7 @@ class FakeAdapter:
             await asyncio.gather(scan, return_exceptions=True)
         for device in self.devices.values():
             device.cancel_expiry()
+            device.close_notify_sockets()
 
     async def remove_device_object(self, path: str) -> None:
         """RemoveDevice: disconnect, forget the bond, remove the object (bleak's unpair)."""
@@ -1642,6 +1643,13 @@ class FakeDevice:
         attribute.sessions.discard(attribute.notify_owner)
         attribute.notify_socket, attribute.notify_owner = None, ""
         return True
+
+    def close_notify_sockets(self) -> None:
+        """Emulator shutdown: close its ends of the AcquireNotify sockets, as the fds of an
+        exiting bluetoothd close (the clients read end-of-file)."""
+        for service in self._services:
+            for characteristic in service.children:
+                self._close_acquired(characteristic)
 
     def _release_acquired(self, attribute: GattAttribute) -> None:
         """destroy_sock: the lock ends; the CCCD is cleared if nobody else listens."""
