@@ -223,6 +223,9 @@ class InferenceConfig(_Section):
     #: 0.5: chosen leave-one-subject-out on real recordings (docs/accuracy.md).
     hr_model_margin: float = Field(default=0.5, ge=-1, le=1, allow_inf_nan=False)
     hr_signal_trusted: float = Field(default=1.01, ge=0, le=1.01, allow_inf_nan=False)
+    #: The margin instead of hr_model_margin where the wearable's estimate coincides with the
+    #: wrist's own rhythm (half, once or twice the ACC cadence); None: no such rule.
+    hr_cadence_margin: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
     max_batch: int = Field(default=16, ge=1, le=256)
     queue_size: int = Field(default=256, ge=1, le=65536)
     threads: int = Field(default=1, ge=1, le=64)

@@ -61,7 +61,12 @@ from gatewayd.protocol.messages import (
     decode_message,
 )
 from gatewayd.rules import RuleEngine, RulesConfig
-from gatewayd.signals.acc_features import LinearActivityBaseline, acc_features_batch
+from gatewayd.signals.acc_features import (
+    CADENCE_HALFWIDTH_BPM,
+    LinearActivityBaseline,
+    acc_cadence,
+    acc_features_batch,
+)
 from gatewayd.signals.filters import bandpass
 from gatewayd.signals.heart_rate import HrConfig, HrState
 from gatewayd.signals.offload import (
@@ -103,6 +108,7 @@ __all__ = [
     "format_offload",
     "format_offload_sweep",
     "mae",
+    "on_cadence",
     "plan_estimators",
     "plot_offload_sweep",
     "replay",
@@ -298,6 +304,8 @@ class WindowTable:
     baseline_activity: npt.NDArray[np.int64]
     #: A candidate "hard window" measure, from the wire samples (`spectral_entropy_bits`).
     spectral_entropy: npt.NDArray[np.float64]
+    #: The wrist's rhythm per window from the wire's ACC (`acc_cadence`, per minute; NaN: none).
+    cadence_bpm: npt.NDArray[np.float64]
     #: The alerts the gateway's rules raised on what it reported, over every window of the
     #: recording (also those a subset leaves out): (window index, alert kind).
     alerts: tuple[tuple[int, str], ...] = ()
@@ -336,6 +344,12 @@ def _full_window(core: WearableCore, index: int, message: Summary | Window) -> W
     bvp, acc = core.wire_samples(index)
     fmt = core.spec.sample_format
     return Window(message, fmt, 64, 32, 64, bvp, acc)
+
+
+def _cadence(window: Window) -> float:
+    """`acc_cadence` of a window's wire ACC (NaN: no rhythm)."""
+    c = acc_cadence(window.acc, window.acc_rate_hz, acc_lsb_per_g=float(window.acc_lsb_per_g))
+    return math.nan if c is None else c
 
 
 def _answers(session: ModelSession, windows: Sequence[Window]) -> list[WindowAnalysis | None]:
@@ -496,6 +510,7 @@ def replay(recording: Recording, setup: ReplaySetup) -> WindowTable:
         acc_motion=acc_motion(accs) if n else np.empty(0),
         baseline_activity=np.asarray(baseline, dtype=np.int64),
         spectral_entropy=np.array([spectral_entropy_bits(w.bvp) for w in full]),
+        cadence_bpm=np.array([_cadence(w) for w in full], dtype=np.float64),
         alerts=alerts,
     )
     oof = setup.out_of_fold
@@ -1800,10 +1815,20 @@ FUSION_MARGINS: Final = (-1.0, -0.5, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.5, 
 #: Signal-trust ceilings swept: a wearable estimate at least this confident is always kept
 #: (1.01 = never kept outright, the margin alone decides).
 FUSION_TRUSTED: Final = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)
+#: Margins swept where the wearable's estimate coincides with the ACC cadence (None: the
+#: window's margin is the other one, as everywhere).
+FUSION_CADENCE: Final = (None, -1.0, -0.5, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.5)
+
+#: A fusion rule of the sweep: (margin, trust ceiling, margin on the cadence or None).
+FusionRule = tuple[float, float, float | None]
 
 
-def _rule_name(margin: float, trusted: float) -> str:
-    return f"margin {margin:+.1f}" + ("" if trusted > 1 else f", trusted >= {trusted:.2f}")
+def _rule_name(margin: float, trusted: float, cadence: float | None = None) -> str:
+    return (
+        f"margin {margin:+.1f}"
+        + ("" if trusted > 1 else f", trusted >= {trusted:.2f}")
+        + ("" if cadence is None else f", on cadence {cadence:+.1f}")
+    )
 
 
 @dataclass(frozen=True)
@@ -1811,13 +1836,13 @@ class FusionSweep:
     """The gateway's HR under each fusion rule, held out by subject (MAE over recordings)."""
 
     #: rule -> (held-out mean MAE over recordings, per dataset); rules: signal, model, fused
-    #: (margin and trust chosen on the other subjects), each margin without a trust ceiling,
-    #: and each trust ceiling at margin 0.
+    #: (the rule chosen on the other subjects), each margin without a trust ceiling, each trust
+    #: ceiling at margin 0, and the chosen margin and ceiling with each cadence margin.
     mean_mae_bpm: dict[str, float]
     datasets: dict[str, dict[str, float]]
-    #: (margin, trusted) chosen on all subjects, and how often each pair was chosen per subject.
-    chosen: tuple[float, float]
-    fold_choices: dict[tuple[float, float], int]
+    #: The rule chosen on all subjects, and how often each rule was chosen per subject.
+    chosen: FusionRule
+    fold_choices: dict[FusionRule, int]
 
     def to_json(self) -> dict[str, object]:
         """The sweep as JSON."""
@@ -1825,28 +1850,50 @@ class FusionSweep:
             {
                 "mean_mae_bpm": self.mean_mae_bpm,
                 "datasets": self.datasets,
-                "chosen": {"margin": self.chosen[0], "trusted": self.chosen[1]},
+                "chosen": {
+                    "margin": self.chosen[0],
+                    "trusted": self.chosen[1],
+                    "cadence_margin": self.chosen[2],
+                },
                 "fold_choices": [
-                    {"margin": m, "trusted": t, "subjects": n}
-                    for (m, t), n in sorted(self.fold_choices.items())
+                    {"margin": m, "trusted": t, "cadence_margin": c, "subjects": n}
+                    for (m, t, c), n in sorted(self.fold_choices.items(), key=_rule_order)
                 ],
             }
         )
 
 
-def _fused(table: WindowTable, rule: tuple[float, float] | None) -> npt.NDArray[np.float64]:
-    """The gateway's HR per window under a rule (margin, trusted); None = model when offloaded."""
+def _rule_order(item: tuple[FusionRule, int]) -> tuple[float, float, float]:
+    (m, t, c), _ = item
+    return (m, t, -2.0 if c is None else c)
+
+
+def on_cadence(table: WindowTable) -> npt.NDArray[np.bool_]:
+    """Windows whose wearable HR coincides with the ACC cadence (`near_cadence`, vectorised)."""
+    hr, c = table.local_hr[:, None], table.cadence_bpm[:, None]
+    with np.errstate(invalid="ignore"):
+        near = np.abs(hr - c * np.array([0.5, 1.0, 2.0])[None, :]) <= CADENCE_HALFWIDTH_BPM
+    out: npt.NDArray[np.bool_] = near.any(axis=1)
+    return out
+
+
+def _fused(table: WindowTable, rule: FusionRule | None) -> npt.NDArray[np.float64]:
+    """The gateway's HR per window under a rule; None = the model's whenever offloaded.
+
+    The gateway's own test (`HrFusion.prefers_model`), vectorised over the windows.
+    """
     wear = table.local_hr
     conf = np.where(table.signal_quality == UNKNOWN_QUALITY, 1.0, table.signal_quality / 100)
     model = table.model_hr
     if rule is None:
         take = ~np.isnan(model)
     else:
-        fusion = HrFusion("fused", *rule)  # the gateway's own rule (fuse_hr), window by window
-        prefers = np.array(
-            [fusion.prefers_model(m, c) for m, c in zip(table.model_hr_conf, conf, strict=True)],
-            dtype=bool,
-        )
+        margin, trusted, cadence = rule
+        margins = np.full(len(table), margin)
+        if cadence is not None:
+            margins[on_cadence(table)] = cadence
+        with np.errstate(invalid="ignore"):
+            prefers = (table.model_hr_conf > conf + margins) & (conf < trusted)
         take = ~np.isnan(model) & (np.isnan(wear) | prefers)
     out: npt.NDArray[np.float64] = np.where(table.offloaded & take, model, wear)
     return out
@@ -1857,14 +1904,15 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
 
     Per recording the MAE is over windows with a reference where the wearable and the model both
     answered; the reported HR differs from the wearable's only on offloaded windows. The grid is
-    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED`. A rule's score on
-    the training subjects is the mean over datasets of log(the dataset's mean MAE over
-    recordings), so that each dataset weighs alike whatever its error scale; ties go to the rule
-    nearest the defaults (smallest |margin|, then no ceiling).
+    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED` and every cadence
+    margin of `FUSION_CADENCE`. A rule's score on the training subjects is the mean over
+    datasets of log(the dataset's mean MAE over recordings), so that each dataset weighs alike
+    whatever its error scale; ties go to the rule nearest the defaults (no cadence rule, then
+    the smallest |margin|, then no ceiling).
     """
     scored = [t for t in tables if t.has_bvp and not np.isnan(t.ref_hr).all()]
-    grid = [(m, t) for m in FUSION_MARGINS for t in FUSION_TRUSTED]
-    per_rule: dict[tuple[float, float], dict[str, float]] = {r: {} for r in grid}
+    grid = [(m, t, c) for m in FUSION_MARGINS for t in FUSION_TRUSTED for c in FUSION_CADENCE]
+    per_rule: dict[FusionRule, dict[str, float]] = {r: {} for r in grid}
     per: dict[str, dict[str, float]] = {"signal": {}, "model": {}}
     for t in scored:
         ok = ~np.isnan(t.ref_hr) & ~np.isnan(t.local_hr) & ~np.isnan(t.model_hr)
@@ -1873,19 +1921,19 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
         for r in grid:
             per_rule[r][t.name] = mae(_fused(t, r)[ok], t.ref_hr[ok])
 
-    def best(train: Sequence[WindowTable]) -> tuple[float, float]:
+    def best(train: Sequence[WindowTable]) -> FusionRule:
         # Each dataset weighs alike, on a log scale: a set where every estimator is 20-80 bpm
         # off must not outvote one where 2 bpm is at stake.
         groups = _by_source(train).values()
 
-        def objective(r: tuple[float, float]) -> float:
+        def objective(r: FusionRule) -> float:
             return _mean(math.log(max(_mean(per_rule[r][t.name] for t in g), 1e-3)) for g in groups)
 
-        return min(grid, key=lambda r: (objective(r), abs(r[0]), -r[1]))
+        return min(grid, key=lambda r: (objective(r), r[2] is not None, abs(r[0]), -r[1]))
 
     subjects = sorted({t.subject_key for t in scored})
     fused: dict[str, float] = {}
-    choices: Counter[tuple[float, float]] = Counter()
+    choices: Counter[FusionRule] = Counter()
     for s in subjects:
         pick = best([t for t in scored if t.subject_key != s])
         choices[pick] += 1
@@ -1894,9 +1942,10 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
                 fused[t.name] = per_rule[pick][t.name]
     per["fused (held out)"] = fused
     never = FUSION_TRUSTED[-1]
-    shown = [(m, never) for m in FUSION_MARGINS]
-    shown += [(0.0, t) for t in FUSION_TRUSTED[:-1]]
     chosen = best(scored)
+    shown: list[FusionRule] = [(m, never, None) for m in FUSION_MARGINS]
+    shown += [(0.0, t, None) for t in FUSION_TRUSTED[:-1]]
+    shown += [(chosen[0], chosen[1], c) for c in FUSION_CADENCE if c is not None]
     for r in (*shown, chosen):
         per[_rule_name(*r)] = per_rule[r]
     names = [t.name for t in scored]
@@ -1920,12 +1969,14 @@ def format_fusion_sweep(sweep: FusionSweep) -> str:
         [r, _fmt(sweep.mean_mae_bpm[r]), *(_fmt(d[r]) for d in sweep.datasets.values())]
         for r in rules
     ]
-    folds = ", ".join(f"({_rule_name(*r)}) x{n}" for r, n in sorted(sweep.fold_choices.items()))
+    folds = ", ".join(
+        f"({_rule_name(*r)}) x{n}" for r, n in sorted(sweep.fold_choices.items(), key=_rule_order)
+    )
     return "\n".join(
         [
             "Gateway HR by fusion rule, MAE bpm (mean over recordings, windows where the wearable"
-            " and the model both answered); 'fused (held out)': margin and trust ceiling chosen"
-            " on the other subjects:",
+            " and the model both answered); 'fused (held out)': margin, trust ceiling and"
+            " margin on the cadence chosen on the other subjects:",
             format_table(head, rows),
             f"Subjects' folds chose: {folds}; on all subjects: {_rule_name(*sweep.chosen)}",
         ]

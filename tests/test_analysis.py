@@ -178,6 +178,41 @@ def test_fuse_hr_picks_by_the_rule(
     assert fuse_hr(wearable[0], wearable[1], answer, fusion) == expected
 
 
+def test_on_the_cadence_the_cadence_margin_decides() -> None:
+    wearable, answer = (70.0, 0.6), model(90.0, 0.7)
+    plain = HrFusion("fused", 0.5, cadence_margin=-0.2)
+    assert fuse_hr(*wearable, answer, plain)[2] == "signal"  # 0.7 does not beat 0.6 + 0.5
+    assert fuse_hr(*wearable, answer, plain, on_cadence=True)[2] == "model"  # it beats 0.6 - 0.2
+    # Without a cadence margin the flag changes nothing.
+    assert fuse_hr(*wearable, answer, HrFusion("fused", 0.5), on_cadence=True)[2] == "signal"
+    # The trust ceiling still holds.
+    ceiling = HrFusion("fused", 0.5, 0.5, cadence_margin=-0.2)
+    assert fuse_hr(*wearable, answer, ceiling, on_cadence=True)[2] == "signal"
+
+
+def test_the_gateway_sees_a_wearable_hr_on_the_wrists_rhythm() -> None:
+    """A window whose wearable HR equals its ACC cadence takes the model's HR at the cadence
+    margin; the same window with the HR elsewhere keeps the wearable's."""
+    session = full_model()
+    t = np.arange(256) / 32
+    acc = np.round(np.stack([0.5 * np.sin(2 * np.pi * 2.5 * t), 0 * t, 1 + 0 * t], axis=1) * 64)
+    w = wire_windows(1)[0]
+    on = replace(w, acc=acc.astype(np.int16), summary=replace(w.summary, hr_cbpm=15000,
+                                                              signal_quality=90))  # fmt: skip
+    off = replace(on, summary=replace(on.summary, hr_cbpm=12000))
+    # Margin -1: the model wins on the cadence whatever it says; +1 elsewhere: it never does.
+    fusion = HrFusion("fused", 1.0, cadence_margin=-1.0)
+    answers = analyse_windows([("a", on), ("b", off)], {}, session, fusion).analyses
+    assert answers[0] is not None
+    assert answers[0].hr_source == "model"
+    assert answers[1] is not None
+    assert (answers[1].hr_source, answers[1].hr_bpm) == ("signal", 120.0)
+    assert analyse_windows([("a", on)], {}, session, HrFusion("fused", 1.0)).analyses[0] == replace(
+        answers[0], hr_bpm=150.0, hr_confidence=0.9, hr_source="signal",
+        result={**(answers[0].result or {}), "hr_choice": "signal"},
+    )  # fmt: skip
+
+
 # --- analyse_windows ---------------------------------------------------------------------------
 
 

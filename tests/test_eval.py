@@ -33,6 +33,7 @@ from gatewayd.eval import (
     bad_windows,
     format_fusion_sweep,
     mae,
+    on_cadence,
     plan_estimators,
     replay,
     roc_auc,
@@ -421,6 +422,7 @@ def table(subject: str, seed: int, n: int = 200) -> WindowTable:
         model_hr_conf=nan, model_activity=unknown, gateway_hr=local,
         gateway_hr_source=np.zeros(n, dtype=np.int64), gateway_activity=unknown,
         acc_motion=rng.random(n), baseline_activity=unknown, spectral_entropy=rng.random(n) * 4,
+        cadence_bpm=nan,
     )  # fmt: skip
 
 
@@ -488,6 +490,37 @@ def test_the_fusion_sweep_finds_the_trust_ceiling_held_out() -> None:
     assert sum(sweep.fold_choices.values()) == 4  # one choice per held-out subject
     assert "trusted" in format_fusion_sweep(sweep)
     assert json.loads(json.dumps(sweep.to_json()))["chosen"]["trusted"] == sweep.chosen[1]
+
+
+def test_the_fusion_sweep_finds_a_wearable_locked_on_the_cadence_held_out() -> None:
+    """The wearable is sure of itself everywhere and wrong exactly where its HR is the cadence
+    (or its double); the model, less sure, is right there: only the cadence margin finds it."""
+    tables = []
+    for seed, s in enumerate("abcd"):
+        t = table(s, seed)
+        n = len(t)
+        locked = np.arange(n) % 3 == 0
+        local = np.where(locked, 120.0, 81.0)
+        cadence = np.where(locked, np.where(np.arange(n) % 2 == 0, 120.0, 60.0), 200.0)
+        tables.append(
+            replace(t, local_hr=local, gateway_hr=local, signal_quality=np.full(n, 90),
+                    model_hr=np.full(n, 84.0), model_hr_conf=np.full(n, 0.6),
+                    cadence_bpm=cadence, offloaded=np.ones(n, dtype=bool))
+        )  # fmt: skip
+    assert on_cadence(tables[0]).tolist() == (np.arange(len(tables[0])) % 3 == 0).tolist()
+    sweep = sweep_fusion(tables)
+    means = sweep.mean_mae_bpm
+    # No plain margin helps: taking the model everywhere costs 3 bpm on two windows of three.
+    assert min(means[f"margin {m:+.1f}"] for m in (-1.0, 0.0, 0.5, 1.0)) > 2.0
+    margin, _, cadence_margin = sweep.chosen
+    assert cadence_margin is not None
+    assert cadence_margin < -0.3 < margin
+    expected = [mae(np.where(t.local_hr == 120.0, 84.0, 81.0), t.ref_hr) for t in tables]
+    assert means["fused (held out)"] == pytest.approx(np.mean(expected))
+    assert "on cadence" in format_fusion_sweep(sweep)
+    doc = json.loads(json.dumps(sweep.to_json()))
+    assert doc["chosen"]["cadence_margin"] == cadence_margin
+    assert sum(f["subjects"] for f in doc["fold_choices"]) == 4
 
 
 def _synthetic_recordings() -> list[Recording]:

@@ -49,6 +49,7 @@ from gatewayd.inference.session import (
 )
 from gatewayd.protocol.messages import UNKNOWN_PERCENT, Window
 from gatewayd.signals import filters, preprocess
+from gatewayd.signals.acc_features import acc_cadence, near_cadence
 from gatewayd.signals.heart_rate import HrState, estimate_hr
 
 __all__ = [
@@ -115,24 +116,41 @@ class HrFusion:
     ``fused``: the wearable's estimate, unless the model's confidence exceeds the wearable's
     (its signal quality / 100) by more than ``model_margin`` and the wearable's confidence is
     below ``signal_trusted``; both estimate the probability of being within `HR_AGREEMENT_BPM`
-    of the truth. ``signal``: the wearable's (the gateway's own tracker when the wearable sent
-    none). ``model``: the model's whenever there is one.
+    of the truth. Where the wearable's estimate coincides with the wrist's own rhythm
+    (`gatewayd.signals.acc_features.near_cadence`: the error a wrist tracker's signal quality
+    does not see) and ``cadence_margin`` is set, that margin applies instead. ``signal``: the
+    wearable's (the gateway's own tracker when the wearable sent none). ``model``: the model's
+    whenever there is one.
     """
 
     mode: HrMode = _INFERENCE_DEFAULTS.heart_rate
     model_margin: float = _INFERENCE_DEFAULTS.hr_model_margin
     #: A wearable estimate at least this confident is kept whatever the model says (> 1: never).
     signal_trusted: float = _INFERENCE_DEFAULTS.hr_signal_trusted
+    #: The margin where the wearable's estimate coincides with the ACC cadence (None: no
+    #: different rule there).
+    cadence_margin: float | None = _INFERENCE_DEFAULTS.hr_cadence_margin
 
     @classmethod
     def of(cls, config: InferenceConfig) -> HrFusion:
         """The fusion an [inference] section asks for."""
-        return cls(config.heart_rate, config.hr_model_margin, config.hr_signal_trusted)
+        return cls(
+            config.heart_rate,
+            config.hr_model_margin,
+            config.hr_signal_trusted,
+            config.hr_cadence_margin,
+        )
 
-    def prefers_model(self, model_confidence: float, wearable_confidence: float) -> bool:
-        """``fused``: whether the model's estimate beats the wearable's (both present)."""
+    def prefers_model(
+        self, model_confidence: float, wearable_confidence: float, *, on_cadence: bool = False
+    ) -> bool:
+        """``fused``: whether the model's estimate beats the wearable's (both present);
+        ``on_cadence``: the wearable's estimate coincides with the wrist's rhythm."""
+        margin = self.model_margin
+        if on_cadence and self.cadence_margin is not None:
+            margin = self.cadence_margin
         return (
-            model_confidence > wearable_confidence + self.model_margin
+            model_confidence > wearable_confidence + margin
             and wearable_confidence < self.signal_trusted
         )
 
@@ -381,8 +399,11 @@ def fuse_hr(
     wearable_confidence: float,
     model: WindowAnalysis | None,
     fusion: HrFusion,
+    *,
+    on_cadence: bool = False,
 ) -> tuple[float | None, float, HrSourceName]:
-    """The gateway's heart rate of one offloaded window: (bpm, confidence, source)."""
+    """The gateway's heart rate of one offloaded window: (bpm, confidence, source);
+    ``on_cadence``: the wearable's estimate coincides with the window's ACC cadence."""
     usable = model is not None and model.hr_bpm is not None and math.isfinite(model.hr_bpm)
     if (
         usable
@@ -392,7 +413,9 @@ def fuse_hr(
             or wearable_bpm is None
             or (
                 fusion.mode == "fused"
-                and fusion.prefers_model(model.hr_confidence, wearable_confidence)
+                and fusion.prefers_model(
+                    model.hr_confidence, wearable_confidence, on_cadence=on_cadence
+                )
             )
         )
     ):
@@ -432,6 +455,21 @@ def _model_answers(
     for i, answer in zip(usable, answers_from_prediction(prediction, session.card), strict=True):
         out[i] = answer
     return out, None, made
+
+
+def _on_cadence(
+    bpm: float | None, window: Window, model: WindowAnalysis | None, fusion: HrFusion
+) -> bool:
+    """Whether ``bpm`` coincides with the window's ACC cadence, where the fusion asks."""
+    if fusion.cadence_margin is None or bpm is None or model is None or model.hr_bpm is None:
+        return False
+    try:
+        cadence = acc_cadence(
+            window.acc, window.acc_rate_hz, acc_lsb_per_g=float(window.acc_lsb_per_g)
+        )
+    except ValueError:
+        return False
+    return near_cadence(bpm, cadence)
 
 
 def analyse_windows(
@@ -491,7 +529,9 @@ def analyse_windows(
         if model is None and bpm is None:
             out.append(None)
             continue
-        hr, hr_conf, source = fuse_hr(bpm, confidence, model, fusion)
+        hr, hr_conf, source = fuse_hr(
+            bpm, confidence, model, fusion, on_cadence=_on_cadence(bpm, w, model, fusion)
+        )
         if model is None:
             out.append(WindowAnalysis(hr, hr_conf, source, quality=quality))
             continue

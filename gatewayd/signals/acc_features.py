@@ -29,11 +29,15 @@ __all__ = [
     "ACC_FEATURES_LOWPASS_HZ",
     "ACC_FEATURE_NAMES",
     "BASELINE_FORMAT",
+    "CADENCE_HALFWIDTH_BPM",
+    "CADENCE_MIN_AMPLITUDE_G",
     "ENERGY_FLOOR",
     "LinearActivityBaseline",
+    "acc_cadence",
     "acc_features",
     "acc_features_batch",
     "band_log_energies",
+    "near_cadence",
     "power_spectra",
 ]
 
@@ -54,6 +58,15 @@ ENERGY_FLOOR: Final = 1e-10
 _JERK_FLOOR: Final = 1e-4
 #: The motion spread's scale, as the model input's ``motion`` channel: log2(1 + s / 10 mg).
 _MOTION_UNIT_G: Final = 0.01
+#: `acc_cadence`: the band searched (the heart-rate tracker's, bpm), the zero-padded FFT length
+#: (32 Hz / 1024 = 1.9 bpm between bins), and the amplitude below which the wrist does not move
+#: rhythmically (the tracker's ``template_full``: 1/64 g).
+_CADENCE_MIN_BPM: Final = 40.0
+_CADENCE_MAX_BPM: Final = 220.0
+_CADENCE_FFT: Final = 1024
+CADENCE_MIN_AMPLITUDE_G: Final = 1.0 / 64.0
+#: `near_cadence`: a heart rate this close to half, once or twice the cadence coincides with it.
+CADENCE_HALFWIDTH_BPM: Final = 6.0
 
 
 def _names() -> tuple[str, ...]:
@@ -110,6 +123,50 @@ def band_log_energies(
     """log10 of the power in each of `ACC_BANDS_HZ` (plus a floor): (..., F) -> (..., bands)."""
     sums = [power[..., (freqs >= lo) & (freqs < hi)].sum(axis=-1) for lo, hi in ACC_BANDS_HZ]
     return np.asarray(np.log10(np.stack(sums, axis=-1) + ENERGY_FLOOR), dtype=np.float64)
+
+
+def acc_cadence(
+    acc: npt.ArrayLike, acc_rate_hz: float = 32.0, *, acc_lsb_per_g: float = 64.0
+) -> float | None:
+    """The wrist's strongest rhythm in one ACC window (m, 3) in 1/lsb g, in cycles per minute.
+
+    The frequency of the largest peak of the 3-axis power (each axis minus its mean, Hann
+    window) between 40 and 220 per minute, the heart-rate tracker's band; None when that peak's
+    amplitude is below `CADENCE_MIN_AMPLITUDE_G` (no rhythm to speak of) or the rate cannot see
+    the band. A wrist-worn tracker that follows this rhythm (or its half or double: arm swing
+    against steps) instead of the pulse is the error it cannot see in its own signal quality.
+    """
+    a = np.asarray(acc, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] < 16:
+        raise ValueError(f"acc must have shape (m >= 16, 3), got {a.shape}")
+    if not (math.isfinite(acc_lsb_per_g) and acc_lsb_per_g > 0):
+        raise ValueError(f"acc_lsb_per_g must be positive, got {acc_lsb_per_g!r}")
+    if not (math.isfinite(acc_rate_hz) and acc_rate_hz > 0) or not np.isfinite(a).all():
+        raise ValueError("acc_rate_hz must be positive and acc finite")
+    if acc_rate_hz * 60.0 / 2.0 < _CADENCE_MAX_BPM:
+        return None
+    n = a.shape[0]
+    hann = np.hanning(n)
+    centred = (a - a.mean(axis=0)) / float(acc_lsb_per_g)
+    size = max(_CADENCE_FFT, n)
+    power = (np.abs(np.fft.rfft(centred * hann[:, None], n=size, axis=0)) ** 2).sum(axis=1)
+    per_minute = np.fft.rfftfreq(size, d=1.0 / acc_rate_hz) * 60.0
+    band = np.flatnonzero((per_minute >= _CADENCE_MIN_BPM) & (per_minute <= _CADENCE_MAX_BPM))
+    peak = int(band[np.argmax(power[band])])
+    # A Hann window's coherent gain is half its length: amplitude of that sinusoid, in g.
+    amplitude = 2.0 * math.sqrt(float(power[peak])) / float(hann.sum())
+    if amplitude < CADENCE_MIN_AMPLITUDE_G:
+        return None
+    return float(per_minute[peak])
+
+
+def near_cadence(
+    bpm: float | None, cadence: float | None, halfwidth_bpm: float = CADENCE_HALFWIDTH_BPM
+) -> bool:
+    """Whether a heart rate lies within ``halfwidth_bpm`` of half, once or twice ``cadence``."""
+    if bpm is None or cadence is None or not math.isfinite(bpm):
+        return False
+    return any(abs(bpm - k * cadence) <= halfwidth_bpm for k in (0.5, 1.0, 2.0))
 
 
 def _corr(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
