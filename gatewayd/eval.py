@@ -113,6 +113,7 @@ __all__ = [
     "plot_offload_sweep",
     "replay",
     "roc_auc",
+    "run_temperatures",
     "score_activity",
     "score_hr",
     "score_offload",
@@ -187,6 +188,9 @@ class OutOfFold:
     #: The linear feature baseline's out-of-fold class probabilities (``probs_logistic``), in
     #: the shipped baseline's class order, or None: then no baseline is scored.
     baseline: npt.NDArray[np.float64] | None = None
+    #: Pruning level -> the run's own (activity, HR) temperatures (`run_temperatures`), in place
+    #: of the card's; a level not here is calibrated with the card's.
+    temperatures: Mapping[int, tuple[float, float | None]] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> OutOfFold:
@@ -234,7 +238,7 @@ class OutOfFold:
         if found:
             rows = [row for _, row in found]
             activity, hr = self.logits[level]
-            prediction = calibrated(activity[rows], hr[rows], card)
+            prediction = calibrated(activity[rows], hr[rows], self._calibrated_card(card))
             for (i, _), answer in zip(
                 found, answers_from_prediction(prediction, card), strict=True
             ):
@@ -251,7 +255,7 @@ class OutOfFold:
         if found:
             activity, hr = self.logits[level]
             rows = [row for _, row in found]
-            probs = calibrated(activity[rows], hr[rows], card).activity_probs
+            probs = calibrated(activity[rows], hr[rows], self._calibrated_card(card)).activity_probs
             for (i, _), p in zip(found, probs, strict=True):
                 out[i] = p
         return out
@@ -259,6 +263,17 @@ class OutOfFold:
     def covered(self, recording: str, n: int) -> npt.NDArray[np.bool_]:
         """Which of windows 0..n-1 of a recording have out-of-fold answers."""
         return np.array([(recording, i) in self.rows for i in range(n)], dtype=np.bool_)
+
+    def _calibrated_card(self, card: ModelCard) -> ModelCard:
+        """``card`` with the run's temperatures for its pruning level, where the run has them."""
+        own = self.temperatures.get(card.pruning_pct)
+        if own is None or card.calibration is None:
+            return card
+        activity, hr = own
+        calibration = card.calibration.model_copy(
+            update={"activity_temperature": activity, "hr_temperature": hr}
+        )
+        return card.model_copy(update={"calibration": calibration})
 
     def _level(self, card: ModelCard) -> int:
         if card.pruning_pct not in self.logits:
@@ -431,6 +446,34 @@ def _gateway_path(
         if obs.activity is not None:
             activity[i] = obs.activity
     return hr, source, activity, tuple(alerts)
+
+
+def run_temperatures(cv: Mapping[str, Any]) -> dict[int, tuple[float, float | None]]:
+    """The (activity, HR) temperatures per pruning level of a training run's ``cv.json``.
+
+    Its ``calibration`` section: ``{"p0": {"activity_temperature": T, "hr_temperature": T or
+    null}, "p40": ...}``, fitted on that run's out-of-fold outputs. ValueError or TypeError says
+    what is wrong.
+    """
+    section = cv.get("calibration")
+    if not isinstance(section, Mapping):
+        raise TypeError("no 'calibration' section")
+    out: dict[int, tuple[float, float | None]] = {}
+    for key, value in section.items():
+        if not (isinstance(key, str) and key.startswith("p") and key[1:].isdigit()):
+            raise ValueError(f"calibration key {key!r} is not p<pruning level>")
+        try:
+            activity = float(value["activity_temperature"])
+            raw_hr = value.get("hr_temperature")
+            hr = None if raw_hr is None else float(raw_hr)
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise ValueError(f"calibration {key}: no usable temperatures ({exc})") from exc
+        if not (math.isfinite(activity) and activity > 0) or not (
+            hr is None or (math.isfinite(hr) and hr > 0)
+        ):
+            raise ValueError(f"calibration {key}: temperatures must be positive")
+        out[int(key[1:])] = (activity, hr)
+    return out
 
 
 def _model_columns(

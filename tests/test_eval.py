@@ -589,6 +589,42 @@ def test_out_of_fold_answers_replay_exactly_as_the_models_would() -> None:
         np.testing.assert_array_equal(getattr(folds, column), getattr(kept, column), column)
     for column in ("local_hr", "model_hr", "model_hr_conf", "gateway_hr"):
         np.testing.assert_allclose(getattr(folds, column), getattr(kept, column), atol=1e-4)
+    # A run's own temperatures (its cv.json) replace the card's, at their pruning level only: a
+    # colder HR head is surer of its heart rate; the wearable's copy is untouched.
+    calibration = gateway_model.card.calibration
+    assert calibration is not None
+    assert calibration.hr_temperature is not None
+    colder = replace(oof, temperatures={gateway_model.card.pruning_pct: (
+        calibration.activity_temperature, calibration.hr_temperature / 3)})  # fmt: skip
+    sharp = replay(
+        recording,
+        ReplaySetup(wearable_model, gateway_model, out_of_fold=colder, **policy),  # type: ignore[arg-type]
+    )
+    np.testing.assert_array_equal(sharp.local_activity, folds.local_activity)
+    np.testing.assert_array_equal(sharp.activity_conf_e4, folds.activity_conf_e4)
+    known = ~np.isnan(folds.model_hr_conf)
+    assert known.any()
+    assert np.nanmean(sharp.model_hr_conf[known]) > np.nanmean(folds.model_hr_conf[known]) + 0.02
+
+
+def test_a_runs_temperatures_are_read_from_its_cv_json() -> None:
+    from gatewayd.eval import run_temperatures
+
+    cv = {
+        "calibration": {
+            "p0": {"activity_temperature": 1.6, "hr_temperature": 1.3, "x": 1},
+            "p40": {"activity_temperature": 1.2, "hr_temperature": None},
+        }
+    }
+    assert run_temperatures(cv) == {0: (1.6, 1.3), 40: (1.2, None)}
+    with pytest.raises(TypeError, match="calibration"):
+        run_temperatures({})
+    with pytest.raises(ValueError, match="p<pruning level>"):
+        run_temperatures({"calibration": {"full": {"activity_temperature": 1.0}}})
+    with pytest.raises(ValueError, match="p0: no usable"):
+        run_temperatures({"calibration": {"p0": {"hr_temperature": 1.0}}})
+    with pytest.raises(ValueError, match="positive"):
+        run_temperatures({"calibration": {"p0": {"activity_temperature": 0.0}}})
 
 
 def test_out_of_fold_arrays_are_checked() -> None:
@@ -618,3 +654,11 @@ def test_a_bad_out_of_fold_file_is_an_error(
     np.savez(bad, recording=np.array(["S1"]))
     assert main(["eval", "offload", str(dataset), "--oof", str(bad)]) == 1
     assert "not out-of-fold outputs" in capsys.readouterr().err
+    # A run's cv.json beside a good oof.npz that holds no temperatures says so.
+    good = tmp_path / "run" / "oof.npz"
+    good.parent.mkdir()
+    np.savez(good, recording=np.array(["S1"]), window=np.array([0]),
+             act_logits_p0=np.zeros((1, 3)), hr_logits_p0=np.zeros((1, 200)))  # fmt: skip
+    (good.parent / "cv.json").write_text('{"calibration": {"p0": {}}}', encoding="utf-8")
+    assert main(["eval", "offload", str(dataset), "--oof", str(good)]) == 1
+    assert "cv.json: not a training run's cv.json" in capsys.readouterr().err

@@ -109,10 +109,12 @@ def _eval_tables(args: argparse.Namespace, setup: Any) -> list[Any] | None:
 
 
 def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline: Any) -> Any:
+    from dataclasses import replace  # noqa: PLC0415
+
     import numpy as np  # noqa: PLC0415
 
     from gatewayd.config import InferenceConfig  # noqa: PLC0415
-    from gatewayd.eval import OutOfFold, ReplaySetup  # noqa: PLC0415
+    from gatewayd.eval import OutOfFold, ReplaySetup, run_temperatures  # noqa: PLC0415
     from gatewayd.inference.analysis import HrFusion  # noqa: PLC0415
 
     defaults = InferenceConfig()
@@ -123,6 +125,15 @@ def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline:
                 oof = OutOfFold.from_arrays({k: arrays[k] for k in arrays.files})
         except (OSError, ValueError) as exc:
             raise GatewayError(f"{args.oof}: not out-of-fold outputs: {exc}") from exc
+        # The run's own temperatures (cv.json beside oof.npz): the cards of --models-dir may be
+        # another run's, whose calibration does not fit these logits.
+        cv_file = Path(args.oof).parent / "cv.json"
+        if cv_file.is_file():
+            try:
+                temperatures = run_temperatures(json.loads(cv_file.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                raise GatewayError(f"{cv_file}: not a training run's cv.json: {exc}") from exc
+            oof = replace(oof, temperatures=temperatures)
     from gatewayd.rules import RulesConfig  # noqa: PLC0415
 
     # The rules of a config file named with --config (or $GATEWAYD_CONFIG), else the defaults:
