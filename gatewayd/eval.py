@@ -1879,8 +1879,9 @@ class FusionSweep:
     """The gateway's HR under each fusion rule, held out by subject (MAE over recordings)."""
 
     #: rule -> (held-out mean MAE over recordings, per dataset); rules: signal, model, fused
-    #: (the rule chosen on the other subjects), each margin without a trust ceiling, each trust
-    #: ceiling at margin 0, and the chosen margin and ceiling with each cadence margin.
+    #: (the rule chosen on the other subjects), fused without the cadence rule (likewise, from
+    #: the rules without one), each margin without a trust ceiling, each trust ceiling at
+    #: margin 0, and the chosen margin and ceiling with each cadence margin.
     mean_mae_bpm: dict[str, float]
     datasets: dict[str, dict[str, float]]
     #: The rule chosen on all subjects, and how often each rule was chosen per subject.
@@ -1964,7 +1965,7 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
         for r in grid:
             per_rule[r][t.name] = mae(_fused(t, r)[ok], t.ref_hr[ok])
 
-    def best(train: Sequence[WindowTable]) -> FusionRule:
+    def best(train: Sequence[WindowTable], rules: Sequence[FusionRule] = grid) -> FusionRule:
         # Each dataset weighs alike, on a log scale: a set where every estimator is 20-80 bpm
         # off must not outvote one where 2 bpm is at stake.
         groups = _by_source(train).values()
@@ -1972,18 +1973,25 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
         def objective(r: FusionRule) -> float:
             return _mean(math.log(max(_mean(per_rule[r][t.name] for t in g), 1e-3)) for g in groups)
 
-        return min(grid, key=lambda r: (objective(r), r[2] is not None, abs(r[0]), -r[1]))
+        return min(rules, key=lambda r: (objective(r), r[2] is not None, abs(r[0]), -r[1]))
 
     subjects = sorted({t.subject_key for t in scored})
+    # Held out twice: over the whole grid, and without the cadence rule (whether it earns its
+    # place is that comparison).
+    plain = [r for r in grid if r[2] is None]
     fused: dict[str, float] = {}
+    fused_plain: dict[str, float] = {}
     choices: Counter[FusionRule] = Counter()
     for s in subjects:
-        pick = best([t for t in scored if t.subject_key != s])
+        train = [t for t in scored if t.subject_key != s]
+        pick, pick_plain = best(train), best(train, plain)
         choices[pick] += 1
         for t in scored:
             if t.subject_key == s:
                 fused[t.name] = per_rule[pick][t.name]
+                fused_plain[t.name] = per_rule[pick_plain][t.name]
     per["fused (held out)"] = fused
+    per["fused, no cadence rule (held out)"] = fused_plain
     never = FUSION_TRUSTED[-1]
     chosen = best(scored)
     shown: list[FusionRule] = [(m, never, None) for m in FUSION_MARGINS]

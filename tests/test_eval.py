@@ -487,6 +487,8 @@ def test_the_fusion_sweep_finds_the_trust_ceiling_held_out() -> None:
     assert means["fused (held out)"] == pytest.approx(
         np.mean([mae(np.where(t.signal_quality >= 60, 81.0, 80.0), t.ref_hr) for t in tables])
     )
+    # No window has a cadence here: the cadence rule changes nothing.
+    assert means["fused, no cadence rule (held out)"] == means["fused (held out)"]
     assert sum(sweep.fold_choices.values()) == 4  # one choice per held-out subject
     assert "trusted" in format_fusion_sweep(sweep)
     assert json.loads(json.dumps(sweep.to_json()))["chosen"]["trusted"] == sweep.chosen[1]
@@ -517,6 +519,8 @@ def test_the_fusion_sweep_finds_a_wearable_locked_on_the_cadence_held_out() -> N
     assert cadence_margin < -0.3 < margin
     expected = [mae(np.where(t.local_hr == 120.0, 84.0, 81.0), t.ref_hr) for t in tables]
     assert means["fused (held out)"] == pytest.approx(np.mean(expected))
+    # Without the cadence rule the held-out choice cannot find it.
+    assert means["fused, no cadence rule (held out)"] > means["fused (held out)"] + 1.5
     assert "on cadence" in format_fusion_sweep(sweep)
     doc = json.loads(json.dumps(sweep.to_json()))
     assert doc["chosen"]["cadence_margin"] == cadence_margin
