@@ -209,6 +209,7 @@ def _soak(out: Path, *options: str) -> None:
     assert code == 0
 
 
+@pytest.mark.slow  # 75 s of soak: `make bench` runs it (with a 4-minute soak of its own)
 @needs_soak_parts
 def test_a_short_soak_with_every_fault_writes_artefacts_that_add_up(tmp_path: Path) -> None:
     """75 s at 8x real time, no model (less CPU), a fault every ~10 s."""
