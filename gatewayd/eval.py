@@ -1992,9 +1992,10 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
     every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED`, every cadence
     margin of `FUSION_CADENCE` and every jump guard of `FUSION_JUMP`. A rule's score on the
     training subjects is the mean over datasets of log(the dataset's mean MAE over
-    recordings), so that each dataset weighs alike
-    whatever its error scale; ties go to the rule nearest the defaults (no cadence rule, no
-    jump guard, then the smallest |margin|, then no ceiling).
+    recordings), so that each dataset weighs alike whatever its error scale; ties go to the
+    rule nearest the defaults (no cadence rule, no jump guard, then the smallest |margin|, then
+    no ceiling). Each subject is also scored within each family of rules (margin and ceiling
+    only, with the cadence margin only, with the jump guard only).
     """
     scored = [t for t in tables if t.has_bvp and not np.isnan(t.ref_hr).all()]
     grid = [
