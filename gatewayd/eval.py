@@ -48,6 +48,7 @@ from gatewayd.inference.analysis import (
     answers_from_prediction,
     calibrated,
     model_answers,
+    window_cadence,
 )
 from gatewayd.inference.cards import ModelCard
 from gatewayd.inference.groups import class_groups
@@ -63,8 +64,8 @@ from gatewayd.protocol.messages import (
 from gatewayd.rules import RuleEngine, RulesConfig
 from gatewayd.signals.acc_features import (
     CADENCE_HALFWIDTH_BPM,
+    CADENCE_MULTIPLES,
     LinearActivityBaseline,
-    acc_cadence,
     acc_features_batch,
 )
 from gatewayd.signals.filters import bandpass
@@ -362,8 +363,8 @@ def _full_window(core: WearableCore, index: int, message: Summary | Window) -> W
 
 
 def _cadence(window: Window) -> float:
-    """`acc_cadence` of a window's wire ACC (NaN: no rhythm)."""
-    c = acc_cadence(window.acc, window.acc_rate_hz, acc_lsb_per_g=float(window.acc_lsb_per_g))
+    """`window_cadence` as a number (NaN: no rhythm)."""
+    c = window_cadence(window)
     return math.nan if c is None else c
 
 
@@ -1890,7 +1891,7 @@ class FusionSweep:
 
     #: rule -> (held-out mean MAE over recordings, per dataset); rules: signal, model, fused
     #: (the rule chosen on the other subjects), likewise from margin and ceiling only, with the
-    #: cadence margin only and with the jump guard only (`HELD_OUT_FAMILIES`), each margin
+    #: cadence margin only and with the jump guard only (`sweep_fusion`), each margin
     #: without a trust ceiling, each trust ceiling at margin 0, and the chosen margin and
     #: ceiling with each cadence margin and with each jump guard.
     mean_mae_bpm: dict[str, float]
@@ -1908,37 +1909,30 @@ class FusionSweep:
             {
                 "mean_mae_bpm": self.mean_mae_bpm,
                 "datasets": self.datasets,
-                "chosen": {
-                    "margin": self.chosen[0],
-                    "trusted": self.chosen[1],
-                    "cadence_margin": self.chosen[2],
-                    "model_jump_bpm": self.chosen[3],
-                },
-                "fold_choices": [
-                    {
-                        "margin": m,
-                        "trusted": t,
-                        "cadence_margin": c,
-                        "model_jump_bpm": j,
-                        "subjects": n,
-                    }
-                    for (m, t, c, j), n in sorted(self.fold_choices.items(), key=_rule_order)
-                ],
+                "chosen": _rule_json(self.chosen),
+                "fold_choices": _choices_json(self.fold_choices),
                 "family_choices": {
-                    family: [
-                        {
-                            "margin": m,
-                            "trusted": t,
-                            "cadence_margin": c,
-                            "model_jump_bpm": j,
-                            "subjects": n,
-                        }
-                        for (m, t, c, j), n in sorted(picks.items(), key=_rule_order)
-                    ]
-                    for family, picks in self.family_choices.items()
+                    family: _choices_json(picks) for family, picks in self.family_choices.items()
                 },
             }
         )
+
+
+def _rule_json(rule: FusionRule) -> dict[str, float | None]:
+    margin, trusted, cadence, jump = rule
+    return {
+        "margin": margin,
+        "trusted": trusted,
+        "cadence_margin": cadence,
+        "model_jump_bpm": jump,
+    }
+
+
+def _choices_json(choices: Mapping[FusionRule, int]) -> list[dict[str, float | None]]:
+    """How often each rule was chosen, as `FusionSweep.to_json` lists it."""
+    return [
+        {**_rule_json(rule), "subjects": n} for rule, n in sorted(choices.items(), key=_rule_order)
+    ]
 
 
 def _rule_order(item: tuple[FusionRule, int]) -> tuple[float, float, float, float]:
@@ -1950,7 +1944,7 @@ def on_cadence(table: WindowTable) -> npt.NDArray[np.bool_]:
     """Windows whose wearable HR coincides with the ACC cadence (`near_cadence`, vectorised)."""
     hr, c = table.local_hr[:, None], table.cadence_bpm[:, None]
     with np.errstate(invalid="ignore"):
-        near = np.abs(hr - c * np.array([0.5, 1.0, 2.0])[None, :]) <= CADENCE_HALFWIDTH_BPM
+        near = np.abs(hr - c * np.array(CADENCE_MULTIPLES)[None, :]) <= CADENCE_HALFWIDTH_BPM
     out: npt.NDArray[np.bool_] = near.any(axis=1)
     return out
 

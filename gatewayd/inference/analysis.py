@@ -73,6 +73,7 @@ __all__ = [
     "model_input",
     "predict",
     "wearable_hr",
+    "window_cadence",
     "window_input",
     "window_inputs",
 ]
@@ -484,19 +485,23 @@ def _model_answers(
     return out, None, made
 
 
+def window_cadence(window: Window) -> float | None:
+    """`acc_cadence` of a window's ACC, in its own rate and units (None: no rhythm, or ACC it
+    cannot read)."""
+    try:
+        lsb = float(window.acc_lsb_per_g)
+        return acc_cadence(window.acc, window.acc_rate_hz, acc_lsb_per_g=lsb)
+    except ValueError:
+        return None
+
+
 def _on_cadence(
     bpm: float | None, window: Window, model: WindowAnalysis | None, fusion: HrFusion
 ) -> bool:
     """Whether ``bpm`` coincides with the window's ACC cadence, where the fusion asks."""
     if fusion.cadence_margin is None or bpm is None or model is None or model.hr_bpm is None:
         return False
-    try:
-        cadence = acc_cadence(
-            window.acc, window.acc_rate_hz, acc_lsb_per_g=float(window.acc_lsb_per_g)
-        )
-    except ValueError:
-        return False
-    return near_cadence(bpm, cadence)
+    return near_cadence(bpm, window_cadence(window))
 
 
 #: The jump guard remembers the model's answer for this long (ms of the wearable's clock, from

@@ -31,6 +31,7 @@ __all__ = [
     "BASELINE_FORMAT",
     "CADENCE_HALFWIDTH_BPM",
     "CADENCE_MIN_AMPLITUDE_G",
+    "CADENCE_MULTIPLES",
     "ENERGY_FLOOR",
     "LinearActivityBaseline",
     "acc_cadence",
@@ -67,6 +68,7 @@ _CADENCE_FFT: Final = 1024
 CADENCE_MIN_AMPLITUDE_G: Final = 1.0 / 64.0
 #: `near_cadence`: a heart rate this close to half, once or twice the cadence coincides with it.
 CADENCE_HALFWIDTH_BPM: Final = 6.0
+CADENCE_MULTIPLES: Final = (0.5, 1.0, 2.0)
 
 
 def _names() -> tuple[str, ...]:
@@ -166,7 +168,7 @@ def near_cadence(
     """Whether a heart rate lies within ``halfwidth_bpm`` of half, once or twice ``cadence``."""
     if bpm is None or cadence is None or not math.isfinite(bpm):
         return False
-    return any(abs(bpm - k * cadence) <= halfwidth_bpm for k in (0.5, 1.0, 2.0))
+    return any(abs(bpm - k * cadence) <= halfwidth_bpm for k in CADENCE_MULTIPLES)
 
 
 def _corr(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
