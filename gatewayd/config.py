@@ -226,10 +226,6 @@ class InferenceConfig(_Section):
     #: The margin instead of hr_model_margin where the wearable's estimate coincides with the
     #: wrist's own rhythm (half, once or twice the ACC cadence); None: no such rule.
     hr_cadence_margin: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
-    #: The model's heart rate replaces the wearable's only within this many bpm of the
-    #: wearable's or of the model's own answer on the device's previous offloaded window;
-    #: None: no such guard.
-    hr_model_jump_bpm: float | None = Field(default=None, gt=0, le=200, allow_inf_nan=False)
     max_batch: int = Field(default=16, ge=1, le=256)
     queue_size: int = Field(default=256, ge=1, le=65536)
     threads: int = Field(default=1, ge=1, le=64)

@@ -421,18 +421,14 @@ def _gateway_path(
     offloaded = [i for i, m in enumerate(messages) if isinstance(m, Window)]
     analyses: dict[int, WindowAnalysis | None] = {}
     states: dict[str, HrState] = {}
-    model_hr: dict[str, tuple[float, int]] = {}
     for start in range(0, len(offloaded), MODEL_BATCH):
         chunk = offloaded[start : start + MODEL_BATCH]
         batch = [(_DEVICE, m) for i in chunk if isinstance(m := messages[i], Window)]
         answers = None if given is None else [given[i] for i in chunk]
-        answer = analyse_windows(
-            batch, states, setup.gateway_model, setup.fusion, answers=answers, model_hr=model_hr
-        )
+        answer = analyse_windows(batch, states, setup.gateway_model, setup.fusion, answers=answers)
         if answer.model_error is not None:
             raise InferenceError(answer.model_error)
         states.update(answer.states)
-        model_hr.update(answer.model_hr)
         analyses.update(zip(chunk, answer.analyses, strict=True))
     hr = np.full(n, np.nan)
     source = np.full(n, -1, dtype=np.int64)
@@ -1866,22 +1862,16 @@ FUSION_TRUSTED: Final = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)
 #: Margins swept where the wearable's estimate coincides with the ACC cadence (None: the
 #: window's margin is the other one, as everywhere).
 FUSION_CADENCE: Final = (None, -1.0, -0.5, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.5)
-#: Jump guards swept, bpm (`HrFusion.confirms`; None: no guard).
-FUSION_JUMP: Final = (None, 10.0, 15.0, 20.0, 30.0)
 
-#: A fusion rule of the sweep: (margin, trust ceiling, margin on the cadence or None, jump
-#: guard or None).
-FusionRule = tuple[float, float, float | None, float | None]
+#: A fusion rule of the sweep: (margin, trust ceiling, margin on the cadence or None).
+FusionRule = tuple[float, float, float | None]
 
 
-def _rule_name(
-    margin: float, trusted: float, cadence: float | None = None, jump: float | None = None
-) -> str:
+def _rule_name(margin: float, trusted: float, cadence: float | None = None) -> str:
     return (
         f"margin {margin:+.1f}"
         + ("" if trusted > 1 else f", trusted >= {trusted:.2f}")
         + ("" if cadence is None else f", on cadence {cadence:+.1f}")
-        + ("" if jump is None else f", jump <= {jump:.0f}")
     )
 
 
@@ -1890,17 +1880,16 @@ class FusionSweep:
     """The gateway's HR under each fusion rule, held out by subject (MAE over recordings)."""
 
     #: rule -> (held-out mean MAE over recordings, per dataset); rules: signal, model, fused
-    #: (the rule chosen on the other subjects), likewise from margin and ceiling only, with the
-    #: cadence margin only and with the jump guard only (`sweep_fusion`), each margin
-    #: without a trust ceiling, each trust ceiling at margin 0, and the chosen margin and
-    #: ceiling with each cadence margin and with each jump guard.
+    #: (the rule chosen on the other subjects), likewise from margin and ceiling only
+    #: (`sweep_fusion`), each margin without a trust ceiling, each trust ceiling at margin 0,
+    #: and the chosen margin and ceiling with each cadence margin.
     mean_mae_bpm: dict[str, float]
     datasets: dict[str, dict[str, float]]
     #: The rule chosen on all subjects, and how often each rule was chosen per subject.
     chosen: FusionRule
     fold_choices: dict[FusionRule, int]
-    #: Per held-out row of a family of rules ("fused, with the jump guard only (held out)"
-    #: ...): how often each rule was chosen per subject.
+    #: Per held-out row of a family of rules ("fused, margin and ceiling only (held out)"):
+    #: how often each rule was chosen per subject.
     family_choices: dict[str, dict[FusionRule, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
@@ -1919,13 +1908,8 @@ class FusionSweep:
 
 
 def _rule_json(rule: FusionRule) -> dict[str, float | None]:
-    margin, trusted, cadence, jump = rule
-    return {
-        "margin": margin,
-        "trusted": trusted,
-        "cadence_margin": cadence,
-        "model_jump_bpm": jump,
-    }
+    margin, trusted, cadence = rule
+    return {"margin": margin, "trusted": trusted, "cadence_margin": cadence}
 
 
 def _choices_json(choices: Mapping[FusionRule, int]) -> list[dict[str, float | None]]:
@@ -1935,9 +1919,9 @@ def _choices_json(choices: Mapping[FusionRule, int]) -> list[dict[str, float | N
     ]
 
 
-def _rule_order(item: tuple[FusionRule, int]) -> tuple[float, float, float, float]:
-    (m, t, c, j), _ = item
-    return (m, t, -2.0 if c is None else c, 0.0 if j is None else j)
+def _rule_order(item: tuple[FusionRule, int]) -> tuple[float, float, float]:
+    (m, t, c), _ = item
+    return (m, t, -2.0 if c is None else c)
 
 
 def on_cadence(table: WindowTable) -> npt.NDArray[np.bool_]:
@@ -1952,9 +1936,7 @@ def on_cadence(table: WindowTable) -> npt.NDArray[np.bool_]:
 def _fused(table: WindowTable, rule: FusionRule | None) -> npt.NDArray[np.float64]:
     """The gateway's HR per window under a rule; None = the model's whenever offloaded.
 
-    The gateway's own tests (`HrFusion.prefers_model`, `HrFusion.confirms`), vectorised over
-    the windows; the jump guard's previous answer is the previous row's (the previous window
-    the table holds), where it was offloaded.
+    The gateway's own test (`HrFusion.prefers_model`), vectorised over the windows.
     """
     wear = table.local_hr
     conf = np.where(table.signal_quality == UNKNOWN_QUALITY, 1.0, table.signal_quality / 100)
@@ -1962,17 +1944,12 @@ def _fused(table: WindowTable, rule: FusionRule | None) -> npt.NDArray[np.float6
     if rule is None:
         take = ~np.isnan(model)
     else:
-        margin, trusted, cadence, jump = rule
+        margin, trusted, cadence = rule
         margins = np.full(len(table), margin)
         if cadence is not None:
             margins[on_cadence(table)] = cadence
         with np.errstate(invalid="ignore"):
             prefers = (table.model_hr_conf > conf + margins) & (conf < trusted)
-            if jump is not None:
-                # The model's answer on the previous row, where that window was offloaded.
-                before = np.r_[False, table.offloaded[:-1]]
-                previous = np.where(before, np.r_[np.nan, model[:-1]], np.nan)
-                prefers &= (np.abs(model - wear) <= jump) | (np.abs(model - previous) <= jump)
         take = ~np.isnan(model) & (np.isnan(wear) | prefers)
     out: npt.NDArray[np.float64] = np.where(table.offloaded & take, model, wear)
     return out
@@ -1983,22 +1960,15 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
 
     Per recording the MAE is over windows with a reference where the wearable and the model both
     answered; the reported HR differs from the wearable's only on offloaded windows. The grid is
-    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED`, every cadence
-    margin of `FUSION_CADENCE` and every jump guard of `FUSION_JUMP`. A rule's score on the
-    training subjects is the mean over datasets of log(the dataset's mean MAE over
-    recordings), so that each dataset weighs alike whatever its error scale; ties go to the
-    rule nearest the defaults (no cadence rule, no jump guard, then the smallest |margin|, then
-    no ceiling). Each subject is also scored within each family of rules (margin and ceiling
-    only, with the cadence margin only, with the jump guard only).
+    every margin of `FUSION_MARGINS` with every ceiling of `FUSION_TRUSTED` and every cadence
+    margin of `FUSION_CADENCE`. A rule's score on the training subjects is the mean over
+    datasets of log(the dataset's mean MAE over recordings), so that each dataset weighs alike
+    whatever its error scale; ties go to the rule nearest the defaults (no cadence rule, then
+    the smallest |margin|, then no ceiling). Each subject is also scored with the rule chosen
+    among margin and ceiling alone.
     """
     scored = [t for t in tables if t.has_bvp and not np.isnan(t.ref_hr).all()]
-    grid = [
-        (m, t, c, j)
-        for m in FUSION_MARGINS
-        for t in FUSION_TRUSTED
-        for c in FUSION_CADENCE
-        for j in FUSION_JUMP
-    ]
+    grid = [(m, t, c) for m in FUSION_MARGINS for t in FUSION_TRUSTED for c in FUSION_CADENCE]
     per_rule: dict[FusionRule, dict[str, float]] = {r: {} for r in grid}
     per: dict[str, dict[str, float]] = {"signal": {}, "model": {}}
     for t in scored:
@@ -2018,17 +1988,15 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
 
         return min(
             rules,
-            key=lambda r: (objective(r), r[2] is not None, r[3] is not None, abs(r[0]), -r[1]),
+            key=lambda r: (objective(r), r[2] is not None, abs(r[0]), -r[1]),
         )
 
     subjects = sorted({t.subject_key for t in scored})
-    # Held out over the whole grid and over each family of rules: whether the cadence margin
-    # or the jump guard earns its place is the comparison with margin and ceiling alone.
+    # Held out over the whole grid and over margin and ceiling alone: whether the cadence
+    # margin earns its place is the comparison of the two.
     families = {
         "fused (held out)": grid,
-        "fused, margin and ceiling only (held out)": [r for r in grid if r[2:] == (None, None)],
-        "fused, with the cadence margin only (held out)": [r for r in grid if r[3] is None],
-        "fused, with the jump guard only (held out)": [r for r in grid if r[2] is None],
+        "fused, margin and ceiling only (held out)": [r for r in grid if r[2] is None],
     }
     held: dict[str, dict[str, float]] = {name: {} for name in families}
     picked: dict[str, Counter[FusionRule]] = {name: Counter() for name in families}
@@ -2043,10 +2011,9 @@ def sweep_fusion(tables: Sequence[WindowTable]) -> FusionSweep:
     per.update(held)
     never = FUSION_TRUSTED[-1]
     chosen = best(scored)
-    shown: list[FusionRule] = [(m, never, None, None) for m in FUSION_MARGINS]
-    shown += [(0.0, t, None, None) for t in FUSION_TRUSTED[:-1]]
-    shown += [(chosen[0], chosen[1], c, None) for c in FUSION_CADENCE if c is not None]
-    shown += [(chosen[0], chosen[1], None, j) for j in FUSION_JUMP if j is not None]
+    shown: list[FusionRule] = [(m, never, None) for m in FUSION_MARGINS]
+    shown += [(0.0, t, None) for t in FUSION_TRUSTED[:-1]]
+    shown += [(chosen[0], chosen[1], c) for c in FUSION_CADENCE if c is not None]
     for r in (*shown, chosen):
         per[_rule_name(*r)] = per_rule[r]
     names = [t.name for t in scored]
@@ -2084,8 +2051,8 @@ def format_fusion_sweep(sweep: FusionSweep) -> str:
     return "\n".join(
         [
             "Gateway HR by fusion rule, MAE bpm (mean over recordings, windows where the wearable"
-            " and the model both answered); 'fused (held out)': margin, trust ceiling, margin on"
-            " the cadence and jump guard chosen on the other subjects:",
+            " and the model both answered); 'fused (held out)': margin, trust ceiling and margin"
+            " on the cadence chosen on the other subjects:",
             format_table(head, rows),
             f"Subjects' folds chose: {listed(sweep.fold_choices)}; on all subjects:"
             f" {_rule_name(*sweep.chosen)}",

@@ -213,44 +213,6 @@ def test_the_gateway_sees_a_wearable_hr_on_the_wrists_rhythm() -> None:
     )  # fmt: skip
 
 
-def test_the_jump_guard_takes_a_confirmed_jump_not_a_lone_one() -> None:
-    wearable, answer = (70.0, 0.2), model(120.0, 0.95)
-    guarded = HrFusion("fused", 0.5, model_jump_bpm=10.0)
-    assert fuse_hr(*wearable, answer, HrFusion("fused", 0.5))[2] == "model"  # no guard
-    assert fuse_hr(*wearable, answer, guarded)[2] == "signal"  # 50 bpm from the wearable, alone
-    assert fuse_hr(*wearable, answer, guarded, previous_model_bpm=128.0)[2] == "model"
-    assert fuse_hr(*wearable, answer, guarded, previous_model_bpm=131.0)[2] == "signal"
-    assert fuse_hr(75.0, 0.2, model(84.0, 0.95), guarded)[2] == "model"  # within 10 of it
-    # The guard never blocks the model where the wearable has no heart rate.
-    assert fuse_hr(None, 0.0, answer, guarded)[2] == "model"
-
-
-def test_analyse_windows_remembers_the_models_answer_per_device_for_4_s() -> None:
-    """Wearable 70 bpm at low quality, model 120 bpm sure of itself: each device's first window
-    keeps the wearable's; its next within 4 s (even in the next batch) takes the model's."""
-    w = wire_windows(1)[0]
-
-    def at(t_ms: int) -> Window:
-        return replace(w, summary=replace(w.summary, t_ms=t_ms, hr_cbpm=7000, signal_quality=20))
-
-    fusion = HrFusion("fused", 0.5, model_jump_bpm=10.0)
-    sure = model(120.0, 0.95)
-    first = analyse_windows([("a", at(0)), ("b", at(0)), ("a", at(2000))], {}, None, fusion,
-                            answers=[sure, sure, sure])  # fmt: skip
-    assert [a.hr_source for a in first.analyses if a] == ["signal", "signal", "model"]
-    assert first.model_hr == {"a": (120.0, 2000), "b": (120.0, 0)}
-    batch = [("a", at(6000)), ("b", at(4000)), ("c", at(4000))]
-    later = analyse_windows(batch, {}, None, fusion, answers=[sure] * 3, model_hr=first.model_hr)
-    # a: 4 s after its last answer, confirmed; b: 4 s likewise; c: never answered before.
-    assert [a.hr_source for a in later.analyses if a] == ["model", "model", "signal"]
-    stale = analyse_windows([("a", at(8001))], {}, None, fusion, answers=[sure],
-                            model_hr=first.model_hr)  # fmt: skip
-    assert stale.analyses[0] is not None
-    assert stale.analyses[0].hr_source == "signal"  # 6 s after: too old to confirm
-    # Without a guard nothing is remembered.
-    assert analyse_windows([("a", at(0))], {}, None, HrFusion(), answers=[sure]).model_hr == {}
-
-
 # --- analyse_windows ---------------------------------------------------------------------------
 
 

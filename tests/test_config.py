@@ -183,10 +183,6 @@ def test_effective_client_id() -> None:
         ),
         ("[offload]\ntau_bits = nan\n", "offload.tau_bits: expected a number between 0 and 16"),
         (
-            "[inference]\nhr_model_jump_bpm = 0\n",
-            "inference.hr_model_jump_bpm: expected a number greater than 0 and at most 200, got 0",
-        ),
-        (
             "[mqtt]\nhomeassistant_discovery = 1\n",
             "mqtt.homeassistant_discovery: expected true or false, got 1 (an integer)",
         ),

@@ -447,15 +447,10 @@ def _worker_at(session: ModelSession, work: Workload, batch: int, config: Config
     first). Blocks."""
     fusion = HrFusion.of(config.inference)
     states: dict[str, HrState] = {}
-    model_hr: dict[str, tuple[float, int]] = {}
     analyse_windows(work.windows[:batch], states, session, fusion)
     clock = _Clock()
     for i in range(0, len(work.windows), batch):
-        answer = analyse_windows(
-            work.windows[i : i + batch], states, session, fusion, model_hr=model_hr
-        )
-        states.update(answer.states)
-        model_hr.update(answer.model_hr)
+        states.update(analyse_windows(work.windows[i : i + batch], states, session, fusion).states)
     return clock.cost(len(work.windows))
 
 

@@ -54,7 +54,6 @@ from gatewayd.signals.heart_rate import HrState, estimate_hr
 
 __all__ = [
     "HR_AGREEMENT_BPM",
-    "MODEL_MEMORY_MS",
     "PREPROCESSING_V1",
     "BatchAnalysis",
     "HrFusion",
@@ -120,10 +119,7 @@ class HrFusion:
     below ``signal_trusted``; both estimate the probability of being within `HR_AGREEMENT_BPM`
     of the truth. Where the wearable's estimate coincides with the wrist's own rhythm
     (`gatewayd.signals.acc_features.near_cadence`: the error a wrist tracker's signal quality
-    does not see) and ``cadence_margin`` is set, that margin applies instead. With
-    ``model_jump_bpm`` set, the model's estimate must also lie within that many bpm of the
-    wearable's, or of the model's own answer on the device's previous offloaded window (at most
-    `MODEL_MEMORY_MS` before): a lone jump is not taken, a confirmed one is. ``signal``: the
+    does not see) and ``cadence_margin`` is set, that margin applies instead. ``signal``: the
     wearable's (the gateway's own tracker when the wearable sent none). ``model``: the model's
     whenever there is one.
     """
@@ -135,8 +131,6 @@ class HrFusion:
     #: The margin where the wearable's estimate coincides with the ACC cadence (None: no
     #: different rule there).
     cadence_margin: float | None = _INFERENCE_DEFAULTS.hr_cadence_margin
-    #: The jump guard, bpm (None: none).
-    model_jump_bpm: float | None = _INFERENCE_DEFAULTS.hr_model_jump_bpm
 
     @classmethod
     def of(cls, config: InferenceConfig) -> HrFusion:
@@ -146,7 +140,6 @@ class HrFusion:
             config.hr_model_margin,
             config.hr_signal_trusted,
             config.hr_cadence_margin,
-            config.hr_model_jump_bpm,
         )
 
     def prefers_model(
@@ -162,18 +155,6 @@ class HrFusion:
             and wearable_confidence < self.signal_trusted
         )
 
-    def confirms(
-        self, model_bpm: float, wearable_bpm: float, previous_model_bpm: float | None
-    ) -> bool:
-        """The jump guard: whether the model's estimate lies within ``model_jump_bpm`` of the
-        wearable's or of the model's previous answer (always, without a guard)."""
-        jump = self.model_jump_bpm
-        return (
-            jump is None
-            or abs(model_bpm - wearable_bpm) <= jump
-            or (previous_model_bpm is not None and abs(model_bpm - previous_model_bpm) <= jump)
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class BatchAnalysis:
@@ -182,9 +163,6 @@ class BatchAnalysis:
     analyses: list[WindowAnalysis | None]
     #: The gateway tracker's state of every device it ran for (others are unchanged).
     states: dict[str, HrState] = field(default_factory=dict)
-    #: With a jump guard: the model's last heart rate and its window's ``t_ms``, for every
-    #: device the model answered for (others are unchanged).
-    model_hr: dict[str, tuple[float, int]] = field(default_factory=dict)
     #: Why the model gave no answer for this batch (the caller logs it), else None.
     model_error: str | None = None
 
@@ -424,12 +402,9 @@ def fuse_hr(
     fusion: HrFusion,
     *,
     on_cadence: bool = False,
-    previous_model_bpm: float | None = None,
 ) -> tuple[float | None, float, HrSourceName]:
     """The gateway's heart rate of one offloaded window: (bpm, confidence, source);
-    ``on_cadence``: the wearable's estimate coincides with the window's ACC cadence;
-    ``previous_model_bpm``: the model's answer on the device's previous offloaded window (the
-    jump guard's, `HrFusion.confirms`)."""
+    ``on_cadence``: the wearable's estimate coincides with the window's ACC cadence."""
     model_bpm = None if model is None else model.hr_bpm
     if (
         model is not None
@@ -443,7 +418,6 @@ def fuse_hr(
                 and fusion.prefers_model(
                     model.hr_confidence, wearable_confidence, on_cadence=on_cadence
                 )
-                and fusion.confirms(model_bpm, wearable_bpm, previous_model_bpm)
             )
         )
     ):
@@ -504,29 +478,6 @@ def _on_cadence(
     return near_cadence(bpm, window_cadence(window))
 
 
-#: The jump guard remembers the model's answer for this long (ms of the wearable's clock, from
-#: window start to window start): the previous window or the one before, at the 2 s step.
-MODEL_MEMORY_MS: Final = 4000
-
-
-def _previous_model_bpm(
-    device_id: str,
-    window: Window,
-    memory: Mapping[str, tuple[float, int]],
-    before: Mapping[str, tuple[float, int]] | None,
-    fusion: HrFusion,
-) -> float | None:
-    """The model's answer on the device's previous offloaded window, if recent enough."""
-    if fusion.model_jump_bpm is None:
-        return None
-    last = memory.get(device_id)
-    if last is None and before is not None:
-        last = before.get(device_id)
-    if last is None or not 0 < window.summary.t_ms - last[1] <= MODEL_MEMORY_MS:
-        return None
-    return last[0]
-
-
 def analyse_windows(
     windows: Sequence[tuple[str, Window]],
     states: Mapping[str, HrState],
@@ -534,7 +485,6 @@ def analyse_windows(
     fusion: HrFusion | None = None,
     *,
     answers: Sequence[WindowAnalysis | None] | None = None,
-    model_hr: Mapping[str, tuple[float, int]] | None = None,
 ) -> BatchAnalysis:
     """Analyse a batch of offloaded windows (device id, WINDOW), in order.
 
@@ -543,9 +493,7 @@ def analyse_windows(
     tracker (state per device, ``states``) only on windows whose summary carries no heart rate:
     the wearable's tracker sees every window, the gateway's only the offloaded ones.
     ``answers``, when given, stand for the model's (one per window; ``session`` is not run):
-    `gatewayd eval` passes a training run's out-of-fold answers this way. ``model_hr``: per
-    device, the model's last heart rate and its window's ``t_ms`` (the previous batch's
-    `BatchAnalysis.model_hr`), for the fusion's jump guard.
+    `gatewayd eval` passes a training run's out-of-fold answers this way.
     """
     fusion = HrFusion() if fusion is None else fusion
     error = None
@@ -559,7 +507,6 @@ def analyse_windows(
     else:
         answers = [None] * len(windows)
     new_states: dict[str, HrState] = {}
-    memory: dict[str, tuple[float, int]] = {}
     out: list[WindowAnalysis | None] = []
     for (device_id, w), answer, bvp_bp in zip(windows, answers, bandpassed, strict=True):
         model = answer
@@ -589,20 +536,8 @@ def analyse_windows(
             out.append(None)
             continue
         hr, hr_conf, source = fuse_hr(
-            bpm,
-            confidence,
-            model,
-            fusion,
-            on_cadence=_on_cadence(bpm, w, model, fusion),
-            previous_model_bpm=_previous_model_bpm(device_id, w, memory, model_hr, fusion),
+            bpm, confidence, model, fusion, on_cadence=_on_cadence(bpm, w, model, fusion)
         )
-        if (
-            fusion.model_jump_bpm is not None
-            and model is not None
-            and model.hr_bpm is not None
-            and math.isfinite(model.hr_bpm)
-        ):
-            memory[device_id] = (model.hr_bpm, w.summary.t_ms)
         if model is None:
             out.append(WindowAnalysis(hr, hr_conf, source, quality=quality))
             continue
@@ -620,4 +555,4 @@ def analyse_windows(
                 result=result,
             )
         )
-    return BatchAnalysis(out, new_states, memory, error)
+    return BatchAnalysis(out, new_states, error)

@@ -71,8 +71,6 @@ class InferenceWorker(BackgroundPart):
         self.max_batch = config.max_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)
         self._states: dict[str, HrState] = {}
-        #: The model's last heart rate and its window's t_ms per device (the jump guard's).
-        self._model_hr: dict[str, tuple[float, int]] = {}
         #: Windows waiting for room in the queue (later ones queue behind them).
         self._blocked = 0
         self.stats = WorkerStats()
@@ -147,13 +145,10 @@ class InferenceWorker(BackgroundPart):
     def _run_batch(self, batch: Sequence[_Job]) -> list[WindowAnalysis | None]:
         """Analyse one batch. Runs in a worker thread (one batch at a time)."""
         windows = [(job.device_id, job.window) for job in batch]
-        answer = analyse_windows(
-            windows, self._states, self.session, self.fusion, model_hr=self._model_hr
-        )
+        answer = analyse_windows(windows, self._states, self.session, self.fusion)
         if answer.model_error is not None and self.session is not None:
             self.stats.model_failures += 1
             log.error("model failed on a batch; using the signal estimate",
                       model_id=self.session.model_id, error=answer.model_error)  # fmt: skip
         self._states.update(answer.states)
-        self._model_hr.update(answer.model_hr)
         return answer.analyses
