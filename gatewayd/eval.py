@@ -1296,7 +1296,7 @@ class OffloadReport:
             "policy": {
                 "tau_mbits": self.tau_mbits,
                 "min_conf_e4": self.min_conf_e4,
-                "confidence": "min(activity_conf_e4, 100 * signal_quality)",
+                "confidence": "(activity_conf_e4 * signal_quality + 50) // 100",
             },
             "model_id": self.model_id,
             "wearable_model_id": self.wearable_model_id,
@@ -1371,7 +1371,7 @@ def format_offload(report: OffloadReport, *, recordings: bool = False) -> str:
     )  # fmt: skip
     lines = _model_lines(report.model_id, report.wearable_model_id)
     lines.append(
-        f"Policy: entropy > {report.tau_mbits} mbits or min(activity_conf_e4, 100 * quality)"
+        f"Policy: entropy > {report.tau_mbits} mbits or activity_conf_e4 x quality / 100"
         f" < {report.min_conf_e4}, or a fall signature. A bad local window: the wearable's HR"
         f" > {BAD_HR_BPM:g} bpm off (or none) where there is a reference, or its group wrong"
         " where there is a label. OFF: on offloaded windows, HR MAE (bpm) and activity accuracy"
@@ -1397,17 +1397,17 @@ def _activity_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -
     return activity_conf_e4
 
 
-def _product_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
-    """Both answers' confidences multiplied, as if both were probabilities of being right."""
-    hr = _hr_confidence_e4(activity_conf_e4, quality, hr_cbpm)
-    return (activity_conf_e4 * hr + 5000) // 10000
+def _lower_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
+    """The lower of both answers' confidences (the wire's rule until the product replaced it)."""
+    return min(activity_conf_e4, _hr_confidence_e4(activity_conf_e4, quality, hr_cbpm))
 
 
 #: The offload confidences compared by the sweep, from the summary's integers: the wire's
-#: (`offload_confidence_e4`, the lower of both), their product and each answer's alone.
+#: (`offload_confidence_e4`, both answers' probabilities multiplied), the lower of both and
+#: each answer's alone.
 CONFIDENCES: Final[Mapping[str, Callable[[int, int, int], int]]] = {
-    "min": offload_confidence_e4,
-    "product": _product_confidence_e4,
+    "product": offload_confidence_e4,
+    "min": _lower_confidence_e4,
     "activity": _activity_confidence_e4,
     "hr": _hr_confidence_e4,
 }
@@ -1666,8 +1666,8 @@ def _auc(w: _Windows) -> dict[str, dict[str, float]]:
         "acc_motion": w.terms["acc_motion"],
         "1 - hr quality": -w.confidences["hr"].astype(np.float64),
         "1 - activity confidence": -w.confidences["activity"].astype(np.float64),
-        "1 - offload confidence": -w.confidences["min"].astype(np.float64),
-        "1 - product": -w.confidences["product"].astype(np.float64),
+        "1 - offload confidence": -w.confidences["product"].astype(np.float64),
+        "1 - lower of both": -w.confidences["min"].astype(np.float64),
     }
     source = np.array(w.sources)[w.subject]
     out: dict[str, dict[str, float]] = {}
@@ -1682,7 +1682,7 @@ def sweep_offload(
     *,
     target_ratio: float = TARGET_OFFLOAD_RATIO,
     confs: Sequence[int] = SWEEP_CONFS,
-    confidence: str = "min",
+    confidence: str = "product",
 ) -> OffloadSweep:
     """Sweep tau and the minimum confidence; choose them leave-one-subject-out.
 
@@ -1760,8 +1760,8 @@ def format_offload_sweep(sweep: OffloadSweep) -> str:
     lines.append(format_table(["HELD OUT", "OFFLOAD %", "RECALL %"], hrows))
     lines += [
         "",
-        "Every measure beside the confidence, held out the same way (pooled; entropy/min is the"
-        " wire's policy; thresholds chosen on all subjects):",
+        "Every measure beside the confidence, held out the same way (pooled; entropy/product is"
+        " the wire's policy; thresholds chosen on all subjects):",
     ]
     arows = [
         [

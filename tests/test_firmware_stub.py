@@ -220,7 +220,7 @@ def test_golden_vectors_cover_the_protocol() -> None:
     assert {_seq(v.message) for v in VECTORS} >= {0, 0xFFFFFFFF}
     assert {v.message[28] for v in WINDOW_VECTORS} == {int(f) for f in SampleFormat}
     assert {v.policy[2] for v in VECTORS if v.policy is not None} == {0, 1, 2, 3}
-    # The offload confidence is the lower of the activity's and the heart rate's quality, and
+    # The offload confidence is the activity's probability times the heart rate's quality, and
     # the quality is left out of a window without a pulse.
     unsure = decode_message(by_name["summary_unsure_hr_mtu247"].message)
     no_pulse = decode_message(by_name["summary_no_pulse_mtu247"].message)

@@ -1,4 +1,4 @@
-"""The offload confidence: the lower of the activity's and the heart rate's, in wire integers."""
+"""The offload confidence: the activity's probability times the heart rate's, in wire integers."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ from gatewayd.signals.offload import (
 @pytest.mark.parametrize(
     ("activity_conf_e4", "quality", "hr_cbpm", "expected"),
     [
-        (9000, 92, 7250, 9000),  # the activity's probability is the lower
-        (9000, 41, 7250, 4100),  # the heart rate's quality is
+        (9000, 92, 7250, 8280),  # 0.9 x 0.92
+        (9000, 41, 7250, 3690),  # 0.9 x 0.41: the heart rate is unsure
+        (9999, 33, 7250, 3300),  # 3299.67, rounded half up
+        (1, 50, 7250, 1),  # half up
+        (1, 49, 7250, 0),
+        (65535, 100, 7250, 65535),  # the largest u16, unchanged
         (9000, 0, 0, 9000),  # no heart rate (no pulse): its quality is left out
         (9000, UNKNOWN_QUALITY, 7250, 9000),  # no quality reported: left out
         (10000, 100, 1, 10000),
@@ -24,7 +28,7 @@ from gatewayd.signals.offload import (
         (0, 100, 30000, 0),
     ],
 )
-def test_offload_confidence_is_the_lower_of_both_answers(
+def test_offload_confidence_is_the_product_of_both_answers(
     activity_conf_e4: int, quality: int, hr_cbpm: int, expected: int
 ) -> None:
     assert offload_confidence_e4(activity_conf_e4, quality, hr_cbpm) == expected

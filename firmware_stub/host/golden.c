@@ -291,7 +291,7 @@ static void emit_summaries(FILE *f)
                      gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
     end(f);
 
-    /* The offload confidence is the lower of the activity's and the heart rate's (quality). */
+    /* The offload confidence is the activity's probability times the heart rate's quality. */
     s = summary_at(7);
     s.flags |= summary_motion(60); /* motion_cg 92 */
     s.activity = 2; /* vigorous */

@@ -245,9 +245,10 @@ double gwfw_entropy_i8(const int8_t *x, uint16_t n);
 uint16_t gwfw_entropy_mbits(double h_bits);
 
 /* The confidence the offload rule compares with min_conf_e4, from three summary fields: the
- * lower of activity_conf_e4 (0..10000) and 100 * signal_quality (0..100), the quality counting
- * only when the window has a heart rate (hr_cbpm > 0) and a quality (not GWFW_UNKNOWN): a window
- * without a pulse is not offloaded for its heart rate. A quality above 100 counts as 100.
+ * product of activity_conf_e4 (0..10000) and signal_quality / 100 (0..100), rounded half up
+ * ((activity_conf_e4 * quality + 50) / 100), the quality counting only when the window has a
+ * heart rate (hr_cbpm > 0) and a quality (not GWFW_UNKNOWN): a window without a pulse is not
+ * offloaded for its heart rate. A quality above 100 counts as 100.
  * Identical to gatewayd.signals.offload.offload_confidence_e4. */
 uint16_t gwfw_offload_confidence_e4(uint16_t activity_conf_e4, uint8_t signal_quality,
                                     uint16_t hr_cbpm);

@@ -8,14 +8,15 @@
 uint16_t gwfw_offload_confidence_e4(uint16_t activity_conf_e4, uint8_t signal_quality,
                                     uint16_t hr_cbpm)
 {
-    uint16_t hr_conf;
+    uint32_t quality;
 
     /* No heart rate (no pulse in the window) or no quality: only the activity's counts. */
     if (hr_cbpm == 0u || signal_quality == GWFW_UNKNOWN) {
         return activity_conf_e4;
     }
-    hr_conf = (uint16_t)((signal_quality > 100u ? 100u : signal_quality) * 100u);
-    return hr_conf < activity_conf_e4 ? hr_conf : activity_conf_e4;
+    /* Both probabilities multiplied, rounded half up: at most 65535 * 100 + 50, in uint32. */
+    quality = signal_quality > 100u ? 100u : signal_quality;
+    return (uint16_t)(((uint32_t)activity_conf_e4 * quality + 50u) / 100u);
 }
 
 uint16_t gwfw_offload_reason(uint16_t entropy_mbits, uint16_t conf_e4, uint16_t tau_mbits,

@@ -516,12 +516,16 @@ static void test_entropy(void)
 
 static void test_offload_confidence(void)
 {
-    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 7250), 9000);  /* the activity is lower */
-    CHECK_EQ(gwfw_offload_confidence_e4(9000, 41, 7250), 4100);  /* the heart rate is */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 7250), 8280);  /* 0.9 x 0.92 */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 41, 7250), 3690);  /* 0.9 x 0.41 */
+    CHECK_EQ(gwfw_offload_confidence_e4(9999, 33, 7250), 3300);  /* 3299.67 rounds up */
+    CHECK_EQ(gwfw_offload_confidence_e4(1, 50, 7250), 1);        /* half up */
+    CHECK_EQ(gwfw_offload_confidence_e4(1, 49, 7250), 0);
     CHECK_EQ(gwfw_offload_confidence_e4(9000, 0, 0), 9000);      /* no pulse: HR left out */
     CHECK_EQ(gwfw_offload_confidence_e4(9000, GWFW_UNKNOWN, 7250), 9000); /* no quality */
     CHECK_EQ(gwfw_offload_confidence_e4(10000, 100, 1), 10000);
     CHECK_EQ(gwfw_offload_confidence_e4(10000, 150, 1), 10000);  /* above 100 counts as 100 */
+    CHECK_EQ(gwfw_offload_confidence_e4(65535, 100, 1), 65535);  /* no overflow */
     CHECK_EQ(gwfw_offload_confidence_e4(0, 100, 30000), 0);
 }
 

@@ -5,8 +5,8 @@ the shipped pruned model on every window, as `gatewayd emulate` runs it (`replay
 given a training run's out-of-fold answers, as `gatewayd eval offload --oof` replays it
 (`paper_accuracy.replay_held_out`, read here by `session_from_table`). What the core's offload
 rule reads per window does not depend on the policy: the window entropy, the confidence (the
-lower of the model's group probability and the tracker's quality, `offload_confidence_e4`, from
-the SUMMARY's own fields) and the fall trigger (the MOTION flag). So every point of the sweep of
+model's group probability times the tracker's quality, `offload_confidence_e4`, from the
+SUMMARY's own fields) and the fall trigger (the MOTION flag). So every point of the sweep of
 tau and the minimum confidence applies the core's own rule (`decide_offload`) to those values:
 the decisions the core takes at that policy (a test replays the core at several policies and
 checks they are the same). The energy of each decision comes from `gatewayd.energy`: a local

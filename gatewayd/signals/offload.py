@@ -31,7 +31,7 @@ CONFIDENCE_SCALE: Final = 10000
 #: recordings (docs/eval.md): entropy threshold in milli-bits (above the real windows: in effect
 #: the confidence decides) and minimum offload confidence in 1/10000.
 DEFAULT_TAU_MBITS: Final = 4050
-DEFAULT_MIN_CONF_E4: Final = 5000
+DEFAULT_MIN_CONF_E4: Final = 4000
 #: The summary's signal_quality (0-100) when the wearable reports none.
 UNKNOWN_QUALITY: Final = 255
 _U16_MAX: Final = 65535
@@ -240,11 +240,12 @@ def motion_offload(
 def offload_confidence_e4(activity_conf_e4: int, signal_quality: int, hr_cbpm: int) -> int:
     """The confidence the offload rule compares with min_conf_e4, from three summary fields.
 
-    The lower of the local model's group probability (``activity_conf_e4``, 0..10000) and the
-    heart-rate tracker's signal quality (0..100, times 100): a window is unsure when either
-    answer is. The quality only counts when the wearable sends a heart rate (``hr_cbpm`` > 0)
-    and reports a quality (not 255): a window with no pulse at all (no PPG, off the wrist) is
-    not offloaded for its heart rate, which the gateway could not find either.
+    The product of the local model's group probability (``activity_conf_e4``, 0..10000) and
+    the heart-rate tracker's signal quality (0..100, as a probability), rounded half up: both
+    estimate the probability of being right, and a window is good only when both answers are.
+    The quality only counts when the wearable sends a heart rate (``hr_cbpm`` > 0) and reports
+    a quality (not 255): a window with no pulse at all (no PPG, off the wrist) is not offloaded
+    for its heart rate, which the gateway could not find either.
     """
     _check_u16("activity_conf_e4", activity_conf_e4)
     _check_u16("hr_cbpm", hr_cbpm)
@@ -252,7 +253,7 @@ def offload_confidence_e4(activity_conf_e4: int, signal_quality: int, hr_cbpm: i
         raise ValueError(f"signal_quality must fit a u8 (0..255), got {signal_quality}")
     if hr_cbpm == 0 or signal_quality == UNKNOWN_QUALITY:
         return activity_conf_e4
-    return min(activity_conf_e4, min(signal_quality, 100) * 100)
+    return (activity_conf_e4 * min(signal_quality, 100) + 50) // 100
 
 
 def confidence_e4(confidence: float) -> int:
