@@ -89,6 +89,7 @@ __all__ = [
     "TARGET_OFFLOAD_RATIO",
     "TARGET_RECALL",
     "TERMS",
+    "WINDOW_COLUMNS",
     "ActivityReport",
     "Alternative",
     "Estimator",
@@ -121,6 +122,7 @@ __all__ = [
     "spectral_entropy_bits",
     "sweep_fusion",
     "sweep_offload",
+    "window_rows",
 ]
 
 Estimator = Literal["signal", "model", "gateway"]
@@ -325,6 +327,8 @@ class WindowTable:
     #: The alerts the gateway's rules raised on what it reported, over every window of the
     #: recording (also those a subset leaves out): (window index, alert kind).
     alerts: tuple[tuple[int, str], ...] = ()
+    #: Each row's window index in the recording (None: the row's position).
+    window: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         """Return the number of windows."""
@@ -556,9 +560,50 @@ def replay(recording: Recording, setup: ReplaySetup) -> WindowTable:
         spectral_entropy=np.array([spectral_entropy_bits(w.bvp) for w in full]),
         cadence_bpm=np.array([_cadence(w) for w in full], dtype=np.float64),
         alerts=alerts,
+        window=np.arange(n, dtype=np.int64),
     )
     oof = setup.out_of_fold
     return table if oof is None else table.subset(oof.covered(recording.name, n))
+
+
+#: The columns of `window_rows`, in order.
+WINDOW_COLUMNS: Final = (
+    "recording", "source", "subject", "window", "start_s", "offloaded", "ref_hr_bpm",
+    "wearable_hr_bpm", "signal_quality", "model_hr_bpm", "model_hr_confidence", "gateway_hr_bpm",
+    "gateway_hr_source", "truth_group", "wearable_group", "activity_conf_e4", "model_group",
+    "gateway_group", "entropy_mbits", "offload_confidence_e4", "acc_motion", "bad_hr",
+    "bad_activity",
+)  # fmt: skip
+_SOURCE_NAMES: Final = {1: "model", 0: "signal", -1: ""}
+
+
+def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
+    """One row per replayed window (`WINDOW_COLUMNS`): what the wearable and the gateway said,
+    beside the reference; an unknown number is "" and an unknown group "unknown"."""
+
+    def num(x: float, digits: int = 2) -> object:
+        return "" if math.isnan(x) else round(float(x), digits)
+
+    rows: list[dict[str, object]] = []
+    for t in tables:
+        index = np.arange(len(t)) if t.window is None else t.window
+        _, bad_hr, bad_activity = bad_windows(t)
+        for k in range(len(t)):
+            quality, activity_e4 = int(t.signal_quality[k]), int(t.activity_conf_e4[k])
+            hr_cbpm = 0 if math.isnan(t.local_hr[k]) else round(float(t.local_hr[k]) * 100)
+            values = (
+                t.name, t.source, t.subject_key, int(index[k]), int(index[k]) * STEP_S,
+                int(t.offloaded[k]), num(t.ref_hr[k]), num(t.local_hr[k]),
+                "" if quality == UNKNOWN_QUALITY else quality, num(t.model_hr[k]),
+                num(t.model_hr_conf[k], 4), num(t.gateway_hr[k]),
+                _SOURCE_NAMES[int(t.gateway_hr_source[k])], group_name(int(t.truth[k])),
+                group_name(int(t.local_activity[k])), activity_e4,
+                group_name(int(t.model_activity[k])), group_name(int(t.gateway_activity[k])),
+                int(t.entropy_mbits[k]), offload_confidence_e4(activity_e4, quality, hr_cbpm),
+                num(t.acc_motion[k], 4), int(bad_hr[k]), int(bad_activity[k]),
+            )  # fmt: skip
+            rows.append(dict(zip(WINDOW_COLUMNS, values, strict=True)))
+    return rows
 
 
 # --- helpers -------------------------------------------------------------------------------------

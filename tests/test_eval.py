@@ -46,6 +46,7 @@ from gatewayd.inference import ModelRegistry, ModelSession, softmax
 from gatewayd.protocol.messages import Window, decode_message, summary_of
 from gatewayd.signals import HrTracker
 from gatewayd.signals.filters import preprocess_window
+from gatewayd.signals.offload import offload_confidence_e4
 
 TROIKA = Path(__file__).resolve().parents[2] / "shared" / "data" / "troika"
 
@@ -165,6 +166,46 @@ def test_model_and_gateway_mae_are_recomputed_in_numpy(
     assert code == 0
     assert {k: v["windows"] for k, v in alone["recordings"].items()} == {"S1": 57, "S2": 57}
     assert set(alone["mean_mae_bpm"]) == {"model"}
+
+
+def test_windows_csv_holds_every_window_as_the_report_scored_it(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    from tests.test_inference import install_tiny_model
+
+    install_tiny_model(tmp_path / "models", "tiny", layout="conv2d")
+    out = tmp_path / "windows.csv"
+    argv = ["eval", "hr", str(dataset), "--models-dir", str(tmp_path / "models")]
+    code, doc, err = run_json([*argv, "--json", "--windows-csv", str(out)], capsys)
+    assert code == 0
+    assert f"wrote {out}" in err
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for recording in recordings(dataset):
+        mine = [r for r in rows if r["recording"] == recording.name]
+        messages = wearable(recording)
+        assert [int(r["window"]) for r in mine] == list(range(len(messages)))
+        assert {r["subject"] for r in mine} == {recording.subject_key}
+        for r, m in zip(mine, messages, strict=True):
+            s = summary_of(m)
+            assert r["offloaded"] == str(int(isinstance(m, Window)))
+            assert r["wearable_hr_bpm"] == ("" if s.hr_bpm is None else str(round(s.hr_bpm, 2)))
+            assert int(r["offload_confidence_e4"]) == offload_confidence_e4(
+                s.activity_conf_e4, s.signal_quality, s.hr_cbpm
+            )
+        # The report's gateway MAE, from the rows: windows with a reference and every estimate.
+        kept = [r for r in mine if r["ref_hr_bpm"] and r["wearable_hr_bpm"] and r["model_hr_bpm"]]
+        errors = [abs(float(r["gateway_hr_bpm"]) - float(r["ref_hr_bpm"])) for r in kept]
+        got = doc["recordings"][recording.name]["mae_bpm"]["gateway"]
+        assert np.mean(errors) == pytest.approx(got, abs=0.01)
+        assert {r["gateway_hr_source"] for r in kept} <= {"signal", "model"}
+    # A file it cannot write: a clear error and no report.
+    code, _, err = run_json([*argv, "--windows-csv", str(tmp_path / "no" / "such.csv")], capsys)
+    assert code != 0
+    assert "--windows-csv" in err
+    assert "No such file or directory" in err
 
 
 def test_text_output_names_recordings_and_the_mean(

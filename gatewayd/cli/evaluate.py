@@ -105,7 +105,25 @@ def _eval_tables(args: argparse.Namespace, setup: Any) -> list[Any] | None:
         tables.append(replay(load(source), setup))
     if progress:
         print(file=sys.stderr)
+    if args.windows_csv is not None:
+        _write_windows_csv(args.windows_csv, tables)
     return tables
+
+
+def _write_windows_csv(path: Path, tables: list[Any]) -> None:
+    """--windows-csv: one row per replayed window (`gatewayd.eval.window_rows`)."""
+    import csv  # noqa: PLC0415
+
+    from gatewayd.eval import WINDOW_COLUMNS, window_rows  # noqa: PLC0415
+
+    try:
+        with path.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=WINDOW_COLUMNS)
+            writer.writeheader()
+            writer.writerows(window_rows(tables))
+    except OSError as exc:
+        raise GatewayError(f"--windows-csv {path}: {exc.strerror or exc}") from exc
+    print(f"gatewayd eval: wrote {path}", file=sys.stderr)
 
 
 def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline: Any) -> Any:
@@ -488,6 +506,13 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
         " answers of fold models that never saw the subject, on the windows it covers",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/eval.md)")
+    p.add_argument(
+        "--windows-csv",
+        type=Path,
+        metavar="FILE",
+        help="also write one CSV row per replayed window: the reference, what the wearable and"
+        " the gateway said, the offload decision (docs/eval.md)",
+    )
 
 
 def add_eval_parser(evaluate: argparse.ArgumentParser) -> None:
