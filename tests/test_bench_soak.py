@@ -227,7 +227,22 @@ def test_the_gateway_has_a_connection_slot_for_every_wearable(tmp_path: Path) ->
 
     devices = 2 * SLOTS_PER_ADAPTER + 1
     path = tmp_path / "gatewayd.toml"
-    path.write_text(_config_text(tmp_path, 1883, devices), encoding="utf-8")
+    path.write_text(_config_text(1883, devices), encoding="utf-8")
     ble = load_config(path).ble
     assert len(ble.adapters) * ble.slots_per_adapter >= devices
     assert ble.adapters == ("hci0", "hci1", "hci2")
+
+
+def test_the_gateway_finds_the_paired_wearables_whatever_the_out_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make bench` passes a relative --out: the gateway's state dir must still be the one the
+    soak paired the wearables in (work/state), not a path resolved twice."""
+    from gatewayd.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    work = Path("bench-results") / "soak" / "run-x"
+    work.mkdir(parents=True)
+    (work / "gatewayd.toml").write_text(_config_text(1883, 1), encoding="utf-8")
+    state_dir = load_config(work / "gatewayd.toml").gateway.state_dir
+    assert state_dir == (tmp_path / work / "state").resolve()

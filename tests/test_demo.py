@@ -34,6 +34,24 @@ pytest_plugins = ["tests.mqtt_fixtures"]
 # --- pure parts ----------------------------------------------------------------------------------
 
 
+def test_a_relative_state_dir_is_where_the_demo_keeps_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gatewayd demo --state-dir demo-state`: the config written there names that very folder,
+    not demo-state/demo-state (a relative path in a config file is relative to the file)."""
+    from gatewayd.config import load_config
+    from gatewayd.demo.broker import BrokerChoice
+    from gatewayd.demo.live import demo_config_text
+
+    monkeypatch.chdir(tmp_path)
+    state = Path("demo-state")
+    state.mkdir()
+    broker = BrokerChoice("127.0.0.1", 1883, "local", "a broker")
+    (state / "gatewayd-demo.toml").write_text(demo_config_text(broker), encoding="utf-8")
+    config = load_config(state / "gatewayd-demo.toml")
+    assert config.gateway.state_dir == (tmp_path / state).resolve()
+
+
 def test_expectations_are_met_missed_or_not_yet_due() -> None:
     expectations = [
         Expectation("a", "fall", due_s=30.0),

@@ -204,10 +204,12 @@ def _adapters(devices: int) -> int:
     return math.ceil(devices / SLOTS_PER_ADAPTER)
 
 
-def _config_text(work: Path, port: int, devices: int) -> str:
+def _config_text(port: int, devices: int) -> str:
+    """The gateway's config, written into the work dir: its state dir is "state" beside it
+    (a relative path in a config file is relative to the file's own folder)."""
     adapters = ", ".join(f'"hci{i}"' for i in range(_adapters(devices)))
     return (
-        f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{work / "state"}"\n'
+        f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "state"\n'
         f"[ble]\nadapters = [{adapters}]\nslots_per_adapter = {SLOTS_PER_ADAPTER}\n"
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nkeepalive_s = 5\ntopic_root = "{TOPIC_ROOT}"\n'
         "[offload]\ntau_bits = 3.5\nmin_confidence = 0.5\n" + RULES
@@ -473,7 +475,7 @@ async def run_soak(options: SoakOptions, out: TextIO) -> SoakResult:
         await asyncio.to_thread(_pair, work / "state", fleet)
         await stack.enter_async_context(broker)
         await asyncio.to_thread(
-            config.write_text, _config_text(work, broker.port, options.devices), "utf-8"
+            config.write_text, _config_text(broker.port, options.devices), "utf-8"
         )
         subscriber = await stack.enter_async_context(
             Subscriber(broker.host, broker.port, TOPIC_ROOT, GATEWAY_ID)

@@ -98,10 +98,11 @@ class DemoResult:
         return bool(self.summary["ok"])
 
 
-def demo_config_text(state_dir: Path, broker: BrokerChoice) -> str:
-    """The gateway's configuration for the demo, as TOML (written next to its event log)."""
+def demo_config_text(broker: BrokerChoice) -> str:
+    """The gateway's configuration for the demo, as TOML, written into its state dir: "."
+    there is that folder (a relative path in a config file is relative to the file's folder)."""
     return (
-        f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{state_dir}"\n'
+        f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "."\n'
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nkeepalive_s = 10\n'
         "homeassistant_discovery = true\n"
         f"{DEMO_RULES}"
@@ -219,9 +220,7 @@ async def run_demo(options: DemoOptions, out: TextIO) -> DemoResult:
             with _bleak_environment(bus_address, shim_dir):
                 config_path = state_dir / "gatewayd-demo.toml"
                 await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
-                await asyncio.to_thread(
-                    config_path.write_text, demo_config_text(state_dir, broker), "utf-8"
-                )
+                await asyncio.to_thread(config_path.write_text, demo_config_text(broker), "utf-8")
                 config = await asyncio.to_thread(load_config, config_path, {})
                 return await _run(options, scenario=scenario, recordings=recordings,
                                   config=config, broker=broker, fake=fake, stop=stop,
