@@ -52,6 +52,28 @@ def test_a_relative_state_dir_is_where_the_demo_keeps_its_log(
     assert config.gateway.state_dir == (tmp_path / state).resolve()
 
 
+def test_gatewayd_demo_state_dir_reaches_the_demo_as_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gatewayd demo --state-dir DIR` is parsed by the global option (a string): the demo used
+    to crash on ``DIR / "gatewayd-demo.toml"``. Only the run itself is replaced here."""
+    from types import SimpleNamespace
+
+    import gatewayd.demo.live as live
+
+    seen: list[Any] = []
+
+    async def fake_run_demo(options: Any, out: Any) -> Any:
+        seen.append(options)
+        return SimpleNamespace(ok=True, summary={"ok": True})
+
+    monkeypatch.setattr(live, "run_demo", fake_run_demo)
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--headless", "--duration", "1", "--state-dir", "demo-state"]
+    assert cli.main(argv) == 0
+    assert seen[0].state_dir == Path("demo-state")
+
+
 def test_expectations_are_met_missed_or_not_yet_due() -> None:
     expectations = [
         Expectation("a", "fall", due_s=30.0),

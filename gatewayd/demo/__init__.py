@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         args.mqtt_port = 1883
     from gatewayd.demo.live import DemoOptions, run_demo, write_summary  # noqa: PLC0415
 
+    # `gatewayd demo --state-dir DIR` reaches here through the global option, a string.
+    args.state_dir = None if args.state_dir is None else Path(args.state_dir)
     log_path = _configure_logging(args)
     options = DemoOptions(
         headless=args.headless,
