@@ -59,6 +59,7 @@ def test_gatewayd_demo_state_dir_reaches_the_demo_as_a_path(
     to crash on ``DIR / "gatewayd-demo.toml"``. Only the run itself is replaced here."""
     from types import SimpleNamespace
 
+    import gatewayd.demo as demo
     import gatewayd.demo.live as live
 
     seen: list[Any] = []
@@ -68,6 +69,8 @@ def test_gatewayd_demo_state_dir_reaches_the_demo_as_a_path(
         return SimpleNamespace(ok=True, summary={"ok": True})
 
     monkeypatch.setattr(live, "run_demo", fake_run_demo)
+    # The demo would configure the process's logging: not for the tests that follow.
+    monkeypatch.setattr(demo, "_configure_logging", lambda args: None)
     monkeypatch.chdir(tmp_path)
     argv = ["demo", "--headless", "--duration", "1", "--state-dir", "demo-state"]
     assert cli.main(argv) == 0
