@@ -334,6 +334,11 @@ class WindowTable:
         """Return the number of windows."""
         return int(self.ref_hr.shape[0])
 
+    @property
+    def local_hr_cbpm(self) -> npt.NDArray[np.int64]:
+        """The wearable's heart rate as the wire carries it: centi-bpm, 0 where none."""
+        return np.nan_to_num(np.round(self.local_hr * 100)).astype(np.int64)
+
     def subset(self, keep: npt.NDArray[np.bool_]) -> WindowTable:
         """The same recording with only the windows ``keep`` marks."""
         arrays = {
@@ -588,9 +593,10 @@ def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
     for t in tables:
         index = np.arange(len(t)) if t.window is None else t.window
         _, bad_hr, bad_activity = bad_windows(t)
+        cbpm = t.local_hr_cbpm
         for k in range(len(t)):
             quality, activity_e4 = int(t.signal_quality[k]), int(t.activity_conf_e4[k])
-            hr_cbpm = 0 if math.isnan(t.local_hr[k]) else round(float(t.local_hr[k]) * 100)
+            hr_cbpm = int(cbpm[k])
             values = (
                 t.name, t.source, t.subject_key, int(index[k]), int(index[k]) * STEP_S,
                 int(t.offloaded[k]), num(t.ref_hr[k]), num(t.local_hr[k]),
@@ -1591,7 +1597,7 @@ def _windows(tables: Sequence[WindowTable]) -> _Windows:
     index = {s: i for i, s in enumerate(subjects)}
     activity = np.concatenate([t.activity_conf_e4 for t in tables])
     quality = np.concatenate([t.signal_quality for t in tables])
-    cbpm = np.concatenate([np.nan_to_num(np.round(t.local_hr * 100)) for t in tables])
+    cbpm = np.concatenate([t.local_hr_cbpm for t in tables])
     confidences = {
         name: np.array(
             [fn(int(a), int(q), int(h)) for a, q, h in zip(activity, quality, cbpm, strict=True)],
