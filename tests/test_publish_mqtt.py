@@ -26,7 +26,7 @@ from gatewayd.ids import EventIdGenerator
 from gatewayd.mapping import data_lost_event, gateway_event
 from gatewayd.publish import DeviceState, OutboxItem, Publisher, Telemetry, Topics
 from gatewayd.publish.cleanup import clear_retained
-from gatewayd.publish.client import mqtt_client, read_retained
+from gatewayd.publish.client import STATE_INFLIGHT, mqtt_client, read_retained
 from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.payloads import Alert, GatewayAlert
 from gatewayd.store.store import Store
@@ -851,3 +851,23 @@ async def test_a_telemetry_burst_is_written_in_order_and_counted_when_the_connec
             with pytest.raises(aiomqtt.MqttError):
                 await publisher._send_telemetry(client, burst)
     assert (stats.telemetry_published, stats.telemetry_dropped) == (5, 5)
+
+
+async def test_states_awaiting_their_puback_log_no_warning(
+    mosquitto_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The publisher keeps up to STATE_INFLIGHT states unacknowledged on purpose; aiomqtt's own
+    # warning ("There are 11 pending publish calls.") would fire for each one past ten.
+    hold = PubackHold(mosquitto_broker.port)
+    async with hold:
+        publisher = make_publisher(hold.port, FakeOutbox())
+        async with running(publisher):
+            hold.holding = True
+            with caplog.at_level("WARNING", logger="mqtt"):
+                for k in range(STATE_INFLIGHT):
+                    publisher.update_state(state(f"w{k}", 70))
+                await until(lambda: len(hold.held) >= STATE_INFLIGHT)
+            hold.release()
+            await until(lambda: publisher.stats.states_published == STATE_INFLIGHT)
+    pending = [r for r in caplog.records if "pending publish calls" in r.getMessage()]
+    assert not pending, pending[0].getMessage()

@@ -236,7 +236,7 @@ def mqtt_client(
     call them in a thread); ``timeout_s`` bounds the CONNACK wait, each acknowledgement and
     the DISCONNECT.
     """
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         mqtt.host,
         mqtt.port,
         identifier=identifier,
@@ -251,6 +251,10 @@ def mqtt_client(
         tls_insecure=True if context is not None and mqtt.tls.insecure else None,
         socket_options=SOCKET_OPTIONS,
     )
+    # aiomqtt warns from 11 QoS 1 publishes awaiting their PUBACK; the publisher keeps up to
+    # STATE_INFLIGHT states and one alert so on purpose, and would log a warning per publish.
+    client.pending_calls_threshold = STATE_INFLIGHT + 1
+    return client
 
 
 def _queue_qos0(client: aiomqtt.Client, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
