@@ -120,6 +120,7 @@ def confidences(
 def logistic(
     x: npt.NDArray[np.float64], y: npt.NDArray[np.bool_], x_test: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
+    """Minus P(bad) from a standardised logistic regression (low scores are offloaded)."""
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
@@ -132,6 +133,7 @@ def logistic(
 def boosting(
     x: npt.NDArray[np.float64], y: npt.NDArray[np.bool_], x_test: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
+    """Minus P(bad) from gradient boosting (low scores are offloaded)."""
     from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: PLC0415
 
     model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=0)
