@@ -22,7 +22,8 @@ budget, else the best recall within it. The learned scores are fitted on the oth
 and their thresholds chosen on those subjects' scores from fits without them. Printed, pooled over
 subjects: windows offloaded and bad windows caught; the recall when exactly 35 % of the pooled
 held-out scores are offloaded (one threshold for all, an upper bound rather than a policy); the
-ROC AUC of the held-out scores for the bad windows; and offloaded / caught per dataset. Synthetic
+ROC AUC of the held-out scores for the bad windows (for a learned score both pool the scores of
+one fit per subject); and offloaded / caught per dataset. Synthetic
 windows are not in the table (`gatewayd eval` replays real recordings only).
 
 Analysis only: nothing here changes a model or a default.
