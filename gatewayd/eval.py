@@ -104,6 +104,7 @@ __all__ = [
     "WindowTable",
     "acc_motion",
     "bad_windows",
+    "choose_policy",
     "format_activity",
     "format_fusion_sweep",
     "format_hr",
@@ -1649,7 +1650,7 @@ def _counts(
     return out
 
 
-def _choose(c: npt.NDArray[np.int64], target: float) -> tuple[int, int]:
+def choose_policy(c: npt.NDArray[np.int64], target: float) -> tuple[int, int]:
     """The (threshold index, conf index) a policy search picks from counts c (T, K, 4).
 
     Among the policies offloading at most ``target`` of the windows: if some catch at least
@@ -1683,11 +1684,11 @@ def _held_out(
     held: dict[str, npt.NDArray[np.int64]] = {}
     choices: Counter[tuple[int, int]] = Counter()
     for si, source in enumerate(sources):
-        ti, ki = _choose(total - c[:, :, si], target)
+        ti, ki = choose_policy(total - c[:, :, si], target)
         choices[(ti, ki)] += 1
         for key in (source, "pooled"):
             held[key] = held.get(key, np.zeros(4, dtype=np.int64)) + c[ti, ki, si]
-    return held, choices, _choose(total, target)
+    return held, choices, choose_policy(total, target)
 
 
 def roc_auc(score: npt.ArrayLike, positive: npt.ArrayLike) -> float:
@@ -1737,11 +1738,11 @@ def sweep_offload(
 ) -> OffloadSweep:
     """Sweep tau and the minimum confidence; choose them leave-one-subject-out.
 
-    For every held-out subject the policy `_choose` picks on the *other* subjects (both targets
-    met at the least offload, else the best recall at an offload ratio <= ``target_ratio``) is
-    applied to the held-out one; the held-out windows are pooled. The policy chosen on all
-    subjects is the recommended default. The same is done for every other (measure,
-    confidence) pair (`TERMS`, `CONFIDENCES`) to compare them.
+    For every held-out subject the policy `choose_policy` picks on the *other* subjects (both
+    targets met at the least offload, else the best recall at an offload ratio <=
+    ``target_ratio``) is applied to the held-out one; the held-out windows are pooled. The
+    policy chosen on all subjects is the recommended default. The same is done for every other
+    (measure, confidence) pair (`TERMS`, `CONFIDENCES`) to compare them.
     """
     w = _windows(tables)
     taus = list(SWEEP_TAUS)

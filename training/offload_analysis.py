@@ -41,8 +41,8 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-BUDGET: Final = 0.35
-TARGET: Final = 0.80
+from gatewayd.eval import TARGET_OFFLOAD_RATIO, choose_policy, roc_auc
+
 GROUPS: Final = ("rest", "light", "vigorous", "unknown")
 #: Threshold candidates: quantiles of the score on the training subjects.
 QUANTILES: Final = np.linspace(0.0, 0.6, 241)
@@ -143,18 +143,14 @@ def boosting(
 
 
 def choose(score: npt.NDArray[np.float64], bad: npt.NDArray[np.bool_]) -> float:
-    """The threshold (offload where score < it) the sweep's rule picks on these windows."""
-    best: tuple[float, float, float] | None = None  # (recall, -offload, threshold)
-    for threshold in np.unique(np.quantile(score, QUANTILES)):
+    """The threshold (offload where score < it) the sweep's rule (`choose_policy`) picks here."""
+    thresholds = np.unique(np.quantile(score, QUANTILES))
+    counts = np.zeros((len(thresholds), 1, 4), dtype=np.int64)
+    counts[..., 0], counts[..., 2] = len(score), int(bad.sum())
+    for k, threshold in enumerate(thresholds):
         off = score < threshold
-        ratio = float(off.mean())
-        if ratio > BUDGET:
-            continue
-        recall = float((off & bad).sum() / max(bad.sum(), 1))
-        key = (min(recall, TARGET), -ratio, float(threshold))
-        if best is None or key > best:
-            best = key
-    return best[2] if best is not None else -np.inf
+        counts[k, 0, 1], counts[k, 0, 3] = int(off.sum()), int((off & bad).sum())
+    return float(thresholds[choose_policy(counts, TARGET_OFFLOAD_RATIO)[0]])
 
 
 def inner_scores(
@@ -177,8 +173,9 @@ class Result(NamedTuple):
 
     offloaded: float
     recall: float
-    #: Recall when exactly `BUDGET` of all windows are offloaded, the held-out scores pooled
-    #: (one threshold for every subject, chosen on them: an upper bound, not a policy).
+    #: Recall when exactly `TARGET_OFFLOAD_RATIO` of all windows are offloaded, the held-out
+    #: scores pooled (one threshold for every subject, chosen on them: an upper bound, not a
+    #: policy).
     recall_at_budget: float
     auc: float
     per_source: dict[str, tuple[float, float]]
@@ -212,10 +209,8 @@ def held_out(
             train_score = inner_scores(fit, x[~test], bad[~test], subjects[~test])
         off[test] = test_score < choose(train_score, bad[~test])
         pooled[test] = test_score
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
-
     scored = np.asarray(t["scored"]).astype(bool)
-    lowest = pooled <= np.quantile(pooled, BUDGET)
+    lowest = pooled <= np.quantile(pooled, TARGET_OFFLOAD_RATIO)
     per = {
         src: (
             float(off[sources == src].mean()),
@@ -227,7 +222,7 @@ def held_out(
         offloaded=float(off.mean()),
         recall=float((off & bad).sum() / bad.sum()),
         recall_at_budget=float((lowest & bad).sum() / bad.sum()),
-        auc=float(roc_auc_score(bad[scored], -pooled[scored])),
+        auc=roc_auc(-pooled[scored], bad[scored]),
         per_source=per,
     )
 
@@ -258,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(
             f"{name}\n    held out: {r.offloaded * 100:5.1f} % offloaded,"
-            f" {r.recall * 100:5.1f} % caught; at {BUDGET:.0%} pooled"
+            f" {r.recall * 100:5.1f} % caught; at {TARGET_OFFLOAD_RATIO:.0%} pooled"
             f" {r.recall_at_budget * 100:5.1f} %; ROC AUC {r.auc:.3f}   {detail}"
         )
     return 0
