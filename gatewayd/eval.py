@@ -577,7 +577,7 @@ WINDOW_COLUMNS: Final = (
     "recording", "source", "subject", "window", "start_s", "offloaded", "ref_hr_bpm",
     "wearable_hr_bpm", "signal_quality", "model_hr_bpm", "model_hr_confidence", "gateway_hr_bpm",
     "gateway_hr_source", "truth_group", "wearable_group", "activity_conf_e4", "model_group",
-    "gateway_group", "entropy_mbits", "offload_confidence_e4", "acc_motion", "bad_hr",
+    "gateway_group", "entropy_mbits", "offload_confidence_e4", "acc_motion", "scored", "bad_hr",
     "bad_activity",
 )  # fmt: skip
 _SOURCE_NAMES: Final = {1: "model", 0: "signal", -1: ""}
@@ -593,7 +593,7 @@ def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for t in tables:
         index = np.arange(len(t)) if t.window is None else t.window
-        _, bad_hr, bad_activity = bad_windows(t)
+        scored, bad_hr, bad_activity = bad_windows(t)
         cbpm = t.local_hr_cbpm
         for k in range(len(t)):
             quality, activity_e4 = int(t.signal_quality[k]), int(t.activity_conf_e4[k])
@@ -607,7 +607,7 @@ def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
                 group_name(int(t.local_activity[k])), activity_e4,
                 group_name(int(t.model_activity[k])), group_name(int(t.gateway_activity[k])),
                 int(t.entropy_mbits[k]), offload_confidence_e4(activity_e4, quality, hr_cbpm),
-                num(t.acc_motion[k], 4), int(bad_hr[k]), int(bad_activity[k]),
+                num(t.acc_motion[k], 4), int(scored[k]), int(bad_hr[k]), int(bad_activity[k]),
             )  # fmt: skip
             rows.append(dict(zip(WINDOW_COLUMNS, values, strict=True)))
     return rows

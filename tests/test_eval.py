@@ -195,6 +195,9 @@ def test_windows_csv_holds_every_window_as_the_report_scored_it(
             assert int(r["offload_confidence_e4"]) == offload_confidence_e4(
                 s.activity_conf_e4, s.signal_quality, s.hr_cbpm
             )
+            # Scored for offload when it has a reference (this set has no labels); bad only then.
+            assert r["scored"] == ("1" if r["ref_hr_bpm"] else "0")
+            assert r["bad_hr"] == "0" or r["scored"] == "1"
         # The report's gateway MAE, from the rows: windows with a reference and every estimate.
         kept = [r for r in mine if r["ref_hr_bpm"] and r["wearable_hr_bpm"] and r["model_hr_bpm"]]
         errors = [abs(float(r["gateway_hr_bpm"]) - float(r["ref_hr_bpm"])) for r in kept]

@@ -39,7 +39,7 @@ def _write(path: Path, subjects: list[str], products: list[float], bad: list[boo
                 wearable_hr_bpm=80.0 + (20 if b else 0), signal_quality=round(p * 100),
                 truth_group="unknown", wearable_group="light", activity_conf_e4=10000,
                 entropy_mbits=3000, offload_confidence_e4=round(p * 1e4), acc_motion=0.1,
-                bad_hr=int(b), bad_activity=0,
+                scored=1, bad_hr=int(b), bad_activity=0,
             )  # fmt: skip
             writer.writerow(row)
 
@@ -84,3 +84,17 @@ def test_a_learned_score_is_fitted_without_the_scored_subject(tmp_path: Path) ->
     # subject left out) on 30 of them; never all 50.
     assert sorted(set(seen)) == [30, 40]
     assert len(seen) == 5 * (1 + 4)
+
+
+def test_a_table_without_the_scored_column_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    _write(path, ["a", "b"], [0.5, 0.5], [False, True])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    at = lines[0].split(",").index("scored")
+    path.write_text(
+        "\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != at) for line in lines)
+        + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(SystemExit, match=r"no 'scored' column.*write it again"):
+        read(path)

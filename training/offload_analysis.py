@@ -60,6 +60,11 @@ def read(path: Path) -> dict[str, npt.NDArray[np.float64] | list[str]]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise SystemExit(f"{path}: no windows")
+    if "scored" not in rows[0]:
+        raise SystemExit(
+            f"{path}: no 'scored' column: written by an older `gatewayd eval --windows-csv`;"
+            " write it again"
+        )
 
     def num(name: str) -> npt.NDArray[np.float64]:
         return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
@@ -80,9 +85,7 @@ def read(path: Path) -> dict[str, npt.NDArray[np.float64] | list[str]]:
         # The previous row's product in the same recording (a recording's first row: its own).
         "previous_product": np.where(first, product, np.roll(product, 1)),
         "bad": np.array([r["bad_hr"] == "1" or r["bad_activity"] == "1" for r in rows], float),
-        "scored": np.array(
-            [r["ref_hr_bpm"] != "" or r["truth_group"] != "unknown" for r in rows], float
-        ),
+        "scored": np.array([r["scored"] == "1" for r in rows], float),
     }
 
 
