@@ -20,6 +20,10 @@ EXTRAS    ?= dev,demo,bench
 # (exit 0 when every alert due arrived and no window was lost). DEMO_ARGS= gives the live view.
 DEMO_ARGS ?= --headless --duration 60
 PYTEST_ARGS ?=
+# make test runs the suite in TEST_WORKERS processes (pytest-xdist; 0 runs it in one): most of
+# its time is real time spent waiting (emulated links, private brokers, the demo's scripted
+# minute), not CPU. --dist loadfile keeps each test file, and its module fixtures, in one process.
+TEST_WORKERS ?= 3
 # WITH_TRAIN=1 also installs the optional training extra (PyTorch, ONNX export) so the model
 # tests run instead of skipping. CI sets it; torch is pinned because an unpinned torch from PyPI
 # drags in gigabytes of CUDA packages on x86 (use a CPU wheel index for other versions).
@@ -79,7 +83,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 test: venv lint typecheck
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Reduced runs of every benchmark (a quarter of an hour on 2 cores), results in bench-results/;
 # docs/benchmarks.md gives the full commands and the figures they gave. The scale sweep's
