@@ -398,3 +398,95 @@ async def test_a_replaced_file_is_moved_aside_never_deleted(tmp_path: Path) -> N
     assert moved.name in message
     assert rows(moved, "SELECT x FROM mine") == [(42,)]  # the other file, untouched
     assert rows(path, "SELECT count(*) FROM outbox WHERE done_at IS NULL") == [(3,)]
+
+
+def scribble_over_windows(path: Path) -> None:
+    """Overwrite the pages of the windows table (and its indexes) on disk with garbage, then
+    commit an unrelated change from another connection, so that the store's connection drops
+    the pages it had cached and reads the garbage: corruption found while running."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # everything in the file
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = [
+            int(p)
+            for (p,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name IN"
+                " (SELECT name FROM sqlite_schema WHERE tbl_name = 'windows')"
+            )
+        ]
+    finally:
+        conn.close()
+    assert pages
+    with path.open("r+b") as f:
+        for page in pages:
+            f.seek((page - 1) * page_size)
+            f.write(b"\xa5" * page_size)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute(f"PRAGMA user_version = {version}")  # a commit: the WAL header changes
+    finally:
+        conn.close()
+
+
+async def test_a_file_found_corrupt_while_running_is_moved_aside_and_nothing_pending_is_lost(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.db"
+    async with Store.open(path, options=FAST) as store:
+        published, pending, opened = await seed(store)
+        for n in range(50):
+            await store.record_window(WindowRecord("w1", 10.0 + n, seq=10 + n))
+        await store.flush()
+        await asyncio.to_thread(scribble_over_windows, path)
+        # The next window reads the garbage: the store degrades, moves the file aside, starts a
+        # fresh one with what mattered in the old one, then writes what it held.
+        held = await store.append_event(alert(n=3))
+        await store.record_window(WindowRecord("w1", 100.0, seq=100), cursor=DeviceCursor(3, 101))
+        after = await store.append_event(alert(n=4))
+        await asyncio.wait_for(until_clear(store), 10)  # held in memory until a restart before
+        await store.flush()
+        assert (await store.stats()).reopened == 1
+        pending_ids = [p.event_id for p in await store.pending_outbox()]
+    (moved,) = await asyncio.to_thread(lambda: list(tmp_path.glob("g.db.corrupt-*")))
+    events = rows(path, "SELECT id, kind, state, payload FROM events ORDER BY rowid")
+    ids = [e[0] for e in events]
+    assert published not in ids  # published and closed: not carried
+    assert ids[:2] == [opened, pending]  # carried over from the corrupt file
+    assert held in ids
+    assert after in ids
+    kinds = [(e[1], e[2]) for e in events if e[1].startswith("event_log")]
+    assert ("event_log_replaced", "raised") in kinds
+    assert ("event_log_degraded", "raised") in kinds
+    assert ("event_log_degraded", "cleared") in kinds
+    (reason,) = [json.loads(str(e[3]))["reason"] for e in events if e[1] == "event_log_replaced"]
+    assert "was corrupt while gatewayd was running" in reason
+    assert moved.name in reason
+    assert set(pending_ids) >= {pending, held, after}
+    assert rows(path, "SELECT seq FROM windows") == [(100,)]
+    assert rows(path, "SELECT device_id, boot_id, next_seq FROM devices") == [("w1", 3, 101)]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_a_second_corruption_soon_after_stays_degraded_instead_of_moving_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.db"
+    async with Store.open(path, options=FAST) as store:
+        await seed(store)
+        await store.flush()
+        for n in range(2):
+            await asyncio.to_thread(scribble_over_windows, path)
+            version = store.problem_version
+            await store.record_window(WindowRecord("w1", 10.0 + n, seq=10 + n))
+            await asyncio.wait_for(store.wait_problem_change(version), 10)
+            if n == 0:
+                await asyncio.wait_for(until_clear(store), 10)
+        # The fresh file went bad as well, within CORRUPT_MOVE_INTERVAL_S: no second move.
+        problem = store.problem
+        assert problem is not None
+        assert problem.cause == "corrupt"
+        assert "moves it aside" in problem.message
+    moved = await asyncio.to_thread(lambda: list(tmp_path.glob("g.db.corrupt-*")))
+    assert len([p for p in moved if not p.name.endswith(("-wal", "-shm"))]) == 1

@@ -112,7 +112,8 @@ def translate_error(exc: BaseException, path: Path, action: str) -> StoreError:
         SQLITE_LOCKED: "the database is locked by another connection",
         SQLITE_IOERR: "an I/O error from the storage device; check the kernel log (dmesg)",
         SQLITE_CORRUPT: (
-            "the database file is corrupt; restart gatewayd to move it aside and start a fresh one"
+            "the database file is corrupt; gatewayd moves it aside and starts a fresh one when a"
+            " write finds it so, and at every start"
         ),
         SQLITE_NOTADB: "the file is not an SQLite database",
     }.get(code if code is not None else -1)
@@ -207,8 +208,9 @@ def describe_problem(  # noqa: PLR0911 - one return per cause reads best
         )
     if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
         return "corrupt", (
-            f"the event log {path} is corrupt ({detail}): restart gatewayd to move it aside and"
-            " start a fresh one"
+            f"the event log {path} is corrupt ({detail}): gatewayd moves it aside and starts a"
+            " fresh one once SQLite's quick_check agrees (at most every 10 minutes while running,"
+            " and at every start)"
         )
     return "io_error", (
         f"I/O error writing the event log {path} on {mount} ({detail}): check the storage"

@@ -27,6 +27,11 @@ the pending events and the open alerts from the old (still open) connection, clo
 whatever is at the path aside (never deletes), opens a fresh file, and writes what it read plus a
 critical gateway event "event_log_replaced".
 
+**A file found corrupt while running** (a write fails with SQLITE_CORRUPT or NOTADB, and
+``PRAGMA quick_check`` agrees) goes the same way: what can still be read of it is carried over,
+it is moved aside as ``<name>.corrupt-<UTC time>``, and what was held while degraded is written
+to the fresh file -- at once, then at most every `CORRUPT_MOVE_INTERVAL_S`.
+
 If the thread itself ever dies, every pending and future operation fails with the reason --
 nothing waits forever.
 """
@@ -82,6 +87,9 @@ _ITEM_ERRORS: Final = (
 #: The kind of the store's own degraded/recovered and replaced-file events.
 DEGRADED_KIND: Final = "event_log_degraded"
 REPLACED_KIND: Final = "event_log_replaced"
+#: A file found corrupt while running is moved aside at once, then at most this often (a disk
+#: that corrupts every fresh file must not fill the directory with them); a start always does.
+CORRUPT_MOVE_INTERVAL_S: Final = 600.0
 
 Apply = Callable[[sqlite3.Connection], Any]
 OpKind = Literal["window", "event", "outbox", "flush", "internal"]
@@ -207,6 +215,8 @@ class Writer:
         self._recovery_written = False
         self._attempt = 0
         self._next_retry = 0.0
+        #: When a file found corrupt while running was last moved aside (monotonic).
+        self._corrupt_moved_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="gatewayd-store-writer", daemon=True)
 
     # --- the caller's side (any thread) ---------------------------------------------------------
@@ -496,6 +506,27 @@ class Writer:
         )
         if changed:
             self._on_change()
+        if cause == "corrupt":
+            self._move_corrupt_aside()
+
+    def _move_corrupt_aside(self) -> None:
+        """Degraded because the file is corrupt: if SQLite's own check agrees, start afresh."""
+        if self._conn is None:
+            return  # not open: the retry opens whatever is at the path (a start's check)
+        now = time.monotonic()
+        last = self._corrupt_moved_at
+        if last is not None and now - last < CORRUPT_MOVE_INTERVAL_S:
+            return
+        try:
+            verdict = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+        except sqlite3.Error as exc:
+            verdict = str(exc)
+        if verdict == "ok":
+            return  # SQLite finds nothing wrong: keep retrying, as for any other problem
+        self._corrupt_moved_at = now
+        log.error("store_corrupt_while_running", path=str(self.path), check=verdict)
+        self._reopen("corrupt")
+        self._next_retry = time.monotonic()  # write what was held into the fresh file now
 
     def _retry(self) -> None:
         if self._conn is None:
@@ -607,7 +638,7 @@ class Writer:
         self._reopen("deleted" if current is None else "replaced")
         return True
 
-    def _reopen(self, how: Literal["deleted", "replaced"]) -> None:
+    def _reopen(self, how: Literal["deleted", "replaced", "corrupt"]) -> None:
         assert self._conn is not None
         carry: CarryOver | None = None
         try:
@@ -634,17 +665,20 @@ class Writer:
             if previous:
                 log.warning("store_old_wal_moved", path=str(self.path),
                             moved_to=[str(p) for p in previous])  # fmt: skip
-            if how == "replaced":
+            if how != "deleted":
                 moved = move_aside(self.path, now, how)
         except (OSError, StoreError) as exc:
             log.error("store_move_aside_failed", path=str(self.path), error=str(exc))  # noqa: TRY400
         self._on_change()
         pending = len(carry.pending) if carry is not None else 0
         devices = len(carry.devices) if carry is not None else 0
-        where = f": moved the file found there to {moved[0]}" if how == "replaced" and moved else ""
+        where = ""
+        if moved:
+            where = f": moved {'it' if how == 'corrupt' else 'the file found there'} to {moved[0]}"
+        rest = "are only in the moved file" if how == "corrupt" and moved else "in it are lost"
         lost = (
             f"carried over {pending} unpublished events, the open alerts and {devices} devices;"
-            " the windows and published events in it are lost"
+            f" the windows and published events {rest}"
             if carry is not None
             else "could not read the old file: its unpublished events are lost"
         )
