@@ -48,6 +48,7 @@ from gatewayd.publish.client import Publisher
 from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.engine import RuleEngine
+from gatewayd.store.open import Synchronous
 from gatewayd.store.store import Store, StoreOptions
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "build_gateway",
     "run_gateway",
     "should_ping_watchdog",
+    "store_options",
 ]
 
 log = structlog.get_logger("gatewayd.app")
@@ -90,6 +92,12 @@ class ShutdownTimeouts:
     def total_s(self) -> float:
         """The longest an orderly shutdown can take."""
         return self.link_s + self.drain_s + self.worker_s + self.publisher_s + 2 + self.store_s
+
+
+def store_options(config: Config, timeouts: ShutdownTimeouts) -> StoreOptions:
+    """The event log's options from [store] and the shutdown budget."""
+    synchronous: Synchronous = "FULL" if config.store.synchronous == "full" else "NORMAL"
+    return StoreOptions(synchronous=synchronous, close_timeout_s=timeouts.store_s)
 
 
 @dataclass(slots=True)
@@ -242,9 +250,7 @@ async def build_gateway(
     paired = tuple(devices)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            Store.open(
-                config.store.path, config.store, StoreOptions(close_timeout_s=timeouts.store_s)
-            )
+            Store.open(config.store.path, config.store, store_options(config, timeouts))
         )
         session, problem = await _load_model(config, models_dir)
         await _note_startup_facts(store, session, problem, config)

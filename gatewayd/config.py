@@ -240,6 +240,9 @@ class StoreConfig(_Section):
     max_size_mb: int = Field(default=1024, ge=1, le=1_048_576)
     keep_raw_windows: bool = False
     raw_retention_hours: int = Field(default=24, ge=1, le=87_600)
+    #: SQLite's synchronous: "normal" survives a crash of gatewayd, "full" (an fsync per
+    #: commit) a power loss too (docs/store.md, "Durability").
+    synchronous: Annotated[Literal["normal", "full"], BeforeValidator(_lower)] = "normal"
 
 
 class TlsConfig(_Section):

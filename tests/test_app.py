@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gatewayd import cli
-from gatewayd.app import run_gateway, should_ping_watchdog
+from gatewayd.app import ShutdownTimeouts, run_gateway, should_ping_watchdog, store_options
 from gatewayd.config import Config, load_config
 from gatewayd.emulator import FakeBluez
 from gatewayd.runner import EXIT_INTERRUPTED, run_until_signalled
@@ -144,6 +144,17 @@ async def test_a_recovered_store_is_a_critical_event(
         assert await task == 0
     kinds = await asyncio.to_thread(event_kinds, path)
     assert ("store_recovered", "critical") in kinds
+
+
+@pytest.mark.parametrize(("value", "pragma"), [("normal", "NORMAL"), ("FULL", "FULL")])
+def test_store_synchronous_from_the_config_file_becomes_the_store_option(
+    tmp_path: Path, value: str, pragma: str
+) -> None:
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(f'[store]\nsynchronous = "{value}"\n', encoding="utf-8")
+    options = store_options(load_config(path, env={}), ShutdownTimeouts(store_s=3.0))
+    assert options.synchronous == pragma
+    assert options.close_timeout_s == 3.0
 
 
 @pytest.mark.asyncio

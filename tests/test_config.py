@@ -209,6 +209,10 @@ def test_effective_client_id() -> None:
         ('[mqtt]\ndiscovery_prefix = "ha/"\n', "mqtt.discovery_prefix: expected an MQTT topic"),
         ('[store]\npath = ""\n', "store.path: expected a non-empty path"),
         ("[store]\npath = 5\n", "store.path: expected a path (a string), got 5 (an integer)"),
+        (
+            '[store]\nsynchronous = "sometimes"\n',
+            "store.synchronous: expected one of 'normal', 'full', got \"sometimes\"",
+        ),
         ('[mqtt]\npassword_file = "pw"\n', "mqtt.password_file: a password needs mqtt.username"),
         (
             '[mqtt.tls]\nkey_file = "k.pem"\n',
