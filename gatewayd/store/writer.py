@@ -87,8 +87,9 @@ _ITEM_ERRORS: Final = (
 #: The kind of the store's own degraded/recovered and replaced-file events.
 DEGRADED_KIND: Final = "event_log_degraded"
 REPLACED_KIND: Final = "event_log_replaced"
-#: A file found corrupt while running is moved aside at once, then at most this often (a disk
-#: that corrupts every fresh file must not fill the directory with them); a start always does.
+#: A file found corrupt while running is checked (and, if quick_check agrees, moved aside) at
+#: once, then at most this often: a disk that corrupts every fresh file must not fill the
+#: directory with them, nor a large file be read whole at every retry. A start always checks.
 CORRUPT_MOVE_INTERVAL_S: Final = 600.0
 
 Apply = Callable[[sqlite3.Connection], Any]
@@ -215,8 +216,8 @@ class Writer:
         self._recovery_written = False
         self._attempt = 0
         self._next_retry = 0.0
-        #: When a file found corrupt while running was last moved aside (monotonic).
-        self._corrupt_moved_at: float | None = None
+        #: When a write last found the file corrupt and quick_check was run (monotonic).
+        self._corrupt_checked_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="gatewayd-store-writer", daemon=True)
 
     # --- the caller's side (any thread) ---------------------------------------------------------
@@ -514,16 +515,18 @@ class Writer:
         if self._conn is None:
             return  # not open: the retry opens whatever is at the path (a start's check)
         now = time.monotonic()
-        last = self._corrupt_moved_at
+        last = self._corrupt_checked_at
         if last is not None and now - last < CORRUPT_MOVE_INTERVAL_S:
             return
+        # The check reads the whole file (seconds on a large one on an SD card): not at every
+        # retry either, when it found nothing.
+        self._corrupt_checked_at = now
         try:
             verdict = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
         except sqlite3.Error as exc:
             verdict = str(exc)
         if verdict == "ok":
             return  # SQLite finds nothing wrong: keep retrying, as for any other problem
-        self._corrupt_moved_at = now
         log.error("store_corrupt_while_running", path=str(self.path), check=verdict)
         self._reopen("corrupt")
         self._next_retry = time.monotonic()  # write what was held into the fresh file now
