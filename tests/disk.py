@@ -1,9 +1,11 @@
 """A real full disk for tests: a small tmpfs (needs root; skipped with the reason otherwise) and a
-filler that takes every free block of it. Shared by the store's tests and the gateway's."""
+filler that takes every free block of it; and a real corrupt event log under a running store.
+Shared by the store's tests and the gateway's."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["small_tmpfs", "take_every_free_block"]
+__all__ = ["scribble_over_windows", "small_tmpfs", "take_every_free_block"]
 
 
 @contextmanager
@@ -42,3 +44,33 @@ def take_every_free_block(filler: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def scribble_over_windows(path: Path) -> None:
+    """Overwrite the pages of the windows table (and its indexes) on disk with garbage, then
+    commit an unrelated change from another connection, so that the store's connection drops
+    the pages it had cached and reads the garbage: corruption found while running."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # everything in the file
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = [
+            int(p)
+            for (p,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name IN"
+                " (SELECT name FROM sqlite_schema WHERE tbl_name = 'windows')"
+            )
+        ]
+    finally:
+        conn.close()
+    assert pages
+    with path.open("r+b") as f:
+        for page in pages:
+            f.seek((page - 1) * page_size)
+            f.write(b"\xa5" * page_size)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute(f"PRAGMA user_version = {version}")  # a commit: the WAL header changes
+    finally:
+        conn.close()

@@ -1,7 +1,8 @@
 """The event log in trouble, with the gateway running as `gatewayd run` builds it (build_gateway,
 without the link), a real mosquitto and a real SQLite file: a write lock held for 10 s by another
-process, a full disk (a small tmpfs, when root), the file deleted under it. Alerts keep reaching
-MQTT meanwhile, an alert says the log is degraded, and nothing acknowledged is lost."""
+process, a full disk (a small tmpfs, when root), the file deleted or corrupted under it. Alerts
+keep reaching MQTT meanwhile, an alert says the log is degraded, and nothing acknowledged is
+lost."""
 
 from __future__ import annotations
 
@@ -207,3 +208,33 @@ async def test_the_log_deleted_while_running_is_noticed_and_a_fresh_one_carries_
     assert ("event_log_replaced", "raised") in kinds
     # The open low-battery alert was carried into the fresh log, so it is not raised again.
     assert kinds.count(("low_battery", "raised")) == 1
+
+
+@pytest.mark.asyncio
+async def test_the_log_found_corrupt_while_running_is_moved_aside_and_alerts_keep_flowing(
+    mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker.port, tmp_path)
+    path = config.store.path
+    async with running(config, mosquitto_broker) as (gateway, alerts):
+        await feed(gateway, range(20))
+        async with asyncio.timeout(30):  # processed, then committed
+            while gateway.pipeline.stats.windows < 20:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.05)
+        await gateway.store.flush()
+        await asyncio.to_thread(disk.scribble_over_windows, path)
+        # The next window's write reads the garbage; its low battery must still be alerted.
+        await feed(gateway, range(20, 21), battery=5)
+        await alerts.wait_for("low_battery")
+        await alerts.wait_for("event_log_replaced")
+        await alerts.wait_for("event_log_degraded", "cleared")
+        await feed(gateway, range(21, 24), battery=5)
+        await gateway.pipeline.drain()
+    moved = await asyncio.to_thread(lambda: sorted(tmp_path.glob(f"{path.name}.corrupt-*")))
+    assert moved  # kept beside, never deleted
+    stored = await asyncio.to_thread(rows, path, "SELECT seq FROM windows")
+    assert sorted(s for (s,) in stored) == [20, 21, 22, 23]  # held, then written to the new log
+    kinds = await asyncio.to_thread(rows, path, "SELECT kind, state FROM events")
+    assert ("event_log_replaced", "raised") in kinds
+    assert kinds.count(("low_battery", "raised")) == 1
+    assert await asyncio.to_thread(rows, path, "PRAGMA integrity_check") == [("ok",)]

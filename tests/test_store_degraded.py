@@ -400,36 +400,6 @@ async def test_a_replaced_file_is_moved_aside_never_deleted(tmp_path: Path) -> N
     assert rows(path, "SELECT count(*) FROM outbox WHERE done_at IS NULL") == [(3,)]
 
 
-def scribble_over_windows(path: Path) -> None:
-    """Overwrite the pages of the windows table (and its indexes) on disk with garbage, then
-    commit an unrelated change from another connection, so that the store's connection drops
-    the pages it had cached and reads the garbage: corruption found while running."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # everything in the file
-        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        pages = [
-            int(p)
-            for (p,) in conn.execute(
-                "SELECT pageno FROM dbstat WHERE name IN"
-                " (SELECT name FROM sqlite_schema WHERE tbl_name = 'windows')"
-            )
-        ]
-    finally:
-        conn.close()
-    assert pages
-    with path.open("r+b") as f:
-        for page in pages:
-            f.seek((page - 1) * page_size)
-            f.write(b"\xa5" * page_size)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        conn.execute(f"PRAGMA user_version = {version}")  # a commit: the WAL header changes
-    finally:
-        conn.close()
-
-
 async def test_a_file_found_corrupt_while_running_is_moved_aside_and_nothing_pending_is_lost(
     tmp_path: Path,
 ) -> None:
@@ -439,7 +409,7 @@ async def test_a_file_found_corrupt_while_running_is_moved_aside_and_nothing_pen
         for n in range(50):
             await store.record_window(WindowRecord("w1", 10.0 + n, seq=10 + n))
         await store.flush()
-        await asyncio.to_thread(scribble_over_windows, path)
+        await asyncio.to_thread(disk.scribble_over_windows, path)
         # The next window reads the garbage: the store degrades, moves the file aside, starts a
         # fresh one with what mattered in the old one, then writes what it held.
         held = await store.append_event(alert(n=3))
@@ -477,7 +447,7 @@ async def test_a_second_corruption_soon_after_stays_degraded_instead_of_moving_a
         await seed(store)
         await store.flush()
         for n in range(2):
-            await asyncio.to_thread(scribble_over_windows, path)
+            await asyncio.to_thread(disk.scribble_over_windows, path)
             version = store.problem_version
             await store.record_window(WindowRecord("w1", 10.0 + n, seq=10 + n))
             await asyncio.wait_for(store.wait_problem_change(version), 10)
