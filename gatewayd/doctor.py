@@ -43,7 +43,9 @@ from gatewayd.config import (
     load_config,
     resolve_mqtt_password,
 )
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, StoreError
+from gatewayd.store.errors import SQLITE_CORRUPT, SQLITE_NOTADB
+from gatewayd.store.report import EventLogHealth, EventLogMissingError, EventLogReader
 
 if TYPE_CHECKING:
     from gatewayd.inference.registry import ModelRegistry
@@ -60,6 +62,7 @@ __all__ = [
     "Check",
     "ConfigFacts",
     "DirFacts",
+    "EventLogFacts",
     "ModelFacts",
     "Status",
     "UserFacts",
@@ -70,11 +73,13 @@ __all__ = [
     "check_bus_connections",
     "check_config",
     "check_dbus_access",
+    "check_event_log",
     "check_model",
     "check_service_user",
     "check_state_dir",
     "connections_per_user",
     "diagnose_adapter",
+    "event_log_facts",
     "exit_code",
     "format_check",
     "parse_dbus_send",
@@ -232,6 +237,20 @@ class DirFacts:
     free_bytes: int | None
     #: What the event log takes already (the database and its -wal), bytes.
     store_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventLogFacts:
+    """The event log file as a reader finds it."""
+
+    path: Path
+    exists: bool
+    size_bytes: int = 0
+    health: EventLogHealth | None = None
+    #: Why it could not be read (corrupt, not a gatewayd log, no permission); None: it could.
+    error: str | None = None
+    #: The SQLite error code behind ``error`` (primary code), when there was one.
+    code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +504,43 @@ def check_state_dir(facts: DirFacts, max_size_mb: int, service_user: str = SERVI
     if not facts.exists:
         return Check(name, "ok", f"{facts.path} does not exist yet; gatewayd creates it{space}")
     return Check(name, "ok", f"{facts.path} is writable by {facts.user}{space}")
+
+
+def check_event_log(facts: EventLogFacts) -> Check:
+    """The event log reads, SQLite finds it intact, and it is not degraded."""
+    name, path = "event log", facts.path
+    salvage = (
+        f"gatewayd moves it aside and starts a fresh one at its next start or write; its"
+        f" undelivered events are then not delivered. To look into it: sqlite3 {path} .recover"
+    )
+    if not facts.exists:
+        return Check(name, "ok", f"none at {path} yet; gatewayd creates it at its first start")
+    health = facts.health
+    if health is None:
+        if facts.code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return Check(name, "fail", f"{path}: {facts.error}", salvage)
+        return Check(
+            name,
+            "warn",
+            f"{path} could not be checked: {facts.error}",
+            "run as root, or as the user gatewayd runs as (sudo -u gatewayd gatewayd doctor)",
+        )
+    if health.check != "ok":
+        return Check(name, "fail", f"{path} is corrupt: quick_check says {health.check}", salvage)
+    waiting = f"{health.pending} event{'s' if health.pending != 1 else ''} not yet delivered"
+    if health.degraded is not None:
+        return Check(
+            name,
+            "warn",
+            f"{path} says its writes were held in memory when last heard of: {health.degraded}",
+            "see the fix in that message; gatewayd clears it once writes work",
+        )
+    return Check(
+        name,
+        "ok",
+        f"{path}: {_size(facts.size_bytes)}, schema {health.schema_version}, intact"
+        f" (quick_check), {waiting}",
+    )
 
 
 def check_broker(facts: BrokerFacts) -> Check:
@@ -890,6 +946,21 @@ def state_dir_checks(config: Config, service_user: str = SERVICE_USER) -> list[C
     return checks
 
 
+def event_log_facts(path: Path) -> EventLogFacts:
+    """Open the event log read-only and check it (reads every page). Blocking."""
+    if not path.exists():
+        return EventLogFacts(path, exists=False)
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    try:
+        with EventLogReader.open(path) as reader:
+            return EventLogFacts(path, True, size, reader.health())
+    except EventLogMissingError:
+        return EventLogFacts(path, exists=False)
+    except StoreError as exc:
+        code = None if exc.code is None else exc.code & 0xFF
+        return EventLogFacts(path, True, size, error=exc.message, code=code)
+
+
 def config_facts(path: Path, env: Mapping[str, str]) -> ConfigFacts:
     """Load and validate the config file, and read its password file. Blocking."""
     try:
@@ -1056,8 +1127,8 @@ async def run_doctor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[Check]:
     """Every check, in a fixed order: config, BlueZ, adapters, D-Bus access, user, D-Bus
-    connection limit, state, broker, model. Checks that need a valid config are skipped without
-    one."""
+    connection limit, state, event log, broker, model. Checks that need a valid config are
+    skipped without one."""
     env = os.environ if env is None else env
     config_result = await asyncio.to_thread(config_facts, config_path, env)
     config = config_result.config
@@ -1076,17 +1147,24 @@ async def run_doctor(
     if config is None:
         checks += [
             Check(name, "skip", "not checked: no valid config file")
-            for name in ("dbus limit", "state dir", "broker", "model")
+            for name in ("dbus limit", "state dir", "event log", "broker", "model")
         ]
         return checks
-    limits, state, broker, model = await asyncio.gather(
+    limits, state, event_log, broker, model = await asyncio.gather(
         asyncio.to_thread(bus_limit_facts, config),
         asyncio.to_thread(state_dir_checks, config, service_user),
+        asyncio.to_thread(event_log_facts, Path(config.store.path)),
         probe_broker(config, env, timeout_s=timeout_s),
         asyncio.to_thread(model_facts, config.inference.model, models_dir),
     )
     checks.append(check_bus_connections(limits))
-    return [*checks, *state, check_broker(broker), check_model(model)]
+    return [
+        *checks,
+        *state,
+        check_event_log(event_log),
+        check_broker(broker),
+        check_model(model),
+    ]
 
 
 async def diagnose_adapter(

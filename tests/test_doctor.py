@@ -30,9 +30,11 @@ from gatewayd.doctor import (
     check_bluez,
     check_bus_connections,
     check_dbus_access,
+    check_event_log,
     check_service_user,
     check_state_dir,
     connections_per_user,
+    event_log_facts,
     exit_code,
     format_check,
     parse_dbus_send,
@@ -42,6 +44,10 @@ from gatewayd.doctor import (
 )
 from gatewayd.emulator import FakeBluez
 from gatewayd.inference.registry import DEFAULT_MODELS_DIR
+from gatewayd.store import NewEvent, Store
+from gatewayd.store.records import gateway_event
+from gatewayd.store.writer import DEGRADED_KIND
+from tests import disk
 from tests.emulator_fixtures import EmulatorEnv, needs_dbus_daemon, run_gatewayd
 from tests.mqtt_fixtures import (
     Broker,
@@ -331,6 +337,7 @@ async def test_doctor_passes_against_the_emulator_and_a_broker(
         "service user",
         "dbus limit",
         "state dir",
+        "event log",
         "broker",
         "model",
     ]
@@ -492,6 +499,41 @@ async def test_a_corrupted_model_file_fails_with_its_sha256(tmp_path: Path) -> N
 
 
 @pytest.mark.asyncio
+async def test_the_event_log_check_reads_the_file_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "gatewayd.db"
+    none = check_event_log(await asyncio.to_thread(event_log_facts, path))
+    assert none == Check(
+        "event log", "ok", f"none at {path} yet; gatewayd creates it at its first start"
+    )
+    async with Store.open(path) as store:
+        await store.append_event(NewEvent("low_battery", "warning", "raised", {"episode": 1}, "w1"))
+    fine = check_event_log(await asyncio.to_thread(event_log_facts, path))
+    assert fine.status == "ok"
+    assert fine.message.startswith(f"{path}: ")
+    assert fine.message.endswith(", intact (quick_check), 1 event not yet delivered")
+    # Left degraded by a gateway that stopped while its writes were held in memory.
+    async with Store.open(path) as store:
+        await store.append_event(
+            gateway_event(DEGRADED_KIND, "critical", "disk full on /var/lib/gatewayd", 1.0)
+        )
+        await store.flush()
+        held = check_event_log(await asyncio.to_thread(event_log_facts, path))
+    assert held.status == "warn"
+    assert held.message.endswith("when last heard of: disk full on /var/lib/gatewayd")
+    # Garbage over pages of the file: what gatewayd will do, and how to look into it.
+    await asyncio.to_thread(disk.scribble_over_windows, path)
+    bad = check_event_log(await asyncio.to_thread(event_log_facts, path))
+    assert bad.status == "fail"
+    assert bad.message.startswith(f"{path} is corrupt: quick_check says ")
+    assert "moves it aside and starts a fresh one" in bad.fix
+    assert f"sqlite3 {path} .recover" in bad.fix
+    await asyncio.to_thread(path.write_bytes, b"not a database at all" * 100)
+    alien = check_event_log(await asyncio.to_thread(event_log_facts, path))
+    assert alien.status == "fail"
+    assert "not a gatewayd event log" in alien.message
+
+
+@pytest.mark.asyncio
 async def test_a_broken_config_fails_and_skips_what_needs_it(tmp_path: Path) -> None:
     path = tmp_path / "gatewayd.toml"
     await asyncio.to_thread(path.write_text, "[mqtt]\nport = 0\n")
@@ -499,7 +541,7 @@ async def test_a_broken_config_fails_and_skips_what_needs_it(tmp_path: Path) -> 
     assert checks["config"].status == "fail"
     assert "mqtt.port" in checks["config"].message
     assert checks["config"].fix.startswith(f"edit {path}")
-    for name in ("adapters", "dbus limit", "state dir", "broker", "model"):
+    for name in ("adapters", "dbus limit", "state dir", "event log", "broker", "model"):
         assert checks[name].status == "skip", name
 
 

@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", cmd_run, "run the gateway (under systemd: Type=notify)")
     models_dir_option(run)
     add_doctor_options(
-        add("doctor", cmd_doctor, "check BlueZ, adapters, permissions, config, broker, disk, model")
+        add(
+            "doctor",
+            cmd_doctor,
+            "check BlueZ, adapters, permissions, config, disk, event log, broker, model",
+        )
     )
     pair = add("pair", cmd_pair, "scan for wearables and heart-rate straps, and pair them")
     add_pair_options(pair)

@@ -27,6 +27,7 @@ __all__ = [
     "CarryOver",
     "event_from_row",
     "latest_alerts",
+    "latest_gateway_event",
     "open_events",
     "read_carry_over",
     "select_cursors",
@@ -132,6 +133,16 @@ _LATEST_ALERTS_SQL: Final = (
 def latest_alerts(conn: sqlite3.Connection) -> list[StoredEvent]:
     """The latest transition of every (device, alert kind), in the order they were written."""
     return [event_from_row(row) for row in conn.execute(_LATEST_ALERTS_SQL)]
+
+
+def latest_gateway_event(conn: sqlite3.Connection, kind: str) -> StoredEvent | None:
+    """The gateway's own (no device) latest event of ``kind``, or None."""
+    row = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.device_id IS NULL AND e.kind = ?"  # noqa: S608 - constant
+        " ORDER BY e.rowid DESC LIMIT 1",
+        (kind,),
+    ).fetchone()
+    return None if row is None else event_from_row(row)
 
 
 def open_events(conn: sqlite3.Connection) -> list[StoredEvent]:

@@ -26,7 +26,12 @@ from gatewayd.store.errors import (
     StoreError,
     translate_error,
 )
-from gatewayd.store.queries import latest_alerts, select_events, window_from_row
+from gatewayd.store.queries import (
+    latest_alerts,
+    latest_gateway_event,
+    select_events,
+    window_from_row,
+)
 from gatewayd.store.records import (
     GATEWAY,
     SEVERITIES,
@@ -36,6 +41,7 @@ from gatewayd.store.records import (
     StoredWindow,
 )
 from gatewayd.store.schema import SCHEMA_VERSION
+from gatewayd.store.writer import DEGRADED_KIND
 from gatewayd.tables import format_table
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "SEVERITIES",
     "DeviceActivity",
     "DeviceListing",
+    "EventLogHealth",
     "EventLogMissingError",
     "EventLogReader",
     "EventQuery",
@@ -137,6 +144,20 @@ class DeviceActivity:
 # --- the read-only reader ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class EventLogHealth:
+    """What `gatewayd doctor` reports of an event log (`EventLogReader.health`)."""
+
+    schema_version: int
+    #: "ok", or the first thing ``PRAGMA quick_check`` found wrong.
+    check: str
+    #: Events not yet delivered to the broker.
+    pending: int
+    #: The reason of an ``event_log_degraded`` still raised (the gateway stopped, or is
+    #: running, with writes held in memory); None when there is none.
+    degraded: str | None
+
+
 class EventLogReader:
     """A read-only view of an event log file. Use ``with EventLogReader.open(path) as log``."""
 
@@ -221,6 +242,22 @@ class EventLogReader:
             )
             for row in devices
         ]
+
+    def health(self) -> EventLogHealth:
+        """SQLite's quick_check (reads every page: seconds on a large log), the undelivered
+        events and whether the log says it is degraded."""
+        try:
+            check = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            check = str(exc)
+        if check != "ok":
+            return EventLogHealth(self.schema_version, check, 0, None)
+        (pending,) = self._query("SELECT count(*) FROM outbox WHERE done_at IS NULL", [])[0]
+        latest = self._run(lambda conn: latest_gateway_event(conn, DEGRADED_KIND))
+        degraded = None
+        if latest is not None and latest.state == "raised":
+            degraded = str(latest.payload.get("reason", ""))
+        return EventLogHealth(self.schema_version, check, int(pending), degraded)
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         return self._run(lambda conn: conn.execute(sql, params).fetchall())

@@ -318,15 +318,8 @@ class Store:
     async def _close_stale_degraded(self) -> None:
         """A degraded episode left open by the last run (stopped while degraded) is cleared."""
 
-        def latest(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT state FROM events WHERE device_id IS NULL AND kind = ?"
-                " ORDER BY rowid DESC LIMIT 1",
-                (DEGRADED_KIND,),
-            ).fetchone()
-            return None if row is None else str(row[0])
-
-        if await self._read(latest) == "raised":
+        latest = await self._read(lambda conn: queries.latest_gateway_event(conn, DEGRADED_KIND))
+        if latest is not None and latest.state == "raised":
             await self.append_event(
                 gateway_event(
                     DEGRADED_KIND,
