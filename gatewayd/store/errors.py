@@ -24,6 +24,7 @@ __all__ = [
     "StoreError",
     "StoreReentryError",
     "describe_problem",
+    "is_corruption",
     "is_degrading",
     "translate_error",
 ]
@@ -130,6 +131,11 @@ def is_degrading(exc: BaseException) -> bool:
     gateway must outlive them. Anything else (a TypeError in our own code) is not.
     """
     return isinstance(exc, sqlite3.DatabaseError | OSError)
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether SQLite said the file is corrupt or not a database (not busy, locked or I/O)."""
+    return _primary_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
 def mount_point(path: Path) -> Path:

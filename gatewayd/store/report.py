@@ -24,6 +24,7 @@ from gatewayd.store.errors import (
     SQLITE_NOTADB,
     SQLITE_READONLY,
     StoreError,
+    is_corruption,
     translate_error,
 )
 from gatewayd.store.queries import (
@@ -248,7 +249,9 @@ class EventLogReader:
         events and whether the log says it is degraded."""
         try:
             check = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
+            if not is_corruption(exc):
+                raise _read_error(exc, self.path) from exc  # busy, locked: no verdict
             check = str(exc)
         if check != "ok":
             return EventLogHealth(self.schema_version, check, 0, None)

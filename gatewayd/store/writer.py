@@ -57,6 +57,7 @@ from gatewayd.store.errors import (
     RecordRejectedError,
     StoreError,
     describe_problem,
+    is_corruption,
     is_degrading,
     translate_error,
 )
@@ -524,6 +525,8 @@ class Writer:
         try:
             verdict = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
         except sqlite3.Error as exc:
+            if not is_corruption(exc):
+                return  # busy, locked, I/O: no verdict on the file; keep retrying
             verdict = str(exc)
         if verdict == "ok":
             return  # SQLite finds nothing wrong: keep retrying, as for any other problem
