@@ -54,13 +54,16 @@ def scribble_over_windows(path: Path) -> None:
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # everything in the file
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        pages = [
-            int(p)
-            for (p,) in conn.execute(
-                "SELECT pageno FROM dbstat WHERE name IN"
-                " (SELECT name FROM sqlite_schema WHERE tbl_name = 'windows')"
-            )
-        ]
+        try:
+            pages = [
+                int(p)
+                for (p,) in conn.execute(
+                    "SELECT pageno FROM dbstat WHERE name IN"
+                    " (SELECT name FROM sqlite_schema WHERE tbl_name = 'windows')"
+                )
+            ]
+        except sqlite3.OperationalError as exc:
+            pytest.skip(f"this SQLite cannot list a table's pages (dbstat): {exc}")
     finally:
         conn.close()
     assert pages
