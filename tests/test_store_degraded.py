@@ -415,7 +415,7 @@ async def test_a_file_found_corrupt_while_running_is_moved_aside_and_nothing_pen
         held = await store.append_event(alert(n=3))
         await store.record_window(WindowRecord("w1", 100.0, seq=100), cursor=DeviceCursor(3, 101))
         after = await store.append_event(alert(n=4))
-        await asyncio.wait_for(until_clear(store), 10)  # held in memory until a restart before
+        await asyncio.wait_for(until_clear(store), 10)  # not left degraded until a restart
         await store.flush()
         assert (await store.stats()).reopened == 1
         pending_ids = [p.event_id for p in await store.pending_outbox()]
