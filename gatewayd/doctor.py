@@ -525,8 +525,8 @@ def check_event_log(facts: EventLogFacts) -> Check:
             f"{path} could not be checked: {facts.error}",
             "run as root, or as the user gatewayd runs as (sudo -u gatewayd gatewayd doctor)",
         )
-    if health.check != "ok":
-        return Check(name, "fail", f"{path} is corrupt: quick_check says {health.check}", salvage)
+    if health.problem is not None:
+        return Check(name, "fail", f"{path} is corrupt: quick_check says {health.problem}", salvage)
     waiting = f"{health.pending} event{'s' if health.pending != 1 else ''} not yet delivered"
     if health.degraded is not None:
         return Check(
@@ -871,12 +871,17 @@ def dir_facts(name: str, path: Path, store_path: Path | None = None) -> DirFacts
         free = shutil.disk_usage(existing).free
     except OSError:
         free = None
-    used = 0
-    if store_path is not None:
-        for part in (store_path, store_path.with_name(store_path.name + "-wal")):
-            with contextlib.suppress(OSError):
-                used += part.stat().st_size
+    used = 0 if store_path is None else _log_bytes(store_path)
     return DirFacts(name, path, _current_user(), path.is_dir(), error, free, used)
+
+
+def _log_bytes(store_path: Path) -> int:
+    """What the event log takes: the database and its -wal, bytes."""
+    used = 0
+    for part in (store_path, store_path.with_name(store_path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            used += part.stat().st_size
+    return used
 
 
 def connections_per_user(conf: Path = DBUS_SYSTEM_CONF) -> tuple[int | None, str]:
@@ -950,7 +955,7 @@ def event_log_facts(path: Path) -> EventLogFacts:
     """Open the event log read-only and check it (reads every page). Blocking."""
     if not path.exists():
         return EventLogFacts(path, exists=False)
-    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    size = _log_bytes(path)
     try:
         with EventLogReader.open(path) as reader:
             return EventLogFacts(path, True, size, reader.health())

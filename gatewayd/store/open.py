@@ -15,12 +15,7 @@ from typing import Final, Literal
 
 import structlog
 
-from gatewayd.store.errors import (
-    SQLITE_CORRUPT,
-    SQLITE_NOTADB,
-    StoreError,
-    translate_error,
-)
+from gatewayd.store.errors import StoreError, is_corruption, translate_error
 from gatewayd.store.records import StoreRecovery
 from gatewayd.store.schema import migrate, schema_version
 
@@ -30,6 +25,7 @@ __all__ = [
     "clear_old_side_files",
     "connect_reader",
     "file_id",
+    "first_problem",
     "move_aside",
     "open_writer",
 ]
@@ -171,6 +167,19 @@ def _configure_writer(
         conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
 
 
+def first_problem(conn: sqlite3.Connection) -> str | None:
+    """The first thing ``PRAGMA quick_check`` finds wrong with the open file, or None when it
+    finds nothing. SQLITE_CORRUPT or NOTADB from the check itself is a finding (its message);
+    any other error (busy, locked, I/O: no verdict) raises."""
+    try:
+        verdict = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+    except sqlite3.Error as exc:
+        if not is_corruption(exc):
+            raise
+        return str(exc)
+    return None if verdict == "ok" else verdict
+
+
 def _check_file(  # noqa: PLR0911 - one return per verdict reads best
     path: Path, busy_timeout_ms: int, how: IntegrityCheck
 ) -> str | None:
@@ -200,8 +209,7 @@ def _check_file(  # noqa: PLR0911 - one return per verdict reads best
     try:
         rows = conn.execute(f"PRAGMA {pragma}").fetchall()
     except sqlite3.DatabaseError as exc:
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        if is_corruption(exc):
             return f"{pragma} failed: {exc}"
         raise translate_error(exc, path, f"check the file ({pragma})") from exc
     finally:

@@ -24,9 +24,9 @@ from gatewayd.store.errors import (
     SQLITE_NOTADB,
     SQLITE_READONLY,
     StoreError,
-    is_corruption,
     translate_error,
 )
+from gatewayd.store.open import first_problem
 from gatewayd.store.queries import (
     latest_alerts,
     latest_gateway_event,
@@ -150,8 +150,8 @@ class EventLogHealth:
     """What `gatewayd doctor` reports of an event log (`EventLogReader.health`)."""
 
     schema_version: int
-    #: "ok", or the first thing ``PRAGMA quick_check`` found wrong.
-    check: str
+    #: The first thing ``PRAGMA quick_check`` found wrong; None: nothing.
+    problem: str | None
     #: Events not yet delivered to the broker.
     pending: int
     #: The reason of an ``event_log_degraded`` still raised (the gateway stopped, or is
@@ -248,19 +248,17 @@ class EventLogReader:
         """SQLite's quick_check (reads every page: seconds on a large log), the undelivered
         events and whether the log says it is degraded."""
         try:
-            check = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+            problem = first_problem(self._conn)
         except sqlite3.Error as exc:
-            if not is_corruption(exc):
-                raise _read_error(exc, self.path) from exc  # busy, locked: no verdict
-            check = str(exc)
-        if check != "ok":
-            return EventLogHealth(self.schema_version, check, 0, None)
+            raise _read_error(exc, self.path) from exc  # busy, locked: no verdict
+        if problem is not None:
+            return EventLogHealth(self.schema_version, problem, 0, None)
         (pending,) = self._query("SELECT count(*) FROM outbox WHERE done_at IS NULL", [])[0]
         latest = self._run(lambda conn: latest_gateway_event(conn, DEGRADED_KIND))
         degraded = None
         if latest is not None and latest.state == "raised":
             degraded = str(latest.payload.get("reason", ""))
-        return EventLogHealth(self.schema_version, check, int(pending), degraded)
+        return EventLogHealth(self.schema_version, None, int(pending), degraded)
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         return self._run(lambda conn: conn.execute(sql, params).fetchall())

@@ -57,11 +57,17 @@ from gatewayd.store.errors import (
     RecordRejectedError,
     StoreError,
     describe_problem,
-    is_corruption,
     is_degrading,
     translate_error,
 )
-from gatewayd.store.open import FileId, OpenedFile, clear_old_side_files, file_id, move_aside
+from gatewayd.store.open import (
+    FileId,
+    OpenedFile,
+    clear_old_side_files,
+    file_id,
+    first_problem,
+    move_aside,
+)
 from gatewayd.store.queries import CarryOver, read_carry_over, write_carry_over
 from gatewayd.store.records import (
     NewEvent,
@@ -523,14 +529,12 @@ class Writer:
         # retry either, when it found nothing.
         self._corrupt_checked_at = now
         try:
-            verdict = str(self._conn.execute("PRAGMA quick_check(1)").fetchone()[0])
-        except sqlite3.Error as exc:
-            if not is_corruption(exc):
-                return  # busy, locked, I/O: no verdict on the file; keep retrying
-            verdict = str(exc)
-        if verdict == "ok":
+            problem = first_problem(self._conn)
+        except sqlite3.Error:
+            return  # busy, locked, I/O: no verdict on the file; keep retrying
+        if problem is None:
             return  # SQLite finds nothing wrong: keep retrying, as for any other problem
-        log.error("store_corrupt_while_running", path=str(self.path), check=verdict)
+        log.error("store_corrupt_while_running", path=str(self.path), check=problem)
         self._reopen("corrupt")
         self._next_retry = time.monotonic()  # write what was held into the fresh file now
 
