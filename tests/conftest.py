@@ -21,3 +21,15 @@ def no_blocking_calls_in_the_event_loop(request: pytest.FixtureRequest) -> Itera
         return
     with blockbuster_ctx(scanned_modules=["gatewayd"]):
         yield
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A command line run as a user would run it: no config, state or credentials directory
+    inherited from the environment, and the logging `cli.main` configured undone afterwards."""
+    from gatewayd.logs import reset_logging
+
+    for name in ("GATEWAYD_CONFIG", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    reset_logging()

@@ -13,7 +13,6 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import pytest
 from gatewayd import cli
 from gatewayd.errors import EXIT_UNAVAILABLE
 from gatewayd.link.registry import DeviceRegistry
-from gatewayd.logs import reset_logging
 from gatewayd.mapping import gateway_event
 from gatewayd.store import NewEvent, Store, StoredEvent, WindowRecord, report
 from gatewayd.store.report import event_message, parse_since
@@ -34,12 +32,7 @@ W1 = "C0:FF:EE:00:00:01"
 W2 = "C0:FF:EE:00:00:02"
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("GATEWAYD_CONFIG", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    reset_logging()  # cli.main configured logging from the test's config
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 
 def write_config(tmp_path: Path) -> Path:

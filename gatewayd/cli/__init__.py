@@ -42,6 +42,7 @@ from gatewayd.cli.service import (
     cmd_doctor,
     cmd_run,
 )
+from gatewayd.cli.store import add_export_options, cmd_store_export, cmd_store_vacuum
 from gatewayd.errors import (
     EXIT_CONFIG,
     EXIT_UNAVAILABLE,
@@ -111,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
             )
 
     add_events_options(add("events", cmd_events, "show the event log (alerts, gateway events)"))
+    store = add("store", cmd_store_export, "export the stored windows, or vacuum the event log")
+    store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    for action, func, help_text in (
+        (
+            "export",
+            cmd_store_export,
+            "write the stored windows (heart rate, activity, offload, ...) as CSV or JSON Lines;"
+            " read-only, beside a running gateway too",
+        ),
+        (
+            "vacuum",
+            cmd_store_vacuum,
+            "rewrite the event log compactly (SQLite VACUUM); refused while gatewayd runs",
+        ),
+    ):
+        p = store_sub.add_parser(action, help=help_text, description=help_text)
+        global_options(p, suppress=True)
+        p.set_defaults(func=func)
+        if action == "export":
+            add_export_options(p)
     emulate = add("emulate", cmd_emulate, "run emulated BlueZ with virtual wearables")
     add_emulate_options(emulate)
     # add_help=False: `gatewayd demo --help` is answered by the demo's own parser.

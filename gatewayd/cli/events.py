@@ -71,7 +71,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _since_arg(text: str) -> float:
+def since_arg(text: str) -> float:
+    """argparse type of --since: a duration back from now or an ISO-8601 date or time."""
     from gatewayd.store.report import parse_since  # noqa: PLC0415
 
     try:
@@ -87,7 +88,7 @@ def add_events_options(events: argparse.ArgumentParser) -> None:
     events.add_argument(
         "--since",
         metavar="WHEN",
-        type=_since_arg,
+        type=since_arg,
         help="only events since WHEN: a duration back from now (15m, 2h, 7d) or an ISO-8601"
         " date or time (2026-11-25, 2026-11-25T08:00; local unless it ends in Z or +HH:MM)",
     )

@@ -5,6 +5,7 @@ corruption handling.
 """
 
 from gatewayd.store.errors import RecordRejectedError, StoreError, StoreReentryError
+from gatewayd.store.lock import EventLogInUseError
 from gatewayd.store.records import (
     GATEWAY,
     SEVERITIES,
@@ -32,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SEVERITIES",
     "DeviceCursor",
+    "EventLogInUseError",
     "EventQuery",
     "LoggedEvent",
     "NewEvent",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ from gatewayd.store.records import (
 __all__ = [
     "CarryOver",
     "event_from_row",
+    "iter_windows",
     "latest_alerts",
     "latest_gateway_event",
     "open_events",
@@ -169,6 +170,18 @@ def select_windows(
     conn: sqlite3.Connection, device: str | None, since: float | None, limit: int | None
 ) -> list[StoredWindow]:
     """Windows, filtered, oldest first."""
+    return list(iter_windows(conn, device, since, None, limit))
+
+
+def iter_windows(
+    conn: sqlite3.Connection,
+    device: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int | None = None,
+) -> Iterator[StoredWindow]:
+    """Windows received in [since, until), oldest first, read as they are consumed (a large log
+    is never held in memory)."""
     where, params = ["1"], list[Any]()
     if device is not None:
         where.append("w.device_id = ?")
@@ -176,6 +189,9 @@ def select_windows(
     if since is not None:
         where.append("w.received_at >= ?")
         params.append(since)
+    if until is not None:
+        where.append("w.received_at < ?")
+        params.append(until)
     sql = (
         "SELECT w.*, r.window_id IS NOT NULL AS has_raw FROM windows w"  # noqa: S608
         f" LEFT JOIN raw_windows r ON r.window_id = w.id WHERE {' AND '.join(where)}"
@@ -184,7 +200,8 @@ def select_windows(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [window_from_row(row) for row in conn.execute(sql, params)]
+    for row in conn.execute(sql, params):
+        yield window_from_row(row)
 
 
 def select_cursors(conn: sqlite3.Connection) -> dict[str, DeviceCursor]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -28,6 +28,7 @@ from gatewayd.store.errors import (
 )
 from gatewayd.store.open import first_problem
 from gatewayd.store.queries import (
+    iter_windows,
     latest_alerts,
     latest_gateway_event,
     select_events,
@@ -243,6 +244,18 @@ class EventLogReader:
             )
             for row in devices
         ]
+
+    def windows(
+        self, device: str | None = None, since: float | None = None, until: float | None = None
+    ) -> Iterator[StoredWindow]:
+        """The windows received in [since, until), oldest first, read as they are consumed."""
+        if self.schema_version < 2:  # windows arrived in schema version 2
+            return
+        rows = iter_windows(self._conn, device, since, until)
+        try:
+            yield from rows
+        except sqlite3.Error as exc:
+            raise _read_error(exc, self.path) from exc
 
     def health(self) -> EventLogHealth:
         """SQLite's quick_check (reads every page: seconds on a large log), the undelivered

@@ -33,6 +33,7 @@ from gatewayd.store.errors import (
     StoreReentryError,
     translate_error,
 )
+from gatewayd.store.lock import EventLogLock
 from gatewayd.store.open import IntegrityCheck, OpenedFile, Synchronous, connect_reader, open_writer
 from gatewayd.store.records import (
     DeviceCursor,
@@ -156,6 +157,7 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._problem_version = 0
         self._problem_changed = asyncio.Event()
+        self._lock: EventLogLock | None = None
 
     @classmethod
     def open(
@@ -178,6 +180,9 @@ class Store:
         options = self.options
         self._loop = asyncio.get_running_loop()
         self._pending = asyncio.Semaphore(options.max_pending)
+        # Before anything touches the file: a second gatewayd must not move it aside, migrate
+        # it or publish its outbox. EventLogInUseError says who holds it.
+        self._lock = await asyncio.to_thread(EventLogLock.acquire, self.path)
 
         def connect() -> OpenedFile:
             return open_writer(
@@ -211,9 +216,10 @@ class Store:
         )
         try:
             opened: OpenedFile = await asyncio.wrap_future(self._writer.start())
-        except StoreError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            self._lock.release()
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                raise
             raise translate_error(exc, self.path, "open") from exc
         self._opened = opened
         self._next_window_id = opened.max_window_id
@@ -261,6 +267,9 @@ class Store:
                     await asyncio.to_thread(writer.join)
             except TimeoutError:
                 log.critical("store_close_timed_out", path=str(self.path), timeout_s=bound)
+                return  # the writer may still write: keep the lock until the process exits
+        if self._lock is not None:
+            self._lock.release()
 
     @property
     def recovery(self) -> StoreRecovery | None:
