@@ -170,7 +170,9 @@ def check_artefacts(out: Path, devices: list[int], mixes: list[str]) -> dict[str
         report["points"]
     )
     assert "Where the gateway's time goes" in markdown
-    assert "FUNCTION (by own time)" in (out / "profile.txt").read_text(encoding="utf-8")
+    profile = (out / "profile.txt").read_text(encoding="utf-8")
+    assert profile.startswith("## Where the gateway's time goes (")
+    assert "FUNCTION (by own time)" in profile
     for name in ("latency.png", "cpu.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     return report

@@ -1189,9 +1189,9 @@ def write_outputs(report: ScaleReport, out: Path, stream: IO[str] | None = None)
     written[1].write_text(markdown, encoding="utf-8")
     if report.profile:
         written.append(out / "profile.txt")
-        written[-1].write_text(
-            markdown.split("## Where the gateway's time goes", 1)[-1], encoding="utf-8"
-        )
+        heading = "## Where the gateway's time goes"
+        _, found, rest = markdown.partition(heading)
+        written[-1].write_text(found + rest, encoding="utf-8")  # the section, heading included
     if report.points:
         written += plot(report, out)
     if stream is not None:
