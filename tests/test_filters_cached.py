@@ -18,6 +18,12 @@ import pytest
 from scipy import signal
 
 from gatewayd.signals import preprocess
+from gatewayd.signals.acc_features import (
+    ACC_BANDS_HZ,
+    ENERGY_FLOOR,
+    band_log_energies,
+    power_spectra,
+)
 from gatewayd.signals.filters import (
     SosFilter,
     bandpass,
@@ -112,3 +118,19 @@ def test_the_inputs_are_not_modified() -> None:
     resample_to(x, 64, 32, axis=1)
     preprocess.preprocess_batch(x[:, :, 0], x[:, ::2, :3], 64, 32)
     assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize(("n", "rate"), [(256, 32.0), (200, 25.0), (512, 64.0), (80, 10.0)])
+def test_band_energies_sum_the_bins_of_each_band(n: int, rate: float) -> None:
+    """The bins in [lo, hi) of each band, as boolean masks pick them; batch axes kept, and each
+    window's energies the same to the last bit whatever batch it is in."""
+    rng = np.random.default_rng(n)
+    freqs, power = power_spectra(rng.normal(size=(2, 3, n, 3)), rate)
+    assert power.shape == (2, 3, n // 2 + 1)
+    energies = band_log_energies(freqs, power)
+    expected = [power[..., (freqs >= lo) & (freqs < hi)].sum(axis=-1) for lo, hi in ACC_BANDS_HZ]
+    np.testing.assert_allclose(
+        energies, np.log10(np.stack(expected, axis=-1) + ENERGY_FLOOR), rtol=1e-13
+    )
+    for i, j in np.ndindex(2, 3):
+        assert np.array_equal(energies[i, j], band_log_energies(freqs, power[i, j].copy()))

@@ -15,6 +15,7 @@ device rather than the activity; and the 5 Hz low-pass keeps sets sampled at 10 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ __all__ = [
     "acc_features_batch",
     "band_log_energies",
     "near_cadence",
+    "power_per_column",
     "power_spectra",
+    "rfft_frequencies",
 ]
 
 #: Names the feature set; a baseline fitted on another one is refused.
@@ -56,6 +59,8 @@ _AXES: Final = ("x", "y", "z")
 #: Floors under logarithms, in the features' units (g, g^2, g/s): far below sensor noise.
 _STD_FLOOR_G: Final = 1e-4
 ENERGY_FLOOR: Final = 1e-10
+_BAND_LOWS: Final = np.array([lo for lo, _ in ACC_BANDS_HZ])
+_BAND_HIGHS: Final = np.array([hi for _, hi in ACC_BANDS_HZ])
 _JERK_FLOOR: Final = 1e-4
 #: The motion spread's scale, as the model input's ``motion`` channel: log2(1 + s / 10 mg).
 _MOTION_UNIT_G: Final = 0.01
@@ -111,19 +116,47 @@ def power_spectra(
     Returns the frequencies (F,) and the power (..., F), normalised so that a band's sum is its
     share of the window's variance (g^2 for ACC in g).
     """
-    n = x.shape[-2]
-    hann = np.hanning(n)[:, None]
+    power = np.asarray(power_per_column(x).sum(axis=-1), dtype=np.float64)
+    return rfft_frequencies(x.shape[-2], float(rate_hz)), power
+
+
+def power_per_column(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """`power_spectra` of each column of ``x`` (..., n, columns) apart: (..., F, columns)."""
+    hann, scale = _hann(x.shape[-2])
     spec = np.abs(np.fft.rfft(x * hann, axis=-2)) ** 2
-    spec *= 2.0 / (n * np.sum(hann**2))
+    spec *= scale
+    return np.asarray(spec, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n: int) -> tuple[npt.NDArray[np.float64], float]:
+    """The Hann window as a column (n, 1) and the power normalisation of `power_spectra`."""
+    hann = np.hanning(n)[:, None]
+    hann.flags.writeable = False
+    return hann, 2.0 / (n * np.sum(hann**2))
+
+
+@functools.lru_cache(maxsize=8)
+def rfft_frequencies(n: int, rate_hz: float) -> npt.NDArray[np.float64]:
+    """`numpy.fft.rfftfreq` of ``n`` samples at ``rate_hz``, made once and read-only."""
     freqs = np.asarray(np.fft.rfftfreq(n, d=1.0 / rate_hz), dtype=np.float64)
-    return freqs, np.asarray(spec.sum(axis=-1), dtype=np.float64)
+    freqs.flags.writeable = False
+    return freqs
 
 
 def band_log_energies(
     freqs: npt.NDArray[np.float64], power: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
-    """log10 of the power in each of `ACC_BANDS_HZ` (plus a floor): (..., F) -> (..., bands)."""
-    sums = [power[..., (freqs >= lo) & (freqs < hi)].sum(axis=-1) for lo, hi in ACC_BANDS_HZ]
+    """log10 of the power in each of `ACC_BANDS_HZ` (plus a floor): (..., F) -> (..., bands).
+
+    ``freqs`` ascend (as `power_spectra` returns them): a band is the run of bins in [lo, hi).
+    """
+    starts = np.searchsorted(freqs, _BAND_LOWS).tolist()
+    stops = np.searchsorted(freqs, _BAND_HIGHS).tolist()
+    # Each band copied out contiguous: numpy may sum a strided view in another order, and a
+    # window's energies must not depend on the batch it came in (to the last bit).
+    bands = [np.ascontiguousarray(power[..., a:b]) for a, b in zip(starts, stops, strict=True)]
+    sums = [band.sum(axis=-1) for band in bands]
     return np.asarray(np.log10(np.stack(sums, axis=-1) + ENERGY_FLOOR), dtype=np.float64)
 
 

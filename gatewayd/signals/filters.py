@@ -128,7 +128,8 @@ def filtfilt_odd(
     """
     if x.dtype != np.float64:
         raise TypeError(f"filtfilt_odd wants float64, got {x.dtype}")
-    moved = np.moveaxis(x, axis, -1)
+    last = axis in (-1, x.ndim - 1)
+    moved = x if last else np.moveaxis(x, axis, -1)
     n = moved.shape[-1]
     if not 0 <= padlen < n:
         raise ValueError(f"padlen must be in [0, {n}) for {n} samples, got {padlen}")
@@ -144,7 +145,8 @@ def filtfilt_odd(
     y = _sosfilt_rows(f, backward, backward[:, 0].copy())[:, ::-1]
     if padlen > 0:
         y = y[:, padlen:-padlen]
-    return np.moveaxis(y.reshape(moved.shape), -1, axis)
+    y = y.reshape(moved.shape)
+    return y if last else np.moveaxis(y, -1, axis)
 
 
 @functools.lru_cache(maxsize=32)
@@ -198,6 +200,7 @@ def zscore(x: npt.ArrayLike, axis: int = 0, eps: float = ZSCORE_EPS) -> npt.NDAr
     return np.where(varying, scaled, 0.0)
 
 
+@functools.lru_cache(maxsize=32)
 def _rate_ratio(from_hz: float, to_hz: float) -> tuple[int, int]:
     for name, rate in (("from_hz", from_hz), ("to_hz", to_hz)):
         if not (math.isfinite(rate) and rate > 0 and float(rate).is_integer()):
