@@ -45,6 +45,7 @@ from gatewayd.config import (
 )
 from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store.errors import SQLITE_CORRUPT, SQLITE_NOTADB
+from gatewayd.store.lock import lock_holder
 from gatewayd.store.report import EventLogHealth, EventLogMissingError, EventLogReader
 
 if TYPE_CHECKING:
@@ -251,6 +252,8 @@ class EventLogFacts:
     error: str | None = None
     #: The SQLite error code behind ``error`` (primary code), when there was one.
     code: int | None = None
+    #: The process holding the log's lock (`gatewayd.store.lock.lock_holder`): a running gatewayd.
+    writer_pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,11 +538,16 @@ def check_event_log(facts: EventLogFacts) -> Check:
             f"{path} says its writes were held in memory when last heard of: {health.degraded}",
             "see the fix in that message; gatewayd clears it once writes work",
         )
+    writer = (
+        "no running gatewayd holds it"
+        if facts.writer_pid is None
+        else f"held by a running gatewayd (pid {facts.writer_pid})"
+    )
     return Check(
         name,
         "ok",
         f"{path}: {_size(facts.size_bytes)}, schema {health.schema_version}, intact"
-        f" (quick_check), {waiting}",
+        f" (quick_check), {waiting}; {writer}",
     )
 
 
@@ -958,7 +966,7 @@ def event_log_facts(path: Path) -> EventLogFacts:
     size = _log_bytes(path)
     try:
         with EventLogReader.open(path) as reader:
-            return EventLogFacts(path, True, size, reader.health())
+            return EventLogFacts(path, True, size, reader.health(), writer_pid=lock_holder(path))
     except EventLogMissingError:
         return EventLogFacts(path, exists=False)
     except StoreError as exc:

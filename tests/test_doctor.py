@@ -510,7 +510,13 @@ async def test_the_event_log_check_reads_the_file_as_it_is(tmp_path: Path) -> No
     fine = check_event_log(await asyncio.to_thread(event_log_facts, path))
     assert fine.status == "ok"
     assert fine.message.startswith(f"{path}: ")
-    assert fine.message.endswith(", intact (quick_check), 1 event not yet delivered")
+    assert fine.message.endswith(
+        ", intact (quick_check), 1 event not yet delivered; no running gatewayd holds it"
+    )
+    async with Store.open(path):  # the lock's holder, found without taking the lock
+        running = check_event_log(await asyncio.to_thread(event_log_facts, path))
+    assert running.status == "ok"
+    assert running.message.endswith(f"; held by a running gatewayd (pid {os.getpid()})")
     # Left degraded by a gateway that stopped while its writes were held in memory.
     async with Store.open(path) as store:
         await store.append_event(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gatewayd.store import SCHEMA_VERSION, EventLogInUseError, Store, StoreError, WindowRecord
-from gatewayd.store.lock import EventLogLock, lock_path
+from gatewayd.store.lock import EventLogLock, lock_holder, lock_path
 
 pytestmark = pytest.mark.asyncio
 
@@ -69,6 +69,7 @@ async def test_a_gatewayd_in_another_process_is_named_and_a_sigkill_frees_the_lo
         async with asyncio.timeout(30):  # its log lines come first
             while (line := await holder.stdout.readline()) != b"ready\n":
                 assert line, "the holder exited before it was ready"
+        assert await asyncio.to_thread(lock_holder, path) == holder.pid
         with pytest.raises(
             EventLogInUseError, match=rf"in use by another process \(pid {holder.pid}\)"
         ):
@@ -78,6 +79,7 @@ async def test_a_gatewayd_in_another_process_is_named_and_a_sigkill_frees_the_lo
         holder.send_signal(signal.SIGKILL)
         await holder.wait()
     # The kernel dropped the dead holder's lock: no stale lock file to clean up by hand.
+    assert await asyncio.to_thread(lock_holder, path) is None
     async with Store.open(path) as store:
         await store.record_window(WindowRecord("w1", 1.0))
         assert len(await store.windows()) == 1

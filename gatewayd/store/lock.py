@@ -24,7 +24,7 @@ import structlog
 
 from gatewayd.errors import StoreError
 
-__all__ = ["EventLogInUseError", "EventLogLock", "lock_path"]
+__all__ = ["EventLogInUseError", "EventLogLock", "lock_holder", "lock_path"]
 
 log = structlog.get_logger("gatewayd.store")
 
@@ -110,6 +110,28 @@ class EventLogLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def lock_holder(path: Path, proc_locks: Path = Path("/proc/locks")) -> int | None:
+    """The pid holding the event log's lock, or None (not held, or not known here).
+
+    Looked up in the kernel's table of locks (Linux's /proc/locks) without touching the lock
+    itself: taking it, even for a moment, could make a gatewayd that starts just then refuse
+    to run. In a container the pid is the one the kernel's namespace shows.
+    """
+    try:
+        st = lock_path(path).stat()
+        table = proc_locks.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2162720 0 EOF" (a waiter's: "1: -> FLOCK ...").
+        fields = line.split()
+        held = len(fields) >= 6 and fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+        if held and fields[5] == device and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 def _read_pid(fd: int) -> int | None:
