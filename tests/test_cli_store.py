@@ -158,6 +158,22 @@ def test_export_to_a_file_beside_a_running_gateway(
     assert sorted(p.name for p in target.parent.iterdir()) == ["windows.csv"]  # no .partial
 
 
+def test_an_export_that_cannot_be_written_says_why_and_leaves_nothing(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-dir" / "windows.csv"
+    code, _, err = gatewayd(capsys, config, "store", "export", "--out", str(missing))
+    assert code == 1
+    assert f"cannot write {missing}: No such file or directory" in err
+    with disk.small_tmpfs(tmp_path / "small", "1m") as mount:
+        disk.take_every_free_block(mount / "filler")
+        target = mount / "windows.csv"
+        code, _, err = gatewayd(capsys, config, "store", "export", "--out", str(target))
+        assert code == 1
+        assert f"cannot write {target}: No space left on device" in err
+        assert sorted(p.name for p in mount.iterdir()) == ["filler"]  # no half file
+
+
 def test_export_refuses_an_empty_interval_and_a_missing_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from gatewayd.cli.common import EXIT_OK, load_config_from_args, usage_error
+from gatewayd.cli.common import EXIT_ERROR, EXIT_OK, load_config_from_args, usage_error
 from gatewayd.cli.events import since_arg
 from gatewayd.errors import EXIT_UNAVAILABLE
 
@@ -29,9 +29,16 @@ def cmd_store_export(args: argparse.Namespace) -> int:
     except EventLogMissingError as exc:
         print(f"gatewayd store export: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    with log, _output(args.out) as out:
-        windows = log.windows(args.device, args.since, args.until)
-        count = write_windows(windows, out, args.format)
+    try:
+        with log, _output(args.out) as out:
+            windows = log.windows(args.device, args.since, args.until)
+            count = write_windows(windows, out, args.format)
+    except OSError as exc:  # FILE's directory missing or read-only, a full disk
+        if args.out is None:
+            raise  # standard output: a closed pipe is the command line's to handle
+        reason = exc.strerror or str(exc)
+        print(f"gatewayd store export: cannot write {args.out}: {reason}", file=sys.stderr)
+        return EXIT_ERROR
     where = f" to {args.out}" if args.out is not None else ""
     print(f"gatewayd store export: {count} window(s){where}", file=sys.stderr)
     return EXIT_OK
