@@ -174,7 +174,7 @@ def test_an_export_that_cannot_be_written_says_why_and_leaves_nothing(
         assert sorted(p.name for p in mount.iterdir()) == ["filler"]  # no half file
 
 
-def test_export_refuses_an_empty_interval_and_a_missing_log(
+def test_an_empty_interval_and_a_missing_log_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path)
@@ -184,7 +184,10 @@ def test_export_refuses_an_empty_interval_and_a_missing_log(
     code, _, err = gatewayd(capsys, config, "store", "export")
     assert code == 69
     assert "no event log" in err
-    assert not (tmp_path / "state").exists()  # read-only: it created nothing
+    code, _, err = gatewayd(capsys, config, "store", "vacuum")
+    assert code == 69
+    assert f"no event log at {tmp_path / 'state' / 'gatewayd.db'}: nothing to vacuum" in err
+    assert not (tmp_path / "state").exists()  # it created nothing
 
 
 # --- vacuum --------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ def cmd_store_vacuum(args: argparse.Namespace) -> int:
 
     config = load_config_from_args(args)
     path = Path(config.store.path)
+    if not path.is_file():
+        print(f"gatewayd store vacuum: no event log at {path}: nothing to vacuum", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     print(f"gatewayd store vacuum: rewriting {path} (the gateway must be stopped) ...")
     result = vacuum_event_log(path)
     print(
