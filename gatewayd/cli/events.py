@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final
 
 from gatewayd.cli.common import (
     EXIT_OK,
@@ -16,8 +19,14 @@ from gatewayd.errors import (
     EXIT_UNAVAILABLE,
 )
 
+if TYPE_CHECKING:
+    from gatewayd.config import Config
+    from gatewayd.store.report import EventLogReader, EventQuery, LoggedEvent
+
 #: `gatewayd events` shows this many of the newest matching events unless told otherwise.
 DEFAULT_EVENT_LIMIT = 100
+#: How often `gatewayd events --follow` looks for new events, seconds.
+FOLLOW_POLL_S: Final = 1.0
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -27,8 +36,6 @@ def cmd_events(args: argparse.Namespace) -> int:
         EventLogMissingError,
         EventLogReader,
         EventQuery,
-        events_json,
-        format_events,
     )
 
     config = load_config_from_args(args)
@@ -40,20 +47,44 @@ def cmd_events(args: argparse.Namespace) -> int:
         limit=args.limit + 1,  # one more than shown: tells whether older events match too
     )
     try:
-        with EventLogReader.open(config.store.path) as log:
-            events = log.events(query)
+        log = EventLogReader.open(config.store.path)
     except EventLogMissingError as exc:
         print(f"gatewayd events: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    more = len(events) > args.limit
-    if more:
-        events = events[1:]  # oldest first: drop the extra, oldest one
-    if args.json:
-        from gatewayd.publish.topics import Topics  # noqa: PLC0415
+    with log:
+        last = log.last_position()  # first: an event appended meanwhile is in `events`
+        events = log.events(query)
+        if args.follow:
+            return _follow(args, config, log, events, last)
+    return _print(args, config, events)
 
-        topics = Topics(config.mqtt.topic_root, config.gateway.id)
-        topic_of = lambda d: topics.gateway_alerts if d is None else topics.alerts(d)  # noqa: E731
-        print(json.dumps(events_json(events, topic_of=topic_of), indent=2))
+
+def _topic_of(config: Config) -> Callable[[str | None], str]:
+    """The topic the publisher gives a device's events (None: the gateway's own)."""
+    from gatewayd.publish.topics import Topics  # noqa: PLC0415
+
+    topics = Topics(config.mqtt.topic_root, config.gateway.id)
+    return lambda d: topics.gateway_alerts if d is None else topics.alerts(d)
+
+
+def _more(args: argparse.Namespace, events: list[LoggedEvent]) -> list[LoggedEvent]:
+    """The events to show of those read (one more than --limit when older ones match too)."""
+    if len(events) <= args.limit:
+        return events
+    print(
+        f"gatewayd events: showing the newest {args.limit}; older events match too"
+        " (--limit N or --since WHEN)",
+        file=sys.stderr,
+    )
+    return events[1:]  # oldest first: drop the extra, oldest one
+
+
+def _print(args: argparse.Namespace, config: Config, events: list[LoggedEvent]) -> int:
+    from gatewayd.store.report import events_json, format_events  # noqa: PLC0415
+
+    events = _more(args, events)
+    if args.json:
+        print(json.dumps(events_json(events, topic_of=_topic_of(config)), indent=2))
     elif not events:
         filtered = any((args.device, args.since is not None, args.kind, args.severity))
         print(
@@ -62,13 +93,97 @@ def cmd_events(args: argparse.Namespace) -> int:
         )
     else:
         print(format_events(events))
-    if more:
-        print(
-            f"gatewayd events: showing the newest {args.limit}; older events match too"
-            " (--limit N or --since WHEN)",
-            file=sys.stderr,
-        )
     return EXIT_OK
+
+
+def _follow(
+    args: argparse.Namespace,
+    config: Config,
+    log: EventLogReader,
+    events: list[LoggedEvent],
+    last: int,
+) -> int:
+    """What is there (as JSON Lines with --json), then each new event as it is appended."""
+    from gatewayd.store.report import EventQuery, events_json, format_events  # noqa: PLC0415
+
+    events = _more(args, events)
+    topic_of = _topic_of(config)
+    if args.json:
+        for line in events_json(events, topic_of=topic_of):
+            print(json.dumps(line))
+    else:
+        filtered = any((args.device, args.since is not None, args.kind, args.severity))
+        waiting = f"(no{' matching' if filtered else ''} events yet; waiting for new ones)"
+        print(format_events(events) if events else waiting)
+    query = EventQuery(args.device, args.since, tuple(args.kind), args.severity)
+    after = max(last, events[-1].position if events else 0)
+    return Follow(log, query, after, args.json).run(topic_of)
+
+
+class Follow:
+    """`gatewayd events --follow`: print each new matching event as the gateway appends it,
+    polling the log read-only every `FOLLOW_POLL_S`, until interrupted.
+
+    A file moved aside or replaced (corrupt, restored) is followed to the new file at
+    ``path``, which is read from its start; a missing one is waited for.
+    """
+
+    def __init__(self, log: EventLogReader, query: EventQuery, after: int, as_json: bool) -> None:
+        #: The reader of the first lines (the caller closes it); later files' are closed here.
+        self.first = log
+        self.path = log.path
+        self.query = query
+        self.after = after
+        self.as_json = as_json
+
+    def run(self, topic_of: Callable[[str | None], str]) -> int:
+        from gatewayd.store.report import EventLogMissingError, EventLogReader  # noqa: PLC0415
+
+        log: EventLogReader | None = self.first
+        waiting = False
+        try:
+            while True:
+                sys.stdout.flush()
+                time.sleep(FOLLOW_POLL_S)
+                if log is not None and log.replaced():
+                    log.close()
+                    log = None
+                    self.after = 0  # the new file's events are all new
+                    _note(f"the event log at {self.path} was replaced; following the new file")
+                if log is None:
+                    try:
+                        log = EventLogReader.open(self.path)
+                    except EventLogMissingError:
+                        if not waiting:
+                            _note(f"no event log at {self.path}; waiting for one")
+                        waiting = True
+                        continue
+                    waiting = False
+                self._show(log, topic_of)
+        finally:
+            if log is not None and log is not self.first:
+                log.close()
+
+    def _show(self, log: EventLogReader, topic_of: Callable[[str | None], str]) -> None:
+        from gatewayd.store.report import event_line, events_json  # noqa: PLC0415
+
+        new = log.events(replace(self.query, after=self.after))
+        if not new:
+            # Retention deleted the newest events (a log idle past store.retention_days):
+            # SQLite numbers the next one from the highest left.
+            self.after = min(self.after, log.last_position())
+            return
+        self.after = new[-1].position
+        if self.as_json:
+            for line in events_json(new, topic_of=topic_of):
+                print(json.dumps(line))
+        else:
+            for e in new:
+                print(event_line(e))
+
+
+def _note(text: str) -> None:
+    print(f"gatewayd events: {text}", file=sys.stderr, flush=True)
 
 
 def since_arg(text: str) -> float:
@@ -111,5 +226,12 @@ def add_events_options(events: argparse.ArgumentParser) -> None:
     events.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON array, oldest first: full events with evidence, ids and delivery",
+        help="print one JSON array, oldest first: full events with evidence, ids and delivery"
+        " (with --follow: one JSON object per line)",
+    )
+    events.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then keep printing new events as the gateway appends them, until Ctrl-C",
     )

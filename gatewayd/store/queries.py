@@ -91,6 +91,9 @@ def select_events(conn: sqlite3.Connection, query: EventQuery) -> list[LoggedEve
     if query.since is not None:
         where.append("e.created_at >= ?")
         params.append(query.since)
+    if query.after is not None:
+        where.append("e.rowid > ?")
+        params.append(query.after)
     if query.kinds:
         where.append(f"e.kind IN ({', '.join('?' * len(query.kinds))})")
         params.extend(query.kinds)
@@ -99,8 +102,8 @@ def select_events(conn: sqlite3.Connection, query: EventQuery) -> list[LoggedEve
         where.append(f"e.severity IN ({', '.join('?' * len(shown))})")
         params.extend(shown)
     sql = (
-        f"SELECT {_EVENT_COLUMNS}, o.id IS NOT NULL AS in_outbox, o.attempts, o.done_at"  # noqa: S608
-        " FROM events e LEFT JOIN outbox o ON o.event_id = e.id"
+        f"SELECT {_EVENT_COLUMNS}, o.id IS NOT NULL AS in_outbox, o.attempts, o.done_at,"  # noqa: S608
+        " e.rowid AS position FROM events e LEFT JOIN outbox o ON o.event_id = e.id"
     )
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -116,6 +119,7 @@ def select_events(conn: sqlite3.Connection, query: EventQuery) -> list[LoggedEve
             in_outbox=bool(row["in_outbox"]),
             attempts=row["attempts"] or 0,
             published_at=row["done_at"],
+            position=row["position"],
         )
         for row in reversed(rows)
     ]

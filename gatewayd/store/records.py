@@ -179,6 +179,8 @@ class EventQuery:
     min_severity: str | None = None
     #: The newest this many matching events (still returned oldest first).
     limit: int | None = None
+    #: Only events appended after the one at this position (`LoggedEvent.position`).
+    after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,8 @@ class LoggedEvent:
     attempts: int
     #: When the broker acknowledged it (None: pending).
     published_at: float | None
+    #: Where it was appended in the log (SQLite's rowid): later events have larger positions.
+    position: int = 0
 
     @property
     def published(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -58,6 +59,7 @@ __all__ = [
     "LoggedEvent",
     "PairedLike",
     "devices_json",
+    "event_line",
     "event_message",
     "events_json",
     "format_devices",
@@ -163,16 +165,23 @@ class EventLogHealth:
 class EventLogReader:
     """A read-only view of an event log file. Use ``with EventLogReader.open(path) as log``."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, version: int) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, version: int, identity: tuple[int, int]
+    ) -> None:
         self.path = path
         self.schema_version = version
         self._conn = conn
+        self._identity = identity
 
     @classmethod
     def open(cls, path: str | Path) -> EventLogReader:
         """Open ``path`` read-only; EventLogMissingError if absent, StoreError if unreadable."""
         path = Path(path)
-        if not path.is_file():
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise EventLogMissingError(
                 path, f"no event log at {path} yet: the gateway has not run with this config"
             )
@@ -182,7 +191,16 @@ class EventLogReader:
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, version)
+        return cls(path, conn, version, (st.st_dev, st.st_ino))
+
+    def replaced(self) -> bool:
+        """Whether the file at ``path`` is gone or another one (moved aside as corrupt, deleted,
+        restored from a backup) since this reader opened it: then it reads the old file."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
 
     def __enter__(self) -> Self:
         return self
@@ -198,6 +216,11 @@ class EventLogReader:
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
+
+    def last_position(self) -> int:
+        """The position of the last event appended (0: none)."""
+        rows = self._query("SELECT coalesce(max(rowid), 0) FROM events", [])
+        return int(rows[0][0])
 
     def events(self, query: EventQuery) -> list[LoggedEvent]:
         """The newest ``query.limit`` matching events, oldest first, with their outbox state
@@ -403,6 +426,17 @@ def format_events(events: Sequence[LoggedEvent], tz: tzinfo | None = None) -> st
     ]
     headers = ["TIME", "DEVICE", "KIND", "STATE", "SEVERITY", "CATEGORY", "MESSAGE", "PUBLISHED"]
     return format_table(headers, rows, right=())
+
+
+def event_line(e: LoggedEvent, tz: tzinfo | None = None) -> str:
+    """One event on one line, for `gatewayd events --follow`: the table's columns but the
+    delivery state (usually still pending when an event appears), with the message in full."""
+    ev = e.event
+    category = str(ev.payload.get("category") or "-")
+    return (
+        f"{_local(ev.created_at, tz)}  {ev.device_id or GATEWAY:<12}  {ev.kind:<18}"
+        f"  {ev.state:<8}  {ev.severity:<8}  {category:<13}  {event_message(ev)}"
+    )
 
 
 def events_json(
