@@ -135,12 +135,15 @@ async def fake(fake_bluez: FakeBluez) -> AsyncIterator[FakeBluez]:
     await release_bleak_manager()
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], limit_s: float, what: str) -> None:
-    """Poll ``condition`` every 0.1 s until it holds; fail naming ``what`` after ``limit_s``."""
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], limit_s: float, what: str | Callable[[], str]
+) -> None:
+    """Poll ``condition`` every 0.1 s until it holds; fail naming ``what`` after ``limit_s``
+    (a callable: what it says then)."""
     deadline = time.monotonic() + limit_s
     while not await condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what if isinstance(what, str) else what()}")
         await asyncio.sleep(0.1)
 
 
@@ -185,8 +188,11 @@ async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_fa
 
     total = sum(core.windows_total for core in cores.values())
 
+    stored = [0]  # the last count read, for the failure message
+
     async def drained() -> bool:
-        return await asyncio.to_thread(stored_windows, config.store.path) >= total
+        stored[0] = await asyncio.to_thread(stored_windows, config.store.path)
+        return stored[0] >= total
 
     async def relaxed() -> bool:
         return all((c.tau_mbits, c.min_conf_e4) == base for c in cores.values())
@@ -202,7 +208,9 @@ async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_fa
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
             await wait_for(throttled, DEADLINE_S, "a wearable to be throttled")
             await wait_for(replayed, DEADLINE_S, "the replay to end")
-            await wait_for(drained, DEADLINE_S, "every window analysed and stored")
+            await wait_for(
+                drained, DEADLINE_S, lambda: f"every window stored ({stored[0]} of {total} are)"
+            )
             await wait_for(relaxed, DEADLINE_S, "every wearable back at the configured policy")
         assert await gw.task == 0
     finally:
