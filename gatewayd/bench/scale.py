@@ -602,20 +602,20 @@ async def start_processes(
         )  # fmt: skip
     try:
         found = await _read_env(emulator_out, emulator)
-    except BaseException:
+        env = dict(os.environ)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = found["DBUS_SYSTEM_BUS_ADDRESS"]
+        env["PATH"] = f"{found['SHIM']}{os.pathsep}{env.get('PATH', '')}"
+        # Profiled: cProfile switched on and off by signals around the interval (profiled.py).
+        program = ["gatewayd.bench.profiled", str(profile_to)] if profile_to else ["gatewayd"]
+        with (directory / "gateway.log").open("w", encoding="utf-8") as log:
+            gateway = await asyncio.create_subprocess_exec(
+                *_python(), "-m", *program, "run", "--config", str(config),
+                "--log-format", "json", "--log-level", "warning", *models,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )  # fmt: skip
+    except BaseException:  # a failed start, or SIGTERM meanwhile: no emulator left behind
         await stop_process(emulator)
         raise
-    env = dict(os.environ)
-    env["DBUS_SYSTEM_BUS_ADDRESS"] = found["DBUS_SYSTEM_BUS_ADDRESS"]
-    env["PATH"] = f"{found['SHIM']}{os.pathsep}{env.get('PATH', '')}"
-    # Profiled: cProfile switched on and off by signals around the interval (profiled.py).
-    program = ["gatewayd.bench.profiled", str(profile_to)] if profile_to else ["gatewayd"]
-    with (directory / "gateway.log").open("w", encoding="utf-8") as log:
-        gateway = await asyncio.create_subprocess_exec(
-            *_python(), "-m", *program, "run", "--config", str(config),
-            "--log-format", "json", "--log-level", "warning", *models,
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-        )  # fmt: skip
     return emulator, gateway, found
 
 
@@ -759,22 +759,25 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
         emulator, gateway, found = await _start(
             n, mix, options, broker, directory, profile_to=profile_to
         )
-        sampler = ProcSampler(
-            {"gateway": gateway.pid, "emulator": emulator.pid, "bench": os.getpid()},
-            interval_s=1.0,
-        )
-        bus = await asyncio.to_thread(_find_named, emulator.pid, "dbus-daemon")
-        if bus is not None:
-            sampler.watch("dbus", bus)
-        mosquitto = await asyncio.to_thread(_find_named, os.getpid(), "mosquitto")
-        if mosquitto is not None:
-            sampler.watch("broker", mosquitto)
-        ready = asyncio.Event()
-        subscriber = asyncio.create_task(
-            subscribe(broker[0], broker[1], received, ready, f"gatewayd-scale-{os.getpid()}")
-        )
-        run = _Run(directory, emulator, gateway, received, sampler)
+        subscriber: asyncio.Task[None] | None = None
+        # From here on the processes are stopped however this ends (SIGTERM included: it
+        # cancels this task, maybe in one of the awaits below).
         try:
+            sampler = ProcSampler(
+                {"gateway": gateway.pid, "emulator": emulator.pid, "bench": os.getpid()},
+                interval_s=1.0,
+            )
+            bus = await asyncio.to_thread(_find_named, emulator.pid, "dbus-daemon")
+            if bus is not None:
+                sampler.watch("dbus", bus)
+            mosquitto = await asyncio.to_thread(_find_named, os.getpid(), "mosquitto")
+            if mosquitto is not None:
+                sampler.watch("broker", mosquitto)
+            ready = asyncio.Event()
+            subscriber = asyncio.create_task(
+                subscribe(broker[0], broker[1], received, ready, f"gatewayd-scale-{os.getpid()}")
+            )
+            run = _Run(directory, emulator, gateway, received, sampler)
             async with sampler:
                 await asyncio.wait_for(ready.wait(), PROCESS_LIMIT_S)
                 t0 = time.monotonic()
@@ -802,9 +805,10 @@ async def run_point(  # noqa: PLR0915 - one run, told in order
         finally:
             gateway_code = await stop_process(gateway)
             emulator_code = await stop_process(emulator)
-            subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await subscriber
+            if subscriber is not None:
+                subscriber.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await subscriber
         text = await asyncio.to_thread((directory / "stamps.txt").read_text, "ascii")
         stamps = parse_stamps(text)
         latencies, sent, got, offloaded = _latencies(stamps, received, n, start_ns, end_ns)
