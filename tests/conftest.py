@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import blockbuster_ctx
 
+from gatewayd.logs import reset_logging
+
 
 @pytest.fixture(autouse=True)
 def no_blocking_calls_in_the_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
@@ -23,13 +25,18 @@ def no_blocking_calls_in_the_event_loop(request: pytest.FixtureRequest) -> Itera
         yield
 
 
-@pytest.fixture
-def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A command line run as a user would run it: no config, state or credentials directory
-    inherited from the environment, and the logging `cli.main` configured undone afterwards."""
-    from gatewayd.logs import reset_logging
-
-    for name in ("GATEWAYD_CONFIG", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture(autouse=True)
+def no_logging_left_configured() -> Iterator[None]:
+    """Undo any logging a test configured (`cli.main` does, from the config): its handler
+    writes to that test's captured output, which is closed once the test ends, and a later
+    test's log lines would go nowhere ("I/O operation on closed file")."""
     yield
     reset_logging()
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command line run as a user would run it: no config, state or credentials directory
+    inherited from the environment."""
+    for name in ("GATEWAYD_CONFIG", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
