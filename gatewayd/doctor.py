@@ -46,6 +46,7 @@ from gatewayd.config import (
 from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store.errors import SQLITE_CORRUPT, SQLITE_NOTADB
 from gatewayd.store.lock import lock_holder
+from gatewayd.store.open import log_bytes
 from gatewayd.store.report import EventLogHealth, EventLogMissingError, EventLogReader
 
 if TYPE_CHECKING:
@@ -879,17 +880,8 @@ def dir_facts(name: str, path: Path, store_path: Path | None = None) -> DirFacts
         free = shutil.disk_usage(existing).free
     except OSError:
         free = None
-    used = 0 if store_path is None else _log_bytes(store_path)
+    used = 0 if store_path is None else log_bytes(store_path)
     return DirFacts(name, path, _current_user(), path.is_dir(), error, free, used)
-
-
-def _log_bytes(store_path: Path) -> int:
-    """What the event log takes: the database and its -wal, bytes."""
-    used = 0
-    for part in (store_path, store_path.with_name(store_path.name + "-wal")):
-        with contextlib.suppress(OSError):
-            used += part.stat().st_size
-    return used
 
 
 def connections_per_user(conf: Path = DBUS_SYSTEM_CONF) -> tuple[int | None, str]:
@@ -963,7 +955,7 @@ def event_log_facts(path: Path) -> EventLogFacts:
     """Open the event log read-only and check it (reads every page). Blocking."""
     if not path.exists():
         return EventLogFacts(path, exists=False)
-    size = _log_bytes(path)
+    size = log_bytes(path)
     try:
         with EventLogReader.open(path) as reader:
             return EventLogFacts(path, True, size, reader.health(), writer_pid=lock_holder(path))

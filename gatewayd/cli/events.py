@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from gatewayd.cli.common import (
@@ -55,7 +56,9 @@ def cmd_events(args: argparse.Namespace) -> int:
         last = log.last_position()  # first: an event appended meanwhile is in `events`
         events = log.events(query)
         if args.follow:
-            return _follow(args, config, log, events, last)
+            after = max(last, events[-1].position if events else 0)
+            follow = Follow(log.path, replace(query, limit=None), after, args.json)
+            return _follow(args, config, log, events, follow)
     return _print(args, config, events)
 
 
@@ -86,9 +89,8 @@ def _print(args: argparse.Namespace, config: Config, events: list[LoggedEvent]) 
     if args.json:
         print(json.dumps(events_json(events, topic_of=_topic_of(config)), indent=2))
     elif not events:
-        filtered = any((args.device, args.since is not None, args.kind, args.severity))
         print(
-            f"No events{' match these filters' if filtered else ' yet'}"
+            f"No events{' match these filters' if _filtered(args) else ' yet'}"
             f" in the event log {config.store.path}."
         )
     else:
@@ -96,15 +98,19 @@ def _print(args: argparse.Namespace, config: Config, events: list[LoggedEvent]) 
     return EXIT_OK
 
 
+def _filtered(args: argparse.Namespace) -> bool:
+    return any((args.device, args.since is not None, args.kind, args.severity))
+
+
 def _follow(
     args: argparse.Namespace,
     config: Config,
     log: EventLogReader,
     events: list[LoggedEvent],
-    last: int,
+    follow: Follow,
 ) -> int:
     """What is there (as JSON Lines with --json), then each new event as it is appended."""
-    from gatewayd.store.report import EventQuery, events_json, format_events  # noqa: PLC0415
+    from gatewayd.store.report import events_json, format_events  # noqa: PLC0415
 
     events = _more(args, events)
     topic_of = _topic_of(config)
@@ -112,12 +118,9 @@ def _follow(
         for line in events_json(events, topic_of=topic_of):
             print(json.dumps(line))
     else:
-        filtered = any((args.device, args.since is not None, args.kind, args.severity))
-        waiting = f"(no{' matching' if filtered else ''} events yet; waiting for new ones)"
+        waiting = f"(no{' matching' if _filtered(args) else ''} events yet; waiting for new ones)"
         print(format_events(events) if events else waiting)
-    query = EventQuery(args.device, args.since, tuple(args.kind), args.severity)
-    after = max(last, events[-1].position if events else 0)
-    return Follow(log, query, after, args.json).run(topic_of)
+    return follow.run(log, topic_of)
 
 
 class Follow:
@@ -128,18 +131,18 @@ class Follow:
     ``path``, which is read from its start; a missing one is waited for.
     """
 
-    def __init__(self, log: EventLogReader, query: EventQuery, after: int, as_json: bool) -> None:
-        #: The reader of the first lines (the caller closes it); later files' are closed here.
-        self.first = log
-        self.path = log.path
+    def __init__(self, path: Path, query: EventQuery, after: int, as_json: bool) -> None:
+        self.path = path
         self.query = query
+        #: The position of the last event seen: only later ones are new.
         self.after = after
         self.as_json = as_json
 
-    def run(self, topic_of: Callable[[str | None], str]) -> int:
+    def run(self, first: EventLogReader, topic_of: Callable[[str | None], str]) -> int:
+        """Follow from ``first`` (the reader of what was printed; closed here too)."""
         from gatewayd.store.report import EventLogMissingError, EventLogReader  # noqa: PLC0415
 
-        log: EventLogReader | None = self.first
+        log: EventLogReader | None = first
         waiting = False
         try:
             while True:
@@ -161,8 +164,8 @@ class Follow:
                     waiting = False
                 self._show(log, topic_of)
         finally:
-            if log is not None and log is not self.first:
-                log.close()
+            if log is not None:
+                log.close()  # `first` too, whose caller closes it again: harmless
 
     def _show(self, log: EventLogReader, topic_of: Callable[[str | None], str]) -> None:
         from gatewayd.store.report import event_line, events_json  # noqa: PLC0415

@@ -6,6 +6,7 @@ never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,13 +27,15 @@ __all__ = [
     "connect_reader",
     "file_id",
     "first_problem",
+    "log_bytes",
     "move_aside",
     "open_writer",
 ]
 
 log = structlog.get_logger("gatewayd.store")
 
-_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+#: The first bytes of every SQLite database file.
+SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 #: After a checkpoint, truncate the WAL back to this size so one burst does not keep disk space.
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _SIDE_FILES: Final = ("-wal", "-shm")
@@ -52,6 +55,15 @@ def file_id(path: Path) -> FileId | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def log_bytes(path: Path) -> int:
+    """What the event log at ``path`` takes on disk: the database and its -wal, bytes."""
+    used = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            used += part.stat().st_size
+    return used
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +206,10 @@ def _check_file(  # noqa: PLR0911 - one return per verdict reads best
         return None  # SQLite treats an empty file as an empty database
     try:
         with path.open("rb") as f:
-            header = f.read(len(_SQLITE_MAGIC))
+            header = f.read(len(SQLITE_MAGIC))
     except OSError as exc:
         raise translate_error(exc, path, "read the file") from exc
-    if header != _SQLITE_MAGIC:
+    if header != SQLITE_MAGIC:
         return "not an SQLite database: its header is wrong"
     if how == "off":
         return None

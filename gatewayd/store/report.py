@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -27,7 +26,7 @@ from gatewayd.store.errors import (
     StoreError,
     translate_error,
 )
-from gatewayd.store.open import first_problem
+from gatewayd.store.open import FileId, file_id, first_problem
 from gatewayd.store.queries import (
     iter_windows,
     latest_alerts,
@@ -166,7 +165,7 @@ class EventLogReader:
     """A read-only view of an event log file. Use ``with EventLogReader.open(path) as log``."""
 
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, version: int, identity: tuple[int, int]
+        self, path: Path, conn: sqlite3.Connection, version: int, identity: FileId | None
     ) -> None:
         self.path = path
         self.schema_version = version
@@ -177,11 +176,8 @@ class EventLogReader:
     def open(cls, path: str | Path) -> EventLogReader:
         """Open ``path`` read-only; EventLogMissingError if absent, StoreError if unreadable."""
         path = Path(path)
-        try:
-            st = path.stat()
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
+        identity = file_id(path)  # before opening: a file replaced meanwhile reads as replaced
+        if not path.is_file():
             raise EventLogMissingError(
                 path, f"no event log at {path} yet: the gateway has not run with this config"
             )
@@ -191,16 +187,12 @@ class EventLogReader:
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, version, (st.st_dev, st.st_ino))
+        return cls(path, conn, version, identity)
 
     def replaced(self) -> bool:
         """Whether the file at ``path`` is gone or another one (moved aside as corrupt, deleted,
         restored from a backup) since this reader opened it: then it reads the old file."""
-        try:
-            st = self.path.stat()
-        except OSError:
-            return True
-        return (st.st_dev, st.st_ino) != self._identity
+        return file_id(self.path) != self._identity
 
     def __enter__(self) -> Self:
         return self

@@ -14,7 +14,6 @@ has the log open, whose writes it would otherwise block for as long as the rewri
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sqlite3
 import time
@@ -25,6 +24,7 @@ from typing import Final
 from gatewayd.errors import StoreError
 from gatewayd.store.errors import translate_error
 from gatewayd.store.lock import EventLogLock
+from gatewayd.store.open import SQLITE_MAGIC, log_bytes
 from gatewayd.store.schema import SCHEMA_VERSION
 
 __all__ = ["VacuumResult", "vacuum_event_log"]
@@ -51,7 +51,7 @@ def vacuum_event_log(path: Path) -> VacuumResult:
         raise StoreError(path, f"no event log at {path}: nothing to vacuum")
     with EventLogLock.acquire(path, "vacuum it"):
         started = time.monotonic()
-        before = _size(path)
+        before = log_bytes(path)
         # Checked before SQLite opens the file: opening a WAL-mode file creates its -shm and
         # -wal files, which on a full disk fails with no word about space.
         _check_space(path, _live_upper_bound(path))
@@ -76,7 +76,7 @@ def vacuum_event_log(path: Path) -> VacuumResult:
             raise translate_error(exc, path, "vacuum") from exc
         finally:
             conn.close()
-        return VacuumResult(before, _size(path), live, time.monotonic() - started)
+        return VacuumResult(before, log_bytes(path), live, time.monotonic() - started)
 
 
 def _check(conn: sqlite3.Connection, path: Path) -> int:
@@ -105,14 +105,12 @@ def _live_upper_bound(path: Path) -> int:
             header = f.read(100)
     except OSError:
         return 0
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         return 0
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     free_pages = int.from_bytes(header[36:40], "big")
-    wal = Path(f"{path}-wal")
-    wal_bytes = wal.stat().st_size if wal.exists() else 0
-    return max(0, path.stat().st_size - free_pages * page_size) + wal_bytes
+    return max(0, log_bytes(path) - free_pages * page_size)
 
 
 def _check_space(path: Path, live: int) -> None:
@@ -126,14 +124,6 @@ def _check_space(path: Path, live: int) -> None:
             f" again through its WAL), and {_mb(free)} is free. Free some space first; retention"
             " (store.retention_days, store.max_size_mb) shrinks the log without a vacuum",
         )
-
-
-def _size(path: Path) -> int:
-    total = 0
-    for p in (path, Path(f"{path}-wal")):
-        with contextlib.suppress(FileNotFoundError):
-            total += p.stat().st_size
-    return total
 
 
 def _quoted(path: Path) -> str:
