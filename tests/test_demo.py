@@ -22,7 +22,7 @@ import aiomqtt
 import pytest
 
 from gatewayd import cli
-from gatewayd.demo.live import DemoOptions, run_demo
+from gatewayd.demo.live import DemoOptions, progress_line, run_demo
 from gatewayd.demo.scenario import SCENARIO, Expectation, away_changes, check_expectations
 from gatewayd.demo.view import DemoState, Gauges, render
 from gatewayd.publish.client import read_retained
@@ -129,8 +129,16 @@ def test_the_view_folds_mqtt_messages_and_counts_redeliveries_once() -> None:
     assert state.first_raised == {("r1", "fall"): 5.0}
     assert row.open_alerts == {"fall"}
 
+    tachycardia = alert | {"event_id": "e3", "kind": "tachycardia", "severity": "warning"}
+    _message(state, "devices/r1/alerts", tachycardia, t=8.0)
+    assert progress_line(state, 8.0).endswith("alerts open: fall@r1, tachycardia@r1")
     _message(state, "devices/r1/alerts", alert | {"event_id": "e2", "state": "cleared"}, t=9.0)
+    assert row.open_alerts == {"tachycardia"}
+    assert progress_line(state, 9.0).endswith("alerts open: tachycardia@r1; cleared: fall@r1")
+    _message(state, "devices/r1/alerts",
+             tachycardia | {"event_id": "e4", "state": "cleared"}, t=9.5)  # fmt: skip
     assert row.open_alerts == set()
+    assert progress_line(state, 9.5).endswith("alerts open: none; cleared: fall@r1, tachycardia@r1")
     frame = render(state, Gauges(inference_capacity=256), elapsed_s=9.0, header=["demo"],
                    stories={"r1": "", "r2": ""})  # fmt: skip
     assert "r1" in frame

@@ -15,8 +15,8 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
 from gatewayd.backoff import MAX_DELAY_S
-from gatewayd.link.backoff import FailureKind, backoff_delay, classify
-from gatewayd.link.connection import bond_rejected
+from gatewayd.link.backoff import BASE_DELAY_S, FailureKind, backoff_delay, classify
+from gatewayd.link.connection import DeviceLink, LinkSettings, SlotLease, bond_rejected
 from gatewayd.link.events import (
     BatteryLevel,
     DeviceRestarted,
@@ -31,7 +31,7 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import SlotPool
 from gatewayd.link.queue import EventQueue
-from gatewayd.link.registry import DeviceRegistry, RegistryError, default_alias
+from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError, default_alias
 from gatewayd.link.scanner import Sightings
 from gatewayd.link.slots import SlotBudget
 from gatewayd.link.stale import NO_RSSI, bluez_links, stale_sightings
@@ -227,6 +227,80 @@ async def test_bluez_links_is_empty_when_bluez_cannot_be_asked(
     # The scanners report an unreachable BlueZ; the pool then just waits for advertisements.
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
     assert await bluez_links(["hci0"]) == {}
+
+
+class _Clock:
+    """A settable monotonic clock for Sightings."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backing_off_link(sightings: Sightings, monkeypatch: pytest.MonkeyPatch) -> DeviceLink:
+    """A link whose backoff is the first failure's delay, then ten minutes (never in a test)."""
+
+    def delay(kind: FailureKind, attempt: int, **_: object) -> float:
+        return BASE_DELAY_S[kind] if attempt <= 1 else 600.0
+
+    monkeypatch.setattr("gatewayd.link.connection.backoff_delay", delay)
+    monkeypatch.setitem(BASE_DELAY_S, FailureKind.OTHER, 0.05)
+    monkeypatch.setitem(BASE_DELAY_S, FailureKind.PROTOCOL, 0.05)
+    device = PairedDevice("w1", WEARABLE, "wearable")
+
+    async def acquire(_address: str) -> SlotLease:
+        raise AssertionError("not called")
+
+    return DeviceLink(device, acquire=acquire, emit=lambda _e: None, settings=LinkSettings(),
+                      sightings=sightings)  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_advertises_again_ends_the_backoff_its_absence_grew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    sightings = Sightings(clock)
+    sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")  # before it left
+    link = backing_off_link(sightings, monkeypatch)
+    clock.now = 130.0  # the attempt that failed began here; nothing was heard since
+    waiting = asyncio.create_task(link._back_off(FailureKind.OTHER, 5, attempted_at=130.0))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # ten minutes, unless it comes back
+    sightings.record(bluez_device(OTHER), advertisement(-50), "hci0")  # someone else: no
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    clock.now = 131.0
+    sightings.record(bluez_device(WEARABLE), advertisement(-60), "hci0")  # back in range
+    await asyncio.wait_for(waiting, 5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("kind", "seen_during_attempt"),
+    [(FailureKind.OTHER, True), (FailureKind.PROTOCOL, False)],
+    ids=["advertised-while-failing", "its-own-fault"],
+)
+async def test_an_advertisement_does_not_cut_a_backoff_it_does_not_explain(
+    monkeypatch: pytest.MonkeyPatch, kind: FailureKind, seen_during_attempt: bool
+) -> None:
+    clock = _Clock()
+    sightings = Sightings(clock)
+    link = backing_off_link(sightings, monkeypatch)
+    if seen_during_attempt:
+        clock.now = 131.0  # it advertised after the attempt began, and still failed
+        sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")
+    waiting = asyncio.create_task(link._back_off(kind, 5, attempted_at=130.0))
+    await asyncio.sleep(0.1)
+    clock.now = 132.0
+    sightings.record(bluez_device(WEARABLE), advertisement(-55), "hci0")
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
 
 
 # ---- stream -------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ import pytest_asyncio
 from gatewayd.datasets.recording import Recording
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
+from gatewayd.emulator.bluez import OUT_OF_RANGE_CONNECT_S
 from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.lifecycle import ReentryError
+from gatewayd.link.backoff import BASE_DELAY_S, FailureKind
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
     DeviceUntrusted,
@@ -199,6 +201,39 @@ async def test_a_wearable_whose_hardware_changes_is_untrusted_until_paired_again
         assert event == DeviceUntrusted("w0", "identity_changed", stored.untrusted)
         assert sum(1 for c in fake.call_log if c.member == "Connect") == connects
         assert again.events.empty()
+
+
+async def test_a_wearable_back_in_range_reconnects_without_waiting_out_its_backoff(
+    fake: FakeBluez, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every failure after the first waits ten minutes: only the device advertising again can
+    # bring it back within this test's limit.
+    def delay(kind: FailureKind, attempt: int, **_: object) -> float:
+        return BASE_DELAY_S[kind] if attempt <= 1 else 600.0
+
+    monkeypatch.setattr("gatewayd.link.connection.backoff_delay", delay)
+    setup = FleetSetup(devices=1, speed=20.0, decoy=False)
+    fleet = await build_fleet(fake, [synthetic(4, 2.0)], setup)
+    device, _ = fleet.wearables[0]
+    devices = await asyncio.to_thread(paired, fleet, tmp_path)
+    async with running(fleet, 20.0), LinkManager(["hci0"], 5, devices, LinkSettings()) as link:
+        await collect_until(link, lambda ev: len(frames_of(ev, "w0")) >= 3)
+        connects = sum(1 for c in fake.call_log if c.member == "Connect")
+        await device.set_in_range(False)
+        # The link drops; the attempt that follows fails ("Host is down"), and the next one
+        # would wait ten minutes.
+        async with asyncio.timeout(LIMIT_S):
+            while sum(1 for c in fake.call_log if c.member == "Connect") == connects:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(OUT_OF_RANGE_CONNECT_S + 0.5)  # it has failed
+        assert not device.connected
+        await device.set_in_range(True)
+        events = await collect_until(
+            link,
+            lambda ev: any(isinstance(e, LinkUp) for e in ev) and len(frames_of(ev, "w0")) >= 3,
+        )
+    assert [e.device_id for e in events if isinstance(e, LinkDown)] == ["w0"]
+    assert [e.device_id for e in events if isinstance(e, LinkUp)] == ["w0"]
 
 
 async def test_a_restarted_gateway_resumes_from_the_ring_and_reports_the_rest_lost(

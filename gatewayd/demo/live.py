@@ -304,7 +304,7 @@ async def _run(  # noqa: PLR0915 - one story, told in order
             elif clock() - last_line >= PROGRESS_S:
                 # Headless: progress on stderr, the JSON summary alone on stdout.
                 last_line = clock()
-                console.write(_progress_line(state, clock()) + "\n")
+                console.write(progress_line(state, clock()) + "\n")
                 console.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REFRESH_S)
@@ -417,11 +417,17 @@ def _header(
     return lines
 
 
-def _progress_line(state: DemoState, elapsed_s: float) -> str:
-    raised = [f"{a.kind}@{a.device_id}" for a in state.alerts if a.state == "raised"]
+def progress_line(state: DemoState, elapsed_s: float) -> str:
+    # Every alert raised so far, in the order first raised: still open, or cleared since.
+    raised = sorted(state.first_raised.items(), key=lambda item: item[1])
+    names = [(f"{kind}@{device}", kind in state.devices[device].open_alerts)
+             for (device, kind), _ in raised if device in state.devices]  # fmt: skip
+    open_ = [name for name, is_open in names if is_open]
+    cleared = [name for name, is_open in names if not is_open]
     return (
         f"t={elapsed_s:5.1f}s windows {state.windows} (offloaded {state.offloaded})"
-        f" alerts raised: {', '.join(raised) or 'none yet'}"
+        f" alerts open: {', '.join(open_) or 'none'}"
+        + (f"; cleared: {', '.join(cleared)}" if cleared else "")
     )
 
 

@@ -57,7 +57,7 @@ from gatewayd.protocol.gatt import (
 from gatewayd.protocol.heart_rate import parse_heart_rate_measurement
 from gatewayd.protocol.sequencing import DEFAULT_MAX_RATE_HZ
 
-from .backoff import FailureKind, backoff_delay, classify
+from .backoff import BASE_DELAY_S, FailureKind, backoff_delay, classify
 from .buslimit import BusCeiling, bus_level_failure
 from .events import (
     BatteryLevel,
@@ -69,7 +69,7 @@ from .events import (
     ResumePoint,
 )
 from .registry import PairedDevice
-from .scanner import Sighting
+from .scanner import Sighting, Sightings
 from .stream import DeviceStream
 
 log = structlog.get_logger("gatewayd.link")
@@ -145,6 +145,12 @@ class LinkSettings:
     max_message_rate_hz: float = DEFAULT_MAX_RATE_HZ
 
 
+#: Failures that an absent device explains: a fresh advertisement ends the wait after them.
+_ABSENCE_KINDS: Final = frozenset(
+    {FailureKind.NOT_FOUND, FailureKind.TIMEOUT, FailureKind.OTHER, FailureKind.TRANSIENT}
+)
+
+
 class SlotLease:
     """What the slot pool hands a connection: an adapter, the device as seen there, a release."""
 
@@ -183,6 +189,7 @@ class DeviceLink:
         resume: ResumePoint | None = None,
         on_untrusted: Callable[[DeviceUntrusted], Awaitable[None]] | None = None,
         ceiling: BusCeiling | None = None,
+        sightings: Sightings | None = None,
         is_paired: Callable[[object], Awaitable[bool]] = bluez_paired,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -190,6 +197,8 @@ class DeviceLink:
         """``resume``: where a previous run stopped. ``on_untrusted``: called (awaited) once when
         the device's identity changed, to record it (the registry); the link then stops.
         ``ceiling``: the system bus's connection ceiling, shared by the links of one gateway.
+        ``sightings``: the scanners' advertisements; a device that comes back into range ends
+        the wait before the next attempt (`_back_off`).
         """
         self.device = device
         self.settings = settings
@@ -206,6 +215,7 @@ class DeviceLink:
         self._on_untrusted = on_untrusted
         self._is_paired = is_paired
         self.ceiling = ceiling if ceiling is not None else BusCeiling()
+        self._sightings = sightings
         self.connected = False
         #: In the final disconnect of a session (LinkManager counts those it had to abandon).
         self.disconnecting = False
@@ -235,10 +245,12 @@ class DeviceLink:
         failures = 0
         warned = False
         kind = FailureKind.OTHER
+        attempted_at = 0.0
         while True:
             if failures:
-                await asyncio.sleep(backoff_delay(kind, failures, rng=self._rng))
+                await self._back_off(kind, failures, attempted_at)
             lease = await self._acquire(self.device.address)
+            attempted_at = self._sightings.now() if self._sightings is not None else 0.0
             try:
                 kind, error = await self._session(lease.sighting)
             finally:
@@ -263,6 +275,33 @@ class DeviceLink:
                 attempt=failures,
             )
             failures += 1
+
+    async def _back_off(self, kind: FailureKind, failures: int, attempted_at: float) -> None:
+        """Wait before the next attempt: the backoff delay, unless the device comes back.
+
+        An attempt that failed while the device was not advertising (out of range, switched
+        off) says nothing about the next one once it advertises again: a fresh advertisement
+        ends the wait, after the first failure's delay at least, so a wearable that walks back
+        into range reconnects at once instead of after a backoff grown while it was away. A
+        device that advertised during the failed attempt waits the whole delay, as does one
+        whose failure was its own (protocol, trust) or the adapter's (slots, the bus).
+        """
+        delay = backoff_delay(kind, failures, rng=self._rng)
+        sightings = self._sightings
+        last = None if sightings is None else sightings.last_seen(self.device.address)
+        if (
+            sightings is None
+            or kind not in _ABSENCE_KINDS
+            or (last is not None and last > attempted_at)
+        ):
+            await asyncio.sleep(delay)
+            return
+        floor = min(delay, BASE_DELAY_S[kind])
+        await asyncio.sleep(floor)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay - floor):
+                await sightings.seen_after(self.device.address, attempted_at)
+                self._log.debug("advertising again; reconnecting before the backoff ends")
 
     def _distrust(self, event: DeviceUntrusted) -> None:
         """Emit ``event`` unless the same verdict was emitted since the last trusted link."""

@@ -156,6 +156,7 @@ class LinkManager:
                 resume=resume.get(d.device_id),
                 on_untrusted=self._record_untrusted,
                 ceiling=self.bus,
+                sightings=self.sightings,
             )
             for d in devices
         }

@@ -81,6 +81,20 @@ class Sightings:
         """Return at the next change."""
         await self._changed.wait()
 
+    def last_seen(self, address: str) -> float | None:
+        """When ``address`` last advertised through any adapter (this object's clock), or None."""
+        seen = self._by_address.get(address.upper())
+        return max(s.seen_at for s in seen.values()) if seen else None
+
+    async def seen_after(self, address: str, after: float) -> None:
+        """Return once ``address`` has advertised later than ``after`` (at once if it has)."""
+        while (last := self.last_seen(address)) is None or last <= after:
+            await self.changed()
+
+    def now(self) -> float:
+        """This object's clock (what ``seen_at`` is measured on)."""
+        return self._clock()
+
     def of(self, address: str) -> dict[str, Sighting]:
         """Sightings of ``address`` by adapter."""
         return dict(self._by_address.get(address.upper(), {}))
