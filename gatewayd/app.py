@@ -2,7 +2,7 @@
 
 `build_gateway` is one AsyncExitStack: the store, the model, the publisher, the inference
 worker, the pipeline, then the link and the loops that join them (intake from the link, the
-rules' clock, the backpressure governor). Leaving it runs the stack in reverse, which is the
+rules' clock, the backpressure governor, and the paired-device list followed while it runs). Leaving it runs the stack in reverse, which is the
 shutdown order (docs/running.md): link intake stops, the link disconnects, what was received is
 processed, the worker stops, the publisher delivers what it can within its grace period and
 says "offline", the event log is flushed and closed. Every step is bounded
@@ -40,7 +40,7 @@ from gatewayd.lifecycle import favour_the_loop, raised_at, settle_heap, start_ta
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
-from gatewayd.link.registry import DeviceRegistry, PairedDevice
+from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError
 from gatewayd.mapping import alert_event, gateway_event
 from gatewayd.pipeline import Pipeline
 from gatewayd.protocol.control import SetPolicy
@@ -48,6 +48,7 @@ from gatewayd.publish.client import Publisher
 from gatewayd.publish.outbox import StoreOutbox
 from gatewayd.publish.topics import Topics
 from gatewayd.rules.engine import RuleEngine
+from gatewayd.store.errors import StoreError
 from gatewayd.store.open import Synchronous
 from gatewayd.store.store import Store, StoreOptions
 
@@ -71,6 +72,8 @@ STATUS_INTERVAL_S: Final = 10.0
 DEFAULT_WATCHDOG_INTERVAL_S: Final = 5.0
 #: How often the backpressure governor looks at the inference queue.
 BACKPRESSURE_INTERVAL_S: Final = 2.0
+#: How often the paired-device list's file is looked at for changes (`gatewayd pair` etc.).
+REGISTRY_POLL_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,14 +319,13 @@ async def _start_link(
     settings = _link_settings(config)
     # Where each device's stream stopped: a restarted gateway asks the wearables' rings for what
     # it missed, and records the rest as lost (docs/protocol.md).
-    cursors = await gateway.store.cursors()
     link = LinkManager(
         config.ble.adapters,
         config.ble.slots_per_adapter,
         gateway.devices,
         settings,
         queue_size=config.inference.queue_size * 16,
-        resume={d: ResumePoint(c.boot_id, c.next_seq, c.heard_at) for d, c in cursors.items()},
+        resume=await _resume_points(gateway.store),
         registry=gateway.registry,
         close_timeout_s=max(1.0, timeouts.link_s - 1.0),
     )
@@ -369,6 +371,8 @@ async def _start_link(
         start_task(ticker(), "ticker"),
         start_task(governor.run(), "backpressure"),
     ]
+    if gateway.registry is not None:
+        loops.append(start_task(_follow_registry(gateway, link), "paired devices"))
 
     async def stop_loops() -> None:
         for task in (*loops, link_task):
@@ -376,6 +380,65 @@ async def _start_link(
 
     stack.push_async_callback(stop_loops)
     gateway.watched += [link_task, *loops]
+
+
+async def _resume_points(store: Store) -> dict[str, ResumePoint]:
+    """Where each device's stream stopped, by device id, from the event log."""
+    cursors = await store.cursors()
+    return {d: ResumePoint(c.boot_id, c.next_seq, c.heard_at) for d, c in cursors.items()}
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file (inode, mtime, size); None when there is none. Blocks."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # no file, or none this user may look at: loading it says which
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+async def _follow_registry(
+    gateway: Gateway, link: LinkManager, interval_s: float = REGISTRY_POLL_S
+) -> None:
+    """Apply changes of the paired-device list to the running link (docs/pairing.md).
+
+    `gatewayd pair` writes the list (atomically) beside a running gateway: a device it added
+    is connected within ``interval_s`` and one paired again has its link started again; the
+    others stay connected. Removing or renaming a device takes effect at the next restart
+    (`LinkManager.update_devices`), which is said once per change of that set.
+    """
+    registry = gateway.registry
+    assert registry is not None
+    seen = await asyncio.to_thread(_file_signature, registry.path)
+    told: list[str] = []
+    while True:
+        await asyncio.sleep(interval_s)
+        now = await asyncio.to_thread(_file_signature, registry.path)
+        if now == seen:
+            continue
+        seen = now
+        try:
+            devices = await asyncio.to_thread(registry.load)
+        except RegistryError as exc:
+            log.warning("paired devices not reloaded; the gateway goes on with its list",
+                        error=str(exc))  # fmt: skip
+            continue
+        try:
+            resume = await _resume_points(gateway.store)
+        except StoreError as exc:  # the event log is unreadable: new devices start afresh
+            log.warning("no resume points for the paired devices", error=str(exc))
+            resume = {}
+        change = await link.update_devices(devices, resume)
+        gateway.devices = link.devices
+        gateway.publisher.set_paired(d.device_id for d in gateway.devices)
+        if change:
+            log.info("paired devices changed", added=change.added, paired_again=change.restarted)
+        if change.pending != told:
+            told = change.pending
+            if told:
+                log.info("devices taken off the paired list or renamed are served until the"
+                         " gateway restarts", devices=told,
+                         fix="sudo systemctl restart gatewayd")  # fmt: skip
 
 
 async def run_gateway(
@@ -586,6 +649,9 @@ class _Service:
                          mqtt=f"{config.mqtt.host}:{config.mqtt.port}",
                          store=str(config.store.path),
                          adapters=self.link.adapters.answering())  # fmt: skip
+                if not gateway.devices:
+                    log.warning("no paired devices yet; the gateway connects each one paired"
+                                " from now on", fix="gatewayd pair --all")  # fmt: skip
                 settle_heap()
                 ready()
                 self.status(self.describe())

@@ -32,7 +32,7 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def gateway_task(
-    config: Config, devices: Sequence[PairedDevice], **options: Any
+    config: Config, devices: Sequence[PairedDevice] | None, **options: Any
 ) -> AsyncIterator[Running]:
     """run_gateway(config, **options) as a task; stopped through its Event (and awaited) on exit.
 

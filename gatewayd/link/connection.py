@@ -220,6 +220,8 @@ class DeviceLink:
         #: In the final disconnect of a session (LinkManager counts those it had to abandon).
         self.disconnecting = False
         self.connections = 0
+        #: What the LinkDown says when the link is cancelled while connected.
+        self.stop_reason = "gateway stopping"
         self._acquire = acquire
         self._emit = emit
         self._clock = clock
@@ -348,12 +350,13 @@ class DeviceLink:
         mtu = _negotiated_mtu(client)
         self._emit(LinkUp(self.device.device_id, sighting.adapter, info, mtu))
         self._log.info("connected", adapter=sighting.adapter, mtu=mtu)
-        reason = "gateway stopping"
+        reason = None
         try:
             reason = await self._stream(client, disconnected)
         finally:
             self.connected = False
             self.stream.on_disconnected()
+            reason = self.stop_reason if reason is None else reason
             # Said before the disconnect: a hung bluetoothd must not keep it "connected".
             self._emit(LinkDown(self.device.device_id, reason))
             self._log.info("disconnected", reason=reason)

@@ -24,7 +24,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
@@ -114,6 +114,29 @@ class CloseOutcome:
     tasks_abandoned: int
 
 
+@dataclass(slots=True)
+class DeviceListChange:
+    """What `LinkManager.update_devices` did with a changed paired-device list (device ids)."""
+
+    #: New to the list: connected from now on.
+    added: list[str] = field(default_factory=list)
+    #: Paired again (or otherwise changed while trusted): the link was started again.
+    restarted: list[str] = field(default_factory=list)
+    #: Taken off the list or renamed: still served until the gateway restarts.
+    pending: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.restarted)
+
+
+def _resume_from(link: DeviceLink) -> ResumePoint | None:
+    """Where a stopped link's stream stopped (None before its first info)."""
+    boot_id, next_seq = link.stream.boot_id, link.stream.expected_seq
+    if boot_id is None or next_seq is None:
+        return None
+    return ResumePoint(boot_id, next_seq, time.time())
+
+
 class LinkManager:
     """Runs the BLE side of the gateway: ``async with LinkManager(...) as link`` (or ``run()``)."""
 
@@ -147,26 +170,36 @@ class LinkManager:
         #: ``bus.problem``).
         self.bus = bus if bus is not None else BusCeiling()
         resume = resume or {}
-        self.links = {
-            d.address: DeviceLink(
-                d,
-                acquire=self.pool.acquire,
-                emit=self._emit,
-                settings=settings,
-                resume=resume.get(d.device_id),
-                on_untrusted=self._record_untrusted,
-                ceiling=self.bus,
-                sightings=self.sightings,
-            )
-            for d in devices
-        }
+        self.links = {d.address: self._link(d, resume.get(d.device_id)) for d in devices}
+        #: Each address's entry of the paired list as last applied (`update_devices`).
+        self._entries = {d.address: d for d in devices}
         #: Set when the manager has been left.
         self.closed: CloseOutcome | None = None
         self._enter_once = EnterOnce("a LinkManager")
         self._entered = False
         self._scanners: list[asyncio.Task[None]] = []
-        self._devices: list[asyncio.Task[None]] = []
+        self._devices: dict[str, asyncio.Task[None]] = {}
+        #: Device tasks stopped by `update_devices` that had not finished in its bound.
+        self._stopped: list[asyncio.Task[None]] = []
+        self._updating = asyncio.Lock()
         self._failed: asyncio.Future[None] | None = None
+
+    def _link(self, device: PairedDevice, resume: ResumePoint | None) -> DeviceLink:
+        return DeviceLink(
+            device,
+            acquire=self.pool.acquire,
+            emit=self._emit,
+            settings=self.settings,
+            resume=resume,
+            on_untrusted=self._record_untrusted,
+            ceiling=self.bus,
+            sightings=self.sightings,
+        )
+
+    @property
+    def devices(self) -> tuple[PairedDevice, ...]:
+        """The devices served: the paired list as last applied, with those pending removal."""
+        return tuple(self._entries.values())
 
     @property
     def dropped(self) -> int:
@@ -202,8 +235,8 @@ class LinkManager:
                     scan_forever(adapter, self.sightings, states=self.adapters), f"scan-{adapter}"
                 )
             )
-        for link in self.links.values():
-            self._devices.append(self._start(link.run(), f"link-{link.device.device_id}"))
+        for address, link in self.links.items():
+            self._devices[address] = self._start(link.run(), f"link-{link.device.device_id}")
         return self
 
     def _start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -228,7 +261,7 @@ class LinkManager:
 
     async def _close(self) -> CloseOutcome:
         """Cancel everything; wait at most ``close_timeout_s`` in all, abandoning what hangs."""
-        tasks = [*self._devices, *self._scanners]
+        tasks = [*self._devices.values(), *self._stopped, *self._scanners]
         for task in tasks:
             task.cancel()
         grace = min(1.0, self.close_timeout_s / 5)
@@ -262,6 +295,64 @@ class LinkManager:
             return
         async with self:
             await self.wait()
+
+    async def update_devices(
+        self, devices: Sequence[PairedDevice], resume: Mapping[str, ResumePoint] | None = None
+    ) -> DeviceListChange:
+        """Follow the paired-device list while running, without touching the other devices.
+
+        A device new to the list is connected (from ``resume``, by device id, when the event
+        log has a point for it). A device whose entry changed under the same id while trusted
+        (paired again after it was untrusted, a new hardware profile, the unbonded opt-in) has
+        its link stopped and started again, resuming where the old one stopped. An entry
+        marked untrusted changes nothing here (the link has stopped itself, or does when it
+        next connects). A device taken off the list or renamed keeps its link until the
+        gateway restarts: its alerts, its retained topics and its event-log history go by its
+        id (`pending`).
+        """
+        if not self._entered:
+            raise RuntimeError("enter the LinkManager first (async with)")
+        resume = resume or {}
+        async with self._updating:
+            wanted = {d.address: d for d in devices}
+            change = DeviceListChange()
+            restart: list[PairedDevice] = []
+            for address, entry in self._entries.items():
+                new = wanted.get(address)
+                if new is None or new.device_id != entry.device_id:
+                    change.pending.append(entry.device_id)
+                elif new != entry and not new.untrusted:
+                    restart.append(new)
+            for device in restart:
+                old = self.links[device.address]
+                await self._stop_link(device.address, "paired again")
+                self._entries[device.address] = device
+                self._begin(device, _resume_from(old) or resume.get(device.device_id))
+                change.restarted.append(device.device_id)
+            for address, device in wanted.items():
+                if address not in self._entries:
+                    self._entries[address] = device
+                    self._begin(device, resume.get(device.device_id))
+                    change.added.append(device.device_id)
+                elif device.untrusted and self._entries[address].device_id == device.device_id:
+                    self._entries[address] = device
+            return change
+
+    def _begin(self, device: PairedDevice, resume: ResumePoint | None) -> None:
+        link = self._link(device, resume)
+        self.links[device.address] = link
+        self._devices[device.address] = self._start(link.run(), f"link-{device.device_id}")
+
+    async def _stop_link(self, address: str, reason: str) -> None:
+        """Stop one device's task (its LinkDown says ``reason``), within ``close_timeout_s``."""
+        link, task = self.links[address], self._devices.pop(address)
+        link.stop_reason = reason
+        task.cancel()
+        _, pending = await asyncio.wait([task], timeout=self.close_timeout_s)
+        if pending:
+            log.warning("link stopped without waiting for bluetoothd",
+                        device=link.device.device_id)  # fmt: skip
+            self._stopped.append(task)
 
     def set_policy(self, device_id: str, policy: SetPolicy) -> bool:
         """Change one device's offload policy (backpressure); False if unknown or not queued."""

@@ -398,6 +398,10 @@ class Publisher:
         self._outbox_wake.set()
         self._stream_wake.set()
 
+    def set_paired(self, paired: Iterable[str]) -> None:
+        """The gateway's paired list changed: whose retained topics the next connect keeps."""
+        self._paired = frozenset(paired)
+
     def update_state(self, state: DeviceState) -> None:
         """Set a device's latest state; published retained now if connected, else on connect."""
         self._topics.state(state.device_id)  # reject a bad alias here, at the caller
