@@ -2,12 +2,13 @@
 
 `build_gateway` is one AsyncExitStack: the store, the model, the publisher, the inference
 worker, the pipeline, then the link and the loops that join them (intake from the link, the
-rules' clock, the backpressure governor, and the paired-device list followed while it runs). Leaving it runs the stack in reverse, which is the
-shutdown order (docs/running.md): link intake stops, the link disconnects, what was received is
-processed, the worker stops, the publisher delivers what it can within its grace period and
-says "offline", the event log is flushed and closed. Every step is bounded
-(`ShutdownTimeouts`). `gatewayd run`, `gatewayd demo` and `gatewayd bench pipeline` all build
-the gateway here (the bench without a link: it feeds the pipeline itself).
+rules' clock, the backpressure governor, and the paired-device list followed while it runs).
+Leaving it runs the stack in reverse, which is the shutdown order (docs/running.md): link
+intake stops, the link disconnects, what was received is processed, the worker stops, the
+publisher delivers what it can within its grace period and says "offline", the event log is
+flushed and closed. Every step is bounded (`ShutdownTimeouts`). `gatewayd run`, `gatewayd
+demo` and `gatewayd bench pipeline` all build the gateway here (the bench without a link: it
+feeds the pipeline itself).
 
 `run_gateway` adds what only a service needs: READY=1 once an adapter answers (until then
 STATUS= says which adapter it waits for and why, in `gatewayd doctor`'s words), STATUS= lines,

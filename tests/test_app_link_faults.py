@@ -1,7 +1,10 @@
 """Link faults with the whole gateway running in-process (run_gateway, real bleak against the
 emulated BlueZ, a real mosquitto, SQLite): an impostor at a paired address never lands data under
 the victim's id and raises a technical alert; a bluetoothd that stops answering does not hold
-the shutdown."""
+the shutdown. And the paired-device list changed beside the running gateway (read from its
+state directory): a wearable paired while it runs is connected without a restart and without
+touching the others; one paired again after it was untrusted streams again; one taken off the
+list is served until the restart."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import FleetSetup, build_fleet, running
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
+from gatewayd.protocol.messages import SampleFormat
 from tests.emulator_fixtures import release_bleak_manager
 from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
@@ -164,3 +169,91 @@ async def test_a_hung_bluetoothd_does_not_hold_the_shutdown(
     assert code == 0
     assert fake.unanswered >= 1, "the disconnect went to bluetoothd and was never answered"
     assert gw.notes[-1] == "STATUS=stopped"
+
+
+# ---- the paired-device list changed beside the running gateway (docs/pairing.md) ----------------
+
+#: Safety net only: every wait ends on what it waits for.
+LIMIT_S = 60.0
+
+
+def connects(fake: FakeBluez, path: str) -> int:
+    return sum(1 for c in fake.call_log if c.member == "Connect" and c.path == path)
+
+
+@pytest.mark.asyncio
+async def test_a_wearable_paired_while_the_gateway_runs_streams_without_a_restart(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
+    recordings = [generate_recording(i + 1, 3.0, seed=i + 1) for i in range(2)]
+    fleet = await build_fleet(fake, recordings, FleetSetup(devices=2, speed=SPEED, decoy=False))
+    (first, _), (second, _) = fleet.wearables
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    await asyncio.to_thread(registry.add, first.address, "wearable", "w", alias="first")
+    db = config.store.path
+
+    def at_least(device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0) >= count
+
+        return check
+
+    async with running(fleet, SPEED), gateway_task(config, None) as gw:
+        await wait_for(lambda: is_ready(gw), 15, "READY=1")
+        await wait_for(at_least("first", 3), LIMIT_S, "the first wearable's windows")
+        assert "second" not in await asyncio.to_thread(windows_by_device, db)
+        # `gatewayd pair` beside the running gateway: it writes the list, nothing else.
+        await asyncio.to_thread(registry.add, second.address, "wearable", "w", alias="second")
+        await wait_for(
+            at_least("second", 3), LIMIT_S, "windows of the wearable paired while it runs"
+        )
+        # Taken off the list: still served (its alerts and topics go by its id) until restart.
+        await asyncio.to_thread(registry.remove, "first")
+        stored = (await asyncio.to_thread(windows_by_device, db))["first"]
+        await wait_for(
+            at_least("first", stored + 3), LIMIT_S, "the removed wearable, until the restart"
+        )
+        assert connects(fake, first.path) == 1, "the first wearable's link was never touched"
+    assert await gw.task == 0
+
+
+@pytest.mark.asyncio
+async def test_a_wearable_paired_again_after_it_was_untrusted_streams_again(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
+    recordings = [generate_recording(7, 4.0, seed=7)]
+    # Corrupted fragments make the link read the info characteristic again while streaming.
+    setup = FleetSetup(devices=1, speed=SPEED, faults=FaultPlan(corrupt=0.05), decoy=False)
+    fleet = await build_fleet(fake, recordings, setup)
+    device, wearable = fleet.wearables[0]
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    await asyncio.to_thread(registry.add, device.address, "wearable", "w", alias="w0",
+                            profile="bvp64-acc32-lsb64-int16")  # fmt: skip
+    db = config.store.path
+
+    async def untrusted() -> bool:
+        return bool((await asyncio.to_thread(registry.get, "w0")).untrusted)
+
+    async def stored() -> int:
+        return (await asyncio.to_thread(windows_by_device, db)).get("w0", 0)
+
+    async with running(fleet, SPEED), gateway_task(config, None) as gw:
+        await wait_for(lambda: is_ready(gw), 15, "READY=1")
+        await wait_for(lambda: _more(stored, 0, 3), LIMIT_S, "the wearable's windows")
+        # Same address, same bond, other sensors: not the wearable that was paired.
+        wearable.core.spec = replace(wearable.core.spec, sample_format=SampleFormat.INT8)
+        await wait_for(untrusted, LIMIT_S, "the gateway marking it untrusted")
+        before = await stored()
+        await asyncio.sleep(3 * 2.0)  # the list's poll interval, and more: nothing comes
+        assert await stored() == before
+        # Its owner checks it and pairs it again, recording the new hardware.
+        await asyncio.to_thread(registry.add, device.address, "wearable", "w",
+                                profile="bvp64-acc32-lsb64-int8")  # fmt: skip
+        await wait_for(lambda: _more(stored, before, 3), LIMIT_S, "windows after pairing it again")
+    assert await gw.task == 0
+
+
+async def _more(count: Callable[[], Awaitable[int]], base: int, more: int) -> bool:
+    return await count() >= base + more
