@@ -204,19 +204,29 @@ async def _note_startup_facts(
         log.info("gateway model loaded", model_id=session.model_id)
 
 
-async def _restored_engine(store: Store, config: Config) -> RuleEngine:
+async def _restored_engine(
+    store: Store, config: Config, paired: Sequence[str] | None
+) -> RuleEngine:
     """The rule engine, holding the alerts that were open when the gateway last stopped.
 
     A condition that still holds is not raised a second time, and its clear names the episode
-    raised before the restart (docs/rules.md, "Restart").
+    raised before the restart (docs/rules.md, "Restart"). With ``paired`` (the paired list's
+    device ids), the open alerts of a device removed or renamed since are cleared.
     """
     engine = RuleEngine(config.rules)
-    result = engine.restore(await store.open_events(), t=time.time(), mono=time.monotonic())
+    result = engine.restore(
+        await store.open_events(),
+        t=time.time(),
+        mono=time.monotonic(),
+        paired=None if paired is None else frozenset(paired),
+    )
     for skipped in result.skipped:
         log.warning("open alert not restored", reason=skipped.reason,
                     device=skipped.alert.device_id, kind=skipped.alert.kind)  # fmt: skip
     for transition in result.transitions:
         await store.append_event(alert_event(transition))
+        log.info("open alert cleared at start", device=transition.device_id,
+                 kind=transition.kind.value, reason=transition.reason)  # fmt: skip
     if result.restored:
         log.info("open alerts restored", count=len(result.restored),
                  alerts=[f"{r.device_id}/{r.kind.value}#{r.episode}"
@@ -274,7 +284,11 @@ async def build_gateway(
                 **extra,
             )
         )
-        engine = await _restored_engine(store, config)
+        # Only the state directory's list says which devices were unpaired: a list given by
+        # the caller (the demo, a bench) may be a part of it.
+        engine = await _restored_engine(
+            store, config, None if registry is None else [d.device_id for d in paired]
+        )
         worker = await stack.enter_async_context(InferenceWorker(session, config.inference))
         pipeline = await stack.enter_async_context(
             Pipeline(

@@ -8,6 +8,7 @@ broker: these tests are about the supervisor. tests/test_app_emulated.py runs th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -20,10 +21,20 @@ from pathlib import Path
 import pytest
 
 from gatewayd import cli
-from gatewayd.app import ShutdownTimeouts, run_gateway, should_ping_watchdog, store_options
+from gatewayd.app import (
+    ShutdownTimeouts,
+    build_gateway,
+    run_gateway,
+    should_ping_watchdog,
+    store_options,
+)
 from gatewayd.config import Config, load_config
 from gatewayd.emulator import FakeBluez
+from gatewayd.link.registry import DeviceRegistry
+from gatewayd.mapping import alert_event
+from gatewayd.rules.alerts import AlertKind, AlertTransition, Evidence
 from gatewayd.runner import EXIT_INTERRUPTED, run_until_signalled
+from gatewayd.store.store import Store
 from gatewayd.systemd import notifier, watchdog_interval_s
 from tests.emulator_fixtures import EmulatorEnv
 from tests.mqtt_fixtures import free_port
@@ -144,6 +155,38 @@ async def test_a_recovered_store_is_a_critical_event(
         assert await task == 0
     kinds = await asyncio.to_thread(event_kinds, path)
     assert ("store_recovered", "critical") in kinds
+
+
+def low_battery_events(path: Path) -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        sql = "SELECT device_id, state, payload FROM events WHERE kind = 'low_battery'"
+        return list(conn.execute(sql + " ORDER BY rowid"))
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+async def test_the_open_alerts_of_a_device_removed_while_it_was_down_are_cleared_at_start(
+    tmp_path: Path,
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path)
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    await asyncio.to_thread(registry.add, "C0:FF:EE:00:00:01", "wearable", "w", "kept")
+    options = store_options(config, ShutdownTimeouts())
+    async with Store.open(config.store.path, config.store, options) as store:
+        for device_id in ("kept", "gone"):  # "gone" was paired once, raised, then removed
+            raised = AlertTransition(
+                device_id=device_id, kind=AlertKind.LOW_BATTERY, category="technical",
+                severity="warning", state="raised", t=1000.0, episode=3, raised_at=1000.0,
+                reason="threshold", evidence=Evidence(),
+            )  # fmt: skip
+            await store.append_event(alert_event(raised))
+    async with build_gateway(config, models_dir=tmp_path / "no-models", with_link=False):
+        pass
+    rows = await asyncio.to_thread(low_battery_events, config.store.path)
+    cleared = [(d, json.loads(p)) for d, state, p in rows if state == "cleared"]
+    assert [(d, p["reason"], p["episode"]) for d, p in cleared] == [("gone", "unpaired", 3)]
 
 
 @pytest.mark.parametrize(("value", "pragma"), [("normal", "NORMAL"), ("FULL", "FULL")])

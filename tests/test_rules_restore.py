@@ -152,6 +152,24 @@ def test_garbage_is_skipped_with_a_reason_and_the_rest_restored() -> None:
     assert [s.reason for s in again.skipped] == ["off_wrist is already raised on w1"]
 
 
+def test_the_open_alerts_of_a_device_no_longer_paired_are_cleared_at_restore() -> None:
+    first = raised_before_restart(windows(0, 40, battery=5), AlertKind.LOW_BATTERY)
+    engine = RuleEngine()
+    # Removed (or renamed) while the gateway was down: another device is on the list now.
+    result = engine.restore([stored(first)], t=300.0, paired={"w2"})
+    assert result.restored == ()
+    assert [(tr.kind, tr.state, tr.reason, tr.episode, tr.t) for tr in result.transitions] == [
+        (AlertKind.LOW_BATTERY, "cleared", "unpaired", 1, 300.0)
+    ]
+    assert engine.active(DEV) == ()
+    assert engine.tick(400.0) == [], "nothing more is said about it"
+    # Still paired (or no list given): restored as before.
+    for paired in ({DEV, "w2"}, None):
+        again = RuleEngine()
+        kept = again.restore([stored(first)], t=300.0, paired=paired)
+        assert (kept.transitions, again.active(DEV)) == ((), (AlertKind.LOW_BATTERY,))
+
+
 def test_an_alert_of_a_rule_now_disabled_is_cleared_at_restore() -> None:
     first = raised_before_restart(windows(0, 40, battery=5), AlertKind.LOW_BATTERY)
     engine = RuleEngine(RulesConfig.model_validate({"low_battery": {"enabled": False}}))

@@ -130,11 +130,15 @@ class DeviceListChange:
 
 
 def _resume_from(link: DeviceLink) -> ResumePoint | None:
-    """Where a stopped link's stream stopped (None before its first info)."""
+    """Where a stopped link's stream stopped (None before its first info).
+
+    Without ``heard_at``: the device may have gone on for a long while since (an untrusted one,
+    say), and a day's bound reports what its ring no longer holds as lost rather than as a jump.
+    """
     boot_id, next_seq = link.stream.boot_id, link.stream.expected_seq
     if boot_id is None or next_seq is None:
         return None
-    return ResumePoint(boot_id, next_seq, time.time())
+    return ResumePoint(boot_id, next_seq)
 
 
 class LinkManager:
@@ -179,7 +183,7 @@ class LinkManager:
         self._entered = False
         self._scanners: list[asyncio.Task[None]] = []
         self._devices: dict[str, asyncio.Task[None]] = {}
-        #: Device tasks stopped by `update_devices` that had not finished in its bound.
+        #: Device tasks stopped by `update_devices` and not seen to end (bluetoothd hung).
         self._stopped: list[asyncio.Task[None]] = []
         self._updating = asyncio.Lock()
         self._failed: asyncio.Future[None] | None = None
@@ -348,11 +352,13 @@ class LinkManager:
         link, task = self.links[address], self._devices.pop(address)
         link.stop_reason = reason
         task.cancel()
+        self._stopped.append(task)  # until it ends: leaving the manager waits for it too
         _, pending = await asyncio.wait([task], timeout=self.close_timeout_s)
         if pending:
             log.warning("link stopped without waiting for bluetoothd",
                         device=link.device.device_id)  # fmt: skip
-            self._stopped.append(task)
+        else:
+            self._stopped.remove(task)
 
     def set_policy(self, device_id: str, policy: SetPolicy) -> bool:
         """Change one device's offload policy (backpressure); False if unknown or not queued."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from gatewayd.rules.alerts import AlertKind, AlertTransition
 from gatewayd.rules.config import RulesConfig
@@ -60,17 +60,28 @@ class RuleEngine:
         return self.tick(item.t, item.mono)
 
     def restore(
-        self, open_alerts: Iterable[AlertRecord], *, t: float, mono: float | None = None
+        self,
+        open_alerts: Iterable[AlertRecord],
+        *,
+        t: float,
+        mono: float | None = None,
+        paired: Collection[str] | None = None,
     ) -> RestoreResult:
         """Take over the alerts open at the last shutdown (gatewayd.rules.restore).
 
         Call it once at start, before any input: ``t`` is the wall clock now, ``mono`` the
-        monotonic clock the inputs will carry (None: ``t``). Returns what was restored, what was
-        skipped and why, and the clears of alerts whose rule is now disabled (to be written
-        like any transition).
+        monotonic clock the inputs will carry (None: ``t``), ``paired`` the device ids on the
+        paired list (None: every device counts as paired). Returns what was restored, what was
+        skipped and why, and the clears of alerts whose rule is now disabled or whose device
+        is no longer paired (to be written like any transition).
         """
         states, result = restore_alerts(
-            self.config, self._devices, open_alerts, t=t, mono=t if mono is None else mono
+            self.config,
+            self._devices,
+            open_alerts,
+            t=t,
+            mono=t if mono is None else mono,
+            paired=paired,
         )
         self._devices = states
         return result

@@ -9,13 +9,14 @@ A restored alert has no monotonic time (that clock starts again with the process
 raised at the restore time ``mono`` for staleness (a heart-rate alert with no trustworthy window
 for ``rules.hr.stale_s`` after the restore is cleared, reason ``no_data``); a cooldown starts at
 its clear, as for any alert. An alert whose rule is now disabled is cleared at once (reason
-``disabled``): nothing would ever clear it otherwise.
+``disabled``), and so is one of a device no longer on the paired list (reason ``unpaired``):
+nothing would ever clear them otherwise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -83,8 +84,8 @@ class RestoreResult:
 
     restored: tuple[Restored, ...] = ()
     skipped: tuple[Skipped, ...] = ()
-    #: Clears (reason ``disabled``) of restored alerts whose rule is now disabled: to be
-    #: written and published like any transition.
+    #: Clears of open alerts whose rule is now disabled (reason ``disabled``) or whose device
+    #: is no longer paired (``unpaired``): to be written and published like any transition.
     transitions: tuple[AlertTransition, ...] = ()
 
 
@@ -136,16 +137,28 @@ def parse_open_alert(alert: AlertRecord) -> Restored | str:
 
 
 def restore_alert(
-    config: RulesConfig, state: DeviceState, alert: Restored, *, t: float, mono: float
+    config: RulesConfig,
+    state: DeviceState,
+    alert: Restored,
+    *,
+    t: float,
+    mono: float,
+    paired: Collection[str] | None = None,
 ) -> tuple[DeviceState, list[AlertTransition]]:
     """``state`` with ``alert`` raised, restored at wall ``t`` and monotonic ``mono``.
 
     The caller checks that the alert's kind is not raised already (`restore_alerts` does).
-    Returns the clear of an alert whose rule is disabled (the state is then unchanged).
+    Returns the clear of an alert whose rule is disabled, or (with ``paired``, the device ids
+    on the paired list) whose device is no longer paired; the state is then unchanged.
     """
     rule = getattr(config, alert.kind.value)
     assert isinstance(rule, RuleBase)
+    reason = None
     if not rule.enabled:
+        reason = "disabled"
+    elif paired is not None and alert.device_id not in paired:
+        reason = "unpaired"
+    if reason is not None:
         cleared = AlertTransition(
             device_id=alert.device_id,
             kind=alert.kind,
@@ -155,7 +168,7 @@ def restore_alert(
             t=t,
             episode=alert.episode,
             raised_at=alert.raised_at,
-            reason="disabled",
+            reason=reason,
             evidence=Evidence(),
         )
         return state, [cleared]
@@ -179,8 +192,12 @@ def restore_alerts(
     *,
     t: float,
     mono: float,
+    paired: Collection[str] | None = None,
 ) -> tuple[dict[str, DeviceState], RestoreResult]:
     """Restore open alerts into per-device states (a new dict; ``states`` is not changed).
+
+    With ``paired`` (the device ids on the paired list), the open alerts of any other device
+    are cleared (reason ``unpaired``) rather than restored: it was removed or renamed.
 
     Never raises on bad input: an unknown kind, a malformed payload, a second open alert of the
     same kind on the same device (the higher episode is kept) or a kind already raised in
@@ -208,7 +225,7 @@ def restore_alerts(
         if state.track(kind).active:
             skipped.append(Skipped(record, f"{kind.value} is already raised on {device_id}"))
             continue
-        state, cleared = restore_alert(config, state, alert, t=t, mono=mono)
+        state, cleared = restore_alert(config, state, alert, t=t, mono=mono, paired=paired)
         if cleared:
             transitions.extend(cleared)
             continue
