@@ -9,6 +9,7 @@ warning that the gateway clears the topics at its next start.
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gatewayd.link.registry import DeviceRegistry
 from gatewayd.publish import DeviceState, Topics
 from gatewayd.publish.payloads import OpenAlerts
 from gatewayd.publish.topics import discovery_messages, gateway_discovery_message
+from gatewayd.store.lock import EventLogLock
 from tests.mqtt_fixtures import Broker, free_port, needs_mosquitto
 from tests.test_publish_mqtt import retained
 
@@ -109,3 +111,21 @@ def test_remove_without_a_broker_warns_and_still_removes(
     assert err.count("\n") == 1
     registry = DeviceRegistry.in_state_dir(tmp_path / "state")
     assert [d.device_id for d in registry.load()] == ["bed-1"]
+
+
+def test_remove_and_rename_beside_a_running_gateway_say_it_takes_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, free_port())
+    # This process holds the event log's lock, as a running `gatewayd run` does.
+    with EventLogLock.acquire(tmp_path / "state" / "gatewayd.db"):
+        assert main(["--config", str(config), "devices", "rename", "bed-1", "bed-9"]) == 0
+        assert main(["--config", str(config), "devices", "remove", "bed-2"]) == 0
+    out, _ = capsys.readouterr()
+    pid = os.getpid()
+    assert out.splitlines() == [
+        f"renamed bed-1 to bed-9 ({W1}); the running gateway (pid {pid}) goes on under the old"
+        " id until it restarts (sudo systemctl restart gatewayd)",
+        f"removed bed-2 ({W2}): the running gateway (pid {pid}) serves it until it restarts"
+        " (sudo systemctl restart gatewayd)",
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from gatewayd.logs import reset_logging
 from gatewayd.protocol import gatt
 from gatewayd.protocol.control import DeviceInfo, encode_info
 from gatewayd.protocol.messages import SampleFormat
+from gatewayd.store.lock import EventLogLock
 from tests.emulator_fixtures import EmulatorEnv, Finished, needs_dbus_daemon, run_gatewayd
 from tests.mqtt_fixtures import Broker, free_port, needs_mosquitto
 
@@ -259,9 +261,18 @@ async def test_pair_one_with_an_alias_then_all_the_rest_then_again(world: World)
 
     # Pairing a paired device again verifies it and keeps its id; BlueZ's bond is reused
     # (bleak calls Connect, not Pair, on a paired device).
-    repeat = await world.pair("--address", W1)
+    # Beside a running gateway (this process holds the event log's lock, as `gatewayd run`
+    # does), it says that the gateway takes the device over; with none running it did not.
+    lock = await asyncio.to_thread(EventLogLock.acquire, world.state_dir / "gatewayd.db")
+    try:
+        repeat = await world.pair("--address", W1)
+    finally:
+        await asyncio.to_thread(lock.release)
     assert repeat.returncode == 0, repeat.stderr
     assert f"paired {W1} as bed-1" in repeat.stdout
+    running = f"the running gateway (pid {os.getpid()}) connects it within seconds"
+    assert running in repeat.stdout
+    assert "running gateway" not in one.stdout
     assert ids(await world.registry()) == expected
     assert world.pair_calls(W1) == 1
 

@@ -44,6 +44,7 @@ from gatewayd.link.registry import (
     check_alias,
     normalise_address,
 )
+from gatewayd.store.lock import lock_holder
 from gatewayd.tables import format_table
 
 #: Seconds `devices remove` gives the broker to clear the device's retained topics.
@@ -66,7 +67,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
     registry.load()  # an unreadable list is an error before the radio is touched
     _check_writable(registry.path)
     adapters = tuple(args.adapter) if args.adapter else config.ble.adapters
-    return asyncio.run(_pair(args, registry, adapters, config.ble.connect_timeout_s))
+    return asyncio.run(
+        _pair(args, registry, adapters, config.ble.connect_timeout_s, config.store.path)
+    )
 
 
 async def _pair(
@@ -74,6 +77,7 @@ async def _pair(
     registry: DeviceRegistry,
     adapters: tuple[str, ...],
     connect_timeout_s: float,
+    store_path: Path,
 ) -> int:
     candidates = await scan_candidates(adapters, args.scan_seconds)
     # Blocking file read off the loop, like every registry access while bleak runs.
@@ -83,6 +87,7 @@ async def _pair(
         _print_pair_hint(args, candidates, known)
 
     chosen, failed = _choose(args, candidates, known, adapters)
+    running = await asyncio.to_thread(lock_holder, store_path)
     paired: list[PairingResult] = []
     for candidate in chosen:
         try:
@@ -100,6 +105,9 @@ async def _pair(
             paired.append(result)
             if not args.json:
                 print(_describe_paired(result))
+    if paired and running is not None and not args.json:
+        print(f"the running gateway (pid {running}) connects {'it' if len(paired) == 1 else 'them'}"
+              " within seconds")  # fmt: skip
 
     if args.json:
         doc = {
@@ -328,8 +336,14 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 def cmd_devices_rename(args: argparse.Namespace) -> int:
     """Give a paired device a new id (its MQTT topics change with it)."""
-    device = _registry(args, load_config_from_args(args)).rename(args.device, args.alias)
-    print(f"renamed {args.device} to {device.device_id} ({device.address})")
+    config = load_config_from_args(args)
+    device = _registry(args, config).rename(args.device, args.alias)
+    running = lock_holder(config.store.path)
+    later = "" if running is None else (
+        f"; the running gateway (pid {running}) goes on under the old id until it restarts"
+        f" ({RESTART})"
+    )  # fmt: skip
+    print(f"renamed {args.device} to {device.device_id} ({device.address}){later}")
     return EXIT_OK
 
 
@@ -338,11 +352,20 @@ def cmd_devices_remove(args: argparse.Namespace) -> int:
     forget its bond. Both are best effort: a warning, and the device is removed all the same."""
     config = load_config_from_args(args)
     device = _registry(args, config).remove(args.device)
-    print(f"removed {device.device_id} ({device.address}): the gateway will not connect to it")
+    running = lock_holder(config.store.path)
+    if running is None:
+        print(f"removed {device.device_id} ({device.address}): the gateway will not connect to it")
+    else:  # docs/pairing.md, "While the gateway runs"
+        print(f"removed {device.device_id} ({device.address}): the running gateway (pid"
+              f" {running}) serves it until it restarts ({RESTART})")  # fmt: skip
     if args.unpair:
         _forget_bond(device.address)
     _clear_device_topics(config, device.device_id)
     return EXIT_OK
+
+
+#: How to restart the service, in the words of a remove or rename beside a running gateway.
+RESTART: Final = "sudo systemctl restart gatewayd"
 
 
 def _forget_bond(address: str) -> None:
