@@ -637,7 +637,9 @@ def test_figure4_with_fold_models_replays_each_session_by_the_fold_that_held_it_
     """`gatewayd-train --export-folds`'s layout: one end-to-end run per fold, its sessions only,
     with that fold's models; sessions no fold held out are left out and said so."""
     wearable, gateway = shipped_models()
-    paths = write_synthetic_dataset(tmp_path / "sessions", 3, 1.0, 7)
+    # Two minutes each, 12 s at --quick's 10x: a gateway slow to start on a loaded machine
+    # (it connected 5-10 s after the emulator with three busy loops beside it) still gets some.
+    paths = write_synthetic_dataset(tmp_path / "sessions", 3, 2.0, 7)
     found = [s for p in paths for s in find_recordings(p)]
     recordings = [load(s) for s in found]
     keys = [r.subject_key for r in recordings]
@@ -670,6 +672,6 @@ def test_figure4_with_fold_models_replays_each_session_by_the_fold_that_held_it_
     assert "sessions no fold held out" in f4["run"]["describe"]
     windows = sum(r.window_count() for r in recordings[:2])
     assert f4["all"]["windows"] == windows
-    # At --quick's 10x, windows made before the gateway connected may miss its resend wait.
+    # Windows made before the gateway first connected are not owed to it (docs/protocol.md).
     assert 0 < f4["all"]["published"] <= windows
     assert f4["mapping_check"]["holds"] is True
