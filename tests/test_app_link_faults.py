@@ -257,3 +257,59 @@ async def test_a_wearable_paired_again_after_it_was_untrusted_streams_again(
 
 async def _more(count: Callable[[], Awaitable[int]], base: int, more: int) -> bool:
     return await count() >= base + more
+
+
+def stored_and_lost(path: Path, device_id: str) -> tuple[list[int], dict[str, int]]:
+    """The seqs stored for a device, and its data_lost counts by cause."""
+    if not path.exists():
+        return [], {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        seqs = [s for (s,) in conn.execute(
+            "SELECT seq FROM windows WHERE device_id = ? ORDER BY seq", (device_id,))]  # fmt: skip
+        lost: dict[str, int] = {}
+        for (payload,) in conn.execute(
+            "SELECT payload FROM events WHERE kind = 'data_lost' AND device_id = ?", (device_id,)
+        ):
+            evidence = json.loads(payload)["evidence"]
+            lost[evidence["cause"]] = lost.get(evidence["cause"], 0) + evidence["count"]
+        return seqs, lost
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+async def test_what_a_wearable_made_between_its_pairing_and_the_first_connection_is_owed(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
+    fleet = await build_fleet(
+        fake, [generate_recording(5, 5.0, seed=5)], FleetSetup(devices=1, speed=SPEED, decoy=False)
+    )
+    device, wearable = fleet.wearables[0]
+    core = wearable.core
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    async with running(fleet, SPEED):
+        # Paired (its numbering read then, as `gatewayd pair` does) with no gateway running ...
+        paired_at = core.produced
+        await asyncio.to_thread(registry.add, device.address, "wearable", "w", "w0",
+                                numbering=(core.spec.boot_id, paired_at))  # fmt: skip
+        # ... which starts only once the wearable made more than its ring (64) holds.
+        async with asyncio.timeout(LIMIT_S):
+            while core.produced < paired_at + 100:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.05)
+
+        async def accounted() -> bool:
+            seqs, lost = await asyncio.to_thread(stored_and_lost, config.store.path, "w0")
+            return core.finished and len(seqs) + sum(lost.values()) >= core.produced - paired_at
+
+        async with gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+            await wait_for(accounted, LIMIT_S, "every window since the pairing accounted for")
+        assert await gw.task == 0
+    seqs, lost = await asyncio.to_thread(stored_and_lost, config.store.path, "w0")
+    assert seqs == sorted(set(seqs)), "each once"
+    assert min(seqs) >= paired_at
+    assert len(seqs) + sum(lost.values()) == core.produced - paired_at
+    assert lost, "more than the ring held was made before the gateway came: recorded as lost"
+    assert min(seqs) < paired_at + 100, "what the ring still held came back"

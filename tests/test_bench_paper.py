@@ -672,6 +672,7 @@ def test_figure4_with_fold_models_replays_each_session_by_the_fold_that_held_it_
     assert "sessions no fold held out" in f4["run"]["describe"]
     windows = sum(r.window_count() for r in recordings[:2])
     assert f4["all"]["windows"] == windows
-    # Windows made before the gateway first connected are not owed to it (docs/protocol.md).
+    # Windows made before the gateway first connected are not owed to it: the bench's list
+    # records no numbering at pairing (docs/protocol.md §4).
     assert 0 < f4["all"]["published"] <= windows
     assert f4["mapping_check"]["holds"] is True

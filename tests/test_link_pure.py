@@ -7,6 +7,8 @@ import itertools
 import json
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,13 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import SlotPool
 from gatewayd.link.queue import EventQueue
-from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError, default_alias
+from gatewayd.link.registry import (
+    DeviceRegistry,
+    PairedDevice,
+    RegistryError,
+    default_alias,
+    resume_point,
+)
 from gatewayd.link.scanner import Sightings
 from gatewayd.link.slots import SlotBudget
 from gatewayd.link.stale import NO_RSSI, bluez_links, stale_sightings
@@ -227,6 +235,42 @@ async def test_bluez_links_is_empty_when_bluez_cannot_be_asked(
     # The scanners report an unreachable BlueZ; the pool then just waits for advertisements.
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
     assert await bluez_links(["hci0"]) == {}
+
+
+def test_a_wearable_is_owed_from_its_pairing_or_from_the_event_log_whichever_is_later() -> None:
+    paired = PairedDevice("w1", WEARABLE, "wearable", "w", "2026-12-07T10:00:00+00:00",
+                          paired_boot_id=7, paired_next_seq=120)  # fmt: skip
+    at = paired.paired_point()
+    assert at == ResumePoint(7, 120, datetime(2026, 12, 7, 10, tzinfo=UTC).timestamp())
+    assert at is not None
+    assert at.heard_at is not None
+    before = ResumePoint(7, 100, at.heard_at - 60)  # heard before the pairing (removed, re-paired)
+    after = ResumePoint(7, 150, at.heard_at + 60)
+    assert resume_point(paired, None) == at
+    assert resume_point(paired, before) == at
+    assert resume_point(paired, after) == after
+    assert resume_point(paired, ResumePoint(7, 100)) == at  # a log point without a time
+    unknown = PairedDevice("w1", WEARABLE, "wearable", paired_at="2026-12-07T10:00:00+00:00")
+    assert (unknown.paired_point(), resume_point(unknown, after)) == (None, after)
+    assert resume_point(unknown, None) is None
+    garbled = replace(paired, paired_at="yesterday")
+    assert garbled.paired_point() is None
+
+
+def test_pairing_records_the_numbering_and_a_rename_forgets_it(tmp_path: Path) -> None:
+    registry = DeviceRegistry.in_state_dir(tmp_path)
+    added = registry.add(WEARABLE, "wearable", "w", "bed-1", numbering=(7, 120))
+    assert (added.paired_boot_id, added.paired_next_seq) == (7, 120)
+    assert registry.load() == [added]
+    # Under the new id nothing was delivered: it owes nothing from the pairing on either.
+    renamed = registry.rename("bed-1", "bed-2")
+    assert (renamed.paired_boot_id, renamed.paired_next_seq) == (None, None)
+    # A list written before these fields existed still loads.
+    entry = {"device_id": "old", "address": OTHER, "kind": "wearable"}
+    text = json.dumps({"version": 1, "devices": [entry]})
+    (tmp_path / "devices.json").write_text(text, encoding="utf-8")
+    [old] = registry.load()
+    assert old.paired_point() is None
 
 
 class _Clock:

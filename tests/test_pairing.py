@@ -235,6 +235,8 @@ async def test_pair_one_with_an_alias_then_all_the_rest_then_again(world: World)
         "wearable-01",
     )
     assert device.paired_at
+    # Where its numbering stood: every message from there on is owed to the gateway.
+    assert (device.paired_boot_id, device.paired_next_seq) == (INFO.boot_id, INFO.next_seq)
     assert not world.devices[W2].paired
 
     rest = await world.pair("--all", "--json")

@@ -190,8 +190,9 @@ async def run_end_to_end(
                 )  # fmt: skip
                 await drain(stamps, received, n, (0, 2**63), DRAIN_LIMIT_S)
                 # Windows missed while a link was down go out as resends (unstamped). Those
-                # made before the gateway first connected are not owed to it and never come
-                # (docs/protocol.md, §4): at 10x, a gateway slow to start misses them.
+                # made before the gateway first connected are not owed to it (the bench's list
+                # records no numbering at pairing, docs/protocol.md §4) and never come: at 10x,
+                # a gateway slow to start misses them.
                 await poll(lambda: len(received.telemetry) >= total, RESEND_LIMIT_S)
                 tick(len(received.telemetry), total)
             finally:

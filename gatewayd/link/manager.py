@@ -308,7 +308,8 @@ class LinkManager:
         A device new to the list is connected (from ``resume``, by device id, when the event
         log has a point for it). A device whose entry changed under the same id while trusted
         (paired again after it was untrusted, a new hardware profile, the unbonded opt-in) has
-        its link stopped and started again, resuming where the old one stopped. An entry
+        its link stopped and started again, from ``resume`` (where it stood when paired again),
+        else where the old link stopped. An entry
         marked untrusted changes nothing here (the link has stopped itself, or does when it
         next connects). A device taken off the list or renamed keeps its link until the
         gateway restarts: its alerts, its retained topics and its event-log history go by its
@@ -331,7 +332,7 @@ class LinkManager:
                 old = self.links[device.address]
                 await self._stop_link(device.address, "paired again")
                 self._entries[device.address] = device
-                self._begin(device, _resume_from(old) or resume.get(device.device_id))
+                self._begin(device, resume.get(device.device_id) or _resume_from(old))
                 change.restarted.append(device.device_id)
             for address, device in wanted.items():
                 if address not in self._entries:

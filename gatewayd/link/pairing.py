@@ -262,6 +262,7 @@ async def pair_device(
                 registry.add, address, candidate.kind, candidate.name, alias,
                 allow_unbonded=allow_unbonded,
                 profile=hardware_profile(info) if info is not None else "",
+                numbering=(info.boot_id, info.next_seq) if info is not None else None,
             )
         )  # fmt: skip
     except RegistryError as exc:

@@ -19,6 +19,8 @@ from typing import Final, Literal
 
 from gatewayd.errors import GatewayError
 
+from .events import ResumePoint
+
 REGISTRY_FILE: Final = "devices.json"
 _FORMAT_VERSION: Final = 1
 _ALIAS_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -46,6 +48,33 @@ class PairedDevice:
     profile: str = ""
     #: Why the gateway stopped trusting it (empty: trusted); pairing it again clears this.
     untrusted: str = ""
+    #: A wearable's numbering when it was paired (its info's boot id and next seq): every
+    #: message from there on is owed to the gateway, delivered or recorded as lost.
+    paired_boot_id: int | None = None
+    paired_next_seq: int | None = None
+
+    def paired_point(self) -> ResumePoint | None:
+        """Where the wearable's numbering stood at pairing, heard at ``paired_at``; None when
+        not recorded (a strap, a list written by hand or by an older version)."""
+        if self.paired_boot_id is None or self.paired_next_seq is None:
+            return None
+        try:
+            at = datetime.fromisoformat(self.paired_at).timestamp()
+        except ValueError:
+            return None
+        return ResumePoint(self.paired_boot_id, self.paired_next_seq, at)
+
+
+def resume_point(device: PairedDevice, logged: ResumePoint | None) -> ResumePoint | None:
+    """Where the link starts with ``device``: where the event log says its stream stopped, or
+    where its numbering stood when it was paired, whichever was heard last (a device paired
+    again owes nothing from before the new pairing); None: from what it sends next.
+    """
+    paired = device.paired_point()
+    if paired is None or logged is None:
+        return logged or paired
+    assert paired.heard_at is not None
+    return paired if logged.heard_at is None or paired.heard_at > logged.heard_at else logged
 
 
 def check_alias(alias: str) -> str:
@@ -124,10 +153,12 @@ class DeviceRegistry:
         *,
         allow_unbonded: bool = False,
         profile: str = "",
+        numbering: tuple[int, int] | None = None,
     ) -> PairedDevice:
         """Pair a device; pairing a known address again keeps its id unless an alias is given.
 
-        Pairing again also trusts it again (clears ``untrusted``) and records ``profile``.
+        Pairing again also trusts it again (clears ``untrusted``) and records ``profile`` and
+        ``numbering`` (a wearable's boot id and next seq, read at pairing).
         """
         addr = normalise_address(address)
         devices = self.load()
@@ -139,9 +170,11 @@ class DeviceRegistry:
         if clash is not None:
             raise RegistryError(f"device id {device_id!r} is already used by {clash.address}")
         now = datetime.now(UTC).isoformat(timespec="seconds")
+        boot_id, next_seq = numbering if numbering is not None else (None, None)
         device = PairedDevice(
-            device_id, addr, kind, name, now, allow_unbonded=allow_unbonded, profile=profile
-        )
+            device_id, addr, kind, name, now, allow_unbonded=allow_unbonded, profile=profile,
+            paired_boot_id=boot_id, paired_next_seq=next_seq,
+        )  # fmt: skip
         self._save([d for d in devices if d.address != addr] + [device])
         return device
 
@@ -152,7 +185,9 @@ class DeviceRegistry:
         if any(d.device_id == new_id for d in devices):
             raise RegistryError(f"device id {new_id!r} is already used")
         old = self.get(device_id)
-        new = replace(old, device_id=new_id)
+        # The messages it sent under the old id were delivered under it: the new id owes
+        # nothing from the pairing on (the event log has no point for it either).
+        new = replace(old, device_id=new_id, paired_boot_id=None, paired_next_seq=None)
         self._save([new if d.device_id == device_id else d for d in devices])
         return new
 
