@@ -41,7 +41,7 @@ from gatewayd.lifecycle import favour_the_loop, raised_at, settle_heap, start_ta
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
-from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError, resume_point
+from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError
 from gatewayd.mapping import alert_event, gateway_event
 from gatewayd.pipeline import Pipeline
 from gatewayd.protocol.control import SetPolicy
@@ -341,7 +341,7 @@ async def _start_link(
         gateway.devices,
         settings,
         queue_size=config.inference.queue_size * 16,
-        resume=await _resume_points(gateway.store, gateway.devices),
+        resume=await _resume_points(gateway.store),
         registry=gateway.registry,
         close_timeout_s=max(1.0, timeouts.link_s - 1.0),
     )
@@ -398,13 +398,11 @@ async def _start_link(
     gateway.watched += [link_task, *loops]
 
 
-async def _resume_points(store: Store, devices: Sequence[PairedDevice]) -> dict[str, ResumePoint]:
-    """Where each device's link starts, by device id: where the event log says its stream
-    stopped, or where its numbering stood when it was paired (`registry.resume_point`)."""
+async def _resume_points(store: Store) -> dict[str, ResumePoint]:
+    """Where each device's stream stopped, by device id, from the event log (the link weighs
+    them against where each stood when paired: `registry.resume_point`)."""
     cursors = await store.cursors()
-    logged = {d: ResumePoint(c.boot_id, c.next_seq, c.heard_at) for d, c in cursors.items()}
-    points = {d.device_id: resume_point(d, logged.get(d.device_id)) for d in devices}
-    return {device_id: point for device_id, point in points.items() if point is not None}
+    return {d: ResumePoint(c.boot_id, c.next_seq, c.heard_at) for d, c in cursors.items()}
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -443,7 +441,7 @@ async def _follow_registry(
                         error=str(exc))  # fmt: skip
             continue
         try:
-            resume = await _resume_points(gateway.store, devices)
+            resume = await _resume_points(gateway.store)
         except StoreError as exc:  # the event log is unreadable: new devices start afresh
             log.warning("no resume points for the paired devices", error=str(exc))
             resume = {}

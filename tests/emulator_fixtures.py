@@ -26,7 +26,9 @@ import shutil
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -38,6 +40,8 @@ from gatewayd.emulator import (
     PrivateBus,
     install_bluetoothctl_shim,
 )
+from gatewayd.emulator.wearable import WearableCore
+from gatewayd.protocol.control import decode_info
 
 __all__ = [
     "EmulatorEnv",
@@ -45,11 +49,25 @@ __all__ = [
     "bluetoothctl_shim",
     "fake_bluez",
     "needs_dbus_daemon",
+    "paired_as_by_gatewayd_pair",
     "private_bus",
     "release_bleak_manager",
     "run_command",
     "run_gatewayd",
 ]
+
+
+def paired_as_by_gatewayd_pair(core: WearableCore) -> dict[str, Any]:
+    """The `PairedDevice` fields `gatewayd pair` records from a wearable's info: when, and where
+    its numbering stands (every window from there on is owed to the gateway, however late it
+    first connects on a loaded machine)."""
+    info = decode_info(core.info())
+    return {
+        "paired_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "paired_boot_id": info.boot_id,
+        "paired_next_seq": info.next_seq,
+    }
+
 
 #: Mark (or ``pytestmark =``) for tests that need the emulator's dbus-daemon.
 needs_dbus_daemon = pytest.mark.skipif(

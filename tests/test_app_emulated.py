@@ -35,7 +35,7 @@ from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
 from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.link.registry import PairedDevice
-from tests.emulator_fixtures import release_bleak_manager
+from tests.emulator_fixtures import paired_as_by_gatewayd_pair, release_bleak_manager
 from tests.gateway_task import Running, gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
 
@@ -203,7 +203,13 @@ async def build(
     setup = FleetSetup(devices=2, speed=SPEED, tau_mbits=3500, min_conf_e4=5000)
     fleet = await build_fleet(fake, recordings, setup)
     devices = [
-        PairedDevice(f"wrist-{i}", device.address, "wearable", wearable.core.spec.name)
+        PairedDevice(
+            f"wrist-{i}",
+            device.address,
+            "wearable",
+            wearable.core.spec.name,
+            **paired_as_by_gatewayd_pair(wearable.core),
+        )
         for i, (device, wearable) in enumerate(fleet.wearables)
     ]
     return fleet, devices

@@ -40,7 +40,7 @@ from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.inference import read_card, sha256_of, write_card
 from gatewayd.inference.backpressure import BackpressureConfig, throttled_policy
 from gatewayd.link.registry import PairedDevice
-from tests.emulator_fixtures import release_bleak_manager
+from tests.emulator_fixtures import paired_as_by_gatewayd_pair, release_bleak_manager
 from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
 from tests.test_inference import TinyModel, install_tiny_model
@@ -167,7 +167,13 @@ async def test_a_saturated_inference_queue_throttles_wearables_until_the_load_fa
     setup = FleetSetup(devices=2, speed=SPEED, tau_mbits=TAU_MBITS, min_conf_e4=MIN_CONF_E4)
     fleet: Fleet = await build_fleet(fake, recordings, setup)
     devices = [
-        PairedDevice(f"wrist-{i}", device.address, "wearable", wearable.core.spec.name)
+        PairedDevice(
+            f"wrist-{i}",
+            device.address,
+            "wearable",
+            wearable.core.spec.name,
+            **paired_as_by_gatewayd_pair(wearable.core),
+        )
         for i, (device, wearable) in enumerate(fleet.wearables)
     ]
     cores = {d.device_id: w.core for d, (_, w) in zip(devices, fleet.wearables, strict=True)}

@@ -43,6 +43,7 @@ from gatewayd.link.events import (
 )
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry
+from gatewayd.protocol.control import decode_info
 from gatewayd.protocol.gatt import DATA_CHAR_UUID, SERVICE_UUID
 from gatewayd.protocol.messages import Message, MessageFlags, Window, summary_of
 from tests.emulator_fixtures import EmulatorEnv, release_bleak_manager, run_gatewayd
@@ -70,7 +71,10 @@ def pair_all(fleet: Fleet, state_dir: Path, skip: int = 0) -> DeviceRegistry:
     registry = DeviceRegistry.in_state_dir(state_dir)
     chosen = fleet.wearables[: len(fleet.wearables) - skip]
     for device, wearable in chosen:
-        registry.add(device.address, "wearable", wearable.core.spec.name)
+        # Its numbering, as `gatewayd pair` records it: every window from then on is owed.
+        info = decode_info(wearable.core.info())
+        numbering = (info.boot_id, info.next_seq)
+        registry.add(device.address, "wearable", wearable.core.spec.name, numbering=numbering)
     return registry
 
 

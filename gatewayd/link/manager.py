@@ -39,7 +39,7 @@ from .buslimit import BusCeiling
 from .connection import DeviceLink, LinkSettings, SlotLease
 from .events import DeviceUntrusted, LinkEvent, ResumePoint
 from .queue import EventQueue
-from .registry import DeviceRegistry, PairedDevice, RegistryError
+from .registry import DeviceRegistry, PairedDevice, RegistryError, resume_point
 from .scanner import AdapterStates, Sighting, Sightings, scan_forever
 from .slots import SlotBudget
 
@@ -157,8 +157,10 @@ class LinkManager:
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
         bus: BusCeiling | None = None,
     ) -> None:
-        """``resume``: resume points by device id. ``registry``: where a device whose identity
-        changed is recorded as untrusted (it stays so across restarts until paired again).
+        """``resume``: the event log's resume points by device id (each weighed against where
+        the device stood when paired, `registry.resume_point`). ``registry``: where a device
+        whose identity changed is recorded as untrusted (it stays so across restarts until
+        paired again).
         ``bus``: the system bus's connection ceiling (default: a new one, probing the bus).
         """
         self.sightings = Sightings()
@@ -188,13 +190,15 @@ class LinkManager:
         self._updating = asyncio.Lock()
         self._failed: asyncio.Future[None] | None = None
 
-    def _link(self, device: PairedDevice, resume: ResumePoint | None) -> DeviceLink:
+    def _link(self, device: PairedDevice, logged: ResumePoint | None) -> DeviceLink:
+        """The device's link, starting where the event log says (``logged``) or where the
+        device stood when it was paired, whichever is later (`resume_point`)."""
         return DeviceLink(
             device,
             acquire=self.pool.acquire,
             emit=self._emit,
             settings=self.settings,
-            resume=resume,
+            resume=resume_point(device, logged),
             on_untrusted=self._record_untrusted,
             ceiling=self.bus,
             sightings=self.sightings,
@@ -332,7 +336,11 @@ class LinkManager:
                 old = self.links[device.address]
                 await self._stop_link(device.address, "paired again")
                 self._entries[device.address] = device
-                self._begin(device, resume.get(device.device_id) or _resume_from(old))
+                # Paired again, it starts where it stood then; else where the old link stopped.
+                logged = resume.get(device.device_id)
+                if logged is None and device.paired_point() is None:
+                    logged = _resume_from(old)
+                self._begin(device, logged)
                 change.restarted.append(device.device_id)
             for address, device in wanted.items():
                 if address not in self._entries:
