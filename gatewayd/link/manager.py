@@ -309,15 +309,14 @@ class LinkManager:
     ) -> DeviceListChange:
         """Follow the paired-device list while running, without touching the other devices.
 
-        A device new to the list is connected (from ``resume``, by device id, when the event
-        log has a point for it). A device whose entry changed under the same id while trusted
-        (paired again after it was untrusted, a new hardware profile, the unbonded opt-in) has
-        its link stopped and started again, from ``resume`` (where it stood when paired again),
-        else where the old link stopped. An entry
-        marked untrusted changes nothing here (the link has stopped itself, or does when it
-        next connects). A device taken off the list or renamed keeps its link until the
-        gateway restarts: its alerts, its retained topics and its event-log history go by its
-        id (`pending`).
+        A device new to the list is connected, from where it stood when paired or the event
+        log's point in ``resume`` (by device id), whichever is later. A device whose entry
+        changed under the same id while trusted (paired again after it was untrusted, a new
+        hardware profile, the unbonded opt-in) has its link stopped and started again the same
+        way; with neither point, from where the old link stopped. An entry marked untrusted
+        changes nothing here (the link has stopped itself, or does when it next connects). A
+        device taken off the list or renamed keeps its link until the gateway restarts: its
+        alerts, its retained topics and its event-log history go by its id (`pending`).
         """
         if not self._entered:
             raise RuntimeError("enter the LinkManager first (async with)")
