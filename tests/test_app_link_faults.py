@@ -34,6 +34,7 @@ from gatewayd.protocol.messages import SampleFormat
 from tests.emulator_fixtures import release_bleak_manager
 from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
+from tests.test_app_restart import counts
 
 pytest_plugins = ["tests.emulator_fixtures", "tests.mqtt_fixtures"]
 
@@ -260,22 +261,9 @@ async def _more(count: Callable[[], Awaitable[int]], base: int, more: int) -> bo
 
 
 def stored_and_lost(path: Path, device_id: str) -> tuple[list[int], dict[str, int]]:
-    """The seqs stored for a device, and its data_lost counts by cause."""
-    if not path.exists():
-        return [], {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        seqs = [s for (s,) in conn.execute(
-            "SELECT seq FROM windows WHERE device_id = ? ORDER BY seq", (device_id,))]  # fmt: skip
-        lost: dict[str, int] = {}
-        for (payload,) in conn.execute(
-            "SELECT payload FROM events WHERE kind = 'data_lost' AND device_id = ?", (device_id,)
-        ):
-            evidence = json.loads(payload)["evidence"]
-            lost[evidence["cause"]] = lost.get(evidence["cause"], 0) + evidence["count"]
-        return seqs, lost
-    finally:
-        conn.close()
+    """The seqs stored for a device, in the order stored, and its data_lost counts by cause."""
+    found = counts(path)
+    return found["seqs"].get(device_id, []), found["lost"].get(device_id, {})
 
 
 @pytest.mark.asyncio
