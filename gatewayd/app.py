@@ -426,7 +426,9 @@ async def _follow_registry(
     """
     registry = gateway.registry
     assert registry is not None
-    seen = await asyncio.to_thread(_file_signature, registry.path)
+    # None: the first look applies the file as it is then (a no-op when unchanged), so a
+    # `gatewayd pair` between the start's load and that look is not missed.
+    seen: tuple[int, int, int] | None = None
     told: list[str] = []
     while True:
         await asyncio.sleep(interval_s)
