@@ -23,8 +23,10 @@ import pytest
 
 from gatewayd.bench.procstat import Usage, descendants
 from gatewayd.bench.scale import (
+    SLOTS,
     OffloadMix,
     PointResult,
+    ScaleOptions,
     ScaleReport,
     Sessions,
     find_sessions,
@@ -34,6 +36,8 @@ from gatewayd.bench.scale import (
     parse_devices,
     parse_offload,
     percentile,
+    run_notes,
+    write_config,
 )
 from gatewayd.cli.common import EXIT_USAGE
 from tests.mqtt_fixtures import MOSQUITTO
@@ -138,6 +142,20 @@ def test_a_dataset_must_hold_recordings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no recordings found"):
         find_sessions([tmp_path])
     assert find_sessions([]) == Sessions()
+
+
+def test_fewer_adapters_leave_the_wearables_beyond_their_slots_waiting(tmp_path: Path) -> None:
+    mix = OffloadMix("default", None)
+    for folder in ("enough", "one"):
+        (tmp_path / folder).mkdir()
+    enough = write_config(tmp_path / "enough", 45, mix, ("127.0.0.1", 1883)).read_text()
+    assert 'adapters = ["hci0", "hci1", "hci2"]' in enough
+    assert f"slots_per_adapter = {SLOTS}" in enough
+    one = write_config(tmp_path / "one", 45, mix, ("127.0.0.1", 1883), adapters=1).read_text()
+    assert 'adapters = ["hci0"]\n' in one
+    assert not any("waiting for a slot" in n for n in run_notes(ScaleOptions()))
+    (note,) = [n for n in run_notes(ScaleOptions(adapters=1)) if "waiting for a slot" in n]
+    assert f"at most {SLOTS} wearables connected" in note
 
 
 def run_bench(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:

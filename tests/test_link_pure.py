@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,6 +226,43 @@ async def test_pool_does_not_ask_bluez_at_every_advertisement() -> None:
     sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")
     lease = await asyncio.wait_for(waiting, 5)
     assert (lease.sighting.rssi, bluez.calls) == (-50, 1)
+
+
+class CountingBudget(SlotBudget):
+    """A slot budget that counts how often a waiting link looked for room."""
+
+    looks = 0
+
+    def choose(self, candidates: Mapping[str, int] | Iterable[str]) -> str | None:
+        self.looks += 1
+        return super().choose(candidates)
+
+
+@pytest.mark.asyncio
+async def test_a_link_waiting_for_a_slot_wakes_for_its_own_device_and_freed_slots_only() -> None:
+    # Hundreds of wearables past the slots all advertise while they wait: if each
+    # advertisement woke every waiting link, the event loop would do waiters x advertisements
+    # of work for nothing (two thirds of the gateway's CPU at 300 wearables on 10 slots).
+    bluez = ScriptedBlueZ({})
+    sightings = Sightings()
+    budget = CountingBudget({"hci0": 1})
+    pool = SlotPool(budget, sightings, bluez_links=bluez, check_interval_s=3600)
+    sightings.record(bluez_device(OTHER), advertisement(-50), "hci0")
+    held = await asyncio.wait_for(pool.acquire(OTHER), 5)
+    waiting = asyncio.create_task(pool.acquire(WEARABLE))
+    await asyncio.sleep(0)
+    looked = budget.looks
+    for i in range(50):
+        sightings.record(bluez_device(f"C0:FF:EE:00:01:{i:02X}"), advertisement(-60), "hci0")
+        await asyncio.sleep(0)
+    assert budget.looks == looked  # other devices' advertisements: not looked again
+    sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")
+    await asyncio.sleep(0)
+    assert budget.looks == looked + 1  # its own: looked again ...
+    assert not waiting.done()  # ... and still full
+    held.release()  # a slot freed: every waiter looks
+    lease = await asyncio.wait_for(waiting, 5)
+    assert (lease.sighting.adapter, budget.looks) == ("hci0", looked + 2)
 
 
 @pytest.mark.asyncio

@@ -239,6 +239,9 @@ class ScaleOptions:
     #: Niceness of the emulator (0: the same priority as the gateway). Real wearables compute
     #: on their own MCUs; a positive value lets the gateway go first on the shared cores.
     emulator_nice: int = 0
+    #: Adapters of SLOTS slots each, emulated and configured; None: enough for every wearable.
+    #: Fewer leave the wearables beyond their slots advertising, waiting for one.
+    adapters: int | None = None
 
 
 #: `--quick` (what `make bench` runs): a reduced sweep of a few minutes.
@@ -518,14 +521,23 @@ def device_id(index: int) -> str:
     return f"w{index + 1:04d}"
 
 
-def write_config(directory: Path, n: int, mix: OffloadMix, broker: tuple[str, int]) -> Path:
+def adapters_for(n: int, adapters: int | None = None) -> int:
+    """How many adapters of SLOTS slots the emulator and the gateway get for ``n`` wearables:
+    ``adapters``, or by default enough for every one."""
+    return adapters if adapters is not None else math.ceil(n / SLOTS)
+
+
+def write_config(
+    directory: Path, n: int, mix: OffloadMix, broker: tuple[str, int], adapters: int | None = None
+) -> Path:
     """The gateway's configuration in ``directory`` for ``n`` wearables (paired: devices.json in
-    its state folder, device ids `device_id`) publishing to ``broker`` under ``mix``. Blocks."""
-    adapters = ", ".join(f'"hci{i}"' for i in range(math.ceil(n / SLOTS)))
+    its state folder, device ids `device_id`) publishing to ``broker`` under ``mix``, through
+    `adapters_for` adapters. Blocks."""
+    names = ", ".join(f'"hci{i}"' for i in range(adapters_for(n, adapters)))
     path = directory / "gatewayd.toml"
     path.write_text(
         f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{directory / "state"}"\n'
-        f"[ble]\nadapters = [{adapters}]\nslots_per_adapter = {SLOTS}\n"
+        f"[ble]\nadapters = [{names}]\nslots_per_adapter = {SLOTS}\n"
         f'[mqtt]\nhost = "{broker[0]}"\nport = {broker[1]}\n'
         f'topic_root = "{TOPIC_ROOT}"\n' + mix.config_lines(),
         encoding="utf-8",
@@ -566,7 +578,7 @@ async def _start(
     *, profile_to: Path | None = None,
 ) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, dict[str, str]]:  # fmt: skip
     """Start the emulator, then the gateway pointed at it."""
-    config = await asyncio.to_thread(write_config, directory, n, mix, broker)
+    config = await asyncio.to_thread(write_config, directory, n, mix, broker, options.adapters)
     minutes = (options.warmup_limit_s + n * 0.5 + options.seconds + options.drain_limit_s) / 60
     # Real recordings loop (they may be shorter than the run); synthetic ones are made long enough.
     sessions = (
@@ -577,25 +589,27 @@ async def _start(
     return await start_processes(
         n, config, directory, [*sessions, "--seed", str(options.seed)],
         models_dir=options.models_dir, profile_to=profile_to, nice=options.emulator_nice,
+        adapters=options.adapters,
     )  # fmt: skip
 
 
 async def start_processes(
     n: int, config: Path, directory: Path, sessions: Sequence[str], *,
     models_dir: Path | None = None, profile_to: Path | None = None, nice: int = 0,
+    adapters: int | None = None,
 ) -> tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, dict[str, str]]:  # fmt: skip
     """Start `gatewayd emulate` with ``n`` bonded wearables (``sessions``: what they replay and
     how, e.g. ``--dataset PATH --loop``), stamping sends to ``directory``/stamps.txt, then
     `gatewayd run --config config` pointed at it; (emulator, gateway, what the emulator printed:
     `_read_env`). Its output goes to emulator.txt, the gateway's to gateway.log. ``nice`` > 0
-    starts the emulator (and its bus) under `nice -n`."""
+    starts the emulator (and its bus) under `nice -n`; ``adapters``: `adapters_for`."""
     emulator_out = directory / "emulator.txt"
     models = ["--models-dir", str(models_dir)] if models_dir else []
     niced = ["nice", "-n", str(nice)] if nice else []
     with emulator_out.open("w", encoding="utf-8") as out:
         emulator = await asyncio.create_subprocess_exec(
             *niced, *_python(), "-m", "gatewayd", "emulate", "--devices", str(n),
-            "--adapters", str(math.ceil(n / SLOTS)), "--slots", str(SLOTS), "--bonded",
+            "--adapters", str(adapters_for(n, adapters)), "--slots", str(SLOTS), "--bonded",
             "--stamps", str(directory / "stamps.txt"), *sessions, *models,
             "--bus-connections-per-user", str(bus_connections_per_user(n)),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
@@ -924,6 +938,29 @@ def profile_summary(path: Path, top: int = 20) -> dict[str, Any]:
     }
 
 
+def run_notes(options: ScaleOptions) -> list[str]:
+    """What the report says of the whole run's setup."""
+    notes = [
+        f"the emulator's bus allowed max({DBUS_CONNECTIONS_PER_USER}, N + {BUS_HEADROOM})"
+        " connections per user for N wearables (max_connections_per_user; each connected"
+        f" wearable holds one): a stock system bus allows {DBUS_CONNECTIONS_PER_USER}, about"
+        f" {DBUS_CONNECTIONS_PER_USER - 1} connected wearables per gateway unless raised"
+        " (docs/running.md)"
+    ]
+    if options.adapters is not None:
+        notes.append(
+            f"{options.adapters} adapter(s) of {SLOTS} slots: at most"
+            f" {options.adapters * SLOTS} wearables connected, the rest advertising and waiting"
+            " for a slot"
+        )
+    if options.emulator_nice:
+        notes.append(
+            f"the emulator ran at nice {options.emulator_nice}: on the shared cores the gateway"
+            " went first (real wearables compute on their own MCUs)"
+        )
+    return notes
+
+
 async def bench_scale(
     options: ScaleOptions, *, say: Callable[[str], None] = lambda _t: None
 ) -> ScaleReport:
@@ -936,18 +973,7 @@ async def bench_scale(
     say("timing the bare gateway model")
     model = await asyncio.to_thread(measure_model, options.models_dir)
     points: list[PointResult] = []
-    notes: list[str] = [
-        f"the emulator's bus allowed max({DBUS_CONNECTIONS_PER_USER}, N + {BUS_HEADROOM})"
-        " connections per user for N wearables (max_connections_per_user; each connected"
-        f" wearable holds one): a stock system bus allows {DBUS_CONNECTIONS_PER_USER}, about"
-        f" {DBUS_CONNECTIONS_PER_USER - 1} connected wearables per gateway unless raised"
-        " (docs/running.md)"
-    ]
-    if options.emulator_nice:
-        notes.append(
-            f"the emulator ran at nice {options.emulator_nice}: on the shared cores the gateway"
-            " went first (real wearables compute on their own MCUs)"
-        )
+    notes = run_notes(options)
     async with bench_broker(options.mqtt_host, options.mqtt_port) as broker:
         say(broker.note)
         address = (broker.host, broker.port)

@@ -400,6 +400,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
             seed=args.seed,
             datasets=tuple(args.dataset or ()),
             emulator_nice=args.emulator_nice,
+            adapters=args.adapters,
         )
         find_sessions(options.datasets)  # a --dataset without recordings stops here
     except ValueError as exc:
@@ -672,6 +673,13 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         metavar="N",
         help="run the emulator at niceness N (0-19; 0: the gateway's priority): real wearables"
         " compute on their own MCUs, not on the gateway's cores",
+    )
+    scale.add_argument(
+        "--adapters",
+        type=positive_int,
+        metavar="K",
+        help="emulate and configure K adapters of 20 slots (default: enough for every"
+        " wearable); with fewer, the wearables beyond the slots advertise and wait for one",
     )
     scale.add_argument("--mqtt-host", metavar="H", help="publish to this broker")
     scale.add_argument("--mqtt-port", metavar="P", type=positive_int, help="its port (1883)")

@@ -95,7 +95,7 @@ class SlotPool:
                 return SlotLease(candidates[adapter], functools.partial(self._release, adapter))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, check_at - time.monotonic())):
-                    await self.sightings.changed()
+                    await self.sightings.changed(address)
 
     def _release(self, adapter: str) -> None:
         self.budget.release(adapter)

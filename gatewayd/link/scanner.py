@@ -53,11 +53,20 @@ class Sighting:
 
 
 class Sightings:
-    """Who is visible through which adapter; waiters are woken on every change."""
+    """Who is visible through which adapter; a waiter is woken by its own device's sightings.
+
+    Waiters wait for one device (`changed`): a sighting wakes only the waiters of the device
+    it is of, and `notify` (a slot freed) wakes them all. Waking every waiter at every
+    advertisement cost the event loop O(waiters x advertisements): with 300 wearables on 10
+    slots, two thirds of the gateway's CPU went to links re-checking for a slot they could
+    not have, on other devices' advertisements.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._by_address: dict[str, dict[str, Sighting]] = {}
-        self._changed = asyncio.Event()
+        #: One event per device someone waits for, set and dropped at the device's next
+        #: sighting (or at `notify`); the next waiter makes a new one.
+        self._waiting: dict[str, asyncio.Event] = {}
         self._clock = clock
 
     def record(self, device: BLEDevice, adv: AdvertisementData, adapter: str) -> Sighting | None:
@@ -68,18 +77,25 @@ class Sightings:
         sighting = Sighting(
             device, adapter, adv.rssi, adv.local_name or device.name or "", kind, self._clock()
         )
-        self._by_address.setdefault(device.address.upper(), {})[adapter] = sighting
-        self.notify()
+        address = device.address.upper()
+        self._by_address.setdefault(address, {})[adapter] = sighting
+        if (event := self._waiting.pop(address, None)) is not None:
+            event.set()
         return sighting
 
     def notify(self) -> None:
-        """Wake everyone waiting for a change (a sighting, or a slot freed elsewhere)."""
-        self._changed.set()
-        self._changed.clear()
+        """Wake every waiter, whatever device it waits for (a slot freed elsewhere)."""
+        waiting, self._waiting = self._waiting, {}
+        for event in waiting.values():
+            event.set()
 
-    async def changed(self) -> None:
-        """Return at the next change."""
-        await self._changed.wait()
+    async def changed(self, address: str) -> None:
+        """Return at the next sighting of ``address``, or at the next `notify`."""
+        key = address.upper()
+        event = self._waiting.get(key)
+        if event is None:
+            event = self._waiting[key] = asyncio.Event()
+        await event.wait()
 
     def last_seen(self, address: str) -> float | None:
         """When ``address`` last advertised through any adapter (this object's clock), or None."""
@@ -89,7 +105,7 @@ class Sightings:
     async def seen_after(self, address: str, after: float) -> None:
         """Return once ``address`` has advertised later than ``after`` (at once if it has)."""
         while (last := self.last_seen(address)) is None or last <= after:
-            await self.changed()
+            await self.changed(address)
 
     def now(self) -> float:
         """This object's clock (what ``seen_at`` is measured on)."""
