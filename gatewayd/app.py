@@ -572,6 +572,8 @@ class _Service:
             line += f"; adapter {adapter} does not answer: {check.message}"
         if (bus_problem := self.link.bus.problem) is not None:
             line += f"; {bus_problem}"
+        if (slot_problem := self.link.pool.problem) is not None:
+            line += f"; {slot_problem}"
         return line
 
     async def watch_adapters(self) -> None:

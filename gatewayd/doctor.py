@@ -78,6 +78,7 @@ __all__ = [
     "check_event_log",
     "check_model",
     "check_service_user",
+    "check_slots",
     "check_state_dir",
     "connections_per_user",
     "diagnose_adapter",
@@ -638,6 +639,29 @@ def check_bus_connections(facts: BusLimitFacts) -> Check:
     )
 
 
+def check_slots(facts: BusLimitFacts, adapters: int, slots_per_adapter: int) -> Check:
+    """Every paired device can hold a connection slot at once: each adapter holds
+    ``[ble] slots_per_adapter`` connections, and devices beyond them wait (docs/running.md)."""
+    from gatewayd.link.manager import SLOTS_FIX  # noqa: PLC0415 - pulls in the link
+
+    name = "slots"
+    if facts.paired is None:
+        return Check(name, "skip", f"not checked: {facts.paired_error}")
+    slots = adapters * slots_per_adapter
+    held_by = f"{adapters} adapter(s) x slots_per_adapter {slots_per_adapter}"
+    if facts.paired <= slots:
+        return Check(
+            name, "ok", f"{facts.paired} paired devices, {slots} connection slots ({held_by})"
+        )
+    return Check(
+        name,
+        "warn",
+        f"{facts.paired} paired devices but {slots} connection slots ({held_by}):"
+        f" {facts.paired - slots} wait, whichever come last, until a connected one leaves",
+        SLOTS_FIX,
+    )
+
+
 def parse_dbus_send(address: str, user: str, returncode: int, stderr: str) -> BusFacts:
     """BusFacts from ``dbus-send ... GetManagedObjects``: what ``user`` may do on the bus."""
     if returncode == 0:
@@ -1132,7 +1156,7 @@ async def run_doctor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[Check]:
     """Every check, in a fixed order: config, BlueZ, adapters, D-Bus access, user, D-Bus
-    connection limit, state, event log, broker, model. Checks that need a valid config are
+    connection limit, slots, state, event log, broker, model. Checks that need a valid config are
     skipped without one."""
     env = os.environ if env is None else env
     config_result = await asyncio.to_thread(config_facts, config_path, env)
@@ -1152,7 +1176,7 @@ async def run_doctor(
     if config is None:
         checks += [
             Check(name, "skip", "not checked: no valid config file")
-            for name in ("dbus limit", "state dir", "event log", "broker", "model")
+            for name in ("dbus limit", "slots", "state dir", "event log", "broker", "model")
         ]
         return checks
     limits, state, event_log, broker, model = await asyncio.gather(
@@ -1163,6 +1187,7 @@ async def run_doctor(
         asyncio.to_thread(model_facts, config.inference.model, models_dir),
     )
     checks.append(check_bus_connections(limits))
+    checks.append(check_slots(limits, len(config.ble.adapters), config.ble.slots_per_adapter))
     return [
         *checks,
         *state,

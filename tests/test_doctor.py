@@ -32,6 +32,7 @@ from gatewayd.doctor import (
     check_dbus_access,
     check_event_log,
     check_service_user,
+    check_slots,
     check_state_dir,
     connections_per_user,
     event_log_facts,
@@ -283,6 +284,22 @@ def test_more_paired_devices_than_the_bus_lets_one_user_connect_is_a_warning_wit
     assert (unread.status, unread.message) == ("skip", "not checked: the paired devices: bad")
 
 
+def test_more_paired_devices_than_connection_slots_is_a_warning_with_the_fix() -> None:
+    ok = check_slots(BusLimitFacts(256, "d", 10), adapters=2, slots_per_adapter=5)
+    assert (ok.name, ok.status) == ("slots", "ok")
+    assert ok.message == (
+        "10 paired devices, 10 connection slots (2 adapter(s) x slots_per_adapter 5)"
+    )
+    warn = check_slots(BusLimitFacts(256, "d", 8), adapters=1, slots_per_adapter=5)
+    assert warn.status == "warn"
+    assert warn.message.startswith("8 paired devices but 5 connection slots")
+    assert "3 wait" in warn.message
+    assert "[ble] adapters" in warn.fix
+    assert "slots_per_adapter" in warn.fix
+    unread = check_slots(BusLimitFacts(256, "d", None, "the paired devices: bad"), 1, 5)
+    assert (unread.status, unread.message) == ("skip", "not checked: the paired devices: bad")
+
+
 # --- real parts ------------------------------------------------------------------------------
 
 
@@ -336,6 +353,7 @@ async def test_doctor_passes_against_the_emulator_and_a_broker(
         "dbus access",
         "service user",
         "dbus limit",
+        "slots",
         "state dir",
         "event log",
         "broker",
@@ -547,7 +565,7 @@ async def test_a_broken_config_fails_and_skips_what_needs_it(tmp_path: Path) -> 
     assert checks["config"].status == "fail"
     assert "mqtt.port" in checks["config"].message
     assert checks["config"].fix.startswith(f"edit {path}")
-    for name in ("adapters", "dbus limit", "state dir", "event log", "broker", "model"):
+    for name in ("adapters", "dbus limit", "slots", "state dir", "event log", "broker", "model"):
         assert checks[name].status == "skip", name
 
 

@@ -15,6 +15,7 @@ import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
+from structlog.testing import capture_logs
 
 from gatewayd.backoff import MAX_DELAY_S
 from gatewayd.link.backoff import BASE_DELAY_S, FailureKind, backoff_delay, classify
@@ -263,6 +264,40 @@ async def test_a_link_waiting_for_a_slot_wakes_for_its_own_device_and_freed_slot
     held.release()  # a slot freed: every waiter looks
     lease = await asyncio.wait_for(waiting, 5)
     assert (lease.sighting.adapter, budget.looks) == ("hci0", looked + 2)
+
+
+@pytest.mark.asyncio
+async def test_devices_waiting_for_a_slot_are_said_once_with_the_fix_until_none_waits() -> None:
+    sightings = Sightings()
+    pool = SlotPool(SlotBudget({"hci0": 1}), sightings, bluez_links=ScriptedBlueZ({}),
+                    check_interval_s=3600)  # fmt: skip
+    third = "C0:FF:EE:00:00:03"
+    for address in (OTHER, WEARABLE, third):
+        sightings.record(bluez_device(address), advertisement(-50), "hci0")
+    with capture_logs() as logs:
+        held = await asyncio.wait_for(pool.acquire(OTHER), 5)
+        assert pool.problem is None  # it had room
+        waiting = [asyncio.create_task(pool.acquire(a)) for a in (WEARABLE, third)]
+        await asyncio.sleep(0)
+        assert pool.waiting == 2
+        assert pool.problem is not None
+        assert pool.problem.startswith("2 device(s) wait for a connection slot, all 1 are taken")
+        assert "slots_per_adapter" in pool.problem
+        warned = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warned) == 1  # one for the episode, not one per device
+        assert warned[0]["event"].startswith("every connection slot is taken")
+        assert "[ble] adapters" in warned[0]["fix"]
+        held.release()
+        done, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        assert (len(done), pool.waiting) == (1, 1)  # one got the slot, one still waits
+        (pending_task,) = pending
+        pending_task.cancel()  # its link stopped: it waits no more
+        with pytest.raises(asyncio.CancelledError):
+            await pending_task
+    assert pool.problem is None
+    assert [e["event"] for e in logs if e["log_level"] == "info"] == [
+        "no device waits for a connection slot any more"
+    ]
 
 
 @pytest.mark.asyncio

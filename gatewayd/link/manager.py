@@ -51,12 +51,23 @@ DEFAULT_CLOSE_TIMEOUT_S: Final = 10.0
 #: While a device is not seen, ask BlueZ this often whether it holds a link to it (seconds).
 LINK_CHECK_INTERVAL_S: Final = 5.0
 
+#: What to do when paired devices wait for a connection slot (logs, STATUS=, doctor).
+SLOTS_FIX: Final = (
+    "add an adapter to [ble] adapters, or raise [ble] slots_per_adapter if the controller holds"
+    " more connections (a Raspberry Pi's built-in one holds about 4-7); see docs/running.md"
+)
+
 #: Asks BlueZ which devices it holds links to, by adapter (:func:`stale.bluez_links`).
 BluezLinks: TypeAlias = Callable[[Sequence[str]], Awaitable[Mapping[str, Sequence[BLEDevice]]]]
 
 
 class SlotPool:
-    """Hands out connection slots: for a link BlueZ holds, or a sighting on an adapter with room."""
+    """Hands out connection slots: for a link BlueZ holds, or a sighting on an adapter with room.
+
+    A device seen advertising while every adapter that sees it is full waits for a slot; the
+    first to wait is logged (WARNING, with the fix), the end of the wait for the last one at
+    INFO, and :attr:`problem` is the line for STATUS= meanwhile.
+    """
 
     def __init__(
         self,
@@ -70,6 +81,23 @@ class SlotPool:
         self.sightings = sightings
         self._bluez_links = bluez_links
         self._check_interval_s = check_interval_s
+        #: Devices seen advertising that wait because every adapter seeing them is full.
+        self._full: set[str] = set()
+
+    @property
+    def waiting(self) -> int:
+        """Devices seen advertising that wait for a free slot."""
+        return len(self._full)
+
+    @property
+    def problem(self) -> str | None:
+        """One line for STATUS= while devices wait for a slot, else None."""
+        if not self._full:
+            return None
+        return (
+            f"{self.waiting} device(s) wait for a connection slot, all {self.budget.total} are"
+            f" taken: {SLOTS_FIX}"
+        )
 
     async def acquire(self, address: str) -> SlotLease:
         """Wait until ``address`` can be connected through an adapter with a free slot; hold it.
@@ -80,22 +108,49 @@ class SlotPool:
         """
         linked: dict[str, Sighting] = {}
         check_at = time.monotonic()
-        while True:
-            if time.monotonic() >= check_at:
-                links = await self._bluez_links(self.budget.adapters)
-                linked = stale.stale_sightings(address, links, time.monotonic())
-                check_at = time.monotonic() + self._check_interval_s
-            candidates = linked or self.sightings.of(address)
-            adapter = self.budget.choose({a: s.rssi for a, s in candidates.items()})
-            if adapter is not None:
-                self.budget.take(adapter)
-                if linked:
-                    log.info("found a stale BlueZ connection from a previous run; reconnecting",
-                             address=address, adapter=adapter)  # fmt: skip
-                return SlotLease(candidates[adapter], functools.partial(self._release, adapter))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, check_at - time.monotonic())):
-                    await self.sightings.changed(address)
+        try:
+            while True:
+                if time.monotonic() >= check_at:
+                    links = await self._bluez_links(self.budget.adapters)
+                    linked = stale.stale_sightings(address, links, time.monotonic())
+                    check_at = time.monotonic() + self._check_interval_s
+                candidates = linked or self.sightings.of(address)
+                adapter = self.budget.choose({a: s.rssi for a, s in candidates.items()})
+                if adapter is not None:
+                    self.budget.take(adapter)
+                    if linked:
+                        log.info("found a stale BlueZ connection from a previous run;"
+                                 " reconnecting", address=address, adapter=adapter)  # fmt: skip
+                    return SlotLease(candidates[adapter], functools.partial(self._release, adapter))
+                if candidates:
+                    self._no_room(address)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, check_at - time.monotonic())):
+                        await self.sightings.changed(address)
+        finally:
+            self._done_waiting(address)
+
+    def _no_room(self, address: str) -> None:
+        """``address`` advertises, but every adapter that sees it is full."""
+        if address in self._full:
+            return
+        first = not self._full
+        self._full.add(address)
+        if first:
+            log.warning(
+                "every connection slot is taken: paired devices that advertise wait until a"
+                " connected one leaves",
+                address=address, slots=self.budget.total, fix=SLOTS_FIX,
+            )  # fmt: skip
+        else:
+            log.debug("waiting for a connection slot", address=address, waiting=self.waiting)
+
+    def _done_waiting(self, address: str) -> None:
+        if address not in self._full:
+            return
+        self._full.discard(address)
+        if not self._full:
+            log.info("no device waits for a connection slot any more", slots=self.budget.total)
 
     def _release(self, adapter: str) -> None:
         self.budget.release(adapter)

@@ -22,6 +22,11 @@ class SlotBudget:
         """Adapter names, in configuration order."""
         return tuple(self._limits)
 
+    @property
+    def total(self) -> int:
+        """Slots on every adapter together."""
+        return sum(self._limits.values())
+
     def used(self, adapter: str) -> int:
         """Connections held on ``adapter``."""
         return self._used[adapter]
