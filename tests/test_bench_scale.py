@@ -156,6 +156,15 @@ def test_fewer_adapters_leave_the_wearables_beyond_their_slots_waiting(tmp_path:
     assert not any("waiting for a slot" in n for n in run_notes(ScaleOptions()))
     (note,) = [n for n in run_notes(ScaleOptions(adapters=1)) if "waiting for a slot" in n]
     assert f"at most {SLOTS} wearables connected" in note
+    # Each point says how many were connected when it was measured, in the Markdown too.
+    waited = point(45, "default", 10.0, connected=20, notes=["only 20 of 45 devices connected"])
+    report = ScaleReport(
+        points=[point(10, "default", 5.0), waited], broker="b", environment={}, model={},
+        largest={}, offloaded_window_ms={}, profile={}, sessions=Sessions(),
+    )  # fmt: skip
+    listed = [line for line in format_markdown(report).splitlines() if line.startswith("- ")]
+    assert "- 45 wearables, offload default: only 20 of 45 devices connected" in listed
+    assert not [line for line in listed if line.startswith("- 10 wearables")]
 
 
 def run_bench(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:

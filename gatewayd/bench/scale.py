@@ -1094,6 +1094,12 @@ def format_markdown(report: ScaleReport) -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    noted = [p for p in report.points if p.notes]
+    if noted:
+        lines.append("")
+        lines += [
+            f"- {p.devices} wearables, offload {p.offload}: {'; '.join(p.notes)}" for p in noted
+        ]
     lines += ["", "Largest device count with no loss (counts tried in order):", ""]
     for budget, by_mix in report.largest.items():
         for mix, n in by_mix.items():
