@@ -203,7 +203,9 @@ async def test_pool_waits_for_a_slot_on_the_adapter_that_holds_the_link() -> Non
     first.release()
     second = await asyncio.wait_for(waiting, 5)
     assert second.sighting.adapter == "hci0"
-    assert bluez.calls == 2  # once per acquire: the freed slot needs no new question
+    # One question for both: BlueZ's answer is the same for every device asking at the time,
+    # and the freed slot needs no new one.
+    assert bluez.calls == 1
 
 
 @pytest.mark.asyncio
@@ -229,6 +231,29 @@ async def test_pool_does_not_ask_bluez_at_every_advertisement() -> None:
     assert (lease.sighting.rssi, bluez.calls) == (-50, 1)
 
 
+@pytest.mark.asyncio
+async def test_devices_waiting_together_share_one_question_to_bluez() -> None:
+    bluez = ScriptedBlueZ({})
+    sightings = Sightings()
+    pool = SlotPool(SlotBudget({"hci0": 1}), sightings, bluez_links=bluez, check_interval_s=3600)
+    addresses = [f"C0:FF:EE:00:01:{i:02X}" for i in range(50)]
+    waiting = [asyncio.create_task(pool.acquire(a)) for a in addresses]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert bluez.calls == 1  # not one per device: the answer is BlueZ's, the same for all
+    sightings.record(bluez_device(addresses[0]), advertisement(-50), "hci0")
+    lease = await asyncio.wait_for(waiting[0], 5)
+    lease.release()
+    # A link of ours just ended: BlueZ's earlier answer may still hold it, so it is asked again.
+    again = await asyncio.wait_for(pool.acquire(addresses[0]), 5)
+    assert bluez.calls == 2
+    again.release()
+    for task in waiting[1:]:
+        task.cancel()
+    await asyncio.gather(*waiting[1:], return_exceptions=True)
+    await pool.close()
+
+
 class CountingBudget(SlotBudget):
     """A slot budget that counts how often a waiting link looked for room."""
 
@@ -246,10 +271,12 @@ async def test_a_link_waiting_for_a_slot_wakes_for_its_own_device_and_freed_slot
     # of work for nothing (two thirds of the gateway's CPU at 300 wearables on 10 slots).
     bluez = ScriptedBlueZ({})
     sightings = Sightings()
-    budget = CountingBudget({"hci0": 1})
+    budget = CountingBudget({"hci0": 1, "hci1": 1})
     pool = SlotPool(budget, sightings, bluez_links=bluez, check_interval_s=3600)
     sightings.record(bluez_device(OTHER), advertisement(-50), "hci0")
     held = await asyncio.wait_for(pool.acquire(OTHER), 5)
+    # hci1 has room but does not hear the wearable (yet).
+    sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")
     waiting = asyncio.create_task(pool.acquire(WEARABLE))
     await asyncio.sleep(0)
     looked = budget.looks
@@ -259,11 +286,24 @@ async def test_a_link_waiting_for_a_slot_wakes_for_its_own_device_and_freed_slot
     assert budget.looks == looked  # other devices' advertisements: not looked again
     sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")
     await asyncio.sleep(0)
-    assert budget.looks == looked + 1  # its own: looked again ...
-    assert not waiting.done()  # ... and still full
-    held.release()  # a slot freed: every waiter looks
+    assert budget.looks == looked + 1  # its own, with room elsewhere: looked again ...
+    assert not waiting.done()  # ... but hci0 is full
+    sightings.record(bluez_device(WEARABLE, "hci1"), advertisement(-70), "hci1")
+    lease = await asyncio.wait_for(waiting, 5)  # heard where there is room
+    assert lease.sighting.adapter == "hci1"
+    # Every slot taken now: not even its own advertisements can help, only a freed slot.
+    third = "C0:FF:EE:00:00:03"
+    sightings.record(bluez_device(third), advertisement(-50), "hci0")
+    waiting = asyncio.create_task(pool.acquire(third))
+    await asyncio.sleep(0)
+    looked = budget.looks
+    for _ in range(20):
+        sightings.record(bluez_device(third), advertisement(-50), "hci0")
+        await asyncio.sleep(0)
+    assert budget.looks == looked
+    held.release()
     lease = await asyncio.wait_for(waiting, 5)
-    assert (lease.sighting.adapter, budget.looks) == ("hci0", looked + 2)
+    assert (lease.sighting.adapter, budget.looks) == ("hci0", looked + 1)
 
 
 @pytest.mark.asyncio

@@ -83,6 +83,15 @@ class SlotPool:
         self._check_interval_s = check_interval_s
         #: Devices seen advertising that wait because every adapter seeing them is full.
         self._full: set[str] = set()
+        #: BlueZ's last answer (when asked, links by adapter), shared by every waiting device
+        #: for a fifth of the check interval; dropped when a slot is released.
+        self._links: tuple[float, Mapping[str, Sequence[BLEDevice]]] | None = None
+        #: The question under way, which every device asking meanwhile awaits.
+        self._asking: asyncio.Task[Mapping[str, Sequence[BLEDevice]]] | None = None
+        #: Slots released so far: an answer asked before the last release is not kept.
+        self._releases = 0
+        #: Set (and replaced) when a slot is released.
+        self._freed = asyncio.Event()
 
     @property
     def waiting(self) -> int:
@@ -104,14 +113,16 @@ class SlotPool:
 
         A link BlueZ still holds to the device comes first (a previous run's, see stale.py):
         a connected device does not advertise, so sightings of it are old. BlueZ is asked at
-        once and then every ``check_interval_s`` while this waits.
+        once and then every ``check_interval_s`` while this waits; one answer serves every
+        device waiting at the time (`_held_links`). Meanwhile a sighting of the device wakes
+        it while some adapter has a free slot, and a released slot always does.
         """
         linked: dict[str, Sighting] = {}
         check_at = time.monotonic()
         try:
             while True:
                 if time.monotonic() >= check_at:
-                    links = await self._bluez_links(self.budget.adapters)
+                    links = await self._held_links()
                     linked = stale.stale_sightings(address, links, time.monotonic())
                     check_at = time.monotonic() + self._check_interval_s
                 candidates = linked or self.sightings.of(address)
@@ -126,7 +137,12 @@ class SlotPool:
                     self._no_room(address)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, check_at - time.monotonic())):
-                        await self.sightings.changed(address)
+                        if self.budget.total_free():
+                            # Room elsewhere: a sighting there would do.
+                            await self.sightings.changed(address)
+                        else:
+                            # Every slot is taken: only a released one can change that.
+                            await self._freed.wait()
         finally:
             self._done_waiting(address)
 
@@ -152,8 +168,42 @@ class SlotPool:
         if not self._full:
             log.info("no device waits for a connection slot any more", slots=self.budget.total)
 
+    async def _held_links(self) -> Mapping[str, Sequence[BLEDevice]]:
+        """The links BlueZ holds, by adapter. The answer is the same for every device, so one
+        question serves all that ask within a fifth of the check interval: hundreds of devices
+        waiting for a slot, each asking every few seconds, would otherwise walk BlueZ's whole
+        device list hundreds of times a minute."""
+        if self._links is not None and (
+            time.monotonic() - self._links[0] < self._check_interval_s / 5
+        ):
+            return self._links[1]
+        if self._asking is None:
+            self._asking = asyncio.create_task(self._ask(), name="slot-pool-bluez-links")
+        return await asyncio.shield(self._asking)
+
+    async def _ask(self) -> Mapping[str, Sequence[BLEDevice]]:
+        asked_at, releases = time.monotonic(), self._releases
+        try:
+            links = await self._bluez_links(self.budget.adapters)
+        finally:
+            self._asking = None
+        if releases == self._releases:  # no link of ours ended meanwhile
+            self._links = (asked_at, links)
+        return links
+
+    async def close(self, timeout_s: float = 1.0) -> None:
+        """Stop a question to BlueZ still under way (its askers have gone)."""
+        if (asking := self._asking) is not None:
+            asking.cancel()
+            await asyncio.wait({asking}, timeout=timeout_s)
+
     def _release(self, adapter: str) -> None:
         self.budget.release(adapter)
+        # A link that just ended may still be in BlueZ's last answer: ask afresh next time.
+        self._links = None
+        self._releases += 1
+        freed, self._freed = self._freed, asyncio.Event()
+        freed.set()
         self.sightings.notify()  # someone may be waiting for this slot
 
 
@@ -341,6 +391,7 @@ class LinkManager:
             log.warning("link stopped without waiting for bluetoothd",
                         disconnects_abandoned=len(hung), tasks_abandoned=len(pending),
                         devices=[link.device.device_id for link in hung])  # fmt: skip
+        await self.pool.close(grace)
         if self._failed is not None and not self._failed.done():
             self._failed.cancel()
         return outcome

@@ -27,6 +27,10 @@ class SlotBudget:
         """Slots on every adapter together."""
         return sum(self._limits.values())
 
+    def total_free(self) -> int:
+        """Free slots on every adapter together."""
+        return sum(self.free(a) for a in self._limits)
+
     def used(self, adapter: str) -> int:
         """Connections held on ``adapter``."""
         return self._used[adapter]
