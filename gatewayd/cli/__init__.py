@@ -140,7 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     global_options(demo, suppress=True)
     demo.set_defaults(func=cmd_demo, extra_ok=True)
-    add_bench_parser(add("bench", cmd_bench_models, "benchmark models"))
+    add_bench_parser(
+        add(
+            "bench",
+            cmd_bench_models,
+            "benchmarks: the models, the pipeline, scale, the paper's figures, soak",
+        )
+    )
     add_eval_parser(
         add("eval", cmd_eval_hr, "evaluate the wearable, the models and the gateway on recordings")
     )
