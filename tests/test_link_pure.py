@@ -32,7 +32,7 @@ from gatewayd.link.events import (
     ResumePoint,
     SequenceJump,
 )
-from gatewayd.link.manager import SlotPool
+from gatewayd.link.manager import SEEN_WITHIN_S, SlotPool
 from gatewayd.link.queue import EventQueue
 from gatewayd.link.registry import (
     DeviceRegistry,
@@ -393,6 +393,31 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_stopped_advertising_does_not_count_as_waiting_for_a_slot() -> None:
+    clock = _Clock()
+    sightings = Sightings(clock)
+    pool = SlotPool(SlotBudget({"hci0": 1}), sightings, bluez_links=ScriptedBlueZ({}),
+                    check_interval_s=0.01)  # fmt: skip
+    for address in (OTHER, WEARABLE):
+        sightings.record(bluez_device(address), advertisement(-50), "hci0")
+    held = await asyncio.wait_for(pool.acquire(OTHER), 5)
+    with capture_logs() as logs:
+        waiting = asyncio.create_task(pool.acquire(WEARABLE))
+        await asyncio.sleep(0.05)
+        assert pool.waiting == 1
+        clock.now += SEEN_WITHIN_S + 1  # it walked away: no advertisement since
+        await asyncio.sleep(0.05)
+        assert (pool.waiting, pool.problem) == (0, None)  # absent, not waiting for a slot
+        assert not waiting.done()  # its link still waits for it to come back
+        sightings.record(bluez_device(WEARABLE), advertisement(-50), "hci0")  # back
+        await asyncio.sleep(0.05)
+        assert pool.waiting == 1
+    assert [e["log_level"] for e in logs if "slot" in e["event"]] == ["warning", "info", "warning"]
+    held.release()
+    (await asyncio.wait_for(waiting, 5)).release()
 
 
 def backing_off_link(sightings: Sightings, monkeypatch: pytest.MonkeyPatch) -> DeviceLink:

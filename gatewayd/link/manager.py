@@ -51,6 +51,11 @@ DEFAULT_CLOSE_TIMEOUT_S: Final = 10.0
 #: While a device is not seen, ask BlueZ this often whether it holds a link to it (seconds).
 LINK_CHECK_INTERVAL_S: Final = 5.0
 
+#: A device counts as waiting for a slot while it advertised this recently (seconds; BlueZ
+#: reports every advertisement to bleak's scanner, DuplicateData off): one that left is absent,
+#: not waiting.
+SEEN_WITHIN_S: Final = 30.0
+
 #: What to do when paired devices wait for a connection slot (logs, STATUS=, doctor).
 SLOTS_FIX: Final = (
     "add an adapter to [ble] adapters, or raise [ble] slots_per_adapter if the controller holds"
@@ -64,9 +69,9 @@ BluezLinks: TypeAlias = Callable[[Sequence[str]], Awaitable[Mapping[str, Sequenc
 class SlotPool:
     """Hands out connection slots: for a link BlueZ holds, or a sighting on an adapter with room.
 
-    A device seen advertising while every adapter that sees it is full waits for a slot; the
-    first to wait is logged (WARNING, with the fix), the end of the wait for the last one at
-    INFO, and :attr:`problem` is the line for STATUS= meanwhile.
+    A device seen advertising (within SEEN_WITHIN_S) while every adapter that sees it is full
+    waits for a slot; the first to wait is logged (WARNING, with the fix), the end of the wait
+    for the last one at INFO, and :attr:`problem` is the line for STATUS= meanwhile.
     """
 
     def __init__(
@@ -133,8 +138,10 @@ class SlotPool:
                         log.info("found a stale BlueZ connection from a previous run;"
                                  " reconnecting", address=address, adapter=adapter)  # fmt: skip
                     return SlotLease(candidates[adapter], functools.partial(self._release, adapter))
-                if candidates:
+                if linked or self._seen_lately(candidates):
                     self._no_room(address)
+                else:  # not seen, or not for a while: absent, not waiting for a slot
+                    self._done_waiting(address)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, check_at - time.monotonic())):
                         if self.budget.total_free():
@@ -145,6 +152,10 @@ class SlotPool:
                             await self._freed.wait()
         finally:
             self._done_waiting(address)
+
+    def _seen_lately(self, candidates: Mapping[str, Sighting]) -> bool:
+        now = self.sightings.now()
+        return any(now - s.seen_at <= SEEN_WITHIN_S for s in candidates.values())
 
     def _no_room(self, address: str) -> None:
         """``address`` advertises, but every adapter that sees it is full."""
