@@ -24,6 +24,7 @@ from bleak import BleakAdapter
 from dbus_fast import BusType, MessageType
 from dbus_fast import Message as DBusMessage
 from dbus_fast.aio import MessageBus
+from structlog.testing import capture_logs
 
 from gatewayd.datasets import load_troika
 from gatewayd.datasets.dalia import load_dalia
@@ -246,6 +247,41 @@ async def test_twenty_wearables_on_four_adapters_at_ten_times_real_time(
     }
     assert not [c for c in connects if any(n in c.path for n in never)]
     assert np.all([not d.connected for d, _ in fleet.wearables[-2:]])
+
+
+@pytest.mark.asyncio
+async def test_wearables_beyond_the_slots_wait_and_the_gateway_says_so_once(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    recordings = [synthetic(30 + i, 1.0) for i in range(3)]
+    setup = FleetSetup(devices=3, adapters=1, slots=2, speed=10.0, decoy=False)
+    fleet = await build_fleet(fake, recordings, setup)
+    registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
+    devices = await asyncio.to_thread(registry.load)
+    with capture_logs() as logs:
+        async with (
+            running(fleet, setup.speed),
+            LinkManager(["hci0"], 2, devices, LinkSettings()) as manager,
+        ):
+            ups: set[str] = set()
+            async with asyncio.timeout(60):
+                while len(ups) < 2 or manager.pool.waiting < 1:
+                    try:
+                        event = await asyncio.wait_for(manager.events.get(), 0.5)
+                    except TimeoutError:
+                        continue
+                    if isinstance(event, LinkUp):
+                        ups.add(event.device_id)
+            await asyncio.sleep(2.0)  # advertisements go on: still one warning, no third link
+            assert len(ups) == 2
+            assert sum(d.connected for d, _ in fleet.wearables) == 2
+            assert manager.pool.problem is not None
+            assert manager.pool.problem.startswith(
+                "1 device(s) wait for a connection slot, all 2 are taken"
+            )
+    warned = [e for e in logs if e["event"].startswith("every connection slot is taken")]
+    assert len(warned) == 1, warned
+    assert "[ble] adapters" in warned[0]["fix"]
 
 
 @pytest.mark.asyncio
