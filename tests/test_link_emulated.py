@@ -43,7 +43,7 @@ from gatewayd.link.events import (
     MessagesLost,
 )
 from gatewayd.link.manager import LinkManager
-from gatewayd.link.registry import DeviceRegistry
+from gatewayd.link.registry import DeviceRegistry, PairedDevice
 from gatewayd.protocol.control import decode_info
 from gatewayd.protocol.gatt import DATA_CHAR_UUID, SERVICE_UUID
 from gatewayd.protocol.messages import Message, MessageFlags, Window, summary_of
@@ -77,6 +77,15 @@ def pair_all(fleet: Fleet, state_dir: Path, skip: int = 0) -> DeviceRegistry:
         numbering = (info.boot_id, info.next_seq)
         registry.add(device.address, "wearable", wearable.core.spec.name, numbering=numbering)
     return registry
+
+
+async def paired_fleet(
+    fake: FakeBluez, recordings: list[Recording], setup: FleetSetup, state_dir: Path, skip: int = 0
+) -> tuple[Fleet, list[PairedDevice]]:
+    """The fleet added to ``fake``, all wearables but the last ``skip`` paired (`pair_all`)."""
+    fleet = await build_fleet(fake, recordings, setup)
+    registry = await asyncio.to_thread(pair_all, fleet, state_dir, skip)
+    return fleet, await asyncio.to_thread(registry.load)
 
 
 async def stream_until_complete(
@@ -229,11 +238,7 @@ async def test_twenty_wearables_on_four_adapters_at_ten_times_real_time(
 ) -> None:
     recordings = [synthetic(10 + i, 1.0) for i in range(4)]
     setup = FleetSetup(devices=22, adapters=4, slots=5, speed=10.0, keep_sent=True)
-    fleet = await build_fleet(fake, recordings, setup)
-    registry = await asyncio.to_thread(
-        pair_all, fleet, tmp_path, 2
-    )  # two unpaired wearables in range
-    devices = await asyncio.to_thread(registry.load)
+    fleet, devices = await paired_fleet(fake, recordings, setup, tmp_path, 2)  # 2 in range unpaired
     assert len(devices) == 20
     manager = LinkManager([f"hci{i}" for i in range(4)], 5, devices, LinkSettings())
     frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=90)
@@ -255,9 +260,7 @@ async def test_wearables_beyond_the_slots_wait_and_the_gateway_says_so_once(
 ) -> None:
     recordings = [synthetic(30 + i, 1.0) for i in range(3)]
     setup = FleetSetup(devices=3, adapters=1, slots=2, speed=10.0, decoy=False)
-    fleet = await build_fleet(fake, recordings, setup)
-    registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
-    devices = await asyncio.to_thread(registry.load)
+    fleet, devices = await paired_fleet(fake, recordings, setup, tmp_path)
     with capture_logs() as logs:
         async with (
             running(fleet, setup.speed),
