@@ -42,6 +42,7 @@ from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError
+from gatewayd.link.slots import SlotsAlarm
 from gatewayd.mapping import alert_event, gateway_event
 from gatewayd.pipeline import Pipeline
 from gatewayd.protocol.control import SetPolicy
@@ -75,6 +76,12 @@ DEFAULT_WATCHDOG_INTERVAL_S: Final = 5.0
 BACKPRESSURE_INTERVAL_S: Final = 2.0
 #: How often the paired-device list's file is looked at for changes (`gatewayd pair` etc.).
 REGISTRY_POLL_S: Final = 2.0
+#: The gateway event raised while paired wearables wait for a connection slot.
+SLOTS_KIND: Final = "connection_slots_full"
+#: How often the gateway looks whether wearables wait for a slot (seconds).
+SLOTS_LOOK_S: Final = 5.0
+#: How long no wearable may have waited before that event is cleared (seconds).
+SLOTS_CLEAR_AFTER_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +396,7 @@ async def _start_link(
     ]
     if gateway.registry is not None:
         loops.append(start_task(_follow_registry(gateway, link), "paired devices"))
+    loops.append(start_task(_watch_slots(gateway, link), "connection slots"))
 
     async def stop_loops() -> None:
         for task in (*loops, link_task):
@@ -396,6 +404,42 @@ async def _start_link(
 
     stack.push_async_callback(stop_loops)
     gateway.watched += [link_task, *loops]
+
+
+async def _watch_slots(
+    gateway: Gateway,
+    link: LinkManager,
+    look_s: float = SLOTS_LOOK_S,
+    clear_after_s: float = SLOTS_CLEAR_AFTER_S,
+) -> None:
+    """Raise the gateway event ``connection_slots_full`` while paired wearables wait for a
+    connection slot, and clear it once none has for ``clear_after_s`` (`SlotsAlarm`), through
+    the event log's outbox like every alert: a subscriber learns it without the journal. One
+    the last run left raised is cleared the same way."""
+    try:
+        latest = await gateway.store.latest_gateway_event(SLOTS_KIND)
+    except StoreError:
+        latest = None  # the event log says why elsewhere; start as if nothing were raised
+    alarm = SlotsAlarm(clear_after_s, raised=latest is not None and latest.state == "raised")
+    pool = link.pool
+    while True:
+        outcome = alarm.step(pool.waiting, time.monotonic())
+        if outcome is not None:
+            message = pool.problem if outcome == "raised" else None
+            if message is None:
+                message = (
+                    f"no paired device has waited for a connection slot for {clear_after_s:g} s"
+                )
+            event = gateway_event(SLOTS_KIND, "warning", message, time.time(), state=outcome,
+                                  waiting=pool.waiting, slots=pool.budget.total)  # fmt: skip
+            try:
+                await gateway.store.append_event(event)
+            except StoreError as exc:
+                log.warning("connection-slot event not written to the event log",
+                            state=outcome, error=str(exc))  # fmt: skip
+            else:
+                gateway.publisher.notify()
+        await asyncio.sleep(look_s)
 
 
 async def _resume_points(store: Store) -> dict[str, ResumePoint]:

@@ -53,11 +53,11 @@ async def fake(fake_bluez: FakeBluez) -> AsyncIterator[FakeBluez]:
     await release_bleak_manager()
 
 
-def write_config(tmp_path: Path, broker: Broker) -> Config:
+def write_config(tmp_path: Path, broker: Broker, extra: str = "") -> Config:
     path = tmp_path / "gatewayd.toml"
     path.write_text(
         f'[gateway]\nid = "{GW}"\nstate_dir = "{tmp_path / "state"}"\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n',
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n' + extra,
         encoding="utf-8",
     )
     return load_config(path, env={})
@@ -82,10 +82,12 @@ def windows_by_device(path: Path) -> dict[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def alerts_of(broker: Broker) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+async def alerts_of(
+    broker: Broker, topic: str = f"gatewayd/{GW}/devices/+/alerts"
+) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
     seen: list[tuple[str, dict[str, Any]]] = []
     async with aiomqtt.Client(broker.host, broker.port) as sub:
-        await sub.subscribe(f"gatewayd/{GW}/devices/+/alerts", qos=1)
+        await sub.subscribe(topic, qos=1)
 
         async def collect() -> None:
             async for message in sub.messages:
@@ -176,6 +178,44 @@ async def test_a_hung_bluetoothd_does_not_hold_the_shutdown(
 
 #: Safety net only: every wait ends on what it waits for.
 LIMIT_S = 60.0
+
+
+@pytest.mark.asyncio
+async def test_wearables_beyond_the_slots_raise_a_gateway_alert_and_status_says_so(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(
+        write_config, tmp_path, mosquitto_broker, "[ble]\nslots_per_adapter = 2\n"
+    )
+    recordings = [generate_recording(i + 1, 2.0, seed=i + 1) for i in range(3)]
+    fleet = await build_fleet(fake, recordings, FleetSetup(devices=3, speed=SPEED, decoy=False))
+    devices = [
+        PairedDevice(f"w{i}", device.address, "wearable", f"w{i}")
+        for i, (device, _) in enumerate(fleet.wearables)
+    ]
+    async with alerts_of(mosquitto_broker, f"gatewayd/{GW}/alerts") as seen:
+
+        async def raised() -> bool:
+            return any(p["kind"] == "connection_slots_full" for _, p in seen)
+
+        async with running(fleet, SPEED), gateway_task(config, devices) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+            await wait_for(raised, LIMIT_S, "the connection_slots_full gateway alert")
+
+            async def status_says_so() -> bool:
+                return any("wait for a connection slot" in n for n in gw.notes)
+
+            await wait_for(status_says_so, LIMIT_S, "STATUS= naming the wait for a slot")
+            assert sum(d.connected for d, _ in fleet.wearables) == 2
+        assert await gw.task == 0
+    (alert,) = [p for _, p in seen if p["kind"] == "connection_slots_full"]
+    assert (alert["state"], alert["severity"], alert["category"]) == (
+        "raised",
+        "warning",
+        "technical",
+    )
+    assert alert["message"].startswith("1 device(s) wait for a connection slot, all 2 are taken")
+    assert alert["details"] == {"waiting": 1, "slots": 2}
 
 
 def connects(fake: FakeBluez, path: str) -> int:

@@ -42,7 +42,7 @@ from gatewayd.link.registry import (
     resume_point,
 )
 from gatewayd.link.scanner import Sightings
-from gatewayd.link.slots import SlotBudget
+from gatewayd.link.slots import SlotBudget, SlotsAlarm
 from gatewayd.link.stale import NO_RSSI, bluez_links, stale_sightings
 from gatewayd.link.stream import DeviceStream, hardware_profile
 from gatewayd.protocol.control import DeviceInfo, Resend
@@ -124,6 +124,23 @@ def test_slots_misuse() -> None:
         b.release("hci0")
     with pytest.raises(ValueError, match="at least 1"):
         SlotBudget({"hci0": 0})
+
+
+def test_the_slots_alarm_raises_at_once_and_clears_after_a_calm_spell() -> None:
+    alarm = SlotsAlarm(clear_after_s=60.0)
+    assert alarm.step(0, now=0.0) is None
+    assert alarm.step(2, now=5.0) == "raised"
+    assert alarm.step(3, now=10.0) is None  # still raised: not again
+    assert alarm.step(0, now=15.0) is None  # calm since 15 s ...
+    assert alarm.step(1, now=40.0) is None  # ... but one waits again: the calm starts over
+    assert alarm.step(0, now=45.0) is None
+    assert alarm.step(0, now=104.0) is None
+    assert alarm.step(0, now=105.0) == "cleared"  # 60 s without a device waiting
+    assert alarm.step(0, now=200.0) is None
+    # Left raised by the last run: cleared the same way if nothing waits any more.
+    left = SlotsAlarm(clear_after_s=60.0, raised=True)
+    assert left.step(0, now=0.0) is None
+    assert left.step(0, now=60.0) == "cleared"
 
 
 # ---- stale BlueZ links and the slot pool ---------------------------------------------------------

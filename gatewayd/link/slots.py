@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 
 class SlotBudget:
@@ -63,3 +65,36 @@ class SlotBudget:
         if self._used[adapter] <= 0:
             raise RuntimeError(f"adapter {adapter} holds no slot to release")
         self._used[adapter] -= 1
+
+
+@dataclass
+class SlotsAlarm:
+    """When the gateway raises and clears its ``connection_slots_full`` event (pure: the caller
+    passes the clock and the count of devices waiting for a slot at each look).
+
+    Raised at the first look that finds a device waiting; cleared once none has waited for
+    ``clear_after_s``, so that wearables taking turns at a full adapter do not raise and clear
+    it at every turn. ``raised`` starts True when the last run left it raised.
+    """
+
+    clear_after_s: float
+    raised: bool = False
+    #: Since when no device has waited, while raised.
+    calm_since: float | None = None
+
+    def step(self, waiting: int, now: float) -> Literal["raised", "cleared"] | None:
+        """The transition this look makes, if any."""
+        if waiting:
+            self.calm_since = None
+            if self.raised:
+                return None
+            self.raised = True
+            return "raised"
+        if not self.raised:
+            return None
+        if self.calm_since is None:
+            self.calm_since = now
+        if now - self.calm_since < self.clear_after_s:
+            return None
+        self.raised, self.calm_since = False, None
+        return "cleared"

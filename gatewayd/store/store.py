@@ -327,7 +327,7 @@ class Store:
     async def _close_stale_degraded(self) -> None:
         """A degraded episode left open by the last run (stopped while degraded) is cleared."""
 
-        latest = await self._read(lambda conn: queries.latest_gateway_event(conn, DEGRADED_KIND))
+        latest = await self.latest_gateway_event(DEGRADED_KIND)
         if latest is not None and latest.state == "raised":
             await self.append_event(
                 gateway_event(
@@ -338,6 +338,10 @@ class Store:
                     state="cleared",
                 )
             )
+
+    async def latest_gateway_event(self, kind: str) -> StoredEvent | None:
+        """The latest gateway-level event (no device) of ``kind``, or None."""
+        return await self._read(lambda conn: queries.latest_gateway_event(conn, kind))
 
     async def check_file(self) -> bool:
         """Check now that the file at the path is the one open (the writer also does so every
