@@ -425,11 +425,8 @@ async def _watch_slots(
     while True:
         outcome = alarm.step(pool.waiting, time.monotonic())
         if outcome is not None:
-            message = pool.problem if outcome == "raised" else None
-            if message is None:
-                message = (
-                    f"no paired device has waited for a connection slot for {clear_after_s:g} s"
-                )
+            calm = f"no paired device has waited for a connection slot for {clear_after_s:g} s"
+            message = (pool.problem if outcome == "raised" else None) or calm
             event = gateway_event(SLOTS_KIND, "warning", message, time.time(), state=outcome,
                                   waiting=pool.waiting, slots=pool.budget.total)  # fmt: skip
             try:

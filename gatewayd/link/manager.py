@@ -88,12 +88,13 @@ class SlotPool:
         self._check_interval_s = check_interval_s
         #: Devices seen advertising that wait because every adapter seeing them is full.
         self._full: set[str] = set()
-        #: BlueZ's last answer (when asked, links by adapter), shared by every waiting device
-        #: for a fifth of the check interval; dropped when a slot is released.
-        self._links: tuple[float, Mapping[str, Sequence[BLEDevice]]] | None = None
+        #: BlueZ's last answer (when asked, slots released by then, links by adapter), shared
+        #: by every waiting device for a fifth of the check interval and until a slot is
+        #: released (a link of ours that just ended may still be in it).
+        self._links: tuple[float, int, Mapping[str, Sequence[BLEDevice]]] | None = None
         #: The question under way, which every device asking meanwhile awaits.
         self._asking: asyncio.Task[Mapping[str, Sequence[BLEDevice]]] | None = None
-        #: Slots released so far: an answer asked before the last release is not kept.
+        #: Slots released so far.
         self._releases = 0
         #: Set (and replaced) when a slot is released.
         self._freed = asyncio.Event()
@@ -184,10 +185,11 @@ class SlotPool:
         question serves all that ask within a fifth of the check interval: hundreds of devices
         waiting for a slot, each asking every few seconds, would otherwise walk BlueZ's whole
         device list hundreds of times a minute."""
-        if self._links is not None and (
-            time.monotonic() - self._links[0] < self._check_interval_s / 5
-        ):
-            return self._links[1]
+        if self._links is not None:
+            asked_at, releases, links = self._links
+            fresh = time.monotonic() - asked_at < self._check_interval_s / 5
+            if fresh and releases == self._releases:
+                return links
         if self._asking is None:
             self._asking = asyncio.create_task(self._ask(), name="slot-pool-bluez-links")
         return await asyncio.shield(self._asking)
@@ -198,8 +200,7 @@ class SlotPool:
             links = await self._bluez_links(self.budget.adapters)
         finally:
             self._asking = None
-        if releases == self._releases:  # no link of ours ended meanwhile
-            self._links = (asked_at, links)
+        self._links = (asked_at, releases, links)
         return links
 
     async def close(self, timeout_s: float = 1.0) -> None:
@@ -210,9 +211,7 @@ class SlotPool:
 
     def _release(self, adapter: str) -> None:
         self.budget.release(adapter)
-        # A link that just ended may still be in BlueZ's last answer: ask afresh next time.
-        self._links = None
-        self._releases += 1
+        self._releases += 1  # BlueZ's last answer may still hold this link: not used again
         freed, self._freed = self._freed, asyncio.Event()
         freed.set()
         self.sightings.notify()  # someone may be waiting for this slot
