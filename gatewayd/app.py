@@ -460,17 +460,17 @@ async def _follow_registry(
 ) -> None:
     """Apply changes of the paired-device list to the running link (docs/pairing.md).
 
-    `gatewayd pair` writes the list (atomically) beside a running gateway: a device it added
-    is connected within ``interval_s`` and one paired again has its link started again; the
-    others stay connected. Removing or renaming a device takes effect at the next restart
-    (`LinkManager.update_devices`), which is said once per change of that set.
+    `gatewayd pair` and `gatewayd devices remove | rename` write the list (atomically) beside a
+    running gateway: within ``interval_s`` a device added is connected, one paired again has
+    its link started again, one removed has its link stopped (the pipeline then clears its open
+    alerts, reason ``unpaired``, and the publisher empties its retained topics), one renamed
+    is let go under its old id and served under its new one; the others stay connected.
     """
     registry = gateway.registry
     assert registry is not None
     # None: the first look applies the file as it is then (a no-op when unchanged), so a
     # `gatewayd pair` between the start's load and that look is not missed.
     seen: tuple[int, int, int] | None = None
-    told: list[str] = []
     while True:
         await asyncio.sleep(interval_s)
         now = await asyncio.to_thread(_file_signature, registry.path)
@@ -490,15 +490,15 @@ async def _follow_registry(
             resume = {}
         change = await link.update_devices(devices, resume)
         gateway.devices = link.devices
+        # Before the pipeline lets a removed device go: its last alerts (the clears) then no
+        # longer make the publisher keep an open-alert set for it.
         gateway.publisher.set_paired(d.device_id for d in gateway.devices)
+        for old_id in (*change.removed, *(old for old, _ in change.renamed)):
+            gateway.worker.forget(old_id)
         if change:
-            log.info("paired devices changed", added=change.added, paired_again=change.restarted)
-        if change.pending != told:
-            told = change.pending
-            if told:
-                log.info("devices taken off the paired list or renamed are served until the"
-                         " gateway restarts", devices=told,
-                         fix="sudo systemctl restart gatewayd")  # fmt: skip
+            log.info("paired devices changed", added=change.added, paired_again=change.restarted,
+                     removed=change.removed,
+                     renamed=[f"{old} -> {new}" for old, new in change.renamed])  # fmt: skip
 
 
 async def run_gateway(

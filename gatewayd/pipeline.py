@@ -51,6 +51,7 @@ from gatewayd.lanes import Lanes
 from gatewayd.lifecycle import BackgroundPart, raised_at
 from gatewayd.link.events import (
     BatteryLevel,
+    DeviceRemoved,
     DeviceRestarted,
     DeviceUntrusted,
     FrameReceived,
@@ -148,6 +149,9 @@ class PublishSink(Protocol):
     def publish_telemetry(self, telemetry: Telemetry) -> bool:
         """One window's telemetry, best effort."""
         ...
+
+    def forget(self, device_id: str) -> None:
+        """A device taken off the paired list: its retained topics are emptied."""
 
 
 #: Analyse one offloaded window of one device (model or signal estimator).
@@ -426,6 +430,29 @@ class Pipeline(BackgroundPart):
             self._update(event.device_id, battery_pct=event.percent)
         elif isinstance(event, DeviceRestarted):
             log.info("device restarted", device=event.device_id, seq=event.seq)
+        elif isinstance(event, DeviceRemoved):
+            await self._removed(event)
+
+    async def _removed(self, event: DeviceRemoved) -> None:
+        """A device taken off the paired list or renamed (its link has stopped, nothing more
+        comes under its id): its open alerts are cleared (reason ``unpaired``) through the
+        event log like any transition, and its state here and on the broker is let go."""
+        device = event.device_id
+        transitions = self.engine.remove(device, self._clock(), self._monotonic())
+        try:
+            await self._alerts(transitions)
+        finally:  # let go even if the event log refused a clear (reported as a fault)
+            for held in (self._views, self._published, self._boots, self._resume_at):
+                held.pop(device, None)
+            self._reported = {r for r in self._reported if r[0] != device}
+            self._publisher.forget(device)
+        cleared = [t.kind.value for t in transitions]
+        if event.renamed_to is None:
+            log.info("device taken off the paired list: no longer served", device=device,
+                     alerts_cleared=cleared)  # fmt: skip
+        else:
+            log.info("device renamed: no longer served under its old id", device=device,
+                     renamed_to=event.renamed_to, alerts_cleared=cleared)  # fmt: skip
 
     async def _technical(self, event: MessagesLost | SequenceJump | DeviceUntrusted) -> None:
         """A loss, a sequence jump or an untrusted device: a technical event, never silent."""

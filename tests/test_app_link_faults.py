@@ -3,8 +3,10 @@ emulated BlueZ, a real mosquitto, SQLite): an impostor at a paired address never
 the victim's id and raises a technical alert; a bluetoothd that stops answering does not hold
 the shutdown. And the paired-device list changed beside the running gateway (read from its
 state directory): a wearable paired while it runs is connected without a restart and without
-touching the others; one paired again after it was untrusted streams again; one taken off the
-list is served until the restart."""
+touching the others; one renamed streams on under its new id, nothing lost or repeated; one
+paired again after it was untrusted streams again; one taken off the list is disconnected, its
+open alert cleared (reason unpaired) and its retained topics emptied, and its connection slot
+goes to a wearable that waited for one."""
 
 from __future__ import annotations
 
@@ -249,14 +251,91 @@ async def test_a_wearable_paired_while_the_gateway_runs_streams_without_a_restar
         await wait_for(
             at_least("second", 3), LIMIT_S, "windows of the wearable paired while it runs"
         )
-        # Taken off the list: still served (its alerts and topics go by its id) until restart.
-        await asyncio.to_thread(registry.remove, "first")
-        stored = (await asyncio.to_thread(windows_by_device, db))["first"]
-        await wait_for(
-            at_least("first", stored + 3), LIMIT_S, "the removed wearable, until the restart"
-        )
         assert connects(fake, first.path) == 1, "the first wearable's link was never touched"
+        # Renamed: served under the new id from where the old one stopped.
+        await asyncio.to_thread(registry.rename, "first", "first-b")
+        await wait_for(at_least("first-b", 3), LIMIT_S, "windows under the new id")
+        assert connects(fake, second.path) == 1, "the second wearable's link was never touched"
     assert await gw.task == 0
+    seqs = (await asyncio.to_thread(counts, db))["seqs"]
+    old, new = seqs["first"], seqs["first-b"]
+    assert new[0] == old[-1] + 1, "the new id's windows follow the old id's"
+    assert old + new == list(range(old[0], new[-1] + 1)), "nothing lost, nothing twice"
+    assert connects(fake, first.path) == 2, "stopped under the old id, started under the new"
+
+
+@pytest.mark.asyncio
+async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_another(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(
+        write_config,
+        tmp_path,
+        mosquitto_broker,
+        "homeassistant_discovery = true\n[ble]\nslots_per_adapter = 1\n",
+    )
+    # The first wearable falls at 16 s and lies still: its fall alert stays raised.
+    recordings = [
+        generate_recording(2, 4.0, seed=5, events=[("fall", 16.0, 3600.0)],
+                           activities=[(7, 600.0)]),
+        generate_recording(3, 4.0, seed=3),
+    ]  # fmt: skip
+    fleet = await build_fleet(fake, recordings, FleetSetup(devices=2, speed=SPEED, decoy=False))
+    (first, _), (second, _) = fleet.wearables
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    await asyncio.to_thread(registry.add, first.address, "wearable", "w", alias="first")
+    db = config.store.path
+
+    async def stored(device_id: str) -> int:
+        return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0)
+
+    async with alerts_of(mosquitto_broker) as seen:
+
+        def fall(state: str) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return any(p["kind"] == "fall" and p["state"] == state for _, p in seen)
+
+            return check
+
+        async with running(fleet, SPEED), gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+            await wait_for(fall("raised"), LIMIT_S, "the first wearable's fall alert")
+            # The second is paired with the one slot taken: it waits for it.
+            await asyncio.to_thread(registry.add, second.address, "wearable", "w", alias="second")
+            await asyncio.sleep(3 * 2.0)  # the list's poll interval, and more
+            assert await stored("second") == 0
+            await asyncio.to_thread(registry.remove, "first")
+            await wait_for(fall("cleared"), LIMIT_S, "the fall alert cleared")
+            await wait_for(lambda: _more(lambda: stored("second"), 0, 3), LIMIT_S,
+                           "the second wearable's windows, in the slot the first left")  # fmt: skip
+            assert not first.connected
+            before = await stored("first")
+            await asyncio.sleep(3 * 2.0)
+            assert await stored("first") == before, "nothing more under the removed id"
+            retained = await retained_of(mosquitto_broker, f"gatewayd/{GW}/devices/+/+")
+            discovery = await retained_of(mosquitto_broker, "homeassistant/#")
+        assert await gw.task == 0
+    (cleared,) = [p for _, p in seen if p["kind"] == "fall" and p["state"] == "cleared"]
+    assert cleared["device_id"] == "first"
+    assert (cleared["evidence"]["reason"], cleared["evidence"]["episode"]) == ("unpaired", 1)
+    assert {t.split("/")[-2] for t in retained} == {"second"}, "the first's state and set emptied"
+    owners = {t.split("/")[3].split("_")[0] for t in discovery if t.count("/") == 4}
+    assert "second" in owners
+    assert "first" not in owners, "Home Assistant removes its entities"
+    assert connects(fake, first.path) == 1, "not connected again"
+
+
+async def retained_of(broker: Broker, topic: str, settle_s: float = 1.0) -> list[str]:
+    """The topics matching ``topic`` that the broker retains (with a payload)."""
+    found: list[str] = []
+    async with aiomqtt.Client(broker.host, broker.port) as sub:
+        await sub.subscribe(topic, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settle_s):
+                async for message in sub.messages:
+                    if message.retain and message.payload:
+                        found.append(str(message.topic))
+    return found
 
 
 @pytest.mark.asyncio

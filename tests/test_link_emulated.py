@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,8 +36,10 @@ from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import DECOY_ADDRESS, Fleet, FleetSetup, build_fleet, running
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
+    DeviceRemoved,
     FrameReceived,
     HeartRateReceived,
+    LinkDown,
     LinkEvent,
     LinkUp,
     MessagesLost,
@@ -285,6 +287,54 @@ async def test_wearables_beyond_the_slots_wait_and_the_gateway_says_so_once(
     warned = [e for e in logs if e["event"].startswith("every connection slot is taken")]
     assert len(warned) == 1, warned
     assert "[ble] adapters" in warned[0]["fix"]
+
+
+@pytest.mark.asyncio
+async def test_a_device_removed_frees_its_slot_and_one_renamed_goes_on_under_its_new_id(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    recordings = [synthetic(40 + i, 2.0) for i in range(3)]
+    setup = FleetSetup(devices=3, adapters=1, slots=2, speed=10.0, decoy=False)
+    fleet, devices = await paired_fleet(fake, recordings, setup, tmp_path)
+    seen: list[LinkEvent] = []
+
+    async def until(what: Callable[[], bool]) -> None:
+        async with asyncio.timeout(60):
+            while not what():
+                with contextlib.suppress(TimeoutError):
+                    seen.append(await asyncio.wait_for(manager.events.get(), 0.5))
+
+    def ups() -> set[str]:
+        return {e.device_id for e in seen if isinstance(e, LinkUp)}
+
+    def frames(device_id: str) -> int:
+        return sum(isinstance(e, FrameReceived) and e.device_id == device_id for e in seen)
+
+    async with (
+        running(fleet, setup.speed),
+        LinkManager(["hci0"], 2, devices, LinkSettings()) as manager,
+    ):
+        await until(lambda: len(ups()) == 2 and manager.pool.waiting == 1)
+        first, second = sorted(ups())
+        (waiting,) = {d.device_id for d in devices} - {first, second}
+        await until(lambda: frames(second) >= 3)
+        kept = [d for d in devices if d.device_id != first]
+        renamed = [replace(d, device_id="renamed") if d.device_id == second else d for d in kept]
+        change = await manager.update_devices(renamed)
+        assert (change.removed, change.renamed) == ([first], [(second, "renamed")])
+        await until(lambda: waiting in ups() and frames("renamed") >= 3)
+        assert {d.device_id for d in manager.devices} == {waiting, "renamed"}
+    for old in (first, second):
+        mine = [e for e in seen if e.device_id == old]
+        # Its last events: the link down, then the removal; nothing after.
+        assert isinstance(mine[-2], LinkDown)
+        assert mine[-1] == DeviceRemoved(old, None if old == first else "renamed")
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for e in seen:
+        if isinstance(e, FrameReceived):
+            seqs[e.device_id].append(e.message.seq)
+    assert seqs[second], "it streamed under its old id"
+    assert seqs["renamed"][0] == seqs[second][-1] + 1, "the numbering goes on, nothing lost"
 
 
 @pytest.mark.asyncio

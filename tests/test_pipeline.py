@@ -29,6 +29,7 @@ from gatewayd.inference.worker import InferenceWorker
 from gatewayd.link.connection import LinkSettings
 from gatewayd.link.events import (
     BatteryLevel,
+    DeviceRemoved,
     DeviceUntrusted,
     FrameReceived,
     HeartRateReceived,
@@ -377,6 +378,7 @@ class FakeStore:
         self.calls = calls
         self.windows: list[WindowRecord] = []
         self.cursors: list[tuple[str, DeviceCursor | None]] = []
+        self.events: list[NewEvent] = []
 
     async def record_window(
         self, window: WindowRecord, *, cursor: DeviceCursor | None = None
@@ -401,6 +403,7 @@ class FakeStore:
 
     async def append_event(self, event: NewEvent, *, cursor: DeviceCursor | None = None) -> str:
         self.cursors.append((event.kind, cursor))
+        self.events.append(event)
         self.calls.log.append(("event", (event.kind, event.state, event.device_id)))
         return new_event_id()
 
@@ -420,6 +423,9 @@ class FakePublisher:
     def publish_telemetry(self, telemetry: Telemetry) -> bool:
         self.telemetry.append(telemetry)
         return True
+
+    def forget(self, device_id: str) -> None:
+        self.calls.log.append(("forget", device_id))
 
 
 def make_pipeline(analyse: Any = None) -> tuple[Pipeline, Calls, FakeStore, FakePublisher]:
@@ -459,6 +465,35 @@ async def test_an_alert_is_in_the_log_before_the_publisher_is_notified() -> None
     assert publisher.states[0].connected
     assert publisher.states[-1].hr_bpm == 150.0
     assert pipeline.stats.handled == 3
+
+
+@pytest.mark.asyncio
+async def test_a_device_taken_off_the_list_has_its_alerts_cleared_and_is_let_go() -> None:
+    pipeline, calls, store, _ = make_pipeline()
+    await feed(pipeline, [
+        LinkUp("w1", "hci0", None, 247),
+        FrameReceived("w1", summary(1, hr_cbpm=15000), T0),
+        LinkUp("w2", "hci0", None, 247),
+        FrameReceived("w2", summary(1, hr_cbpm=15000), T0),
+        LinkDown("w1", "unpaired"),
+        DeviceRemoved("w1"),
+    ])  # fmt: skip
+    events = [entry[1] for entry in calls.log if entry[0] == "event"]
+    assert events == [
+        ("tachycardia", "raised", "w1"),
+        ("tachycardia", "raised", "w2"),
+        ("tachycardia", "cleared", "w1"),
+    ]
+    cleared = store.events[-1]
+    assert cleared.payload["reason"] == "unpaired"
+    assert cleared.payload["episode"] == 1
+    # Cleared in the event log (and the publisher woken) before the publisher lets go.
+    assert calls.log[-3:] == [
+        ("event", ("tachycardia", "cleared", "w1")), ("notify", None), ("forget", "w1"),
+    ]  # fmt: skip
+    assert set(pipeline.views) == {"w2"}
+    assert pipeline.engine.active("w2")
+    assert not pipeline.engine.active("w1")
 
 
 @pytest.mark.asyncio

@@ -586,6 +586,49 @@ async def test_removed_device_leaves_no_retained_config(mosquitto_broker: Broker
     assert await retained(mosquitto_broker, *everything) == {}
 
 
+async def test_a_device_let_go_while_running_leaves_nothing_retained(
+    mosquitto_broker: Broker,
+) -> None:
+    everything = (f"{PREFIX}/#", f"gatewayd/{GW}/#")
+    outbox = FakeOutbox()
+    publisher = make_publisher(
+        mosquitto_broker.port, outbox, paired=["w1", "w2"], homeassistant_discovery=True
+    )
+    async with running(publisher):
+        publisher.update_state(state("w1", 61))
+        publisher.update_state(state("w2", 62))
+        outbox.append("w2", 1, kind="fall", state="raised")
+        publisher.notify()
+        await _until_problem(mosquitto_broker, "w2", "fall", "ON")
+        # w2 taken off the list: the paired list first, then its last alert, then let go.
+        publisher.set_paired(["w1"])
+        outbox.append("w2", 2, kind="fall", state="cleared")
+        publisher.notify()
+        cleared = publisher.stats.topics_cleared
+        publisher.forget("w2")
+        await until(lambda: publisher.stats.alerts_published == 2)
+        await until(lambda: publisher.stats.topics_cleared > cleared)
+        after = await retained(mosquitto_broker, *everything)
+    assert not [t for t in after if "w2" in t], "its state, open set and configs emptied"
+    assert {t for t in after if "/w1" in t or "w1_" in t}, "w1 untouched"
+    # Removed while the gateway was down: the clear written at the restart is delivered after
+    # the connect's sweep, and must not put an open-alert set back for a device not paired.
+    outbox = FakeOutbox()
+    again = make_publisher(mosquitto_broker.port, outbox, paired=["w1", "w2"])
+    async with running(again):  # w2 served again, then the gateway stops
+        again.update_state(state("w2", 62))
+        again.notify()
+        await until(lambda: again.stats.open_alerts_published >= 1)
+    restarted = make_publisher(
+        mosquitto_broker.port, outbox, paired=["w1"], homeassistant_discovery=True
+    )
+    outbox.append("w2", 3, kind="fall", state="cleared")
+    async with running(restarted):
+        restarted.notify()
+        await until(lambda: restarted.stats.alerts_published == 1)
+    assert not [t for t in await retained(mosquitto_broker, *everything) if "w2" in t]
+
+
 async def test_discovery_off_clears_configs_left_from_when_it_was_on(
     mosquitto_broker: Broker,
 ) -> None:

@@ -170,6 +170,23 @@ def test_the_open_alerts_of_a_device_no_longer_paired_are_cleared_at_restore() -
         assert (kept.transitions, again.active(DEV)) == ((), (AlertKind.LOW_BATTERY,))
 
 
+def test_a_device_removed_while_running_has_every_open_alert_cleared_and_is_forgotten() -> None:
+    engine = RuleEngine()
+    out = run(engine, windows(0, 40, hr=120.0, battery=5))
+    assert set(engine.active(DEV)) == {AlertKind.TACHYCARDIA, AlertKind.LOW_BATTERY}
+    raised = {tr.kind: tr for tr in out if tr.state == "raised"}
+    cleared = engine.remove(DEV, 500.0, 450.0)
+    assert sorted((tr.kind.value, tr.state, tr.reason, tr.t) for tr in cleared) == [
+        ("low_battery", "cleared", "unpaired", 500.0),
+        ("tachycardia", "cleared", "unpaired", 500.0),
+    ]
+    assert all((tr.episode, tr.raised_at) == (raised[tr.kind].episode, raised[tr.kind].t)
+               for tr in cleared)  # fmt: skip
+    assert DEV not in engine.devices
+    assert engine.tick(2000.0) == [], "nothing more is said about it"
+    assert engine.remove(DEV, 600.0) == [], "nor when it is removed again"
+
+
 def test_an_alert_of_a_rule_now_disabled_is_cleared_at_restore() -> None:
     first = raised_before_restart(windows(0, 40, battery=5), AlertKind.LOW_BATTERY)
     engine = RuleEngine(RulesConfig.model_validate({"low_battery": {"enabled": False}}))

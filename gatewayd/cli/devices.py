@@ -340,8 +340,8 @@ def cmd_devices_rename(args: argparse.Namespace) -> int:
     device = _registry(args, config).rename(args.device, args.alias)
     running = lock_holder(config.store.path)
     later = "" if running is None else (
-        f"; the running gateway (pid {running}) goes on under the old id until it restarts"
-        f" ({RESTART})"
+        f"; the running gateway (pid {running}) serves it under the new id within seconds,"
+        f" and clears what is open under the old one (alerts: reason unpaired)"
     )  # fmt: skip
     print(f"renamed {args.device} to {device.device_id} ({device.address}){later}")
     return EXIT_OK
@@ -357,15 +357,12 @@ def cmd_devices_remove(args: argparse.Namespace) -> int:
         print(f"removed {device.device_id} ({device.address}): the gateway will not connect to it")
     else:  # docs/pairing.md, "While the gateway runs"
         print(f"removed {device.device_id} ({device.address}): the running gateway (pid"
-              f" {running}) serves it until it restarts ({RESTART})")  # fmt: skip
+              f" {running}) disconnects it within seconds and clears its open alerts"
+              f" (reason unpaired)")  # fmt: skip
     if args.unpair:
         _forget_bond(device.address)
     _clear_device_topics(config, device.device_id)
     return EXIT_OK
-
-
-#: How to restart the service, in the words of a remove or rename beside a running gateway.
-RESTART: Final = "sudo systemctl restart gatewayd"
 
 
 def _forget_bond(address: str) -> None:
@@ -386,8 +383,9 @@ def _forget_bond(address: str) -> None:
 
 
 def _clear_device_topics(config: Config, device_id: str) -> None:
-    """Empty the device's retained topics and discovery configs on the broker now, rather than
-    at the gateway's next start; says so only when the broker held something besides its state."""
+    """Empty the device's retained topics and discovery configs on the broker now (a gateway
+    not running would only at its next start); says so only when the broker held something
+    besides its state."""
     import aiomqtt  # noqa: PLC0415 - only this command talks MQTT
 
     from gatewayd.publish.cleanup import clear_retained  # noqa: PLC0415
@@ -403,8 +401,8 @@ def _clear_device_topics(config: Config, device_id: str) -> None:
         cause = str(exc) or f"no answer within {CLEAR_TIMEOUT_S:g} s"
         print(
             f"gatewayd devices remove: warning: could not clear the retained topics of"
-            f" {device_id} on the MQTT broker {broker}: {cause}. The gateway clears them at its"
-            " next start.",
+            f" {device_id} on the MQTT broker {broker}: {cause}. The gateway clears them when it"
+            " next reaches the broker.",
             file=sys.stderr,
         )
         return

@@ -92,6 +92,12 @@ class InferenceWorker(BackgroundPart):
         """Windows waiting for a batch."""
         return self._queue.qsize()
 
+    def forget(self, device_id: str) -> None:
+        """Drop a device's heart-rate tracker state (it was taken off the paired list), so a
+        device paired later under the same id starts afresh. A batch under way in the worker
+        thread may put one back: a tracker state, which the next windows correct."""
+        self._states.pop(device_id, None)
+
     def analyse(self, device_id: str, window: Window) -> Awaitable[WindowAnalysis | None]:
         """Queue one window and return its analysis (awaitable).
 

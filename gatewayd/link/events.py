@@ -109,6 +109,15 @@ class LinkDown:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRemoved:
+    """The device was taken off the paired list (``renamed_to`` None) or renamed while the
+    gateway ran: its link has stopped, and nothing more comes under ``device_id``."""
+
+    device_id: str
+    renamed_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BatteryLevel:
     """Battery Service level, percent."""
 
@@ -140,5 +149,6 @@ LinkEvent = (
     | DeviceUntrusted
     | LinkUp
     | LinkDown
+    | DeviceRemoved
     | BatteryLevel
 )

@@ -37,7 +37,7 @@ from gatewayd.protocol.control import SetPolicy
 from . import stale
 from .buslimit import BusCeiling
 from .connection import DeviceLink, LinkSettings, SlotLease
-from .events import DeviceUntrusted, LinkEvent, ResumePoint
+from .events import DeviceRemoved, DeviceUntrusted, LinkEvent, ResumePoint
 from .queue import EventQueue
 from .registry import DeviceRegistry, PairedDevice, RegistryError, resume_point
 from .scanner import AdapterStates, Sighting, Sightings, scan_forever
@@ -237,23 +237,27 @@ class DeviceListChange:
     added: list[str] = field(default_factory=list)
     #: Paired again (or otherwise changed while trusted): the link was started again.
     restarted: list[str] = field(default_factory=list)
-    #: Taken off the list or renamed: still served until the gateway restarts.
-    pending: list[str] = field(default_factory=list)
+    #: Taken off the list: its link stopped.
+    removed: list[str] = field(default_factory=list)
+    #: Renamed (old id, new id): its link stopped and started again under the new id.
+    renamed: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.restarted)
+        return bool(self.added or self.restarted or self.removed or self.renamed)
 
 
-def _resume_from(link: DeviceLink) -> ResumePoint | None:
+def _resume_from(link: DeviceLink, heard_at: float | None = None) -> ResumePoint | None:
     """Where a stopped link's stream stopped (None before its first info).
 
     Without ``heard_at``: the device may have gone on for a long while since (an untrusted one,
     say), and a day's bound reports what its ring no longer holds as lost rather than as a jump.
+    With it (a link stopped just now), the point also outranks where the device stood when it
+    was paired (`resume_point`).
     """
     boot_id, next_seq = link.stream.boot_id, link.stream.expected_seq
     if boot_id is None or next_seq is None:
         return None
-    return ResumePoint(boot_id, next_seq)
+    return ResumePoint(boot_id, next_seq, heard_at)
 
 
 class LinkManager:
@@ -321,7 +325,7 @@ class LinkManager:
 
     @property
     def devices(self) -> tuple[PairedDevice, ...]:
-        """The devices served: the paired list as last applied, with those pending removal."""
+        """The devices served: the paired list as last applied."""
         return tuple(self._entries.values())
 
     @property
@@ -430,9 +434,13 @@ class LinkManager:
         changed under the same id while trusted (paired again after it was untrusted, a new
         hardware profile, the unbonded opt-in) has its link stopped and started again the same
         way; with neither point, from where the old link stopped. An entry marked untrusted
-        changes nothing here (the link has stopped itself, or does when it next connects). A
-        device taken off the list or renamed keeps its link until the gateway restarts: its
-        alerts, its retained topics and its event-log history go by its id (`pending`).
+        changes nothing here (the link has stopped itself, or does when it next connects).
+
+        A device taken off the list has its link stopped (its connection slot goes to a device
+        waiting for one), and a `DeviceRemoved` follows its last events out of the queue, so
+        the consumer can let go of everything it holds under that id. A device renamed (the same
+        address under another id) likewise, then its link starts again under the new id, from
+        where the old one stopped.
         """
         if not self._entered:
             raise RuntimeError("enter the LinkManager first (async with)")
@@ -441,12 +449,26 @@ class LinkManager:
             wanted = {d.address: d for d in devices}
             change = DeviceListChange()
             restart: list[PairedDevice] = []
+            gone: list[tuple[PairedDevice, PairedDevice | None]] = []
             for address, entry in self._entries.items():
                 new = wanted.get(address)
                 if new is None or new.device_id != entry.device_id:
-                    change.pending.append(entry.device_id)
+                    gone.append((entry, new))
                 elif new != entry and not new.untrusted:
                     restart.append(new)
+            for entry, new in gone:
+                old = self.links[entry.address]
+                await self._stop_link(entry.address, "unpaired" if new is None else "renamed")
+                del self._entries[entry.address], self.links[entry.address]
+                self._emit(DeviceRemoved(entry.device_id, None if new is None else new.device_id))
+                if new is None:
+                    change.removed.append(entry.device_id)
+                    continue
+                self._entries[new.address] = new
+                # The same wearable, the same pairing: its numbering goes on from where the old
+                # link stopped (just now), else from the event log's point under the old id.
+                self._begin(new, _resume_from(old, time.time()) or resume.get(entry.device_id))
+                change.renamed.append((entry.device_id, new.device_id))
             for device in restart:
                 old = self.links[device.address]
                 await self._stop_link(device.address, "paired again")

@@ -62,10 +62,12 @@ from gatewayd.publish.backoff import MqttFailure, backoff_delay, classify
 from gatewayd.publish.payloads import DeviceState, OpenAlerts, Status, Telemetry
 from gatewayd.publish.topics import (
     ALERT_KINDS,
+    RETAINED_CHANNELS,
     DiscoveryMessage,
     TopicError,
     Topics,
     config_filter,
+    device_discovery_topics,
     discovery_messages,
     gateway_discovery_message,
     stale_topics,
@@ -362,6 +364,8 @@ class Publisher:
         self._discovered: dict[str, tuple[str | None, str | None]] = {}
         self._open: dict[str, OpenAlerts] = {}
         self._dirty_open: dict[str, None] = {}
+        #: Devices let go (`forget`) whose retained topics are still to be emptied.
+        self._forgotten: dict[str, None] = {}
         self._enter = EnterOnce("Publisher")
         self.task: asyncio.Task[None] | None = None
         self.stats = PublisherStats()
@@ -401,6 +405,20 @@ class Publisher:
     def set_paired(self, paired: Iterable[str]) -> None:
         """The gateway's paired list changed: whose retained topics the next connect keeps."""
         self._paired = frozenset(paired)
+
+    def forget(self, device_id: str) -> None:
+        """A device taken off the paired list (after its last alert went to the outbox): drop its
+        state and open-alert set, and empty its retained topics (state, open alerts, discovery
+        configs: Home Assistant removes its entities) now if connected, else on connect.
+
+        Its telemetry still queued is sent; its alerts are delivered (the outbox holds them) but
+        no longer change an open-alert set, since a device off the paired list has none.
+        """
+        for held in (self._states, self._dirty_states, self._open, self._dirty_open,
+                     self._discovered):  # fmt: skip
+            held.pop(device_id, None)
+        self._forgotten[device_id] = None
+        self._stream_wake.set()
 
     def update_state(self, state: DeviceState) -> None:
         """Set a device's latest state; published retained now if connected, else on connect."""
@@ -708,6 +726,8 @@ class Publisher:
         """
         if item.device_id is None or item.channel != "alerts":
             return False
+        if self._paired is not None and item.device_id not in self._paired:
+            return False  # taken off the paired list: its retained set is emptied, not kept
         try:
             body = json.loads(item.payload)
         except ValueError:
@@ -831,6 +851,7 @@ class Publisher:
             while True:
                 self._stream_wake.clear()
                 await self._alerts_sent.wait()
+                await self._clear_forgotten(client, acks)
                 await self._send_open_alerts(client, acks)
                 while self._dirty_states:
                     device_id = next(iter(self._dirty_states))
@@ -852,11 +873,30 @@ class Publisher:
                     await self._send_telemetry(
                         client, [self._telemetry.popleft()[1] for _ in range(burst)]
                     )
-                idle = not self._dirty_states and not self._dirty_open and not self._telemetry
+                idle = not (
+                    self._dirty_states or self._dirty_open or self._telemetry or self._forgotten
+                )
                 if self._stopping.is_set() and idle:
                     return
                 if idle:
                     await self._wait(self._stream_wake, None)
+
+    async def _clear_forgotten(self, client: aiomqtt.Client, acks: asyncio.TaskGroup) -> None:
+        """Empty the retained topics of each device let go (`forget`): an empty retained
+        message deletes what the broker keeps, and costs nothing where it keeps nothing."""
+        while self._forgotten:
+            device_id = next(iter(self._forgotten))
+            cleared = [self._topics.device(device_id, c) for c in RETAINED_CHANNELS]
+            if self._mqtt.homeassistant_discovery:
+                cleared += sorted(device_discovery_topics(
+                    self._topics, device_id, prefix=self._mqtt.discovery_prefix
+                ))  # fmt: skip
+            for topic in cleared:
+                await self._send(client, acks, topic, b"")
+            self._forgotten.pop(device_id, None)
+            self.stats.topics_cleared += len(cleared)
+            log.info("cleared the retained topics of a device taken off the paired list",
+                     device=device_id, count=len(cleared))  # fmt: skip
 
     async def _send_telemetry(self, client: aiomqtt.Client, burst: Sequence[Telemetry]) -> None:
         """Write ``burst`` (QoS 0) in one go: all but the last are queued in paho at once, the

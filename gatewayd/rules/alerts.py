@@ -127,7 +127,8 @@ class AlertTransition:
     the episode it ends. ``reason`` says why: "threshold" for a raise; for a clear, "recovered",
     "movement", "reconnected", "data", "charging", or "off_wrist" / "no_data" when a physiological
     alert is withdrawn because its data stopped being trustworthy (not because it got better),
-    or "disabled" for an alert restored at a restart whose rule is now off. ``t`` and
+    "disabled" for an alert restored at a restart whose rule is now off, or "unpaired" when
+    its device was taken off the paired list (or renamed). ``t`` and
     ``raised_at`` are wall-clock labels (the rules time everything on the monotonic clock).
     """
 

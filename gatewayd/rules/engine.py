@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 from gatewayd.rules.alerts import AlertKind, AlertTransition
 from gatewayd.rules.config import RulesConfig
-from gatewayd.rules.evaluate import DeviceState, observe, on_link, on_tick
+from gatewayd.rules.evaluate import DeviceState, observe, on_link, on_removed, on_tick
 from gatewayd.rules.inputs import LinkStatus, Observation, RuleInput, Tick
 from gatewayd.rules.restore import AlertRecord, RestoreResult, restore_alerts
 
@@ -96,6 +96,8 @@ class RuleEngine:
         state = self._devices.get(device_id)
         return () if state is None else state.active_kinds()
 
-    def forget(self, device_id: str) -> None:
-        """Drop a device's state (it was unpaired); its alerts are not cleared."""
-        self._devices.pop(device_id, None)
+    def remove(self, device_id: str, t: float, mono: float | None = None) -> list[AlertTransition]:
+        """A device taken off the paired list: clear its raised alerts (reason ``unpaired``)
+        and drop its state. ``t`` is the wall clock, ``mono`` the monotonic clock (None: ``t``)."""
+        state = self._devices.pop(device_id, None)
+        return [] if state is None else on_removed(self.config, state, t, mono)

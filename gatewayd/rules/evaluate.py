@@ -37,7 +37,7 @@ from gatewayd.rules.track import (
     step,
 )
 
-__all__ = ["Bout", "DeviceState", "HrPoint", "observe", "on_link", "on_tick"]
+__all__ = ["Bout", "DeviceState", "HrPoint", "observe", "on_link", "on_removed", "on_tick"]
 
 #: The heart-rate rules: withdrawn when the data behind them stops being trustworthy.
 HR_KINDS: Final = (
@@ -645,6 +645,19 @@ def on_tick(
     run = _Run(config, state, now, wall, last_t=now)
     _time_rules(run)
     return run.state, run.out
+
+
+def on_removed(
+    config: RulesConfig, state: DeviceState, t: float, mono: float | None = None
+) -> list[AlertTransition]:
+    """The clears (reason ``unpaired``) of every alert raised on a device taken off the paired
+    list at wall ``t``, ``mono``: the gateway no longer serves it, so none stays open. Disabled
+    rules included (an alert restored raised stays raised until cleared)."""
+    now, wall = _advance(state, t, t if mono is None else mono)
+    run = _Run(config, state, now, wall, last_t=now)
+    for kind in state.active_kinds():
+        _clear_now(run, kind, "unpaired")
+    return run.out
 
 
 def _clear_now(run: _Run, kind: AlertKind, reason: str) -> None:
