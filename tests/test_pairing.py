@@ -488,7 +488,7 @@ def test_devices_list_rename_remove(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (code, out) == (0, f"removed bed-2 ({W1}): the gateway will not connect to it\n")
     # No broker: removed all the same, its retained topics are left for the gateway to clear.
     assert err.startswith(no_broker_warning("bed-2", port))
-    assert err.endswith("The gateway clears them at its next start.\n")
+    assert err.endswith("The gateway clears them when it next reaches the broker.\n")
     assert err.count("\n") == 1
     assert ids(registry.load()) == {"hrm-pro-0003": STRAP}
     code, _, err = gatewayd("remove", "bed-2", "--state-dir", str(state))
@@ -564,5 +564,5 @@ def test_remove_unpair_without_bluez_warns_and_still_removes(
     assert "cannot reach BlueZ on the system D-Bus" in bond
     assert f"bluetoothctl remove {W1}" in bond
     assert topics.startswith(no_broker_warning("bed-1", port))
-    assert topics.endswith("The gateway clears them at its next start.")
+    assert topics.endswith("The gateway clears them when it next reaches the broker.")
     assert registry.load() == []
