@@ -267,6 +267,17 @@ def untrusted_event(device_id: str, reason: str, detail: str, t: float) -> NewEv
     return _device_event(device_id, "device_untrusted", severity, detail, t, untrusted=reason)
 
 
+def device_removed_event(device_id: str, renamed_to: str | None, t: float) -> NewEvent:
+    """The device was taken off the paired list (or renamed to ``renamed_to``) while the gateway
+    ran: nothing is monitored under its id from now on, which a subscriber must not learn from
+    silence (docs/pairing.md)."""
+    if renamed_to is None:
+        reason = "taken off the paired list: the gateway no longer monitors this device"
+    else:
+        reason = f"renamed to {renamed_to}: monitored under that id from now on"
+    return _device_event(device_id, "device_removed", "info", reason, t, renamed_to=renamed_to)
+
+
 def device_fault_event(device_id: str, fault: str, message: str, t: float) -> NewEvent:
     """A technical event for a device whose input could not be fully processed (``fault``: a
     short kind, such as "clock" or "store"); ``message`` says what and what was done instead."""

@@ -67,6 +67,7 @@ from gatewayd.mapping import (
     clock_problem,
     data_lost_event,
     device_fault_event,
+    device_removed_event,
     observation_for_frame,
     observation_for_strap,
     record_for_frame,
@@ -436,11 +437,13 @@ class Pipeline(BackgroundPart):
     async def _removed(self, event: DeviceRemoved) -> None:
         """A device taken off the paired list or renamed (its link has stopped, nothing more
         comes under its id): its open alerts are cleared (reason ``unpaired``) through the
-        event log like any transition, and its state here and on the broker is let go."""
+        event log like any transition, then a ``device_removed`` event says it is no longer
+        monitored, and its state here and on the broker is let go."""
         device = event.device_id
         transitions = self.engine.remove(device, self._clock(), self._monotonic())
         try:
             await self._alerts(transitions)
+            await self._append(device_removed_event(device, event.renamed_to, self._clock()))
         finally:  # let go even if the event log refused a clear (reported as a fault)
             for held in (self._views, self._published, self._boots, self._resume_at):
                 held.pop(device, None)

@@ -33,7 +33,7 @@ from gatewayd.emulator.faults import FaultPlan
 from gatewayd.emulator.virtual import FleetSetup, build_fleet, running
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
 from gatewayd.protocol.messages import SampleFormat
-from tests.emulator_fixtures import release_bleak_manager
+from tests.emulator_fixtures import EmulatorEnv, release_bleak_manager, run_gatewayd
 from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
 from tests.test_app_restart import counts
@@ -318,11 +318,54 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
     (cleared,) = [p for _, p in seen if p["kind"] == "fall" and p["state"] == "cleared"]
     assert cleared["device_id"] == "first"
     assert (cleared["evidence"]["reason"], cleared["evidence"]["episode"]) == ("unpaired", 1)
+    kinds = [p["kind"] for _, p in seen if p["device_id"] == "first"]
+    assert kinds == ["fall", "fall", "device_removed"]
+    (said,) = [p for _, p in seen if p["kind"] == "device_removed"]
+    assert (said["severity"], said["evidence"]["renamed_to"]) == ("info", None)
     assert {t.split("/")[-2] for t in retained} == {"second"}, "the first's state and set emptied"
     owners = {t.split("/")[3].split("_")[0] for t in discovery if t.count("/") == 4}
     assert "second" in owners
     assert "first" not in owners, "Home Assistant removes its entities"
     assert connects(fake, first.path) == 1, "not connected again"
+
+
+@pytest.mark.asyncio
+async def test_remove_unpair_beside_the_running_gateway_forgets_the_bond_after_it_let_go(
+    fake: FakeBluez, private_bus: EmulatorEnv, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
+    fleet = await build_fleet(
+        fake, [generate_recording(4, 3.0, seed=4)], FleetSetup(devices=1, speed=SPEED, decoy=False)
+    )
+    (device, _) = fleet.wearables[0]
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    await asyncio.to_thread(registry.add, device.address, "wearable", "w", alias="w0")
+    db = config.store.path
+    async with alerts_of(mosquitto_broker) as seen:
+        async with running(fleet, SPEED), gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+
+            async def streaming() -> bool:
+                return (await asyncio.to_thread(windows_by_device, db)).get("w0", 0) >= 3
+
+            await wait_for(streaming, LIMIT_S, "the wearable's windows")
+            # Forgotten while its link still ran, the bond's loss would make the link
+            # reconnect, find no bond and report the device untrusted.
+            removed = await run_gatewayd("--config", str(tmp_path / "gatewayd.toml"), "devices",
+                                         "remove", "w0", "--unpair", env=private_bus)  # fmt: skip
+
+            async def said() -> bool:
+                return any(p["kind"] == "device_removed" for _, p in seen)
+
+            await wait_for(said, LIMIT_S, "the device_removed event")
+            await asyncio.sleep(2.0)  # long enough for a reconnection to fail
+        assert await gw.task == 0
+    assert removed.returncode == 0
+    assert removed.stderr == ""
+    assert f"BlueZ forgot its bond with {device.address}" in removed.stdout
+    assert not device.paired
+    assert [p["kind"] for _, p in seen] == ["device_removed"], "no device_untrusted"
+    assert connects(fake, device.path) == 1
 
 
 async def retained_of(broker: Broker, topic: str, settle_s: float = 1.0) -> list[str]:

@@ -483,13 +483,17 @@ async def test_a_device_taken_off_the_list_has_its_alerts_cleared_and_is_let_go(
         ("tachycardia", "raised", "w1"),
         ("tachycardia", "raised", "w2"),
         ("tachycardia", "cleared", "w1"),
+        ("device_removed", "raised", "w1"),
     ]
-    cleared = store.events[-1]
+    cleared, removed = store.events[-2:]
     assert cleared.payload["reason"] == "unpaired"
     assert cleared.payload["episode"] == 1
-    # Cleared in the event log (and the publisher woken) before the publisher lets go.
-    assert calls.log[-3:] == [
-        ("event", ("tachycardia", "cleared", "w1")), ("notify", None), ("forget", "w1"),
+    assert (removed.severity, removed.payload["category"]) == ("info", "technical")
+    assert removed.payload["reason"].startswith("taken off the paired list")
+    # Cleared and said in the event log (the publisher woken) before the publisher lets go.
+    assert calls.log[-5:] == [
+        ("event", ("tachycardia", "cleared", "w1")), ("notify", None),
+        ("event", ("device_removed", "raised", "w1")), ("notify", None), ("forget", "w1"),
     ]  # fmt: skip
     assert set(pipeline.views) == {"w2"}
     assert pipeline.engine.active("w2")

@@ -370,7 +370,7 @@ def test_home_assistant_event_entity_fires_on_raised_alerts_of_every_kind() -> N
     ]
     # The event types come from the rules' own list, plus the one-off technical events.
     assert event["event_types"] == [k.value for k in AlertKind] + [
-        "data_lost", "device_fault", "device_untrusted", "sequence_jump"
+        "data_lost", "device_fault", "device_untrusted", "sequence_jump", "device_removed"
     ]  # fmt: skip
     assert event["state_topic"] == topics.alerts("w1")
     template = _jinja().from_string(event["value_template"])

@@ -351,8 +351,12 @@ def cmd_devices_remove(args: argparse.Namespace) -> int:
     """Forget a device and clear its retained MQTT topics; with --unpair also ask BlueZ to
     forget its bond. Both are best effort: a warning, and the device is removed all the same."""
     config = load_config_from_args(args)
-    device = _registry(args, config).remove(args.device)
+    registry = _registry(args, config)
     running = lock_holder(config.store.path)
+    # Where the event log stands before the removal: the running gateway's device_removed
+    # event comes after it.
+    mark = _log_position(config) if running is not None and args.unpair else None
+    device = registry.remove(args.device)
     if running is None:
         print(f"removed {device.device_id} ({device.address}): the gateway will not connect to it")
     else:  # docs/pairing.md, "While the gateway runs"
@@ -360,9 +364,54 @@ def cmd_devices_remove(args: argparse.Namespace) -> int:
               f" {running}) disconnects it within seconds and clears its open alerts"
               f" (reason unpaired)")  # fmt: skip
     if args.unpair:
+        if running is not None and mark is not None:
+            # A bond forgotten while the link still runs: it would reconnect, find no bond
+            # and report the device untrusted (not_bonded). So after the gateway let it go.
+            _wait_until_let_go(config, device.device_id, mark, running)
         _forget_bond(device.address)
     _clear_device_topics(config, device.device_id)
     return EXIT_OK
+
+
+#: How long `devices remove --unpair` waits for a running gateway to let the device go: its
+#: 2 s look at the list, then stopping the link (bounded by the link's close timeout).
+LET_GO_TIMEOUT_S: Final = 15.0
+
+
+def _log_position(config: Config) -> int | None:
+    """The event log's last position, or None when it cannot be read (then nothing waits)."""
+    from gatewayd.store.report import EventLogReader  # noqa: PLC0415 - see cmd_devices_list
+
+    try:
+        with EventLogReader.open(config.store.path) as log:
+            return log.last_position()
+    except StoreError:
+        return None
+
+
+def _wait_until_let_go(config: Config, device_id: str, mark: int, pid: int) -> None:
+    """Wait (at most `LET_GO_TIMEOUT_S`) for the running gateway's ``device_removed`` event of
+    ``device_id`` after position ``mark``; a warning when it does not come."""
+    from gatewayd.store.report import EventLogReader, EventQuery  # noqa: PLC0415
+
+    query = EventQuery(device=device_id, kinds=("device_removed",), after=mark)
+    print(f"waiting for the running gateway to let {device_id} go before BlueZ forgets its bond",
+          flush=True)  # fmt: skip
+    deadline = time.monotonic() + LET_GO_TIMEOUT_S
+    try:
+        with EventLogReader.open(config.store.path) as log:
+            while time.monotonic() <= deadline:
+                if log.events(query):
+                    return
+                time.sleep(0.2)
+    except StoreError:
+        pass
+    print(
+        f"gatewayd devices remove: warning: the running gateway (pid {pid}) did not say within"
+        f" {LET_GO_TIMEOUT_S:g} s that it let {device_id} go; forgetting the bond now, which it"
+        " may report as device_untrusted (not_bonded) until it does",
+        file=sys.stderr,
+    )
 
 
 def _forget_bond(address: str) -> None:

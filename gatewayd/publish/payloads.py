@@ -165,12 +165,14 @@ DATA_LOST_KIND: Final = "data_lost"
 #: the device alert topic: messages lost; input the gateway could not fully process
 #: (``device_fault``); a device that failed authentication or changed identity
 #: (``device_untrusted``); a sequence number that jumped further than the device could have
-#: counted (``sequence_jump``).
+#: counted (``sequence_jump``); a device taken off the paired list or renamed, no longer
+#: monitored under its id (``device_removed``, severity info).
 DEVICE_EVENT_KINDS: Final[tuple[str, ...]] = (
     DATA_LOST_KIND,
     "device_fault",
     "device_untrusted",
     "sequence_jump",
+    "device_removed",
 )
 
 AlertKindName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
