@@ -330,6 +330,48 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
 
 
 @pytest.mark.asyncio
+async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it_stopped(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
+    fleet = await build_fleet(
+        fake, [generate_recording(6, 5.0, seed=6)], FleetSetup(devices=1, speed=SPEED, decoy=False)
+    )
+    device, wearable = fleet.wearables[0]
+    core = wearable.core
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    db = config.store.path
+
+    def stored(device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0) >= count
+
+        return check
+
+    async with running(fleet, SPEED):
+        await asyncio.to_thread(registry.add, device.address, "wearable", "w", "w0",
+                                numbering=(core.spec.boot_id, core.produced))  # fmt: skip
+        async with gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+            await wait_for(stored("w0", 5), LIMIT_S, "windows under the old id")
+        assert await gw.task == 0
+        await asyncio.to_thread(registry.rename, "w0", "w1")
+        stopped_at = core.produced
+        async with asyncio.timeout(LIMIT_S):
+            while core.produced < stopped_at + 10:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.05)
+        async with gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+            await wait_for(stored("w1", 20), LIMIT_S, "windows under the new id")
+        assert await gw.task == 0
+    found = await asyncio.to_thread(counts, db)
+    old, new = found["seqs"]["w0"], found["seqs"]["w1"]
+    assert new[0] == old[-1] + 1, "what it made while the gateway was stopped was asked for"
+    assert old + new == list(range(old[0], new[-1] + 1)), "nothing lost, nothing twice"
+    assert not found["lost"].get("w1")
+
+
+@pytest.mark.asyncio
 async def test_remove_unpair_beside_the_running_gateway_forgets_the_bond_after_it_let_go(
     fake: FakeBluez, private_bus: EmulatorEnv, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:

@@ -32,7 +32,7 @@ from gatewayd.link.events import (
     ResumePoint,
     SequenceJump,
 )
-from gatewayd.link.manager import SEEN_WITHIN_S, SlotPool
+from gatewayd.link.manager import SEEN_WITHIN_S, SlotPool, logged_point
 from gatewayd.link.queue import EventQueue
 from gatewayd.link.registry import (
     DeviceRegistry,
@@ -386,20 +386,41 @@ def test_a_wearable_is_owed_from_its_pairing_or_from_the_event_log_whichever_is_
     assert garbled.paired_point() is None
 
 
-def test_pairing_records_the_numbering_and_a_rename_forgets_it(tmp_path: Path) -> None:
+def test_pairing_records_the_numbering_and_a_rename_keeps_it_and_the_old_id(
+    tmp_path: Path,
+) -> None:
     registry = DeviceRegistry.in_state_dir(tmp_path)
     added = registry.add(WEARABLE, "wearable", "w", "bed-1", numbering=(7, 120))
     assert (added.paired_boot_id, added.paired_next_seq) == (7, 120)
     assert registry.load() == [added]
-    # Under the new id nothing was delivered: it owes nothing from the pairing on either.
+    # The same pairing: what it owes stays owed; the event log's point is under the old id.
     renamed = registry.rename("bed-1", "bed-2")
-    assert (renamed.paired_boot_id, renamed.paired_next_seq) == (None, None)
+    assert renamed.paired_point() == added.paired_point()
+    assert renamed.renamed_from == ("bed-1",)
+    again = registry.rename("bed-2", "bed-1")  # back: the id it has is not a former one
+    assert again.renamed_from == ("bed-2",)
+    assert registry.load() == [again]
+    # Where it resumes: the point heard last among its ids (one without a time is oldest).
+    point = logged_point(again, {
+        "bed-1": ResumePoint(7, 130, None), "bed-2": ResumePoint(7, 150, 2000.0),
+        "other": ResumePoint(9, 999, 3000.0),
+    })  # fmt: skip
+    assert point == ResumePoint(7, 150, 2000.0)
+    assert logged_point(again, {"bed-1": ResumePoint(7, 130, None)}) == ResumePoint(7, 130)
+    assert logged_point(again, {}) is None
     # A list written before these fields existed still loads.
     entry = {"device_id": "old", "address": OTHER, "kind": "wearable"}
     text = json.dumps({"version": 1, "devices": [entry]})
     (tmp_path / "devices.json").write_text(text, encoding="utf-8")
     [old] = registry.load()
     assert old.paired_point() is None
+    assert old.renamed_from == ()
+    for garbage in (5, "bed-1", ["Bed 1"]):
+        entry["renamed_from"] = garbage
+        text = json.dumps({"version": 1, "devices": [entry]})
+        (tmp_path / "devices.json").write_text(text, encoding="utf-8")
+        with pytest.raises(RegistryError):
+            registry.load()
 
 
 class _Clock:

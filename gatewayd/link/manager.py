@@ -246,6 +246,15 @@ class DeviceListChange:
         return bool(self.added or self.restarted or self.removed or self.renamed)
 
 
+def logged_point(device: PairedDevice, resume: Mapping[str, ResumePoint]) -> ResumePoint | None:
+    """The event log's point for ``device`` (``resume``: by device id): under its id or an id
+    it had before a rename (`PairedDevice.renamed_from`), the one heard last."""
+    ids = (device.device_id, *reversed(device.renamed_from))  # newest first: ties go to it
+    points = [p for i in ids if (p := resume.get(i)) is not None]
+    # A point with no time (an older log) counts as older than any with one.
+    return max(points, key=lambda p: -1.0 if p.heard_at is None else p.heard_at, default=None)
+
+
 def _resume_from(link: DeviceLink, heard_at: float | None = None) -> ResumePoint | None:
     """Where a stopped link's stream stopped (None before its first info).
 
@@ -295,7 +304,7 @@ class LinkManager:
         #: ``bus.problem``).
         self.bus = bus if bus is not None else BusCeiling()
         resume = resume or {}
-        self.links = {d.address: self._link(d, resume.get(d.device_id)) for d in devices}
+        self.links = {d.address: self._link(d, logged_point(d, resume)) for d in devices}
         #: Each address's entry of the paired list as last applied (`update_devices`).
         self._entries = {d.address: d for d in devices}
         #: Set when the manager has been left.
@@ -467,14 +476,14 @@ class LinkManager:
                 self._entries[new.address] = new
                 # The same wearable, the same pairing: its numbering goes on from where the old
                 # link stopped (just now), else from the event log's point under the old id.
-                self._begin(new, _resume_from(old, time.time()) or resume.get(entry.device_id))
+                self._begin(new, _resume_from(old, time.time()) or logged_point(new, resume))
                 change.renamed.append((entry.device_id, new.device_id))
             for device in restart:
                 old = self.links[device.address]
                 await self._stop_link(device.address, "paired again")
                 self._entries[device.address] = device
                 # Paired again, it starts where it stood then; else where the old link stopped.
-                logged = resume.get(device.device_id)
+                logged = logged_point(device, resume)
                 if logged is None and device.paired_point() is None:
                     logged = _resume_from(old)
                 self._begin(device, logged)
@@ -482,7 +491,7 @@ class LinkManager:
             for address, device in wanted.items():
                 if address not in self._entries:
                     self._entries[address] = device
-                    self._begin(device, resume.get(device.device_id))
+                    self._begin(device, logged_point(device, resume))
                     change.added.append(device.device_id)
                 elif device.untrusted and self._entries[address].device_id == device.device_id:
                     self._entries[address] = device

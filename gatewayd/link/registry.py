@@ -22,6 +22,8 @@ from gatewayd.errors import GatewayError
 from .events import ResumePoint
 
 REGISTRY_FILE: Final = "devices.json"
+#: Former ids kept per device (`PairedDevice.renamed_from`).
+RENAMES_KEPT: Final = 8
 _FORMAT_VERSION: Final = 1
 _ALIAS_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ADDRESS_RE: Final = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
@@ -52,6 +54,10 @@ class PairedDevice:
     #: message from there on is owed to the gateway, delivered or recorded as lost.
     paired_boot_id: int | None = None
     paired_next_seq: int | None = None
+    #: The ids it had before (`DeviceRegistry.rename`), oldest first: the event log keeps where
+    #: its stream stopped by id, so a gateway started after a rename resumes from the latest of
+    #: those points (`LinkManager`) rather than leave unasked what it made meanwhile.
+    renamed_from: tuple[str, ...] = ()
 
     def paired_point(self) -> ResumePoint | None:
         """Where the wearable's numbering stood at pairing, heard at ``paired_at``; None when
@@ -101,6 +107,15 @@ def default_alias(name: str, address: str) -> str:
     return f"{slug}-{address.replace(':', '')[-4:].lower()}"
 
 
+def _entry(entry: dict[str, object]) -> PairedDevice:
+    """One entry of the file (TypeError for a field of the wrong shape)."""
+    device = PairedDevice(**entry)  # type: ignore[arg-type]
+    former = device.renamed_from
+    if not isinstance(former, list | tuple) or not all(isinstance(i, str) for i in former):
+        raise TypeError(f"renamed_from must be a list of device ids, got {former!r}")
+    return replace(device, renamed_from=tuple(former))
+
+
 class DeviceRegistry:
     """The paired-device list in ``<state_dir>/devices.json``."""
 
@@ -124,7 +139,7 @@ class DeviceRegistry:
             doc = json.loads(text)
             if doc.get("version") != _FORMAT_VERSION:
                 raise RegistryError(f"{self.path}: unknown format version {doc.get('version')!r}")
-            devices = [PairedDevice(**entry) for entry in doc["devices"]]
+            devices = [_entry(entry) for entry in doc["devices"]]
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RegistryError(
                 f"{self.path}: not a paired-device list ({exc}); fix or remove it and pair again"
@@ -133,6 +148,8 @@ class DeviceRegistry:
             for d in devices:
                 check_alias(d.device_id)
                 normalise_address(d.address)
+                for former in d.renamed_from:
+                    check_alias(former)
         except RegistryError as exc:
             raise RegistryError(f"{self.path}: {exc}") from exc
         return devices
@@ -185,9 +202,10 @@ class DeviceRegistry:
         if any(d.device_id == new_id for d in devices):
             raise RegistryError(f"device id {new_id!r} is already used")
         old = self.get(device_id)
-        # The messages it sent under the old id were delivered under it: the new id owes
-        # nothing from the pairing on (the event log has no point for it either).
-        new = replace(old, device_id=new_id, paired_boot_id=None, paired_next_seq=None)
+        # The same pairing: what it owes from there on stays owed. The event log's point
+        # (where its stream stopped) is under the old id, which it keeps (`renamed_from`).
+        former = (*(i for i in old.renamed_from if i != new_id), device_id)[-RENAMES_KEPT:]
+        new = replace(old, device_id=new_id, renamed_from=former)
         self._save([new if d.device_id == device_id else d for d in devices])
         return new
 
