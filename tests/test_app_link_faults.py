@@ -29,8 +29,10 @@ from gatewayd.app import ShutdownTimeouts
 from gatewayd.config import Config, load_config
 from gatewayd.datasets.synthetic import generate_recording
 from gatewayd.emulator import FakeBluez
+from gatewayd.emulator.bluez import FakeDevice
 from gatewayd.emulator.faults import FaultPlan
-from gatewayd.emulator.virtual import FleetSetup, build_fleet, running
+from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
+from gatewayd.emulator.wearable import WearableCore
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
 from gatewayd.protocol.messages import SampleFormat
 from tests.emulator_fixtures import EmulatorEnv, release_bleak_manager, run_gatewayd
@@ -329,17 +331,25 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
     assert connects(fake, first.path) == 1, "not connected again"
 
 
+async def one_wearable(
+    fake: FakeBluez, broker: Broker, tmp_path: Path, subject: int, minutes: float
+) -> tuple[Config, Fleet, FakeDevice, WearableCore, DeviceRegistry]:
+    """A gateway config, one emulated wearable (not yet running) and the paired list."""
+    config = await asyncio.to_thread(write_config, tmp_path, broker)
+    recording = generate_recording(subject, minutes, seed=subject)
+    fleet = await build_fleet(fake, [recording], FleetSetup(devices=1, speed=SPEED, decoy=False))
+    device, wearable = fleet.wearables[0]
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    return config, fleet, device, wearable.core, registry
+
+
 @pytest.mark.asyncio
 async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it_stopped(
     fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
-    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
-    fleet = await build_fleet(
-        fake, [generate_recording(6, 5.0, seed=6)], FleetSetup(devices=1, speed=SPEED, decoy=False)
+    config, fleet, device, core, registry = await one_wearable(
+        fake, mosquitto_broker, tmp_path, 6, 5.0
     )
-    device, wearable = fleet.wearables[0]
-    core = wearable.core
-    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
     db = config.store.path
 
     def stored(device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
@@ -375,12 +385,9 @@ async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it
 async def test_remove_unpair_beside_the_running_gateway_forgets_the_bond_after_it_let_go(
     fake: FakeBluez, private_bus: EmulatorEnv, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
-    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
-    fleet = await build_fleet(
-        fake, [generate_recording(4, 3.0, seed=4)], FleetSetup(devices=1, speed=SPEED, decoy=False)
+    config, fleet, device, _, registry = await one_wearable(
+        fake, mosquitto_broker, tmp_path, 4, 3.0
     )
-    (device, _) = fleet.wearables[0]
-    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
     await asyncio.to_thread(registry.add, device.address, "wearable", "w", alias="w0")
     db = config.store.path
     async with alerts_of(mosquitto_broker) as seen:
@@ -474,13 +481,9 @@ def stored_and_lost(path: Path, device_id: str) -> tuple[list[int], dict[str, in
 async def test_what_a_wearable_made_between_its_pairing_and_the_first_connection_is_owed(
     fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
-    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
-    fleet = await build_fleet(
-        fake, [generate_recording(5, 5.0, seed=5)], FleetSetup(devices=1, speed=SPEED, decoy=False)
+    config, fleet, device, core, registry = await one_wearable(
+        fake, mosquitto_broker, tmp_path, 5, 5.0
     )
-    device, wearable = fleet.wearables[0]
-    core = wearable.core
-    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
     async with running(fleet, SPEED):
         # Paired (its numbering read then, as `gatewayd pair` does) with no gateway running ...
         paired_at = core.produced
