@@ -43,7 +43,7 @@ from gatewayd.link.events import LinkEvent, ResumePoint
 from gatewayd.link.manager import LinkManager
 from gatewayd.link.registry import DeviceRegistry, PairedDevice, RegistryError
 from gatewayd.link.slots import SlotsAlarm
-from gatewayd.mapping import alert_event, gateway_event
+from gatewayd.mapping import alert_event, device_removed_event, gateway_event
 from gatewayd.pipeline import Pipeline
 from gatewayd.protocol.control import SetPolicy
 from gatewayd.publish.client import Publisher
@@ -241,6 +241,22 @@ async def _restored_engine(
     return engine
 
 
+async def _announce_removals(store: Store, paired: Sequence[PairedDevice]) -> None:
+    """Say ``device_removed`` for each device taken off the paired list or renamed while the
+    gateway was stopped, as a running gateway does when it lets one go (docs/pairing.md):
+    once, for a device the log holds windows of, after the clears of its open alerts."""
+    renamed = {old: d.device_id for d in paired for old in d.renamed_from}
+    try:
+        removed = await store.unannounced_removals({d.device_id for d in paired})
+        for device_id in removed:
+            renamed_to = renamed.get(device_id)
+            await store.append_event(device_removed_event(device_id, renamed_to, time.time()))
+            log.info("device taken off the paired list while the gateway was stopped: no longer"
+                     " served", device=device_id, renamed_to=renamed_to)  # fmt: skip
+    except StoreError as exc:  # the event log says why elsewhere; nothing else depends on it
+        log.warning("removed devices not announced", error=str(exc))
+
+
 @contextlib.asynccontextmanager
 async def build_gateway(
     config: Config,
@@ -296,6 +312,8 @@ async def build_gateway(
         engine = await _restored_engine(
             store, config, None if registry is None else [d.device_id for d in paired]
         )
+        if registry is not None:
+            await _announce_removals(store, paired)
         worker = await stack.enter_async_context(InferenceWorker(session, config.inference))
         pipeline = await stack.enter_async_context(
             Pipeline(

@@ -374,6 +374,12 @@ async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
             await wait_for(stored("w1", 20), LIMIT_S, "windows under the new id")
         assert await gw.task == 0
+        # Said once, as a running gateway says it: a third start says nothing more.
+        assert await asyncio.to_thread(removals, db) == [("w0", "w1")]
+        async with gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+        assert await gw.task == 0
+    assert await asyncio.to_thread(removals, db) == [("w0", "w1")]
     found = await asyncio.to_thread(counts, db)
     old, new = found["seqs"]["w0"], found["seqs"]["w1"]
     assert new[0] == old[-1] + 1, "what it made while the gateway was stopped was asked for"
@@ -469,6 +475,19 @@ async def test_a_wearable_paired_again_after_it_was_untrusted_streams_again(
 
 async def _more(count: Callable[[], Awaitable[int]], base: int, more: int) -> bool:
     return await count() >= base + more
+
+
+def removals(path: Path) -> list[tuple[str, str | None]]:
+    """The device_removed events in the log: (device, renamed_to)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT device_id, json_extract(payload, '$.evidence.renamed_to') FROM events"
+            " WHERE kind = 'device_removed' ORDER BY rowid"
+        )
+        return [(d, r) for d, r in rows]
+    finally:
+        conn.close()
 
 
 def stored_and_lost(path: Path, device_id: str) -> tuple[list[int], dict[str, int]]:

@@ -262,6 +262,20 @@ async def test_record_windows_commits_a_group_together_and_a_bad_one_fails_alone
         assert stats.largest_batch == 5
 
 
+async def test_devices_removed_and_not_yet_said_so_are_found(tmp_path: Path) -> None:
+    def removed(device: str, at: float) -> NewEvent:
+        return NewEvent("device_removed", "info", "raised", device_id=device, created_at=at)
+
+    async with Store.open(tmp_path / "g.db") as store:
+        for device in ("a", "b", "c"):
+            await store.record_window(window_record_from_message(device, summary(), 100.0))
+        await store.append_event(removed("b", 150.0))  # said, after its last window
+        await store.append_event(removed("c", 50.0))  # said once, then it streamed again
+        await store.append_event(alert("d"))  # never sent a window
+        assert await store.unannounced_removals({"a"}) == ["c"]
+        assert await store.unannounced_removals(set()) == ["a", "c"]
+
+
 async def test_raw_samples_are_dropped_unless_configured(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "g.db") as store:  # keep_raw_windows defaults to False
         rec = window_record_from_message("w1", window_message(), 1.0, keep_raw=True)

@@ -35,6 +35,7 @@ __all__ = [
     "select_events",
     "select_pending",
     "select_windows",
+    "unannounced_removals",
     "window_from_row",
     "write_carry_over",
 ]
@@ -217,6 +218,22 @@ def select_cursors(conn: sqlite3.Connection) -> dict[str, DeviceCursor]:
             " WHERE boot_id IS NOT NULL AND next_seq IS NOT NULL ORDER BY device_id"
         )
     }
+
+
+def unannounced_removals(conn: sqlite3.Connection) -> list[str]:
+    """Ids of the devices the log holds windows of and no ``device_removed`` event since their
+    last one, sorted: the caller leaves out those still paired. A removal announced and then
+    aged out by retention stays announced: the device's windows, older, went first."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT d.device_id FROM devices d"
+            " WHERE EXISTS (SELECT 1 FROM windows w WHERE w.device_id = d.device_id)"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.device_id = d.device_id"
+            " AND e.kind = 'device_removed' AND e.created_at >= d.last_seen)"
+            " ORDER BY d.device_id"
+        )
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -769,6 +769,12 @@ class Store:
         """Per (device, alert kind), the latest event if its state is "raised": the alerts open
         when the gateway last stopped, for the rule engine to restore. Oldest first."""
         return await self._read(queries.open_events)
+
+    async def unannounced_removals(self, paired: Collection[str]) -> list[str]:
+        """Devices with windows in the log, not in ``paired`` and never said removed since
+        (`queries.unannounced_removals`): taken off the list while the gateway was stopped."""
+        found = await self._read(queries.unannounced_removals)
+        return [d for d in found if d not in paired]
 
     async def cursors(self) -> dict[str, DeviceCursor]:
         """Every device's resume cursor (as last written with `record_window`)."""
