@@ -35,6 +35,7 @@ from gatewayd.emulator.virtual import Fleet, FleetSetup, build_fleet, running
 from gatewayd.emulator.wearable import WearableCore
 from gatewayd.link.registry import DeviceRegistry, PairedDevice
 from gatewayd.protocol.messages import SampleFormat
+from gatewayd.store.report import EventLogReader
 from tests.emulator_fixtures import EmulatorEnv, release_bleak_manager, run_gatewayd
 from tests.gateway_task import gateway_task, is_ready
 from tests.mqtt_fixtures import MOSQUITTO, Broker
@@ -329,6 +330,15 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
     assert "second" in owners
     assert "first" not in owners, "Home Assistant removes its entities"
     assert connects(fake, first.path) == 1, "not connected again"
+    # `gatewayd devices list` shows what the log knows: the first was let go.
+    links = await asyncio.to_thread(links_in_log, db)
+    assert links == {"first": "removed", "second": "connected"}
+
+
+def links_in_log(path: Path) -> dict[str, str]:
+    """The LINK column of `gatewayd devices list`, by device."""
+    with EventLogReader.open(path) as log:
+        return {a.device_id: a.link for a in log.devices()}
 
 
 async def one_wearable(

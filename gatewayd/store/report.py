@@ -126,15 +126,21 @@ class DeviceActivity:
     open_alerts: tuple[str, ...]
     #: "disconnected" / "connected" from the latest `disconnected` alert transition, if any.
     last_link: str | None
+    #: When the gateway last said it let the device go (its latest ``device_removed`` event).
+    removed_at: float | None = None
 
     @property
     def link(self) -> str:
-        """The link as the log last recorded it: connected, disconnected, silent or "-".
+        """The link as the log last recorded it: connected, disconnected, silent, removed or "-".
 
-        The gateway writes no connect/disconnect rows, so this is inferred: an open
-        ``disconnected`` or ``device_silent`` alert says so; else a device that sent windows
-        (or whose ``disconnected`` alert cleared) counts as connected as of ``last_seen``.
+        The gateway writes no connect/disconnect rows, so this is inferred: a ``device_removed``
+        event after its last window says removed (taken off the paired list or renamed); an
+        open ``disconnected`` or ``device_silent`` alert says so; else a device that sent
+        windows (or whose ``disconnected`` alert cleared) counts as connected as of
+        ``last_seen``.
         """
+        if self.removed_at is not None and self.removed_at >= self.last_seen:
+            return "removed"
         if "disconnected" in self.open_alerts:
             return "disconnected"
         if "device_silent" in self.open_alerts:
@@ -247,6 +253,14 @@ class EventLogReader:
                 open_alerts.setdefault(e.device_id, []).append(e.kind)
             if e.kind == "disconnected":
                 last_link[e.device_id] = "disconnected" if e.state == "raised" else "connected"
+        removed_at: dict[str | None, float] = {
+            row[0]: row[1]
+            for row in self._query(
+                "SELECT device_id, max(created_at) FROM events WHERE kind = 'device_removed'"
+                " GROUP BY device_id",
+                [],
+            )
+        }
         return [
             DeviceActivity(
                 device_id=row["device_id"],
@@ -256,6 +270,7 @@ class EventLogReader:
                 last_window=last.get(row["device_id"]),
                 open_alerts=tuple(sorted(open_alerts.get(row["device_id"], ()))),
                 last_link=last_link.get(row["device_id"]),
+                removed_at=removed_at.get(row["device_id"]),
             )
             for row in devices
         ]
