@@ -268,9 +268,9 @@ def untrusted_event(device_id: str, reason: str, detail: str, t: float) -> NewEv
 
 
 def device_removed_event(device_id: str, renamed_to: str | None, t: float) -> NewEvent:
-    """The device was taken off the paired list (or renamed to ``renamed_to``) while the gateway
-    ran: nothing is monitored under its id from now on, which a subscriber must not learn from
-    silence (docs/pairing.md)."""
+    """The device was taken off the paired list (or renamed to ``renamed_to``): nothing is
+    monitored under its id from now on, which a subscriber must not learn from silence
+    (docs/pairing.md). Sent when the running gateway lets it go, or at the next start."""
     if renamed_to is None:
         reason = "taken off the paired list: the gateway no longer monitors this device"
     else:
