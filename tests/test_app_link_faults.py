@@ -223,6 +223,19 @@ async def test_wearables_beyond_the_slots_raise_a_gateway_alert_and_status_says_
     assert alert["details"] == {"waiting": 1, "slots": 2}
 
 
+async def two_wearables(
+    fake: FakeBluez, broker: Broker, tmp_path: Path, subject: int, first_id: str
+) -> tuple[Config, Fleet, DeviceRegistry]:
+    """A gateway config and two emulated wearables (not yet running), the first paired."""
+    config = await asyncio.to_thread(write_config, tmp_path, broker)
+    recordings = [generate_recording(subject + i, 3.0, seed=subject + i) for i in range(2)]
+    fleet = await build_fleet(fake, recordings, FleetSetup(devices=2, speed=SPEED, decoy=False))
+    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
+    first = fleet.wearables[0][0]
+    await asyncio.to_thread(registry.add, first.address, "wearable", "w", alias=first_id)
+    return config, fleet, registry
+
+
 def connects(fake: FakeBluez, path: str) -> int:
     return sum(1 for c in fake.call_log if c.member == "Connect" and c.path == path)
 
@@ -231,12 +244,8 @@ def connects(fake: FakeBluez, path: str) -> int:
 async def test_a_wearable_paired_while_the_gateway_runs_streams_without_a_restart(
     fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
-    config = await asyncio.to_thread(write_config, tmp_path, mosquitto_broker)
-    recordings = [generate_recording(i + 1, 3.0, seed=i + 1) for i in range(2)]
-    fleet = await build_fleet(fake, recordings, FleetSetup(devices=2, speed=SPEED, decoy=False))
+    config, fleet, registry = await two_wearables(fake, mosquitto_broker, tmp_path, 1, "first")
     (first, _), (second, _) = fleet.wearables
-    registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
-    await asyncio.to_thread(registry.add, first.address, "wearable", "w", alias="first")
     db = config.store.path
 
     def at_least(device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
@@ -333,6 +342,46 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
     # `gatewayd devices list` shows what the log knows: the first was let go.
     links = await asyncio.to_thread(links_in_log, db)
     assert links == {"first": "removed", "second": "connected"}
+
+
+@pytest.mark.asyncio
+async def test_a_broken_wearable_replaced_under_the_same_id_while_the_gateway_runs(
+    fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
+) -> None:
+    config, fleet, registry = await two_wearables(fake, mosquitto_broker, tmp_path, 8, "bed-1")
+    (old, old_wearable), (new, new_wearable) = fleet.wearables
+    db = config.store.path
+
+    def boots(path: Path) -> set[int]:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT DISTINCT boot_id FROM devices WHERE device_id = 'bed-1'")
+            return {row[0] for row in rows}
+        finally:
+            conn.close()
+
+    async with alerts_of(mosquitto_broker) as seen:
+        async with running(fleet, SPEED), gateway_task(config, None) as gw:
+            await wait_for(lambda: is_ready(gw), 15, "READY=1")
+
+            async def stored() -> int:
+                return (await asyncio.to_thread(windows_by_device, db)).get("bed-1", 0)
+
+            await wait_for(lambda: _more(stored, 0, 3), LIMIT_S, "the first wearable's windows")
+            # Its replacement is paired under the same id: the old one removed, then the new.
+            await asyncio.to_thread(registry.remove, "bed-1")
+            await asyncio.to_thread(registry.add, new.address, "wearable", "w", alias="bed-1")
+
+            async def the_new_one() -> bool:
+                found = await asyncio.to_thread(boots, db)
+                return found == {new_wearable.core.spec.boot_id}
+
+            await wait_for(the_new_one, LIMIT_S, "bed-1 streaming from the new wearable")
+            assert not old.connected
+            assert new.connected
+        assert await gw.task == 0
+    assert old_wearable.core.spec.boot_id != new_wearable.core.spec.boot_id
+    assert [p["kind"] for _, p in seen] == ["device_removed"], "said once, nothing else"
 
 
 def links_in_log(path: Path) -> dict[str, str]:
