@@ -627,6 +627,7 @@ def test_devices_list_json_merges_the_registry_and_the_log(
         "paired": True,
     }
     assert bed1["paired_at"]
+    assert (bed1["renamed_from"], strap["renamed_from"]) == ([], [])
     log = bed1["log"]
     assert (log["link"], log["windows"], log["open_alerts"]) == ("connected", 5, ["tachycardia"])
     assert log["last_window"]["seq"] == 4
@@ -655,9 +656,12 @@ def test_devices_list_without_a_log_is_the_registry_as_before(
     assert (code, err) == (0, "")
     assert table(out)[0] == ["ID", "ADDRESS", "KIND", "NAME", "PAIRED AT"]
     assert table(out)[1][:4] == ["bed-1", W1, "wearable", "wearable-01"]
+    registry = DeviceRegistry.in_state_dir(tmp_path / "state")
+    registry.rename("bed-1", "room-12-bed-1")
     code, out, _ = gatewayd(capsys, config, "devices", "list", "--json")
     ((device),) = json.loads(out)
-    assert (device["id"], device["paired"], device["log"]) == ("bed-1", True, None)
+    assert (device["id"], device["paired"], device["log"]) == ("room-12-bed-1", True, None)
+    assert device["renamed_from"] == ["bed-1"]
     assert names(tmp_path / "state") == ["devices.json"]  # no log was created
 
 

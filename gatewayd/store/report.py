@@ -588,6 +588,7 @@ def devices_json(listings: Iterable[DeviceListing]) -> list[dict[str, Any]]:
                 "name": p.name if p is not None else None,
                 "paired": p is not None,
                 "paired_at": p.paired_at if p is not None else None,
+                "renamed_from": list(p.renamed_from) if p is not None else [],
                 "log": _activity_json(a) if a is not None else None,
             }
         )
