@@ -508,6 +508,11 @@ class PairedLike(Protocol):
         ...
 
     @property
+    def renamed_from(self) -> tuple[str, ...]:
+        """The ids it had before, oldest first."""
+        ...
+
+    @property
     def paired_at(self) -> str:
         """When it was paired (ISO-8601)."""
         ...
