@@ -92,8 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     devices_sub = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
     for action, func, help_text in (
         ("list", cmd_devices_list, "list paired devices and what the event log knows"),
-        ("rename", cmd_devices_rename, "give a paired device a new id"),
-        ("remove", cmd_devices_remove, "forget a paired device"),
+        (
+            "rename",
+            cmd_devices_rename,
+            "give a paired device a new id (a running gateway follows within seconds)",
+        ),
+        (
+            "remove",
+            cmd_devices_remove,
+            "forget a paired device (a running gateway lets it go within seconds)",
+        ),
     ):
         p = devices_sub.add_parser(action, help=help_text, description=help_text)
         global_options(p, suppress=True)
@@ -108,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--unpair",
                 action="store_true",
-                help="also ask BlueZ to forget the bond (Adapter1.RemoveDevice)",
+                help="also ask BlueZ to forget the bond (Adapter1.RemoveDevice); beside a running"
+                " gateway, once it has let the device go",
             )
 
     add_events_options(add("events", cmd_events, "show the event log (alerts, gateway events)"))
