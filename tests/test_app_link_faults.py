@@ -228,7 +228,7 @@ async def two_wearables(
 ) -> tuple[Config, Fleet, DeviceRegistry]:
     """A gateway config and two emulated wearables (not yet running), the first paired."""
     config = await asyncio.to_thread(write_config, tmp_path, broker)
-    recordings = [generate_recording(subject + i, 3.0, seed=subject + i) for i in range(2)]
+    recordings = [generate_recording(subject + i, 6.0, seed=subject + i) for i in range(2)]
     fleet = await build_fleet(fake, recordings, FleetSetup(devices=2, speed=SPEED, decoy=False))
     registry = DeviceRegistry.in_state_dir(config.gateway.state_dir)
     first = fleet.wearables[0][0]
@@ -286,11 +286,13 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
         mosquitto_broker,
         "homeassistant_discovery = true\n[ble]\nslots_per_adapter = 1\n",
     )
-    # The first wearable falls at 16 s and lies still: its fall alert stays raised.
+    # The first wearable falls at 16 s and lies still: its fall alert stays raised. 10 minutes
+    # (30 s here) outlast the test on a loaded machine: a recording that ended would add a
+    # device_silent alert.
     recordings = [
-        generate_recording(2, 4.0, seed=5, events=[("fall", 16.0, 3600.0)],
+        generate_recording(2, 10.0, seed=5, events=[("fall", 16.0, 3600.0)],
                            activities=[(7, 600.0)]),
-        generate_recording(3, 4.0, seed=3),
+        generate_recording(3, 10.0, seed=3),
     ]  # fmt: skip
     fleet = await build_fleet(fake, recordings, FleetSetup(devices=2, speed=SPEED, decoy=False))
     (first, _), (second, _) = fleet.wearables
@@ -407,7 +409,7 @@ async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it
     fake: FakeBluez, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
     config, fleet, device, core, registry = await one_wearable(
-        fake, mosquitto_broker, tmp_path, 6, 5.0
+        fake, mosquitto_broker, tmp_path, 6, 10.0
     )
     db = config.store.path
 
@@ -451,7 +453,7 @@ async def test_remove_unpair_beside_the_running_gateway_forgets_the_bond_after_i
     fake: FakeBluez, private_bus: EmulatorEnv, mosquitto_broker: Broker, tmp_path: Path
 ) -> None:
     config, fleet, device, _, registry = await one_wearable(
-        fake, mosquitto_broker, tmp_path, 4, 3.0
+        fake, mosquitto_broker, tmp_path, 4, 10.0
     )
     await asyncio.to_thread(registry.add, device.address, "wearable", "w", alias="w0")
     db = config.store.path
