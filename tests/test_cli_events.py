@@ -647,6 +647,24 @@ def test_devices_list_json_merges_the_registry_and_the_log(
     assert strap["log"]["link"] == "disconnected"
 
 
+def test_devices_list_names_the_id_a_renamed_device_goes_by_now(
+    world: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _ = world
+    DeviceRegistry.in_state_dir(config.parent / "state").rename("bed-1", "room-12-bed-1")
+    code, out, _ = gatewayd(capsys, config, "devices", "list")
+    assert code == 0
+    rows = {row[0]: row for row in table(out)[1:]}
+    assert rows["room-12-bed-1"][3:5] == ["yes", "never"]  # nothing logged under the new id yet
+    assert rows["bed-1"][1:4] == ["-", "-", "renamed: room-12-bed-1"]
+    assert rows["old-strap"][3] == "not paired"
+    code, out, _ = gatewayd(capsys, config, "devices", "list", "--json")
+    listed = {d["id"]: d for d in json.loads(out)}
+    assert (listed["bed-1"]["renamed_to"], listed["bed-1"]["paired"]) == ("room-12-bed-1", False)
+    assert listed["room-12-bed-1"]["renamed_from"] == ["bed-1"]
+    assert listed["old-strap"]["renamed_to"] is None
+
+
 def test_devices_list_without_a_log_is_the_registry_as_before(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -525,6 +525,8 @@ class DeviceListing:
     device_id: str
     paired: PairedLike | None
     activity: DeviceActivity | None
+    #: For an id no longer paired: the paired device's id now, when it was renamed from this one.
+    renamed_to: str | None = None
 
 
 def merge_devices(
@@ -532,12 +534,16 @@ def merge_devices(
 ) -> list[DeviceListing]:
     """Paired devices in registry order, then devices only the log knows (not paired), by id.
 
-    Matched by device id: a device renamed after it sent data shows twice (its old id is no
-    longer paired).
+    Matched by device id: a device renamed after it sent data shows twice, its old id no longer
+    paired and naming the id it goes by now (`DeviceListing.renamed_to`).
     """
     by_id = {a.device_id: a for a in activity}
+    now = {old: p.device_id for p in paired for old in p.renamed_from}
     out = [DeviceListing(p.device_id, p, by_id.pop(p.device_id, None)) for p in paired]
-    out += [DeviceListing(a.device_id, None, a) for a in sorted(by_id.values(), key=_by_id)]
+    out += [
+        DeviceListing(a.device_id, None, a, now.get(a.device_id))
+        for a in sorted(by_id.values(), key=_by_id)
+    ]
     return out
 
 
@@ -554,7 +560,11 @@ def format_devices(listings: Sequence[DeviceListing], now: float, tz: tzinfo | N
                 d.device_id,
                 address or "-",
                 kind or "-",
-                "yes" if p is not None else "not paired",
+                "yes"
+                if p is not None
+                else f"renamed: {d.renamed_to}"
+                if d.renamed_to
+                else "not paired",
                 f"{_local(a.last_seen, tz)} ({_ago(now - a.last_seen)})" if a else "never",
                 a.link if a is not None else "-",
                 f"{w.battery}%" if w is not None and w.battery is not None else "-",
@@ -594,6 +604,7 @@ def devices_json(listings: Iterable[DeviceListing]) -> list[dict[str, Any]]:
                 "paired": p is not None,
                 "paired_at": p.paired_at if p is not None else None,
                 "renamed_from": list(p.renamed_from) if p is not None else [],
+                "renamed_to": d.renamed_to,
                 "log": _activity_json(a) if a is not None else None,
             }
         )
