@@ -86,6 +86,20 @@ def windows_by_device(path: Path) -> dict[str, int]:
         conn.close()
 
 
+async def stored(db: Path, device_id: str) -> int:
+    """The windows of ``device_id`` in the event log."""
+    return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0)
+
+
+def at_least(db: Path, device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
+    """A `wait_for` condition: the event log holds ``count`` windows of ``device_id``."""
+
+    async def check() -> bool:
+        return await stored(db, device_id) >= count
+
+    return check
+
+
 @contextlib.asynccontextmanager
 async def alerts_of(
     broker: Broker, topic: str = f"gatewayd/{GW}/devices/+/alerts"
@@ -123,9 +137,6 @@ async def test_an_impostor_at_a_paired_address_lands_nothing_and_raises_a_techni
     ]
     db = config.store.path
 
-    async def other_streams() -> bool:
-        return (await asyncio.to_thread(windows_by_device, db)).get("other", 0) >= 10
-
     async with alerts_of(mosquitto_broker) as seen:
 
         async def untrusted_alert() -> bool:
@@ -133,11 +144,10 @@ async def test_an_impostor_at_a_paired_address_lands_nothing_and_raises_a_techni
 
         async with gateway_task(config, devices) as gw, running(fleet, SPEED):
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
-            await wait_for(other_streams, 60, "the genuine wearable's windows")
+            await wait_for(at_least(db, "other", 10), 60, "the genuine wearable's windows")
             await wait_for(untrusted_alert, 60, "a device_untrusted alert")
         assert await gw.task == 0
-    stored = await asyncio.to_thread(windows_by_device, db)
-    assert "victim" not in stored, "impostor data landed under the victim's id"
+    assert await stored(db, "victim") == 0, "impostor data landed under the victim's id"
     assert impostor.messages_sent == 0
     assert genuine.messages_sent > 0
     untrusted = [(t, p) for t, p in seen if p["kind"] == "device_untrusted"]
@@ -163,12 +173,9 @@ async def test_a_hung_bluetoothd_does_not_hold_the_shutdown(
     devices = await asyncio.to_thread(registry.load)
     bound = ShutdownTimeouts()
 
-    async def streaming() -> bool:
-        return (await asyncio.to_thread(windows_by_device, config.store.path)).get("w0", 0) >= 3
-
     async with running(fleet, SPEED), gateway_task(config, devices) as gw:
         await wait_for(lambda: is_ready(gw), 15, "READY=1")
-        await wait_for(streaming, 60, "windows from the wearable")
+        await wait_for(at_least(config.store.path, "w0", 3), 60, "windows from the wearable")
         fake.hang()  # bluetoothd answers no method call from now on
         gw.stop.set()
         # A safety net only: the shutdown's own bounds end it (docs/running.md).
@@ -248,25 +255,19 @@ async def test_a_wearable_paired_while_the_gateway_runs_streams_without_a_restar
     (first, _), (second, _) = fleet.wearables
     db = config.store.path
 
-    def at_least(device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0) >= count
-
-        return check
-
     async with running(fleet, SPEED), gateway_task(config, None) as gw:
         await wait_for(lambda: is_ready(gw), 15, "READY=1")
-        await wait_for(at_least("first", 3), LIMIT_S, "the first wearable's windows")
+        await wait_for(at_least(db, "first", 3), LIMIT_S, "the first wearable's windows")
         assert "second" not in await asyncio.to_thread(windows_by_device, db)
         # `gatewayd pair` beside the running gateway: it writes the list, nothing else.
         await asyncio.to_thread(registry.add, second.address, "wearable", "w", alias="second")
         await wait_for(
-            at_least("second", 3), LIMIT_S, "windows of the wearable paired while it runs"
+            at_least(db, "second", 3), LIMIT_S, "windows of the wearable paired while it runs"
         )
         assert connects(fake, first.path) == 1, "the first wearable's link was never touched"
         # Renamed: served under the new id from where the old one stopped.
         await asyncio.to_thread(registry.rename, "first", "first-b")
-        await wait_for(at_least("first-b", 3), LIMIT_S, "windows under the new id")
+        await wait_for(at_least(db, "first-b", 3), LIMIT_S, "windows under the new id")
         assert connects(fake, second.path) == 1, "the second wearable's link was never touched"
     assert await gw.task == 0
     seqs = (await asyncio.to_thread(counts, db))["seqs"]
@@ -300,9 +301,6 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
     await asyncio.to_thread(registry.add, first.address, "wearable", "w", alias="first")
     db = config.store.path
 
-    async def stored(device_id: str) -> int:
-        return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0)
-
     async with alerts_of(mosquitto_broker) as seen:
 
         def fall(state: str) -> Callable[[], Awaitable[bool]]:
@@ -317,15 +315,15 @@ async def test_a_wearable_taken_off_the_list_is_let_go_and_its_slot_serves_anoth
             # The second is paired with the one slot taken: it waits for it.
             await asyncio.to_thread(registry.add, second.address, "wearable", "w", alias="second")
             await asyncio.sleep(3 * 2.0)  # the list's poll interval, and more
-            assert await stored("second") == 0
+            assert await stored(db, "second") == 0
             await asyncio.to_thread(registry.remove, "first")
             await wait_for(fall("cleared"), LIMIT_S, "the fall alert cleared")
-            await wait_for(lambda: _more(lambda: stored("second"), 0, 3), LIMIT_S,
+            await wait_for(at_least(db, "second", 3), LIMIT_S,
                            "the second wearable's windows, in the slot the first left")  # fmt: skip
             assert not first.connected
-            before = await stored("first")
+            before = await stored(db, "first")
             await asyncio.sleep(3 * 2.0)
-            assert await stored("first") == before, "nothing more under the removed id"
+            assert await stored(db, "first") == before, "nothing more under the removed id"
             retained = await retained_of(mosquitto_broker, f"gatewayd/{GW}/devices/+/+")
             discovery = await retained_of(mosquitto_broker, "homeassistant/#")
         assert await gw.task == 0
@@ -366,10 +364,7 @@ async def test_a_broken_wearable_replaced_under_the_same_id_while_the_gateway_ru
         async with running(fleet, SPEED), gateway_task(config, None) as gw:
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
 
-            async def stored() -> int:
-                return (await asyncio.to_thread(windows_by_device, db)).get("bed-1", 0)
-
-            await wait_for(lambda: _more(stored, 0, 3), LIMIT_S, "the first wearable's windows")
+            await wait_for(at_least(db, "bed-1", 3), LIMIT_S, "the first wearable's windows")
             # Its replacement is paired under the same id: the old one removed, then the new.
             await asyncio.to_thread(registry.remove, "bed-1")
             await asyncio.to_thread(registry.add, new.address, "wearable", "w", alias="bed-1")
@@ -413,18 +408,12 @@ async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it
     )
     db = config.store.path
 
-    def stored(device_id: str, count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return (await asyncio.to_thread(windows_by_device, db)).get(device_id, 0) >= count
-
-        return check
-
     async with running(fleet, SPEED):
         await asyncio.to_thread(registry.add, device.address, "wearable", "w", "w0",
                                 numbering=(core.spec.boot_id, core.produced))  # fmt: skip
         async with gateway_task(config, None) as gw:
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
-            await wait_for(stored("w0", 5), LIMIT_S, "windows under the old id")
+            await wait_for(at_least(db, "w0", 5), LIMIT_S, "windows under the old id")
         assert await gw.task == 0
         await asyncio.to_thread(registry.rename, "w0", "w1")
         stopped_at = core.produced
@@ -433,7 +422,7 @@ async def test_a_wearable_renamed_while_the_gateway_was_stopped_resumes_where_it
                 await asyncio.sleep(0.05)
         async with gateway_task(config, None) as gw:
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
-            await wait_for(stored("w1", 20), LIMIT_S, "windows under the new id")
+            await wait_for(at_least(db, "w1", 20), LIMIT_S, "windows under the new id")
         assert await gw.task == 0
         # Said once, as a running gateway says it: a third start says nothing more.
         assert await asyncio.to_thread(removals, db) == [("w0", "w1")]
@@ -461,10 +450,7 @@ async def test_remove_unpair_beside_the_running_gateway_forgets_the_bond_after_i
         async with running(fleet, SPEED), gateway_task(config, None) as gw:
             await wait_for(lambda: is_ready(gw), 15, "READY=1")
 
-            async def streaming() -> bool:
-                return (await asyncio.to_thread(windows_by_device, db)).get("w0", 0) >= 3
-
-            await wait_for(streaming, LIMIT_S, "the wearable's windows")
+            await wait_for(at_least(db, "w0", 3), LIMIT_S, "the wearable's windows")
             # Forgotten while its link still ran, the bond's loss would make the link
             # reconnect, find no bond and report the device untrusted.
             removed = await run_gatewayd("--config", str(tmp_path / "gatewayd.toml"), "devices",
@@ -515,27 +501,20 @@ async def test_a_wearable_paired_again_after_it_was_untrusted_streams_again(
     async def untrusted() -> bool:
         return bool((await asyncio.to_thread(registry.get, "w0")).untrusted)
 
-    async def stored() -> int:
-        return (await asyncio.to_thread(windows_by_device, db)).get("w0", 0)
-
     async with running(fleet, SPEED), gateway_task(config, None) as gw:
         await wait_for(lambda: is_ready(gw), 15, "READY=1")
-        await wait_for(lambda: _more(stored, 0, 3), LIMIT_S, "the wearable's windows")
+        await wait_for(at_least(db, "w0", 3), LIMIT_S, "the wearable's windows")
         # Same address, same bond, other sensors: not the wearable that was paired.
         wearable.core.spec = replace(wearable.core.spec, sample_format=SampleFormat.INT8)
         await wait_for(untrusted, LIMIT_S, "the gateway marking it untrusted")
-        before = await stored()
+        before = await stored(db, "w0")
         await asyncio.sleep(3 * 2.0)  # the list's poll interval, and more: nothing comes
-        assert await stored() == before
+        assert await stored(db, "w0") == before
         # Its owner checks it and pairs it again, recording the new hardware.
         await asyncio.to_thread(registry.add, device.address, "wearable", "w",
                                 profile="bvp64-acc32-lsb64-int8")  # fmt: skip
-        await wait_for(lambda: _more(stored, before, 3), LIMIT_S, "windows after pairing it again")
+        await wait_for(at_least(db, "w0", before + 3), LIMIT_S, "windows after pairing it again")
     assert await gw.task == 0
-
-
-async def _more(count: Callable[[], Awaitable[int]], base: int, more: int) -> bool:
-    return await count() >= base + more
 
 
 def removals(path: Path) -> list[tuple[str, str | None]]:

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -256,29 +256,49 @@ async def test_twenty_wearables_on_four_adapters_at_ten_times_real_time(
     assert np.all([not d.connected for d, _ in fleet.wearables[-2:]])
 
 
+#: Three wearables on one adapter of two slots: one waits for a slot.
+BEYOND_THE_SLOTS = FleetSetup(devices=3, adapters=1, slots=2, speed=10.0, decoy=False)
+
+
+async def beyond_the_slots(
+    fake: FakeBluez, tmp_path: Path, subject: int, minutes: float
+) -> tuple[Fleet, list[PairedDevice]]:
+    """`BEYOND_THE_SLOTS`, all three paired, replaying synthetic subjects from ``subject``."""
+    recordings = [synthetic(subject + i, minutes) for i in range(3)]
+    return await paired_fleet(fake, recordings, BEYOND_THE_SLOTS, tmp_path)
+
+
+async def collect_until(
+    manager: LinkManager, seen: list[LinkEvent], done: Callable[[], bool], limit_s: float = 60
+) -> None:
+    """Take the manager's events into ``seen`` until ``done()`` (at most ``limit_s``)."""
+    async with asyncio.timeout(limit_s):
+        while not done():
+            with contextlib.suppress(TimeoutError):
+                seen.append(await asyncio.wait_for(manager.events.get(), 0.5))
+
+
+def ups(seen: Sequence[LinkEvent]) -> set[str]:
+    """The devices that came up among ``seen``."""
+    return {e.device_id for e in seen if isinstance(e, LinkUp)}
+
+
 @pytest.mark.asyncio
 async def test_wearables_beyond_the_slots_wait_and_the_gateway_says_so_once(
     fake: FakeBluez, tmp_path: Path
 ) -> None:
-    recordings = [synthetic(30 + i, 1.0) for i in range(3)]
-    setup = FleetSetup(devices=3, adapters=1, slots=2, speed=10.0, decoy=False)
-    fleet, devices = await paired_fleet(fake, recordings, setup, tmp_path)
+    fleet, devices = await beyond_the_slots(fake, tmp_path, 30, 1.0)
+    seen: list[LinkEvent] = []
     with capture_logs() as logs:
         async with (
-            running(fleet, setup.speed),
+            running(fleet, BEYOND_THE_SLOTS.speed),
             LinkManager(["hci0"], 2, devices, LinkSettings()) as manager,
         ):
-            ups: set[str] = set()
-            async with asyncio.timeout(60):
-                while len(ups) < 2 or manager.pool.waiting < 1:
-                    try:
-                        event = await asyncio.wait_for(manager.events.get(), 0.5)
-                    except TimeoutError:
-                        continue
-                    if isinstance(event, LinkUp):
-                        ups.add(event.device_id)
+            await collect_until(
+                manager, seen, lambda: len(ups(seen)) >= 2 and manager.pool.waiting >= 1
+            )
             await asyncio.sleep(2.0)  # advertisements go on: still one warning, no third link
-            assert len(ups) == 2
+            assert len(ups(seen)) == 2
             assert sum(d.connected for d, _ in fleet.wearables) == 2
             assert manager.pool.problem is not None
             assert manager.pool.problem.startswith(
@@ -293,36 +313,27 @@ async def test_wearables_beyond_the_slots_wait_and_the_gateway_says_so_once(
 async def test_a_device_removed_frees_its_slot_and_one_renamed_goes_on_under_its_new_id(
     fake: FakeBluez, tmp_path: Path
 ) -> None:
-    recordings = [synthetic(40 + i, 2.0) for i in range(3)]
-    setup = FleetSetup(devices=3, adapters=1, slots=2, speed=10.0, decoy=False)
-    fleet, devices = await paired_fleet(fake, recordings, setup, tmp_path)
+    fleet, devices = await beyond_the_slots(fake, tmp_path, 40, 2.0)
     seen: list[LinkEvent] = []
-
-    async def until(what: Callable[[], bool]) -> None:
-        async with asyncio.timeout(60):
-            while not what():
-                with contextlib.suppress(TimeoutError):
-                    seen.append(await asyncio.wait_for(manager.events.get(), 0.5))
-
-    def ups() -> set[str]:
-        return {e.device_id for e in seen if isinstance(e, LinkUp)}
 
     def frames(device_id: str) -> int:
         return sum(isinstance(e, FrameReceived) and e.device_id == device_id for e in seen)
 
     async with (
-        running(fleet, setup.speed),
+        running(fleet, BEYOND_THE_SLOTS.speed),
         LinkManager(["hci0"], 2, devices, LinkSettings()) as manager,
     ):
-        await until(lambda: len(ups()) == 2 and manager.pool.waiting == 1)
-        first, second = sorted(ups())
+        await collect_until(
+            manager, seen, lambda: len(ups(seen)) == 2 and manager.pool.waiting == 1
+        )
+        first, second = sorted(ups(seen))
         (waiting,) = {d.device_id for d in devices} - {first, second}
-        await until(lambda: frames(second) >= 3)
+        await collect_until(manager, seen, lambda: frames(second) >= 3)
         kept = [d for d in devices if d.device_id != first]
         renamed = [replace(d, device_id="renamed") if d.device_id == second else d for d in kept]
         change = await manager.update_devices(renamed)
         assert (change.removed, change.renamed) == ([first], [(second, "renamed")])
-        await until(lambda: waiting in ups() and frames("renamed") >= 3)
+        await collect_until(manager, seen, lambda: waiting in ups(seen) and frames("renamed") >= 3)
         assert {d.device_id for d in manager.devices} == {waiting, "renamed"}
     for old in (first, second):
         mine = [e for e in seen if e.device_id == old]
