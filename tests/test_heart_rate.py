@@ -198,6 +198,48 @@ def test_motion_suppression_alone_finds_the_pulse_without_a_prior() -> None:
     assert est.bpm == pytest.approx(truth[: WINDOW_S * BVP_HZ].mean(), abs=3.0)
 
 
+def jogging(seconds: int, seed: int = 3) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """A slow jog (wrist-ppg-exercise s3_run's case, synthetic): pulse 111 bpm, steps 122/min.
+
+    The arm swings at 61/min, the steps at 122/min; the BVP also picks up the swing's third
+    harmonic (183/min) as strongly as the pulse, which the ACC shows only faintly (not among its
+    strongest peaks). Returns (bvp, acc).
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(seconds * BVP_HZ) / BVP_HZ
+    swing_hz = 61.0 / 60.0
+    step_hz = 2.0 * swing_hz
+    bvp = (
+        pulse(t, 111.0)
+        + np.sin(2 * np.pi * swing_hz * t + 1.2)
+        + np.sin(2 * np.pi * step_hz * t + 0.3)
+        + np.sin(2 * np.pi * 3.0 * swing_hz * t + 0.7)
+        + rng.normal(0.0, 0.2, t.shape)
+    )
+    ta = np.arange(seconds * ACC_HZ) / ACC_HZ
+    acc = np.stack(
+        [
+            40.0 * np.sin(2 * np.pi * swing_hz * ta)
+            + 3.0 * np.sin(2 * np.pi * 3.0 * swing_hz * ta),
+            25.0 * np.sin(2 * np.pi * step_hz * ta + 0.5),
+            64.0 + 20.0 * np.sin(2 * np.pi * swing_hz * ta + 1.0),
+        ],
+        axis=1,
+    )
+    return bvp, acc + rng.normal(0.0, 2.0, acc.shape)
+
+
+def test_a_gaits_third_harmonic_does_not_capture_the_tracker() -> None:
+    windows = windows_of(*jogging(120))
+    # Without the gait's third harmonic the tracker ends on it, confidently: the test is hard.
+    off = estimate_recording(windows, config=HrConfig(gait_harmonic_tolerance_bpm=0.0))
+    assert off[-1].bpm == pytest.approx(183.0, abs=3.0)
+    assert off[-1].confidence > 0.9
+    on = estimate_recording(windows)
+    assert all(e.bpm == pytest.approx(111.0, abs=5.0) for e in on[3:])
+    assert on[-1].confidence > 0.6
+
+
 def crossing(
     seconds: int, start_bpm: float, end_bpm: float, motion_bpm: float, seed: int = 6
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -556,6 +598,9 @@ def test_rejects_mismatched_or_malformed_inputs() -> None:
         HrConfig(step_sd_bpm=0.0)
     with pytest.raises(ValueError, match="wiener_memory"):
         HrConfig(wiener_memory=1.0)
+    for tolerance in (-1.0, math.nan):
+        with pytest.raises(ValueError, match="gait_harmonic_tolerance_bpm"):
+            HrConfig(gait_harmonic_tolerance_bpm=tolerance)
 
 
 def test_other_rates_and_lengths() -> None:

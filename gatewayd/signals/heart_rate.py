@@ -76,6 +76,10 @@ class HrConfig:
     #: least this fraction of the strongest, and the strongest one's second harmonic.
     motion_peaks: int = 3
     motion_peak_min: float = 0.1
+    #: A periodic gait: when two of those peaks are a frequency f and its double (2f within
+    #: this many bpm), the third harmonic 3f is attenuated too (the arm swing's, which lands
+    #: in the heart-rate band while running). 0 turns it off.
+    gait_harmonic_tolerance_bpm: float = 3.0
     #: Gaussian half-width in bpm of the attenuation around an ACC peak.
     motion_width_bpm: float = 4.0
     #: Attenuation at the centre of an ACC peak at full motion: power / (1 + this).
@@ -124,14 +128,12 @@ class HrConfig:
             raise ValueError(f"need 0 < min_bpm < max_bpm, got {self.min_bpm}, {self.max_bpm}")
         if not 0.0 <= self.wiener_memory < 1.0:
             raise ValueError(f"wiener_memory must be in [0, 1), got {self.wiener_memory}")
-        if self.mask_full <= self.mask_floor:
-            raise ValueError("mask_full must be greater than mask_floor")
-        if self.template_full <= self.template_floor:
-            raise ValueError("template_full must be greater than template_floor")
-        if self.quality_full <= self.quality_floor:
-            raise ValueError("quality_full must be greater than quality_floor")
-        if self.motion_peaks < 0:
-            raise ValueError("motion_peaks must be >= 0")
+        for ramp in ("mask", "template", "quality"):
+            if getattr(self, f"{ramp}_full") <= getattr(self, f"{ramp}_floor"):
+                raise ValueError(f"{ramp}_full must be greater than {ramp}_floor")
+        for name in ("motion_peaks", "gait_harmonic_tolerance_bpm"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ValueError(f"{name} must be >= 0")
         for name in ("jump_probability", "reset_probability", "masked_evidence"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -304,7 +306,7 @@ def _motion(
 def _peak_attenuation(
     power: npt.NDArray[np.float64], grid: _Grid, intensity: float, cfg: HrConfig
 ) -> npt.NDArray[np.float64] | None:
-    """Gain that attenuates the strongest ACC peaks and the strongest one's 2nd harmonic."""
+    """Gain attenuating the strongest ACC peaks, the strongest one's 2nd harmonic, a gait's 3rd."""
     weight = (intensity - cfg.mask_floor) / (cfg.mask_full - cfg.mask_floor)
     weight = min(1.0, max(0.0, weight))
     strongest = float(power.max())
@@ -317,7 +319,13 @@ def _peak_attenuation(
         return None
     top = maxima[np.argsort(scaled[maxima])[::-1][: cfg.motion_peaks]]
     # The strongest motion frequency's second harmonic too: arm swing -> step cadence.
-    centres = np.append(grid.bpm[top], 2.0 * grid.bpm[top[0]])
+    freqs = grid.bpm[top]
+    centres = np.append(freqs, 2.0 * freqs[0])
+    if cfg.gait_harmonic_tolerance_bpm > 0.0:
+        # Two peaks at f and 2f are a periodic gait (arm swing and steps), whose third
+        # harmonic the ACC may not show strongly enough to be among the peaks but the PPG does.
+        double = np.abs(freqs[None, :] - 2.0 * freqs[:, None]) <= cfg.gait_harmonic_tolerance_bpm
+        centres = np.append(centres, 3.0 * freqs[double.any(axis=1)])
     distance = (grid.bpm[:, None] - centres[None, :]) / cfg.motion_width_bpm
     mask = np.exp(-0.5 * distance * distance).max(axis=1)
     return np.asarray(1.0 / (1.0 + cfg.motion_attenuation * weight * mask))
