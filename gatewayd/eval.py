@@ -1882,7 +1882,13 @@ def plot_offload_sweep(sweep: OffloadSweep, path: Path) -> None:
             if (p.tau_mbits, p.min_conf_e4) == (sweep.chosen.tau_mbits, sweep.chosen.min_conf_e4)
         ]
         for p in here:
-            ax.plot(p.offload_ratio, p.bad_window_recall, "k*", markersize=12, label="default")
+            ax.plot(
+                p.offload_ratio,
+                p.bad_window_recall,
+                "k*",
+                markersize=12,
+                label="chosen (all subjects)",
+            )
         ax.axvline(sweep.target_ratio, color="grey", linestyle=":", linewidth=1)
         ax.axhline(TARGET_RECALL, color="grey", linestyle=":", linewidth=1)
         ax.set_title(name)
