@@ -380,7 +380,8 @@ def test_unknown_windows_neither_count_nor_end_a_run_at_rest() -> None:
 
 
 def test_abrupt_change_without_activity_change_raises_and_clears() -> None:
-    engine = RuleEngine()
+    # The newest reading alone decides (confirm_readings = 1).
+    engine = RuleEngine(RulesConfig.model_validate({"abrupt_change": {"confirm_readings": 1}}))
     out = run(engine, [*windows(0, 20, hr=70.0), *windows(20, 24, hr=90.0)])
     assert out == []  # +20 bpm
     out = run(engine, [obs(24, hr=105.0)])  # 70 at t=14..18 is within 10 s: +35
@@ -392,6 +393,37 @@ def test_abrupt_change_without_activity_change_raises_and_clears() -> None:
     # Steady at 95 (below the tachycardia limit): after 10 s the change leaves the window.
     out = run(engine, windows(26, 40, hr=95.0))
     assert kinds(out) == [("abrupt_change", "cleared")]
+
+
+def test_abrupt_change_is_raised_on_the_second_reading_of_a_new_level() -> None:
+    engine = RuleEngine()
+    assert run(engine, [*windows(0, 20, hr=70.0), obs(20, hr=110.0)]) == []
+    out = run(engine, [obs(22, hr=108.0)])
+    assert kinds(out) == [("abrupt_change", "raised")]
+    facts = dict(out[0].evidence.facts)
+    assert facts["delta_bpm"] == 38.0  # the smaller of the two moves from 70
+    assert facts["from_bpm"] == 70.0
+    assert dict(out[0].evidence.thresholds)["confirm_readings"] == 2
+
+
+@pytest.mark.parametrize("confirm", [1, 2, 3])
+def test_one_wrong_window_is_not_an_abrupt_change_unless_one_reading_decides(
+    confirm: int,
+) -> None:
+    # 70 bpm, one window at 125 (a wrong estimate), then 72 again: up and back down.
+    engine = RuleEngine(
+        RulesConfig.model_validate({"abrupt_change": {"confirm_readings": confirm}})
+    )
+    items = [*windows(0, 20, hr=70.0), obs(20, hr=125.0), *windows(22, 40, hr=72.0)]
+    raised = [tr for tr in run(engine, items) if tr.kind is AlertKind.ABRUPT_CHANGE]
+    assert kinds(raised[:1]) == ([("abrupt_change", "raised")] if confirm == 1 else [])
+
+
+def test_a_new_level_needs_as_many_readings_as_configured() -> None:
+    config = RulesConfig.model_validate({"abrupt_change": {"confirm_readings": 3}})
+    engine = RuleEngine(config)
+    assert run(engine, [*windows(0, 16, hr=70.0), *windows(16, 20, hr=110.0)]) == []
+    assert kinds(run(engine, [obs(20, hr=110.0)])) == [("abrupt_change", "raised")]
 
 
 def test_abrupt_change_with_an_activity_change_does_not_raise() -> None:
@@ -411,7 +443,7 @@ def test_abrupt_change_compares_within_one_group_whatever_the_confidence() -> No
     # Two windows of the same known group are comparable even if the confidence moved.
     engine = RuleEngine()
     items = [*windows(0, 20, hr=70.0, activity_confidence=0.95)]
-    items += [obs(20, hr=105.0, activity_confidence=0.6)]
+    items += [obs(20, hr=105.0, activity_confidence=0.6), obs(22, hr=105.0)]
     assert kinds(run(engine, items)) == [("abrupt_change", "raised")]
 
 

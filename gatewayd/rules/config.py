@@ -205,6 +205,11 @@ class AbruptChangeConfig(RuleBase):
 
     delta_bpm: Bpm = 30.0
     within_s: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
+    #: How many trusted readings in a row make a level: the change is measured between the
+    #: newest this many and as many in a row before them, and only when the two do not
+    #: overlap, so one wrong window (up and back down) is no change. 1: the newest reading
+    #: against any one earlier reading.
+    confirm_readings: int = Field(default=2, ge=1, le=5)
     hysteresis_bpm: Bpm = 10.0
     min_duration_s: Seconds = 0.0
     cooldown_s: Seconds = 120.0

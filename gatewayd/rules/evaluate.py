@@ -555,8 +555,7 @@ def _abrupt_change(
     history = tuple(p for p in run.current("hr_history") if t - p.t <= rule.within_s)
     if history and history[-1].activity != group:
         history = ()  # the history only ever holds one group's run
-    reference = max(history, key=lambda p: abs(hr - p.hr_bpm), default=None)
-    delta = 0.0 if reference is None else hr - reference.hr_bpm
+    reference, delta = _confirmed_change(history, hr, rule.confirm_readings)
     point = HrPoint(obs.seq, t, hr, int(group), run.wall)
     run.update(hr_history=(*history, point))
     extra: tuple[tuple[str, Scalar], ...] = ()
@@ -574,11 +573,49 @@ def _abrupt_change(
         thresholds=(
             ("delta_bpm", rule.delta_bpm),
             ("within_s", rule.within_s),
+            ("confirm_readings", rule.confirm_readings),
             ("clear_below_bpm", rule.delta_bpm - rule.hysteresis_bpm),
         ),
         facts=(*facts, *extra),
         stale_s=config.hr.stale_s,
     )
+
+
+def _confirmed_change(
+    history: tuple[HrPoint, ...], hr: float, readings: int
+) -> tuple[HrPoint | None, float]:
+    """The change of level between ``readings`` readings in a row: the newest, and earlier ones.
+
+    The newest block is ``hr`` and the last ``readings - 1`` of ``history``; every run of
+    ``readings`` consecutive earlier points of ``history`` is a candidate. A candidate differs
+    from the newest block only when the two do not overlap (all of one above all of the other),
+    by the gap between them. So one wrong window, up and back down, changes no level when
+    ``readings`` is 2 or more; with 1 it is the largest difference from any earlier reading.
+    Returns the reference (the candidate's point nearest the newest block; None when nothing
+    earlier is comparable) and the signed change.
+    """
+    split = max(0, len(history) - readings + 1)
+    newest = [p.hr_bpm for p in history[split:]]
+    newest.append(hr)
+    if len(newest) < readings:
+        return None, 0.0
+    low, high = min(newest), max(newest)
+    earlier = history[:split]
+    best: HrPoint | None = None
+    change = 0.0
+    for i in range(len(earlier) - readings + 1):
+        block = earlier[i : i + readings]
+        top = max(block, key=lambda p: p.hr_bpm)
+        bottom = min(block, key=lambda p: p.hr_bpm)
+        if low > top.hr_bpm:
+            reference, move = top, low - top.hr_bpm
+        elif high < bottom.hr_bpm:
+            reference, move = bottom, high - bottom.hr_bpm
+        else:
+            reference, move = block[-1], 0.0
+        if best is None or abs(move) > abs(change):
+            best, change = reference, move
+    return best, change
 
 
 def _fall(run: _Run, obs: Observation) -> None:
