@@ -673,6 +673,31 @@ def test_troika_mean_mae_below_measured_bound() -> None:
     assert (err[trusted] > 10.0).mean() < (err[~trusted] > 10.0).mean()
 
 
+@pytest.mark.needs_data
+def test_a_jog_at_110_bpm_is_not_read_confidently_on_its_gaits_third_harmonic() -> None:
+    # wrist-ppg-exercise s3_run: steps at 122/min, the ECG 99-116 bpm. Without the gait's third
+    # harmonic the tracker sat on 183 bpm at up to 0.74 confidence (a false tachycardia).
+    path = REPO.parent / "shared" / "data" / "wrist-ppg-exercise" / "s3_run.edf"
+    if not path.exists():
+        pytest.skip(f"wrist-ppg-exercise s3_run not found at {path}")
+    pytest.importorskip("edfio", reason="reading EDF needs the datasets extra")
+    from gatewayd.datasets import load_wrist_ppg
+
+    recording = load_wrist_ppg(path)
+    bvp, acc = recording.windows()
+    ref = recording.hr_ref_bpm
+    assert ref is not None
+    for tolerance, trusted_wrong in ((0.0, True), (HrConfig().gait_harmonic_tolerance_bpm, False)):
+        cfg = HrConfig(gait_harmonic_tolerance_bpm=tolerance)
+        estimates = estimate_recording(zip(bvp, acc, strict=True), config=cfg)
+        wrong = [
+            e.confidence >= 0.6
+            for e, r in zip(estimates, ref, strict=False)
+            if not np.isnan(r) and e.bpm is not None and abs(e.bpm - r) > 10.0
+        ]
+        assert any(wrong) is trusted_wrong, tolerance
+
+
 def test_an_already_band_passed_bvp_gives_the_same_estimate() -> None:
     from gatewayd.signals.filters import bandpass
 
