@@ -207,7 +207,7 @@ class OffloadConfig(_Section):
     # The defaults are gatewayd.signals.offload.DEFAULT_TAU_MBITS / DEFAULT_MIN_CONF_E4, chosen
     # leave-one-subject-out on real recordings (docs/eval.md).
     tau_bits: float = Field(default=4.05, ge=0, le=16, allow_inf_nan=False)
-    min_confidence: float = Field(default=0.4, ge=0, le=1, allow_inf_nan=False)
+    min_confidence: float = Field(default=0.325, ge=0, le=1, allow_inf_nan=False)
 
 
 class InferenceConfig(_Section):

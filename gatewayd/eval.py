@@ -56,6 +56,7 @@ from gatewayd.inference.session import InferenceError, ModelSession
 from gatewayd.mapping import observation_for_frame
 from gatewayd.protocol.messages import (
     MOTION_SHIFT,
+    UNKNOWN_ACTIVITY,
     MessageFlags,
     Summary,
     Window,
@@ -72,6 +73,7 @@ from gatewayd.signals.filters import bandpass
 from gatewayd.signals.heart_rate import HrConfig, HrState
 from gatewayd.signals.offload import (
     DEFAULT_MIN_CONF_E4,
+    DEFAULT_REST_LIMIT_CBPM,
     DEFAULT_TAU_MBITS,
     MOTION_CG_MAX,
     UNKNOWN_QUALITY,
@@ -606,7 +608,8 @@ def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
                 _SOURCE_NAMES[int(t.gateway_hr_source[k])], group_name(int(t.truth[k])),
                 group_name(int(t.local_activity[k])), activity_e4,
                 group_name(int(t.model_activity[k])), group_name(int(t.gateway_activity[k])),
-                int(t.entropy_mbits[k]), offload_confidence_e4(activity_e4, quality, hr_cbpm),
+                int(t.entropy_mbits[k]),
+                offload_confidence_e4(activity_e4, quality, hr_cbpm, int(t.local_activity[k])),
                 num(t.acc_motion[k], 4), int(scored[k]), int(bad_hr[k]), int(bad_activity[k]),
             )  # fmt: skip
             rows.append(dict(zip(WINDOW_COLUMNS, values, strict=True)))
@@ -1424,7 +1427,8 @@ def format_offload(report: OffloadReport, *, recordings: bool = False) -> str:
     lines = _model_lines(report.model_id, report.wearable_model_id)
     lines.append(
         f"Policy: entropy > {report.tau_mbits} mbits or activity_conf_e4 x quality / 100"
-        f" < {report.min_conf_e4}, or a fall signature. A bad local window: the wearable's HR"
+        f" (0 for rest above {DEFAULT_REST_LIMIT_CBPM / 100:g} bpm) < {report.min_conf_e4}, or a"
+        " fall signature. A bad local window: the wearable's HR"
         f" > {BAD_HR_BPM:g} bpm off (or none) where there is a reference, or its group wrong"
         " where there is a label. OFF: on offloaded windows, HR MAE (bpm) and activity accuracy"
         " of the wearable alone and of what the gateway reports."
@@ -1441,24 +1445,34 @@ def format_offload(report: OffloadReport, *, recordings: bool = False) -> str:
 # --- the offload sweep ---------------------------------------------------------------------------
 
 
-def _hr_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
-    return offload_confidence_e4(10000, quality, hr_cbpm)
+def _hr_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int, activity: int) -> int:
+    return offload_confidence_e4(10000, quality, hr_cbpm, UNKNOWN_ACTIVITY)
 
 
-def _activity_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
+def _activity_confidence_e4(
+    activity_conf_e4: int, quality: int, hr_cbpm: int, activity: int
+) -> int:
     return activity_conf_e4
 
 
-def _lower_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int) -> int:
+def _lower_confidence_e4(activity_conf_e4: int, quality: int, hr_cbpm: int, activity: int) -> int:
     """The lower of both answers' confidences (the wire's rule until the product replaced it)."""
-    return min(activity_conf_e4, _hr_confidence_e4(activity_conf_e4, quality, hr_cbpm))
+    return min(activity_conf_e4, _hr_confidence_e4(activity_conf_e4, quality, hr_cbpm, activity))
+
+
+def _product_without_rest_check(
+    activity_conf_e4: int, quality: int, hr_cbpm: int, activity: int
+) -> int:
+    """The wire's product without its rest check (the wire's rule until the check was added)."""
+    return offload_confidence_e4(activity_conf_e4, quality, hr_cbpm, activity, rest_limit_cbpm=0)
 
 
 #: The offload confidences compared by the sweep, from the summary's integers: the wire's
-#: (`offload_confidence_e4`, both answers' probabilities multiplied), the lower of both and
-#: each answer's alone.
-CONFIDENCES: Final[Mapping[str, Callable[[int, int, int], int]]] = {
+#: (`offload_confidence_e4`: both answers' probabilities multiplied, 0 for rest above the
+#: resting limit), the product without that check, the lower of both and each answer's alone.
+CONFIDENCES: Final[Mapping[str, Callable[[int, int, int, int], int]]] = {
     "product": offload_confidence_e4,
+    "product_no_rest": _product_without_rest_check,
     "min": _lower_confidence_e4,
     "activity": _activity_confidence_e4,
     "hr": _hr_confidence_e4,
@@ -1599,9 +1613,13 @@ def _windows(tables: Sequence[WindowTable]) -> _Windows:
     activity = np.concatenate([t.activity_conf_e4 for t in tables])
     quality = np.concatenate([t.signal_quality for t in tables])
     cbpm = np.concatenate([t.local_hr_cbpm for t in tables])
+    group = np.concatenate([t.local_activity for t in tables])
     confidences = {
         name: np.array(
-            [fn(int(a), int(q), int(h)) for a, q, h in zip(activity, quality, cbpm, strict=True)],
+            [
+                fn(int(a), int(q), int(h), int(g))
+                for a, q, h, g in zip(activity, quality, cbpm, group, strict=True)
+            ],
             dtype=np.int64,
         )
         for name, fn in CONFIDENCES.items()

@@ -146,7 +146,9 @@ def test_offload_decision_matches_the_firmware_policy_and_raw_samples_travel() -
         m = decode_message(raw)
         s = summary_of(m)
         assert s.seq == seq
-        confidence = offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm)
+        confidence = offload_confidence_e4(
+            s.activity_conf_e4, s.signal_quality, s.hr_cbpm, s.activity
+        )
         reason = decide_offload(s.entropy_mbits, confidence, 3880, 5000)
         assert int(s.offload_reason) == int(reason)  # no impact here: MOTION never set
         assert isinstance(m, Window) == bool(reason)
@@ -434,7 +436,7 @@ def test_a_local_model_puts_its_group_and_probability_on_the_wire() -> None:
         p = float(g.group_probs[0].max()) if unknown else float(g.confidence[0])
         assert s.activity_conf_e4 == confidence_e4(p)
         # The offload decision is the firmware's on the summary's integers.
-        conf = offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm)
+        conf = offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm, s.activity)
         reason = decide_offload(s.entropy_mbits, conf, c.tau_mbits, c.min_conf_e4)
         assert int(s.offload_reason) == int(reason)
         groups.add(s.activity)

@@ -193,7 +193,7 @@ def test_windows_csv_holds_every_window_as_the_report_scored_it(
             assert r["offloaded"] == str(int(isinstance(m, Window)))
             assert r["wearable_hr_bpm"] == ("" if s.hr_bpm is None else str(round(s.hr_bpm, 2)))
             assert int(r["offload_confidence_e4"]) == offload_confidence_e4(
-                s.activity_conf_e4, s.signal_quality, s.hr_cbpm
+                s.activity_conf_e4, s.signal_quality, s.hr_cbpm, s.activity
             )
             # Scored for offload when it has a reference (this set has no labels); bad only then.
             assert r["scored"] == ("1" if r["ref_hr_bpm"] else "0")
@@ -495,7 +495,7 @@ def test_the_sweep_chooses_the_best_recall_within_the_target_and_plots(tmp_path:
     assert recall > 0.5
     assert {(a.term, a.confidence) for a in sweep.alternatives} == {
         (t, c) for t in ("entropy", "spectral_entropy", "acc_motion", "none")
-        for c in ("min", "product", "activity", "hr")
+        for c in ("min", "product", "product_no_rest", "activity", "hr")
     }  # fmt: skip
     # The quality makes the bad windows here: it ranks them far better than chance.
     assert sweep.auc["pooled"]["1 - hr quality"] > 0.8

@@ -161,7 +161,7 @@ def check_entropy_and_policy(vec: GoldenVector, decoded: Summary | Window) -> No
     if vec.policy is not None:
         tau, min_conf, reason = vec.policy
         confidence = offload_confidence_e4(
-            summary.activity_conf_e4, summary.signal_quality, summary.hr_cbpm
+            summary.activity_conf_e4, summary.signal_quality, summary.hr_cbpm, summary.activity
         )
         decided = decide_offload(summary.entropy_mbits, confidence, tau, min_conf, motion=motion)
         assert int(decided) == reason

@@ -316,6 +316,19 @@ static void emit_summaries(FILE *f)
                      gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
     end(f);
 
+    /* Rest at a heart rate above the resting limit: the answers contradict each other. */
+    s = summary_at(9);
+    s.activity = 0; /* rest */
+    s.activity_conf_e4 = 9600;
+    s.hr_cbpm = 11200;
+    s.signal_quality = 90;
+    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
+    emit_summary(f, "SUMMARY offloaded for rest at 112 bpm: sure of both, but they contradict",
+                 "summary_rest_above_limit_mtu247", 247, &s);
+    vec_print_policy(f, 4000, 5000,
+                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
+    end(f);
+
     memset(&inf, 0, sizeof inf);
     inf.fw_major = GWFW_FW_VERSION_MAJOR;
     inf.fw_minor = GWFW_FW_VERSION_MINOR;

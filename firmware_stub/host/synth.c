@@ -135,5 +135,6 @@ int vec_print_control(FILE *f, const uint8_t *cmd, size_t len)
 
 uint16_t conf_of(const struct gwfw_summary *s)
 {
-    return gwfw_offload_confidence_e4(s->activity_conf_e4, s->signal_quality, s->hr_cbpm);
+    return gwfw_offload_confidence_e4(s->activity_conf_e4, s->signal_quality, s->hr_cbpm,
+                                      s->activity, GWFW_REST_LIMIT_CBPM);
 }

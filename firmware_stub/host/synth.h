@@ -23,7 +23,8 @@ void synth_bvp(int16_t *out, size_t n, double rate_hz, double a1, double a2, int
 /* Accelerometer at rest, wrist flat: (0, 0, lsb_per_g) plus uniform noise, interleaved xyz. */
 void synth_acc(int16_t *xyz, size_t n, int16_t lsb_per_g, int32_t noise_amp, uint32_t *state);
 
-/* The offload confidence of a summary: gwfw_offload_confidence_e4 of its three fields. */
+/* The offload confidence of a summary: gwfw_offload_confidence_e4 of its four fields, with the
+ * default resting limit. */
 uint16_t conf_of(const struct gwfw_summary *s);
 
 /* "<key> <lowercase hex>\n" */

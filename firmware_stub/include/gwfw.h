@@ -72,6 +72,10 @@ extern "C" {
 /* ---- field ranges ------------------------------------------------------------------------------ */
 
 #define GWFW_ACTIVITY_MAX 2u            /* activity groups: 0 rest, 1 light, 2 vigorous */
+#define GWFW_ACTIVITY_REST 0u
+/* The resting limit of gwfw_offload_confidence_e4, 1/100 bpm: 100 bpm, the gateway's default
+ * tachycardia limit at rest. A firmware setting, not part of SET_POLICY. */
+#define GWFW_REST_LIMIT_CBPM 10000u
 #define GWFW_UNKNOWN 255u               /* activity, signal_quality, battery_pct: unknown */
 #define GWFW_PCT_MAX 100u
 #define GWFW_CONF_E4_MAX 10000u
@@ -244,14 +248,16 @@ double gwfw_entropy_i8(const int8_t *x, uint16_t n);
 /* The wire value: floor(h * 1000 + 0.5), clamped to 0..65535 (NaN -> 0). */
 uint16_t gwfw_entropy_mbits(double h_bits);
 
-/* The confidence the offload rule compares with min_conf_e4, from three summary fields: the
+/* The confidence the offload rule compares with min_conf_e4, from four summary fields: the
  * product of activity_conf_e4 (0..10000) and signal_quality / 100 (0..100), rounded half up
  * ((activity_conf_e4 * quality + 50) / 100), the quality counting only when the window has a
  * heart rate (hr_cbpm > 0) and a quality (not GWFW_UNKNOWN): a window without a pulse is not
- * offloaded for its heart rate. A quality above 100 counts as 100.
+ * offloaded for its heart rate. A quality above 100 counts as 100. 0 when activity is
+ * GWFW_ACTIVITY_REST and hr_cbpm is above rest_limit_cbpm (unless that is 0, which turns the
+ * check off): rest at a heart rate above the resting limit, GWFW_REST_LIMIT_CBPM by default.
  * Identical to gatewayd.signals.offload.offload_confidence_e4. */
 uint16_t gwfw_offload_confidence_e4(uint16_t activity_conf_e4, uint8_t signal_quality,
-                                    uint16_t hr_cbpm);
+                                    uint16_t hr_cbpm, uint8_t activity, uint16_t rest_limit_cbpm);
 
 /* Why to offload: GWFW_OFFLOAD_ENTROPY if entropy_mbits > tau_mbits, GWFW_OFFLOAD_LOW_CONFIDENCE
  * if conf_e4 < min_conf_e4, where conf_e4 is gwfw_offload_confidence_e4() of the summary.

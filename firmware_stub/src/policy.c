@@ -6,10 +6,14 @@
 #include "gwfw.h"
 
 uint16_t gwfw_offload_confidence_e4(uint16_t activity_conf_e4, uint8_t signal_quality,
-                                    uint16_t hr_cbpm)
+                                    uint16_t hr_cbpm, uint8_t activity, uint16_t rest_limit_cbpm)
 {
     uint32_t quality;
 
+    /* Rest with a heart rate above the resting limit: the two answers contradict each other. */
+    if (activity == GWFW_ACTIVITY_REST && rest_limit_cbpm != 0u && hr_cbpm > rest_limit_cbpm) {
+        return 0u;
+    }
     /* No heart rate (no pulse in the window) or no quality: only the activity's counts. */
     if (hr_cbpm == 0u || signal_quality == GWFW_UNKNOWN) {
         return activity_conf_e4;

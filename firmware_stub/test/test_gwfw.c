@@ -516,17 +516,29 @@ static void test_entropy(void)
 
 static void test_offload_confidence(void)
 {
-    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 7250), 8280);  /* 0.9 x 0.92 */
-    CHECK_EQ(gwfw_offload_confidence_e4(9000, 41, 7250), 3690);  /* 0.9 x 0.41 */
-    CHECK_EQ(gwfw_offload_confidence_e4(9999, 33, 7250), 3300);  /* 3299.67 rounds up */
-    CHECK_EQ(gwfw_offload_confidence_e4(1, 50, 7250), 1);        /* half up */
-    CHECK_EQ(gwfw_offload_confidence_e4(1, 49, 7250), 0);
-    CHECK_EQ(gwfw_offload_confidence_e4(9000, 0, 0), 9000);      /* no pulse: HR left out */
-    CHECK_EQ(gwfw_offload_confidence_e4(9000, GWFW_UNKNOWN, 7250), 9000); /* no quality */
-    CHECK_EQ(gwfw_offload_confidence_e4(10000, 100, 1), 10000);
-    CHECK_EQ(gwfw_offload_confidence_e4(10000, 150, 1), 10000);  /* above 100 counts as 100 */
-    CHECK_EQ(gwfw_offload_confidence_e4(65535, 100, 1), 65535);  /* no overflow */
-    CHECK_EQ(gwfw_offload_confidence_e4(0, 100, 30000), 0);
+    enum { REST = GWFW_ACTIVITY_REST, LIGHT = 1, LIMIT = GWFW_REST_LIMIT_CBPM };
+
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 7250, LIGHT, LIMIT), 8280); /* 0.9 x 0.92 */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 41, 7250, LIGHT, LIMIT), 3690); /* 0.9 x 0.41 */
+    CHECK_EQ(gwfw_offload_confidence_e4(9999, 33, 7250, LIGHT, LIMIT), 3300); /* 3299.67 up */
+    CHECK_EQ(gwfw_offload_confidence_e4(1, 50, 7250, LIGHT, LIMIT), 1);       /* half up */
+    CHECK_EQ(gwfw_offload_confidence_e4(1, 49, 7250, LIGHT, LIMIT), 0);
+    /* No pulse, or no quality: the heart rate is left out. */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 0, 0, LIGHT, LIMIT), 9000);
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, GWFW_UNKNOWN, 7250, LIGHT, LIMIT), 9000);
+    CHECK_EQ(gwfw_offload_confidence_e4(10000, 100, 1, LIGHT, LIMIT), 10000);
+    /* A quality above 100 counts as 100; no overflow. */
+    CHECK_EQ(gwfw_offload_confidence_e4(10000, 150, 1, LIGHT, LIMIT), 10000);
+    CHECK_EQ(gwfw_offload_confidence_e4(65535, 100, 1, LIGHT, LIMIT), 65535);
+    CHECK_EQ(gwfw_offload_confidence_e4(0, 100, 30000, LIGHT, LIMIT), 0);
+    /* Rest above the resting limit (100 bpm): the answers contradict each other. */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 10001, REST, LIMIT), 0);
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 10000, REST, LIMIT), 8280); /* at it: not above */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 10001, LIGHT, LIMIT), 8280);
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, GWFW_UNKNOWN, 12000, REST, LIMIT), 0);
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 12000, GWFW_UNKNOWN, LIMIT), 8280);
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 12000, REST, 0), 8280); /* 0: check off */
+    CHECK_EQ(gwfw_offload_confidence_e4(9000, 92, 12000, REST, 15000), 8280);
 }
 
 static void test_policy(void)

@@ -78,9 +78,10 @@ __all__ = [
     "sweep_energy",
 ]
 
-#: Minimum confidences swept (1/10000); the entropy thresholds are `gatewayd.eval.SWEEP_TAUS`
-#: (65535 switches the entropy reason off), as `gatewayd eval offload --sweep` sweeps them.
-SWEEP_CONFS: Final = tuple(range(0, 10001, 1000))
+#: Minimum confidences swept (1/10000): every tenth and the default; the entropy thresholds are
+#: `gatewayd.eval.SWEEP_TAUS` (65535 switches the entropy reason off), as `gatewayd eval offload
+#: --sweep` sweeps them.
+SWEEP_CONFS: Final = tuple(sorted({*range(0, 10001, 1000), DEFAULT_MIN_CONF_E4}))
 #: Activity groups reported separately, in this order ("unknown": unlabelled or mixed windows).
 GROUPS: Final = (*GROUP_NAMES, "unknown")
 _MJ: Final = 1e3
@@ -143,7 +144,7 @@ def replay_session(
         entropy_mbits=np.array([s.entropy_mbits for s in summaries], dtype=np.int64),
         confidence_e4=np.array(
             [
-                offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm)
+                offload_confidence_e4(s.activity_conf_e4, s.signal_quality, s.hr_cbpm, s.activity)
                 for s in summaries
             ],
             dtype=np.int64,
@@ -173,8 +174,14 @@ def session_from_table(
         entropy_mbits=table.entropy_mbits.astype(np.int64),
         confidence_e4=np.array(
             [
-                offload_confidence_e4(int(a), int(q), int(h))
-                for a, q, h in zip(table.activity_conf_e4, table.signal_quality, cbpm, strict=True)
+                offload_confidence_e4(int(a), int(q), int(h), int(g))
+                for a, q, h, g in zip(
+                    table.activity_conf_e4,
+                    table.signal_quality,
+                    cbpm,
+                    table.local_activity,
+                    strict=True,
+                )
             ],
             dtype=np.int64,
         ),

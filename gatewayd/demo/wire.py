@@ -136,7 +136,7 @@ def _decode(vector: GoldenVector) -> dict[str, Any]:
     if vector.policy is not None:
         tau, min_conf, c_reason = vector.policy
         confidence = offload_confidence_e4(
-            summary.activity_conf_e4, summary.signal_quality, summary.hr_cbpm
+            summary.activity_conf_e4, summary.signal_quality, summary.hr_cbpm, summary.activity
         )
         py_reason = int(decide_offload(summary.entropy_mbits, confidence, tau, min_conf))
         report["policy"] = {

@@ -395,7 +395,7 @@ class WearableCore:
             # offload rule's confidence would be that alone).
             activity, activity_conf = UNKNOWN_ACTIVITY, confidence_e4(estimate.confidence)
         hr = 0 if estimate.bpm is None else min(30000, round(estimate.bpm * 100))
-        conf = offload_confidence_e4(activity_conf, estimate.quality, hr)
+        conf = offload_confidence_e4(activity_conf, estimate.quality, hr, activity)
         start_s = end_s - WINDOW_S
         reason = decide_offload(
             entropy, conf, self.tau_mbits, self.min_conf_e4, motion=self._motion(acc, start_s)

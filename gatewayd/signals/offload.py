@@ -31,7 +31,15 @@ CONFIDENCE_SCALE: Final = 10000
 #: recordings (docs/eval.md): entropy threshold in milli-bits (above the real windows: in effect
 #: the confidence decides) and minimum offload confidence in 1/10000.
 DEFAULT_TAU_MBITS: Final = 4050
-DEFAULT_MIN_CONF_E4: Final = 4000
+DEFAULT_MIN_CONF_E4: Final = 3250
+#: The resting limit, 1/100 bpm: a window the local model calls rest while its tracker reads a
+#: heart rate above this contradicts itself, and its offload confidence is 0
+#: (`offload_confidence_e4`). 100 bpm: the gateway's default tachycardia limit at rest
+#: (rules.tachycardia.rest_bpm), the usual clinical bound of a resting heart rate. 0 turns the
+#: check off. A firmware setting, not part of SET_POLICY.
+DEFAULT_REST_LIMIT_CBPM: Final = 10000
+#: The summary's ``activity`` for rest (`gatewayd.activity.ActivityGroup.REST`).
+REST_ACTIVITY: Final = 0
 #: The summary's signal_quality (0-100) when the wearable reports none.
 UNKNOWN_QUALITY: Final = 255
 _U16_MAX: Final = 65535
@@ -237,8 +245,15 @@ def motion_offload(
     return fall_impact_ms is not None and window_start_ms <= fall_impact_ms + hold_ms
 
 
-def offload_confidence_e4(activity_conf_e4: int, signal_quality: int, hr_cbpm: int) -> int:
-    """The confidence the offload rule compares with min_conf_e4, from three summary fields.
+def offload_confidence_e4(
+    activity_conf_e4: int,
+    signal_quality: int,
+    hr_cbpm: int,
+    activity: int,
+    *,
+    rest_limit_cbpm: int = DEFAULT_REST_LIMIT_CBPM,
+) -> int:
+    """The confidence the offload rule compares with min_conf_e4, from four summary fields.
 
     The product of the local model's group probability (``activity_conf_e4``, 0..10000) and
     the heart-rate tracker's signal quality (0..100, as a probability), rounded half up: both
@@ -246,11 +261,20 @@ def offload_confidence_e4(activity_conf_e4: int, signal_quality: int, hr_cbpm: i
     The quality only counts when the wearable sends a heart rate (``hr_cbpm`` > 0) and reports
     a quality (not 255): a window with no pulse at all (no PPG, off the wrist) is not offloaded
     for its heart rate, which the gateway could not find either.
+
+    0 when the two answers contradict each other: the group (``activity``) is rest and the
+    heart rate is above ``rest_limit_cbpm`` (when that is not 0). One of them is wrong, or the
+    wearer has a resting tachycardia; either way the gateway should see the window.
     """
     _check_u16("activity_conf_e4", activity_conf_e4)
     _check_u16("hr_cbpm", hr_cbpm)
+    _check_u16("rest_limit_cbpm", rest_limit_cbpm)
     if not 0 <= signal_quality <= _U8_MAX:
         raise ValueError(f"signal_quality must fit a u8 (0..255), got {signal_quality}")
+    if not 0 <= activity <= _U8_MAX:
+        raise ValueError(f"activity must fit a u8 (0..255), got {activity}")
+    if activity == REST_ACTIVITY and rest_limit_cbpm and hr_cbpm > rest_limit_cbpm:
+        return 0
     if hr_cbpm == 0 or signal_quality == UNKNOWN_QUALITY:
         return activity_conf_e4
     return (activity_conf_e4 * min(signal_quality, 100) + 50) // 100
