@@ -21,6 +21,7 @@ from gatewayd.emulator.virtual import (
     replay_starts,
 )
 from gatewayd.emulator.wearable import (
+    LocalActivity,
     SharedLocalModel,
     WearableCore,
     WearableSpec,
@@ -53,6 +54,7 @@ from gatewayd.signals.offload import (
     DEFAULT_TAU_MBITS,
     IMPACT_THRESHOLD_MILLI_G,
     MOTION_HOLD_MS,
+    OffloadReason,
     confidence_e4,
     decide_offload,
     fall_impact_index,
@@ -441,6 +443,33 @@ def test_a_local_model_puts_its_group_and_probability_on_the_wire() -> None:
         assert int(s.offload_reason) == int(reason)
         groups.add(s.activity)
     assert groups <= {int(g) for g in ActivityGroup}
+
+
+#: Sitting (synthetic activity 1) with a planted resting heart rate of 150 bpm.
+RESTING_150 = generate_recording(1, 1.5, seed=11, events=[("tachycardia", 0.0, 3600.0, 150.0)],
+                                 activities=[(1, 600.0)])  # fmt: skip
+
+
+@pytest.mark.parametrize("group", [ActivityGroup.REST, ActivityGroup.LIGHT])
+def test_a_wearable_sure_it_rests_at_150_bpm_sends_its_windows_raw(group: ActivityGroup) -> None:
+    """A sure local model and a locked tracker keep a window local, unless the group is rest
+    and the heart rate above the resting limit: then the window goes raw, for its confidence."""
+    c = WearableCore(
+        WearableSpec("C0:FF:EE:00:00:01", "w", RESTING_150, boot_id=99),
+        keep_sent=True,
+        local_model=lambda _index: LocalActivity(int(group), 9900),
+    )
+    locked = []
+    for _seq, raw in c.produce(1e9):
+        m = decode_message(raw)
+        s = summary_of(m)
+        if s.hr_cbpm > 13000 and s.signal_quality >= 60:  # the tracker is on the pulse
+            locked.append((isinstance(m, Window), s.offload_reason))
+    assert len(locked) >= 10
+    if group == ActivityGroup.REST:
+        assert all(raw and reason == OffloadReason.LOW_CONFIDENCE for raw, reason in locked)
+    else:
+        assert not any(raw for raw, _ in locked)
 
 
 def test_without_a_local_model_activity_stays_unknown_and_the_confidence_is_the_trackers() -> None:

@@ -458,7 +458,7 @@ def _signed(value: float, spec: str) -> str:
 def _point_cells(p: EnergyPoint, *, accuracy: bool = False) -> list[str]:
     tau = "off" if p.tau_mbits >= 65535 else f"{p.tau_mbits / 1000:.2f}"
     cells = [
-        tau, f"{p.min_conf_e4 / 10000:.1f}", _pct(p.offload_ratio),
+        tau, f"{p.min_conf_e4 / 10000:g}", _pct(p.offload_ratio),
         f"{_MJ * p.local_only_j:.3f}", f"{_MJ * p.as_built_j:.3f}",
         _pct(p.saved(p.as_built_j)), f"{_MJ * p.model_skipped_j:.3f}",
         _pct(p.saved(p.model_skipped_j)),
@@ -561,14 +561,14 @@ def format_energy(
             head, [_point_cells(p, accuracy=acc) for p in result.pooled if p.tau_mbits == dt]
         ),
         "",
-        f"### Tau swept at the default minimum confidence ({dc / 10000:.1f})",
+        f"### Tau swept at the default minimum confidence ({dc / 10000:g})",
         "",
         *markdown_table(
             head, [_point_cells(p, accuracy=acc) for p in result.pooled if p.min_conf_e4 == dc]
         ),
         "",
         f"### Per activity group, at the default policy (tau {dt / 1000:.2f} bits, min"
-        f" confidence {dc / 10000:.1f})",
+        f" confidence {dc / 10000:g})",
         "",
     ]
     rows = []
