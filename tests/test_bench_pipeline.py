@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import statistics
 from pathlib import Path
 
 import aiomqtt
@@ -214,6 +215,29 @@ def test_cli_json_with_its_own_private_mosquitto(capsys: pytest.CaptureFixture[s
     assert doc["counts"]["largest_batch"] <= 4
     assert doc["model_batched"]["batch"] == 4
     assert err == ""
+
+
+@needs_mosquitto
+def test_cli_repeat_reports_every_run_and_the_median_of_their_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _model()
+    argv = ["bench", "pipeline", "--windows", "6", "--devices", "3", "--max-batch", "4"]
+    assert main([*argv, "--repeat", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["runs"]) == 3
+    for run in doc["runs"]:
+        check_report(run, windows=6, devices=3)
+    ratios = [run["ratio"]["cpu"] for run in doc["runs"]]
+    assert doc["ratio_cpu"]["runs"] == ratios
+    assert doc["ratio_cpu"]["median"] == statistics.median(ratios)
+    assert (doc["ratio_cpu"]["min"], doc["ratio_cpu"]["max"]) == (min(ratios), max(ratios))
+    assert main([*argv, "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "## Run 1 of 2" in out
+    assert "## Run 2 of 2" in out
+    assert "each within its own run" in out
+    assert "over 2 runs" in out
 
 
 def test_cli_without_the_model_exits_69(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

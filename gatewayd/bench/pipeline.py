@@ -97,8 +97,10 @@ __all__ = [
     "bench_broker",
     "bench_pipeline",
     "format_pipeline_bench",
+    "format_repeated",
     "latency",
     "prepare_workload",
+    "repeated_ratios",
     "split_windows",
 ]
 
@@ -838,6 +840,33 @@ _ASIDE_NAMES: Final = {
     "model_at_pipeline_batch": "model at the pipeline's mean batch",
     "worker_at_pipeline_batch": "inference worker's work at that batch, no hand-over",
 }
+
+
+def repeated_ratios(reports: Sequence[PipelineBench]) -> dict[str, Any]:
+    """The CPU ratio pipeline / model of each run (each measured within its own run) and their
+    median, lowest and highest: what `--repeat` adds, since one run on a shared machine is a
+    draw from a spread."""
+    ratios = [r.ratio_cpu for r in reports]
+    return {
+        "runs": ratios,
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+    }
+
+
+def format_repeated(reports: Sequence[PipelineBench]) -> str:
+    """`--repeat`'s text: every run's report, then the ratios side by side."""
+    parts = []
+    for k, report in enumerate(reports, start=1):
+        parts += [f"## Run {k} of {len(reports)}", "", format_pipeline_bench(report), ""]
+    r = repeated_ratios(reports)
+    runs = ", ".join(f"{x:.2f}x" for x in r["runs"])
+    parts.append(
+        f"Ratio pipeline / model, CPU, each within its own run: {runs}; median {r['median']:.2f}x"
+        f" ({r['min']:.2f}-{r['max']:.2f}x over {len(reports)} runs)."
+    )
+    return "\n".join(parts)
 
 
 def format_pipeline_bench(report: PipelineBench) -> str:

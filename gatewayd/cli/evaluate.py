@@ -312,6 +312,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         bench_pipeline,
         find_model,
         format_pipeline_bench,
+        format_repeated,
+        repeated_ratios,
     )
     from gatewayd.config import default_config  # noqa: PLC0415
 
@@ -346,25 +348,35 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"gatewayd bench pipeline: {text}", file=sys.stderr)
 
-    async def run() -> Any:
+    async def run() -> list[Any]:
+        reports = []
         async with bench_broker(args.mqtt_host, args.mqtt_port) as broker:
             progress(broker.note)
-            return await bench_pipeline(
-                config,
-                model,
-                windows=args.windows,
-                devices=args.devices,
-                host=broker.host,
-                port=broker.port,
-                broker=f"{broker.kind} {broker.host}:{broker.port}",
-                progress=progress,
-            )
+            for k in range(args.repeat):
+                if args.repeat > 1:
+                    progress(f"run {k + 1} of {args.repeat}")
+                reports.append(
+                    await bench_pipeline(
+                        config,
+                        model,
+                        windows=args.windows,
+                        devices=args.devices,
+                        host=broker.host,
+                        port=broker.port,
+                        broker=f"{broker.kind} {broker.host}:{broker.port}",
+                        progress=progress,
+                    )
+                )
+        return reports
 
-    report = asyncio.run(run())
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+    reports = asyncio.run(run())
+    if args.repeat == 1:
+        doc: Any = reports[0].to_json()
+        text = format_pipeline_bench(reports[0])
     else:
-        print(format_pipeline_bench(report))
+        doc = {"runs": [r.to_json() for r in reports], "ratio_cpu": repeated_ratios(reports)}
+        text = format_repeated(reports)
+    print(json.dumps(doc, indent=2) if args.json else text)
     return EXIT_OK
 
 
@@ -612,6 +624,13 @@ def add_bench_parser(bench: argparse.ArgumentParser) -> None:
         type=positive_int,
         metavar="B",
         help="override [inference] max_batch for the pipeline (default: the config's)",
+    )
+    pipeline.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="measure N times in a row and print each run and the median of their ratios (1)",
     )
     models_dir_option(pipeline)
     pipeline.add_argument("--json", action="store_true", help="print one JSON object")
