@@ -156,6 +156,19 @@ static void end(FILE *f)
     fputs("end\n", f);
 }
 
+/* A whole SUMMARY vector at MTU 247 whose flags carry the offload decision taken on its own
+ * fields at tau 4000, minimum confidence 5000, with that decision's policy line. */
+static void emit_decided_summary(FILE *f, const char *comment, const char *name,
+                                 struct gwfw_summary *s)
+{
+    const uint16_t reason = gwfw_offload_reason(s->entropy_mbits, conf_of(s), 4000, 5000);
+
+    s->flags |= reason;
+    emit_summary(f, comment, name, 247, s);
+    vec_print_policy(f, 4000, 5000, reason);
+    end(f);
+}
+
 /* A control line whose verdict must be `ok` (1) or `reject` (0): a changed verdict is a bug. */
 static void control(FILE *f, const uint8_t *cmd, size_t len, int expect_ok)
 {
@@ -284,12 +297,8 @@ static void emit_summaries(FILE *f)
     s.activity = 1; /* light */
     s.activity_conf_e4 = 8000;
     s.entropy_mbits = 4321;
-    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
-    emit_summary(f, "SUMMARY carrying an offload decision whose raw window was not sent",
-                 "summary_offload_not_sent_mtu247", 247, &s);
-    vec_print_policy(f, 4000, 5000,
-                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
-    end(f);
+    emit_decided_summary(f, "SUMMARY carrying an offload decision whose raw window was not sent",
+                         "summary_offload_not_sent_mtu247", &s);
 
     /* The offload confidence is the activity's probability times the heart rate's quality. */
     s = summary_at(7);
@@ -298,23 +307,18 @@ static void emit_summaries(FILE *f)
     s.activity_conf_e4 = 9500;
     s.hr_cbpm = 14210;
     s.signal_quality = 41;
-    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
-    emit_summary(f, "SUMMARY offloaded for its heart rate: sure of the activity, quality 41",
-                 "summary_unsure_hr_mtu247", 247, &s);
-    vec_print_policy(f, 4000, 5000,
-                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
-    end(f);
+    emit_decided_summary(f,
+                         "SUMMARY offloaded for its heart rate: sure of the activity, quality 41",
+                         "summary_unsure_hr_mtu247", &s);
 
     s = summary_at(8);
     s.activity_conf_e4 = 9000;
     s.hr_cbpm = 0;
     s.signal_quality = 0;
-    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
-    emit_summary(f, "SUMMARY without a pulse (no HR, quality 0): not offloaded for its heart rate",
-                 "summary_no_pulse_mtu247", 247, &s);
-    vec_print_policy(f, 4000, 5000,
-                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
-    end(f);
+    emit_decided_summary(f,
+                         "SUMMARY without a pulse (no HR, quality 0): not offloaded for its "
+                         "heart rate",
+                         "summary_no_pulse_mtu247", &s);
 
     /* Rest at a heart rate above the resting limit: the answers contradict each other. */
     s = summary_at(9);
@@ -322,12 +326,9 @@ static void emit_summaries(FILE *f)
     s.activity_conf_e4 = 9600;
     s.hr_cbpm = 11200;
     s.signal_quality = 90;
-    s.flags |= gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000);
-    emit_summary(f, "SUMMARY offloaded for rest at 112 bpm: sure of both, but they contradict",
-                 "summary_rest_above_limit_mtu247", 247, &s);
-    vec_print_policy(f, 4000, 5000,
-                     gwfw_offload_reason(s.entropy_mbits, conf_of(&s), 4000, 5000));
-    end(f);
+    emit_decided_summary(f,
+                         "SUMMARY offloaded for rest at 112 bpm: sure of both, but they contradict",
+                         "summary_rest_above_limit_mtu247", &s);
 
     memset(&inf, 0, sizeof inf);
     inf.fw_major = GWFW_FW_VERSION_MAJOR;
