@@ -342,6 +342,17 @@ class WindowTable:
         """The wearable's heart rate as the wire carries it: centi-bpm, 0 where none."""
         return np.nan_to_num(np.round(self.local_hr * 100)).astype(np.int64)
 
+    def confidence_e4(
+        self, fn: Callable[[int, int, int, int], int] = offload_confidence_e4
+    ) -> npt.NDArray[np.int64]:
+        """``fn`` of each window's summary fields (activity_conf_e4, signal_quality, hr_cbpm,
+        activity): by default the wire's offload confidence."""
+        fields = zip(
+            self.activity_conf_e4, self.signal_quality, self.local_hr_cbpm, self.local_activity,
+            strict=True,
+        )  # fmt: skip
+        return np.array([fn(int(a), int(q), int(h), int(g)) for a, q, h, g in fields], np.int64)
+
     def subset(self, keep: npt.NDArray[np.bool_]) -> WindowTable:
         """The same recording with only the windows ``keep`` marks."""
         arrays = {
@@ -596,10 +607,9 @@ def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
     for t in tables:
         index = np.arange(len(t)) if t.window is None else t.window
         scored, bad_hr, bad_activity = bad_windows(t)
-        cbpm = t.local_hr_cbpm
+        confidence = t.confidence_e4()
         for k in range(len(t)):
             quality, activity_e4 = int(t.signal_quality[k]), int(t.activity_conf_e4[k])
-            hr_cbpm = int(cbpm[k])
             values = (
                 t.name, t.source, t.subject_key, int(index[k]), int(index[k]) * STEP_S,
                 int(t.offloaded[k]), num(t.ref_hr[k]), num(t.local_hr[k]),
@@ -608,8 +618,7 @@ def window_rows(tables: Sequence[WindowTable]) -> list[dict[str, object]]:
                 _SOURCE_NAMES[int(t.gateway_hr_source[k])], group_name(int(t.truth[k])),
                 group_name(int(t.local_activity[k])), activity_e4,
                 group_name(int(t.model_activity[k])), group_name(int(t.gateway_activity[k])),
-                int(t.entropy_mbits[k]),
-                offload_confidence_e4(activity_e4, quality, hr_cbpm, int(t.local_activity[k])),
+                int(t.entropy_mbits[k]), int(confidence[k]),
                 num(t.acc_motion[k], 4), int(scored[k]), int(bad_hr[k]), int(bad_activity[k]),
             )  # fmt: skip
             rows.append(dict(zip(WINDOW_COLUMNS, values, strict=True)))
@@ -1610,18 +1619,8 @@ def _windows(tables: Sequence[WindowTable]) -> _Windows:
     subjects = sorted({t.subject_key for t in tables})
     source_of = {t.subject_key: t.source for t in tables}
     index = {s: i for i, s in enumerate(subjects)}
-    activity = np.concatenate([t.activity_conf_e4 for t in tables])
-    quality = np.concatenate([t.signal_quality for t in tables])
-    cbpm = np.concatenate([t.local_hr_cbpm for t in tables])
-    group = np.concatenate([t.local_activity for t in tables])
     confidences = {
-        name: np.array(
-            [
-                fn(int(a), int(q), int(h), int(g))
-                for a, q, h, g in zip(activity, quality, cbpm, group, strict=True)
-            ],
-            dtype=np.int64,
-        )
+        name: np.concatenate([t.confidence_e4(fn) for t in tables])
         for name, fn in CONFIDENCES.items()
     }
     return _Windows(

@@ -167,24 +167,11 @@ def session_from_table(
     """What the offload rule reads per window, from a `gatewayd.eval.replay` of a recording at
     the policy (``tau_mbits``, ``min_conf_e4``) it was replayed with; its labels as the window's
     group. The message sizes are the protocol's for the replay's ``sample_format``."""
-    cbpm = np.nan_to_num(np.round(table.local_hr * 100)).astype(np.int64)
     return SessionWindows(
         name=table.name,
         source=table.source,
         entropy_mbits=table.entropy_mbits.astype(np.int64),
-        confidence_e4=np.array(
-            [
-                offload_confidence_e4(int(a), int(q), int(h), int(g))
-                for a, q, h, g in zip(
-                    table.activity_conf_e4,
-                    table.signal_quality,
-                    cbpm,
-                    table.local_activity,
-                    strict=True,
-                )
-            ],
-            dtype=np.int64,
-        ),
+        confidence_e4=table.confidence_e4(),
         motion=(table.flags & int(MessageFlags.OFFLOAD_MOTION)) != 0,
         group=table.truth.astype(np.int64),
         offloaded=table.offloaded.copy(),
