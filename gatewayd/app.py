@@ -175,12 +175,17 @@ def _explain_broker(config: Config, error: BaseException) -> tuple[str, str]:
     return check.message, check.fix
 
 
-def _link_settings(config: Config) -> LinkSettings:
+def link_settings(config: Config) -> LinkSettings:
+    """What every wearable's connection is told and held to, from the configuration."""
     return LinkSettings(
         connect_timeout_s=config.ble.connect_timeout_s,
         acquire_notify=config.ble.acquire_notify,
         tau_mbits=round(config.offload.tau_bits * 1000),
         min_conf_e4=round(config.offload.min_confidence * 10_000),
+        # The windows the wearable calls rest above the limit the rules alert on at rest are
+        # the ones the gateway must see raw (docs/signals.md section 5). 0 would turn the check
+        # off, where a limit of 0 bpm means every resting window is above it.
+        rest_limit_cbpm=max(1, round(config.rules.tachycardia.rest_bpm * 100)),
     )
 
 
@@ -356,7 +361,7 @@ async def _start_link(
 ) -> None:
     """The link, and the loops that join it to the pipeline, entered on ``stack``."""
     config, pipeline = gateway.config, gateway.pipeline
-    settings = _link_settings(config)
+    settings = link_settings(config)
     # Where each device's stream stopped (or, never heard, where it stood when paired): the
     # gateway asks the wearables' rings for what it missed, and records the rest as lost
     # (docs/protocol.md).

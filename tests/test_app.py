@@ -24,6 +24,7 @@ from gatewayd import cli
 from gatewayd.app import (
     ShutdownTimeouts,
     build_gateway,
+    link_settings,
     run_gateway,
     should_ping_watchdog,
     store_options,
@@ -54,6 +55,21 @@ def write_config(tmp_path: Path, extra: str = "") -> Config:
         encoding="utf-8",
     )
     return load_config(path, env={})
+
+
+@pytest.mark.parametrize(("extra", "limit"), [
+    ("", 10000),
+    ("[rules.tachycardia]\nrest_bpm = 112.5\n", 11250),
+    # A limit that rounds to 0 puts every resting window above it; 0 would turn the check off.
+    ("[rules.bradycardia]\nrest_bpm = 0\n[rules.tachycardia]\nrest_bpm = 0.004\n", 1),
+])  # fmt: skip
+def test_the_wearables_resting_limit_is_the_tachycardia_limit_at_rest(
+    tmp_path: Path, extra: str, limit: int
+) -> None:
+    config = write_config(tmp_path, "[offload]\ntau_bits = 3.5\nmin_confidence = 0.5\n" + extra)
+    settings = link_settings(config)
+    assert (settings.tau_mbits, settings.min_conf_e4) == (3500, 5000)
+    assert settings.rest_limit_cbpm == limit
 
 
 def event_kinds(path: Path) -> list[tuple[str, str]]:

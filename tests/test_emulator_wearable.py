@@ -36,6 +36,7 @@ from gatewayd.protocol.control import (
     Resend,
     SetPolicy,
     SetPruning,
+    SetRestLimit,
     TimeSync,
     decode_info,
     encode_control,
@@ -51,6 +52,7 @@ from gatewayd.protocol.messages import (
 from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
 from gatewayd.signals.offload import (
     DEFAULT_MIN_CONF_E4,
+    DEFAULT_REST_LIMIT_CBPM,
     DEFAULT_TAU_MBITS,
     IMPACT_THRESHOLD_MILLI_G,
     MOTION_HOLD_MS,
@@ -224,9 +226,11 @@ def test_fault_spec_parsing() -> None:
     assert plan == FaultPlan(5.0, 0.01, 0.002, 0.01, 2, -1.5, 2.0, 1, 50.0)
     assert parse_faults("") == FaultPlan()
     assert parse_faults("impostor=2,hang=1m") == FaultPlan(impostor=2, hang_after_s=60.0)
+    assert parse_faults("old_firmware=1") == FaultPlan(old_firmware=1)
     for bad, match in [("drop=soon", "duration"), ("corrupt=2", "between 0 and 1"),
                        ("bogus=1", "unknown fault"), ("corrupt", "name=value"),
                        ("connect_fail=x", "whole number"), ("impostor=yes", "whole number"),
+                       ("old_firmware=0.5", "whole number"),
                        ("hang=later", "duration")]:  # fmt: skip
         with pytest.raises(EmulatorError, match=match):
             parse_faults(bad)
@@ -470,6 +474,45 @@ def test_a_wearable_sure_it_rests_at_150_bpm_sends_its_windows_raw(group: Activi
         assert all(raw and reason == OffloadReason.LOW_CONFIDENCE for raw, reason in locked)
     else:
         assert not any(raw for raw, _ in locked)
+
+
+def _locked_raw(c: WearableCore) -> list[bool]:
+    """For each window the tracker is locked on (150 bpm, good quality): was it sent raw?"""
+    out = []
+    for _seq, raw in c.produce(1e9):
+        m = decode_message(raw)
+        s = summary_of(m)
+        if s.hr_cbpm > 13000 and s.signal_quality >= 60:
+            out.append(isinstance(m, Window))
+    assert len(out) >= 10
+    return out
+
+
+@pytest.mark.parametrize(("limit", "raw"), [(16000, False), (14000, True), (0, False)])
+def test_the_gateways_resting_limit_decides_which_resting_windows_go_raw(
+    limit: int, raw: bool
+) -> None:
+    """SET_REST_LIMIT moves the rest check: at a limit of 160 bpm rest at 150 bpm stays local,
+    at 140 it goes raw, and 0 turns the check off."""
+    c = WearableCore(
+        WearableSpec("C0:FF:EE:00:00:01", "w", RESTING_150, boot_id=99),
+        local_model=lambda _index: LocalActivity(int(ActivityGroup.REST), 9900),
+    )
+    c.handle_control(encode_control(SetRestLimit(limit)), 0.0)
+    assert c.rest_limit_cbpm == limit
+    assert set(_locked_raw(c)) == {raw}
+
+
+def test_firmware_from_before_set_rest_limit_refuses_it_and_keeps_its_own() -> None:
+    c = WearableCore(
+        WearableSpec("C0:FF:EE:00:00:01", "w", RESTING_150, boot_id=99, knows_rest_limit=False),
+        local_model=lambda _index: LocalActivity(int(ActivityGroup.REST), 9900),
+    )
+    with pytest.raises(DecodeError) as err:
+        c.handle_control(encode_control(SetRestLimit(16000)), 0.0)
+    assert err.value.reason == "unknown_opcode"
+    assert c.rest_limit_cbpm == DEFAULT_REST_LIMIT_CBPM
+    assert all(_locked_raw(c))
 
 
 def test_without_a_local_model_activity_stays_unknown_and_the_confidence_is_the_trackers() -> None:

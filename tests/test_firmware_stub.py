@@ -26,7 +26,13 @@ import numpy as np
 import pytest
 
 from gatewayd.errors import DecodeError
-from gatewayd.protocol.control import decode_control, decode_info, encode_control, encode_info
+from gatewayd.protocol.control import (
+    Opcode,
+    decode_control,
+    decode_info,
+    encode_control,
+    encode_info,
+)
 from gatewayd.protocol.fragments import Reassembler, fragment
 from gatewayd.protocol.messages import (
     MOTION_SHIFT,
@@ -233,7 +239,7 @@ def test_golden_vectors_cover_the_protocol() -> None:
     assert {v.mtu for v in VECTORS} >= {23, 185, 247, 517}
     assert any(v.message[2] & int(MessageFlags.RESENT) for v in WINDOW_VECTORS)
     assert {ok for _, ok in CONTROLS} == {True, False}
-    assert {cmd[1] for cmd, ok in CONTROLS if ok} == {1, 2, 3, 4}
+    assert {cmd[1] for cmd, ok in CONTROLS if ok} == {int(op) for op in Opcode}
     assert INFO_VECTORS
 
 

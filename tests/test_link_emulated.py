@@ -235,6 +235,34 @@ async def test_link_drops_and_corrupted_fragments_lose_nothing(
 
 
 @pytest.mark.asyncio
+async def test_the_resting_limit_reaches_the_wearable_and_old_firmware_refusing_it_streams_on(
+    fake: FakeBluez, tmp_path: Path
+) -> None:
+    # Wearable 1 runs firmware from before SET_REST_LIMIT; the links drop, so both connect
+    # several times and the old one refuses the command at every connect.
+    faults = FaultPlan(old_firmware=1, drop_every_s=1.0)
+    setup = FleetSetup(devices=2, speed=25.0, keep_sent=True, faults=faults)
+    fleet = await build_fleet(fake, [synthetic(6, 1.5)], setup)
+    registry = await asyncio.to_thread(pair_all, fleet, tmp_path)
+    settings = LinkSettings(rest_limit_cbpm=12000)
+    manager = LinkManager(["hci0"], 5, await asyncio.to_thread(registry.load), settings)
+    with capture_logs() as logs:
+        frames, events = await stream_until_complete(fleet, manager, setup.speed, limit_s=60)
+    assert_exactly_once_in_order(fleet, frames, manager)
+    assert not [e for e in events if isinstance(e, MessagesLost)]
+    (old_device, old), (new_device, new) = fleet.wearables
+    assert old.core.rest_limit_cbpm == 10000, "old firmware keeps its own limit"
+    assert new.core.rest_limit_cbpm == 12000
+    old_link, new_link = manager.links[old_device.address], manager.links[new_device.address]
+    assert old_link.connections >= 2, "the link must really have dropped"
+    assert old_link.stream.stats.rejected_commands >= old_link.connections
+    assert new_link.stream.stats.rejected_commands == 0
+    refused = [r for r in logs if "refused the resting limit" in r["event"]]
+    assert [r["log_level"] for r in refused][:1] == ["warning"], "said once, at WARNING"
+    assert all(r["log_level"] == "debug" for r in refused[1:])
+
+
+@pytest.mark.asyncio
 async def test_twenty_wearables_on_four_adapters_at_ten_times_real_time(
     fake: FakeBluez, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from gatewayd.protocol.control import (
     Resend,
     SetPolicy,
     SetPruning,
+    SetRestLimit,
     TimeSync,
     decode_control,
     decode_info,
@@ -39,6 +40,8 @@ INFO = DeviceInfo(
         (SetPolicy(4000, 6000), bytes.fromhex("01 02 a00f 7017")),
         (SetPruning(60), bytes.fromhex("01 03 3c")),
         (Resend(0xFFFFFFFE, 3), bytes.fromhex("01 04 feffffff 0300")),
+        (SetRestLimit(12000), bytes.fromhex("01 05 e02e")),
+        (SetRestLimit(0), bytes.fromhex("01 05 0000")),
     ],
 )
 def test_control_layouts(cmd: object, raw: bytes) -> None:
@@ -59,6 +62,8 @@ def test_control_layouts(cmd: object, raw: bytes) -> None:
         (b"\x01\x03\x65", "bad_field"),  # pruning 101
         (b"\x01\x04\x00\x00\x00\x00\x00\x00", "bad_field"),  # resend 0
         (b"\x01\x04\x00\x00\x00\x00\x01\x01", "bad_field"),  # resend 257
+        (b"\x01\x05\x10", "bad_length"),
+        (b"\x01\x05\x31\x75", "bad_field"),  # rest limit 30001: above any heart rate sent
     ],
 )
 def test_control_rejections(raw: bytes, reason: str) -> None:
@@ -72,6 +77,8 @@ def test_control_encoder_refuses_bad_arguments() -> None:
         encode_control(Resend(0, 0))
     with pytest.raises(ValueError, match="cannot encode"):
         encode_control(TimeSync(-1))
+    with pytest.raises(ValueError, match="rest_limit_cbpm 30001"):
+        encode_control(SetRestLimit(30001))
 
 
 def test_info_round_trip_and_layout() -> None:

@@ -193,7 +193,7 @@ static void emit_controls(FILE *f)
     static const uint8_t bad_version[] = {0x02, 0x03, 0x28};
     static const uint8_t version_zero[] = {0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0};
     static const uint8_t opcode_zero[] = {0x01, 0x00};
-    static const uint8_t opcode_five[] = {0x01, 0x05, 0x00, 0x00};
+    static const uint8_t opcode_six[] = {0x01, 0x06, 0x00, 0x00};
     static const uint8_t opcode_ff[] = {0x01, 0xFF, 0x00};
     static const uint8_t only_version[] = {0x01};
     static const uint8_t time_sync_9[] = {0x01, 0x01, 1, 2, 3, 4, 5, 6, 7};
@@ -207,6 +207,9 @@ static void emit_controls(FILE *f)
     static const uint8_t pruning_255[] = {0x01, 0x03, 0xFF};
     static const uint8_t resend_0[] = {0x01, 0x04, 0x29, 0, 0, 0, 0x00, 0x00};
     static const uint8_t resend_257[] = {0x01, 0x04, 0x29, 0, 0, 0, 0x01, 0x01};
+    static const uint8_t rest_limit_3[] = {0x01, 0x05, 0x10};
+    static const uint8_t rest_limit_5[] = {0x01, 0x05, 0x10, 0x27, 0x00};
+    static const uint8_t rest_limit_30001[] = {0x01, 0x05, 0x31, 0x75};
     struct gwfw_summary s = summary_at(6);
     struct gwfw_control c;
 
@@ -247,11 +250,19 @@ static void emit_controls(FILE *f)
     c.first_seq = 100;
     c.count = 1;
     control_cmd(f, &c);
+    memset(&c, 0, sizeof c);
+    c.opcode = GWFW_OP_SET_REST_LIMIT;
+    c.rest_limit_cbpm = GWFW_REST_LIMIT_CBPM;
+    control_cmd(f, &c);
+    c.rest_limit_cbpm = 0; /* the check off */
+    control_cmd(f, &c);
+    c.rest_limit_cbpm = GWFW_HR_CBPM_MAX;
+    control_cmd(f, &c);
 
     control(f, bad_version, sizeof bad_version, 0);
     control(f, version_zero, sizeof version_zero, 0);
     control(f, opcode_zero, sizeof opcode_zero, 0);
-    control(f, opcode_five, sizeof opcode_five, 0);
+    control(f, opcode_six, sizeof opcode_six, 0);
     control(f, opcode_ff, sizeof opcode_ff, 0);
     control(f, only_version, sizeof only_version, 0);
     control(f, time_sync_9, sizeof time_sync_9, 0);
@@ -265,6 +276,9 @@ static void emit_controls(FILE *f)
     control(f, pruning_255, sizeof pruning_255, 0);
     control(f, resend_0, sizeof resend_0, 0);
     control(f, resend_257, sizeof resend_257, 0);
+    control(f, rest_limit_3, sizeof rest_limit_3, 0);
+    control(f, rest_limit_5, sizeof rest_limit_5, 0);
+    control(f, rest_limit_30001, sizeof rest_limit_30001, 0);
     end(f);
 }
 

@@ -73,8 +73,8 @@ extern "C" {
 
 #define GWFW_ACTIVITY_MAX 2u            /* activity groups: 0 rest, 1 light, 2 vigorous */
 #define GWFW_ACTIVITY_REST 0u
-/* The resting limit of gwfw_offload_confidence_e4, 1/100 bpm: 100 bpm, the gateway's default
- * tachycardia limit at rest. A firmware setting, not part of SET_POLICY. */
+/* The resting limit of gwfw_offload_confidence_e4 at boot, 1/100 bpm: 100 bpm, the gateway's
+ * default tachycardia limit at rest. The gateway sends its own with SET_REST_LIMIT. */
 #define GWFW_REST_LIMIT_CBPM 10000u
 #define GWFW_UNKNOWN 255u               /* activity, signal_quality, battery_pct: unknown */
 #define GWFW_PCT_MAX 100u
@@ -115,12 +115,14 @@ extern "C" {
 #define GWFW_OP_SET_POLICY 0x02u
 #define GWFW_OP_SET_PRUNING 0x03u
 #define GWFW_OP_RESEND 0x04u
+#define GWFW_OP_SET_REST_LIMIT 0x05u
 
 #define GWFW_CONTROL_MAX 20u
 #define GWFW_CONTROL_LEN_TIME_SYNC 10u
 #define GWFW_CONTROL_LEN_SET_POLICY 6u
 #define GWFW_CONTROL_LEN_SET_PRUNING 3u
 #define GWFW_CONTROL_LEN_RESEND 8u
+#define GWFW_CONTROL_LEN_SET_REST_LIMIT 4u
 #define GWFW_RESEND_MAX 256u
 
 /* ---- info characteristic (section 6.2) ---------------------------------------------------------- */
@@ -333,6 +335,7 @@ struct gwfw_control {
     uint8_t pruning_pct;   /* SET_PRUNING, 0..100 */
     uint32_t first_seq;    /* RESEND */
     uint16_t count;        /* RESEND, 1..256 */
+    uint16_t rest_limit_cbpm; /* SET_REST_LIMIT, 0 (check off)..30000 */
 };
 
 /* Decode one control write. Checks, in order: length >= 2 (GWFW_E_LENGTH), version

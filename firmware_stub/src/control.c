@@ -15,6 +15,7 @@ static size_t control_length(uint8_t opcode)
     case GWFW_OP_SET_POLICY: return GWFW_CONTROL_LEN_SET_POLICY;
     case GWFW_OP_SET_PRUNING: return GWFW_CONTROL_LEN_SET_PRUNING;
     case GWFW_OP_RESEND: return GWFW_CONTROL_LEN_RESEND;
+    case GWFW_OP_SET_REST_LIMIT: return GWFW_CONTROL_LEN_SET_REST_LIMIT;
     default: return 0u;
     }
 }
@@ -31,6 +32,8 @@ static int check_control(const struct gwfw_control *c)
         return c->pruning_pct <= GWFW_PCT_MAX ? GWFW_OK : GWFW_E_RANGE;
     case GWFW_OP_RESEND:
         return c->count >= 1u && c->count <= GWFW_RESEND_MAX ? GWFW_OK : GWFW_E_RANGE;
+    case GWFW_OP_SET_REST_LIMIT:
+        return c->rest_limit_cbpm <= GWFW_HR_CBPM_MAX ? GWFW_OK : GWFW_E_RANGE;
     default:
         return GWFW_E_OPCODE;
     }
@@ -69,6 +72,9 @@ int gwfw_decode_control(const uint8_t *buf, size_t len, struct gwfw_control *out
         break;
     case GWFW_OP_SET_PRUNING:
         c.pruning_pct = buf[2];
+        break;
+    case GWFW_OP_SET_REST_LIMIT:
+        c.rest_limit_cbpm = gwfw_get_u16(buf + 2);
         break;
     default: /* GWFW_OP_RESEND */
         c.first_seq = gwfw_get_u32(buf + 2);
@@ -111,6 +117,9 @@ int gwfw_encode_control(const struct gwfw_control *c, uint8_t *out, size_t cap)
         break;
     case GWFW_OP_SET_PRUNING:
         out[2] = c->pruning_pct;
+        break;
+    case GWFW_OP_SET_REST_LIMIT:
+        gwfw_put_u16(out + 2, c->rest_limit_cbpm);
         break;
     default: /* GWFW_OP_RESEND */
         gwfw_put_u32(out + 2, c->first_seq);

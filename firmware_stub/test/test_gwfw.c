@@ -827,6 +827,7 @@ static void test_control(void)
     static const uint8_t policy[] = {1, 2, 0xAC, 0x0D, 0x10, 0x27};
     static const uint8_t pruning[] = {1, 3, 100};
     static const uint8_t resend[] = {1, 4, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x01};
+    static const uint8_t rest_limit[] = {1, 5, 0xB0, 0x36}; /* 14000: 140 bpm */
     struct gwfw_control c;
     uint8_t b[32];
 
@@ -842,6 +843,12 @@ static void test_control(void)
     CHECK_EQ(decode(resend, sizeof resend, &c), GWFW_OK);
     CHECK_EQ(c.first_seq, 0xFFFFFFFFu);
     CHECK_EQ(c.count, 256);
+    CHECK_EQ(decode(rest_limit, sizeof rest_limit, &c), GWFW_OK);
+    CHECK_EQ(c.opcode, GWFW_OP_SET_REST_LIMIT);
+    CHECK_EQ(c.rest_limit_cbpm, 14000);
+    CHECK_EQ(gwfw_encode_control(&c, b, sizeof b), 4);
+    CHECK(memcmp(b, rest_limit, 4) == 0);
+    CHECK_EQ(decode(resend, sizeof resend, &c), GWFW_OK);
 
     /* encode(decode(x)) == x */
     CHECK_EQ(gwfw_encode_control(&c, b, sizeof b), 8);
@@ -863,7 +870,7 @@ static void test_control(void)
     b[0] = 1;
     b[1] = 0;
     CHECK_EQ(decode(b, sizeof policy, &c), GWFW_E_OPCODE);
-    b[1] = 5;
+    b[1] = 6;
     CHECK_EQ(decode(b, sizeof policy, &c), GWFW_E_OPCODE);
     b[1] = 2;
     CHECK_EQ(decode(b, 5, &c), GWFW_E_LENGTH);
@@ -871,6 +878,14 @@ static void test_control(void)
     CHECK_EQ(decode(time_sync, 9, &c), GWFW_E_LENGTH);
     CHECK_EQ(decode(pruning, 2, &c), GWFW_E_LENGTH);
     CHECK_EQ(decode(resend, 7, &c), GWFW_E_LENGTH);
+    CHECK_EQ(decode(rest_limit, 3, &c), GWFW_E_LENGTH);
+    memcpy(b, rest_limit, sizeof rest_limit);
+    b[2] = 0x31;
+    b[3] = 0x75; /* 30001 */
+    CHECK_EQ(decode(b, 4, &c), GWFW_E_RANGE);
+    b[2] = 0x30; /* 30000, the highest heart rate on the wire */
+    CHECK_EQ(decode(b, 4, &c), GWFW_OK);
+    memcpy(b, policy, sizeof policy);
     b[4] = 0x11; /* min_conf 10001 */
     CHECK_EQ(decode(b, sizeof policy, &c), GWFW_E_RANGE);
     b[0] = 1;

@@ -47,6 +47,9 @@ class FaultPlan:
     #: bluetoothd stops answering D-Bus method calls this many (real) seconds after the start;
     #: 0 = never.
     hang_after_s: float = 0.0
+    #: Number of devices (the first wearables) whose firmware predates SET_REST_LIMIT: they
+    #: reject it as an unknown opcode and keep their own resting limit.
+    old_firmware: int = 0
 
     def mangle(self, fragment: bytes, rng: random.Random) -> list[bytes]:
         """What goes on the air for one fragment: possibly corrupted, truncated or doubled."""
@@ -147,13 +150,13 @@ def parse_faults(spec: str) -> FaultPlan:
         if key not in known:
             raise EmulatorError(
                 f"--faults {name}: unknown fault; known: drop, corrupt, truncate, duplicate, "
-                "connect_fail, skew, drift, flood, flood_rate, impostor, hang"
+                "connect_fail, skew, drift, flood, flood_rate, impostor, hang, old_firmware"
             )
         if key in {"drop_every_s", "skew_s", "hang_after_s"}:
             values[key] = _duration(name, text)
         elif key in {"corrupt", "truncate", "duplicate"}:
             values[key] = _probability(name, text)
-        elif key in {"connect_fail", "flood", "impostor"}:
+        elif key in {"connect_fail", "flood", "impostor", "old_firmware"}:
             values[key] = _count(name, text)
         else:
             try:

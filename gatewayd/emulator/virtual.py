@@ -476,6 +476,7 @@ async def build_fleet(fake: FakeBluez, recordings: Sequence[Recording], setup: F
             start_window=starts[i],
             loop=setup.loop,
             worn_windows=LOOP_WORN_WINDOWS if setup.loop else 0,
+            knows_rest_limit=i >= setup.faults.old_firmware,
         )
         virtual = VirtualWearable(
             WearableCore(spec, keep_sent=setup.keep_sent, local_model=shared.get(id(recording))),

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from gatewayd.activity import ActivityGroup
 from gatewayd.datasets.recording import Recording
+from gatewayd.errors import DecodeError
 from gatewayd.inference.analysis import model_input, predict
 from gatewayd.inference.groups import group_prediction
 from gatewayd.inference.session import ModelSession
@@ -30,6 +31,7 @@ from gatewayd.protocol.control import (
     Resend,
     SetPolicy,
     SetPruning,
+    SetRestLimit,
     TimeSync,
     decode_control,
     encode_info,
@@ -47,6 +49,7 @@ from gatewayd.signals.entropy import entropy_milli_bits, window_entropy_bits
 from gatewayd.signals.heart_rate import HrTracker
 from gatewayd.signals.offload import (
     DEFAULT_MIN_CONF_E4,
+    DEFAULT_REST_LIMIT_CBPM,
     DEFAULT_TAU_MBITS,
     IMPACT_THRESHOLD_MILLI_G,
     MOTION_HOLD_MS,
@@ -110,6 +113,11 @@ class WearableSpec:
     #: already followed (as far as the recording goes back): a wearable worn for a while, not
     #: just switched on, whose tracker has locked on (it takes up to a minute of windows).
     worn_windows: int = 0
+    #: The resting limit of the offload confidence until the gateway sends its own (1/100 bpm).
+    rest_limit_cbpm: int = DEFAULT_REST_LIMIT_CBPM
+    #: False: firmware from before SET_REST_LIMIT, which rejects it as an unknown opcode and
+    #: keeps ``rest_limit_cbpm``.
+    knows_rest_limit: bool = True
 
 
 def bvp_gain(recording: Recording, fmt: SampleFormat = SampleFormat.INT16) -> float:
@@ -246,6 +254,7 @@ class WearableCore:
         self.local_model = local_model
         self.tau_mbits = spec.tau_mbits
         self.min_conf_e4 = spec.min_conf_e4
+        self.rest_limit_cbpm = spec.rest_limit_cbpm
         self.pruning_pct = spec.pruning_pct
         self.counters = WearableCounters()
         #: Every message produced, by seq, when ``keep_sent`` (for tests that check payloads).
@@ -334,6 +343,8 @@ class WearableCore:
         Raises DecodeError for a write the firmware rejects (answered with an ATT error).
         """
         cmd = decode_control(data)
+        if isinstance(cmd, SetRestLimit) and not self.spec.knows_rest_limit:
+            raise DecodeError("unknown_opcode", f"control opcode {data[1]:#04x}")
         self.counters.controls += 1
         match cmd:
             case TimeSync(unix_ms):
@@ -344,6 +355,8 @@ class WearableCore:
                 self.tau_mbits, self.min_conf_e4 = tau, min_conf
             case SetPruning(pct):
                 self.pruning_pct = pct
+            case SetRestLimit(limit):
+                self.rest_limit_cbpm = limit
             case Resend(first, count):
                 return self._resend(first, count)
         return []
@@ -395,7 +408,9 @@ class WearableCore:
             # offload rule's confidence would be that alone).
             activity, activity_conf = UNKNOWN_ACTIVITY, confidence_e4(estimate.confidence)
         hr = 0 if estimate.bpm is None else min(30000, round(estimate.bpm * 100))
-        conf = offload_confidence_e4(activity_conf, estimate.quality, hr, activity)
+        conf = offload_confidence_e4(
+            activity_conf, estimate.quality, hr, activity, rest_limit_cbpm=self.rest_limit_cbpm
+        )
         start_s = end_s - WINDOW_S
         reason = decide_offload(
             entropy, conf, self.tau_mbits, self.min_conf_e4, motion=self._motion(acc, start_s)

@@ -43,6 +43,7 @@ from gatewayd.protocol.control import (
     ControlCommand,
     DeviceInfo,
     SetPolicy,
+    SetRestLimit,
     TimeSync,
     decode_info,
     encode_control,
@@ -138,6 +139,10 @@ class LinkSettings:
     acquire_notify: bool = True
     tau_mbits: int = 4000
     min_conf_e4: int = 6000
+    #: The resting limit sent with SET_REST_LIMIT at every connect (1/100 bpm; 0 turns the
+    #: wearable's check off), or None: not sent, the wearable keeps its own. The gateway sends
+    #: its tachycardia limit at rest.
+    rest_limit_cbpm: int | None = None
     gap_timeout_s: float = 5.0
     resend_interval_s: float = 1.0
     #: The most messages a second a wearable may produce: bounds plausible sequence jumps
@@ -425,6 +430,8 @@ class DeviceLink:
             self.policy,
         ):
             await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
+        if self.settings.rest_limit_cbpm is not None:
+            await self._set_rest_limit(client, SetRestLimit(self.settings.rest_limit_cbpm))
         # AcquireNotify: BlueZ writes each notification to a socket of ours instead of sending a
         # D-Bus signal, less work for bluetoothd and dbus-daemon (docs/decisions.md). bleak falls
         # back to StartNotify where the characteristic has no NotifyAcquired property.
@@ -435,6 +442,35 @@ class DeviceLink:
         )
         await self._setup_battery(client)
         return info
+
+    async def _set_rest_limit(self, client: BleakClient, cmd: SetRestLimit) -> None:
+        """Send the resting limit; firmware from before SET_REST_LIMIT refuses it, and streams."""
+        refused = await self._write_command(client, cmd)
+        if refused is None:
+            return
+        # Once per link: it refuses it at every connect.
+        first = "set_rest_limit" not in self._rejected_logged
+        self._rejected_logged.add("set_rest_limit")
+        (self._log.warning if first else self._log.debug)(
+            "the device refused the resting limit (firmware from before SET_REST_LIMIT?);"
+            " it offloads by its own", rest_limit_cbpm=cmd.rest_limit_cbpm, error=str(refused),
+        )  # fmt: skip
+
+    async def _write_command(
+        self, client: BleakClient, cmd: ControlCommand
+    ) -> BleakGATTProtocolError | None:
+        """Write one control command; the ATT error if the wearable refused it (counted).
+
+        A refusal leaves the link as it was; a security error (the bond) ends the session.
+        """
+        try:
+            await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
+        except BleakGATTProtocolError as exc:
+            if _att_code(exc) in _SECURITY_ATT_ERRORS:
+                raise
+            self.stream.command_rejected()
+            return exc
+        return None
 
     async def _setup_battery(self, client: BleakClient) -> None:
         char = client.services.get_characteristic(BATTERY_LEVEL_CHAR_UUID)
@@ -536,16 +572,12 @@ class DeviceLink:
             if cmd is READ_INFO:
                 await self._read_info(client)
                 continue
-            try:
-                await client.write_gatt_char(CONTROL_CHAR_UUID, encode_control(cmd), response=True)
-            except BleakGATTProtocolError as exc:
-                if _att_code(exc) in _SECURITY_ATT_ERRORS:
-                    raise
-                # The wearable refused this command; the link is fine. A refused RESEND is
-                # asked again while its gap is open, a refused policy at the next connect.
-                self.stream.command_rejected()
+            refused = await self._write_command(client, cmd)
+            if refused is not None:
+                # A refused RESEND is asked again while its gap is open, a refused policy at
+                # the next connect.
                 self._log.warning("control command rejected by the device",
-                                  command=repr(cmd), error=str(exc))  # fmt: skip
+                                  command=repr(cmd), error=str(refused))  # fmt: skip
 
     async def _tick(self) -> None:
         while True:

@@ -9,7 +9,12 @@ from enum import IntEnum
 from typing import Final
 
 from gatewayd.errors import DecodeError
-from gatewayd.protocol.messages import MAX_CONFIDENCE_E4, PROTOCOL_VERSION, SampleFormat
+from gatewayd.protocol.messages import (
+    MAX_CONFIDENCE_E4,
+    MAX_HR_CBPM,
+    PROTOCOL_VERSION,
+    SampleFormat,
+)
 
 MAX_CONTROL_SIZE: Final = 20
 MAX_RESEND: Final = 256
@@ -24,6 +29,7 @@ class Opcode(IntEnum):
     SET_POLICY = 0x02
     SET_PRUNING = 0x03
     RESEND = 0x04
+    SET_REST_LIMIT = 0x05
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,19 @@ class Resend:
     count: int
 
 
-ControlCommand = TimeSync | SetPolicy | SetPruning | Resend
+@dataclass(frozen=True, slots=True)
+class SetRestLimit:
+    """Set the resting limit of the offload confidence (1/100 bpm, 0 turns the check off).
+
+    A window the local model calls rest at a heart rate above it gets an offload confidence of
+    0 (`gatewayd.signals.offload.offload_confidence_e4`): the gateway sends its own tachycardia
+    limit at rest, so that the windows it would alert on at rest are the ones it sees raw.
+    """
+
+    rest_limit_cbpm: int
+
+
+ControlCommand = TimeSync | SetPolicy | SetPruning | Resend | SetRestLimit
 
 # opcode -> (argument layout, command class)
 _LAYOUTS: Final[dict[Opcode, tuple[struct.Struct, type[ControlCommand]]]] = {
@@ -64,6 +82,7 @@ _LAYOUTS: Final[dict[Opcode, tuple[struct.Struct, type[ControlCommand]]]] = {
     Opcode.SET_POLICY: (struct.Struct("<HH"), SetPolicy),
     Opcode.SET_PRUNING: (struct.Struct("<B"), SetPruning),
     Opcode.RESEND: (struct.Struct("<IH"), Resend),
+    Opcode.SET_REST_LIMIT: (struct.Struct("<H"), SetRestLimit),
 }
 _OPCODES: Final[dict[type[ControlCommand], Opcode]] = {cls: op for op, (_, cls) in _LAYOUTS.items()}
 
@@ -77,6 +96,8 @@ def _command_problem(cmd: ControlCommand) -> str | None:
             return f"pruning_pct {pct} is above 100"
         case Resend(_, count) if not 1 <= count <= MAX_RESEND:
             return f"resend count {count} is not 1-{MAX_RESEND}"
+        case SetRestLimit(limit) if limit > MAX_HR_CBPM:
+            return f"rest_limit_cbpm {limit} is above {MAX_HR_CBPM}"
         case _:
             return None
 

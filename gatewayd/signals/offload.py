@@ -36,7 +36,8 @@ DEFAULT_MIN_CONF_E4: Final = 3250
 #: heart rate above this contradicts itself, and its offload confidence is 0
 #: (`offload_confidence_e4`). 100 bpm: the gateway's default tachycardia limit at rest
 #: (rules.tachycardia.rest_bpm), the usual clinical bound of a resting heart rate. 0 turns the
-#: check off. A firmware setting, not part of SET_POLICY.
+#: check off. The wearable starts with this; the gateway sends its own limit at rest with
+#: SET_REST_LIMIT at every connect (docs/protocol.md section 6.1).
 DEFAULT_REST_LIMIT_CBPM: Final = 10000
 #: The summary's ``activity`` for rest (`gatewayd.activity.ActivityGroup.REST`).
 REST_ACTIVITY: Final = 0
