@@ -197,6 +197,10 @@ class OutOfFold:
     #: Pruning level -> the run's own (activity, HR) temperatures (`run_temperatures`), in place
     #: of the card's; a level not here is calibrated with the card's.
     temperatures: Mapping[int, tuple[float, float | None]] = field(default_factory=dict)
+    #: The input transform the run's models were trained on (its ``cv.json``'s
+    #: ``preprocessing``), or None when not known. The figures are those models', whatever
+    #: input the cards of --models-dir name.
+    preprocessing: str | None = None
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> OutOfFold:

@@ -739,3 +739,32 @@ def test_a_bad_out_of_fold_file_is_an_error(
     (good.parent / "cv.json").write_text('{"calibration": {"p0": {}}}', encoding="utf-8")
     assert main(["eval", "offload", str(dataset), "--oof", str(good)]) == 1
     assert "cv.json: not a training run's cv.json" in capsys.readouterr().err
+
+
+def test_out_of_fold_answers_of_models_on_another_input_are_named_as_such(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run trained on another model input than the cards' (v3 beside the shipped v2): the
+    figures are that run's models', and the report says which input they were trained on."""
+    gateway = ModelRegistry.discover().for_role("gateway")
+    if not gateway:
+        pytest.skip("no gateway model is installed in gatewayd/models")
+    card_input = gateway[0].card.input.preprocessing
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "oof.npz", recording=np.array(["S1"]), window=np.array([0]),
+             act_logits_p0=np.zeros((1, 3)), hr_logits_p0=np.zeros((1, 200)),
+             act_logits_p40=np.zeros((1, 3)), hr_logits_p40=np.zeros((1, 200)))  # fmt: skip
+    calibration = {f"p{level}": {"activity_temperature": 1.0, "hr_temperature": 1.0}
+                   for level in (0, 40)}  # fmt: skip
+    other = "gatewayd.signals.preprocess_window/v9"
+    for trained_on, named in ((card_input, False), (other, True)):
+        cv = {"calibration": calibration, "preprocessing": trained_on}
+        (run / "cv.json").write_text(json.dumps(cv), encoding="utf-8")
+        assert main(["eval", "activity", str(dataset), "--oof", str(run / "oof.npz"),
+                     "--json"]) == 0  # fmt: skip
+        out, err = capsys.readouterr()
+        model_id = json.loads(out)["model_id"]
+        assert model_id.startswith(gateway[0].card.model_id + f" (out-of-fold: {run / 'oof.npz'}")
+        assert (f"models trained on input {other}" in model_id) == named
+        assert ("not the cards'" in err) == named

@@ -148,10 +148,16 @@ def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline:
         cv_file = Path(args.oof).parent / "cv.json"
         if cv_file.is_file():
             try:
-                temperatures = run_temperatures(json.loads(cv_file.read_text(encoding="utf-8")))
+                cv = json.loads(cv_file.read_text(encoding="utf-8"))
+                temperatures = run_temperatures(cv)
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise GatewayError(f"{cv_file}: not a training run's cv.json: {exc}") from exc
-            oof = replace(oof, temperatures=temperatures)
+            trained_on = cv.get("preprocessing")
+            oof = replace(
+                oof,
+                temperatures=temperatures,
+                preprocessing=trained_on if isinstance(trained_on, str) else None,
+            )
     from gatewayd.rules import RulesConfig  # noqa: PLC0415
 
     # The rules of a config file named with --config (or $GATEWAYD_CONFIG), else the defaults:
@@ -170,9 +176,26 @@ def _eval_setup(args: argparse.Namespace, gateway: Any, wearable: Any, baseline:
     )
 
 
-def _eval_ids(args: argparse.Namespace, gateway: Any, wearable: Any) -> dict[str, str | None]:
-    """The model ids a report names; with --oof, marked as the fold models' answers."""
-    mark = f" (out-of-fold: {args.oof})" if args.oof is not None else ""
+def _eval_ids(
+    args: argparse.Namespace, gateway: Any, wearable: Any, setup: Any
+) -> dict[str, str | None]:
+    """The model ids a report names; with --oof, marked as the fold models' answers, and with
+    the input those models were trained on when it is not the cards' (the figures are theirs)."""
+    mark = ""
+    if args.oof is not None:
+        oof = setup.out_of_fold
+        card_input = None if gateway is None else gateway.card.input.preprocessing
+        other = oof.preprocessing not in (None, card_input)
+        mark = f" (out-of-fold: {args.oof}" + (
+            f"; models trained on input {oof.preprocessing})" if other else ")"
+        )
+        if other:
+            print(
+                f"gatewayd eval: note: the out-of-fold answers come from models trained on"
+                f" input {oof.preprocessing}, not the cards' {card_input}: the figures are"
+                " those models'",
+                file=sys.stderr,
+            )
     return {
         "model_id": None if gateway is None else gateway.model_id + mark,
         "wearable_model_id": None if wearable is None else wearable.model_id + mark,
@@ -201,13 +224,14 @@ def cmd_eval_hr(args: argparse.Namespace) -> int:
     estimators, missing_model = plan_estimators(args.estimator, have_model=gateway is not None)
     if not estimators:
         return EXIT_UNAVAILABLE
-    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, None))
+    setup = _eval_setup(args, gateway, wearable, None)
+    tables = _eval_tables(args, setup)
     if tables is None:
         return EXIT_ERROR
     report = score_hr(
         tables,
         estimators,
-        **_eval_ids(args, gateway, wearable),
+        **_eval_ids(args, gateway, wearable, setup),
     )
     fusion = sweep_fusion(tables) if args.sweep and gateway is not None else None
     if args.json:
@@ -231,12 +255,13 @@ def cmd_eval_activity(args: argparse.Namespace) -> int:
     from gatewayd.eval import format_activity, score_activity  # noqa: PLC0415
 
     gateway, wearable, baseline, _ = _eval_models(args, want_model=True)
-    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, baseline))
+    setup = _eval_setup(args, gateway, wearable, baseline)
+    tables = _eval_tables(args, setup)
     if tables is None:
         return EXIT_ERROR
     report = score_activity(
         tables,
-        **_eval_ids(args, gateway, wearable),
+        **_eval_ids(args, gateway, wearable, setup),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -255,7 +280,8 @@ def cmd_eval_offload(args: argparse.Namespace) -> int:
     )
 
     gateway, wearable, _, _ = _eval_models(args, want_model=True)
-    tables = _eval_tables(args, _eval_setup(args, gateway, wearable, None))
+    setup = _eval_setup(args, gateway, wearable, None)
+    tables = _eval_tables(args, setup)
     if tables is None:
         return EXIT_ERROR
     sweep = sweep_offload(tables, target_ratio=args.target_ratio) if args.sweep else None
@@ -263,7 +289,7 @@ def cmd_eval_offload(args: argparse.Namespace) -> int:
         tables,
         tau_mbits=args.tau_mbits,
         min_conf_e4=args.min_conf_e4,
-        **_eval_ids(args, gateway, wearable),
+        **_eval_ids(args, gateway, wearable, setup),
         sweep=sweep,
     )
     if args.json:
