@@ -56,6 +56,7 @@ def test_cli_cross_validates_fits_and_writes_every_figure(tmp_path: Path) -> Non
     assert cv["subject_ids"] == {"synthetic": ["S1", "S2", "S3"]}
     assert cv["synthetic"] is True
     assert cv["preprocessing"] == PREPROCESSING_V2
+    assert (out / "report.md").read_text().startswith(f"Model input v2 ({PREPROCESSING_V2}); `")
     import torch
 
     stem = torch.load(out / "mnv2-1d-w0.25.pt")["features.0.0.weight"]

@@ -11,7 +11,7 @@ size and latency here.
 One command reproduces the shipped models: cross-validation by subject (the model, its pruned
 copies and the accelerometer baselines on the same folds), the cross-subject tables, the
 temperatures, then the final fits and their export. Writes to ``--out`` only: cv.json (every
-figure), report.md (the tables), history.json (per-epoch losses), oof.npz (every held-out
+figure), report.md (the model input, the command, the tables), history.json (per-epoch losses), oof.npz (every held-out
 output), architecture.onnx (the untrained network), loss_curves.png, confusion_activity*.png,
 reliability.png, the final weights, and
 with ``--export`` models/ (ONNX files, cards, activity-baseline.json) and export.json. See
@@ -845,7 +845,9 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "cv.json").write_text(json.dumps(cv_json, indent=1) + "\n")
     tables = markdown_tables(table, args.prune, leakage["p0"])
-    (out / "report.md").write_text(tables + "\n")
+    # Which input the models took, first: runs of v2 (shipped) and v3 are otherwise alike.
+    header = f"Model input {args.input} ({cv_json['preprocessing']}); `{cv_json['command']}`\n\n"
+    (out / "report.md").write_text(header + tables + "\n")
     print(tables)
     log.info("done in %.0f s; results in %s", wall["total_s"], out)
     return 0
