@@ -12,8 +12,8 @@ One command reproduces the shipped models: cross-validation by subject (the mode
 copies and the accelerometer baselines on the same folds), the cross-subject tables, the
 temperatures, then the final fits and their export. Writes to ``--out`` only: cv.json (every
 figure), report.md (the model input, the command, the tables), history.json (per-epoch
-losses), oof.npz (every held-out output), architecture.onnx (the untrained network), loss_curves.png, confusion_activity*.png,
-reliability.png, the final weights, and
+losses), oof.npz (every held-out output), architecture.onnx (the untrained network),
+loss_curves.png, confusion_activity*.png, reliability.png, the final weights, and
 with ``--export`` models/ (ONNX files, cards, activity-baseline.json) and export.json. See
 docs/models.md.
 """
